@@ -1,0 +1,19 @@
+//! occystrap: move container images between registries, docker-save
+//! tarballs, directories and runtimes without a Docker daemon.
+//!
+//! An image flows `Source -> Sink` through [`pipeline::run`]. Sources
+//! resolve the manifest and config, then fetch verified layers; sinks say
+//! which layers they want and write the output atomically.
+
+pub mod digest;
+pub mod error;
+pub mod image;
+pub mod pipeline;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod sink;
+pub mod source;
+pub mod uri;
+
+pub use error::{Error, Result};
