@@ -326,13 +326,20 @@ mod tests {
         assert!(p.score("linux", "arm64", Some("v8")).is_none());
         let p = plat("arm", None);
         assert!(p.score("linux", "arm", Some("v7")) > p.score("linux", "arm", Some("v6")));
-        assert!(plat("amd64", None).score("windows", "amd64", None).is_none());
+        assert!(
+            plat("amd64", None)
+                .score("windows", "amd64", None)
+                .is_none()
+        );
     }
 
     #[test]
     fn sniffing() {
         assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(Compression::sniff(b"etc/"), Compression::None);
     }
 }

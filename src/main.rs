@@ -1,1 +1,84 @@
-fn main(){}
+//! The `occystrap` command. Thin: parse, run, map errors to exit codes.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    init_logging(cli.global.verbose, cli.global.debug);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&anyhow::Error::from(e)),
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = cli::run(cli) => r,
+            _ = tokio::signal::ctrl_c() => Err(occystrap::Error::Interrupted.into()),
+        }
+    });
+    // Dropping the run's futures above removed its temp files; don't wait for
+    // blocking work that is still unwinding.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    if is_broken_pipe(e) {
+        return ExitCode::SUCCESS;
+    }
+    // One line: the error and its causes, joined.
+    let msg = format!("{e:#}").replace(['\n', '\r'], " ");
+    let _ = writeln!(std::io::stderr(), "error: {msg}");
+    let usage = e
+        .downcast_ref::<occystrap::Error>()
+        .is_some_and(|e| e.is_usage());
+    if usage {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(verbose: bool, debug: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if debug {
+        "debug"
+    } else if verbose {
+        "occystrap=debug,warn"
+    } else {
+        "warn"
+    };
+    let filter =
+        EnvFilter::try_from_env("OCCYSTRAP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,1 +1,615 @@
-//! Registry client.
+//! A client for the OCI distribution API: auth, manifests and streamed,
+//! resumable blob downloads.
+//!
+//! We use our own client on reqwest rather than `oci-client` because blob
+//! downloads must resume with a `Range` request while the caller's hash
+//! state carries on, and retries must honour `Retry-After`; both live below
+//! `oci-client`'s public API.
+
+pub mod auth;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Response, StatusCode};
+use tokio::sync::Mutex;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use auth::Challenge;
+pub use auth::Credentials;
+
+/// Largest manifest or index we accept.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Largest image config we accept.
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
+/// How to reach a registry.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Plain HTTP instead of HTTPS.
+    pub insecure: bool,
+    /// Credentials, if any were given.
+    pub credentials: Option<Credentials>,
+    /// How many times a failed request is retried.
+    pub retries: u32,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// How long a response may stall between bytes.
+    pub read_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure: false,
+            credentials: None,
+            retries: 3,
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum AuthState {
+    None,
+    Basic,
+    Bearer {
+        token: String,
+        expires: Instant,
+        challenge: Challenge,
+    },
+}
+
+/// A client for one repository on one registry.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    host: String,
+    repository: String,
+    options: ClientOptions,
+    auth: Mutex<AuthState>,
+}
+
+/// Accept header for manifest requests: every type we understand, plus
+/// schema1 so that we can name it in the error instead of getting a 404.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json;q=0.9, \
+application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1";
+
+impl Client {
+    /// A client for `repository` on `host` (`registry-1.docker.io`, `127.0.0.1:5000`).
+    pub fn new(host: &str, repository: &str, options: ClientOptions) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("occystrap/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .build()
+            .map_err(|e| Error::Network {
+                registry: host.to_string(),
+                operation: "creating HTTP client".into(),
+                message: e.to_string(),
+            })?;
+        let scheme = if options.insecure { "http" } else { "https" };
+        Ok(Client {
+            http,
+            base: format!("{scheme}://{host}"),
+            host: host.to_string(),
+            repository: repository.to_string(),
+            options,
+            auth: Mutex::new(AuthState::None),
+        })
+    }
+
+    /// The registry host.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Fetches a manifest by tag or digest: its bytes and Content-Type.
+    pub async fn get_manifest(&self, reference: &str) -> Result<(Vec<u8>, Option<String>)> {
+        let op = format!("GET manifest {}:{}", self.repository, reference);
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.base, self.repository, reference
+        );
+        let resp = self
+            .send(&op, Method::GET, &url, Some(MANIFEST_ACCEPT), None)
+            .await?;
+        let ct = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| crate::image::media_type::essence(s).to_string());
+        let body = self.read_capped(&op, resp, MAX_MANIFEST_BYTES).await?;
+        Ok((body, ct))
+    }
+
+    /// Fetches a small blob (a config) whole, verifying digest and size.
+    pub async fn get_small_blob(&self, digest: &Digest, size: u64, max: u64) -> Result<Vec<u8>> {
+        let op = format!("GET blob {digest}");
+        if size > max {
+            return Err(Error::InvalidImage(format!(
+                "blob {digest} is {size} bytes, more than the {max} allowed for metadata"
+            )));
+        }
+        let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, digest);
+        let resp = self.send(&op, Method::GET, &url, None, None).await?;
+        let body = self.read_capped(&op, resp, max).await?;
+        let found = Digest::sha256_of(&body);
+        if &found != digest {
+            return Err(Error::DigestMismatch {
+                what: format!("blob {digest}"),
+                expected: digest.clone(),
+                found,
+            });
+        }
+        if body.len() as u64 != size {
+            return Err(Error::SizeMismatch {
+                what: format!("blob {digest}"),
+                expected: size,
+                found: body.len() as u64,
+            });
+        }
+        Ok(body)
+    }
+
+    /// Streams a blob's bytes into `tx`, in order, resuming with a `Range`
+    /// request when the connection breaks off. `progress` sees each chunk's
+    /// length. Stops with an error if the server sends more than `size` bytes.
+    /// Verification of the digest is the receiver's job: it sees every byte.
+    pub async fn stream_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        tx: tokio::sync::mpsc::Sender<Bytes>,
+        progress: impl Fn(u64) + Send,
+    ) -> Result<()> {
+        let op = format!("GET blob {digest}");
+        let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, digest);
+        let mut received: u64 = 0;
+        let mut attempt = 0u32;
+        loop {
+            let range = (received > 0).then(|| format!("bytes={received}-"));
+            let resp = self
+                .send(&op, Method::GET, &url, None, range.as_deref())
+                .await?;
+            // A server that ignores Range replays from byte 0: skip what we have.
+            let mut skip = if received > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+                received
+            } else {
+                0
+            };
+            let mut stream = resp.bytes_stream();
+            let mut broke: Option<String> = None;
+            while let Some(item) = stream.next().await {
+                let mut chunk = match item {
+                    Ok(c) => c,
+                    Err(e) => {
+                        broke = Some(describe_reqwest(&e));
+                        break;
+                    }
+                };
+                if skip > 0 {
+                    let n = skip.min(chunk.len() as u64);
+                    chunk = chunk.slice(n as usize..);
+                    skip -= n;
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                }
+                received += chunk.len() as u64;
+                if received > size {
+                    return Err(Error::SizeMismatch {
+                        what: format!("blob {digest}"),
+                        expected: size,
+                        found: received,
+                    });
+                }
+                progress(chunk.len() as u64);
+                if tx.send(chunk).await.is_err() {
+                    // The receiver stopped (it failed); its error is the one to report.
+                    return Ok(());
+                }
+            }
+            match broke {
+                None => return Ok(()),
+                Some(msg) => {
+                    attempt += 1;
+                    if attempt > self.options.retries || received >= size {
+                        return Err(Error::Network {
+                            registry: self.host.clone(),
+                            operation: op,
+                            message: format!("connection broke off after {received} bytes: {msg}"),
+                        });
+                    }
+                    tracing::warn!(
+                        "{}: {op}: broke off after {received} of {size} bytes ({msg}); resuming",
+                        self.host
+                    );
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    async fn read_capped(&self, op: &str, resp: Response, max: u64) -> Result<Vec<u8>> {
+        if let Some(len) = resp.content_length()
+            && len > max
+        {
+            return Err(Error::InvalidImage(format!(
+                "{}: {op}: response is {len} bytes, more than the {max} allowed",
+                self.host
+            )));
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.network_error(op, &e))?;
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(Error::InvalidImage(format!(
+                    "{}: {op}: response is more than the {max} bytes allowed",
+                    self.host
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    fn network_error(&self, op: &str, e: &reqwest::Error) -> Error {
+        Error::Network {
+            registry: self.host.clone(),
+            operation: op.to_string(),
+            message: describe_reqwest(e),
+        }
+    }
+
+    /// Sends a request with auth, answering one auth challenge and retrying
+    /// connection errors, 429 and 5xx. Returns only successful responses.
+    async fn send(
+        &self,
+        op: &str,
+        method: Method,
+        url: &str,
+        accept: Option<&str>,
+        range: Option<&str>,
+    ) -> Result<Response> {
+        let mut attempt = 0u32;
+        let mut answered_challenge = false;
+        loop {
+            let auth_header = self.current_auth().await?;
+            let mut req = self.http.request(method.clone(), url);
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            if let Some(r) = range {
+                req = req.header(RANGE, r);
+            }
+            if let Some(h) = &auth_header {
+                req = req.header(AUTHORIZATION, h);
+            }
+            tracing::debug!("{method} {url}");
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    attempt += 1;
+                    if attempt > self.options.retries {
+                        return Err(self.network_error(op, &e));
+                    }
+                    tracing::warn!("{}: {op}: {}; retrying", self.host, describe_reqwest(&e));
+                    tokio::time::sleep(backoff(attempt)).await;
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            if status == StatusCode::UNAUTHORIZED && !answered_challenge {
+                answered_challenge = true;
+                let challenge = resp
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(auth::parse_challenge);
+                if let Some(ch) = challenge {
+                    self.answer_challenge(op, ch).await?;
+                    continue;
+                }
+            }
+            if (status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::REQUEST_TIMEOUT
+                || status.is_server_error())
+                && attempt < self.options.retries
+            {
+                attempt += 1;
+                let wait = retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt));
+                tracing::warn!("{}: {op}: HTTP {status}; retrying in {wait:?}", self.host);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Err(self.status_error(op, resp).await);
+        }
+    }
+
+    async fn status_error(&self, op: &str, resp: Response) -> Error {
+        let status = resp.status();
+        let body = self
+            .read_capped(op, resp, 64 << 10)
+            .await
+            .unwrap_or_default();
+        let mut message = format!("HTTP {}", status.as_u16());
+        if let Some(reason) = status.canonical_reason() {
+            message.push(' ');
+            message.push_str(reason);
+        }
+        if let Some(detail) = registry_error_detail(&body) {
+            message.push_str(": ");
+            message.push_str(&detail);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            message.push_str(if self.options.credentials.is_some() {
+                " (authentication failed: check the username and password)"
+            } else {
+                " (authentication required: give --username/--password)"
+            });
+        }
+        Error::Registry {
+            registry: self.host.clone(),
+            operation: op.to_string(),
+            message,
+            status: Some(status.as_u16()),
+        }
+    }
+
+    async fn current_auth(&self) -> Result<Option<String>> {
+        let state = self.auth.lock().await.clone();
+        match state {
+            AuthState::None => Ok(None),
+            AuthState::Basic => Ok(self.options.credentials.as_ref().map(|c| c.basic_header())),
+            AuthState::Bearer {
+                token,
+                expires,
+                challenge,
+            } => {
+                if Instant::now() < expires {
+                    Ok(Some(format!("Bearer {token}")))
+                } else {
+                    // Refresh before it is refused rather than after.
+                    self.answer_challenge("refreshing token", challenge).await?;
+                    match &*self.auth.lock().await {
+                        AuthState::Bearer { token, .. } => Ok(Some(format!("Bearer {token}"))),
+                        _ => Ok(None),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn answer_challenge(&self, op: &str, challenge: Challenge) -> Result<()> {
+        match &challenge {
+            Challenge::Basic => {
+                if self.options.credentials.is_none() {
+                    return Err(Error::Registry {
+                        registry: self.host.clone(),
+                        operation: op.to_string(),
+                        message: "HTTP 401 Unauthorized (authentication required: give --username/--password)".into(),
+                        status: Some(401),
+                    });
+                }
+                *self.auth.lock().await = AuthState::Basic;
+                Ok(())
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let scope = scope
+                    .clone()
+                    .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+                let (token, ttl) = self
+                    .fetch_token(op, realm, service.as_deref(), &scope)
+                    .await?;
+                *self.auth.lock().await = AuthState::Bearer {
+                    token,
+                    // Renew a little early so a token never expires in flight.
+                    expires: Instant::now()
+                        + ttl
+                            .saturating_sub(Duration::from_secs(10))
+                            .max(Duration::from_secs(5)),
+                    challenge,
+                };
+                Ok(())
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        op: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, Duration)> {
+        let mut url = url::Url::parse(realm).map_err(|_| Error::Registry {
+            registry: self.host.clone(),
+            operation: op.to_string(),
+            message: format!("token realm {realm:?} is not a URL"),
+            status: None,
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::Registry {
+                registry: self.host.clone(),
+                operation: op.to_string(),
+                message: format!("token realm {realm:?} is not http(s)"),
+                status: None,
+            });
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let top = format!("GET token for {scope}");
+        let mut attempt = 0;
+        let resp = loop {
+            let mut req = self.http.get(url.clone());
+            if let Some(c) = &self.options.credentials {
+                req = req.header(AUTHORIZATION, c.basic_header());
+            }
+            tracing::debug!(
+                "GET {} (token)",
+                url.as_str().split('?').next().unwrap_or("")
+            );
+            match req.send().await {
+                Ok(r) if r.status().is_server_error() && attempt < self.options.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Ok(r) => break r,
+                Err(e) if attempt < self.options.retries => {
+                    attempt += 1;
+                    tracing::warn!("{}: {top}: {}; retrying", self.host, describe_reqwest(&e));
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(self.network_error(&top, &e)),
+            }
+        };
+        if !resp.status().is_success() {
+            return Err(self.status_error(&top, resp).await);
+        }
+        let body = self.read_capped(&top, resp, 1 << 20).await?;
+        #[derive(serde::Deserialize)]
+        struct TokenReply {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let reply: TokenReply = serde_json::from_slice(&body).map_err(|_| Error::Registry {
+            registry: self.host.clone(),
+            operation: top.clone(),
+            message: "token endpoint did not return JSON".into(),
+            status: None,
+        })?;
+        let token = reply
+            .token
+            .filter(|t| !t.is_empty())
+            .or(reply.access_token.filter(|t| !t.is_empty()))
+            .ok_or_else(|| Error::Registry {
+                registry: self.host.clone(),
+                operation: top.clone(),
+                message: "token endpoint reply has no token".into(),
+                status: None,
+            })?;
+        // The distribution spec's default lifetime when none is given.
+        let ttl = Duration::from_secs(reply.expires_in.unwrap_or(60).clamp(1, 86_400));
+        Ok((token, ttl))
+    }
+}
+
+/// `code: message` from a registry's JSON error body.
+fn registry_error_detail(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let errors = v.get("errors")?.as_array()?;
+    let parts: Vec<String> = errors
+        .iter()
+        .take(3)
+        .filter_map(|e| {
+            let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
+            let msg = e.get("message").and_then(|c| c.as_str()).unwrap_or("");
+            let s = match (code.is_empty(), msg.is_empty()) {
+                (true, true) => return None,
+                (false, true) => code.to_string(),
+                (true, false) => msg.to_string(),
+                (false, false) => format!("{code}: {msg}"),
+            };
+            Some(crate::digest::truncate_for_error(
+                &s.replace(['\n', '\r'], " "),
+            ))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// A one-line description of a transport error, with its cause.
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut msg = if e.is_connect() {
+        "cannot connect".to_string()
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_body() || e.is_decode() {
+        "error reading response body".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut src = e.source();
+    let mut last = String::new();
+    while let Some(s) = src {
+        last = s.to_string();
+        src = s.source();
+    }
+    if !last.is_empty() && !msg.contains(&last) {
+        msg.push_str(": ");
+        msg.push_str(&last);
+    }
+    msg
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1 << attempt.min(6));
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let when = httpdate::parse_http_date(v).ok()?;
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(Duration::from_secs(300)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies() {
+        let b =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        assert_eq!(
+            registry_error_detail(b).as_deref(),
+            Some("MANIFEST_UNKNOWN: manifest unknown")
+        );
+        assert_eq!(registry_error_detail(b"<html>"), None);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+    }
+}

@@ -1,1 +1,488 @@
 //! docker-save tarball writer.
+//!
+//! Writes the layout `docker load` reads, which `podman load` and skopeo's
+//! `docker-archive:` transport read as well: each layer uncompressed as
+//! `<diff_id hex>/layer.tar`, the config as `<config hex>.json`, then
+//! `manifest.json` and `repositories`. Layers go out as they arrive; the
+//! config and manifest wait for `finish`, since filters may rewrite the
+//! config after the last layer.
+//!
+//! The output is reproducible: every header has mtime 0 and owner 0:0, so
+//! the same image always gives the same bytes.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tempfile::NamedTempFile;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{Image, Layer, LayerNeeds};
+use crate::sink::{Sink, SinkReport};
+
+const BLOCK: u64 = 512;
+
+/// Writes an image as a docker-save tarball at a path, atomically: the
+/// tarball is built in a hidden temp file beside the target and renamed into
+/// place by `finish`, so an interrupted run leaves nothing behind.
+pub struct DockerArchiveSink {
+    path: PathBuf,
+    temp: NamedTempFile,
+    /// diff_ids whose `layer.tar` is already in the tarball.
+    written: HashSet<Digest>,
+    bytes_written: u64,
+}
+
+/// One image of `manifest.json`, with docker's key names and order.
+#[derive(Serialize)]
+struct ManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Vec<String>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+impl DockerArchiveSink {
+    /// Starts a tarball that will appear at `path` when the sink finishes.
+    pub fn new(path: &Path) -> Result<Self> {
+        // The temp file must be on the target's filesystem for the final
+        // rename to be atomic.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".occystrap-")
+            .suffix(".tar.partial")
+            .tempfile_in(parent)
+            .map_err(|e| Error::io("creating a temp file in", parent, e))?;
+        Ok(DockerArchiveSink {
+            path: path.to_path_buf(),
+            temp,
+            written: HashSet::new(),
+            bytes_written: 0,
+        })
+    }
+
+    fn write_error(&self, e: io::Error) -> Error {
+        Error::io("writing", &self.path, e)
+    }
+
+    /// Writes one tar header. Names are at most 64 hex digits plus a short
+    /// suffix, well within ustar's limits.
+    fn header(&mut self, name: &str, size: u64, kind: tar::EntryType) -> Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).map_err(|e| self.write_error(e))?;
+        h.set_size(size);
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        self.temp
+            .as_file_mut()
+            .write_all(h.as_bytes())
+            .map_err(|e| self.write_error(e))?;
+        self.bytes_written += BLOCK;
+        Ok(())
+    }
+
+    /// Pads the member just written to a whole block.
+    fn pad(&mut self, size: u64) -> Result<()> {
+        let rest = (BLOCK - size % BLOCK) % BLOCK;
+        if rest > 0 {
+            let zeros = [0u8; BLOCK as usize];
+            // rest < BLOCK, so the cast is lossless.
+            self.temp
+                .as_file_mut()
+                .write_all(&zeros[..rest as usize])
+                .map_err(|e| self.write_error(e))?;
+            self.bytes_written += rest;
+        }
+        Ok(())
+    }
+
+    /// Writes a small member held in memory.
+    fn member(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        self.header(name, data.len() as u64, tar::EntryType::Regular)?;
+        self.temp
+            .as_file_mut()
+            .write_all(data)
+            .map_err(|e| self.write_error(e))?;
+        self.bytes_written += data.len() as u64;
+        self.pad(data.len() as u64)
+    }
+}
+
+impl Sink for DockerArchiveSink {
+    fn needs(&self) -> LayerNeeds {
+        LayerNeeds::TAR
+    }
+
+    fn ordered(&self) -> bool {
+        true
+    }
+
+    fn begin(&mut self, _image: &Image) -> Result<()> {
+        Ok(())
+    }
+
+    fn layer(&mut self, layer: Layer) -> Result<()> {
+        let Some(tar) = layer.tar else {
+            return Err(Error::InvalidImage(format!(
+                "docker-archive output: layer {} arrived without its uncompressed tar",
+                layer.info.index
+            )));
+        };
+        let diff_id = layer.info.diff_id;
+        // docker save stores a layer once even when the image lists it twice.
+        if self.written.contains(&diff_id) {
+            return Ok(());
+        }
+        let dir = diff_id.hex().to_string();
+        self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
+        self.header(
+            &format!("{dir}/layer.tar"),
+            tar.len(),
+            tar::EntryType::Regular,
+        )?;
+        let mut reader = tar
+            .open()
+            .map_err(|e| Error::io("reading", tar.path(), e))?;
+        // Straight from File to File (no BufWriter) so std can use
+        // copy_file_range and the bytes never pass through user space.
+        let file: &mut File = self.temp.as_file_mut();
+        let copied = io::copy(&mut reader, file).map_err(|e| {
+            Error::stream(
+                format!(
+                    "copying layer {} from {} to {}",
+                    layer.info.index,
+                    tar.path().display(),
+                    self.path.display()
+                ),
+                e,
+            )
+        })?;
+        if copied != tar.len() {
+            // The header already promised tar.len() bytes; a short copy would
+            // leave a corrupt tarball.
+            return Err(Error::SizeMismatch {
+                what: format!("layer {} ({})", layer.info.index, tar.path().display()),
+                expected: tar.len(),
+                found: copied,
+            });
+        }
+        self.bytes_written += copied;
+        self.pad(copied)?;
+        self.written.insert(diff_id);
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
+        if let Some(missing) = image
+            .layers
+            .iter()
+            .find(|l| !self.written.contains(&l.diff_id))
+        {
+            return Err(Error::InvalidImage(format!(
+                "docker-archive output: layer {} ({}) was never written",
+                missing.index, missing.diff_id
+            )));
+        }
+
+        // Named by the hash of the bytes actually written, which a filter may
+        // have changed since the source computed config_digest.
+        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
+        self.member(&config_name, &image.config_raw)?;
+
+        let layers: Vec<String> = image
+            .layers
+            .iter()
+            .map(|l| format!("{}/layer.tar", l.diff_id.hex()))
+            .collect();
+        let manifest = [ManifestEntry {
+            config: config_name,
+            repo_tags: image.repo_tag().into_iter().collect(),
+            layers,
+        }];
+        let manifest = serde_json::to_vec(&manifest)
+            .map_err(|e| Error::InvalidImage(format!("encoding manifest.json: {e}")))?;
+        self.member("manifest.json", &manifest)?;
+
+        // Legacy readers map repository -> tag -> top layer directory.
+        let mut repositories = serde_json::Map::new();
+        if let (Some(tag), Some(top)) = (&image.tag, image.layers.last()) {
+            let mut tags = serde_json::Map::new();
+            tags.insert(tag.clone(), top.diff_id.hex().into());
+            repositories.insert(image.name.clone(), tags.into());
+        }
+        let repositories = serde_json::to_vec(&repositories)
+            .map_err(|e| Error::InvalidImage(format!("encoding repositories: {e}")))?;
+        self.member("repositories", &repositories)?;
+
+        let end = [0u8; 2 * BLOCK as usize];
+        self.temp
+            .as_file_mut()
+            .write_all(&end)
+            .map_err(|e| self.write_error(e))?;
+        self.bytes_written += 2 * BLOCK;
+
+        // tempfile creates 0600; a saved image is an ordinary shareable file.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            self.temp
+                .as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| self.write_error(e))?;
+        }
+
+        let DockerArchiveSink {
+            path,
+            temp,
+            bytes_written,
+            ..
+        } = *self;
+        temp.persist(&path)
+            .map_err(|e| Error::io("renaming into place", &path, e.error))?;
+        Ok(SinkReport {
+            output: path.display().to_string(),
+            bytes_written,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{FileSlice, LayerInfo, media_type};
+    use crate::source::Source;
+    use crate::source::docker_archive::DockerArchiveSource;
+    use crate::source::docker_archive::tests::{
+        FIXTURES, Item, build_tar, context, fixture, repo_tags, runtime,
+    };
+
+    /// Copies one image through the sink and returns what the sink reported.
+    fn copy(source: &DockerArchiveSource, out: &Path, temp: &Path) -> SinkReport {
+        let ctx = context(temp);
+        let rt = runtime();
+        let image = rt.block_on(source.resolve(&ctx)).unwrap();
+        let mut sink: Box<dyn Sink> = Box::new(DockerArchiveSink::new(out).unwrap());
+        sink.begin(&image).unwrap();
+        for info in &image.layers {
+            let layer = rt.block_on(source.fetch(info, sink.needs(), &ctx)).unwrap();
+            sink.layer(layer).unwrap();
+        }
+        sink.finish(&image).unwrap()
+    }
+
+    fn member_names(path: &Path) -> Vec<String> {
+        let mut archive = tar::Archive::new(File::open(path).unwrap());
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                assert_eq!(h.mtime().unwrap(), 0);
+                assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
+                String::from_utf8(e.path_bytes().into_owned()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trips_every_fixture() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join("tmp");
+        std::fs::create_dir(&temp).unwrap();
+        for name in FIXTURES {
+            let path = fixture(name);
+            let mut selections: Vec<Option<String>> = vec![None];
+            selections.extend(repo_tags(&path).into_iter().map(Some));
+            for select in selections {
+                let what = format!("{name} {select:?}");
+                let source = DockerArchiveSource::open(&path, select.as_deref()).unwrap();
+                let out = dir.path().join("out.tar");
+                let report = copy(&source, &out, &temp);
+                assert_eq!(report.bytes_written, std::fs::metadata(&out).unwrap().len());
+                assert_eq!(report.bytes_written % 512, 0);
+
+                let again = DockerArchiveSource::open(&out, None).unwrap();
+                let ctx = context(&temp);
+                let rt = runtime();
+                let a = rt.block_on(source.resolve(&ctx)).unwrap();
+                let b = rt.block_on(again.resolve(&ctx)).unwrap();
+                assert_eq!(a.config_raw, b.config_raw, "{what}");
+                let ids = |i: &Image| {
+                    i.layers
+                        .iter()
+                        .map(|l| l.diff_id.clone())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(ids(&a), ids(&b), "{what}");
+                if a.tag.is_some() {
+                    assert_eq!((&a.name, &a.tag), (&b.name, &b.tag), "{what}");
+                }
+                for info in &b.layers {
+                    rt.block_on(again.fetch(info, LayerNeeds::TAR, &ctx))
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                }
+
+                // Deterministic: the same image gives the same bytes.
+                let first = std::fs::read(&out).unwrap();
+                copy(&source, &out, &temp);
+                assert_eq!(first, std::fs::read(&out).unwrap(), "{what}");
+            }
+        }
+        // Only the output remains: no temp files beside it or in the temp dir.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn layout_is_docker_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = DockerArchiveSource::open(&fixture("whiteout_image.tar"), None).unwrap();
+        let out = dir.path().join("w.tar");
+        copy(&source, &out, dir.path());
+        let names = member_names(&out);
+        let image = &source.resolve_now();
+        let config = format!("{}.json", image.config_digest.hex());
+        let mut expected = Vec::new();
+        for l in &image.layers {
+            expected.push(format!("{}/", l.diff_id.hex()));
+            expected.push(format!("{}/layer.tar", l.diff_id.hex()));
+        }
+        expected.extend([
+            config.clone(),
+            "manifest.json".into(),
+            "repositories".into(),
+        ]);
+        assert_eq!(names, expected);
+
+        let mut archive = tar::Archive::new(File::open(&out).unwrap());
+        let mut json = std::collections::HashMap::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            if name == "manifest.json" || name == "repositories" {
+                let mut s = String::new();
+                io::Read::read_to_string(&mut e, &mut s).unwrap();
+                json.insert(name, s);
+            }
+        }
+        let top = image.layers.last().unwrap().diff_id.hex().to_string();
+        assert_eq!(
+            json["repositories"],
+            format!(r#"{{"bazel/pkg/v1/mutate":{{"whiteout_image":"{top}"}}}}"#)
+        );
+        assert!(json["manifest.json"].starts_with(&format!(
+            r#"[{{"Config":"{config}","RepoTags":["bazel/pkg/v1/mutate:whiteout_image"],"Layers":["#
+        )));
+    }
+
+    #[test]
+    fn repeated_layer_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar_bytes = build_tar(&[Item::File("a", b"same")]);
+        let tar_path = dir.path().join("layer.tar");
+        std::fs::write(&tar_path, &tar_bytes).unwrap();
+        let diff_id = Digest::sha256_of(&tar_bytes);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "rootfs": {"type": "layers", "diff_ids": [diff_id, diff_id]}
+        }))
+        .unwrap();
+        let info = |index| LayerInfo {
+            index,
+            digest: diff_id.clone(),
+            size: tar_bytes.len() as u64,
+            media_type: media_type::OCI_LAYER_TAR.into(),
+            diff_id: diff_id.clone(),
+        };
+        let image = Image {
+            name: "twice".into(),
+            tag: None,
+            manifest: None,
+            config_digest: Digest::sha256_of(&config),
+            config_raw: config,
+            config_media_type: media_type::DOCKER_CONFIG.into(),
+            layers: vec![info(0), info(1)],
+        };
+        let out = dir.path().join("twice.tar");
+        let mut sink: Box<dyn Sink> = Box::new(DockerArchiveSink::new(&out).unwrap());
+        sink.begin(&image).unwrap();
+        let slice = FileSlice::range(std::sync::Arc::new(tar_path), 0, tar_bytes.len() as u64);
+        // Delivered once, as a pipeline that fetches each digest once would.
+        sink.layer(Layer {
+            info: info(0),
+            tar: Some(slice),
+            blob: None,
+        })
+        .unwrap();
+        sink.finish(&image).unwrap();
+
+        let names = member_names(&out);
+        let layer_tars = names.iter().filter(|n| n.ends_with("/layer.tar")).count();
+        assert_eq!(layer_tars, 1, "{names:?}");
+        let again = DockerArchiveSource::open(&out, None).unwrap();
+        let read = again.resolve_now();
+        assert_eq!(read.layers.len(), 2);
+        assert_eq!(read.name, "twice");
+        assert_eq!(read.tag, None);
+    }
+
+    #[test]
+    fn missing_layer_fails_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = DockerArchiveSource::open(&fixture("test_image_1.tar"), None).unwrap();
+        let image = source.resolve_now();
+        let out = dir.path().join("never.tar");
+        let mut sink: Box<dyn Sink> = Box::new(DockerArchiveSink::new(&out).unwrap());
+        sink.begin(&image).unwrap();
+        let err = sink.finish(&image).unwrap_err();
+        assert!(err.to_string().contains("never written"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dropped_sink_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = DockerArchiveSource::open(&fixture("test_image_1.tar"), None).unwrap();
+        let ctx = context(dir.path());
+        let image = source.resolve_now();
+        let out = dir.path().join("partial.tar");
+        let mut sink = DockerArchiveSink::new(&out).unwrap();
+        sink.begin(&image).unwrap();
+        let layer = runtime()
+            .block_on(source.fetch(&image.layers[0], LayerNeeds::TAR, &ctx))
+            .unwrap();
+        sink.layer(layer).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        drop(sink);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    impl DockerArchiveSource {
+        fn resolve_now(&self) -> Image {
+            let dir = tempfile::tempdir().unwrap();
+            runtime()
+                .block_on(self.resolve(&context(dir.path())))
+                .unwrap()
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Command-line interface: clap definitions, the legacy command aliases,
+//! and the progress display.
+
+mod progress;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use occystrap::image::Platform;
+use occystrap::pipeline::{self, Report, RunOptions};
+use occystrap::reference::Reference;
+use occystrap::registry::Credentials;
+use occystrap::uri::{self, Settings, Uri};
+
+/// Move container images between registries, tarballs and directories without a Docker daemon.
+#[derive(Parser, Debug)]
+#[command(name = "occystrap", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats for commands that print results.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Human-readable text.
+    Text,
+    /// JSON on stdout.
+    Json,
+}
+
+/// Flags that apply to every command (the Python occystrap's global options).
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Debug logging for occystrap itself.
+    #[arg(long, global = true)]
+    pub verbose: bool,
+    /// Debug logging for everything, including libraries.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Operating system to pick from a multi-platform image.
+    #[arg(long, global = true, default_value = "linux", value_name = "OS")]
+    pub os: String,
+    /// CPU architecture to pick (default: this machine's).
+    #[arg(long, global = true, value_name = "ARCH")]
+    pub architecture: Option<String>,
+    /// CPU variant to pick (e.g. v7, v8).
+    #[arg(long, global = true, value_name = "VARIANT")]
+    pub variant: Option<String>,
+    /// Registry user name.
+    #[arg(long, global = true, env = "OCCYSTRAP_USERNAME", value_name = "USER")]
+    pub username: Option<String>,
+    /// Registry password or token.
+    #[arg(
+        long,
+        global = true,
+        env = "OCCYSTRAP_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASS"
+    )]
+    pub password: Option<String>,
+    /// Talk to registries over plain HTTP.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// Layers downloaded at once.
+    #[arg(short = 'j', long = "parallel", global = true, env = "OCCYSTRAP_PARALLEL", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    pub parallel: u16,
+    /// Directory for temporary files (default: the system temp dir).
+    #[arg(long, global = true, env = "OCCYSTRAP_TEMP_DIR", value_name = "PATH")]
+    pub temp_dir: Option<PathBuf>,
+    /// Times a failed request is retried.
+    #[arg(long, global = true, default_value_t = 3, value_name = "N")]
+    pub retries: u32,
+    /// Output format for commands that print results.
+    #[arg(short = 'O', long = "output-format", global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output_format: OutputFormat,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Read an image from SOURCE and write it to DEST.
+    ///
+    /// Sources: registry://[USER:PASS@]HOST/IMAGE[:TAG][@DIGEST] (options: insecure, os, arch,
+    /// variant, max_workers), tar://FILE (option: image=NAME:TAG).
+    /// Destinations: tar://FILE (a docker-loadable tarball).
+    Process {
+        /// Where the image comes from.
+        source: String,
+        /// Where it goes.
+        dest: String,
+        /// A filter to apply (repeatable).
+        #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+        filters: Vec<String>,
+    },
+    /// Fetch an image from a registry into a docker-loadable tarball
+    /// (same as `process registry://REGISTRY/IMAGE:TAG tar://FILE`).
+    FetchToTarfile {
+        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
+        registry: String,
+        /// Image path (library/busybox).
+        image: String,
+        /// Tag or digest.
+        tag: String,
+        /// Output tarball.
+        file: PathBuf,
+    },
+}
+
+impl Global {
+    fn settings(&self) -> Settings {
+        let mut platform = Platform::host();
+        platform.os = self.os.clone();
+        if let Some(a) = &self.architecture {
+            platform.architecture = a.clone();
+        }
+        platform.variant = self.variant.clone().filter(|v| !v.is_empty());
+        let credentials = match (&self.username, &self.password) {
+            (Some(u), p) => Some(Credentials {
+                username: u.clone(),
+                password: p.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        Settings {
+            platform,
+            insecure: self.insecure,
+            credentials,
+            retries: self.retries,
+            parallel: self.parallel as usize,
+        }
+    }
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    let settings = cli.global.settings();
+    match &cli.command {
+        Command::Process {
+            source,
+            dest,
+            filters,
+        } => {
+            if let Some(f) = filters.first() {
+                return Err(occystrap::Error::Usage(format!(
+                    "unknown filter {:?}",
+                    f.split(':').next().unwrap_or(f)
+                ))
+                .into());
+            }
+            let src = Uri::parse(source)?;
+            let dst = Uri::parse(dest)?;
+            process(&cli.global, &settings, &src, &dst).await
+        }
+        Command::FetchToTarfile {
+            registry,
+            image,
+            tag,
+            file,
+        } => {
+            let reference = Reference::from_parts(registry, image, tag)?;
+            let src = Uri {
+                scheme: "registry".into(),
+                path: reference.to_string(),
+                query: vec![],
+            };
+            let dst = Uri {
+                scheme: "tar".into(),
+                path: file.to_string_lossy().into_owned(),
+                query: vec![],
+            };
+            process(&cli.global, &settings, &src, &dst).await
+        }
+    }
+}
+
+async fn process(global: &Global, settings: &Settings, src: &Uri, dst: &Uri) -> Result<i32> {
+    let (source, parallel) = uri::open_source(src, settings)?;
+    let sink = uri::open_sink(dst, settings)?;
+    let reporter = Arc::new(progress::Bars::new());
+    let options = RunOptions {
+        parallel,
+        temp_dir: global.temp_dir.clone(),
+        reporter: reporter.clone(),
+    };
+    let report = pipeline::run(source.clone(), sink, options)
+        .await
+        .with_context(|| source.describe());
+    reporter.clear();
+    let report = report?;
+    eprintln!("{}", summary(&report));
+    Ok(0)
+}
+
+fn summary(r: &Report) -> String {
+    let mut s = format!(
+        "{} -> {}: {} layers ({} fetched",
+        r.image, r.output, r.layers, r.fetched
+    );
+    if r.skipped > 0 {
+        s.push_str(&format!(", {} already present", r.skipped));
+    }
+    s.push_str(&format!(
+        "), {} fetched, {} written in {:.2}s",
+        progress::human_bytes(r.bytes_fetched),
+        progress::human_bytes(r.bytes_written),
+        r.elapsed.as_secs_f64()
+    ));
+    s
+}
