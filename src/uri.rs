@@ -187,9 +187,11 @@ pub fn open_source(uri: &Uri, settings: &Settings) -> Result<(Arc<dyn Source>, u
         }
         "tar" => {
             uri.check_options(&["image"])?;
-            // PENDING-ARCHIVE: let source = crate::source::docker_archive::DockerArchiveSource::open(&uri.file_path()?, uri.get("image"))?;
-            let _ = uri.file_path()?;
-            Err(Error::Usage("tar:// source pending".into()))
+            let source = crate::source::docker_archive::DockerArchiveSource::open(
+                &uri.file_path()?,
+                uri.get("image"),
+            )?;
+            Ok((Arc::new(source), settings.parallel))
         }
         other => Err(Error::Usage(format!(
             "unknown source scheme {other}:// (supported: registry://, tar://)"
@@ -211,9 +213,9 @@ pub fn open_sink(uri: &Uri, _settings: &Settings) -> Result<Box<dyn Sink>> {
     match uri.scheme.as_str() {
         "tar" => {
             uri.check_options(&[])?;
-            // PENDING-ARCHIVE: Ok(Box::new(crate::sink::docker_archive::DockerArchiveSink::new(&uri.file_path()?)?))
-            let _ = uri.file_path()?;
-            Err(Error::Usage("tar:// sink pending".into()))
+            Ok(Box::new(
+                crate::sink::docker_archive::DockerArchiveSink::new(&uri.file_path()?)?,
+            ))
         }
         other => Err(Error::Usage(format!(
             "unknown destination scheme {other}:// (supported: tar://)"

@@ -1,0 +1,807 @@
+//! A small registry on loopback that speaks the bearer-token flow.
+//!
+//! It serves one image (`team/app:v1`) that it builds in memory, issues
+//! tokens from its own `/token` endpoint, and records every request so tests
+//! can check how a client used it. One thread per connection, HTTP/1.1 with
+//! keep-alive; everything stops when the [`MockRegistry`] is dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+
+/// The repository the mock serves.
+pub const REPOSITORY: &str = "team/app";
+/// The one tag it knows.
+pub const TAG: &str = "v1";
+/// The `service` parameter of every challenge.
+pub const SERVICE: &str = "mock-registry";
+/// Media type of the manifest.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Media type of the config blob.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.container.image.v1+json";
+/// Media type of the layer blob.
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// How the token endpoint words its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenForm {
+    /// `{"token": "..."}`
+    Token,
+    /// `{"access_token": "...", "expires_in": 300}`
+    AccessToken,
+}
+
+/// How the `WWW-Authenticate` challenge is written. Every style is valid
+/// RFC 7235 syntax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChallengeStyle {
+    /// `Bearer realm="…",service="…",scope="…"`, as most registries write it.
+    Standard,
+    /// Scope first, realm last: `Bearer scope="…",service="…",realm="…"`.
+    Reordered,
+    /// Lower-case scheme, spaces after commas, an extra `error` parameter
+    /// first, `service` as an unquoted token, realm last:
+    /// `bearer error="insufficient_scope", service=mock-registry, scope="…", realm="…"`.
+    Relaxed,
+}
+
+/// What the mock does.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    /// Reply form of the token endpoint.
+    pub token_form: TokenForm,
+    /// Challenge wording.
+    pub challenge: ChallengeStyle,
+    /// When set, the token endpoint wants HTTP Basic with these credentials.
+    pub basic: Option<(String, String)>,
+    /// Tokens are issued, but every manifest and blob request gets
+    /// 403 DENIED.
+    pub deny: bool,
+    /// When set, a token opens this many manifest/blob requests and is
+    /// refused (401 with a fresh challenge) after that, as an expired token
+    /// is in a long pull.
+    pub token_uses: Option<usize>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            token_form: TokenForm::Token,
+            challenge: ChallengeStyle::Standard,
+            basic: None,
+            deny: false,
+            token_uses: None,
+        }
+    }
+}
+
+/// The image the mock serves, with everything a test wants to compare.
+#[derive(Clone, Debug)]
+pub struct MockImage {
+    /// The uncompressed layer tar.
+    pub layer_tar: Vec<u8>,
+    /// The gzip layer blob as served.
+    pub layer_gz: Vec<u8>,
+    /// `sha256:` of `layer_tar`.
+    pub diff_id: String,
+    /// `sha256:` of `layer_gz`.
+    pub layer_digest: String,
+    /// The config blob as served.
+    pub config: Vec<u8>,
+    /// `sha256:` of `config`.
+    pub config_digest: String,
+    /// The manifest as served.
+    pub manifest: Vec<u8>,
+    /// `sha256:` of `manifest`.
+    pub manifest_digest: String,
+    /// Files in the layer (path, contents), for tests that look inside.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// One request the mock saw.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    /// `GET`, `HEAD`, ...
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Raw query string (empty when none).
+    pub query: String,
+    /// The `Authorization` header, if one was sent.
+    pub authorization: Option<String>,
+    /// Status the mock answered with.
+    pub status: u16,
+}
+
+impl RequestRecord {
+    /// Whether an `Authorization` header was sent.
+    pub fn had_authorization(&self) -> bool {
+        self.authorization.is_some()
+    }
+
+    /// The bearer token sent, if the header was `Bearer <token>`.
+    pub fn bearer(&self) -> Option<&str> {
+        let h = self.authorization.as_deref()?;
+        let (scheme, rest) = h.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+    }
+}
+
+struct State {
+    config: MockConfig,
+    image: MockImage,
+    base_url: String,
+    token_requests: AtomicUsize,
+    next_token: AtomicUsize,
+    /// token -> the scopes it grants (`repository:NAME:ACTIONS`) and how
+    /// many repository requests it has opened.
+    tokens: Mutex<HashMap<String, (HashSet<String>, usize)>>,
+    log: Mutex<Vec<RequestRecord>>,
+}
+
+/// A running mock registry. Dropping it stops the listener and every
+/// connection.
+pub struct MockRegistry {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MockRegistry {
+    /// Starts a mock with the default configuration.
+    pub fn start() -> MockRegistry {
+        MockRegistry::with_config(MockConfig::default())
+    }
+
+    /// Starts a mock on 127.0.0.1 with an ephemeral port.
+    pub fn with_config(config: MockConfig) -> MockRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(State {
+            config,
+            image: build_image(),
+            base_url: format!("http://{addr}"),
+            token_requests: AtomicUsize::new(0),
+            next_token: AtomicUsize::new(1),
+            tokens: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::new()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let workers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = {
+            let state = Arc::clone(&state);
+            let stop = Arc::clone(&stop);
+            let conns = Arc::clone(&conns);
+            let workers = Arc::clone(&workers);
+            thread::Builder::new()
+                .name("mock-accept".into())
+                .spawn(move || {
+                    for stream in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let Ok(stream) = stream else { continue };
+                        if let Ok(clone) = stream.try_clone() {
+                            lock(&conns).push(clone);
+                        }
+                        let state = Arc::clone(&state);
+                        let handle = thread::Builder::new()
+                            .name("mock-conn".into())
+                            .spawn(move || {
+                                let _ = serve_connection(stream, &state);
+                            })
+                            .expect("spawn connection thread");
+                        lock(&workers).push(handle);
+                    }
+                })
+                .expect("spawn accept thread")
+        };
+        MockRegistry {
+            addr,
+            state,
+            stop,
+            conns,
+            workers,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> &str {
+        &self.state.base_url
+    }
+
+    /// `registry://127.0.0.1:PORT/team/app:TAG`
+    pub fn image_uri(&self, tag: &str) -> String {
+        format!("registry://{}/{REPOSITORY}:{tag}", self.host())
+    }
+
+    /// The image served.
+    pub fn image(&self) -> &MockImage {
+        &self.state.image
+    }
+
+    /// How many requests reached `/token`.
+    pub fn token_requests(&self) -> usize {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.state.log).clone()
+    }
+
+    /// The tokens issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.state.tokens).keys().cloned().collect()
+    }
+
+    /// The log as text, for assertion messages.
+    pub fn describe_requests(&self) -> String {
+        let mut out = String::new();
+        for r in self.requests() {
+            let q = if r.query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", r.query)
+            };
+            let auth = match &r.authorization {
+                None => "no auth".to_string(),
+                Some(a) => match a.split_once(' ') {
+                    Some((scheme, _)) => format!("auth {scheme}"),
+                    None => "auth ?".to_string(),
+                },
+            };
+            out.push_str(&format!(
+                "  {} {}{} [{}] -> {}\n",
+                r.method, r.path, q, auth, r.status
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for MockRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop; it sees the flag and returns.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        for conn in lock(&self.conns).drain(..) {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+        let workers: Vec<_> = lock(&self.workers).drain(..).collect();
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The image
+// ---------------------------------------------------------------------------
+
+fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+fn build_image() -> MockImage {
+    let files: Vec<(String, Vec<u8>, u32)> = vec![
+        (
+            "etc/motd".to_string(),
+            b"hello from the bearer mock registry\n".to_vec(),
+            0o644,
+        ),
+        (
+            "app/run.sh".to_string(),
+            b"#!/bin/sh\necho running team/app v1\n".to_vec(),
+            0o755,
+        ),
+    ];
+    let mut builder = tar::Builder::new(Vec::new());
+    let mtime = 1_700_000_000;
+    for dir in ["app/", "etc/"] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_path(dir).expect("dir path");
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        builder.append(&h, io::empty()).expect("append dir");
+    }
+    for (path, data, mode) in &files {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_path(path).expect("file path");
+        h.set_mode(*mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        builder.append(&h, data.as_slice()).expect("append file");
+    }
+    let layer_tar = builder.into_inner().expect("finish tar");
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&layer_tar).expect("gzip");
+    let layer_gz = gz.finish().expect("gzip finish");
+
+    let diff_id = sha256_digest(&layer_tar);
+    let layer_digest = sha256_digest(&layer_gz);
+
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2023-11-14T22:13:20Z",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["/app/run.sh"],
+            "WorkingDir": "/app"
+        },
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": [diff_id]
+        },
+        "history": [
+            {"created": "2023-11-14T22:13:20Z", "created_by": "mock-registry: add /etc/motd /app/run.sh"}
+        ]
+    }))
+    .expect("config json");
+    let config_digest = sha256_digest(&config);
+
+    let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {
+            "mediaType": CONFIG_MEDIA_TYPE,
+            "size": config.len(),
+            "digest": config_digest
+        },
+        "layers": [
+            {
+                "mediaType": LAYER_MEDIA_TYPE,
+                "size": layer_gz.len(),
+                "digest": layer_digest
+            }
+        ]
+    }))
+    .expect("manifest json");
+    let manifest_digest = sha256_digest(&manifest);
+
+    MockImage {
+        layer_tar,
+        layer_gz,
+        diff_id,
+        layer_digest,
+        config,
+        config_digest,
+        manifest,
+        manifest_digest,
+        files: files.into_iter().map(|(p, d, _)| (p, d)).collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------
+
+struct Request {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    /// HTTP/1.0 without keep-alive, or `Connection: close`.
+    wants_close: bool,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn new(status: u16) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    fn header(mut self, name: &str, value: impl Into<String>) -> Response {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    fn json(self, body: &serde_json::Value) -> Response {
+        let mut r = self.header("Content-Type", "application/json; charset=utf-8");
+        r.body = serde_json::to_vec(body).expect("json body");
+        r
+    }
+
+    fn bytes(self, content_type: &str, body: &[u8]) -> Response {
+        let mut r = self.header("Content-Type", content_type);
+        r.body = body.to_vec();
+        r
+    }
+
+    fn registry_error(status: u16, code: &str, message: &str) -> Response {
+        Response::new(status).json(&serde_json::json!({
+            "errors": [{"code": code, "message": message}]
+        }))
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        _ => "Unknown",
+    }
+}
+
+/// Reads one request head (and drains any body). `Ok(None)` on a clean close
+/// between requests.
+fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    // Tolerate blank lines before a request line (RFC 9112 section 2.2).
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if !line.trim().is_empty() {
+            break;
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad request line",
+        ));
+    };
+    let (method, target, version) = (method.to_string(), target.to_string(), version.to_string());
+
+    let mut headers = Vec::new();
+    let mut head_bytes = line.len();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head_bytes += line.len();
+        if head_bytes > 64 * 1024 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = l.split_once(':') {
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+
+    let mut req = Request {
+        method,
+        target,
+        headers,
+        wants_close: false,
+    };
+    let connection = req.header("Connection").unwrap_or("").to_ascii_lowercase();
+    req.wants_close = connection.split(',').any(|t| t.trim() == "close")
+        || (version == "HTTP/1.0" && !connection.split(',').any(|t| t.trim() == "keep-alive"));
+
+    if req
+        .header("Transfer-Encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+    {
+        // Nothing a pulling client sends has a chunked body; refuse it and
+        // close rather than misparse the stream.
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "chunked body"));
+    }
+    let len: u64 = req
+        .header("Content-Length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if len > 0 {
+        io::copy(&mut reader.by_ref().take(len), &mut io::sink())?;
+    }
+    Ok(Some(req))
+}
+
+fn write_response(
+    stream: &mut TcpStream,
+    res: &Response,
+    head_only: bool,
+    close: bool,
+) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {} {}\r\n", res.status, reason(res.status));
+    for (n, v) in &res.headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n", res.body.len()));
+    head.push_str("Docker-Distribution-API-Version: registry/2.0\r\n");
+    head.push_str(if close {
+        "Connection: close\r\n"
+    } else {
+        "Connection: keep-alive\r\n"
+    });
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    if !head_only {
+        out.extend_from_slice(&res.body);
+    }
+    stream.write_all(&out)?;
+    stream.flush()
+}
+
+fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let _ = stream.set_nodelay(true);
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    while let Some(req) = read_request(&mut reader)? {
+        let res = handle(&req, state);
+        let (path, query) = match req.target.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (req.target.clone(), String::new()),
+        };
+        lock(&state.log).push(RequestRecord {
+            method: req.method.clone(),
+            path,
+            query,
+            authorization: req.header("Authorization").map(str::to_string),
+            status: res.status,
+        });
+        write_response(&mut writer, &res, req.method == "HEAD", req.wants_close)?;
+        if req.wants_close {
+            let _ = writer.shutdown(Shutdown::Write);
+            break;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------
+
+fn challenge(state: &State, scope: Option<&str>) -> String {
+    let realm = format!("{}/token", state.base_url);
+    match state.config.challenge {
+        ChallengeStyle::Standard => match scope {
+            Some(s) => format!(r#"Bearer realm="{realm}",service="{SERVICE}",scope="{s}""#),
+            None => format!(r#"Bearer realm="{realm}",service="{SERVICE}""#),
+        },
+        ChallengeStyle::Reordered => match scope {
+            Some(s) => format!(r#"Bearer scope="{s}",service="{SERVICE}",realm="{realm}""#),
+            None => format!(r#"Bearer service="{SERVICE}",realm="{realm}""#),
+        },
+        ChallengeStyle::Relaxed => match scope {
+            Some(s) => format!(
+                r#"bearer error="insufficient_scope", service={SERVICE}, scope="{s}",  realm="{realm}""#
+            ),
+            None => format!(r#"bearer service={SERVICE},  realm="{realm}""#),
+        },
+    }
+}
+
+fn unauthorized(state: &State, scope: Option<&str>) -> Response {
+    Response::registry_error(401, "UNAUTHORIZED", "authentication required")
+        .header("WWW-Authenticate", challenge(state, scope))
+}
+
+/// The scopes the request's bearer token grants, if it carries one we issued
+/// that has not run out. `count_use` counts the request against the token's
+/// allowance.
+fn granted_scopes(req: &Request, state: &State, count_use: bool) -> Option<HashSet<String>> {
+    let h = req.header("Authorization")?;
+    let (scheme, token) = h.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut tokens = lock(&state.tokens);
+    let (scopes, uses) = tokens.get_mut(token.trim())?;
+    if count_use {
+        *uses += 1;
+        if state.config.token_uses.is_some_and(|limit| *uses > limit) {
+            return None;
+        }
+    }
+    Some(scopes.clone())
+}
+
+fn grants_pull(scopes: &HashSet<String>, repository: &str) -> bool {
+    scopes.iter().any(|s| {
+        let mut it = s.splitn(3, ':');
+        matches!(
+            (it.next(), it.next(), it.next()),
+            (Some("repository"), Some(name), Some(actions))
+                if name == repository && actions.split(',').any(|a| a == "pull" || a == "*")
+        )
+    })
+}
+
+fn handle(req: &Request, state: &State) -> Response {
+    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+    if path == "/token" {
+        return if req.method == "GET" {
+            token_endpoint(req, query, state)
+        } else {
+            Response::registry_error(405, "UNSUPPORTED", "method not allowed")
+        };
+    }
+    if req.method != "GET" && req.method != "HEAD" {
+        return Response::registry_error(405, "UNSUPPORTED", "the operation is unsupported");
+    }
+    if path == "/v2/" || path == "/v2" {
+        return match granted_scopes(req, state, false) {
+            Some(_) => Response::new(200).json(&serde_json::json!({})),
+            None => unauthorized(state, None),
+        };
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return Response::registry_error(404, "NOT_FOUND", "no such endpoint");
+    };
+    // NAME/manifests/REF or NAME/blobs/DIGEST; NAME may contain slashes.
+    let (name, kind, reference) = if let Some(i) = rest.rfind("/manifests/") {
+        (&rest[..i], "manifests", &rest[i + "/manifests/".len()..])
+    } else if let Some(i) = rest.rfind("/blobs/") {
+        (&rest[..i], "blobs", &rest[i + "/blobs/".len()..])
+    } else {
+        return Response::registry_error(404, "NOT_FOUND", "no such endpoint");
+    };
+    let scope = format!("repository:{name}:pull");
+    match granted_scopes(req, state, true) {
+        Some(scopes) if grants_pull(&scopes, name) => {}
+        // Wrong, unknown or insufficient token: challenge again, like
+        // distribution does.
+        _ => return unauthorized(state, Some(&scope)),
+    }
+    if state.config.deny {
+        return Response::registry_error(
+            403,
+            "DENIED",
+            "requested access to the resource is denied",
+        );
+    }
+    if name != REPOSITORY {
+        return Response::registry_error(
+            404,
+            "NAME_UNKNOWN",
+            "repository name not known to registry",
+        );
+    }
+    let img = &state.image;
+    match kind {
+        "manifests" => {
+            if reference == TAG || reference == img.manifest_digest {
+                Response::new(200)
+                    .bytes(MANIFEST_MEDIA_TYPE, &img.manifest)
+                    .header("Docker-Content-Digest", img.manifest_digest.clone())
+                    .header("Etag", format!("\"{}\"", img.manifest_digest))
+            } else {
+                Response::new(404).json(&serde_json::json!({
+                    "errors": [{
+                        "code": "MANIFEST_UNKNOWN",
+                        "message": "manifest unknown",
+                        "detail": {"Tag": reference}
+                    }]
+                }))
+            }
+        }
+        _ => {
+            let blob = if reference == img.config_digest {
+                Some(&img.config)
+            } else if reference == img.layer_digest {
+                Some(&img.layer_gz)
+            } else {
+                None
+            };
+            match blob {
+                Some(b) => Response::new(200)
+                    .bytes("application/octet-stream", b)
+                    .header("Docker-Content-Digest", reference.to_string()),
+                None => Response::registry_error(404, "BLOB_UNKNOWN", "blob unknown to registry"),
+            }
+        }
+    }
+}
+
+fn token_endpoint(req: &Request, query: &str, state: &State) -> Response {
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
+    let mut service = None;
+    let mut scopes = HashSet::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "service" => service = Some(v.into_owned()),
+            // A scope parameter may hold several space-separated scopes.
+            "scope" => scopes.extend(v.split(' ').filter(|s| !s.is_empty()).map(str::to_string)),
+            _ => {}
+        }
+    }
+    if let Some((user, pass)) = &state.config.basic {
+        let ok = req
+            .header("Authorization")
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+            .and_then(|(_, b64)| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .ok()
+            })
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .is_some_and(|creds| creds == format!("{user}:{pass}"));
+        if !ok {
+            return Response::new(401)
+                .json(&serde_json::json!({
+                    "details": "incorrect username or password",
+                    "errors": [{"code": "UNAUTHORIZED", "message": "incorrect username or password"}]
+                }))
+                .header("WWW-Authenticate", format!(r#"Basic realm="{SERVICE} token service""#));
+        }
+    }
+    if service.as_deref() != Some(SERVICE) {
+        return Response::new(400).json(&serde_json::json!({
+            "errors": [{"code": "UNSUPPORTED", "message": format!("service must be {SERVICE:?}")}]
+        }));
+    }
+    let n = state.next_token.fetch_add(1, Ordering::SeqCst);
+    let token = format!(
+        "mock-token-{n}-{:08x}",
+        std::process::id().wrapping_mul(2_654_435_761)
+    );
+    lock(&state.tokens).insert(token.clone(), (scopes, 0));
+    let body = match state.config.token_form {
+        TokenForm::Token => serde_json::json!({ "token": token }),
+        TokenForm::AccessToken => serde_json::json!({
+            "access_token": token,
+            "expires_in": 300,
+            "issued_at": "2023-11-14T22:13:20Z"
+        }),
+    };
+    Response::new(200).json(&body)
+}
