@@ -311,7 +311,7 @@ impl RegistrySource {
         ctx: &FetchContext,
     ) -> Result<Layer> {
         ctx.reporter.layer_started(layer);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
         let info = layer.clone();
         let temp_dir = ctx.temp_dir.clone();
         let writer = tokio::task::spawn_blocking(move || {
@@ -396,6 +396,11 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 }
 
 const BUF: usize = 256 << 10;
+
+/// Chunks in flight between a download and its writer. Network chunks can be
+/// a few hundred KiB, so this bounds memory per layer to a few MiB whatever
+/// the layer's size, while still absorbing bursts.
+const CHANNEL_CHUNKS: usize = 8;
 
 fn temp_file(dir: &std::path::Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
