@@ -76,7 +76,8 @@ pub enum Error {
         message: String,
     },
     /// A filesystem operation failed.
-    #[error("{operation} {path}: {source}")]
+    // The cause is printed by whoever walks the error chain, not here.
+    #[error("{operation} {path}")]
     Io {
         /// What we were doing (`writing`, `reading`).
         operation: &'static str,
@@ -87,7 +88,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// An I/O error without a path to name.
-    #[error("{operation}: {source}")]
+    #[error("{operation}")]
     Stream {
         /// What we were doing.
         operation: String,

@@ -71,7 +71,9 @@ fn init_logging(verbose: bool, debug: bool) {
     } else if verbose {
         "occystrap=debug,warn"
     } else {
-        "warn"
+        // Retries and other recoverable events stay quiet unless asked for:
+        // a failed run's stderr is exactly one error line.
+        "error"
     };
     let filter =
         EnvFilter::try_from_env("OCCYSTRAP_LOG").unwrap_or_else(|_| EnvFilter::new(default));

@@ -115,7 +115,8 @@ impl Client {
 
     /// Fetches a manifest by tag or digest: its bytes and Content-Type.
     pub async fn get_manifest(&self, reference: &str) -> Result<(Vec<u8>, Option<String>)> {
-        let op = format!("GET manifest {}:{}", self.repository, reference);
+        let sep = if reference.contains(':') { '@' } else { ':' };
+        let op = format!("GET manifest {}{sep}{reference}", self.repository);
         let url = format!(
             "{}/v2/{}/manifests/{}",
             self.base, self.repository, reference

@@ -1,0 +1,12 @@
+//! Integration tests for occystrap: the binary against a real
+//! `docker-registry` on loopback, images built here in Rust, and the output
+//! checked with skopeo and podman.
+//!
+//! Needs, as root on Debian: docker-registry, skopeo, podman, busybox-static,
+//! apache2-utils (htpasswd). `scripts/test.sh` installs them.
+
+mod support;
+
+mod docker_save;
+mod errors;
+mod registry_pull;
