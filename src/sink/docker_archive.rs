@@ -20,7 +20,7 @@ use tempfile::NamedTempFile;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Image, Layer, LayerNeeds};
+use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::sink::{Sink, SinkReport};
 
 const BLOCK: u64 = 512;
@@ -33,6 +33,8 @@ pub struct DockerArchiveSink {
     temp: NamedTempFile,
     /// diff_ids whose `layer.tar` is already in the tarball.
     written: HashSet<Digest>,
+    /// diff_ids `wants_layer` has already asked for.
+    wanted: HashSet<Digest>,
     bytes_written: u64,
 }
 
@@ -65,6 +67,7 @@ impl DockerArchiveSink {
             path: path.to_path_buf(),
             temp,
             written: HashSet::new(),
+            wanted: HashSet::new(),
             bytes_written: 0,
         })
     }
@@ -135,6 +138,12 @@ impl Sink for DockerArchiveSink {
 
     fn begin(&mut self, _image: &Image) -> Result<()> {
         Ok(())
+    }
+
+    fn wants_layer(&mut self, layer: &LayerInfo) -> bool {
+        // An image that lists the same layer twice (empty layers in older
+        // images do) needs its bytes only once.
+        self.wanted.insert(layer.diff_id.clone())
     }
 
     fn layer(&mut self, layer: Layer) -> Result<()> {
@@ -265,7 +274,7 @@ impl Sink for DockerArchiveSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{FileSlice, LayerInfo, media_type};
+    use crate::image::{FileSlice, media_type};
     use crate::source::Source;
     use crate::source::docker_archive::DockerArchiveSource;
     use crate::source::docker_archive::tests::{
@@ -426,6 +435,8 @@ mod tests {
         let out = dir.path().join("twice.tar");
         let mut sink: Box<dyn Sink> = Box::new(DockerArchiveSink::new(&out).unwrap());
         sink.begin(&image).unwrap();
+        assert!(sink.wants_layer(&info(0)));
+        assert!(!sink.wants_layer(&info(1)));
         let slice = FileSlice::range(std::sync::Arc::new(tar_path), 0, tar_bytes.len() as u64);
         // Delivered once, as a pipeline that fetches each digest once would.
         sink.layer(Layer {

@@ -251,10 +251,17 @@ fn index_members(
     let mut archive = tar::Archive::new(BufReader::new(file));
     let entries = archive
         .entries_with_seek()
-        .map_err(|e| format!("not a tar archive: {e}"))?;
+        .map_err(|_| "not a tar archive".to_string())?;
     let mut index = HashMap::new();
     for entry in entries {
-        let entry = entry.map_err(|e| format!("not a readable tar archive: {e}"))?;
+        // The tar crate's message quotes the raw header bytes, which may hold
+        // terminal escapes: say where it broke instead.
+        let entry = entry.map_err(|_| {
+            format!(
+                "not a readable tar archive (bad header after {} members)",
+                index.len()
+            )
+        })?;
         let Ok(raw_name) = std::str::from_utf8(&entry.path_bytes()).map(str::to_string) else {
             // manifest.json can only name UTF-8 paths, so these are never used.
             continue;
@@ -376,7 +383,7 @@ fn choose<'m>(
 ) -> std::result::Result<(&'m ManifestEntry, Option<&'m str>), String> {
     let tags = |e: &'m ManifestEntry| e.repo_tags.iter().flatten().map(String::as_str);
     let Some(want) = select else {
-        let first = &entries[0];
+        let first = entries.first().ok_or("the archive holds no image")?;
         return Ok((first, tags(first).next()));
     };
     let want_key = tag_key(want);
