@@ -7,7 +7,9 @@
 
 pub mod digest;
 pub mod error;
+pub mod fsutil;
 pub mod image;
+pub mod layer;
 pub mod pipeline;
 pub mod progress;
 pub mod reference;

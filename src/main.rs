@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         tokio::select! {
             r = cli::run(cli) => r,
-            _ = tokio::signal::ctrl_c() => Err(occystrap::Error::Interrupted.into()),
+            _ = interrupted() => Err(occystrap::Error::Interrupted.into()),
         }
     });
     // Dropping the run's futures above removed its temp files; don't wait for
@@ -37,6 +37,30 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => fail(&e),
+    }
+}
+
+/// Resolves on SIGINT, SIGTERM or SIGHUP, so that the run's future is dropped
+/// and its temp files removed instead of the process dying mid-write.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
+        let s = s.take();
+        async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = recv(&mut term) => {}
+        _ = recv(&mut hup) => {}
     }
 }
 

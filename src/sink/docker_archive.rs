@@ -267,6 +267,7 @@ impl Sink for DockerArchiveSink {
         Ok(SinkReport {
             output: path.display().to_string(),
             bytes_written,
+            ..SinkReport::default()
         })
     }
 }

@@ -3,7 +3,11 @@
 use crate::error::Result;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 
+pub mod bundle;
 pub mod docker_archive;
+pub mod mounts;
+pub mod oci_layout;
+pub mod staging;
 
 /// What a sink reports when it has written everything.
 #[derive(Clone, Debug, Default)]
@@ -12,6 +16,8 @@ pub struct SinkReport {
     pub output: String,
     /// Bytes the sink wrote.
     pub bytes_written: u64,
+    /// Things the user should know (skipped entries, warnings), one line each.
+    pub notes: Vec<String>,
 }
 
 /// An image writer. The pipeline calls, in order: `needs`, `begin`,

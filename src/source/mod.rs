@@ -10,6 +10,7 @@ use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 
 pub mod docker_archive;
+pub mod oci_layout;
 pub mod registry;
 
 /// What a source needs from the run it is part of.

@@ -1,0 +1,1010 @@
+//! Applying one layer tar onto a directory.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+use rustix::process::{Gid, Uid};
+use tar::EntryType;
+
+use super::path::{self, BadName, RelPath, Whiteout};
+use super::resolve::{self, FileId, OpenRootError, Prune, Root};
+use super::{ExtractOptions, ExtractStats, WhiteoutMode};
+use crate::{Error, Result};
+
+/// Size of the copy buffer, and of the read-ahead on the tar stream.
+const COPY_BUF: usize = 256 * 1024;
+/// Longest entry name quoted in a message.
+const MAX_SHOWN: usize = 200;
+/// Distinct xattr failures reported one by one before they are lumped.
+const MAX_XATTR_WARNINGS: usize = 32;
+
+/// Applies one layer tar stream onto `root`, an existing directory.
+///
+/// Every path is resolved inside `root` (see the module docs); whiteouts are
+/// applied or converted as `opts.whiteouts` says. Entries that cannot be
+/// applied safely make the call fail, or are listed in
+/// [`ExtractStats::skipped_unsafe`] when `opts.skip_unsafe` is set. Needs
+/// Linux 5.6 or later (`openat2(2)`).
+pub fn extract_layer(
+    root: &Path,
+    tar: impl Read,
+    opts: &ExtractOptions,
+) -> Result<ExtractStats> {
+    let handle = Root::open(root).map_err(|e| match e {
+        OpenRootError::NoOpenat2 => Error::Unsupported(format!(
+            "{}: extracting needs openat2(2) (Linux 5.6 or later), which this kernel \
+             lacks; refusing to extract without it",
+            opts.layer_name
+        )),
+        OpenRootError::Io(e) => Error::io("opening", root, e),
+    })?;
+    let mut ex = Extractor::new(root, handle, opts).map_err(|e| Error::io("opening", root, e))?;
+    let mut archive = tar::Archive::new(BufReader::with_capacity(COPY_BUF, tar));
+    let entries = archive.entries().map_err(|e| ex.read_error(e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| ex.read_error(e))?;
+        match ex.entry(&mut entry) {
+            Ok(()) => ex.stats.entries += 1,
+            Err(Fail::Refused(reason)) => {
+                let message = format!("entry {} {reason}", shown(&entry.path_bytes()));
+                if !opts.skip_unsafe {
+                    return Err(Error::InvalidArchive {
+                        path: PathBuf::from(&opts.layer_name),
+                        message,
+                    });
+                }
+                ex.stats.skipped_unsafe.push(message);
+            }
+            Err(Fail::Fatal(e)) => return Err(e),
+        }
+    }
+    ex.finish()
+}
+
+/// Why an entry was not applied.
+enum Fail {
+    /// The entry is unsafe or unusable; the layer may go on without it.
+    Refused(String),
+    /// The layer cannot go on.
+    Fatal(Error),
+}
+
+/// A member name quoted for a one-line message.
+fn shown(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    if s.chars().count() > MAX_SHOWN {
+        let cut: String = s.chars().take(MAX_SHOWN).collect();
+        format!("{cut:?}...")
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// What a header says about an entry, beyond its type and name.
+struct Meta {
+    /// Permission bits with setuid, setgid and sticky.
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime: Timespec,
+    mtime: Timespec,
+    /// Names as they go to disk (already filtered and escaped).
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Meta {
+    fn times(&self) -> Timestamps {
+        Timestamps {
+            last_access: self.atime,
+            last_modification: self.mtime,
+        }
+    }
+}
+
+/// A parent directory, open.
+#[derive(Clone)]
+struct Parent {
+    fd: Rc<OwnedFd>,
+    id: FileId,
+}
+
+/// Metadata applied to a directory once the layer is done with it.
+struct DirFix {
+    mode: u32,
+    times: Timestamps,
+}
+
+/// How an xattr could not be set, for one summary line.
+struct XattrFailure {
+    count: u64,
+    first_entry: String,
+    error: String,
+}
+
+struct Extractor<'a> {
+    opts: &'a ExtractOptions,
+    root_path: &'a Path,
+    root: Root,
+    root_dir: Rc<OwnedFd>,
+    privileged: bool,
+    /// The last parent directory used, by its name in the layer, and whether
+    /// its ancestors are marked as written by this layer.
+    cache: Option<(Vec<u8>, Parent, bool)>,
+    /// Names this layer created, by the directory they are in. Whiteouts in
+    /// the same layer must spare them.
+    upper_names: HashMap<FileId, HashSet<Box<[u8]>>>,
+    /// Directories this layer created or wrote into, with their ancestors.
+    upper_dirs: HashSet<FileId>,
+    /// Mode and times of the layer's directory entries, applied at the end
+    /// so that writing their contents does not disturb them.
+    dirs: HashMap<Vec<u8>, DirFix>,
+    /// Times of directories the layer wrote into without a directory entry,
+    /// restored at the end.
+    touched: HashMap<Vec<u8>, Timestamps>,
+    stats: ExtractStats,
+    devices_skipped: u64,
+    unknown_types: Vec<(u8, String)>,
+    unknown_count: u64,
+    xattr_failures: HashMap<(Vec<u8>, String), XattrFailure>,
+    xattr_failures_more: u64,
+    ignored_xattrs: HashMap<Vec<u8>, u64>,
+    buf: Vec<u8>,
+}
+
+impl<'a> Extractor<'a> {
+    fn new(root_path: &'a Path, root: Root, opts: &'a ExtractOptions) -> io::Result<Self> {
+        let root_dir = Rc::new(root.fd().try_clone_to_owned()?);
+        Ok(Extractor {
+            opts,
+            root_path,
+            root,
+            root_dir,
+            privileged: rustix::process::geteuid().is_root(),
+            cache: None,
+            upper_names: HashMap::new(),
+            upper_dirs: HashSet::new(),
+            dirs: HashMap::new(),
+            touched: HashMap::new(),
+            stats: ExtractStats::default(),
+            devices_skipped: 0,
+            unknown_types: Vec::new(),
+            unknown_count: 0,
+            xattr_failures: HashMap::new(),
+            xattr_failures_more: 0,
+            ignored_xattrs: HashMap::new(),
+            buf: vec![0; COPY_BUF],
+        })
+    }
+
+    fn apply_mode(&self) -> bool {
+        self.opts.whiteouts == WhiteoutMode::Apply
+    }
+
+    fn read_error(&self, e: io::Error) -> Error {
+        Error::stream(format!("{}: reading the layer tar", self.opts.layer_name), e)
+    }
+
+    /// A fatal error for a filesystem call on `rel`.
+    fn io_fail(&self, operation: &'static str, rel: &[u8], e: impl Into<io::Error>) -> Fail {
+        Fail::Fatal(Error::io(
+            operation,
+            self.root_path.join(OsStr::from_bytes(rel)),
+            e.into(),
+        ))
+    }
+
+    /// Turns a failure to resolve a path into a refusal when the layer's
+    /// content is to blame, a fatal error otherwise.
+    fn resolve_fail(&self, rel: &[u8], e: io::Error) -> Fail {
+        let reason = match Errno::from_io_error(&e) {
+            Some(Errno::LOOP) => "has a symlink loop (or too many symlinks) in its path",
+            Some(Errno::NOTDIR) => "has a non-directory in its path",
+            Some(Errno::NAMETOOLONG) => "resolves to a path longer than PATH_MAX",
+            Some(Errno::XDEV) => "escapes the target directory",
+            _ => return self.io_fail("resolving", rel, e),
+        };
+        Fail::Refused(reason.into())
+    }
+
+    /// Applies one entry.
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), Fail> {
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            // Archive-wide PAX defaults (in practice a comment): nothing to apply.
+            return Ok(());
+        }
+        let raw = entry.path_bytes().into_owned();
+        let name = RelPath::parse(&raw).map_err(|b| Fail::Refused(b.reason().into()))?;
+        if name.is_aufs_meta() {
+            return Ok(());
+        }
+        if let Some((parent, last)) = name.split_last() {
+            // A whiteout is known by its name whatever its type, as in the spec.
+            match path::whiteout(last) {
+                Whiteout::None => {}
+                Whiteout::Invalid => {
+                    return Err(Fail::Refused("is a whiteout that names no file".into()));
+                }
+                Whiteout::Opaque => return self.opaque(parent),
+                Whiteout::Name(victim) => return self.whiteout(parent, victim),
+            }
+        }
+        let meta = self.read_meta(entry, &raw)?;
+        if name.is_root() && kind != EntryType::Directory && !raw.ends_with(b"/") {
+            return Err(Fail::Refused(
+                "would replace the target directory itself".into(),
+            ));
+        }
+        match kind {
+            EntryType::Directory => self.directory(&name, &meta),
+            // Pre-POSIX archives mark directories by a trailing slash alone.
+            EntryType::Regular | EntryType::Continuous if raw.ends_with(b"/") => {
+                self.directory(&name, &meta)
+            }
+            EntryType::Regular | EntryType::Continuous => self.file(entry, &name, &meta, false),
+            EntryType::GNUSparse => self.file(entry, &name, &meta, true),
+            EntryType::Symlink => self.symlink(entry, &name, &meta),
+            EntryType::Link => self.hardlink(entry, &name),
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.node(entry, kind, &name, &meta)
+            }
+            other => {
+                self.unknown_count += 1;
+                if self.unknown_types.len() < 4 {
+                    self.unknown_types.push((other.as_byte(), shown(&raw)));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads mode, owner, times and xattrs from the header and its PAX records.
+    fn read_meta<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &[u8],
+    ) -> Result<Meta, Fail> {
+        let bad = |e: io::Error| {
+            Fail::Fatal(Error::InvalidArchive {
+                path: PathBuf::from(&self.opts.layer_name),
+                message: format!("entry {}: {e}", shown(raw)),
+            })
+        };
+        let h = entry.header();
+        let mode = h.mode().map_err(bad)? & 0o7777;
+        // u32::MAX is the "no change" value of chown(2), never a real owner.
+        let id = |v: u64| u32::try_from(v).ok().filter(|&v| v != u32::MAX);
+        let (Some(uid), Some(gid)) = (id(h.uid().map_err(bad)?), id(h.gid().map_err(bad)?)) else {
+            return Err(Fail::Refused("has an owner or group id out of range".into()));
+        };
+        let secs = h.mtime().map_err(bad)?;
+        let mut mtime = Timespec {
+            tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
+            tv_nsec: 0,
+        };
+        let mut atime = None;
+        let mut xattrs = Vec::new();
+        let overlay = !self.apply_mode();
+        if let Some(pax) = entry.pax_extensions().map_err(|e| Fail::Fatal(self.read_error(e)))? {
+            // A malformed record is skipped, as the tar crate does for paths.
+            for rec in pax.flatten() {
+                let key = rec.key_bytes();
+                let value = rec.value_bytes();
+                if key == b"mtime" {
+                    if let Some(t) = parse_pax_time(value) {
+                        mtime = t;
+                    }
+                } else if key == b"atime" {
+                    atime = parse_pax_time(value);
+                } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
+                    if x == b"security.selinux" || x == b"system.nfs4_acl" {
+                        // Host-specific labels: applying them would be wrong or refused.
+                        *self.ignored_xattrs.entry(x.to_vec()).or_default() += 1;
+                        continue;
+                    }
+                    let disk = match x.strip_prefix(b"trusted.overlay.") {
+                        // Unescaped, overlayfs would obey them (redirects,
+                        // opacity) instead of showing them to the container.
+                        Some(rest) if overlay => [&b"trusted.overlay.overlay."[..], rest].concat(),
+                        _ => x.to_vec(),
+                    };
+                    xattrs.push((disk, value.to_vec()));
+                }
+            }
+        }
+        Ok(Meta {
+            mode,
+            uid,
+            gid,
+            atime: atime.unwrap_or(mtime),
+            mtime,
+            xattrs,
+        })
+    }
+
+    /// Opens the parent directory named `key`. With `create`, missing
+    /// directories are made; without, a missing parent gives `None`.
+    fn parent(&mut self, key: &[u8], create: bool) -> Result<Option<Parent>, Fail> {
+        if let Some((k, p, marked)) = &self.cache {
+            if k == key {
+                let p = p.clone();
+                if create && !*marked && self.apply_mode() {
+                    self.mark_ancestors(&p).map_err(|e| self.io_fail("resolving", key, e))?;
+                }
+                if let Some(c) = &mut self.cache {
+                    c.2 |= create;
+                }
+                return Ok(Some(p));
+            }
+        }
+        let fd = if key.is_empty() {
+            self.root_dir.clone()
+        } else if create {
+            let mut made: Vec<(FileId, Vec<u8>)> = Vec::new();
+            let mut on_created = |parent: BorrowedFd<'_>, name: &[u8], _: BorrowedFd<'_>| {
+                if let Ok(st) = rustix::fs::fstat(parent) {
+                    made.push((resolve::file_id(&st), name.to_vec()));
+                }
+            };
+            let fd = self
+                .root
+                .open_dir_creating(key, &mut on_created)
+                .map_err(|e| self.resolve_fail(key, e))?;
+            if self.apply_mode() {
+                for (pid, name) in made {
+                    self.upper_names
+                        .entry(pid)
+                        .or_default()
+                        .insert(name.into_boxed_slice());
+                }
+            }
+            Rc::new(fd)
+        } else {
+            match self.root.open_dir(key, true) {
+                Ok(fd) => Rc::new(fd),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(self.resolve_fail(key, e)),
+            }
+        };
+        let st = rustix::fs::fstat(&*fd).map_err(|e| self.io_fail("resolving", key, e))?;
+        let p = Parent {
+            fd,
+            id: resolve::file_id(&st),
+        };
+        if !self.dirs.contains_key(key) && !self.touched.contains_key(key) {
+            self.touched.insert(key.to_vec(), stat_times(&st));
+        }
+        if create && self.apply_mode() {
+            self.mark_ancestors(&p).map_err(|e| self.io_fail("resolving", key, e))?;
+        }
+        self.cache = Some((key.to_vec(), p.clone(), create));
+        Ok(Some(p))
+    }
+
+    /// Marks `p` and its ancestors up to the root as written by this layer,
+    /// so whiteouts later in the layer prune inside them instead of deleting
+    /// them. Stops at the first one already marked (its ancestors are).
+    fn mark_ancestors(&mut self, p: &Parent) -> io::Result<()> {
+        let root_id = self.root.id();
+        let mut id = p.id;
+        let mut up: Option<OwnedFd> = None;
+        // Bounded: a path of PATH_MAX bytes has fewer levels than this.
+        for _ in 0..4096 {
+            if id == root_id || !self.upper_dirs.insert(id) {
+                return Ok(());
+            }
+            let from = up.as_ref().map_or(p.fd.as_fd(), |f| f.as_fd());
+            // Only looked at, never written through: `..` is fine here.
+            let next = rustix::fs::openat(
+                from,
+                "..",
+                rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let next_id = resolve::file_id(&rustix::fs::fstat(&next)?);
+            if next_id == id {
+                return Ok(());
+            }
+            id = next_id;
+            up = Some(next);
+        }
+        Ok(())
+    }
+
+    /// Records that this layer created `name` in `p`.
+    fn created(&mut self, p: &Parent, name: &[u8]) {
+        if self.apply_mode() {
+            self.upper_names
+                .entry(p.id)
+                .or_default()
+                .insert(name.into());
+        }
+    }
+
+    /// `dir/.wh.NAME`.
+    fn whiteout(&mut self, dir: &[u8], victim: &[u8]) -> Result<(), Fail> {
+        let full = join(dir, victim);
+        if self.apply_mode() {
+            let Some(p) = self.parent(dir, false)? else {
+                return Ok(());
+            };
+            return self.prune(&p, vec![victim.to_vec()], &full);
+        }
+        let Some(p) = self.parent(dir, true)? else {
+            return Ok(());
+        };
+        // Mode 0, as overlayfs makes its own whiteouts. If the name exists it
+        // came from this layer, which a whiteout does not hide: keep it.
+        match rustix::fs::mknodat(
+            &*p.fd,
+            victim,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        ) {
+            Ok(()) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(self.io_fail("creating the overlay whiteout", &full, e)),
+        }
+    }
+
+    /// `dir/.wh..wh..opq`.
+    fn opaque(&mut self, dir: &[u8]) -> Result<(), Fail> {
+        if self.apply_mode() {
+            let Some(p) = self.parent(dir, false)? else {
+                return Ok(());
+            };
+            let names = resolve::list(p.fd.as_fd())
+                .map_err(|e| self.io_fail("reading", dir, e))?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            return self.prune(&p, names, dir);
+        }
+        let Some(p) = self.parent(dir, true)? else {
+            return Ok(());
+        };
+        rustix::fs::fsetxattr(&*p.fd, "trusted.overlay.opaque", b"y", XattrFlags::empty())
+            .map_err(|e| self.io_fail("marking opaque (trusted.overlay.opaque)", dir, e))
+    }
+
+    /// Deletes what lower layers put at `names` in `p`, sparing (and
+    /// looking inside) what this layer wrote.
+    fn prune(&mut self, p: &Parent, names: Vec<Vec<u8>>, shown_as: &[u8]) -> Result<(), Fail> {
+        let upper_names = &self.upper_names;
+        let upper_dirs = &self.upper_dirs;
+        let mut judge = |parent: FileId, name: &[u8], st: &rustix::fs::Stat| {
+            let ours = upper_names.get(&parent).is_some_and(|s| s.contains(name))
+                || (resolve::is_dir(st) && upper_dirs.contains(&resolve::file_id(st)));
+            if ours { Prune::Keep } else { Prune::Remove }
+        };
+        resolve::prune(p.fd.as_fd(), p.id, names, &mut judge)
+            .map_err(|e| self.io_fail("removing", shown_as, e))
+    }
+
+    /// Splits a non-root name and opens (creating) its parent.
+    fn parent_of<'n>(&mut self, name: &'n RelPath) -> Result<(Parent, &'n [u8]), Fail> {
+        let Some((dir, last)) = name.split_last() else {
+            return Err(Fail::Refused("would replace the target directory itself".into()));
+        };
+        match self.parent(dir, true)? {
+            Some(p) => Ok((p, last)),
+            None => Err(Fail::Refused("has a missing directory in its path".into())),
+        }
+    }
+
+    fn directory(&mut self, name: &RelPath, meta: &Meta) -> Result<(), Fail> {
+        let rel = name.as_bytes();
+        let (fd, existed) = if name.is_root() {
+            (self.root.fd().try_clone_to_owned(), true)
+        } else {
+            let (p, last) = self.parent_of(name)?;
+            let made = resolve::make_replacing(p.fd.as_fd(), last, true, || {
+                rustix::fs::mkdirat(&*p.fd, last, Mode::from_raw_mode(0o755))
+            })
+            .map_err(|e| self.io_fail("creating", rel, e))?;
+            self.created(&p, last);
+            (
+                resolve::open_child_dir(p.fd.as_fd(), last).map_err(io::Error::from),
+                !made,
+            )
+        };
+        let fd = fd.map_err(|e| self.io_fail("opening", rel, e))?;
+        if self.apply_mode() {
+            let st = rustix::fs::fstat(&fd).map_err(|e| self.io_fail("opening", rel, e))?;
+            self.upper_dirs.insert(resolve::file_id(&st));
+        }
+        self.chown_fd(&fd, meta, rel)?;
+        if existed {
+            self.clear_xattrs(&fd, meta, rel);
+        }
+        self.xattrs(XattrTarget::Fd(fd.as_fd()), meta, rel);
+        self.dirs.insert(
+            rel.to_vec(),
+            DirFix {
+                mode: meta.mode,
+                times: meta.times(),
+            },
+        );
+        Ok(())
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &RelPath,
+        meta: &Meta,
+        sparse: bool,
+    ) -> Result<(), Fail> {
+        let rel = name.as_bytes();
+        let (p, last) = self.parent_of(name)?;
+        let fd = resolve::create_file(p.fd.as_fd(), last)
+            .map_err(|e| self.io_fail("creating", rel, e))?;
+        self.created(&p, last);
+        let mut file = File::from(fd);
+        let expected = entry.size();
+        let written = match copy(entry, &mut file, &mut self.buf, sparse) {
+            Ok(n) => n,
+            Err(CopyError::Read(e)) => return Err(Fail::Fatal(self.read_error(e))),
+            Err(CopyError::Write(e)) => return Err(self.io_fail("writing", rel, e)),
+        };
+        if written != expected {
+            return Err(Fail::Fatal(Error::InvalidArchive {
+                path: PathBuf::from(&self.opts.layer_name),
+                message: format!(
+                    "entry {}: tar ended after {written} of {expected} bytes",
+                    shown(rel)
+                ),
+            }));
+        }
+        self.stats.bytes += written;
+        // chown clears setuid/setgid, and writes clear security.capability:
+        // owner, then mode, then xattrs, then times.
+        self.chown_fd(&file, meta, rel)?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
+            .map_err(|e| self.io_fail("setting the mode of", rel, e))?;
+        self.xattrs(XattrTarget::Fd(file.as_fd()), meta, rel);
+        rustix::fs::futimens(&file, &meta.times())
+            .map_err(|e| self.io_fail("setting the times of", rel, e))?;
+        Ok(())
+    }
+
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        name: &RelPath,
+        meta: &Meta,
+    ) -> Result<(), Fail> {
+        let rel = name.as_bytes();
+        // Kept verbatim, absolute or not: it is resolved in the container's
+        // root when used, and we never follow it while extracting.
+        let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+        if target.is_empty() {
+            return Err(Fail::Refused("is a symlink with an empty target".into()));
+        }
+        if target.contains(&0) {
+            return Err(Fail::Refused("is a symlink whose target has a NUL byte".into()));
+        }
+        let (p, last) = self.parent_of(name)?;
+        match resolve::make_replacing(p.fd.as_fd(), last, false, || {
+            rustix::fs::symlinkat(target.as_slice(), &*p.fd, last)
+        }) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                return Err(Fail::Refused("is a symlink whose target is too long".into()));
+            }
+            Err(e) => return Err(self.io_fail("creating", rel, e)),
+        }
+        self.created(&p, last);
+        self.finish_node(&p, last, meta, rel, false)
+    }
+
+    fn hardlink<R: Read>(&mut self, entry: &tar::Entry<'_, R>, name: &RelPath) -> Result<(), Fail> {
+        let rel = name.as_bytes();
+        let raw_target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+        let refuse = |why: &str| Fail::Refused(format!("is a hardlink to {}, {why}", shown(&raw_target)));
+        if raw_target.first() == Some(&b'/') {
+            return Err(refuse("an absolute path"));
+        }
+        let target = match RelPath::parse(&raw_target) {
+            Ok(t) => t,
+            Err(BadName::Escapes) => return Err(refuse("outside the target directory")),
+            Err(b) => return Err(refuse(b.reason())),
+        };
+        let Some((tdir, tname)) = target.split_last() else {
+            return Err(refuse("the target directory itself"));
+        };
+        // The target's directory resolves inside the root; its final
+        // component is never followed (linkat without AT_SYMLINK_FOLLOW), so
+        // a link to a symlink links the symlink.
+        let tfd = match self.root.open_dir(tdir, true) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Err(refuse("which does not exist"));
+            }
+            Err(e) => return Err(self.resolve_fail(target.as_bytes(), e)),
+        };
+        let (p, last) = self.parent_of(name)?;
+        let link = || rustix::fs::linkat(&tfd, tname, &*p.fd, last, AtFlags::empty());
+        let mut result = link();
+        if result == Err(Errno::EXIST) {
+            // A second entry for the same link, or a link to itself: replacing
+            // first would delete the target.
+            let a = rustix::fs::statat(&tfd, tname, AtFlags::SYMLINK_NOFOLLOW);
+            let b = rustix::fs::statat(&*p.fd, last, AtFlags::SYMLINK_NOFOLLOW);
+            if let (Ok(a), Ok(b)) = (a, b) {
+                if resolve::file_id(&a) == resolve::file_id(&b) {
+                    self.created(&p, last);
+                    return Ok(());
+                }
+            }
+            resolve::remove_any(p.fd.as_fd(), last).map_err(|e| self.io_fail("removing", rel, e))?;
+            result = link();
+        }
+        match result {
+            Ok(()) => {
+                // A hardlink has no metadata of its own: the header's copy
+                // would rewrite the shared inode, so it is not applied.
+                self.created(&p, last);
+                Ok(())
+            }
+            Err(Errno::NOENT) => Err(refuse("which does not exist")),
+            Err(Errno::PERM) => Err(refuse("which is a directory or cannot be linked")),
+            Err(e) => Err(self.io_fail("linking", rel, e)),
+        }
+    }
+
+    /// FIFOs and device nodes.
+    fn node<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        kind: EntryType,
+        name: &RelPath,
+        meta: &Meta,
+    ) -> Result<(), Fail> {
+        let rel = name.as_bytes();
+        let (ftype, dev) = match kind {
+            EntryType::Fifo => (FileType::Fifo, 0),
+            _ => {
+                if !self.privileged {
+                    self.devices_skipped += 1;
+                    return Ok(());
+                }
+                let h = entry.header();
+                let bad = |e: io::Error| {
+                    Fail::Fatal(Error::InvalidArchive {
+                        path: PathBuf::from(&self.opts.layer_name),
+                        message: format!("entry {}: {e}", shown(rel)),
+                    })
+                };
+                let major = h.device_major().map_err(bad)?.unwrap_or(0);
+                let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
+                let ftype = if kind == EntryType::Char {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                (ftype, rustix::fs::makedev(major, minor))
+            }
+        };
+        let (p, last) = self.parent_of(name)?;
+        resolve::make_replacing(p.fd.as_fd(), last, false, || {
+            rustix::fs::mknodat(&*p.fd, last, ftype, Mode::from_raw_mode(0o600), dev)
+        })
+        .map_err(|e| self.io_fail("creating", rel, e))?;
+        self.created(&p, last);
+        self.finish_node(&p, last, meta, rel, true)
+    }
+
+    /// Owner, mode (unless a symlink), xattrs and times of a node that cannot
+    /// be opened (a symlink, a FIFO, a device), by name in its parent.
+    fn finish_node(
+        &mut self,
+        p: &Parent,
+        last: &[u8],
+        meta: &Meta,
+        rel: &[u8],
+        chmod: bool,
+    ) -> Result<(), Fail> {
+        if self.privileged {
+            rustix::fs::chownat(
+                &*p.fd,
+                last,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| self.io_fail("setting the owner of", rel, e))?;
+        }
+        if chmod {
+            // We just made this node, so it is not a symlink to follow.
+            rustix::fs::chmodat(&*p.fd, last, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .map_err(|e| self.io_fail("setting the mode of", rel, e))?;
+        }
+        self.xattrs(XattrTarget::At(p.fd.as_fd(), last), meta, rel);
+        rustix::fs::utimensat(&*p.fd, last, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.io_fail("setting the times of", rel, e))?;
+        Ok(())
+    }
+
+    fn chown_fd(&self, fd: &impl AsFd, meta: &Meta, rel: &[u8]) -> Result<(), Fail> {
+        if !self.privileged {
+            return Ok(());
+        }
+        rustix::fs::fchown(
+            fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| self.io_fail("setting the owner of", rel, e))
+    }
+
+    /// Removes xattrs a lower layer left on a directory this layer
+    /// redefines, so the result carries exactly the layer's set.
+    fn clear_xattrs(&mut self, fd: &OwnedFd, meta: &Meta, rel: &[u8]) {
+        let Ok(size) = rustix::fs::flistxattr_query(fd) else {
+            return;
+        };
+        if size == 0 {
+            return;
+        }
+        let mut list = vec![0u8; size];
+        let Ok(n) = rustix::fs::flistxattr(fd, &mut list[..]) else {
+            return;
+        };
+        for name in list[..n.min(size)].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            let keep = meta.xattrs.iter().any(|(x, _)| x == name)
+                || name == b"security.selinux"
+                || name == b"system.nfs4_acl"
+                // In overlay form this is ours (an opaque marker), not the image's.
+                || (!self.apply_mode()
+                    && name.starts_with(b"trusted.overlay.")
+                    && !name.starts_with(b"trusted.overlay.overlay."));
+            if keep {
+                continue;
+            }
+            if let Err(e) = rustix::fs::fremovexattr(fd, name) {
+                self.xattr_failed(name, rel, e);
+            }
+        }
+    }
+
+    fn xattrs(&mut self, target: XattrTarget<'_>, meta: &Meta, rel: &[u8]) {
+        if meta.xattrs.is_empty() {
+            return;
+        }
+        // Symlinks and device nodes cannot be opened to get an fd (opening a
+        // device runs its driver), and setxattrat(2) is too new to rely on:
+        // go through our own fd in /proc, whose last component lsetxattr
+        // does not follow.
+        let proc_path = match target {
+            XattrTarget::Fd(_) => None,
+            XattrTarget::At(dir, name) => {
+                let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+                p.extend_from_slice(name);
+                Some(p)
+            }
+        };
+        for (name, value) in &meta.xattrs {
+            let r = match (&target, &proc_path) {
+                (XattrTarget::Fd(fd), _) => {
+                    rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty())
+                }
+                (_, Some(path)) => {
+                    rustix::fs::lsetxattr(path.as_slice(), name.as_slice(), value, XattrFlags::empty())
+                }
+                (XattrTarget::At(..), None) => continue,
+            };
+            if let Err(e) = r {
+                self.xattr_failed(name, rel, e);
+            }
+        }
+    }
+
+    fn xattr_failed(&mut self, name: &[u8], rel: &[u8], e: Errno) {
+        let key = (name.to_vec(), io::Error::from(e).to_string());
+        if let Some(f) = self.xattr_failures.get_mut(&key) {
+            f.count += 1;
+        } else if self.xattr_failures.len() < MAX_XATTR_WARNINGS {
+            let error = key.1.clone();
+            self.xattr_failures.insert(
+                key,
+                XattrFailure {
+                    count: 1,
+                    first_entry: shown(rel),
+                    error,
+                },
+            );
+        } else {
+            self.xattr_failures_more += 1;
+        }
+    }
+
+    /// Applies deferred directory metadata and gathers the warnings.
+    fn finish(mut self) -> Result<ExtractStats> {
+        // The cached parent is not needed any more; close it before reopening.
+        self.cache = None;
+        for (key, times) in std::mem::take(&mut self.touched) {
+            if let Ok(fd) = self.root.open_dir(&key, true) {
+                // Best effort: only the parents' times are at stake.
+                let _ = rustix::fs::futimens(&fd, &times);
+            }
+        }
+        // Deepest first, so a directory made unreadable (mode 0500 for a
+        // non-root user) does not lock us out of its subdirectories.
+        let mut dirs: Vec<(Vec<u8>, DirFix)> = std::mem::take(&mut self.dirs).into_iter().collect();
+        dirs.sort_by_key(|(k, _)| std::cmp::Reverse(k.iter().filter(|&&b| b == b'/').count() + usize::from(!k.is_empty())));
+        for (key, fix) in dirs {
+            // Replaced by a non-directory later in the layer: nothing to do.
+            let Ok(fd) = self.root.open_dir(&key, false) else {
+                continue;
+            };
+            let fail = |op, e: Errno| {
+                Error::io(op, self.root_path.join(OsStr::from_bytes(&key)), e.into())
+            };
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(fix.mode))
+                .map_err(|e| fail("setting the mode of", e))?;
+            rustix::fs::futimens(&fd, &fix.times).map_err(|e| fail("setting the times of", e))?;
+        }
+
+        let layer = &self.opts.layer_name;
+        let mut warnings = std::mem::take(&mut self.stats.warnings);
+        if self.devices_skipped > 0 {
+            warnings.push(format!(
+                "{layer}: skipped {} device node(s): creating devices needs root",
+                self.devices_skipped
+            ));
+        }
+        if self.unknown_count > 0 {
+            let examples: Vec<String> = self
+                .unknown_types
+                .iter()
+                .map(|(t, n)| format!("{n} (type {:?})", char::from(*t)))
+                .collect();
+            warnings.push(format!(
+                "{layer}: skipped {} entr{} of unsupported type: {}",
+                self.unknown_count,
+                if self.unknown_count == 1 { "y" } else { "ies" },
+                examples.join(", ")
+            ));
+        }
+        let mut ignored: Vec<_> = self.ignored_xattrs.iter().collect();
+        ignored.sort();
+        for (name, count) in ignored {
+            warnings.push(format!(
+                "{layer}: ignored xattr {} on {count} entr{} (host-specific)",
+                String::from_utf8_lossy(name),
+                if *count == 1 { "y" } else { "ies" },
+            ));
+        }
+        let mut failures: Vec<_> = self.xattr_failures.iter().collect();
+        failures.sort_by(|a, b| a.0.cmp(b.0));
+        for ((name, _), f) in failures {
+            warnings.push(format!(
+                "{layer}: could not set xattr {} on {} entr{} (first {}): {}",
+                String::from_utf8_lossy(name),
+                f.count,
+                if f.count == 1 { "y" } else { "ies" },
+                f.first_entry,
+                f.error
+            ));
+        }
+        if self.xattr_failures_more > 0 {
+            warnings.push(format!(
+                "{layer}: {} more xattr(s) could not be set",
+                self.xattr_failures_more
+            ));
+        }
+        self.stats.warnings = warnings;
+        Ok(self.stats)
+    }
+}
+
+/// Where xattrs go.
+enum XattrTarget<'f> {
+    /// An open file or directory.
+    Fd(BorrowedFd<'f>),
+    /// A name in an open directory (symlinks, FIFOs, devices).
+    At(BorrowedFd<'f>, &'f [u8]),
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
+// `From` rather than `as`: the field types differ between architectures.
+#[allow(clippy::useless_conversion)]
+fn stat_times(st: &rustix::fs::Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: i64::from(st.st_atime),
+            tv_nsec: u64::from(st.st_atime_nsec).try_into().unwrap_or(0),
+        },
+        last_modification: Timespec {
+            tv_sec: i64::from(st.st_mtime),
+            tv_nsec: u64::from(st.st_mtime_nsec).try_into().unwrap_or(0),
+        },
+    }
+}
+
+/// Parses a PAX time (`1700000000`, `1700000000.25`, `-1.5`).
+fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut sec: i64 = int.parse().ok()?;
+    let mut nsec: i64 = 0;
+    for (i, d) in frac.bytes().take(9).enumerate() {
+        nsec += i64::from(d - b'0') * 10i64.pow(8 - i as u32);
+    }
+    if neg {
+        sec = -sec;
+        if nsec > 0 {
+            sec -= 1;
+            nsec = 1_000_000_000 - nsec;
+        }
+    }
+    Some(Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec.try_into().ok()?,
+    })
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Streams an entry's data into `out`; for a sparse entry, runs of zeros
+/// become holes again.
+fn copy(
+    from: &mut impl Read,
+    out: &mut File,
+    buf: &mut [u8],
+    sparse: bool,
+) -> Result<u64, CopyError> {
+    let mut total = 0u64;
+    let mut hole_at_end = false;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        let chunk = &buf[..n];
+        if sparse && chunk.iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(n as i64)).map_err(CopyError::Write)?;
+            hole_at_end = true;
+        } else {
+            out.write_all(chunk).map_err(CopyError::Write)?;
+            hole_at_end = false;
+        }
+        total += n as u64;
+    }
+    if hole_at_end {
+        out.set_len(total).map_err(CopyError::Write)?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,423 @@
+//! Path resolution that cannot leave the extraction root.
+//!
+//! Every multi-component path is opened with `openat2(2)` and
+//! `RESOLVE_IN_ROOT`, so the kernel treats the root as `/` for `..` and for
+//! absolute symlinks met on the way. Every other call names a single
+//! component relative to a directory fd obtained that way, and uses a call
+//! that does not follow a final symlink (`O_NOFOLLOW`, `mkdirat`,
+//! `symlinkat`, `mknodat`, `unlinkat`, `linkat` without `AT_SYMLINK_FOLLOW`,
+//! `AT_SYMLINK_NOFOLLOW`).
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+/// How the kernel may resolve a path handed to us: inside the root, never
+/// through `/proc` magic links.
+const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+/// How a single component is opened: no symlink at all, no `..` escape.
+const ONE_NAME: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+/// Linux's MAXSYMLINKS, so loops fail the way the kernel would fail them.
+const MAX_SYMLINKS: u32 = 40;
+/// How often to retry an `openat2` that reports a concurrent rename.
+const EAGAIN_RETRIES: u32 = 16;
+
+/// A directory's identity.
+pub(crate) type FileId = (u64, u64);
+
+/// The identity of what `st` describes.
+pub(crate) fn file_id(st: &rustix::fs::Stat) -> FileId {
+    // `From` rather than `as`: the field types differ between architectures.
+    #[allow(clippy::useless_conversion)]
+    (u64::from(st.st_dev), u64::from(st.st_ino))
+}
+
+/// Whether `st` describes a directory.
+pub(crate) fn is_dir(st: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+}
+
+/// The extraction root, held open for the whole layer.
+pub(crate) struct Root {
+    fd: OwnedFd,
+    id: FileId,
+}
+
+/// Why `Root::open` failed.
+pub(crate) enum OpenRootError {
+    /// The kernel has no `openat2(2)`; there is no safe fallback.
+    NoOpenat2,
+    /// Opening or probing the directory failed.
+    Io(io::Error),
+}
+
+impl Root {
+    /// Opens `path` (a directory the caller chose; symlinks in it are fine)
+    /// and checks that `openat2(2)` works.
+    pub(crate) fn open(path: &Path) -> Result<Root, OpenRootError> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| OpenRootError::Io(e.into()))?;
+        match rustix::fs::openat2(&fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), IN_ROOT) {
+            Ok(_) => {}
+            Err(Errno::NOSYS) => return Err(OpenRootError::NoOpenat2),
+            Err(e) => return Err(OpenRootError::Io(e.into())),
+        }
+        let st = rustix::fs::fstat(&fd).map_err(|e| OpenRootError::Io(e.into()))?;
+        Ok(Root {
+            id: file_id(&st),
+            fd,
+        })
+    }
+
+    /// The root directory's fd.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The root directory's identity.
+    pub(crate) fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// Opens the directory at root-relative `rel`, resolving symlinks inside
+    /// the root. With `follow_final` false a final symlink fails with ELOOP.
+    pub(crate) fn open_dir(&self, rel: &[u8], follow_final: bool) -> io::Result<OwnedFd> {
+        let mut flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        if !follow_final {
+            flags |= OFlags::NOFOLLOW;
+        }
+        self.openat2_retry(rel, flags, IN_ROOT)
+    }
+
+    fn openat2_retry(&self, rel: &[u8], flags: OFlags, how: ResolveFlags) -> io::Result<OwnedFd> {
+        let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(&self.fd, rel, flags, Mode::empty(), how) {
+                Err(Errno::AGAIN) if tries < EAGAIN_RETRIES => tries += 1,
+                r => return r.map_err(Into::into),
+            }
+        }
+    }
+
+    /// Opens the directory at `rel`, creating missing components (mode
+    /// 0755) the way `mkdir -p` would, but resolving every symlink met on the
+    /// way inside the root. `created` hears of each directory made, with the
+    /// directory it was made in.
+    pub(crate) fn open_dir_creating(
+        &self,
+        rel: &[u8],
+        created: &mut dyn FnMut(BorrowedFd<'_>, &[u8], BorrowedFd<'_>),
+    ) -> io::Result<OwnedFd> {
+        // The common case: everything exists.
+        match self.open_dir(rel, true) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => return r,
+        }
+        self.walk_creating(rel, created)
+    }
+
+    /// Resolves `rel` one component at a time, doing by hand what
+    /// `RESOLVE_IN_ROOT` does (a symlink's target is spliced into the rest of
+    /// the path, absolute targets restart at the root, `..` stops at the
+    /// root), because the kernel cannot create directories on the way.
+    fn walk_creating(
+        &self,
+        rel: &[u8],
+        created: &mut dyn FnMut(BorrowedFd<'_>, &[u8], BorrowedFd<'_>),
+    ) -> io::Result<OwnedFd> {
+        // Components still to resolve, last one on top.
+        let mut todo: Vec<Vec<u8>> = components(rel).rev().map(<[u8]>::to_vec).collect();
+        // Components resolved so far: real directories, no symlinks, so `..`
+        // can be resolved by reopening their parent from the root.
+        let mut done: Vec<Vec<u8>> = Vec::new();
+        let mut cur = self.open_dir(b"", false)?;
+        let mut links = 0;
+        while let Some(comp) = todo.pop() {
+            if comp == b".." {
+                if done.pop().is_some() {
+                    cur = self.openat2_retry(
+                        &done.join(&b'/'),
+                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                        IN_ROOT | ResolveFlags::NO_SYMLINKS,
+                    )?;
+                }
+                continue;
+            }
+            // Whether we tried mkdir, and whether it was ours.
+            let (mut tried, mut made) = (false, false);
+            loop {
+                match open_child_dir(cur.as_fd(), &comp) {
+                    Ok(fd) => {
+                        if made {
+                            // mkdirat applied the umask; the spec'd default is 0755.
+                            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
+                            created(cur.as_fd(), &comp, fd.as_fd());
+                        }
+                        cur = fd;
+                        done.push(comp);
+                        break;
+                    }
+                    Err(Errno::NOENT) if !tried => {
+                        tried = true;
+                        match rustix::fs::mkdirat(&cur, comp.as_slice(), Mode::from_raw_mode(0o755))
+                        {
+                            Ok(()) => made = true,
+                            // Someone made it first: open what is there.
+                            Err(Errno::EXIST) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    Err(Errno::LOOP) => {
+                        // A symlink (O_NOFOLLOW and RESOLVE_NO_SYMLINKS both say
+                        // ELOOP): splice its target in.
+                        let target = rustix::fs::readlinkat(&cur, comp.as_slice(), Vec::new())?;
+                        links += 1;
+                        if links > MAX_SYMLINKS {
+                            return Err(Errno::LOOP.into());
+                        }
+                        let target = target.into_bytes();
+                        if target.first() == Some(&b'/') {
+                            done.clear();
+                            cur = self.open_dir(b"", false)?;
+                        }
+                        todo.extend(components(&target).rev().map(<[u8]>::to_vec));
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(cur)
+    }
+}
+
+/// The non-empty, non-`.` components of a path; `..` is kept.
+fn components(p: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    p.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".")
+}
+
+/// Opens the subdirectory `name` of `dir`; a symlink fails with ELOOP.
+pub(crate) fn open_child_dir(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ONE_NAME,
+    )
+}
+
+/// Creates the regular file `name` in `dir`, replacing whatever is there
+/// (a file, a symlink, a whole directory tree): never opening an existing
+/// inode, so a hardlink into a lower layer is never written through.
+pub(crate) fn create_file(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(
+            dir,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+            ONE_NAME,
+        ) {
+            Err(Errno::EXIST) if tries < 3 => {
+                tries += 1;
+                remove_any(dir, name)?;
+            }
+            r => return r.map_err(Into::into),
+        }
+    }
+}
+
+/// Runs `make` (a `mkdirat`/`symlinkat`/`linkat`/`mknodat` of `name` in
+/// `dir`), replacing whatever is in the way. `keep_dir` keeps an existing
+/// directory instead (for directory entries); then the result is `false`.
+pub(crate) fn make_replacing(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    keep_dir: bool,
+    mut make: impl FnMut() -> rustix::io::Result<()>,
+) -> io::Result<bool> {
+    let mut tries = 0;
+    loop {
+        match make() {
+            Ok(()) => return Ok(true),
+            Err(Errno::EXIST) if tries < 3 => {
+                tries += 1;
+                if keep_dir {
+                    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                    if is_dir(&st) {
+                        return Ok(false);
+                    }
+                }
+                remove_any(dir, name)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Removes `name` from `dir` whatever it is; a missing name is fine.
+pub(crate) fn remove_any(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        // Linux says EISDIR for a directory; some filesystems say EPERM.
+        Err(Errno::ISDIR | Errno::PERM) => remove_tree(dir, name),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Lists a directory: each name (without `.` and `..`) and whether it is a
+/// directory, as far as `d_type` tells.
+pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Option<bool>)>> {
+    let mut out = Vec::new();
+    let mut it = Dir::read_from(dir)?;
+    while let Some(ent) = it.read() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let is_dir = match ent.file_type() {
+            FileType::Directory => Some(true),
+            FileType::Unknown => None,
+            _ => Some(false),
+        };
+        out.push((name.to_vec(), is_dir));
+    }
+    Ok(out)
+}
+
+/// Removes the directory `name` in `dir` and everything under it, without
+/// following a symlink anywhere. Iterative, so a deep tree cannot exhaust
+/// the stack; one fd per level of depth is held.
+pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    struct Level {
+        fd: OwnedFd,
+        name: Vec<u8>,
+        subdirs: Vec<Vec<u8>>,
+    }
+    fn enter(parent: BorrowedFd<'_>, name: Vec<u8>) -> io::Result<Option<Level>> {
+        let fd = match open_child_dir(parent, &name) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            // Not a directory after all (or a symlink): unlink it instead.
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                match rustix::fs::unlinkat(parent, name.as_slice(), AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut subdirs = Vec::new();
+        for (child, is_dir) in list(fd.as_fd())? {
+            if is_dir == Some(true) {
+                subdirs.push(child);
+                continue;
+            }
+            match rustix::fs::unlinkat(&fd, child.as_slice(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::ISDIR | Errno::PERM) if is_dir.is_none() => subdirs.push(child),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(Level { fd, name, subdirs }))
+    }
+
+    let mut stack: Vec<Level> = Vec::new();
+    if let Some(level) = enter(dir, name.to_vec())? {
+        stack.push(level);
+    }
+    while let Some(top) = stack.last_mut() {
+        if let Some(sub) = top.subdirs.pop() {
+            let parent = top.fd.as_fd();
+            if let Some(level) = enter(parent, sub)? {
+                stack.push(level);
+            }
+            continue;
+        }
+        let Some(level) = stack.pop() else { break };
+        let parent = stack.last().map_or(dir, |l| l.fd.as_fd());
+        match rustix::fs::unlinkat(parent, level.name.as_slice(), AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// What to do with one path during a whiteout walk.
+pub(crate) enum Prune {
+    /// Delete it (and everything under it).
+    Remove,
+    /// Keep it; if it is a directory, judge its children one by one.
+    Keep,
+}
+
+/// Walks `names` in `dir` (whose identity is `dir_id`) and what is below
+/// them, asking `judge(parent_id, name, stat)` about each; removes what it
+/// says to, descends into kept directories. This is how whiteouts remove
+/// lower layers' content while sparing what the current layer wrote.
+pub(crate) fn prune(
+    dir: BorrowedFd<'_>,
+    dir_id: FileId,
+    names: Vec<Vec<u8>>,
+    judge: &mut dyn FnMut(FileId, &[u8], &rustix::fs::Stat) -> Prune,
+) -> io::Result<()> {
+    struct Level {
+        fd: Option<OwnedFd>,
+        id: FileId,
+        todo: Vec<Vec<u8>>,
+    }
+    let mut stack = vec![Level {
+        fd: None,
+        id: dir_id,
+        todo: names,
+    }];
+    // Guards against a directory appearing twice on the walk (a bind mount
+    // inside the root), which would loop forever.
+    let mut seen: HashSet<FileId> = HashSet::new();
+    while let Some(top) = stack.last_mut() {
+        let Some(name) = top.todo.pop() else {
+            stack.pop();
+            continue;
+        };
+        let fd = top.fd.as_ref().map_or(dir, |f| f.as_fd());
+        let st = match rustix::fs::statat(fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match judge(top.id, &name, &st) {
+            Prune::Remove if is_dir(&st) => remove_tree(fd, &name)?,
+            Prune::Remove => remove_any(fd, &name)?,
+            Prune::Keep if is_dir(&st) && seen.insert(file_id(&st)) => {
+                let child = match open_child_dir(fd, &name) {
+                    Ok(c) => c,
+                    Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let todo = list(child.as_fd())?.into_iter().map(|(n, _)| n).collect();
+                stack.push(Level {
+                    fd: Some(child),
+                    id: file_id(&st),
+                    todo,
+                });
+            }
+            Prune::Keep => {}
+        }
+    }
+    Ok(())
+}

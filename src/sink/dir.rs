@@ -1,0 +1,592 @@
+//! Directory output: the Python occystrap's layer store (`dir://PATH`) and,
+//! with `expand=true`, the image's merged root filesystem beside it.
+//!
+//! The store holds each layer once, uncompressed, as
+//! `<diff_id hex>/layer.tar`, the config as `<config hex>.json` (the source's
+//! bytes, so its digest still holds), a docker-save style manifest per image
+//! (`manifest.json`, or `manifest-<image>-<tag>.json` with `unique_names`) and
+//! `catalog.json` mapping image and tag to that manifest. Images written into
+//! one store share layers: a layer already there is never fetched again.
+//!
+//! Every file appears complete or not at all (temp name, then rename), and
+//! `catalog.json` is updated under a lock, so concurrent runs into one store
+//! all land. A merged rootfs is built in a hidden temp directory and swapped
+//! into place at the end, so a failed run never leaves a partial tree under
+//! the final name.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::digest::{Algorithm, Digest, HashingReader};
+use crate::error::{Error, Result};
+use crate::fsutil::{self, DirLock};
+use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
+use crate::layer::{ExtractOptions, ExtractStats, WhiteoutMode, extract_layer};
+use crate::sink::{Sink, SinkReport};
+
+/// The store's index: image -> tag -> manifest file name.
+pub const CATALOG: &str = "catalog.json";
+/// The manifest file of a store written without `unique_names`.
+pub const DEFAULT_MANIFEST: &str = "manifest.json";
+/// Lock file serialising updates of the catalog between processes.
+pub const LOCK_FILE: &str = ".occystrap.lock";
+/// Largest catalog we read; a real one is a few KiB per image.
+const CATALOG_LIMIT: u64 = 64 << 20;
+
+/// How the directory output is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirOptions {
+    /// One manifest file per image and tag instead of a shared `manifest.json`.
+    pub unique_names: bool,
+    /// Also write the merged root filesystem.
+    pub expand: bool,
+    /// Skip layer entries that cannot be extracted safely instead of failing.
+    pub skip_unsafe: bool,
+}
+
+/// Writes images into a layer store directory (see the module docs).
+pub struct DirSink {
+    root: PathBuf,
+    options: DirOptions,
+    /// diff_ids `wants_layer` has already answered for in this run.
+    asked: HashSet<Digest>,
+    /// The image's layers as `begin` saw them.
+    layers: Vec<LayerInfo>,
+    /// The rootfs being built, with `expand`.
+    expand: Option<Expansion>,
+    bytes_written: u64,
+    notes: Vec<String>,
+}
+
+/// A merged rootfs under construction.
+struct Expansion {
+    tree: TempTree,
+    /// The next layer index to apply: everything below it is in the tree.
+    next_index: usize,
+}
+
+/// One image of a store manifest, with docker's key names.
+#[derive(Serialize)]
+struct ManifestEntry<'a> {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Vec<String>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+    #[serde(rename = "ImageName", skip_serializing_if = "Option::is_none")]
+    image_name: Option<&'a str>,
+}
+
+/// The name an image is filed under in a store: its repository without a
+/// registry host (`127.0.0.1:5000/team/app` -> `team/app`), which is what the
+/// Python occystrap keys its catalog by.
+pub fn store_image_name(name: &str) -> &str {
+    match name.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            rest
+        }
+        _ => name,
+    }
+}
+
+/// The catalog's tag for an image: its tag, else the digest it was pulled by,
+/// else `latest`.
+pub fn store_tag(image: &Image) -> String {
+    match (&image.tag, &image.manifest) {
+        (Some(t), _) => t.clone(),
+        (None, Some(m)) => m.digest.to_string(),
+        (None, None) => "latest".to_string(),
+    }
+}
+
+/// The manifest file's name without `.json`; also the name of the expanded
+/// rootfs directory, as in the Python occystrap.
+pub fn manifest_stem(image_key: &str, tag: &str, unique_names: bool) -> String {
+    if unique_names {
+        format!(
+            "manifest-{}-{}",
+            image_key.replace('/', "_"),
+            tag.replace(['/', ':'], "_")
+        )
+    } else {
+        "manifest".to_string()
+    }
+}
+
+/// Where a layer lives in a store.
+pub fn layer_path(root: &Path, diff_id: &Digest) -> PathBuf {
+    root.join(diff_id.hex()).join("layer.tar")
+}
+
+/// How messages name a layer.
+fn layer_name(info: &LayerInfo) -> String {
+    let full = info.diff_id.to_string();
+    // `sha256:` and 12 hex digits, as docker shortens ids.
+    let cut = full.find(':').map_or(full.len(), |i| (i + 13).min(full.len()));
+    format!("layer {} ({})", info.index, &full[..cut])
+}
+
+impl DirSink {
+    /// A sink writing into the directory `root` (created if missing).
+    pub fn new(root: &Path, options: DirOptions) -> Result<Self> {
+        if root.as_os_str().is_empty() {
+            return Err(Error::Usage("dir:// needs a path".into()));
+        }
+        Ok(DirSink {
+            root: root.to_path_buf(),
+            options,
+            asked: HashSet::new(),
+            layers: Vec::new(),
+            expand: None,
+            bytes_written: 0,
+            notes: Vec::new(),
+        })
+    }
+
+    fn stem(&self, image: &Image) -> String {
+        manifest_stem(
+            store_image_name(&image.name),
+            &store_tag(image),
+            self.options.unique_names,
+        )
+    }
+
+    /// Copies a delivered layer into the store under a temp name, then
+    /// renames it into place.
+    fn store_layer(&mut self, layer: &Layer) -> Result<()> {
+        let info = &layer.info;
+        let Some(tar) = &layer.tar else {
+            return Err(Error::InvalidImage(format!(
+                "dir output: {} arrived without its uncompressed tar",
+                layer_name(info)
+            )));
+        };
+        let dest = layer_path(&self.root, &info.diff_id);
+        if dest.is_file() {
+            // Another run stored it since `wants_layer` looked: same bytes.
+            return Ok(());
+        }
+        let dir = self.root.join(info.diff_id.hex());
+        fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        // In the store's root, not the layer's directory, so a crash leaves
+        // nothing that looks like a layer.
+        let mut temp = tempfile::Builder::new()
+            .prefix(".layer-")
+            .suffix(".partial")
+            .tempfile_in(&self.root)
+            .map_err(|e| Error::io("creating a temp file in", &self.root, e))?;
+        let mut reader = tar
+            .open()
+            .map_err(|e| Error::io("reading", tar.path(), e))?;
+        // File to File with nothing between, so std uses copy_file_range and
+        // the bytes stay in the kernel.
+        let file: &mut File = temp.as_file_mut();
+        let copied = io::copy(&mut reader, file).map_err(|e| {
+            Error::stream(
+                format!(
+                    "copying {} from {} to {}",
+                    layer_name(info),
+                    tar.path().display(),
+                    dest.display()
+                ),
+                e,
+            )
+        })?;
+        if copied != tar.len() {
+            return Err(Error::SizeMismatch {
+                what: format!("{} ({})", layer_name(info), tar.path().display()),
+                expected: tar.len(),
+                found: copied,
+            });
+        }
+        // Later runs trust a layer file by its presence alone, so it must not
+        // be able to appear truncated after a crash.
+        temp.as_file()
+            .sync_data()
+            .map_err(|e| Error::io("writing", temp.path(), e))?;
+        fsutil::set_readable(temp.as_file());
+        temp.persist(&dest)
+            .map_err(|e| Error::io("renaming into place", &dest, e.error))?;
+        self.bytes_written += copied;
+        Ok(())
+    }
+
+    /// Applies the store's copies of the layers below `upto` not yet in the
+    /// tree (those `wants_layer` said the store already had).
+    fn apply_stored_below(&mut self, upto: usize) -> Result<()> {
+        let Some(next) = self.expand.as_ref().map(|x| x.next_index) else {
+            return Ok(());
+        };
+        for index in next..upto.min(self.layers.len()) {
+            let info = self.layers[index].clone();
+            self.apply_stored(&info)?;
+            if let Some(x) = &mut self.expand {
+                x.next_index = index + 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one layer from the store's copy, checking on the way that the
+    /// copy still hashes to its diff_id: it was trusted by presence alone.
+    fn apply_stored(&mut self, info: &LayerInfo) -> Result<()> {
+        let path = layer_path(&self.root, &info.diff_id);
+        let file = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
+        let mut hashing = HashingReader::new(file, info.diff_id.algorithm());
+        let stats = self.extract(info, &mut hashing)?;
+        // The tar reader stops at the end marker; the rest still counts.
+        io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io("reading", &path, e))?;
+        let (found, _) = hashing.finish();
+        if found != info.diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!(
+                    "{} stored at {} (remove it and run again)",
+                    layer_name(info),
+                    path.display()
+                ),
+                expected: info.diff_id.clone(),
+                found,
+            });
+        }
+        self.record(info, stats);
+        Ok(())
+    }
+
+    /// Extracts one layer tar onto the tree.
+    fn extract(&self, info: &LayerInfo, tar: impl Read) -> Result<ExtractStats> {
+        let Some(x) = &self.expand else {
+            return Ok(ExtractStats::default());
+        };
+        let opts = ExtractOptions {
+            whiteouts: WhiteoutMode::Apply,
+            skip_unsafe: self.options.skip_unsafe,
+            layer_name: layer_name(info),
+        };
+        extract_layer(x.tree.path(), tar, &opts)
+    }
+
+    /// Keeps what an extraction has to say: the binary logs only errors by
+    /// default, so notes go into the report as well as the log.
+    fn record(&mut self, info: &LayerInfo, stats: ExtractStats) {
+        let name = layer_name(info);
+        for skipped in stats.skipped_unsafe {
+            tracing::warn!("{name}: skipped {skipped}");
+            self.notes.push(format!("{name}: skipped {skipped}"));
+        }
+        for warning in stats.warnings {
+            tracing::warn!("{name}: {warning}");
+            self.notes.push(format!("{name}: {warning}"));
+        }
+        self.bytes_written += stats.bytes;
+    }
+
+    /// Writes the manifest file and adds the image to the catalog, under the
+    /// store's lock so that concurrent runs neither lose entries nor leave a
+    /// catalog that names another run's manifest.json.
+    fn publish(&mut self, image: &Image, manifest_file: &str, manifest: &[u8]) -> Result<()> {
+        let _lock = DirLock::acquire(&self.root, LOCK_FILE)?;
+        fsutil::atomic_write(&self.root.join(manifest_file), manifest)?;
+        self.bytes_written += manifest.len() as u64;
+
+        let path = self.root.join(CATALOG);
+        let mut catalog = read_catalog(&path)?.unwrap_or_default();
+        catalog
+            .entry(store_image_name(&image.name).to_string())
+            .or_default()
+            .insert(store_tag(image), manifest_file.to_string());
+        let mut data = serde_json::to_vec_pretty(&catalog)
+            .map_err(|e| Error::InvalidImage(format!("encoding {CATALOG}: {e}")))?;
+        data.push(b'\n');
+        fsutil::atomic_write(&path, &data)?;
+        self.bytes_written += data.len() as u64;
+        Ok(())
+    }
+}
+
+/// A store's catalog: image -> tag -> manifest file name.
+pub type Catalog = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Reads `catalog.json`; `None` when there is none.
+pub fn read_catalog(path: &Path) -> Result<Option<Catalog>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("opening", path, e)),
+    };
+    let mut raw = Vec::new();
+    file.take(CATALOG_LIMIT + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| Error::io("reading", path, e))?;
+    if raw.len() as u64 > CATALOG_LIMIT {
+        return Err(Error::InvalidArchive {
+            path: path.to_path_buf(),
+            message: format!("larger than the {} MiB limit", CATALOG_LIMIT >> 20),
+        });
+    }
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|e| Error::InvalidArchive {
+            path: path.to_path_buf(),
+            message: format!("not a catalog ({{image: {{tag: manifest file}}}}): {e}"),
+        })
+}
+
+impl Sink for DirSink {
+    fn needs(&self) -> LayerNeeds {
+        LayerNeeds::TAR
+    }
+
+    fn ordered(&self) -> bool {
+        // A store takes layers as they come; a rootfs must be built bottom up.
+        self.options.expand
+    }
+
+    fn begin(&mut self, image: &Image) -> Result<()> {
+        fs::create_dir_all(&self.root).map_err(|e| Error::io("creating", &self.root, e))?;
+        self.layers = image.layers.clone();
+        if self.options.expand {
+            let prefix = format!(".{}.tmp-", self.stem(image));
+            let tree = TempTree::new(&self.root, &prefix)?;
+            self.expand = Some(Expansion {
+                tree,
+                next_index: 0,
+            });
+        }
+        Ok(())
+    }
+
+    fn wants_layer(&mut self, layer: &LayerInfo) -> bool {
+        // A layer the image lists twice is fetched once; the store's copy of
+        // it serves the second place.
+        self.asked.insert(layer.diff_id.clone())
+            && !layer_path(&self.root, &layer.diff_id).is_file()
+    }
+
+    fn layer(&mut self, layer: Layer) -> Result<()> {
+        let index = layer.info.index;
+        self.apply_stored_below(index)?;
+        self.store_layer(&layer)?;
+        if self.expand.is_some() {
+            let stats = match &layer.tar {
+                Some(tar) => {
+                    let reader = tar
+                        .open()
+                        .map_err(|e| Error::io("reading", tar.path(), e))?;
+                    self.extract(&layer.info, reader)?
+                }
+                None => ExtractStats::default(),
+            };
+            self.record(&layer.info, stats);
+            if let Some(x) = &mut self.expand {
+                x.next_index = x.next_index.max(index + 1);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
+        if let Some(missing) = image
+            .layers
+            .iter()
+            .find(|l| !layer_path(&self.root, &l.diff_id).is_file())
+        {
+            return Err(Error::InvalidImage(format!(
+                "dir output: {} is not in {}",
+                layer_name(missing),
+                self.root.display()
+            )));
+        }
+        self.apply_stored_below(self.layers.len())?;
+
+        let stem = self.stem(image);
+        let mut output = self.root.display().to_string();
+        if let Some(x) = self.expand.take() {
+            let target = self.root.join(&stem);
+            x.tree.replace(&target)?;
+            output = target.display().to_string();
+        }
+
+        // Named by the hash of the bytes written, which a filter may have
+        // changed since the source computed config_digest.
+        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
+        let config_path = self.root.join(&config_name);
+        if fs::read(&config_path).ok().as_deref() != Some(image.config_raw.as_slice()) {
+            fsutil::atomic_write(&config_path, &image.config_raw)?;
+            self.bytes_written += image.config_raw.len() as u64;
+        }
+
+        let key = store_image_name(&image.name);
+        let entry = [ManifestEntry {
+            config: config_name,
+            repo_tags: image.repo_tag().into_iter().collect(),
+            layers: image
+                .layers
+                .iter()
+                .map(|l| format!("{}/layer.tar", l.diff_id.hex()))
+                .collect(),
+            image_name: self.options.unique_names.then_some(key),
+        }];
+        let mut manifest = serde_json::to_vec_pretty(&entry)
+            .map_err(|e| Error::InvalidImage(format!("encoding the manifest: {e}")))?;
+        manifest.push(b'\n');
+        let manifest_file = format!("{stem}.json");
+        self.publish(image, &manifest_file, &manifest)?;
+
+        Ok(SinkReport {
+            output,
+            bytes_written: self.bytes_written,
+            notes: std::mem::take(&mut self.notes),
+        })
+    }
+}
+
+/// A directory tree that is removed when dropped unless it was moved into
+/// place: where a rootfs is built.
+struct TempTree {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempTree {
+    /// Creates `dir/<prefix><random>`, mode 0755 (the rootfs's own mode).
+    fn new(dir: &Path, prefix: &str) -> Result<TempTree> {
+        let made = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(dir)
+            .map_err(|e| Error::io("creating a temp dir in", dir, e))?;
+        let path = made.keep();
+        let tree = TempTree { path, keep: false };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&tree.path, fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io("setting permissions of", &tree.path, e))?;
+        }
+        Ok(tree)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Puts the tree at `target`, replacing whatever is there. Where the
+    /// filesystem can, the two are exchanged in one step, so `target` is
+    /// never missing; otherwise the old tree is renamed aside first.
+    fn replace(mut self, target: &Path) -> Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        let exists = fs::symlink_metadata(target).is_ok();
+        if !exists {
+            fs::rename(&self.path, target)
+                .map_err(|e| Error::io("renaming into place", target, e))?;
+            self.keep = true;
+            return Ok(());
+        }
+        match renameat_with(CWD, &self.path, CWD, target, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                // self.path now holds the old tree, which drop removes.
+                return Ok(());
+            }
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {}
+            Err(e) => return Err(Error::io("replacing", target, e.into())),
+        }
+        let parent = fsutil::parent_dir(target);
+        let aside = tempfile::Builder::new()
+            .prefix(".old-")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io("creating a temp dir in", parent, e))?;
+        let old = aside.path().join("old");
+        fs::rename(target, &old).map_err(|e| Error::io("moving aside", target, e))?;
+        if let Err(e) = fs::rename(&self.path, target) {
+            // Put the old tree back rather than leave nothing.
+            let _ = fs::rename(&old, target);
+            return Err(Error::io("renaming into place", target, e));
+        }
+        self.keep = true;
+        let aside = aside.keep();
+        remove_tree(&aside);
+        Ok(())
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        if !self.keep {
+            remove_tree(&self.path);
+        }
+    }
+}
+
+/// Removes a tree, making directories writable where a layer left them
+/// read-only (which stops an unprivileged user from emptying them).
+fn remove_tree(path: &Path) {
+    if fs::remove_dir_all(path).is_ok() || fs::symlink_metadata(path).is_err() {
+        return;
+    }
+    fn open_up(dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    open_up(&e.path());
+                }
+            }
+        }
+    }
+    open_up(path);
+    if let Err(e) = fs::remove_dir_all(path) {
+        tracing::warn!("could not remove {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_keys() {
+        assert_eq!(store_image_name("127.0.0.1:5000/team/app"), "team/app");
+        assert_eq!(store_image_name("ghcr.io/org/app"), "org/app");
+        assert_eq!(store_image_name("localhost/app"), "app");
+        assert_eq!(store_image_name("busybox"), "busybox");
+        assert_eq!(store_image_name("team/app"), "team/app");
+        assert_eq!(store_image_name("library/busybox"), "library/busybox");
+        assert_eq!(
+            manifest_stem("team/app", "v1", true),
+            "manifest-team_app-v1"
+        );
+        assert_eq!(manifest_stem("team/app", "v1", false), "manifest");
+    }
+
+    #[test]
+    fn temp_tree_replaces_and_cleans_up() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("manifest");
+        let t = TempTree::new(d.path(), ".manifest.tmp-").unwrap();
+        fs::write(t.path().join("a"), b"1").unwrap();
+        t.replace(&target).unwrap();
+        assert_eq!(fs::read(target.join("a")).unwrap(), b"1");
+
+        let t = TempTree::new(d.path(), ".manifest.tmp-").unwrap();
+        fs::write(t.path().join("b"), b"2").unwrap();
+        fs::create_dir(t.path().join("ro")).unwrap();
+        t.replace(&target).unwrap();
+        assert!(!target.join("a").exists());
+        assert_eq!(fs::read(target.join("b")).unwrap(), b"2");
+
+        let t = TempTree::new(d.path(), ".manifest.tmp-").unwrap();
+        fs::write(t.path().join("c"), b"3").unwrap();
+        drop(t);
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("manifest")]);
+    }
+}
