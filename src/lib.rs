@@ -7,6 +7,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod filter;
 pub mod fsutil;
 pub mod image;
 pub mod layer;

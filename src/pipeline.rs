@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::image::{Image, LayerInfo};
+use crate::filter::{Filter, FilterContext};
+use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 use crate::sink::Sink;
 use crate::source::{FetchContext, Source};
@@ -46,6 +47,8 @@ pub struct Report {
     pub output: String,
     /// Wall time.
     pub elapsed: Duration,
+    /// What the sink wants the user to know (skipped entries, warnings).
+    pub notes: Vec<String>,
 }
 
 /// Aborts a spawned task when dropped, so a failed run stops its downloads.
@@ -88,6 +91,16 @@ pub async fn run(
     sink: Box<dyn Sink>,
     options: RunOptions,
 ) -> Result<Report> {
+    run_filtered(source, Vec::new(), sink, options).await
+}
+
+/// Moves one image from `source` through `filters`, in order, to `sink`.
+pub async fn run_filtered(
+    source: Arc<dyn Source>,
+    filters: Vec<Box<dyn Filter>>,
+    sink: Box<dyn Sink>,
+    options: RunOptions,
+) -> Result<Report> {
     let started = Instant::now();
     let temp_root = options.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let temp = tempfile::Builder::new()
@@ -98,10 +111,26 @@ pub async fn run(
         temp_dir: temp.path().to_path_buf(),
         reporter: options.reporter.clone(),
     };
-    let image = source.resolve(&ctx).await?;
-    let needs = sink.needs();
-    let ordered = sink.ordered();
+    let mut image = source.resolve(&ctx).await?;
+    let sink_needs = sink.needs();
+    let filtering = !filters.is_empty();
+    // A rewriting filter changes diff_ids, so the sink can only say what it
+    // has once a layer has been through the chain.
+    let rewriting = filters.iter().any(|f| f.rewrites());
+    let needs = if filtering {
+        sink_needs.union(LayerNeeds::TAR)
+    } else {
+        sink_needs
+    };
+    let ordered = sink.ordered() || filtering;
     let sink: SharedSink = Arc::new(Mutex::new(sink));
+    let mut chain = FilterChain {
+        filters,
+        ctx: FilterContext {
+            temp_dir: ctx.temp_dir.clone(),
+        },
+    };
+    chain = chain.run(&image, |f, img| f.begin(img)).await?;
 
     let meta = image.clone();
     let wanted: Vec<LayerInfo> = with_sink(&sink, move |s| {
@@ -109,7 +138,7 @@ pub async fn run(
         Ok(meta
             .layers
             .iter()
-            .filter(|l| s.wants_layer(l))
+            .filter(|l| rewriting || s.wants_layer(l))
             .cloned()
             .collect())
     })
@@ -122,6 +151,7 @@ pub async fn run(
     options.reporter.begin(&image, &wanted);
     let bytes_fetched = wanted.iter().map(|l| l.size).sum::<u64>();
     let fetched = wanted.len();
+    let mut skipped_after_filters = 0;
 
     let parallel = options.parallel.max(1);
     let tasks = futures_util::stream::iter(wanted).map(|layer| {
@@ -138,12 +168,44 @@ pub async fn run(
     } else {
         Box::pin(tasks.buffer_unordered(parallel))
     };
+    let mut rewritten = false;
     while let Some(joined) = stream.next().await {
-        let layer =
+        let mut layer =
             joined.map_err(|e| Error::InvalidImage(format!("layer task failed: {e}")))??;
+        if filtering {
+            let (c, out) = chain.layer(layer).await?;
+            chain = c;
+            layer = out;
+            let slot = &mut image.layers[layer.info.index];
+            if layer.info.diff_id != slot.diff_id {
+                rewritten = true;
+                // A rewritten layer exists only as a tar; that is its blob too.
+                layer.blob = layer.tar.clone();
+                if let Some(t) = &layer.tar {
+                    layer.info.size = t.len();
+                }
+                layer.info.digest = layer.info.diff_id.clone();
+                layer.info.media_type = crate::image::media_type::OCI_LAYER_TAR.to_string();
+                *slot = layer.info.clone();
+            }
+            if !sink_needs.blob {
+                layer.blob = None;
+            }
+            if rewriting {
+                let info = layer.info.clone();
+                if !with_sink(&sink, move |s| Ok(s.wants_layer(&info))).await? {
+                    skipped_after_filters += 1;
+                    continue;
+                }
+            }
+        }
         with_sink(&sink, move |s| s.layer(layer)).await?;
     }
     drop(stream);
+    if rewritten {
+        rewrite_config(&mut image)?;
+    }
+    chain.run(&image, |f, img| f.finish(img)).await?;
 
     let sink = Arc::try_unwrap(sink)
         .map_err(|_| Error::InvalidImage("sink still in use".into()))?
@@ -159,12 +221,75 @@ pub async fn run(
         image: describe_image(&image),
         layers: image.layers.len(),
         fetched,
-        skipped: image.layers.len() - fetched,
+        skipped: image.layers.len() - fetched + skipped_after_filters,
         bytes_fetched,
         bytes_written: sink_report.bytes_written,
         output: sink_report.output,
         elapsed: started.elapsed(),
+        notes: sink_report.notes,
     })
+}
+
+/// The filters, moved onto a blocking thread for each call since they read
+/// and write files.
+struct FilterChain {
+    filters: Vec<Box<dyn Filter>>,
+    ctx: FilterContext,
+}
+
+impl FilterChain {
+    async fn run(
+        mut self,
+        image: &Image,
+        f: fn(&mut dyn Filter, &Image) -> Result<()>,
+    ) -> Result<FilterChain> {
+        if self.filters.is_empty() {
+            return Ok(self);
+        }
+        let image = image.clone();
+        tokio::task::spawn_blocking(move || {
+            for filter in &mut self.filters {
+                f(filter.as_mut(), &image)?;
+            }
+            Ok(self)
+        })
+        .await
+        .map_err(|e| Error::InvalidImage(format!("filter task failed: {e}")))?
+    }
+
+    async fn layer(mut self, layer: Layer) -> Result<(FilterChain, Layer)> {
+        tokio::task::spawn_blocking(move || {
+            let mut layer = layer;
+            for filter in &mut self.filters {
+                layer = filter.layer(layer, &self.ctx)?;
+            }
+            Ok((self, layer))
+        })
+        .await
+        .map_err(|e| Error::InvalidImage(format!("filter task failed: {e}")))?
+    }
+}
+
+/// Puts the layers' current diff_ids into the config. The new config has a
+/// new digest, and the source's manifest no longer describes the image.
+fn rewrite_config(image: &mut Image) -> Result<()> {
+    let mut config = image
+        .config_json()
+        .map_err(|e| Error::InvalidImage(format!("image config is not JSON: {e}")))?;
+    let ids: Vec<serde_json::Value> = image
+        .layers
+        .iter()
+        .map(|l| serde_json::Value::String(l.diff_id.to_string()))
+        .collect();
+    match config.get_mut("rootfs") {
+        Some(rootfs) if rootfs.is_object() => rootfs["diff_ids"] = serde_json::Value::Array(ids),
+        _ => return Err(Error::InvalidImage("image config has no rootfs".into())),
+    }
+    image.config_raw = serde_json::to_vec(&config)
+        .map_err(|e| Error::InvalidImage(format!("serialising config: {e}")))?;
+    image.config_digest = crate::digest::Digest::sha256_of(&image.config_raw);
+    image.manifest = None;
+    Ok(())
 }
 
 fn describe_image(image: &Image) -> String {

@@ -1,0 +1,155 @@
+//! Filters: steps between a source and a sink that observe or rewrite
+//! layers (`-f NAME[:KEY=VALUE[,KEY=VALUE...]]`). One file per filter.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::image::{Image, Layer};
+
+/// What a filter gets besides the layer.
+#[derive(Clone, Debug)]
+pub struct FilterContext {
+    /// Directory for rewritten layers (removed at the end of the run).
+    pub temp_dir: PathBuf,
+}
+
+/// A step in the chain. The pipeline calls `begin`, then `layer` for every
+/// layer bottom to top, then `finish` with the metadata as the whole chain
+/// left it.
+pub trait Filter: Send {
+    /// The name used on the command line.
+    fn name(&self) -> &'static str;
+    /// Whether `layer` may change a layer's bytes. A rewritten layer must come
+    /// back with `tar` set and `info.diff_id` the sha256 of the new tar; the
+    /// pipeline then rewrites the config's `rootfs.diff_ids`.
+    fn rewrites(&self) -> bool {
+        false
+    }
+    /// Called once before any layer.
+    fn begin(&mut self, _image: &Image) -> Result<()> {
+        Ok(())
+    }
+    /// One verified layer (with its tar), in manifest order.
+    fn layer(&mut self, layer: Layer, ctx: &FilterContext) -> Result<Layer>;
+    /// Called once after the last layer.
+    fn finish(&mut self, _image: &Image) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A parsed `-f` argument: the name and its `key=value` options in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterSpec {
+    /// Filter name.
+    pub name: String,
+    /// Options, in the order given (a key may repeat, e.g. `pattern`).
+    pub options: Vec<(String, String)>,
+}
+
+impl FilterSpec {
+    /// Parses `name[:key=value[,key=value...]]`. A comma starts a new option
+    /// only when what follows looks like `key=`, so values may hold commas
+    /// (`pattern={a,b}*`).
+    pub fn parse(s: &str) -> Result<FilterSpec> {
+        let (name, rest) = s.split_once(':').unwrap_or((s, ""));
+        if name.is_empty() {
+            return Err(Error::Usage(format!("empty filter name in {s:?}")));
+        }
+        let mut options: Vec<(String, String)> = Vec::new();
+        for piece in split_options(rest) {
+            let (k, v) = piece.split_once('=').ok_or_else(|| {
+                Error::Usage(format!("filter option {piece:?} in {s:?} is not KEY=VALUE"))
+            })?;
+            options.push((k.trim().to_string(), v.to_string()));
+        }
+        Ok(FilterSpec {
+            name: name.to_string(),
+            options,
+        })
+    }
+
+    /// Every value of option `key`.
+    pub fn values(&self, key: &str) -> Vec<&str> {
+        self.options
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The last value of option `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values(key).last().copied()
+    }
+
+    /// Fails on options other than `known`.
+    pub fn check_options(&self, known: &[&str]) -> Result<()> {
+        for (k, _) in &self.options {
+            if !known.contains(&k.as_str()) {
+                return Err(Error::Usage(format!(
+                    "unknown option {k:?} for filter {} (known: {})",
+                    self.name,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn split_options(rest: &str) -> Vec<&str> {
+    if rest.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    let bytes = rest.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b',' {
+            let next = &rest[i + 1..];
+            let key_like = next.split_once('=').is_some_and(|(k, _)| {
+                !k.is_empty()
+                    && k.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+            });
+            if key_like {
+                out.push(&rest[start..i]);
+                start = i + 1;
+            }
+        }
+    }
+    out.push(&rest[start..]);
+    out
+}
+
+/// Builds the filter a `-f` argument names.
+pub fn build(spec: &FilterSpec) -> Result<Box<dyn Filter>> {
+    #[allow(clippy::match_single_binding)]
+    match spec.name.as_str() {
+        other => Err(Error::Usage(format!("unknown filter {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        let s = FilterSpec::parse("exclude:pattern=usr/share/doc/*,pattern=*.pyc").unwrap();
+        assert_eq!(s.name, "exclude");
+        assert_eq!(s.values("pattern"), vec!["usr/share/doc/*", "*.pyc"]);
+        let s = FilterSpec::parse("exclude:pattern={a,b}/*.txt").unwrap();
+        assert_eq!(s.values("pattern"), vec!["{a,b}/*.txt"]);
+        let s = FilterSpec::parse("normalize-timestamps").unwrap();
+        assert!(s.options.is_empty());
+        let s = FilterSpec::parse("normalize-timestamps:ts=0").unwrap();
+        assert_eq!(s.get("ts"), Some("0"));
+        assert!(FilterSpec::parse("x:novalue").is_err());
+        assert!(FilterSpec::parse(":a=b").is_err());
+    }
+}
