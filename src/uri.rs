@@ -122,6 +122,8 @@ pub struct Settings {
     pub retries: u32,
     /// Layers fetched at once.
     pub parallel: usize,
+    /// Skip layer entries that cannot be extracted safely instead of failing.
+    pub skip_unsafe: bool,
 }
 
 /// Splits `user:pass@host/path` into credentials and the rest.
@@ -193,10 +195,51 @@ pub fn open_source(uri: &Uri, settings: &Settings) -> Result<(Arc<dyn Source>, u
             )?;
             Ok((Arc::new(source), settings.parallel))
         }
+        "dir" => {
+            uri.check_options(&["image", "tag"])?;
+            let source = crate::source::dir::DirSource::open(
+                &uri.file_path()?,
+                uri.get("image").filter(|s| !s.is_empty()),
+                uri.get("tag").filter(|s| !s.is_empty()),
+            )?;
+            Ok((Arc::new(source), settings.parallel))
+        }
+        "oci-layout" => {
+            uri.check_options(&["os", "arch", "architecture", "variant"])?;
+            let (path, tag) = split_layout_tag(&uri.path)?;
+            let mut platform = settings.platform.clone();
+            if let Some(os) = uri.get("os") {
+                platform.os = os.to_string();
+            }
+            if let Some(a) = uri.get("arch").or(uri.get("architecture")) {
+                platform.architecture = a.to_string();
+            }
+            if let Some(v) = uri.get("variant") {
+                platform.variant = Some(v.to_string()).filter(|v| !v.is_empty());
+            }
+            let source =
+                crate::source::oci_layout::OciLayoutSource::open(&path, tag.as_deref(), &platform)?;
+            Ok((Arc::new(source), settings.parallel))
+        }
         other => Err(Error::Usage(format!(
-            "unknown source scheme {other}:// (supported: registry://, tar://)"
+            "unknown source scheme {other}:// (supported: registry://, tar://, dir://, oci-layout://)"
         ))),
     }
+}
+
+/// Splits `PATH[:TAG]` as skopeo's `oci:` transport does: a colon after the
+/// last slash starts the tag.
+fn split_layout_tag(path: &str) -> Result<(PathBuf, Option<String>)> {
+    let last_slash = path.rfind('/').map_or(0, |i| i + 1);
+    let (p, tag) = match path[last_slash..].rfind(':') {
+        Some(i) => (&path[..last_slash + i], Some(&path[last_slash + i + 1..])),
+        None => (path, None),
+    };
+    if p.is_empty() {
+        return Err(Error::Usage("oci-layout:// needs a path".into()));
+    }
+    let tag = tag.filter(|t| !t.is_empty()).map(str::to_string);
+    Ok((PathBuf::from(p), tag))
 }
 
 fn parse_workers(n: &str) -> Result<usize> {
@@ -209,7 +252,7 @@ fn parse_workers(n: &str) -> Result<usize> {
 }
 
 /// Builds the sink a URI names.
-pub fn open_sink(uri: &Uri, _settings: &Settings) -> Result<Box<dyn Sink>> {
+pub fn open_sink(uri: &Uri, settings: &Settings) -> Result<Box<dyn Sink>> {
     match uri.scheme.as_str() {
         "tar" => {
             uri.check_options(&[])?;
@@ -217,8 +260,48 @@ pub fn open_sink(uri: &Uri, _settings: &Settings) -> Result<Box<dyn Sink>> {
                 crate::sink::docker_archive::DockerArchiveSink::new(&uri.file_path()?)?,
             ))
         }
+        "dir" => {
+            uri.check_options(&["unique_names", "expand"])?;
+            let options = crate::sink::dir::DirOptions {
+                unique_names: uri.flag("unique_names")?,
+                expand: uri.flag("expand")?,
+                skip_unsafe: settings.skip_unsafe,
+            };
+            Ok(Box::new(crate::sink::dir::DirSink::new(
+                &uri.file_path()?,
+                options,
+            )?))
+        }
+        "oci" => {
+            uri.check_options(&["readonly"])?;
+            let readonly = match uri.get("readonly") {
+                None => true,
+                Some(_) => uri.flag("readonly")?,
+            };
+            Ok(Box::new(crate::sink::bundle::BundleSink::new(
+                &uri.file_path()?,
+                readonly,
+                settings.skip_unsafe,
+            )?))
+        }
+        "mounts" => {
+            uri.check_options(&["mount"])?;
+            Ok(Box::new(crate::sink::mounts::MountsSink::new(
+                &uri.file_path()?,
+                uri.flag("mount")?,
+                settings.skip_unsafe,
+            )?))
+        }
+        "oci-layout" => {
+            uri.check_options(&[])?;
+            let (path, tag) = split_layout_tag(&uri.path)?;
+            Ok(Box::new(crate::sink::oci_layout::OciLayoutSink::new(
+                &path,
+                tag.as_deref(),
+            )?))
+        }
         other => Err(Error::Usage(format!(
-            "unknown destination scheme {other}:// (supported: tar://)"
+            "unknown destination scheme {other}:// (supported: tar://, dir://, oci://, mounts://, oci-layout://)"
         ))),
     }
 }
@@ -244,6 +327,20 @@ mod tests {
         assert!(Uri::parse("no-scheme").is_err());
         assert!(u.check_options(&[]).is_err());
         assert!(u.check_options(&["image"]).is_ok());
+    }
+
+    #[test]
+    fn layout_tags() {
+        let (p, t) = split_layout_tag("out/layout:v1").unwrap();
+        assert_eq!(
+            (p.to_str().unwrap(), t.as_deref()),
+            ("out/layout", Some("v1"))
+        );
+        let (p, t) = split_layout_tag("/abs/layout").unwrap();
+        assert_eq!((p.to_str().unwrap(), t), ("/abs/layout", None));
+        let (p, t) = split_layout_tag("dir:x/layout").unwrap();
+        assert_eq!((p.to_str().unwrap(), t), ("dir:x/layout", None));
+        assert!(split_layout_tag(":v1").is_err());
     }
 
     #[test]

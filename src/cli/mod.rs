@@ -77,6 +77,11 @@ pub struct Global {
     /// Times a failed request is retried.
     #[arg(long, global = true, default_value_t = 3, value_name = "N")]
     pub retries: u32,
+    /// Skip layer entries that cannot be extracted safely (paths escaping the
+    /// target, links out of it) instead of failing; they are listed after
+    /// the summary.
+    #[arg(long, global = true)]
+    pub skip_unsafe: bool,
     /// Output format for commands that print results.
     #[arg(short = 'O', long = "output-format", global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output_format: OutputFormat,
@@ -88,8 +93,13 @@ pub enum Command {
     /// Read an image from SOURCE and write it to DEST.
     ///
     /// Sources: registry://[USER:PASS@]HOST/IMAGE[:TAG][@DIGEST] (options: insecure, os, arch,
-    /// variant, max_workers), tar://FILE (option: image=NAME:TAG).
-    /// Destinations: tar://FILE (a docker-loadable tarball).
+    /// variant, max_workers), tar://FILE (option: image=NAME:TAG), dir://PATH (a layer store;
+    /// options: image=NAME, tag=TAG), oci-layout://PATH[:TAG] (an OCI image layout).
+    /// Destinations: tar://FILE (a docker-loadable tarball), dir://PATH (a layer store shared
+    /// between images; options: unique_names=true for one manifest per image, expand=true to
+    /// also write the merged root filesystem to PATH/manifest[-NAME-TAG]/), oci://PATH (an OCI
+    /// runtime bundle for runc; option: readonly=false), mounts://PATH (one overlayfs layer
+    /// directory per layer; option: mount=true), oci-layout://PATH[:TAG] (an OCI image layout).
     Process {
         /// Where the image comes from.
         source: String,
@@ -107,6 +117,75 @@ pub enum Command {
         /// Image path (library/busybox).
         image: String,
         /// Tag or digest.
+        tag: String,
+        /// Output tarball.
+        file: PathBuf,
+    },
+    /// Fetch an image from a registry into a layer store directory
+    /// (same as `process registry://REGISTRY/IMAGE:TAG dir://DIR`).
+    FetchToExtracted {
+        /// One manifest file per image and tag, so one store can hold several
+        /// images (dir:// option unique_names=true).
+        #[arg(long)]
+        use_unique_names: bool,
+        /// Also write the merged root filesystem (dir:// option expand=true).
+        #[arg(long)]
+        expand: bool,
+        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
+        registry: String,
+        /// Image path (library/busybox).
+        image: String,
+        /// Tag or digest.
+        tag: String,
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Extract a docker-save tarball into a layer store directory
+    /// (same as `process tar://FILE dir://DIR`).
+    TarfileToExtracted {
+        /// One manifest file per image and tag (dir:// option unique_names=true).
+        #[arg(long)]
+        use_unique_names: bool,
+        /// Also write the merged root filesystem (dir:// option expand=true).
+        #[arg(long)]
+        expand: bool,
+        /// Input tarball.
+        file: PathBuf,
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Fetch an image from a registry into an OCI runtime bundle
+    /// (same as `process registry://REGISTRY/IMAGE:TAG oci://DIR`).
+    FetchToOci {
+        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
+        registry: String,
+        /// Image path (library/busybox).
+        image: String,
+        /// Tag or digest.
+        tag: String,
+        /// Output bundle directory.
+        dir: PathBuf,
+    },
+    /// Fetch an image from a registry into overlayfs layer directories
+    /// (same as `process registry://REGISTRY/IMAGE:TAG mounts://DIR`).
+    FetchToMounts {
+        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
+        registry: String,
+        /// Image path (library/busybox).
+        image: String,
+        /// Tag or digest.
+        tag: String,
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Write an image from a layer store directory as a docker-loadable
+    /// tarball (same as `process "dir://DIR?image=IMAGE&tag=TAG" tar://FILE`).
+    RecreateImage {
+        /// The layer store.
+        dir: PathBuf,
+        /// Image name as the store's catalog has it (team/app).
+        image: String,
+        /// Tag.
         tag: String,
         /// Output tarball.
         file: PathBuf,
@@ -134,6 +213,7 @@ impl Global {
             credentials,
             retries: self.retries,
             parallel: self.parallel as usize,
+            skip_unsafe: self.skip_unsafe,
         }
     }
 }
@@ -147,16 +227,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
             dest,
             filters,
         } => {
-            if let Some(f) = filters.first() {
-                return Err(occystrap::Error::Usage(format!(
-                    "unknown filter {:?}",
-                    f.split(':').next().unwrap_or(f)
-                ))
-                .into());
-            }
             let src = Uri::parse(source)?;
             let dst = Uri::parse(dest)?;
-            process(&cli.global, &settings, &src, &dst).await
+            process_filtered(&cli.global, &settings, &src, &dst, filters).await
         }
         Command::FetchToTarfile {
             registry,
@@ -164,23 +237,115 @@ pub async fn run(cli: Cli) -> Result<i32> {
             tag,
             file,
         } => {
-            let reference = Reference::from_parts(registry, image, tag)?;
-            let src = Uri {
-                scheme: "registry".into(),
-                path: reference.to_string(),
-                query: vec![],
-            };
-            let dst = Uri {
-                scheme: "tar".into(),
-                path: file.to_string_lossy().into_owned(),
-                query: vec![],
-            };
+            let src = registry_uri(registry, image, tag)?;
+            process(&cli.global, &settings, &src, &path_uri("tar", file)).await
+        }
+        Command::FetchToExtracted {
+            use_unique_names,
+            expand,
+            registry,
+            image,
+            tag,
+            dir,
+        } => {
+            let src = registry_uri(registry, image, tag)?;
+            let dst = dir_uri(dir, *use_unique_names, *expand);
             process(&cli.global, &settings, &src, &dst).await
+        }
+        Command::TarfileToExtracted {
+            use_unique_names,
+            expand,
+            file,
+            dir,
+        } => {
+            let src = path_uri("tar", file);
+            let dst = dir_uri(dir, *use_unique_names, *expand);
+            process(&cli.global, &settings, &src, &dst).await
+        }
+        Command::RecreateImage {
+            dir,
+            image,
+            tag,
+            file,
+        } => {
+            let src = Uri {
+                scheme: "dir".into(),
+                path: dir.to_string_lossy().into_owned(),
+                query: vec![("image".into(), image.clone()), ("tag".into(), tag.clone())],
+            };
+            process(&cli.global, &settings, &src, &path_uri("tar", file)).await
+        }
+        Command::FetchToOci {
+            registry,
+            image,
+            tag,
+            dir,
+        } => {
+            let src = registry_uri(registry, image, tag)?;
+            process(&cli.global, &settings, &src, &path_uri("oci", dir)).await
+        }
+        Command::FetchToMounts {
+            registry,
+            image,
+            tag,
+            dir,
+        } => {
+            let src = registry_uri(registry, image, tag)?;
+            process(&cli.global, &settings, &src, &path_uri("mounts", dir)).await
         }
     }
 }
 
+/// The `registry://` URI the original commands' REGISTRY IMAGE TAG stand for.
+fn registry_uri(registry: &str, image: &str, tag: &str) -> Result<Uri> {
+    let reference = Reference::from_parts(registry, image, tag)?;
+    Ok(Uri {
+        scheme: "registry".into(),
+        path: reference.to_string(),
+        query: vec![],
+    })
+}
+
+/// A `scheme://PATH` URI without options.
+fn path_uri(scheme: &str, path: &std::path::Path) -> Uri {
+    Uri {
+        scheme: scheme.into(),
+        path: path.to_string_lossy().into_owned(),
+        query: vec![],
+    }
+}
+
+/// The `dir://` URI the legacy extraction commands stand for.
+fn dir_uri(dir: &std::path::Path, unique_names: bool, expand: bool) -> Uri {
+    let mut query = Vec::new();
+    if unique_names {
+        query.push(("unique_names".into(), "true".into()));
+    }
+    if expand {
+        query.push(("expand".into(), "true".into()));
+    }
+    Uri {
+        scheme: "dir".into(),
+        path: dir.to_string_lossy().into_owned(),
+        query,
+    }
+}
+
 async fn process(global: &Global, settings: &Settings, src: &Uri, dst: &Uri) -> Result<i32> {
+    process_filtered(global, settings, src, dst, &[]).await
+}
+
+async fn process_filtered(
+    global: &Global,
+    settings: &Settings,
+    src: &Uri,
+    dst: &Uri,
+    filter_args: &[String],
+) -> Result<i32> {
+    let filters = filter_args
+        .iter()
+        .map(|f| occystrap::filter::FilterSpec::parse(f).and_then(|s| occystrap::filter::build(&s)))
+        .collect::<occystrap::Result<Vec<_>>>()?;
     let (source, parallel) = uri::open_source(src, settings)?;
     let sink = uri::open_sink(dst, settings)?;
     let reporter = Arc::new(progress::Bars::new());
@@ -189,12 +354,15 @@ async fn process(global: &Global, settings: &Settings, src: &Uri, dst: &Uri) -> 
         temp_dir: global.temp_dir.clone(),
         reporter: reporter.clone(),
     };
-    let report = pipeline::run(source.clone(), sink, options)
+    let report = pipeline::run_filtered(source.clone(), filters, sink, options)
         .await
         .with_context(|| source.describe());
     reporter.clear();
     let report = report?;
     eprintln!("{}", summary(&report));
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
     Ok(0)
 }
 

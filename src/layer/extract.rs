@@ -33,11 +33,7 @@ const MAX_XATTR_WARNINGS: usize = 32;
 /// applied safely make the call fail, or are listed in
 /// [`ExtractStats::skipped_unsafe`] when `opts.skip_unsafe` is set. Needs
 /// Linux 5.6 or later (`openat2(2)`).
-pub fn extract_layer(
-    root: &Path,
-    tar: impl Read,
-    opts: &ExtractOptions,
-) -> Result<ExtractStats> {
+pub fn extract_layer(root: &Path, tar: impl Read, opts: &ExtractOptions) -> Result<ExtractStats> {
     let handle = Root::open(root).map_err(|e| match e {
         OpenRootError::NoOpenat2 => Error::Unsupported(format!(
             "{}: extracting needs openat2(2) (Linux 5.6 or later), which this kernel \
@@ -167,7 +163,7 @@ impl<'a> Extractor<'a> {
             root_path,
             root,
             root_dir,
-            privileged: rustix::process::geteuid().is_root(),
+            privileged: rustix::process::geteuid().is_root() && !test_hooks::unprivileged(),
             cache: None,
             upper_names: HashMap::new(),
             upper_dirs: HashSet::new(),
@@ -189,15 +185,23 @@ impl<'a> Extractor<'a> {
     }
 
     fn read_error(&self, e: io::Error) -> Error {
-        Error::stream(format!("{}: reading the layer tar", self.opts.layer_name), e)
+        Error::stream(
+            format!("{}: reading the layer tar", self.opts.layer_name),
+            e,
+        )
     }
 
     /// A fatal error for a filesystem call on `rel`.
     fn io_fail(&self, operation: &'static str, rel: &[u8], e: impl Into<io::Error>) -> Fail {
+        let e = e.into();
+        if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+            // The layer's fault (a component over NAME_MAX), not the host's.
+            return Fail::Refused("has a name component that is too long".into());
+        }
         Fail::Fatal(Error::io(
             operation,
             self.root_path.join(OsStr::from_bytes(rel)),
-            e.into(),
+            e,
         ))
     }
 
@@ -283,7 +287,9 @@ impl<'a> Extractor<'a> {
         // u32::MAX is the "no change" value of chown(2), never a real owner.
         let id = |v: u64| u32::try_from(v).ok().filter(|&v| v != u32::MAX);
         let (Some(uid), Some(gid)) = (id(h.uid().map_err(bad)?), id(h.gid().map_err(bad)?)) else {
-            return Err(Fail::Refused("has an owner or group id out of range".into()));
+            return Err(Fail::Refused(
+                "has an owner or group id out of range".into(),
+            ));
         };
         let secs = h.mtime().map_err(bad)?;
         let mut mtime = Timespec {
@@ -293,7 +299,10 @@ impl<'a> Extractor<'a> {
         let mut atime = None;
         let mut xattrs = Vec::new();
         let overlay = !self.apply_mode();
-        if let Some(pax) = entry.pax_extensions().map_err(|e| Fail::Fatal(self.read_error(e)))? {
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(|e| Fail::Fatal(self.read_error(e)))?
+        {
             // A malformed record is skipped, as the tar crate does for paths.
             for rec in pax.flatten() {
                 let key = rec.key_bytes();
@@ -337,7 +346,8 @@ impl<'a> Extractor<'a> {
             if k == key {
                 let p = p.clone();
                 if create && !*marked && self.apply_mode() {
-                    self.mark_ancestors(&p).map_err(|e| self.io_fail("resolving", key, e))?;
+                    self.mark_ancestors(&p)
+                        .map_err(|e| self.io_fail("resolving", key, e))?;
                 }
                 if let Some(c) = &mut self.cache {
                     c.2 |= create;
@@ -385,7 +395,8 @@ impl<'a> Extractor<'a> {
             self.touched.insert(key.to_vec(), stat_times(&st));
         }
         if create && self.apply_mode() {
-            self.mark_ancestors(&p).map_err(|e| self.io_fail("resolving", key, e))?;
+            self.mark_ancestors(&p)
+                .map_err(|e| self.io_fail("resolving", key, e))?;
         }
         self.cache = Some((key.to_vec(), p.clone(), create));
         Ok(Some(p))
@@ -496,7 +507,9 @@ impl<'a> Extractor<'a> {
     /// Splits a non-root name and opens (creating) its parent.
     fn parent_of<'n>(&mut self, name: &'n RelPath) -> Result<(Parent, &'n [u8]), Fail> {
         let Some((dir, last)) = name.split_last() else {
-            return Err(Fail::Refused("would replace the target directory itself".into()));
+            return Err(Fail::Refused(
+                "would replace the target directory itself".into(),
+            ));
         };
         match self.parent(dir, true)? {
             Some(p) => Ok((p, last)),
@@ -589,12 +602,17 @@ impl<'a> Extractor<'a> {
         let rel = name.as_bytes();
         // Kept verbatim, absolute or not: it is resolved in the container's
         // root when used, and we never follow it while extracting.
-        let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+        let target = entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .unwrap_or_default();
         if target.is_empty() {
             return Err(Fail::Refused("is a symlink with an empty target".into()));
         }
         if target.contains(&0) {
-            return Err(Fail::Refused("is a symlink whose target has a NUL byte".into()));
+            return Err(Fail::Refused(
+                "is a symlink whose target has a NUL byte".into(),
+            ));
         }
         let (p, last) = self.parent_of(name)?;
         match resolve::make_replacing(p.fd.as_fd(), last, false, || {
@@ -602,7 +620,9 @@ impl<'a> Extractor<'a> {
         }) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
-                return Err(Fail::Refused("is a symlink whose target is too long".into()));
+                return Err(Fail::Refused(
+                    "is a symlink whose target is too long".into(),
+                ));
             }
             Err(e) => return Err(self.io_fail("creating", rel, e)),
         }
@@ -612,8 +632,12 @@ impl<'a> Extractor<'a> {
 
     fn hardlink<R: Read>(&mut self, entry: &tar::Entry<'_, R>, name: &RelPath) -> Result<(), Fail> {
         let rel = name.as_bytes();
-        let raw_target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-        let refuse = |why: &str| Fail::Refused(format!("is a hardlink to {}, {why}", shown(&raw_target)));
+        let raw_target = entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .unwrap_or_default();
+        let refuse =
+            |why: &str| Fail::Refused(format!("is a hardlink to {}, {why}", shown(&raw_target)));
         if raw_target.first() == Some(&b'/') {
             return Err(refuse("an absolute path"));
         }
@@ -649,7 +673,8 @@ impl<'a> Extractor<'a> {
                     return Ok(());
                 }
             }
-            resolve::remove_any(p.fd.as_fd(), last).map_err(|e| self.io_fail("removing", rel, e))?;
+            resolve::remove_any(p.fd.as_fd(), last)
+                .map_err(|e| self.io_fail("removing", rel, e))?;
             result = link();
         }
         match result {
@@ -729,8 +754,13 @@ impl<'a> Extractor<'a> {
         }
         if chmod {
             // We just made this node, so it is not a symlink to follow.
-            rustix::fs::chmodat(&*p.fd, last, Mode::from_raw_mode(meta.mode), AtFlags::empty())
-                .map_err(|e| self.io_fail("setting the mode of", rel, e))?;
+            rustix::fs::chmodat(
+                &*p.fd,
+                last,
+                Mode::from_raw_mode(meta.mode),
+                AtFlags::empty(),
+            )
+            .map_err(|e| self.io_fail("setting the mode of", rel, e))?;
         }
         self.xattrs(XattrTarget::At(p.fd.as_fd(), last), meta, rel);
         rustix::fs::utimensat(&*p.fd, last, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
@@ -763,7 +793,10 @@ impl<'a> Extractor<'a> {
         let Ok(n) = rustix::fs::flistxattr(fd, &mut list[..]) else {
             return;
         };
-        for name in list[..n.min(size)].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        for name in list[..n.min(size)]
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+        {
             let keep = meta.xattrs.iter().any(|(x, _)| x == name)
                 || name == b"security.selinux"
                 || name == b"system.nfs4_acl"
@@ -801,9 +834,12 @@ impl<'a> Extractor<'a> {
                 (XattrTarget::Fd(fd), _) => {
                     rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty())
                 }
-                (_, Some(path)) => {
-                    rustix::fs::lsetxattr(path.as_slice(), name.as_slice(), value, XattrFlags::empty())
-                }
+                (_, Some(path)) => rustix::fs::lsetxattr(
+                    path.as_slice(),
+                    name.as_slice(),
+                    value,
+                    XattrFlags::empty(),
+                ),
                 (XattrTarget::At(..), None) => continue,
             };
             if let Err(e) = r {
@@ -844,7 +880,9 @@ impl<'a> Extractor<'a> {
         // Deepest first, so a directory made unreadable (mode 0500 for a
         // non-root user) does not lock us out of its subdirectories.
         let mut dirs: Vec<(Vec<u8>, DirFix)> = std::mem::take(&mut self.dirs).into_iter().collect();
-        dirs.sort_by_key(|(k, _)| std::cmp::Reverse(k.iter().filter(|&&b| b == b'/').count() + usize::from(!k.is_empty())));
+        dirs.sort_by_key(|(k, _)| {
+            std::cmp::Reverse(k.iter().filter(|&&b| b == b'/').count() + usize::from(!k.is_empty()))
+        });
         for (key, fix) in dirs {
             // Replaced by a non-directory later in the layer: nothing to do.
             let Ok(fd) = self.root.open_dir(&key, false) else {
@@ -943,6 +981,8 @@ fn stat_times(st: &rustix::fs::Stat) -> Timestamps {
 }
 
 /// Parses a PAX time (`1700000000`, `1700000000.25`, `-1.5`).
+// `tv_nsec` is not i64 on every target.
+#[allow(clippy::useless_conversion)]
 fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
     let s = std::str::from_utf8(v).ok()?.trim();
     let (neg, s) = match s.strip_prefix('-') {
@@ -950,7 +990,10 @@ fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
         None => (false, s),
     };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if int.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let mut sec: i64 = int.parse().ok()?;
@@ -995,7 +1038,8 @@ fn copy(
         };
         let chunk = &buf[..n];
         if sparse && chunk.iter().all(|&b| b == 0) {
-            out.seek(SeekFrom::Current(n as i64)).map_err(CopyError::Write)?;
+            out.seek(SeekFrom::Current(n as i64))
+                .map_err(CopyError::Write)?;
             hole_at_end = true;
         } else {
             out.write_all(chunk).map_err(CopyError::Write)?;
@@ -1007,4 +1051,30 @@ fn copy(
         out.set_len(total).map_err(CopyError::Write)?;
     }
     Ok(total)
+}
+
+/// Lets tests run as root see what an unprivileged run does.
+#[cfg(test)]
+pub(super) mod test_hooks {
+    use std::cell::Cell;
+
+    thread_local! {
+        static UNPRIVILEGED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Makes extractions on this thread act as non-root.
+    pub(in crate::layer) fn set_unprivileged(on: bool) {
+        UNPRIVILEGED.with(|c| c.set(on));
+    }
+
+    pub(super) fn unprivileged() -> bool {
+        UNPRIVILEGED.with(Cell::get)
+    }
+}
+
+#[cfg(not(test))]
+mod test_hooks {
+    pub(super) fn unprivileged() -> bool {
+        false
+    }
 }

@@ -67,7 +67,13 @@ impl Root {
             Mode::empty(),
         )
         .map_err(|e| OpenRootError::Io(e.into()))?;
-        match rustix::fs::openat2(&fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), IN_ROOT) {
+        match rustix::fs::openat2(
+            &fd,
+            ".",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            IN_ROOT,
+        ) {
             Ok(_) => {}
             Err(Errno::NOSYS) => return Err(OpenRootError::NoOpenat2),
             Err(e) => return Err(OpenRootError::Io(e.into())),
@@ -178,10 +184,17 @@ impl Root {
                             Err(e) => return Err(e.into()),
                         }
                     }
-                    Err(Errno::LOOP) => {
-                        // A symlink (O_NOFOLLOW and RESOLVE_NO_SYMLINKS both say
-                        // ELOOP): splice its target in.
-                        let target = rustix::fs::readlinkat(&cur, comp.as_slice(), Vec::new())?;
+                    Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
+                        // A symlink says ELOOP or ENOTDIR (O_DIRECTORY wins
+                        // over O_NOFOLLOW); so does a non-directory, which
+                        // readlinkat tells apart with EINVAL.
+                        let target = match rustix::fs::readlinkat(&cur, comp.as_slice(), Vec::new())
+                        {
+                            Ok(t) => t,
+                            Err(Errno::INVAL) => return Err(e.into()),
+                            Err(e) => return Err(e.into()),
+                        };
+                        // Splice the target in.
                         links += 1;
                         if links > MAX_SYMLINKS {
                             return Err(Errno::LOOP.into());
@@ -204,7 +217,8 @@ impl Root {
 
 /// The non-empty, non-`.` components of a path; `..` is kept.
 fn components(p: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
-    p.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".")
+    p.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
 }
 
 /// Opens the subdirectory `name` of `dir`; a symlink fails with ELOOP.

@@ -21,11 +21,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::digest::{Algorithm, Digest, HashingReader};
+use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
 use crate::fsutil::{self, DirLock};
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::layer::{ExtractOptions, ExtractStats, WhiteoutMode, extract_layer};
+use crate::sink::staging::StagedDir;
 use crate::sink::{Sink, SinkReport};
 
 /// The store's index: image -> tag -> manifest file name.
@@ -64,7 +65,7 @@ pub struct DirSink {
 
 /// A merged rootfs under construction.
 struct Expansion {
-    tree: TempTree,
+    tree: StagedDir,
     /// The next layer index to apply: everything below it is in the tree.
     next_index: usize,
 }
@@ -129,7 +130,9 @@ pub fn layer_path(root: &Path, diff_id: &Digest) -> PathBuf {
 fn layer_name(info: &LayerInfo) -> String {
     let full = info.diff_id.to_string();
     // `sha256:` and 12 hex digits, as docker shortens ids.
-    let cut = full.find(':').map_or(full.len(), |i| (i + 13).min(full.len()));
+    let cut = full
+        .find(':')
+        .map_or(full.len(), |i| (i + 13).min(full.len()));
     format!("layer {} ({})", info.index, &full[..cut])
 }
 
@@ -350,10 +353,11 @@ impl Sink for DirSink {
 
     fn begin(&mut self, image: &Image) -> Result<()> {
         fs::create_dir_all(&self.root).map_err(|e| Error::io("creating", &self.root, e))?;
+        // A catalog we could not update should stop the run before any work.
+        read_catalog(&self.root.join(CATALOG))?;
         self.layers = image.layers.clone();
         if self.options.expand {
-            let prefix = format!(".{}.tmp-", self.stem(image));
-            let tree = TempTree::new(&self.root, &prefix)?;
+            let tree = StagedDir::new(&self.root.join(self.stem(image)))?;
             self.expand = Some(Expansion {
                 tree,
                 next_index: 0,
@@ -363,6 +367,11 @@ impl Sink for DirSink {
     }
 
     fn wants_layer(&mut self, layer: &LayerInfo) -> bool {
+        // After a rewriting filter this is asked with the new diff_id, which
+        // is the one to apply from the store if the answer is no.
+        if let Some(slot) = self.layers.get_mut(layer.index) {
+            *slot = layer.clone();
+        }
         // A layer the image lists twice is fetched once; the store's copy of
         // it serves the second place.
         self.asked.insert(layer.diff_id.clone())
@@ -372,6 +381,9 @@ impl Sink for DirSink {
     fn layer(&mut self, layer: Layer) -> Result<()> {
         let index = layer.info.index;
         self.apply_stored_below(index)?;
+        if let Some(slot) = self.layers.get_mut(index) {
+            *slot = layer.info.clone();
+        }
         self.store_layer(&layer)?;
         if self.expand.is_some() {
             let stats = match &layer.tar {
@@ -403,14 +415,16 @@ impl Sink for DirSink {
                 self.root.display()
             )));
         }
+        // The final metadata: filters may have rewritten layers since `begin`.
+        self.layers = image.layers.clone();
         self.apply_stored_below(self.layers.len())?;
 
-        let stem = self.stem(image);
         let mut output = self.root.display().to_string();
         if let Some(x) = self.expand.take() {
-            let target = self.root.join(&stem);
-            x.tree.replace(&target)?;
-            output = target.display().to_string();
+            output = x.tree.target().display().to_string();
+            // The tree has the image's name in the store: replacing it is
+            // what a second expand of the same image means.
+            x.tree.commit(|_| true)?;
         }
 
         // Named by the hash of the bytes written, which a filter may have
@@ -436,7 +450,7 @@ impl Sink for DirSink {
         let mut manifest = serde_json::to_vec_pretty(&entry)
             .map_err(|e| Error::InvalidImage(format!("encoding the manifest: {e}")))?;
         manifest.push(b'\n');
-        let manifest_file = format!("{stem}.json");
+        let manifest_file = format!("{}.json", self.stem(image));
         self.publish(image, &manifest_file, &manifest)?;
 
         Ok(SinkReport {
@@ -444,104 +458,6 @@ impl Sink for DirSink {
             bytes_written: self.bytes_written,
             notes: std::mem::take(&mut self.notes),
         })
-    }
-}
-
-/// A directory tree that is removed when dropped unless it was moved into
-/// place: where a rootfs is built.
-struct TempTree {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl TempTree {
-    /// Creates `dir/<prefix><random>`, mode 0755 (the rootfs's own mode).
-    fn new(dir: &Path, prefix: &str) -> Result<TempTree> {
-        let made = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(dir)
-            .map_err(|e| Error::io("creating a temp dir in", dir, e))?;
-        let path = made.keep();
-        let tree = TempTree { path, keep: false };
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&tree.path, fs::Permissions::from_mode(0o755))
-                .map_err(|e| Error::io("setting permissions of", &tree.path, e))?;
-        }
-        Ok(tree)
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Puts the tree at `target`, replacing whatever is there. Where the
-    /// filesystem can, the two are exchanged in one step, so `target` is
-    /// never missing; otherwise the old tree is renamed aside first.
-    fn replace(mut self, target: &Path) -> Result<()> {
-        use rustix::fs::{CWD, RenameFlags, renameat_with};
-        let exists = fs::symlink_metadata(target).is_ok();
-        if !exists {
-            fs::rename(&self.path, target)
-                .map_err(|e| Error::io("renaming into place", target, e))?;
-            self.keep = true;
-            return Ok(());
-        }
-        match renameat_with(CWD, &self.path, CWD, target, RenameFlags::EXCHANGE) {
-            Ok(()) => {
-                // self.path now holds the old tree, which drop removes.
-                return Ok(());
-            }
-            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {}
-            Err(e) => return Err(Error::io("replacing", target, e.into())),
-        }
-        let parent = fsutil::parent_dir(target);
-        let aside = tempfile::Builder::new()
-            .prefix(".old-")
-            .tempdir_in(parent)
-            .map_err(|e| Error::io("creating a temp dir in", parent, e))?;
-        let old = aside.path().join("old");
-        fs::rename(target, &old).map_err(|e| Error::io("moving aside", target, e))?;
-        if let Err(e) = fs::rename(&self.path, target) {
-            // Put the old tree back rather than leave nothing.
-            let _ = fs::rename(&old, target);
-            return Err(Error::io("renaming into place", target, e));
-        }
-        self.keep = true;
-        let aside = aside.keep();
-        remove_tree(&aside);
-        Ok(())
-    }
-}
-
-impl Drop for TempTree {
-    fn drop(&mut self) {
-        if !self.keep {
-            remove_tree(&self.path);
-        }
-    }
-}
-
-/// Removes a tree, making directories writable where a layer left them
-/// read-only (which stops an unprivileged user from emptying them).
-fn remove_tree(path: &Path) {
-    if fs::remove_dir_all(path).is_ok() || fs::symlink_metadata(path).is_err() {
-        return;
-    }
-    fn open_up(dir: &Path) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-        if let Ok(entries) = fs::read_dir(dir) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    open_up(&e.path());
-                }
-            }
-        }
-    }
-    open_up(path);
-    if let Err(e) = fs::remove_dir_all(path) {
-        tracing::warn!("could not remove {}: {e}", path.display());
     }
 }
 
@@ -562,31 +478,5 @@ mod tests {
             "manifest-team_app-v1"
         );
         assert_eq!(manifest_stem("team/app", "v1", false), "manifest");
-    }
-
-    #[test]
-    fn temp_tree_replaces_and_cleans_up() {
-        let d = tempfile::tempdir().unwrap();
-        let target = d.path().join("manifest");
-        let t = TempTree::new(d.path(), ".manifest.tmp-").unwrap();
-        fs::write(t.path().join("a"), b"1").unwrap();
-        t.replace(&target).unwrap();
-        assert_eq!(fs::read(target.join("a")).unwrap(), b"1");
-
-        let t = TempTree::new(d.path(), ".manifest.tmp-").unwrap();
-        fs::write(t.path().join("b"), b"2").unwrap();
-        fs::create_dir(t.path().join("ro")).unwrap();
-        t.replace(&target).unwrap();
-        assert!(!target.join("a").exists());
-        assert_eq!(fs::read(target.join("b")).unwrap(), b"2");
-
-        let t = TempTree::new(d.path(), ".manifest.tmp-").unwrap();
-        fs::write(t.path().join("c"), b"3").unwrap();
-        drop(t);
-        let names: Vec<_> = fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("manifest")]);
     }
 }

@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 
 pub mod bundle;
+pub mod dir;
 pub mod docker_archive;
 pub mod mounts;
 pub mod oci_layout;

@@ -66,10 +66,10 @@ struct Located {
 }
 
 impl DirSource {
-    /// Opens the image `image` (`NAME` or `NAME:TAG`) tagged `tag` in the store
+    /// Opens the image `wanted` (`NAME` or `NAME:TAG`) tagged `tag` in the store
     /// at `root`. Without `image`, the store's only image, or its
     /// `manifest.json` when it has no catalog.
-    pub fn open(root: &Path, image: Option<&str>, tag: Option<&str>) -> Result<Self> {
+    pub fn open(root: &Path, wanted: Option<&str>, tag: Option<&str>) -> Result<Self> {
         let invalid = |message: String| Error::InvalidArchive {
             path: root.to_path_buf(),
             message,
@@ -80,7 +80,7 @@ impl DirSource {
             Err(e) => return Err(Error::io("opening", root, e)),
         }
         let catalog = read_catalog(&root.join(CATALOG))?;
-        let located = locate(catalog.as_ref(), image, tag).map_err(invalid)?;
+        let located = locate(catalog.as_ref(), wanted, tag).map_err(invalid)?;
         let manifest_path = root.join(checked_name(&located.manifest_file).map_err(invalid)?);
         let raw = read_small(&manifest_path)?;
         let entries: Vec<ManifestEntry> = serde_json::from_slice(&raw).map_err(|e| {
@@ -90,10 +90,7 @@ impl DirSource {
             ))
         })?;
         let Some(entry) = entries.into_iter().next() else {
-            return Err(invalid(format!(
-                "{} lists no image",
-                located.manifest_file
-            )));
+            return Err(invalid(format!("{} lists no image", located.manifest_file)));
         };
         let repo_tag = entry
             .repo_tags
@@ -101,8 +98,7 @@ impl DirSource {
             .unwrap_or_default()
             .first()
             .map(|t| split_repo_tag(t));
-        if let (Some((name, tag)), Some((want_name, want_tag))) =
-            (&repo_tag, &located.catalog_name)
+        if let (Some((name, tag)), Some((want_name, want_tag))) = (&repo_tag, &located.catalog_name)
         {
             // Without unique_names every run rewrites manifest.json, so the
             // catalog's older entries end up pointing at another image.
@@ -149,7 +145,7 @@ impl DirSource {
             files.push(Arc::new(path));
         }
 
-        let (name, tag) = match (repo_tag, &located.catalog_name) {
+        let (name, image_tag) = match (repo_tag, &located.catalog_name) {
             // The manifest keeps the registry host the catalog drops.
             (Some((n, t)), Some((key, _))) if same_image(&n, key) => (n, t),
             (_, Some((key, tag))) => (key.clone(), Some(tag.clone())),
@@ -158,14 +154,14 @@ impl DirSource {
         };
         let image = Image {
             name,
-            tag,
+            tag: image_tag,
             manifest: None,
             config_digest: Digest::sha256_of(&config_raw),
             config_raw,
             config_media_type: media_type::DOCKER_CONFIG.to_string(),
             layers,
         };
-        let selection = image.map(|i| match tag {
+        let selection = wanted.map(|i| match tag {
             Some(t) => format!("{i}:{t}"),
             None => i.to_string(),
         });

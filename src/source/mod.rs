@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 
+pub mod dir;
 pub mod docker_archive;
 pub mod oci_layout;
 pub mod registry;

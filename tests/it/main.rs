@@ -7,6 +7,8 @@
 
 mod support;
 
+mod dir_store;
 mod docker_save;
 mod errors;
+mod expand;
 mod registry_pull;
