@@ -41,6 +41,8 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// How long a response may stall between bytes.
     pub read_timeout: Duration,
+    /// Requests per second across every client sharing this limiter.
+    pub rate_limit: Option<std::sync::Arc<RateLimiter>>,
 }
 
 impl Default for ClientOptions {
@@ -51,6 +53,7 @@ impl Default for ClientOptions {
             retries: 3,
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
+            rate_limit: None,
         }
     }
 }
@@ -64,6 +67,45 @@ enum AuthState {
         expires: Instant,
         challenge: Challenge,
     },
+}
+
+/// A token bucket: at most `rate` requests a second on average, bursts of up
+/// to `rate` (at least one). Shared by all download workers.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    // tokio's clock, so tests can run it paused.
+    state: Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl RateLimiter {
+    /// A limiter for `rate` requests per second (must be > 0).
+    pub fn new(rate: f64) -> Self {
+        let burst = rate.max(1.0);
+        RateLimiter {
+            rate,
+            state: Mutex::new((burst, tokio::time::Instant::now())),
+        }
+    }
+
+    /// Waits until a request may be sent.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut st = self.state.lock().await;
+                let now = tokio::time::Instant::now();
+                let burst = self.rate.max(1.0);
+                st.0 = (st.0 + now.duration_since(st.1).as_secs_f64() * self.rate).min(burst);
+                st.1 = now;
+                if st.0 >= 1.0 {
+                    st.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - st.0) / self.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 /// A client for one repository on one registry.
@@ -287,6 +329,9 @@ impl Client {
         let mut answered_challenge = false;
         loop {
             let auth_header = self.current_auth().await?;
+            if let Some(l) = &self.options.rate_limit {
+                l.acquire().await;
+            }
             let mut req = self.http.request(method.clone(), url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
@@ -466,6 +511,9 @@ impl Client {
         let top = format!("GET token for {scope}");
         let mut attempt = 0;
         let resp = loop {
+            if let Some(l) = &self.options.rate_limit {
+                l.acquire().await;
+            }
             let mut req = self.http.get(url.clone());
             if let Some(c) = &self.options.credentials {
                 req = req.header(AUTHORIZATION, c.basic_header());
@@ -600,6 +648,21 @@ mod tests {
             Some("MANIFEST_UNKNOWN: manifest unknown")
         );
         assert_eq!(registry_error_detail(b"<html>"), None);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn rate_limiter_spaces_requests() {
+        let l = RateLimiter::new(4.0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..12 {
+            l.acquire().await;
+        }
+        // A burst of 4, then 8 more at 4 a second: about 2 s.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_millis(2300),
+            "{took:?}"
+        );
     }
 
     #[test]
