@@ -144,7 +144,10 @@ struct Extractor<'a> {
     dirs: HashMap<Vec<u8>, DirFix>,
     /// Times of directories the layer wrote into without a directory entry,
     /// restored at the end.
-    touched: HashMap<Vec<u8>, Timestamps>,
+    // Keyed by the directory itself, not the name used to reach it: a layer
+    // may write into one directory through a symlink and through its real
+    // path, and only the times seen first are the ones to restore.
+    touched: HashMap<FileId, (Vec<u8>, Timestamps)>,
     stats: ExtractStats,
     devices_skipped: u64,
     unknown_types: Vec<(u8, String)>,
@@ -391,8 +394,10 @@ impl<'a> Extractor<'a> {
             fd,
             id: resolve::file_id(&st),
         };
-        if !self.dirs.contains_key(key) && !self.touched.contains_key(key) {
-            self.touched.insert(key.to_vec(), stat_times(&st));
+        if !self.dirs.contains_key(key) {
+            self.touched
+                .entry(p.id)
+                .or_insert_with(|| (key.to_vec(), stat_times(&st)));
         }
         if create && self.apply_mode() {
             self.mark_ancestors(&p)
@@ -871,7 +876,7 @@ impl<'a> Extractor<'a> {
     fn finish(mut self) -> Result<ExtractStats> {
         // The cached parent is not needed any more; close it before reopening.
         self.cache = None;
-        for (key, times) in std::mem::take(&mut self.touched) {
+        for (_, (key, times)) in std::mem::take(&mut self.touched) {
             if let Ok(fd) = self.root.open_dir(&key, true) {
                 // Best effort: only the parents' times are at stake.
                 let _ = rustix::fs::futimens(&fd, &times);
