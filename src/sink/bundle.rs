@@ -2,11 +2,16 @@
 //! through the safe extractor), a runtime-spec `config.json` built from the
 //! image config, and the image config itself as `container-config.json`
 //! (the Python occystrap's layout). `runc run --bundle PATH ID` runs it.
+//!
+//! `config.json` is deterministic: the same image gives the same bytes
+//! (capability sets are written sorted), and it carries the device cgroup
+//! rule `runc spec` starts with (deny everything not listed), so the
+//! container's device access does not depend on the runtime's own defaults.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Spec, User};
+use oci_spec::runtime::{LinuxDeviceCgroup, Spec, User};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -64,8 +69,7 @@ impl Sink for BundleSink {
             .map_err(|e| Error::InvalidImage(format!("image config is not JSON: {e}")))?;
         let rootfs = self.staged.path().join("rootfs");
         let spec = runtime_spec(&config, &rootfs, self.readonly, &mut self.notes)?;
-        let json = serde_json::to_vec_pretty(&spec)
-            .map_err(|e| Error::InvalidImage(format!("serialising config.json: {e}")))?;
+        let json = spec_json(&spec)?;
         let dir = self.staged.path().to_path_buf();
         write(&dir.join("config.json"), &json)?;
         write(&dir.join("container-config.json"), &image.config_raw)?;
@@ -124,6 +128,11 @@ pub fn runtime_spec(
         )));
     }
     let user = resolve_user(c["User"].as_str().unwrap_or(""), rootfs)?;
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        // As Docker and podman do: the user's home from the image's passwd,
+        // `/` for a user it does not list.
+        env.push(format!("HOME={}", home_dir(user.uid(), rootfs)));
+    }
 
     let mut spec = Spec::default();
     spec.set_version("1.0.2".to_string());
@@ -139,7 +148,34 @@ pub fn runtime_spec(
     root.set_path(PathBuf::from("rootfs"));
     root.set_readonly(Some(readonly));
     spec.set_root(Some(root));
+    if let Some(linux) = spec.linux_mut()
+        && let Some(resources) = linux.resources_mut()
+    {
+        let mut deny_all = LinuxDeviceCgroup::default();
+        deny_all.set_allow(false);
+        deny_all.set_access(Some("rwm".to_string()));
+        resources.set_devices(Some(vec![deny_all]));
+    }
     Ok(spec)
+}
+
+/// Serialises a spec as `config.json`. The spec types keep capabilities in
+/// hash sets, which serialise in a different order every run; they are
+/// written sorted so that one image always gives the same file.
+pub fn spec_json(spec: &Spec) -> Result<Vec<u8>> {
+    let bad = |e: serde_json::Error| Error::InvalidImage(format!("serialising config.json: {e}"));
+    let mut value = serde_json::to_value(spec).map_err(bad)?;
+    if let Some(caps) = value
+        .pointer_mut("/process/capabilities")
+        .and_then(Value::as_object_mut)
+    {
+        for set in caps.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    serde_json::to_vec_pretty(&value).map_err(bad)
 }
 
 /// Resolves an image `User` (`uid`, `uid:gid`, `name`, `name:group`) to ids,
@@ -207,25 +243,45 @@ pub fn resolve_user(spec: &str, rootfs: &Path) -> Result<User> {
     Ok(user)
 }
 
+/// The home directory `/etc/passwd` in the rootfs gives `uid`, or `/`.
+pub fn home_dir(uid: u32, rootfs: &Path) -> String {
+    read_in_root(rootfs, "etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 6 && f[2].parse() == Ok(uid))
+        .map(|f| f[5].to_string())
+        .filter(|h| h.starts_with('/'))
+        .unwrap_or_else(|| "/".to_string())
+}
+
 /// Reads a small file at `rel` inside `root`, resolving every component as
 /// if `root` were `/`: a hostile image's `etc/passwd -> /etc/shadow` link
-/// reads the image's own file, never the host's.
+/// reads the image's own file, never the host's. Only a regular file is
+/// read: a FIFO there must not block the run, and a device node must not be
+/// read from.
 pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
     let dir = rustix::fs::open(
         root,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .ok()?;
+    // O_NONBLOCK: opening a FIFO without a writer returns at once; O_NOCTTY:
+    // a terminal device never becomes ours. Neither matters for a file.
     let fd = rustix::fs::openat2(
         &dir,
         rel,
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )
     .ok()?;
+    let stat = rustix::fs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return None;
+    }
     let mut s = String::new();
     std::fs::File::from(fd)
         .take(1 << 20)
@@ -285,6 +341,34 @@ mod tests {
     }
 
     #[test]
+    fn passwd_that_is_not_a_file_is_not_read() {
+        let r = tempfile::tempdir().unwrap();
+        std::fs::create_dir(r.path().join("etc")).unwrap();
+        // A FIFO with no writer would block a plain open(2) forever.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.path().join("etc/passwd"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = r.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_in_root(&root, "etc/passwd"));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO /etc/passwd must not block");
+        assert_eq!(got, None);
+        std::fs::create_dir(r.path().join("etc/group")).unwrap();
+        assert_eq!(read_in_root(r.path(), "etc/group"), None);
+        assert!(resolve_user("app", r.path()).is_err());
+        assert_eq!(resolve_user("1:2", r.path()).unwrap().uid(), 1);
+    }
+
+    #[test]
     fn spec_from_config() {
         let r = rootfs();
         let cfg: Value = serde_json::json!({"config": {
@@ -297,11 +381,58 @@ mod tests {
             p.args().as_deref(),
             Some(&["/bin/echo".to_string(), "hi".to_string()][..])
         );
-        assert_eq!(p.env().as_ref().unwrap()[0], DEFAULT_PATH);
+        assert_eq!(
+            p.env().as_deref(),
+            Some(
+                &[
+                    DEFAULT_PATH.to_string(),
+                    "A=1".into(),
+                    "HOME=/home/app".into()
+                ][..]
+            )
+        );
         assert_eq!(p.cwd(), &PathBuf::from("/srv"));
         assert_eq!(p.user().uid(), 1000);
         assert_eq!(p.terminal(), Some(false));
         assert!(notes.is_empty());
         assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
+        let json: Value = serde_json::from_slice(&spec_json(&s).unwrap()).unwrap();
+        assert_eq!(
+            json["linux"]["resources"]["devices"],
+            serde_json::json!([{"allow": false, "access": "rwm"}])
+        );
+    }
+
+    #[test]
+    fn home_from_passwd() {
+        let r = rootfs();
+        assert_eq!(home_dir(1000, r.path()), "/home/app");
+        assert_eq!(home_dir(0, r.path()), "/root");
+        assert_eq!(home_dir(4242, r.path()), "/");
+        // An image's own HOME wins.
+        let cfg: Value = serde_json::json!({"config": {"Env": ["HOME=/data"], "User": "app"}});
+        let s = runtime_spec(&cfg, r.path(), true, &mut vec![]).unwrap();
+        let env = s.process().as_ref().unwrap().env().clone().unwrap();
+        assert_eq!(env.iter().filter(|e| e.starts_with("HOME=")).count(), 1);
+        assert!(env.contains(&"HOME=/data".to_string()));
+    }
+
+    #[test]
+    fn config_json_is_deterministic() {
+        let r = rootfs();
+        let cfg: Value = serde_json::json!({"config": {"Cmd": ["/bin/true"]}});
+        let bytes = |_| {
+            let s = runtime_spec(&cfg, r.path(), true, &mut vec![]).unwrap();
+            spec_json(&s).unwrap()
+        };
+        let first = bytes(0);
+        for i in 1..20 {
+            assert_eq!(bytes(i), first);
+        }
+        let json: Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(
+            json["process"]["capabilities"]["bounding"],
+            serde_json::json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"])
+        );
     }
 }

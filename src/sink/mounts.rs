@@ -8,8 +8,17 @@
 //! Layout: `PATH/<diff_id hex>/layer/` per layer, `PATH/<config hex>.json`,
 //! `PATH/manifest.json`, `PATH/catalog.json`, and `rootfs/`, `delta/`
 //! (upper) and `working/` (work) for the mount. Layers are shared between
-//! images in one PATH, and one already there is not fetched again.
+//! images in one PATH, and one already there is not fetched again. Each
+//! layer directory appears complete or not at all; a PATH that does not
+//! exist yet appears only when the first run into it succeeds.
+//!
+//! In the overlay options (and so in `mount-command`) a `,`, `:` or `\` in
+//! a path is escaped with a backslash, as overlayfs expects; the command
+//! line is quoted for a POSIX shell (`sh PATH/mount-command` runs it).
+//! `delta/` and `working/` belong to PATH, not to one image: what a
+//! container wrote through an earlier mount shows up in the next one.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -18,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{DirLock, atomic_write};
 use crate::image::{Image, Layer, LayerInfo};
 use crate::layer::WhiteoutMode;
-use crate::sink::staging::{StagedDir, apply_layer};
+use crate::sink::staging::{Published, StagedDir, StoreDir, apply_layer, move_missing};
 use crate::sink::{Sink, SinkReport};
 
 /// Writes an image as overlayfs layer directories.
@@ -26,6 +35,8 @@ pub struct MountsSink {
     root: PathBuf,
     mount: bool,
     skip_unsafe: bool,
+    /// The tree being written, from `begin` on.
+    store: Option<StoreDir>,
     notes: Vec<String>,
 }
 
@@ -41,18 +52,113 @@ impl MountsSink {
                     .into(),
             ));
         }
-        std::fs::create_dir_all(root).map_err(|e| Error::io("creating", root, e))?;
+        if root.as_os_str().is_empty() {
+            return Err(Error::Usage("mounts:// needs a path".into()));
+        }
+        if let Ok(m) = std::fs::metadata(root)
+            && !m.is_dir()
+        {
+            return Err(Error::Usage(format!(
+                "{} exists and is not a directory",
+                root.display()
+            )));
+        }
+        if mount
+            && let Ok(abs) = std::path::absolute(root.join("rootfs"))
+            && is_mount_point(&abs)
+        {
+            return Err(Error::Usage(format!(
+                "{} is already mounted; unmount it (umount {}) before mounting again",
+                abs.display(),
+                abs.display()
+            )));
+        }
         Ok(MountsSink {
             root: root.to_path_buf(),
             mount,
             skip_unsafe,
+            store: None,
             notes: Vec::new(),
         })
     }
 
-    fn layer_dir(&self, l: &LayerInfo) -> PathBuf {
-        self.root.join(l.diff_id.hex()).join("layer")
+    /// Where this run writes (the target, or its staged tree).
+    fn write_root(&self) -> &Path {
+        self.store.as_ref().map_or(&self.root, StoreDir::path)
     }
+
+    fn layer_dir(&self, l: &LayerInfo) -> PathBuf {
+        self.write_root().join(l.diff_id.hex()).join("layer")
+    }
+}
+
+/// Whether `path` (absolute) is a mount point in this mount namespace.
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| Path::new(&unescape_mountinfo(p)) == want)
+}
+
+/// Undoes `/proc/self/mountinfo`'s octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let digits = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match digits {
+            Some(d) if b[i] == b'\\' => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+/// A path as an overlayfs option value: `\`, `,` and `:` are escaped with
+/// a backslash (overlayfs splits options at `,` and lower dirs at `:`).
+fn overlay_escape(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &c in path.as_os_str().as_bytes() {
+        if matches!(c, b'\\' | b',' | b':') {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A word quoted for a POSIX shell when it needs it.
+fn shell_quote(word: &[u8]) -> Vec<u8> {
+    let plain = !word.is_empty()
+        && word
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=,:@%".contains(b));
+    if plain {
+        return word.to_vec();
+    }
+    let mut out = vec![b'\''];
+    for &c in word {
+        if c == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push(b'\'');
+    out
 }
 
 impl Sink for MountsSink {
@@ -61,6 +167,7 @@ impl Sink for MountsSink {
     }
 
     fn begin(&mut self, _image: &Image) -> Result<()> {
+        self.store = Some(StoreDir::open(&self.root)?);
         Ok(())
     }
 
@@ -82,7 +189,15 @@ impl Sink for MountsSink {
             self.skip_unsafe,
             &mut self.notes,
         )?;
-        staged.commit(|_| false)
+        // Later runs trust a layer directory by its presence alone, so its
+        // content must be on disk before it appears under its name.
+        let dir = std::fs::File::open(staged.path())
+            .map_err(|e| Error::io("opening", staged.path(), e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| Error::io("syncing", staged.path(), e.into()))?;
+        // Another run may have finished the same layer meanwhile: its tree
+        // is as good as ours, which is dropped.
+        staged.commit_if_absent()?;
+        Ok(())
     }
 
     fn finish(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
@@ -94,24 +209,16 @@ impl Sink for MountsSink {
                 )));
             }
         }
-        let config_name = format!(
-            "{}.json",
-            crate::digest::Digest::sha256_of(&image.config_raw).hex()
-        );
-        atomic_write(&self.root.join(&config_name), &image.config_raw)?;
-        let layers: Vec<String> = image
-            .layers
-            .iter()
-            .map(|l| format!("{}/layer", l.diff_id.hex()))
-            .collect();
-        let manifest = json!([{
-            "Config": config_name,
-            "RepoTags": image.repo_tag().into_iter().collect::<Vec<_>>(),
-            "Layers": layers,
-        }]);
-        let _lock = DirLock::acquire(&self.root, ".occystrap.lock")?;
-        atomic_write(&self.root.join("manifest.json"), &pretty(&manifest)?)?;
-        update_catalog(&self.root, image, "manifest.json")?;
+        let store = self
+            .store
+            .take()
+            .ok_or_else(|| Error::InvalidImage("mounts:// output was never begun".into()))?;
+        // A new tree gets its metadata before it appears.
+        write_metadata(store.path(), image)?;
+        let published = store.publish(move_missing)?;
+        if published == Published::Merged {
+            write_metadata(&self.root, image)?;
+        }
 
         let abs =
             std::path::absolute(&self.root).map_err(|e| Error::io("resolving", &self.root, e))?;
@@ -119,49 +226,46 @@ impl Sink for MountsSink {
             let p = abs.join(d);
             std::fs::create_dir_all(&p).map_err(|e| Error::io("creating", &p, e))?;
         }
-        // overlayfs lists the topmost lower layer first.
-        let lower: Vec<String> = image
+        // overlayfs lists the topmost lower layer first. A layer the image
+        // lists twice is given once, at its topmost place: overlayfs refuses
+        // a repeated layer, and the lower copy adds nothing the upper one
+        // does not.
+        let mut seen = std::collections::HashSet::new();
+        let lower: Vec<Vec<u8>> = image
             .layers
             .iter()
             .rev()
-            .map(|l| {
-                abs.join(l.diff_id.hex())
-                    .join("layer")
-                    .display()
-                    .to_string()
-            })
+            .filter(|l| seen.insert(l.diff_id.clone()))
+            .map(|l| overlay_escape(&abs.join(l.diff_id.hex()).join("layer")))
             .collect();
-        let mut seen = std::collections::HashSet::new();
-        let lower: Vec<String> = lower
-            .into_iter()
-            .filter(|p| seen.insert(p.clone()))
-            .collect();
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            abs.join("delta").display(),
-            abs.join("working").display()
-        );
-        let command = format!(
-            "mount -t overlay overlay -o {options} {}\n",
-            abs.join("rootfs").display()
-        );
-        atomic_write(&self.root.join("mount-command"), command.as_bytes())?;
+        let mut options = b"lowerdir=".to_vec();
+        options.extend(lower.join(&b':'));
+        options.extend_from_slice(b",upperdir=");
+        options.extend(overlay_escape(&abs.join("delta")));
+        options.extend_from_slice(b",workdir=");
+        options.extend(overlay_escape(&abs.join("working")));
+        let rootfs = abs.join("rootfs");
+        let mut command = b"mount -t overlay overlay -o ".to_vec();
+        command.extend(shell_quote(&options));
+        command.push(b' ');
+        command.extend(shell_quote(rootfs.as_os_str().as_bytes()));
+        command.push(b'\n');
+        atomic_write(&self.root.join("mount-command"), &command)?;
         if self.mount {
             let out = std::process::Command::new("mount")
-                .args(["-t", "overlay", "overlay", "-o", &options])
-                .arg(abs.join("rootfs"))
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(std::ffi::OsStr::from_bytes(&options))
+                .arg(&rootfs)
                 .output()
-                .map_err(|e| Error::io("running mount for", abs.join("rootfs"), e))?;
+                .map_err(|e| Error::io("running mount for", &rootfs, e))?;
             if !out.status.success() {
                 return Err(Error::Unsupported(format!(
                     "mounting the overlay on {} failed: {}",
-                    abs.join("rootfs").display(),
+                    rootfs.display(),
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
-            self.notes
-                .push(format!("mounted on {}", abs.join("rootfs").display()));
+            self.notes.push(format!("mounted on {}", rootfs.display()));
         }
         Ok(SinkReport {
             output: self.root.display().to_string(),
@@ -169,6 +273,29 @@ impl Sink for MountsSink {
             notes: self.notes,
         })
     }
+}
+
+/// Writes the image's config, `manifest.json` (layers bottom first) and its
+/// `catalog.json` entry into `root`, under the directory's lock.
+fn write_metadata(root: &Path, image: &Image) -> Result<()> {
+    let config_name = format!(
+        "{}.json",
+        crate::digest::Digest::sha256_of(&image.config_raw).hex()
+    );
+    atomic_write(&root.join(&config_name), &image.config_raw)?;
+    let layers: Vec<String> = image
+        .layers
+        .iter()
+        .map(|l| format!("{}/layer", l.diff_id.hex()))
+        .collect();
+    let manifest = json!([{
+        "Config": config_name,
+        "RepoTags": image.repo_tag().into_iter().collect::<Vec<_>>(),
+        "Layers": layers,
+    }]);
+    let _lock = DirLock::acquire(root, ".occystrap.lock")?;
+    atomic_write(&root.join("manifest.json"), &pretty(&manifest)?)?;
+    update_catalog(root, image, "manifest.json")
 }
 
 fn pretty(v: &Value) -> Result<Vec<u8>> {
@@ -197,4 +324,38 @@ pub fn update_catalog(root: &Path, image: &Image, manifest_file: &str) -> Result
     }
     entry[tag] = json!(manifest_file);
     atomic_write(&path, &pretty(&catalog)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_escape_separators() {
+        assert_eq!(overlay_escape(Path::new("/a/b")), b"/a/b");
+        assert_eq!(
+            overlay_escape(Path::new("/x,upperdir=/etc:y\\z")),
+            b"/x\\,upperdir=/etc\\:y\\\\z"
+        );
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(
+            shell_quote(b"lowerdir=/a:/b,upperdir=/c"),
+            b"lowerdir=/a:/b,upperdir=/c"
+        );
+        assert_eq!(shell_quote(b"/my dir"), b"'/my dir'");
+        assert_eq!(shell_quote(b"it's"), b"'it'\\''s'");
+        assert_eq!(shell_quote(b"a\\,b"), b"'a\\,b'");
+        assert_eq!(shell_quote(b"$(x)"), b"'$(x)'");
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/a\\134b"), "/a\\b");
+        assert_eq!(unescape_mountinfo("/é\\09"), "/é\\09");
+        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
+    }
 }

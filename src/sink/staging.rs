@@ -1,5 +1,7 @@
 //! Building a directory tree beside its target and renaming it into place,
-//! and applying verified layers onto it, for the sinks that write file trees.
+//! and applying verified layers onto it, for the sinks that write file trees;
+//! and [`StoreDir`], for outputs that several runs add to (an OCI layout, a
+//! `mounts://` layer tree), which appear only once a first run completes.
 
 use std::path::{Path, PathBuf};
 
@@ -90,6 +92,138 @@ impl StagedDir {
             Error::io("renaming into place", target, e)
         })
     }
+}
+
+impl StagedDir {
+    /// Moves the finished tree to the target only if nothing is there, with
+    /// `renameat2(RENAME_NOREPLACE)` so that a concurrent run creating the
+    /// target cannot be overwritten. Gives the tree back, untouched, when the
+    /// target exists.
+    pub fn commit_if_absent(self) -> Result<Option<StagedDir>> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        let target = self.target.clone();
+        match renameat_with(
+            CWD,
+            self.staging.path(),
+            CWD,
+            &target,
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {
+                // Renamed away: nothing is left for the temp dir to remove.
+                let _ = self.staging.keep();
+                Ok(None)
+            }
+            Err(rustix::io::Errno::EXIST) => Ok(Some(self)),
+            // A filesystem without RENAME_NOREPLACE: check, then rename.
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
+                if std::fs::symlink_metadata(&target).is_ok() {
+                    return Ok(Some(self));
+                }
+                std::fs::rename(self.staging.path(), &target)
+                    .map_err(|e| Error::io("renaming into place", &target, e))?;
+                let _ = self.staging.keep();
+                Ok(None)
+            }
+            Err(e) => Err(Error::io("renaming into place", &target, e.into())),
+        }
+    }
+}
+
+/// An output directory that several runs add to. When it does not exist
+/// yet, the first run builds it under a hidden temp name beside the target
+/// and it appears only when that run finishes, so a failed first run leaves
+/// nothing. When it exists, runs write into it directly; everything they add
+/// must appear complete (temp name and rename), so a failed run leaves only
+/// finished content behind.
+pub struct StoreDir {
+    target: PathBuf,
+    staged: Option<StagedDir>,
+}
+
+/// How [`StoreDir::publish`] made a run's content visible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// The store existed; the run wrote into it directly.
+    InPlace,
+    /// The store was new: the whole tree was renamed into place.
+    Created,
+    /// The store was new, but another run created it meanwhile: this run's
+    /// content was merged into that one, and metadata the run wrote into its
+    /// own tree (indexes) must be written again into the target.
+    Merged,
+}
+
+impl StoreDir {
+    /// Opens the store at `target` (a directory, or a symlink to one), or
+    /// starts building it if nothing is there.
+    pub fn open(target: &Path) -> Result<StoreDir> {
+        match std::fs::metadata(target) {
+            Ok(m) if m.is_dir() => Ok(StoreDir {
+                target: target.to_path_buf(),
+                staged: None,
+            }),
+            Ok(_) => Err(Error::Usage(format!(
+                "{} exists and is not a directory",
+                target.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StoreDir {
+                target: target.to_path_buf(),
+                staged: Some(StagedDir::new(target)?),
+            }),
+            Err(e) => Err(Error::io("checking", target, e)),
+        }
+    }
+
+    /// Where this run writes: the target, or the tree being built for it.
+    pub fn path(&self) -> &Path {
+        match &self.staged {
+            Some(s) => s.path(),
+            None => &self.target,
+        }
+    }
+
+    /// Where the store is (or will be).
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Makes this run's content visible at the target. A new store is
+    /// renamed into place; if another run created the target meanwhile,
+    /// `merge(built, target)` moves this run's content into it instead.
+    pub fn publish(self, merge: impl FnOnce(&Path, &Path) -> Result<()>) -> Result<Published> {
+        let Some(staged) = self.staged else {
+            return Ok(Published::InPlace);
+        };
+        match staged.commit_if_absent()? {
+            None => Ok(Published::Created),
+            Some(staged) => {
+                merge(staged.path(), &self.target)?;
+                Ok(Published::Merged)
+            }
+        }
+    }
+}
+
+/// Moves each entry of `from` that `to` lacks into `to` (by rename, so each
+/// appears complete); entries `to` already has are left where they are.
+pub fn move_missing(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io("creating", to, e))?;
+    let entries = std::fs::read_dir(from).map_err(|e| Error::io("reading", from, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("reading", from, e))?;
+        let dest = to.join(entry.file_name());
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            continue;
+        }
+        match std::fs::rename(entry.path(), &dest) {
+            Ok(()) => {}
+            // Another run put it there in the meantime: same content.
+            Err(_) if std::fs::symlink_metadata(&dest).is_ok() => {}
+            Err(e) => return Err(Error::io("moving into place", &dest, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Sets a path's permission bits.

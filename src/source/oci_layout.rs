@@ -1,6 +1,12 @@
 //! OCI image layout reader (`oci-layout://PATH[:TAG]`): picks the image by
 //! its `org.opencontainers.image.ref.name`, follows an index to the platform
 //! asked for, and serves blobs in place after verifying them.
+//!
+//! The image is named for outputs that need a name (docker-save `RepoTags`,
+//! store catalogs) from its `ref.name`: a full reference
+//! (`example.com/team/app:v1`) is used as such; a bare tag (`v1`) is paired
+//! with the layout directory's name, made a valid repository name
+//! (`My Layout` -> `my-layout`), so that `docker load` accepts the result.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +25,9 @@ use crate::source::registry::{
     Descriptor, Index, Manifest, choose_platform, parse_diff_ids, write_layer,
 };
 use crate::source::{FetchContext, Source};
+
+/// The annotation containerd and Docker 25+ put the full image name in.
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// An image in an OCI image layout directory.
 pub struct OciLayoutSource {
@@ -80,20 +89,26 @@ impl OciLayoutSource {
                 )));
             }
         };
-        let name = tag
-            .map(str::to_string)
+        // Docker 25's `docker save` layouts carry the full name beside a
+        // bare-tag ref.name.
+        let name = entry
+            .annotations
+            .get(CONTAINERD_NAME)
+            .filter(|n| crate::reference::Reference::parse(n).is_ok())
+            .cloned()
+            .or_else(|| tag.map(str::to_string))
             .or_else(|| entry.annotations.get(REF_NAME).cloned());
         let mut descriptor = entry.descriptor.clone();
         let mut from_index = None;
         let mut body = read_blob(root, &descriptor, MAX_MANIFEST_BYTES)?;
-        let mut media = mt::essence(&descriptor.media_type).to_string();
+        let mut media = media_type_of(&descriptor, &body);
         if media == mt::OCI_INDEX || media == mt::DOCKER_MANIFEST_LIST {
             let nested: Index = serde_json::from_slice(&body)
                 .map_err(|e| bad(format!("invalid image index {}: {e}", descriptor.digest)))?;
             let chosen = choose_platform(&nested, platform)?.clone();
             from_index = Some((descriptor.digest.clone(), media));
             body = read_blob(root, &chosen, MAX_MANIFEST_BYTES)?;
-            media = mt::essence(&chosen.media_type).to_string();
+            media = media_type_of(&chosen, &body);
             descriptor = chosen;
         }
         if media != mt::OCI_MANIFEST && media != mt::DOCKER_MANIFEST {
@@ -125,17 +140,7 @@ impl OciLayoutSource {
                 diff_id,
             })
             .collect();
-        let (image_name, image_tag) = match name.as_deref().and_then(|n| n.rsplit_once(':')) {
-            Some((repo, t)) if !t.contains('/') && !repo.is_empty() => {
-                (repo.to_string(), Some(t.to_string()))
-            }
-            _ => (
-                root.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "image".into()),
-                name,
-            ),
-        };
+        let (image_name, image_tag) = name_and_tag(name.as_deref(), root);
         Ok(OciLayoutSource {
             root: root.to_path_buf(),
             image: Image {
@@ -165,7 +170,7 @@ impl OciLayoutSource {
         temp_dir: &Path,
     ) -> Result<Layer> {
         let path = blob_path(root, &layer.digest);
-        let file = std::fs::File::open(&path).map_err(|e| Error::io("opening blob", &path, e))?;
+        let file = open_regular(&path, "opening blob")?;
         // One pass verifies the blob digest and the diff_id; the tar is kept
         // only if asked for, and the blob is served where it lies.
         let mut out = write_layer(
@@ -184,9 +189,116 @@ impl OciLayoutSource {
     }
 }
 
+/// The media type of a manifest or index: its descriptor's, or, when the
+/// descriptor leaves it out, the document's own `mediaType`, or what its
+/// shape says (`manifests` makes an index, `config` a manifest).
+fn media_type_of(d: &Descriptor, body: &[u8]) -> String {
+    let declared = mt::essence(&d.media_type);
+    if !declared.is_empty() {
+        return declared.to_string();
+    }
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if let Some(m) = doc["mediaType"].as_str() {
+        return mt::essence(m).to_string();
+    }
+    if doc.get("manifests").is_some() {
+        mt::OCI_INDEX.to_string()
+    } else if doc.get("config").is_some() {
+        mt::OCI_MANIFEST.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// The repository name and tag outputs give the image a layout calls
+/// `ref_name` (see the module docs).
+fn name_and_tag(ref_name: Option<&str>, root: &Path) -> (String, Option<String>) {
+    let Some(r) = ref_name.filter(|r| !r.is_empty()) else {
+        return (dir_repo_name(root), None);
+    };
+    if (r.contains('/') || r.contains(':'))
+        && let Ok(reference) = crate::reference::Reference::parse(r)
+    {
+        let tag = reference.tag.clone().or_else(|| Some("latest".into()));
+        return (reference.repository_name(), tag);
+    }
+    (dir_repo_name(root), Some(valid_tag(r)))
+}
+
+/// `tag` as a Docker tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`): other
+/// characters become `_`.
+fn valid_tag(tag: &str) -> String {
+    let mut t: String = tag
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.starts_with(['.', '-']) {
+        t.insert(0, '_');
+    }
+    t.truncate(128);
+    t
+}
+
+/// The layout directory's name as a repository name: lower case, runs of
+/// other characters turned into single dashes; `image` if nothing is left.
+fn dir_repo_name(root: &Path) -> String {
+    let dir = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let raw = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let words: Vec<&str> = raw
+        .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let valid_as_is = !raw.is_empty()
+        && raw.len() <= 128
+        && raw.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && raw.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        && !raw.contains("..");
+    if valid_as_is {
+        raw
+    } else if words.is_empty() {
+        "image".to_string()
+    } else {
+        let mut name = words.join("-");
+        name.truncate(128);
+        name.trim_end_matches('-').to_string()
+    }
+}
+
+/// Opens a file of the layout for reading. Only a regular file is opened: a
+/// FIFO planted in a layout must not block the run (O_NONBLOCK), nor a
+/// device be read.
+fn open_regular(path: &Path, operation: &'static str) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| Error::io(operation, path, e))?;
+    let meta = f.metadata().map_err(|e| Error::io(operation, path, e))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidArchive {
+            path: path.to_path_buf(),
+            message: "is not a regular file".into(),
+        });
+    }
+    Ok(f)
+}
+
 fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let f = open_regular(path, "reading")?;
     let mut buf = Vec::new();
     f.take(max + 1)
         .read_to_end(&mut buf)
@@ -255,5 +367,43 @@ impl Source for OciLayoutSource {
             ctx.reporter.layer_done(index);
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_ref_names() {
+        let root = Path::new("/nonexistent/My Layout");
+        let nt = |r: Option<&str>| name_and_tag(r, root);
+        assert_eq!(nt(Some("v1")), ("my-layout".into(), Some("v1".into())));
+        assert_eq!(nt(Some("V1.0")), ("my-layout".into(), Some("V1.0".into())));
+        assert_eq!(
+            nt(Some("1.0+build 7")),
+            ("my-layout".into(), Some("1.0_build_7".into()))
+        );
+        assert_eq!(nt(None), ("my-layout".into(), None));
+        assert_eq!(
+            nt(Some("example.com/team/app:v2")),
+            ("example.com/team/app".into(), Some("v2".into()))
+        );
+        assert_eq!(
+            nt(Some("docker.io/library/busybox:latest")),
+            ("busybox".into(), Some("latest".into()))
+        );
+        assert_eq!(
+            nt(Some("localhost:5000/app")),
+            ("localhost:5000/app".into(), Some("latest".into()))
+        );
+        assert_eq!(nt(Some("app:v3")), ("app".into(), Some("v3".into())));
+        assert_eq!(
+            dir_repo_name(Path::new("/x/skopeo-layout")),
+            "skopeo-layout"
+        );
+        assert_eq!(dir_repo_name(Path::new("/x/a_b.c")), "a_b.c");
+        assert_eq!(dir_repo_name(Path::new("/x/--")), "image");
+        assert_eq!(dir_repo_name(Path::new("/x/Ünï Çode")), "n-ode");
     }
 }
