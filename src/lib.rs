@@ -5,11 +5,13 @@
 //! resolve the manifest and config, then fetch verified layers; sinks say
 //! which layers they want and write the output atomically.
 
+pub mod cancel;
 pub mod digest;
 pub mod error;
 pub mod filter;
 pub mod fsutil;
 pub mod image;
+pub mod inspect;
 pub mod layer;
 pub mod pipeline;
 pub mod progress;

@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions, the legacy command aliases,
 //! and the progress display.
 
+mod output;
 mod progress;
 
 use std::path::PathBuf;
@@ -178,6 +179,84 @@ pub enum Command {
         /// Output directory.
         dir: PathBuf,
     },
+    /// Search every layer of an image for member paths matching PATTERN.
+    ///
+    /// A glob (`*`, `?`, `[...]`, `{a,b}`; `*` also matches `/`) matches the
+    /// whole path or its last component, so `*bash` finds `bin/bash`; paths
+    /// have no leading `./` or `/`. With --regex, PATTERN is a regular
+    /// expression found anywhere in the path. Every layer is searched as it
+    /// is: whiteouts are reported as deletions of the path they delete, and
+    /// entries a later layer deletes are still listed. Nothing is extracted.
+    /// With -O json: one JSON object per match, one per line.
+    Search {
+        /// Treat PATTERN as a regular expression instead of a glob.
+        #[arg(long)]
+        regex: bool,
+        /// Print only `image:tag:layer-digest:path` lines, one per match.
+        #[arg(long)]
+        script_friendly: bool,
+        /// The image (same URIs as `process`).
+        source: String,
+        /// Glob, or regular expression with --regex.
+        #[arg(allow_hyphen_values = true)]
+        pattern: String,
+    },
+    /// Search a registry image's layers for paths matching PATTERN
+    /// (same as `search registry://REGISTRY/IMAGE:TAG PATTERN`).
+    SearchLayers {
+        /// Treat PATTERN as a regular expression instead of a glob.
+        #[arg(long)]
+        regex: bool,
+        /// Print only `image:tag:layer-digest:path` lines.
+        #[arg(long)]
+        script_friendly: bool,
+        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
+        registry: String,
+        /// Image path (library/busybox).
+        image: String,
+        /// Tag or digest.
+        tag: String,
+        /// Glob, or regular expression with --regex.
+        #[arg(allow_hyphen_values = true)]
+        pattern: String,
+    },
+    /// Search a docker-save tarball's layers for paths matching PATTERN
+    /// (same as `search tar://FILE PATTERN`).
+    SearchLayersTarfile {
+        /// Treat PATTERN as a regular expression instead of a glob.
+        #[arg(long)]
+        regex: bool,
+        /// Print only `image:tag:layer-digest:path` lines.
+        #[arg(long)]
+        script_friendly: bool,
+        /// Input tarball.
+        file: PathBuf,
+        /// Glob, or regular expression with --regex.
+        #[arg(allow_hyphen_values = true)]
+        pattern: String,
+    },
+    /// Show what an image's manifest and config say, without downloading
+    /// any layer: digests, platform (and the platforms an index offers),
+    /// layers, history, environment, entrypoint, labels. -O json for one
+    /// JSON document.
+    Info {
+        /// The image (same URIs as `process`).
+        source: String,
+    },
+    /// Check that an image is well formed; exit 1 if anything is wrong.
+    ///
+    /// Checks manifest and config consistency, then fetches every layer
+    /// (verifying its digest and diff_id) and checks its tar: whiteouts,
+    /// paths escaping the root, setuid world-writable files, device nodes,
+    /// negative times. Findings are errors, warnings or info; -O json for
+    /// one JSON document.
+    Check {
+        /// Check manifest and config only; download no layer.
+        #[arg(long)]
+        fast: bool,
+        /// The image (same URIs as `process`).
+        source: String,
+    },
     /// Write an image from a layer store directory as a docker-loadable
     /// tarball (same as `process "dir://DIR?image=IMAGE&tag=TAG" tar://FILE`).
     RecreateImage {
@@ -274,6 +353,46 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 query: vec![("image".into(), image.clone()), ("tag".into(), tag.clone())],
             };
             process(&cli.global, &settings, &src, &path_uri("tar", file)).await
+        }
+        Command::Search {
+            regex,
+            script_friendly,
+            source,
+            pattern,
+        } => {
+            let src = Uri::parse(source)?;
+            let style = output::SearchStyle::pick(*script_friendly, cli.global.output_format);
+            output::search(&cli.global, &settings, &src, pattern, *regex, style).await
+        }
+        Command::SearchLayers {
+            regex,
+            script_friendly,
+            registry,
+            image,
+            tag,
+            pattern,
+        } => {
+            let src = registry_uri(registry, image, tag)?;
+            let style = output::SearchStyle::pick(*script_friendly, cli.global.output_format);
+            output::search(&cli.global, &settings, &src, pattern, *regex, style).await
+        }
+        Command::SearchLayersTarfile {
+            regex,
+            script_friendly,
+            file,
+            pattern,
+        } => {
+            let src = path_uri("tar", file);
+            let style = output::SearchStyle::pick(*script_friendly, cli.global.output_format);
+            output::search(&cli.global, &settings, &src, pattern, *regex, style).await
+        }
+        Command::Info { source } => {
+            let src = Uri::parse(source)?;
+            output::info(&cli.global, &settings, &src).await
+        }
+        Command::Check { fast, source } => {
+            let src = Uri::parse(source)?;
+            output::check(&cli.global, &settings, &src, *fast).await
         }
         Command::FetchToOci {
             registry,

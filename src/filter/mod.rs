@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::image::{Image, Layer};
 
+pub mod exclude;
+pub mod inspect;
+pub mod normalize;
+pub mod rewrite;
+
 /// What a filter gets besides the layer.
 #[derive(Clone, Debug)]
 pub struct FilterContext {
@@ -128,8 +133,13 @@ fn split_options(rest: &str) -> Vec<&str> {
 
 /// Builds the filter a `-f` argument names.
 pub fn build(spec: &FilterSpec) -> Result<Box<dyn Filter>> {
-    #[allow(clippy::match_single_binding)]
     match spec.name.as_str() {
+        "normalize-timestamps" => Ok(Box::new(normalize::NormalizeTimestamps::from_spec(spec)?)),
+        "exclude" => Ok(Box::new(exclude::Exclude::from_spec(spec)?)),
+        "inspect" => Ok(Box::new(inspect::Inspect::from_spec(spec)?)),
+        "search" => Ok(Box::new(crate::inspect::search::SearchFilter::from_spec(
+            spec,
+        )?)),
         other => Err(Error::Usage(format!("unknown filter {other:?}"))),
     }
 }
