@@ -124,6 +124,55 @@ pub struct Settings {
     pub parallel: usize,
     /// Skip layer entries that cannot be extracted safely instead of failing.
     pub skip_unsafe: bool,
+    /// Connect timeout for registries (default: the client's).
+    pub connect_timeout: Option<std::time::Duration>,
+    /// Idle-read timeout for registries (default: the client's).
+    pub read_timeout: Option<std::time::Duration>,
+    /// One limiter shared by every registry client of the run.
+    pub rate_limit: Option<Arc<crate::registry::RateLimiter>>,
+}
+
+/// The reference and client options a `registry://` URI stands for:
+/// credentials from the URI, then the flags, then Docker's config; the URI's
+/// `insecure` option; timeouts and rate limit from the flags.
+pub fn registry_options(uri: &Uri, settings: &Settings) -> Result<(Reference, ClientOptions)> {
+    let (userinfo, rest) = split_userinfo(&uri.path);
+    let reference = Reference::parse(rest)?;
+    let credentials = userinfo
+        .or_else(|| settings.credentials.clone())
+        .or_else(|| crate::registry::auth::docker_config_credentials(reference.registry_host()));
+    let mut options = ClientOptions {
+        insecure: settings.insecure || uri.flag("insecure")?,
+        credentials,
+        retries: settings.retries,
+        ..ClientOptions::default()
+    };
+    if let Some(t) = settings.connect_timeout {
+        options.connect_timeout = t;
+    }
+    if let Some(t) = settings.read_timeout {
+        options.read_timeout = t;
+    }
+    if settings.rate_limit.is_some() {
+        options.rate_limit = settings.rate_limit.clone();
+    }
+    Ok((reference, options))
+}
+
+/// The platform the flags ask for, with the URI's `os`, `arch` and `variant`
+/// options taking precedence.
+fn uri_platform(uri: &Uri, settings: &Settings) -> Platform {
+    let mut platform = settings.platform.clone();
+    if let Some(os) = uri.get("os") {
+        platform.os = os.to_string();
+    }
+    if let Some(a) = uri.get("arch").or(uri.get("architecture")) {
+        platform.architecture = a.to_string();
+    }
+    if let Some(v) = uri.get("variant") {
+        platform.variant = Some(v.to_string()).filter(|v| !v.is_empty());
+    }
+    platform
 }
 
 /// Splits `user:pass@host/path` into credentials and the rest.
@@ -156,32 +205,11 @@ pub fn open_source(uri: &Uri, settings: &Settings) -> Result<(Arc<dyn Source>, u
                 "variant",
                 "max_workers",
             ])?;
-            let (userinfo, rest) = split_userinfo(&uri.path);
-            let reference = Reference::parse(rest)?;
-            let mut platform = settings.platform.clone();
-            if let Some(os) = uri.get("os") {
-                platform.os = os.to_string();
-            }
-            if let Some(a) = uri.get("arch").or(uri.get("architecture")) {
-                platform.architecture = a.to_string();
-            }
-            if let Some(v) = uri.get("variant") {
-                platform.variant = Some(v.to_string()).filter(|v| !v.is_empty());
-            }
-            let credentials = userinfo
-                .or_else(|| settings.credentials.clone())
-                .or_else(|| {
-                    crate::registry::auth::docker_config_credentials(reference.registry_host())
-                });
+            let (reference, options) = registry_options(uri, settings)?;
+            let platform = uri_platform(uri, settings);
             let parallel = match uri.get("max_workers") {
                 Some(n) => parse_workers(n)?,
                 None => settings.parallel,
-            };
-            let options = ClientOptions {
-                insecure: settings.insecure || uri.flag("insecure")?,
-                credentials,
-                retries: settings.retries,
-                ..ClientOptions::default()
             };
             let source =
                 crate::source::registry::RegistrySource::new(reference, platform, options)?;
@@ -207,16 +235,7 @@ pub fn open_source(uri: &Uri, settings: &Settings) -> Result<(Arc<dyn Source>, u
         "oci-layout" => {
             uri.check_options(&["os", "arch", "architecture", "variant"])?;
             let (path, tag) = split_layout_tag(&uri.path)?;
-            let mut platform = settings.platform.clone();
-            if let Some(os) = uri.get("os") {
-                platform.os = os.to_string();
-            }
-            if let Some(a) = uri.get("arch").or(uri.get("architecture")) {
-                platform.architecture = a.to_string();
-            }
-            if let Some(v) = uri.get("variant") {
-                platform.variant = Some(v.to_string()).filter(|v| !v.is_empty());
-            }
+            let platform = uri_platform(uri, settings);
             let source =
                 crate::source::oci_layout::OciLayoutSource::open(&path, tag.as_deref(), &platform)?;
             Ok((Arc::new(source), settings.parallel))

@@ -78,6 +78,18 @@ pub struct Global {
     /// Times a failed request is retried.
     #[arg(long, global = true, default_value_t = 3, value_name = "N")]
     pub retries: u32,
+    /// Seconds to wait for a registry connection (default 30; env
+    /// OCCYSTRAP_CONNECT_TIMEOUT).
+    #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
+    pub connect_timeout: Option<f64>,
+    /// Seconds a registry response may stall before the request is retried
+    /// (default 60; env OCCYSTRAP_READ_TIMEOUT).
+    #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
+    pub read_timeout: Option<f64>,
+    /// At most R registry requests per second across all downloads (env
+    /// OCCYSTRAP_RATE_LIMIT).
+    #[arg(long, global = true, value_name = "R", value_parser = positive_seconds)]
+    pub rate_limit: Option<f64>,
     /// Skip layer entries that cannot be extracted safely (paths escaping the
     /// target, links out of it) instead of failing; they are listed after
     /// the summary.
@@ -293,7 +305,20 @@ impl Global {
             retries: self.retries,
             parallel: self.parallel as usize,
             skip_unsafe: self.skip_unsafe,
+            connect_timeout: self.connect_timeout.map(std::time::Duration::from_secs_f64),
+            read_timeout: self.read_timeout.map(std::time::Duration::from_secs_f64),
+            rate_limit: self
+                .rate_limit
+                .map(|r| Arc::new(occystrap::registry::RateLimiter::new(r))),
         }
+    }
+}
+
+/// A positive, finite number (at most a day's worth of seconds).
+fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
     }
 }
 

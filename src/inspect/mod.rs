@@ -27,8 +27,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::image::{FileSlice, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
-use crate::reference::Reference;
-use crate::registry::{Client, ClientOptions, Credentials};
+
+use crate::registry::Client;
 use crate::source::{FetchContext, Source};
 use crate::uri::{Settings, Uri};
 
@@ -362,37 +362,7 @@ where
 /// options `uri::open_source` would use: `info` rereads an index through
 /// it, and `search` streams blobs through it.
 pub fn registry_client(uri: &Uri, settings: &Settings) -> Result<Client> {
-    let first_slash = uri.path.find('/').unwrap_or(uri.path.len());
-    let (userinfo, rest) = match uri.path[..first_slash].rfind('@') {
-        Some(at) => {
-            let (user, pass) = uri.path[..at]
-                .split_once(':')
-                .unwrap_or((&uri.path[..at], ""));
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (
-                Some(Credentials {
-                    username: decode(user),
-                    password: decode(pass),
-                }),
-                &uri.path[at + 1..],
-            )
-        }
-        None => (None, uri.path.as_str()),
-    };
-    let reference = Reference::parse(rest)?;
-    let credentials = userinfo
-        .or_else(|| settings.credentials.clone())
-        .or_else(|| crate::registry::auth::docker_config_credentials(reference.registry_host()));
-    let options = ClientOptions {
-        insecure: settings.insecure || uri.flag("insecure")?,
-        credentials,
-        retries: settings.retries,
-        ..ClientOptions::default()
-    };
+    let (reference, options) = crate::uri::registry_options(uri, settings)?;
     Client::new(reference.registry_host(), &reference.path, options)
 }
 
