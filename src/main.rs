@@ -29,12 +29,25 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         tokio::select! {
             r = cli::run(cli) => r,
-            _ = interrupted() => Err(occystrap::Error::Interrupted.into()),
+            _ = async {
+                interrupted().await;
+                // Before the run's future is dropped: blocking work
+                // (extracting, copying) checks this flag and stops.
+                occystrap::cancel::request();
+            } => Err(occystrap::Error::Interrupted.into()),
         }
     });
-    // Dropping the run's futures above removed its temp files; don't wait for
-    // blocking work that is still unwinding.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    // Dropping the run's future above stopped its downloads and removed the
+    // temp files it owned. Blocking work still running (a layer being
+    // extracted or copied) sees the cancel flag within a few milliseconds,
+    // fails, and drops the sink, whose temp files go with it: wait for that,
+    // but not for long, so that an interrupted run exits within 2 s.
+    let grace = if occystrap::cancel::requested() {
+        std::time::Duration::from_millis(1500)
+    } else {
+        std::time::Duration::from_secs(2)
+    };
+    runtime.shutdown_timeout(grace);
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => fail(&e),

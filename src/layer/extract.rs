@@ -46,6 +46,7 @@ pub fn extract_layer(root: &Path, tar: impl Read, opts: &ExtractOptions) -> Resu
     let mut archive = tar::Archive::new(BufReader::with_capacity(COPY_BUF, tar));
     let entries = archive.entries().map_err(|e| ex.read_error(e))?;
     for entry in entries {
+        crate::cancel::check()?;
         let mut entry = entry.map_err(|e| ex.read_error(e))?;
         match ex.entry(&mut entry) {
             Ok(()) => ex.stats.entries += 1,
@@ -358,9 +359,17 @@ impl<'a> Extractor<'a> {
                 return Ok(Some(p));
             }
         }
+        // Only a path without symlinks is cached: the entries that hit the
+        // cache change children of the directory, never the directories on
+        // its path, unless the path goes through a symlink, which such an
+        // entry may replace (`a -> .`, then `a/a/a` replaces `a` itself).
+        let mut cacheable = true;
         let fd = if key.is_empty() {
             self.root_dir.clone()
+        } else if let Ok(fd) = self.root.open_dir_no_symlinks(key) {
+            Rc::new(fd)
         } else if create {
+            cacheable = false;
             let mut made: Vec<(FileId, Vec<u8>)> = Vec::new();
             let mut on_created = |parent: BorrowedFd<'_>, name: &[u8], _: BorrowedFd<'_>| {
                 if let Ok(st) = rustix::fs::fstat(parent) {
@@ -381,6 +390,7 @@ impl<'a> Extractor<'a> {
             }
             Rc::new(fd)
         } else {
+            cacheable = false;
             match self.root.open_dir(key, true) {
                 Ok(fd) => Rc::new(fd),
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
@@ -403,22 +413,27 @@ impl<'a> Extractor<'a> {
             self.mark_ancestors(&p)
                 .map_err(|e| self.io_fail("resolving", key, e))?;
         }
-        self.cache = Some((key.to_vec(), p.clone(), create));
+        // An uncacheable entry may invalidate what was cached before it.
+        self.cache = cacheable.then(|| (key.to_vec(), p.clone(), create));
         Ok(Some(p))
     }
 
     /// Marks `p` and its ancestors up to the root as written by this layer,
     /// so whiteouts later in the layer prune inside them instead of deleting
-    /// them. Stops at the first one already marked (its ancestors are).
+    /// them. Always walks up to the root: stopping at a directory already
+    /// marked would trust an identity that may be stale, since a directory
+    /// this layer removed can have its inode number reused by one it makes
+    /// elsewhere (found by the whiteout property test).
     fn mark_ancestors(&mut self, p: &Parent) -> io::Result<()> {
         let root_id = self.root.id();
         let mut id = p.id;
         let mut up: Option<OwnedFd> = None;
         // Bounded: a path of PATH_MAX bytes has fewer levels than this.
         for _ in 0..4096 {
-            if id == root_id || !self.upper_dirs.insert(id) {
+            if id == root_id {
                 return Ok(());
             }
+            self.upper_dirs.insert(id);
             let from = up.as_ref().map_or(p.fd.as_fd(), |f| f.as_fd());
             // Only looked at, never written through: `..` is fine here.
             let next = rustix::fs::openat(
@@ -574,6 +589,9 @@ impl<'a> Extractor<'a> {
         let expected = entry.size();
         let written = match copy(entry, &mut file, &mut self.buf, sparse) {
             Ok(n) => n,
+            Err(CopyError::Read(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                return Err(Fail::Fatal(Error::Interrupted));
+            }
             Err(CopyError::Read(e)) => return Err(Fail::Fatal(self.read_error(e))),
             Err(CopyError::Write(e)) => return Err(self.io_fail("writing", rel, e)),
         };
@@ -1035,6 +1053,10 @@ fn copy(
     let mut total = 0u64;
     let mut hole_at_end = false;
     loop {
+        if crate::cancel::requested() {
+            // Reported as Error::Interrupted by the caller.
+            return Err(CopyError::Read(io::ErrorKind::Interrupted.into()));
+        }
         let n = match from.read(buf) {
             Ok(0) => break,
             Ok(n) => n,

@@ -14,6 +14,8 @@
 
 mod extract;
 mod path;
+#[cfg(test)]
+mod proptests;
 mod resolve;
 #[cfg(test)]
 mod tests;

@@ -105,6 +105,16 @@ impl Root {
         self.openat2_retry(rel, flags, IN_ROOT)
     }
 
+    /// Opens the directory at root-relative `rel` if no symlink is met on
+    /// the way (ELOOP otherwise).
+    pub(crate) fn open_dir_no_symlinks(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        self.openat2_retry(
+            rel,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            IN_ROOT | ResolveFlags::NO_SYMLINKS,
+        )
+    }
+
     fn openat2_retry(&self, rel: &[u8], flags: OFlags, how: ResolveFlags) -> io::Result<OwnedFd> {
         let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
         let mut tries = 0;

@@ -45,15 +45,51 @@ pub struct ClientOptions {
     pub rate_limit: Option<std::sync::Arc<RateLimiter>>,
 }
 
+/// Environment variables read by [`ClientOptions::default`], the fallback for
+/// the `--connect-timeout`, `--read-timeout` and `--rate-limit` flags:
+/// seconds (fractions allowed) for the timeouts, requests per second for the
+/// rate limit. A value that is not a positive number is ignored.
+pub const ENV_CONNECT_TIMEOUT: &str = "OCCYSTRAP_CONNECT_TIMEOUT";
+/// See [`ENV_CONNECT_TIMEOUT`].
+pub const ENV_READ_TIMEOUT: &str = "OCCYSTRAP_READ_TIMEOUT";
+/// See [`ENV_CONNECT_TIMEOUT`].
+pub const ENV_RATE_LIMIT: &str = "OCCYSTRAP_RATE_LIMIT";
+
+/// A positive, finite number from the environment.
+fn env_number(name: &str) -> Option<f64> {
+    let v: f64 = std::env::var(name).ok()?.trim().parse().ok()?;
+    (v.is_finite() && v > 0.0).then_some(v)
+}
+
+/// Seconds from the environment as a duration (at most a day).
+fn env_seconds(name: &str) -> Option<Duration> {
+    env_number(name).map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+}
+
+/// The rate limiter named by `OCCYSTRAP_RATE_LIMIT`, one per process so that
+/// every client of a run shares it.
+fn env_rate_limit() -> Option<std::sync::Arc<RateLimiter>> {
+    static LIMITER: std::sync::OnceLock<Option<std::sync::Arc<RateLimiter>>> =
+        std::sync::OnceLock::new();
+    LIMITER
+        .get_or_init(|| {
+            env_number(ENV_RATE_LIMIT).map(|r| std::sync::Arc::new(RateLimiter::new(r)))
+        })
+        .clone()
+}
+
 impl Default for ClientOptions {
+    /// Three retries, a 30 s connect timeout and a 60 s read timeout, no
+    /// rate limit; `OCCYSTRAP_CONNECT_TIMEOUT`, `OCCYSTRAP_READ_TIMEOUT` and
+    /// `OCCYSTRAP_RATE_LIMIT` override those.
     fn default() -> Self {
         ClientOptions {
             insecure: false,
             credentials: None,
             retries: 3,
-            connect_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(60),
-            rate_limit: None,
+            connect_timeout: env_seconds(ENV_CONNECT_TIMEOUT).unwrap_or(Duration::from_secs(30)),
+            read_timeout: env_seconds(ENV_READ_TIMEOUT).unwrap_or(Duration::from_secs(60)),
+            rate_limit: env_rate_limit(),
         }
     }
 }
@@ -163,16 +199,41 @@ impl Client {
             "{}/v2/{}/manifests/{}",
             self.base, self.repository, reference
         );
-        let resp = self
-            .send(&op, Method::GET, &url, Some(MANIFEST_ACCEPT), None)
+        let (body, ct) = self
+            .get_whole(&op, &url, Some(MANIFEST_ACCEPT), MAX_MANIFEST_BYTES)
             .await?;
-        let ct = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| crate::image::media_type::essence(s).to_string());
-        let body = self.read_capped(&op, resp, MAX_MANIFEST_BYTES).await?;
+        let ct = ct.map(|s| crate::image::media_type::essence(&s).to_string());
         Ok((body, ct))
+    }
+
+    /// GETs a small document whole (at most `max` bytes), retrying when the
+    /// body breaks off or stalls as [`Client::send`] retries failed requests.
+    /// Returns the body and its Content-Type.
+    async fn get_whole(
+        &self,
+        op: &str,
+        url: &str,
+        accept: Option<&str>,
+        max: u64,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let mut attempt = 0u32;
+        loop {
+            let resp = self.send(op, Method::GET, url, accept, None).await?;
+            let ct = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match self.read_capped(op, resp, max).await {
+                Ok(body) => return Ok((body, ct)),
+                Err(e @ Error::Network { .. }) if attempt < self.options.retries => {
+                    attempt += 1;
+                    tracing::warn!("{}: {e}; retrying", self.host);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Fetches a small blob (a config) whole, verifying digest and size.
@@ -184,8 +245,9 @@ impl Client {
             )));
         }
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, digest);
-        let resp = self.send(&op, Method::GET, &url, None, None).await?;
-        let body = self.read_capped(&op, resp, max).await?;
+        // Read no more than the descriptor promised: a server that sends
+        // more is wrong, and need not be believed up to `max`.
+        let (body, _) = self.get_whole(&op, &url, None, size).await?;
         let found = Digest::sha256_of(&body);
         if &found != digest {
             return Err(Error::DigestMismatch {
@@ -230,6 +292,9 @@ impl Client {
             } else {
                 0
             };
+            // Without a Content-Length, an early end of the body is all a
+            // broken connection looks like.
+            let delimited_by_close = resp.content_length().is_none();
             let mut stream = resp.bytes_stream();
             let mut broke: Option<String> = None;
             while let Some(item) = stream.next().await {
@@ -261,6 +326,12 @@ impl Client {
                     // The receiver stopped (it failed); its error is the one to report.
                     return Ok(());
                 }
+            }
+            // A body without a Content-Length that ends early is a break too.
+            // One that was complete but short is the registry's whole blob:
+            // the receiver reports the size mismatch.
+            if broke.is_none() && received < size && delimited_by_close {
+                broke = Some("the response ended early".into());
             }
             match broke {
                 None => return Ok(()),
@@ -398,9 +469,20 @@ impl Client {
             message.push(' ');
             message.push_str(reason);
         }
-        if let Some(detail) = registry_error_detail(&body) {
-            message.push_str(": ");
-            message.push_str(&detail);
+        match registry_error_detail(&body) {
+            Some(detail) => {
+                message.push_str(": ");
+                message.push_str(&detail);
+            }
+            // A bare 404 still says which kind of thing is missing, in the
+            // distribution spec's words.
+            None if status == StatusCode::NOT_FOUND && op.starts_with("GET blob") => {
+                message.push_str(": BLOB_UNKNOWN: blob unknown to registry");
+            }
+            None if status == StatusCode::NOT_FOUND && op.starts_with("GET manifest") => {
+                message.push_str(": MANIFEST_UNKNOWN: manifest unknown");
+            }
+            None => {}
         }
         if status == StatusCode::UNAUTHORIZED {
             message.push_str(if self.options.credentials.is_some() {

@@ -154,6 +154,22 @@ fn classify(content_type: Option<&str>, body: &[u8]) -> Result<(Kind, String)> {
     Ok((kind, name))
 }
 
+/// How a manifest response would be read: `"index"`, `"manifest"` or
+/// `"schema1"`, and its media type. Exposed for the fuzz targets only.
+#[doc(hidden)]
+pub fn classify_for_fuzzing(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(&'static str, String)> {
+    let (kind, media) = classify(content_type, body)?;
+    let kind = match kind {
+        Kind::Index => "index",
+        Kind::Manifest => "manifest",
+        Kind::Schema1 => "schema1",
+    };
+    Ok((kind, media))
+}
+
 /// Picks the index entry that best fits `want`, or lists what is offered.
 pub fn choose_platform<'a>(index: &'a Index, want: &Platform) -> Result<&'a Descriptor> {
     let mut best: Option<(u8, &Descriptor)> = None;

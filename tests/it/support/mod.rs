@@ -8,7 +8,9 @@ pub mod archive;
 pub mod fstree;
 pub mod http;
 pub mod images;
+pub mod proxy;
 pub mod registry;
+pub mod runtime;
 pub mod tools;
 
 use std::ffi::OsStr;
