@@ -51,8 +51,9 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-/// Aborts a spawned task when dropped, so a failed run stops its downloads.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// Aborts a spawned task when dropped, so a failed run (or search) stops its
+/// other downloads instead of letting them run to the end.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

@@ -13,12 +13,9 @@ pub mod info;
 pub mod search;
 
 use std::fs::File;
-use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -296,22 +293,7 @@ impl RunDir {
     }
 }
 
-/// Aborts a spawned task when dropped, so that a failed search stops the
-/// other layers' downloads instead of letting them run to the end.
-pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> Future for AbortOnDrop<T> {
-    type Output = std::result::Result<T, tokio::task::JoinError>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
+pub(crate) use crate::pipeline::AbortOnDrop;
 
 /// Fetches `layers` (verified, in the forms `needs` names), `parallel` at a
 /// time, and runs `walk` on each on a blocking thread as soon as it is

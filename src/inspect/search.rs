@@ -196,27 +196,6 @@ const STREAM_CHUNKS: usize = 8;
 /// Read buffer over the compressed stream.
 const STREAM_BUF: usize = 256 << 10;
 
-/// A blocking reader over chunks arriving on a channel.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.current = b,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
-        Ok(n)
-    }
-}
-
 /// One pass over a layer blob: hash it, decompress it, walk the tar (and
 /// hash it, with `verify_diff_id`); then verify size, digest and diff_id.
 /// Every byte is read even when the tar turns out broken, so that a corrupt
@@ -291,10 +270,7 @@ async fn stream_layer(
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(STREAM_CHUNKS);
     let job = info.clone();
     let walker = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            rx,
-            current: Bytes::new(),
-        };
+        let reader = crate::source::registry::ChannelReader::new(rx);
         walk_blob(reader, &job, &pattern, verify_diff_id)
     });
     let download = client

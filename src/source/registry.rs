@@ -366,13 +366,14 @@ pub fn parse_diff_ids(config: &[u8]) -> Result<Vec<Digest>> {
 }
 
 /// A blocking reader over chunks arriving on a channel.
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
     current: Bytes,
 }
 
 impl ChannelReader {
-    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+    /// Reads what `rx` delivers, in order, until the sender is dropped.
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
         ChannelReader {
             rx,
             current: Bytes::new(),
