@@ -170,11 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let path = scratch.path().join(format!("layer-{}.tar", info.index));
         std::fs::write(&path, tar)?;
         let tar = FileSlice::range(Arc::new(path), 0, tar.len() as u64);
-        sink.layer(Layer {
-            info,
-            tar: Some(tar),
-            blob: None,
-        })?;
+        sink.layer(Layer::files(info, Some(tar), None))?;
     }
     let report = sink.finish(&image)?;
     println!(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::digest::Digest;
+use crate::handoff::TarStream;
 
 /// Media types this tool reads and writes.
 pub mod media_type {
@@ -204,6 +205,49 @@ pub struct Layer {
     pub tar: Option<FileSlice>,
     /// The blob as the source stored it (its digest is `info.digest`), when asked for.
     pub blob: Option<FileSlice>,
+    /// The uncompressed tar still arriving, instead of `tar`, for a sink that
+    /// takes streams (see [`crate::handoff`]).
+    pub stream: Option<SharedStream>,
+}
+
+impl Layer {
+    /// A layer delivered as files.
+    pub fn files(info: LayerInfo, tar: Option<FileSlice>, blob: Option<FileSlice>) -> Layer {
+        Layer {
+            info,
+            tar,
+            blob,
+            stream: None,
+        }
+    }
+
+    /// A reader over the uncompressed tar, from the stream or the file; `None`
+    /// when the layer has neither.
+    pub fn tar_reader(&self) -> io::Result<Option<Box<dyn Read + Send>>> {
+        if let Some(s) = self.stream.as_ref().and_then(|s| s.take()) {
+            return Ok(Some(Box::new(s)));
+        }
+        match &self.tar {
+            Some(t) => Ok(Some(Box::new(t.open()?))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A [`TarStream`] that a cloneable [`Layer`] can carry; whoever takes it
+/// first reads it.
+#[derive(Clone, Debug)]
+pub struct SharedStream(Arc<std::sync::Mutex<Option<TarStream>>>);
+
+impl SharedStream {
+    /// Wraps a stream.
+    pub fn new(s: TarStream) -> Self {
+        SharedStream(Arc::new(std::sync::Mutex::new(Some(s))))
+    }
+    /// Takes the stream; `None` if somebody already did.
+    pub fn take(&self) -> Option<TarStream> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
 }
 
 /// Which forms of a layer a sink or filter needs.

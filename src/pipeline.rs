@@ -1,6 +1,7 @@
 //! Wires a source to a sink: resolve, ask the sink which layers it wants,
 //! fetch those N at a time, hand them over in order, finish.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::filter::{Filter, FilterContext};
+use crate::handoff::Handoff;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 use crate::sink::Sink;
@@ -86,6 +88,59 @@ async fn with_sink<T: Send + 'static>(
     .map_err(|e| Error::InvalidImage(format!("sink task failed: {e}")))?
 }
 
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::InvalidImage(format!("layer task failed: {e}"))
+}
+
+/// Gives the sink the layer it is waiting for: as a stream if the layer's
+/// writer hands one over, or as files if it finished first.
+async fn deliver_in_turn(
+    sink: &SharedSink,
+    mut task: AbortOnDrop<Result<Layer>>,
+    mut rx: tokio::sync::oneshot::Receiver<Layer>,
+) -> Result<()> {
+    enum Got {
+        Stream(Layer),
+        Done(Result<Layer>),
+    }
+    let got = tokio::select! {
+        biased;
+        r = &mut rx => match r {
+            Ok(l) => Got::Stream(l),
+            Err(_) => Got::Done((&mut task).await.map_err(join_error).and_then(|r| r)),
+        },
+        r = &mut task => Got::Done(r.map_err(join_error).and_then(|r| r)),
+    };
+    let (sink_result, fetched) = match got {
+        Got::Stream(layer) => {
+            let (s, t) = tokio::join!(with_sink(sink, move |s| s.layer(layer)), &mut task);
+            (s, t.map_err(join_error).and_then(|r| r))
+        }
+        // A small layer's writer can stream it whole and finish before the
+        // stream is picked up.
+        Got::Done(fetched) => match rx.try_recv() {
+            Ok(layer) => (with_sink(sink, move |s| s.layer(layer)).await, fetched),
+            Err(_) => {
+                let layer = fetched?;
+                return with_sink(sink, move |s| s.layer(layer)).await;
+            }
+        },
+    };
+    match (sink_result, fetched) {
+        (Ok(()), Ok(_)) => Ok(()),
+        // The writer failed only because the sink stopped reading.
+        (Err(e), Err(Error::Stream { source, .. }))
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Err(e)
+        }
+        // Otherwise the fetch's error (a digest mismatch, a dropped
+        // connection) explains why the sink's stream failed.
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+    }
+}
+
 /// Moves one image from `source` to `sink`.
 pub async fn run(
     source: Arc<dyn Source>,
@@ -108,10 +163,7 @@ pub async fn run_filtered(
         .prefix("occystrap-")
         .tempdir_in(&temp_root)
         .map_err(|e| Error::io("creating temp dir in", &temp_root, e))?;
-    let ctx = FetchContext {
-        temp_dir: temp.path().to_path_buf(),
-        reporter: options.reporter.clone(),
-    };
+    let mut ctx = FetchContext::new(temp.path().to_path_buf(), options.reporter.clone());
     let mut image = source.resolve(&ctx).await?;
     let sink_needs = sink.needs();
     let filtering = !filters.is_empty();
@@ -124,6 +176,7 @@ pub async fn run_filtered(
         sink_needs
     };
     let ordered = sink.ordered() || filtering;
+    let sink_takes_streams = sink.takes_streams();
     let sink: SharedSink = Arc::new(Mutex::new(sink));
     let mut chain = FilterChain {
         filters,
@@ -155,54 +208,103 @@ pub async fn run_filtered(
     let mut skipped_after_filters = 0;
 
     let parallel = options.parallel.max(1);
-    let tasks = futures_util::stream::iter(wanted).map(|layer| {
-        let source = source.clone();
-        let ctx = ctx.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            source.fetch(&layer, needs, &ctx).await
-        }))
-    });
-    // Spawned fetches progress on their own while the sink writes; `buffered`
-    // keeps manifest order, `buffer_unordered` hands over whatever is ready.
-    let mut stream: Pin<Box<dyn futures_util::Stream<Item = _> + Send>> = if ordered {
-        Box::pin(tasks.buffered(parallel))
-    } else {
-        Box::pin(tasks.buffer_unordered(parallel))
-    };
     let mut rewritten = false;
-    while let Some(joined) = stream.next().await {
-        let mut layer =
-            joined.map_err(|e| Error::InvalidImage(format!("layer task failed: {e}")))??;
-        if filtering {
-            let (c, out) = chain.layer(layer).await?;
-            chain = c;
-            layer = out;
-            let slot = &mut image.layers[layer.info.index];
-            if layer.info.diff_id != slot.diff_id {
-                rewritten = true;
-                // A rewritten layer exists only as a tar; that is its blob too.
-                layer.blob = layer.tar.clone();
-                if let Some(t) = &layer.tar {
-                    layer.info.size = t.len();
-                }
-                layer.info.digest = layer.info.diff_id.clone();
-                layer.info.media_type = crate::image::media_type::OCI_LAYER_TAR.to_string();
-                *slot = layer.info.clone();
-            }
-            if !sink_needs.blob {
-                layer.blob = None;
-            }
-            if rewriting {
-                let info = layer.info.clone();
-                if !with_sink(&sink, move |s| Ok(s.wants_layer(&info))).await? {
-                    skipped_after_filters += 1;
-                    continue;
-                }
-            }
+    // Without filters, an ordered sink that reads streams takes each layer
+    // as it downloads once the layers below it are in (see `handoff`).
+    let streaming = ordered && !filtering && sink_needs == LayerNeeds::TAR && sink_takes_streams;
+    if streaming {
+        let mut receivers = HashMap::new();
+        let mut handoffs = HashMap::new();
+        for l in &wanted {
+            let (h, rx) = Handoff::new();
+            handoffs.insert(l.index, Arc::new(h));
+            receivers.insert(l.index, rx);
         }
-        with_sink(&sink, move |s| s.layer(layer)).await?;
+        ctx.handoffs = Arc::new(handoffs);
+        let spawn = |layer: LayerInfo| {
+            let source = source.clone();
+            let ctx = ctx.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                source.fetch(&layer, needs, &ctx).await
+            }))
+        };
+        let mut queue = std::collections::VecDeque::new();
+        let mut pending = wanted.into_iter();
+        loop {
+            while queue.len() < parallel {
+                match pending.next() {
+                    Some(l) => {
+                        let index = l.index;
+                        queue.push_back((index, spawn(l)));
+                    }
+                    None => break,
+                }
+            }
+            let Some((index, task)) = queue.pop_front() else {
+                break;
+            };
+            let rx = receivers.remove(&index).expect("one receiver per layer");
+            if let Some(h) = ctx.handoff(index) {
+                h.set_next();
+            }
+            deliver_in_turn(&sink, task, rx).await?;
+            tracing::debug!(
+                "layer {index} handed to the sink at {:.3}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    } else {
+        let tasks = futures_util::stream::iter(wanted).map(|layer| {
+            let source = source.clone();
+            let ctx = ctx.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                source.fetch(&layer, needs, &ctx).await
+            }))
+        });
+        // Spawned fetches progress on their own while the sink writes; `buffered`
+        // keeps manifest order, `buffer_unordered` hands over whatever is ready.
+        let mut stream: Pin<Box<dyn futures_util::Stream<Item = _> + Send>> = if ordered {
+            Box::pin(tasks.buffered(parallel))
+        } else {
+            Box::pin(tasks.buffer_unordered(parallel))
+        };
+        while let Some(joined) = stream.next().await {
+            let mut layer = joined.map_err(join_error)??;
+            if filtering {
+                let (c, out) = chain.layer(layer).await?;
+                chain = c;
+                layer = out;
+                let slot = &mut image.layers[layer.info.index];
+                if layer.info.diff_id != slot.diff_id {
+                    rewritten = true;
+                    // A rewritten layer exists only as a tar; that is its blob too.
+                    layer.blob = layer.tar.clone();
+                    if let Some(t) = &layer.tar {
+                        layer.info.size = t.len();
+                    }
+                    layer.info.digest = layer.info.diff_id.clone();
+                    layer.info.media_type = crate::image::media_type::OCI_LAYER_TAR.to_string();
+                    *slot = layer.info.clone();
+                }
+                if !sink_needs.blob {
+                    layer.blob = None;
+                }
+                if rewriting {
+                    let info = layer.info.clone();
+                    if !with_sink(&sink, move |s| Ok(s.wants_layer(&info))).await? {
+                        skipped_after_filters += 1;
+                        continue;
+                    }
+                }
+            }
+            let index = layer.info.index;
+            with_sink(&sink, move |s| s.layer(layer)).await?;
+            tracing::debug!(
+                "layer {index} handed to the sink at {:.3}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
-    drop(stream);
     if rewritten {
         rewrite_config(&mut image)?;
     }
@@ -217,6 +319,7 @@ pub async fn run_filtered(
         .await
         .map_err(|e| Error::InvalidImage(format!("sink task failed: {e}")))??;
     options.reporter.end();
+    tracing::debug!("sink finished at {:.3}s", started.elapsed().as_secs_f64());
     drop(temp);
     Ok(Report {
         image: describe_image(&image),

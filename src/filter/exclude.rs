@@ -407,6 +407,7 @@ mod tests {
                 tar.len() as u64,
             )),
             blob: None,
+            stream: None,
         };
         let ctx = FilterContext {
             temp_dir: dir.path().to_path_buf(),

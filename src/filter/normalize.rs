@@ -164,6 +164,7 @@ mod tests {
             },
             tar: Some(FileSlice::range(Arc::new(path), 1536, tar.len() as u64)),
             blob: None,
+            stream: None,
         }
     }
 

@@ -285,10 +285,7 @@ impl RunDir {
             .prefix("occystrap-")
             .tempdir_in(&root)
             .map_err(|e| Error::io("creating temp dir in", &root, e))?;
-        let ctx = FetchContext {
-            temp_dir: dir.path().to_path_buf(),
-            reporter,
-        };
+        let ctx = FetchContext::new(dir.path().to_path_buf(), reporter);
         Ok(RunDir { _dir: dir, ctx })
     }
 }

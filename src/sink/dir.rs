@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
 use crate::fsutil::{self, DirLock};
+use crate::handoff::TarStream;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::layer::{ExtractOptions, ExtractStats, WhiteoutMode, extract_layer};
 use crate::sink::staging::StagedDir;
@@ -165,6 +166,17 @@ impl DirSink {
     /// renames it into place.
     fn store_layer(&mut self, layer: &Layer) -> Result<()> {
         let info = &layer.info;
+        if let Some(mut stream) = layer.stream.as_ref().and_then(|s| s.take()) {
+            let reading = |e| Error::stream(format!("reading {}", layer_name(info)), e);
+            let copied = self.persist_layer(info, |out| match out {
+                Some(file) => stream.copy_to_file(file).map_err(reading),
+                // Already stored: the stream must still be read to its end
+                // for the verification to finish.
+                None => io::copy(&mut stream, &mut io::sink()).map_err(reading),
+            })?;
+            self.bytes_written += copied;
+            return Ok(());
+        }
         let Some(tar) = &layer.tar else {
             return Err(Error::InvalidImage(format!(
                 "dir output: {} arrived without its uncompressed tar",
@@ -172,12 +184,50 @@ impl DirSink {
             )));
         };
         let dest = layer_path(&self.root, &info.diff_id);
+        let copied = self.persist_layer(info, |out| {
+            let Some(file) = out else { return Ok(0) };
+            let mut reader = tar
+                .open()
+                .map_err(|e| Error::io("reading", tar.path(), e))?;
+            // File to File with nothing between, so std uses copy_file_range
+            // and the bytes stay in the kernel.
+            let copied = io::copy(&mut reader, file).map_err(|e| {
+                Error::stream(
+                    format!(
+                        "copying {} from {} to {}",
+                        layer_name(info),
+                        tar.path().display(),
+                        dest.display()
+                    ),
+                    e,
+                )
+            })?;
+            if copied != tar.len() {
+                return Err(Error::SizeMismatch {
+                    what: format!("{} ({})", layer_name(info), tar.path().display()),
+                    expected: tar.len(),
+                    found: copied,
+                });
+            }
+            Ok(copied)
+        })?;
+        self.bytes_written += copied;
+        Ok(())
+    }
+
+    /// Writes a layer into the store under a temp name with `fill`, then
+    /// renames it into place. `fill` gets `None` when the store has the
+    /// layer already (another run stored it since `wants_layer` looked).
+    fn persist_layer(
+        &self,
+        info: &LayerInfo,
+        fill: impl FnOnce(Option<&mut File>) -> Result<u64>,
+    ) -> Result<u64> {
+        let dest = layer_path(&self.root, &info.diff_id);
         if dest.is_file() {
-            // Another run stored it since `wants_layer` looked: same bytes.
-            return Ok(());
+            fill(None)?;
+            return Ok(0);
         }
-        let dir = self.root.join(info.diff_id.hex());
-        fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
         // In the store's root, not the layer's directory, so a crash leaves
         // nothing that looks like a layer.
         let mut temp = tempfile::Builder::new()
@@ -185,30 +235,9 @@ impl DirSink {
             .suffix(".partial")
             .tempfile_in(&self.root)
             .map_err(|e| Error::io("creating a temp file in", &self.root, e))?;
-        let mut reader = tar
-            .open()
-            .map_err(|e| Error::io("reading", tar.path(), e))?;
-        // File to File with nothing between, so std uses copy_file_range and
-        // the bytes stay in the kernel.
-        let file: &mut File = temp.as_file_mut();
-        let copied = io::copy(&mut reader, file).map_err(|e| {
-            Error::stream(
-                format!(
-                    "copying {} from {} to {}",
-                    layer_name(info),
-                    tar.path().display(),
-                    dest.display()
-                ),
-                e,
-            )
-        })?;
-        if copied != tar.len() {
-            return Err(Error::SizeMismatch {
-                what: format!("{} ({})", layer_name(info), tar.path().display()),
-                expected: tar.len(),
-                found: copied,
-            });
-        }
+        let copied = fill(Some(temp.as_file_mut()))?;
+        let dir = self.root.join(info.diff_id.hex());
+        fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
         // Later runs trust a layer file by its presence alone, so it must not
         // be able to appear truncated after a crash.
         temp.as_file()
@@ -217,8 +246,33 @@ impl DirSink {
         fsutil::set_readable(temp.as_file());
         temp.persist(&dest)
             .map_err(|e| Error::io("renaming into place", &dest, e.error))?;
-        self.bytes_written += copied;
-        Ok(())
+        Ok(copied)
+    }
+
+    /// Stores a streamed layer and extracts it in the same pass, so the tree
+    /// grows while the layer downloads. Both the store's copy and the tree
+    /// stay unpublished until the stream ends verified.
+    fn store_and_extract(
+        &self,
+        info: &LayerInfo,
+        stream: &mut TarStream,
+    ) -> Result<(u64, ExtractStats)> {
+        let reading = |e| Error::stream(format!("reading {}", layer_name(info)), e);
+        let mut stats = ExtractStats::default();
+        let copied = self.persist_layer(info, |out| {
+            let mut tee = TeeRead {
+                inner: stream,
+                copy: out.map(|f| io::BufWriter::with_capacity(256 << 10, f)),
+                count: 0,
+            };
+            stats = self.extract(info, &mut tee)?;
+            io::copy(&mut tee, &mut io::sink()).map_err(reading)?;
+            if let Some(w) = &mut tee.copy {
+                w.flush().map_err(reading)?;
+            }
+            Ok(tee.count)
+        })?;
+        Ok((copied, stats))
     }
 
     /// Applies the store's copies of the layers below `upto` not yet in the
@@ -378,11 +432,26 @@ impl Sink for DirSink {
             && !layer_path(&self.root, &layer.diff_id).is_file()
     }
 
+    fn takes_streams(&self) -> bool {
+        true
+    }
+
     fn layer(&mut self, layer: Layer) -> Result<()> {
         let index = layer.info.index;
         self.apply_stored_below(index)?;
         if let Some(slot) = self.layers.get_mut(index) {
             *slot = layer.info.clone();
+        }
+        if self.expand.is_some()
+            && let Some(mut stream) = layer.stream.as_ref().and_then(|s| s.take())
+        {
+            let (copied, stats) = self.store_and_extract(&layer.info, &mut stream)?;
+            self.bytes_written += copied;
+            self.record(&layer.info, stats);
+            if let Some(x) = &mut self.expand {
+                x.next_index = x.next_index.max(index + 1);
+            }
+            return Ok(());
         }
         self.store_layer(&layer)?;
         if self.expand.is_some() {
@@ -393,7 +462,7 @@ impl Sink for DirSink {
                         .map_err(|e| Error::io("reading", tar.path(), e))?;
                     self.extract(&layer.info, reader)?
                 }
-                None => ExtractStats::default(),
+                _ => ExtractStats::default(),
             };
             self.record(&layer.info, stats);
             if let Some(x) = &mut self.expand {
@@ -458,6 +527,24 @@ impl Sink for DirSink {
             bytes_written: self.bytes_written,
             notes: std::mem::take(&mut self.notes),
         })
+    }
+}
+
+/// A reader that copies what passes through it into a writer.
+struct TeeRead<'a, R: Read, W: io::Write> {
+    inner: &'a mut R,
+    copy: Option<W>,
+    count: u64,
+}
+
+impl<R: Read, W: io::Write> Read for TeeRead<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(w) = &mut self.copy {
+            w.write_all(&buf[..n])?;
+        }
+        self.count += n as u64;
+        Ok(n)
     }
 }
 

@@ -20,6 +20,7 @@ use tempfile::NamedTempFile;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::handoff::TarStream;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::sink::{Sink, SinkReport};
 
@@ -76,9 +77,9 @@ impl DockerArchiveSink {
         Error::io("writing", &self.path, e)
     }
 
-    /// Writes one tar header. Names are at most 64 hex digits plus a short
+    /// One tar header. Names are at most 64 hex digits plus a short
     /// suffix, well within ustar's limits.
-    fn header(&mut self, name: &str, size: u64, kind: tar::EntryType) -> Result<()> {
+    fn make_header(&self, name: &str, size: u64, kind: tar::EntryType) -> Result<tar::Header> {
         let mut h = tar::Header::new_ustar();
         h.set_path(name).map_err(|e| self.write_error(e))?;
         h.set_size(size);
@@ -92,6 +93,12 @@ impl DockerArchiveSink {
         h.set_gid(0);
         h.set_mtime(0);
         h.set_cksum();
+        Ok(h)
+    }
+
+    /// Writes one tar header at the end of the tarball.
+    fn header(&mut self, name: &str, size: u64, kind: tar::EntryType) -> Result<()> {
+        let h = self.make_header(name, size, kind)?;
         self.temp
             .as_file_mut()
             .write_all(h.as_bytes())
@@ -112,6 +119,33 @@ impl DockerArchiveSink {
                 .map_err(|e| self.write_error(e))?;
             self.bytes_written += rest;
         }
+        Ok(())
+    }
+
+    /// Writes a layer whose size is known only at its end: the header goes
+    /// in with size 0 and is rewritten in place once the stream is verified.
+    fn stream_layer(&mut self, info: &LayerInfo, stream: &mut TarStream) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let dir = info.diff_id.hex().to_string();
+        self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
+        let name = format!("{dir}/layer.tar");
+        let at = self.bytes_written;
+        self.header(&name, 0, tar::EntryType::Regular)?;
+        let file: &mut File = self.temp.as_file_mut();
+        let copied = stream.copy_to_file(file).map_err(|e| {
+            Error::stream(
+                format!("writing layer {} to {}", info.index, self.path.display()),
+                e,
+            )
+        })?;
+        self.bytes_written += copied;
+        let h = self.make_header(&name, copied, tar::EntryType::Regular)?;
+        self.temp
+            .as_file()
+            .write_all_at(h.as_bytes(), at)
+            .map_err(|e| self.write_error(e))?;
+        self.pad(copied)?;
+        self.written.insert(info.diff_id.clone());
         Ok(())
     }
 
@@ -146,18 +180,25 @@ impl Sink for DockerArchiveSink {
         self.wanted.insert(layer.diff_id.clone())
     }
 
+    fn takes_streams(&self) -> bool {
+        true
+    }
+
     fn layer(&mut self, layer: Layer) -> Result<()> {
+        let diff_id = layer.info.diff_id.clone();
+        // docker save stores a layer once even when the image lists it twice.
+        if self.written.contains(&diff_id) {
+            return Ok(());
+        }
+        if let Some(mut stream) = layer.stream.as_ref().and_then(|s| s.take()) {
+            return self.stream_layer(&layer.info, &mut stream);
+        }
         let Some(tar) = layer.tar else {
             return Err(Error::InvalidImage(format!(
                 "docker-archive output: layer {} arrived without its uncompressed tar",
                 layer.info.index
             )));
         };
-        let diff_id = layer.info.diff_id;
-        // docker save stores a layer once even when the image lists it twice.
-        if self.written.contains(&diff_id) {
-            return Ok(());
-        }
         let dir = diff_id.hex().to_string();
         self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
         self.header(
@@ -444,6 +485,7 @@ mod tests {
             info: info(0),
             tar: Some(slice),
             blob: None,
+            stream: None,
         })
         .unwrap();
         sink.finish(&image).unwrap();

@@ -34,6 +34,13 @@ pub trait Sink: Send {
     fn ordered(&self) -> bool {
         true
     }
+    /// Whether `layer` accepts a layer whose tar is still arriving
+    /// ([`Layer::stream`] instead of [`Layer::tar`]). Such a sink must read
+    /// the stream to its end before it commits anything, since only the end
+    /// says that the layer was verified.
+    fn takes_streams(&self) -> bool {
+        false
+    }
     /// Called once with the image's metadata, before any layer.
     fn begin(&mut self, image: &Image) -> Result<()>;
     /// Whether the sink needs this layer's bytes; a store that already has the

@@ -3,6 +3,7 @@
 //! and [`StoreDir`], for outputs that several runs add to (an OCI layout, a
 //! `mounts://` layer tree), which appear only once a first run completes.
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -242,25 +243,29 @@ pub fn apply_layer(
     skip_unsafe: bool,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    let tar = layer.tar.as_ref().ok_or_else(|| {
-        Error::InvalidImage(format!(
-            "layer {} arrived without its tar",
-            layer.info.index
-        ))
-    })?;
-    let reader = tar
-        .open()
-        .map_err(|e| Error::io("reading", tar.path(), e))?;
     let name = format!("layer {} ({})", layer.info.index, layer.info.digest);
+    let mut reader = layer
+        .tar_reader()
+        .map_err(|e| Error::stream(format!("reading {name}"), e))?
+        .ok_or_else(|| {
+            Error::InvalidImage(format!(
+                "layer {} arrived without its tar",
+                layer.info.index
+            ))
+        })?;
     let stats = extract_layer(
         root,
-        reader,
+        &mut reader,
         &ExtractOptions {
             whiteouts,
             skip_unsafe,
             layer_name: name.clone(),
         },
     )?;
+    // A streamed layer is verified only at its end, past the tar's own
+    // end-of-archive blocks.
+    io::copy(&mut reader, &mut io::sink())
+        .map_err(|e| Error::stream(format!("reading {name}"), e))?;
     for w in stats.warnings {
         tracing::warn!("{name}: {w}");
         notes.push(format!("{name}: {w}"));

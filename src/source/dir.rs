@@ -360,6 +360,7 @@ impl Source for DirSource {
                 tar: needs.tar.then(slice),
                 blob: needs.blob.then(slice),
                 info,
+                stream: None,
             })
         })
     }

@@ -553,6 +553,7 @@ impl FetchJob {
             info,
             tar,
             blob: self.needs.blob.then(member_slice),
+            stream: None,
         })
     }
 
@@ -687,10 +688,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn context(temp_dir: &Path) -> FetchContext {
-        FetchContext {
-            temp_dir: temp_dir.to_path_buf(),
-            reporter: Arc::new(Silent),
-        }
+        FetchContext::new(temp_dir.to_path_buf(), Arc::new(Silent))
     }
 
     /// Every RepoTag of a fixture, so multi-image archives are read whole.

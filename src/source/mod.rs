@@ -1,11 +1,13 @@
 //! Sources: where an image comes from. One file per input format.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 use crate::error::Result;
+use crate::handoff::Handoff;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 
@@ -21,6 +23,24 @@ pub struct FetchContext {
     pub temp_dir: PathBuf,
     /// Progress callbacks.
     pub reporter: Arc<dyn Reporter>,
+    /// Layers an ordered sink may take as streams, by layer index.
+    pub handoffs: Arc<HashMap<usize, Arc<Handoff>>>,
+}
+
+impl FetchContext {
+    /// A context with no streaming handoffs.
+    pub fn new(temp_dir: PathBuf, reporter: Arc<dyn Reporter>) -> Self {
+        FetchContext {
+            temp_dir,
+            reporter,
+            handoffs: Arc::default(),
+        }
+    }
+
+    /// The handoff for layer `index`, when it may be streamed.
+    pub fn handoff(&self, index: usize) -> Option<Arc<Handoff>> {
+        self.handoffs.get(&index).cloned()
+    }
 }
 
 /// An image reader. `resolve` reads the metadata; `fetch` produces one layer

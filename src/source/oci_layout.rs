@@ -168,6 +168,7 @@ impl OciLayoutSource {
         layer: &LayerInfo,
         needs: LayerNeeds,
         temp_dir: &Path,
+        handoff: Option<&crate::handoff::Handoff>,
     ) -> Result<Layer> {
         let path = blob_path(root, &layer.digest);
         let file = open_regular(&path, "opening blob")?;
@@ -181,6 +182,7 @@ impl OciLayoutSource {
                 blob: false,
             },
             temp_dir,
+            handoff,
         )?;
         if needs.blob {
             out.blob = Some(FileSlice::range(Arc::new(path), 0, layer.size));
@@ -358,8 +360,9 @@ impl Source for OciLayoutSource {
             ctx.reporter.layer_started(&info);
             let index = info.index;
             let temp = ctx.temp_dir.clone();
+            let handoff = ctx.handoff(index);
             let out = tokio::task::spawn_blocking(move || {
-                Self::fetch_blocking(&root, &info, needs, &temp)
+                Self::fetch_blocking(&root, &info, needs, &temp, handoff.as_deref())
             })
             .await
             .map_err(|e| Error::InvalidImage(format!("layer task failed: {e}")))??;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::digest::{Algorithm, Digest, HashingReader, HashingWriter};
 use crate::error::{Error, Result};
+use crate::handoff::{self, Handoff, LayerOut, Spooled};
 use crate::image::{
     Compression, FileSlice, Image, Layer, LayerInfo, LayerNeeds, ManifestInfo, Platform,
     media_type as mt,
@@ -327,11 +328,19 @@ impl RegistrySource {
         ctx: &FetchContext,
     ) -> Result<Layer> {
         ctx.reporter.layer_started(layer);
+        let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
         let info = layer.clone();
         let temp_dir = ctx.temp_dir.clone();
+        let handoff = ctx.handoff(layer.index);
         let writer = tokio::task::spawn_blocking(move || {
-            write_layer(ChannelReader::new(rx), &info, needs, &temp_dir)
+            write_layer(
+                ChannelReader::new(rx),
+                &info,
+                needs,
+                &temp_dir,
+                handoff.as_deref(),
+            )
         });
         let reporter = ctx.reporter.clone();
         let index = layer.index;
@@ -347,6 +356,11 @@ impl RegistrySource {
         // A download error explains a writer that saw the stream end early.
         download?;
         let layer = written?;
+        tracing::debug!(
+            "layer {index}: {} bytes fetched and verified in {:.3}s",
+            layer.info.size,
+            started.elapsed().as_secs_f64()
+        );
         ctx.reporter.layer_done(index);
         Ok(layer)
     }
@@ -427,20 +441,23 @@ fn temp_file(dir: &std::path::Path, prefix: &str) -> Result<tempfile::NamedTempF
 }
 
 /// One pass over a compressed layer stream: hash it, optionally keep it,
-/// decompress, hash the tar, optionally keep that; then verify both digests.
-/// Shared by every source that reads compressed blobs.
+/// decompress, hash the tar, keep that (or hand it to the sink through
+/// `handoff` as it arrives); then verify both digests. Shared by every
+/// source that reads compressed blobs.
 pub fn write_layer(
     input: impl Read,
     info: &LayerInfo,
     needs: LayerNeeds,
     temp_dir: &std::path::Path,
+    handoff: Option<&Handoff>,
 ) -> Result<Layer> {
     let what = |s: &str| format!("layer {} ({}) {s}", info.index, info.digest);
     let blob_file = needs
         .blob
         .then(|| temp_file(temp_dir, "blob-"))
         .transpose()?;
-    let tar_file = needs.tar.then(|| temp_file(temp_dir, "tar-")).transpose()?;
+    // A sink that wants the blob too reads files, not a stream.
+    let handoff = handoff.filter(|_| !needs.blob);
     let algo = info.digest.algorithm();
     let hashed = HashingReader::new(input, algo);
     let tee = Tee {
@@ -460,61 +477,94 @@ pub fn write_layer(
         .fill_buf()
         .map_err(|e| Error::stream(what("read"), e))?;
     let compression = Compression::sniff(head);
-    let tar_out: Box<dyn Write> = match &tar_file {
-        Some(f) => Box::new(io::BufWriter::with_capacity(
-            BUF,
-            f.as_file()
-                .try_clone()
-                .map_err(|e| Error::stream(what("temp file"), e))?,
-        )),
-        None => Box::new(io::sink()),
-    };
-    let mut tar_hash = HashingWriter::new(tar_out, Algorithm::Sha256);
+    let out = LayerOut::new(needs.tar, handoff, info, temp_dir)
+        .map_err(|e| Error::io("creating temp file in", temp_dir, e))?;
+    let mut tar_hash = HashingWriter::new(out, Algorithm::Sha256);
     let decoded = compression
         .decoder(&mut buffered)
-        .and_then(|mut d| io::copy(&mut d, &mut tar_hash));
+        .and_then(|mut d| copy_large(&mut d, &mut tar_hash));
     // Read whatever the decoder left so the blob digest covers every byte.
     let drained = io::copy(&mut buffered, &mut io::sink());
     let tee = buffered.into_inner();
     let (blob_digest, blob_size) = tee.inner.finish();
-    if let Some(mut w) = tee.copy {
-        w.flush().map_err(|e| Error::stream(what("write"), e))?;
-    }
-    // A wrong blob explains any decode error, so check it first.
-    if blob_size != info.size {
-        return Err(Error::SizeMismatch {
-            what: what("blob"),
-            expected: info.size,
-            found: blob_size,
-        });
-    }
-    if blob_digest != info.digest {
-        return Err(Error::DigestMismatch {
-            what: what("blob"),
-            expected: info.digest.clone(),
-            found: blob_digest,
-        });
-    }
-    decoded.map_err(|e| Error::stream(what(&format!("decompressing ({compression:?})")), e))?;
-    drained.map_err(|e| Error::stream(what("read"), e))?;
-    let (diff_id, tar_size, mut out) = tar_hash.finish();
-    out.flush().map_err(|e| Error::stream(what("write"), e))?;
-    drop(out);
-    if diff_id != info.diff_id {
-        return Err(Error::DigestMismatch {
-            what: format!(
-                "layer {} diff_id (sha256 of the uncompressed tar)",
-                info.index
-            ),
-            expected: info.diff_id.clone(),
-            found: diff_id,
-        });
-    }
+    let (diff_id, tar_size, out) = tar_hash.finish();
+    let (spooled, _) = out.finish().map_err(|e| Error::stream(what("write"), e))?;
+    let verified = (|| {
+        if let Some(mut w) = tee.copy {
+            w.flush().map_err(|e| Error::stream(what("write"), e))?;
+        }
+        // A wrong blob explains any decode error, so check it first.
+        if blob_size != info.size {
+            return Err(Error::SizeMismatch {
+                what: what("blob"),
+                expected: info.size,
+                found: blob_size,
+            });
+        }
+        if blob_digest != info.digest {
+            return Err(Error::DigestMismatch {
+                what: what("blob"),
+                expected: info.digest.clone(),
+                found: blob_digest,
+            });
+        }
+        decoded.map_err(|e| Error::stream(what(&format!("decompressing ({compression:?})")), e))?;
+        drained.map_err(|e| Error::stream(what("read"), e))?;
+        if diff_id != info.diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!(
+                    "layer {} diff_id (sha256 of the uncompressed tar)",
+                    info.index
+                ),
+                expected: info.diff_id.clone(),
+                found: diff_id,
+            });
+        }
+        Ok(())
+    })();
+    let (tar, stream) = match spooled {
+        Spooled::Streamed(tx) => {
+            handoff::end_stream(tx, verified.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            (None, None)
+        }
+        Spooled::File(path) => (Some(FileSlice::temp(path, tar_size)), None),
+        Spooled::Nothing => (None, None),
+        Spooled::Abandoned => {
+            verified?;
+            // BrokenPipe tells the pipeline to report the sink's own error.
+            return Err(Error::stream(
+                what("stream"),
+                io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the output stopped reading this layer",
+                ),
+            ));
+        }
+    };
+    verified?;
     Ok(Layer {
         info: info.clone(),
-        tar: tar_file.map(|f| FileSlice::temp(f.into_temp_path(), tar_size)),
+        tar,
         blob: blob_file.map(|f| FileSlice::temp(f.into_temp_path(), blob_size)),
+        stream,
     })
+}
+
+/// `io::copy` with a buffer large enough that decompression runs in long
+/// stretches and each write reaches the hashers in big blocks.
+fn copy_large(r: &mut impl Read, w: &mut impl Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; BUF];
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..k])?;
+        n += k as u64;
+    }
 }
 
 impl Source for RegistrySource {
@@ -572,21 +622,21 @@ mod tests {
             tar: true,
             blob: true,
         };
-        let l = write_layer(&blob[..], &info, both, dir.path()).unwrap();
+        let l = write_layer(&blob[..], &info, both, dir.path(), None).unwrap();
         assert_eq!(std::fs::read(l.tar.unwrap().path()).unwrap(), tar);
         assert_eq!(std::fs::read(l.blob.unwrap().path()).unwrap(), blob);
 
         let mut bad = info.clone();
         bad.diff_id = Digest::sha256_of(b"other");
-        let e = write_layer(&blob[..], &bad, LayerNeeds::TAR, dir.path()).unwrap_err();
+        let e = write_layer(&blob[..], &bad, LayerNeeds::TAR, dir.path(), None).unwrap_err();
         assert!(e.to_string().contains("diff_id"), "{e}");
 
         let mut corrupt = blob.clone();
         let n = corrupt.len();
         corrupt[n / 2] ^= 0xff;
-        let e = write_layer(&corrupt[..], &info, LayerNeeds::TAR, dir.path()).unwrap_err();
+        let e = write_layer(&corrupt[..], &info, LayerNeeds::TAR, dir.path(), None).unwrap_err();
         assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
-        let e = write_layer(&blob[..n - 3], &info, LayerNeeds::TAR, dir.path()).unwrap_err();
+        let e = write_layer(&blob[..n - 3], &info, LayerNeeds::TAR, dir.path(), None).unwrap_err();
         assert!(matches!(e, Error::SizeMismatch { .. }), "{e}");
         // Nothing left behind by the failures.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

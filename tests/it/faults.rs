@@ -710,3 +710,53 @@ fn docker_save_manifest_with_many_bogus_layers_is_refused() {
     let input = docker_save_with_manifest(&env, &m);
     tar_to_tar_fails(&env, &input, &["c.json", "not", "missing", "no member"]);
 }
+
+/// The bottom layer reaches an ordered sink as a stream while it downloads
+/// (see `src/handoff.rs`); a corrupt blob must still be reported as a digest
+/// mismatch, and leave nothing, whichever sink was reading it.
+#[test]
+fn corrupt_streamed_layer_fails_cleanly_in_every_ordered_sink() {
+    let s = setup();
+    s.proxy.always(&s.layer_path(0), Fault::Corrupt(100));
+    for dest in [
+        tar_uri(&s.env.out("image.tar")),
+        format!("oci://{}", s.env.out("bundle").display()),
+        format!("dir://{}?expand=true", s.env.out("store").display()),
+    ] {
+        let out = s
+            .env
+            .occy()
+            .args(["--insecure", "process", &s.proxy.uri(REPO, TAG), &dest])
+            .run();
+        assert_eq!(out.code, Some(1), "{}", out.stderr);
+        assert!(out.stderr.contains("digest mismatch"), "{}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        // A store's directory may stay (it is where later runs look), but
+        // empty: no layer directory, no partial file, no tree.
+        let left = s.env.out_dir_entries();
+        assert!(left.iter().all(|e| e == "store"), "{left:?}");
+        let _ = std::fs::remove_dir_all(s.env.out("store"));
+    }
+}
+
+/// A layer whose body stops short, read by a sink as a stream: the sink
+/// must not take the short stream for a whole layer.
+#[test]
+fn truncated_streamed_layer_fails_cleanly() {
+    let s = setup();
+    s.proxy.always(&s.layer_path(0), Fault::CutFraction(0.5));
+    let out = s
+        .env
+        .occy()
+        .args([
+            "--insecure",
+            "--retries",
+            "0",
+            "process",
+            &s.proxy.uri(REPO, TAG),
+            &format!("oci://{}", s.env.out("bundle").display()),
+        ])
+        .run();
+    assert_clean_failure(&s.env, &out, &["broke off", "short", "truncated", "ended"]);
+    assert!(!s.env.out("bundle").exists());
+}

@@ -1,0 +1,457 @@
+//! Streaming a layer straight into an ordered sink while it downloads.
+//!
+//! An ordered sink (a tarball, a rootfs) takes layers bottom to top, but
+//! layers download in parallel. A layer that is not yet the sink's next one
+//! spools its tar to a temp file; the one the sink is waiting for skips the
+//! temp file and hands its bytes over as they are decompressed. A layer that
+//! becomes the next one halfway through hands over what it has spooled so
+//! far, then the rest live.
+//!
+//! Nothing unverified is ever taken as final: the stream's last read returns
+//! end-of-file only after the blob digest, size and diff_id have checked
+//! out, and an error otherwise, so a sink that reads to the end before
+//! committing its output commits only verified bytes.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use crate::image::{Layer, LayerInfo};
+
+/// Chunks of decompressed tar in flight between a layer's writer and the
+/// sink: bounds memory to a few MiB per streamed layer.
+const STREAM_CHUNKS: usize = 8;
+/// Bytes per chunk handed to the sink.
+const CHUNK: usize = 256 << 10;
+
+/// The meeting point of one layer's writer and the pipeline.
+pub struct Handoff {
+    next: AtomicBool,
+    deliver: Mutex<Option<tokio::sync::oneshot::Sender<Layer>>>,
+}
+
+impl Handoff {
+    /// A handoff and the receiver the pipeline waits on for the streamed
+    /// layer. The receiver sees the sender dropped when the writer finished
+    /// without streaming (the layer then comes back as a file, as usual).
+    pub fn new() -> (Handoff, tokio::sync::oneshot::Receiver<Layer>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Handoff {
+                next: AtomicBool::new(false),
+                deliver: Mutex::new(Some(tx)),
+            },
+            rx,
+        )
+    }
+
+    /// Says that the sink is now waiting for this layer.
+    pub fn set_next(&self) {
+        self.next.store(true, Ordering::Release);
+    }
+
+    fn is_next(&self) -> bool {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Gives up streaming: the pipeline will wait for the finished file.
+    fn close(&self) {
+        if let Ok(mut d) = self.deliver.lock() {
+            d.take();
+        }
+    }
+}
+
+/// A layer's uncompressed tar as it arrives. See the module documentation
+/// for when end-of-file is returned.
+pub struct TarStream {
+    /// What was spooled before the layer became the next one, and the temp
+    /// file's owner (deleted when the stream is dropped).
+    spooled: Option<(io::Take<File>, tempfile::TempPath)>,
+    rx: Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl std::fmt::Debug for TarStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TarStream").finish_non_exhaustive()
+    }
+}
+
+impl TarStream {
+    /// Waits for the next live chunk; `false` at verified end-of-file.
+    fn next_chunk(&mut self) -> io::Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        match self.rx.recv() {
+            Ok(Ok(v)) if v.is_empty() => {
+                self.done = true;
+                Ok(false)
+            }
+            Ok(Ok(v)) => {
+                self.current = v;
+                self.pos = 0;
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::other(
+                "layer stream ended before it was verified",
+            )),
+        }
+    }
+
+    /// Copies the whole stream into `out`, the spooled part with the
+    /// kernel's file-to-file copy; returns the bytes copied. Errors when the
+    /// layer fails verification.
+    pub fn copy_to_file(&mut self, out: &mut File) -> io::Result<u64> {
+        let mut n = 0;
+        if let Some((mut head, path)) = self.spooled.take() {
+            n += io::copy(&mut head, out)?;
+            drop(path);
+        }
+        loop {
+            if self.pos < self.current.len() {
+                out.write_all(&self.current[self.pos..])?;
+                n += (self.current.len() - self.pos) as u64;
+                self.pos = self.current.len();
+            }
+            if !self.next_chunk()? {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+impl Read for TarStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((head, _)) = &mut self.spooled {
+            let n = head.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            self.spooled = None;
+        }
+        while self.pos >= self.current.len() {
+            if !self.next_chunk()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Where a layer's writer puts the decompressed tar: a temp file until the
+/// sink is waiting for the layer, the sink after that.
+pub(crate) struct LayerOut<'a> {
+    handoff: Option<&'a Handoff>,
+    info: &'a LayerInfo,
+    spool: Option<io::BufWriter<tempfile::NamedTempFile>>,
+    live: Option<SyncSender<io::Result<Vec<u8>>>>,
+    chunk: Vec<u8>,
+    written: u64,
+    /// The sink stopped reading: the rest is only hashed, so that a corrupt
+    /// blob is still reported as such rather than as the sink's parse error.
+    abandoned: bool,
+}
+
+/// What a layer's writer produced.
+pub(crate) enum Spooled {
+    /// The whole tar, in a temp file.
+    File(tempfile::TempPath),
+    /// Handed to the sink as it arrived.
+    Streamed(SyncSender<io::Result<Vec<u8>>>),
+    /// Nothing was kept (the sink did not ask for the tar).
+    Nothing,
+    /// The sink stopped reading the stream partway.
+    Abandoned,
+}
+
+impl<'a> LayerOut<'a> {
+    /// `keep` says whether the sink wants the tar at all; `handoff` is set
+    /// when it may take the layer as a stream.
+    pub(crate) fn new(
+        keep: bool,
+        handoff: Option<&'a Handoff>,
+        info: &'a LayerInfo,
+        temp_dir: &'a std::path::Path,
+    ) -> io::Result<Self> {
+        let mut out = LayerOut {
+            handoff,
+            info,
+            spool: None,
+            live: None,
+            chunk: Vec::new(),
+            written: 0,
+            abandoned: false,
+        };
+        if keep && !out.try_go_live()? {
+            out.spool = Some(io::BufWriter::with_capacity(
+                CHUNK,
+                tempfile::Builder::new()
+                    .prefix("tar-")
+                    .tempfile_in(temp_dir)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Switches to handing bytes to the sink if it is waiting for this layer.
+    fn try_go_live(&mut self) -> io::Result<bool> {
+        let Some(h) = self.handoff else {
+            return Ok(false);
+        };
+        if !h.is_next() {
+            return Ok(false);
+        }
+        let Some(deliver) = h.deliver.lock().ok().and_then(|mut d| d.take()) else {
+            return Ok(false);
+        };
+        let spooled = match self.spool.take() {
+            Some(w) => {
+                let temp = w.into_inner().map_err(|e| e.into_error())?;
+                let (file, path) = temp.into_parts();
+                let mut file = file;
+                use std::io::Seek;
+                file.seek(io::SeekFrom::Start(0))?;
+                Some((file.take(self.written), path))
+            }
+            None => None,
+        };
+        let (tx, rx) = sync_channel(STREAM_CHUNKS);
+        let layer = Layer {
+            info: self.info.clone(),
+            tar: None,
+            blob: None,
+            stream: Some(crate::image::SharedStream::new(TarStream {
+                spooled,
+                rx,
+                current: Vec::new(),
+                pos: 0,
+                done: false,
+            })),
+        };
+        // The pipeline may have gone (a failed run); then nobody reads.
+        deliver
+            .send(layer)
+            .map_err(|_| io::Error::other("the run stopped waiting for this layer"))?;
+        self.chunk = Vec::with_capacity(CHUNK);
+        self.live = Some(tx);
+        self.handoff = None;
+        Ok(true)
+    }
+
+    fn send_chunk(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        if let Some(tx) = &self.live
+            && tx.send(Ok(full)).is_err()
+        {
+            self.live = None;
+            self.abandoned = true;
+        }
+        Ok(())
+    }
+
+    /// Flushes and says where the tar went. Closes the handoff, so the
+    /// pipeline waits for the file instead.
+    pub(crate) fn finish(mut self) -> io::Result<(Spooled, u64)> {
+        if let Some(h) = self.handoff {
+            h.close();
+        }
+        let written = self.written;
+        if self.abandoned {
+            return Ok((Spooled::Abandoned, written));
+        }
+        if self.live.is_some() {
+            self.send_chunk()?;
+            let tx = self.live.take().expect("live");
+            return Ok((Spooled::Streamed(tx), written));
+        }
+        match self.spool.take() {
+            Some(w) => {
+                let temp = w.into_inner().map_err(|e| e.into_error())?;
+                Ok((Spooled::File(temp.into_temp_path()), written))
+            }
+            None => Ok((Spooled::Nothing, written)),
+        }
+    }
+}
+
+impl Drop for LayerOut<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handoff {
+            h.close();
+        }
+    }
+}
+
+impl Write for LayerOut<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.spool.is_some() && self.try_go_live()? {
+            // Fall through to the live path below.
+        }
+        if let Some(w) = &mut self.spool {
+            w.write_all(buf)?;
+        } else if self.live.is_some() && !self.abandoned {
+            let room = CHUNK - self.chunk.len();
+            let n = buf.len().min(room);
+            self.chunk.extend_from_slice(&buf[..n]);
+            if self.chunk.len() == CHUNK {
+                self.send_chunk()?;
+            }
+            self.written += n as u64;
+            return Ok(n);
+        }
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.spool {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Ends a streamed layer: end-of-file when `verified` is Ok, the error
+/// otherwise.
+pub(crate) fn end_stream(tx: SyncSender<io::Result<Vec<u8>>>, verified: Result<(), String>) {
+    // A sink that already stopped reading has its own error to report.
+    let _ = tx.send(match verified {
+        Ok(()) => Ok(Vec::new()),
+        Err(e) => Err(io::Error::other(e)),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn info() -> LayerInfo {
+        LayerInfo {
+            index: 0,
+            digest: Digest::sha256_of(b"x"),
+            size: 1,
+            media_type: crate::image::media_type::OCI_LAYER_GZIP.into(),
+            diff_id: Digest::sha256_of(b"x"),
+        }
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// Writes `before` bytes, makes the layer the next one, writes the rest;
+    /// returns the delivered stream and what the writer reported.
+    fn promote_midway(
+        before: usize,
+        total: &[u8],
+        verified: Result<(), String>,
+    ) -> (TarStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, mut rx) = Handoff::new();
+        let info = info();
+        let mut out = LayerOut::new(true, Some(&h), &info, dir.path()).unwrap();
+        out.write_all(&total[..before]).unwrap();
+        assert!(rx.try_recv().is_err(), "not the next layer yet");
+        h.set_next();
+        out.write_all(&total[before..]).unwrap();
+        let (spooled, n) = out.finish().unwrap();
+        assert_eq!(n, total.len() as u64);
+        let Spooled::Streamed(tx) = spooled else {
+            panic!("expected a streamed layer")
+        };
+        end_stream(tx, verified);
+        let layer = rx.try_recv().expect("stream delivered");
+        assert!(layer.tar.is_none());
+        (layer.stream.unwrap().take().unwrap(), dir)
+    }
+
+    #[test]
+    fn spooled_part_then_live_part_in_order() {
+        let total = data(700 << 10);
+        let (mut s, dir) = promote_midway(300 << 10, &total, Ok(()));
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert!(got == total, "bytes differ");
+        drop(s);
+        // The spool file is gone once read.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn copy_to_file_gives_the_same_bytes() {
+        let total = data(600 << 10);
+        let (mut s, dir) = promote_midway(100 << 10, &total, Ok(()));
+        let path = dir.path().join("out");
+        let mut f = File::create(&path).unwrap();
+        assert_eq!(s.copy_to_file(&mut f).unwrap(), total.len() as u64);
+        assert!(std::fs::read(&path).unwrap() == total);
+    }
+
+    #[test]
+    fn failed_verification_is_an_error_at_the_end() {
+        let total = data(10_000);
+        let (mut s, _dir) = promote_midway(0, &total, Err("digest mismatch".into()));
+        let mut got = Vec::new();
+        let e = s.read_to_end(&mut got).unwrap_err();
+        assert!(e.to_string().contains("digest mismatch"), "{e}");
+    }
+
+    #[test]
+    fn writer_gone_without_verdict_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, mut rx) = Handoff::new();
+        h.set_next();
+        let info = info();
+        let mut out = LayerOut::new(true, Some(&h), &info, dir.path()).unwrap();
+        out.write_all(&data(1000)).unwrap();
+        drop(out.finish().unwrap());
+        let mut s = rx.try_recv().unwrap().stream.unwrap().take().unwrap();
+        let e = s.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("before it was verified"), "{e}");
+    }
+
+    #[test]
+    fn finished_before_its_turn_comes_back_as_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, mut rx) = Handoff::new();
+        let info = info();
+        let mut out = LayerOut::new(true, Some(&h), &info, dir.path()).unwrap();
+        out.write_all(&data(5000)).unwrap();
+        let (spooled, _) = out.finish().unwrap();
+        assert!(matches!(spooled, Spooled::File(_)));
+        // The pipeline sees the handoff closed and waits for the file.
+        assert!(matches!(
+            rx.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ));
+    }
+
+    #[test]
+    fn sink_that_stops_reading_is_noticed_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, mut rx) = Handoff::new();
+        h.set_next();
+        let info = info();
+        let mut out = LayerOut::new(true, Some(&h), &info, dir.path()).unwrap();
+        drop(rx.try_recv().unwrap());
+        // Far more than the channel holds: would block if still sending.
+        out.write_all(&data(8 << 20)).unwrap();
+        let (spooled, n) = out.finish().unwrap();
+        assert!(matches!(spooled, Spooled::Abandoned));
+        assert_eq!(n, 8 << 20);
+    }
+}
