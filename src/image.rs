@@ -172,6 +172,12 @@ impl FileSlice {
         }
     }
 
+    /// Whether the slice is a temp file of the run's own (deleted with it),
+    /// rather than part of an input that outlives the run.
+    pub fn is_temp(&self) -> bool {
+        self._owner.is_some()
+    }
+
     /// The file the bytes are in.
     pub fn path(&self) -> &Path {
         &self.path

@@ -25,7 +25,7 @@ use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
 use crate::fsutil::{self, DirLock};
 use crate::handoff::TarStream;
-use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
+use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds};
 use crate::layer::{ExtractOptions, ExtractStats, WhiteoutMode, extract_layer};
 use crate::sink::staging::StagedDir;
 use crate::sink::{Sink, SinkReport};
@@ -184,6 +184,10 @@ impl DirSink {
             )));
         };
         let dest = layer_path(&self.root, &info.diff_id);
+        if self.link_whole_temp(info, tar, &dest)? {
+            self.bytes_written += tar.len();
+            return Ok(());
+        }
         let copied = self.persist_layer(info, |out| {
             let Some(file) = out else { return Ok(0) };
             let mut reader = tar
@@ -213,6 +217,40 @@ impl DirSink {
         })?;
         self.bytes_written += copied;
         Ok(())
+    }
+
+    /// Puts a verified temp file that is the whole layer into the store by
+    /// hard-linking it: no copy when the run's temp dir (`--temp-dir`) is on
+    /// the store's filesystem. `false` when that can't be done and the layer
+    /// must be copied.
+    fn link_whole_temp(&self, info: &LayerInfo, tar: &FileSlice, dest: &Path) -> Result<bool> {
+        if !tar.is_temp() || tar.offset() != 0 {
+            return Ok(false);
+        }
+        let Ok(file) = File::open(tar.path()) else {
+            return Ok(false);
+        };
+        if file.metadata().map(|m| m.len()).ok() != Some(tar.len()) {
+            return Ok(false);
+        }
+        if dest.is_file() {
+            return Ok(true);
+        }
+        // Later runs trust a layer file by its presence alone.
+        file.sync_data()
+            .map_err(|e| Error::io("writing", tar.path(), e))?;
+        let dir = self.root.join(info.diff_id.hex());
+        fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        match fs::hard_link(tar.path(), dest) {
+            Ok(()) => {
+                fsutil::set_readable(&file);
+                tracing::debug!("{} linked into the store", layer_name(info));
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
+            // Another filesystem (EXDEV), or links not allowed: copy.
+            Err(_) => Ok(false),
+        }
     }
 
     /// Writes a layer into the store under a temp name with `fill`, then

@@ -496,3 +496,51 @@ fn recreate_image_round_trips_through_skopeo() {
         .run();
     assert_clean_failure(&env, &bad, &["digest mismatch"]);
 }
+
+/// With the run's temp dir on the store's filesystem, verified layers are
+/// hard-linked into the store instead of copied; they must still be whole,
+/// readable, and the only name left for the data.
+#[test]
+fn temp_dir_on_the_store_filesystem_links_layers_in() {
+    use std::os::unix::fs::MetadataExt;
+    let (env, reg) = start();
+    let img = Image::new("linux/amd64")
+        .layer(layer(1), Compression::Gzip)
+        .layer(layer(2), Compression::Gzip);
+    let built = push_image(
+        &env.work(""),
+        &env.tool_tmp(),
+        &reg,
+        "team/app:v1",
+        &img,
+        PushFormat::Docker,
+    );
+    let store = env.out("store");
+    let temp = env.work("tmp");
+    fs::create_dir_all(&temp).unwrap();
+    let out = env
+        .occy()
+        .args([
+            "--insecure",
+            "--verbose",
+            "--temp-dir",
+            temp.to_str().unwrap(),
+            "process",
+            &reg.uri("team/app", "v1"),
+            &format!("dir://{}", store.display()),
+        ])
+        .ok();
+    assert_eq!(
+        out.stderr.matches("linked into the store").count(),
+        2,
+        "{}",
+        out.stderr
+    );
+    assert_stored(&store, "manifest.json", &built);
+    for l in &built.layers {
+        let meta = fs::metadata(store.join(&l.diff_id[7..]).join("layer.tar")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o644);
+        assert_eq!(meta.nlink(), 1, "the temp name is gone");
+    }
+    assert_eq!(fs::read_dir(&temp).unwrap().count(), 0);
+}
