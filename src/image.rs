@@ -76,7 +76,7 @@ impl Compression {
     pub fn decoder<'a, R: io::BufRead + 'a>(self, r: R) -> io::Result<Box<dyn Read + 'a>> {
         Ok(match self {
             Compression::None => Box::new(r),
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+            Compression::Gzip => Box::new(crate::gzip::GzipReader::new(r)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
         })
     }

@@ -10,6 +10,7 @@ pub mod digest;
 pub mod error;
 pub mod filter;
 pub mod fsutil;
+pub mod gzip;
 pub mod handoff;
 pub mod image;
 pub mod inspect;

@@ -88,6 +88,20 @@ async fn with_sink<T: Send + 'static>(
     .map_err(|e| Error::InvalidImage(format!("sink task failed: {e}")))?
 }
 
+/// Hands a layer to the sink. Its temp files are deleted on another thread
+/// afterwards (`reaper` collects those tasks), since unlinking a large file
+/// takes tens of milliseconds that the sink's next layer is waiting for.
+async fn give_layer(
+    sink: &SharedSink,
+    layer: Layer,
+    reaper: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<()> {
+    let keep = (layer.tar.clone(), layer.blob.clone());
+    let given = with_sink(sink, move |s| s.layer(layer)).await;
+    reaper.push(tokio::task::spawn_blocking(move || drop(keep)));
+    given
+}
+
 fn join_error(e: tokio::task::JoinError) -> Error {
     Error::InvalidImage(format!("layer task failed: {e}"))
 }
@@ -98,6 +112,7 @@ async fn deliver_in_turn(
     sink: &SharedSink,
     mut task: AbortOnDrop<Result<Layer>>,
     mut rx: tokio::sync::oneshot::Receiver<Layer>,
+    reaper: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
     enum Got {
         Stream(Layer),
@@ -121,8 +136,7 @@ async fn deliver_in_turn(
         Got::Done(fetched) => match rx.try_recv() {
             Ok(layer) => (with_sink(sink, move |s| s.layer(layer)).await, fetched),
             Err(_) => {
-                let layer = fetched?;
-                return with_sink(sink, move |s| s.layer(layer)).await;
+                return give_layer(sink, fetched?, reaper).await;
             }
         },
     };
@@ -209,6 +223,7 @@ pub async fn run_filtered(
 
     let parallel = options.parallel.max(1);
     let mut rewritten = false;
+    let mut reaper = Vec::new();
     // Without filters, an ordered sink that reads streams takes each layer
     // as it downloads once the layers below it are in (see `handoff`).
     let streaming = ordered && !filtering && sink_needs == LayerNeeds::TAR && sink_takes_streams;
@@ -247,7 +262,7 @@ pub async fn run_filtered(
             if let Some(h) = ctx.handoff(index) {
                 h.set_next();
             }
-            deliver_in_turn(&sink, task, rx).await?;
+            deliver_in_turn(&sink, task, rx, &mut reaper).await?;
             tracing::debug!(
                 "layer {index} handed to the sink at {:.3}s",
                 started.elapsed().as_secs_f64()
@@ -298,7 +313,7 @@ pub async fn run_filtered(
                 }
             }
             let index = layer.info.index;
-            with_sink(&sink, move |s| s.layer(layer)).await?;
+            give_layer(&sink, layer, &mut reaper).await?;
             tracing::debug!(
                 "layer {index} handed to the sink at {:.3}s",
                 started.elapsed().as_secs_f64()
@@ -318,6 +333,10 @@ pub async fn run_filtered(
     let sink_report = tokio::task::spawn_blocking(move || sink.finish(&meta))
         .await
         .map_err(|e| Error::InvalidImage(format!("sink task failed: {e}")))??;
+    for r in reaper {
+        // A failed deletion is the temp dir's to clean up below.
+        let _ = r.await;
+    }
     options.reporter.end();
     tracing::debug!("sink finished at {:.3}s", started.elapsed().as_secs_f64());
     drop(temp);

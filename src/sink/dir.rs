@@ -164,18 +164,16 @@ impl DirSink {
 
     /// Copies a delivered layer into the store under a temp name, then
     /// renames it into place.
-    fn store_layer(&mut self, layer: &Layer) -> Result<()> {
+    fn store_layer(&self, layer: &Layer) -> Result<u64> {
         let info = &layer.info;
         if let Some(mut stream) = layer.stream.as_ref().and_then(|s| s.take()) {
             let reading = |e| Error::stream(format!("reading {}", layer_name(info)), e);
-            let copied = self.persist_layer(info, |out| match out {
+            return self.persist_layer(info, |out| match out {
                 Some(file) => stream.copy_to_file(file).map_err(reading),
                 // Already stored: the stream must still be read to its end
                 // for the verification to finish.
                 None => io::copy(&mut stream, &mut io::sink()).map_err(reading),
-            })?;
-            self.bytes_written += copied;
-            return Ok(());
+            });
         }
         let Some(tar) = &layer.tar else {
             return Err(Error::InvalidImage(format!(
@@ -185,10 +183,9 @@ impl DirSink {
         };
         let dest = layer_path(&self.root, &info.diff_id);
         if self.link_whole_temp(info, tar, &dest)? {
-            self.bytes_written += tar.len();
-            return Ok(());
+            return Ok(tar.len());
         }
-        let copied = self.persist_layer(info, |out| {
+        self.persist_layer(info, |out| {
             let Some(file) = out else { return Ok(0) };
             let mut reader = tar
                 .open()
@@ -214,9 +211,7 @@ impl DirSink {
                 });
             }
             Ok(copied)
-        })?;
-        self.bytes_written += copied;
-        Ok(())
+        })
     }
 
     /// Puts a verified temp file that is the whole layer into the store by
@@ -491,17 +486,27 @@ impl Sink for DirSink {
             }
             return Ok(());
         }
-        self.store_layer(&layer)?;
-        if self.expand.is_some() {
-            let stats = match &layer.tar {
-                Some(tar) => {
-                    let reader = tar
+        let (stored, stats) = match (&self.expand, &layer.tar) {
+            (Some(_), Some(tar)) => {
+                let this = &*self;
+                // The store's copy and the extraction read the same verified
+                // file: side by side they take the time of the slower.
+                std::thread::scope(|scope| {
+                    let store = scope.spawn(|| this.store_layer(&layer));
+                    let stats = tar
                         .open()
-                        .map_err(|e| Error::io("reading", tar.path(), e))?;
-                    self.extract(&layer.info, reader)?
-                }
-                _ => ExtractStats::default(),
-            };
+                        .map_err(|e| Error::io("reading", tar.path(), e))
+                        .and_then(|r| this.extract(&layer.info, r));
+                    let stored = store
+                        .join()
+                        .map_err(|_| Error::InvalidImage("storing a layer failed".into()))?;
+                    Ok::<_, Error>((stored, stats?))
+                })?
+            }
+            _ => (Ok(self.store_layer(&layer)?), ExtractStats::default()),
+        };
+        self.bytes_written += stored?;
+        if self.expand.is_some() {
             self.record(&layer.info, stats);
             if let Some(x) = &mut self.expand {
                 x.next_index = x.next_index.max(index + 1);
