@@ -189,6 +189,19 @@ impl<R: Read> HashingReader<R> {
     }
 }
 
+/// A blob's bytes that say, once read, what they hashed to: hashed as they
+/// are read ([`HashingReader`]), or by another thread on the way in.
+pub trait BlobInput: Read {
+    /// The digest and byte count of everything read.
+    fn finish(self) -> (Digest, u64);
+}
+
+impl<R: Read> BlobInput for HashingReader<R> {
+    fn finish(self) -> (Digest, u64) {
+        HashingReader::finish(self)
+    }
+}
+
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;

@@ -229,20 +229,7 @@ pub fn walk_blob(
     });
     let drained = io::copy(&mut buffered, &mut io::sink());
     let (digest, size) = buffered.into_inner().finish();
-    if size != info.size {
-        return Err(Error::SizeMismatch {
-            what: what("blob"),
-            expected: info.size,
-            found: size,
-        });
-    }
-    if digest != info.digest {
-        return Err(Error::DigestMismatch {
-            what: what("blob"),
-            expected: info.digest.clone(),
-            found: digest,
-        });
-    }
+    crate::source::registry::check_blob(info, size, digest, what("blob"))?;
     drained.map_err(|e| Error::stream(what("read"), e))?;
     let (found, diff_id) =
         walked.map_err(|e| Error::stream(what(&format!("reading as a {compression:?} tar")), e))?;

@@ -175,7 +175,10 @@ impl OciLayoutSource {
         // One pass verifies the blob digest and the diff_id; the tar is kept
         // only if asked for, and the blob is served where it lies.
         let mut out = write_layer(
-            std::io::BufReader::with_capacity(256 << 10, file),
+            HashingReader::new(
+                std::io::BufReader::with_capacity(256 << 10, file),
+                layer.digest.algorithm(),
+            ),
             layer,
             LayerNeeds {
                 tar: needs.tar,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::digest::{Algorithm, Digest, HashingReader, HashingWriter};
+use crate::digest::{Algorithm, BlobInput, Digest, Hasher, HashingWriter};
 use crate::error::{Error, Result};
 use crate::handoff::{self, Handoff, LayerOut, Spooled};
 use crate::image::{
@@ -334,13 +334,10 @@ impl RegistrySource {
         let temp_dir = ctx.temp_dir.clone();
         let handoff = ctx.handoff(layer.index);
         let writer = tokio::task::spawn_blocking(move || {
-            write_layer(
-                ChannelReader::new(rx),
-                &info,
-                needs,
-                &temp_dir,
-                handoff.as_deref(),
-            )
+            std::thread::scope(|scope| {
+                let input = RelayReader::start(scope, rx, info.digest.algorithm());
+                write_layer(input, &info, needs, &temp_dir, handoff.as_deref())
+            })
         });
         let reporter = ctx.reporter.clone();
         let index = layer.index;
@@ -410,6 +407,56 @@ impl Read for ChannelReader {
     }
 }
 
+/// A download's chunks, hashed on a thread of their own on their way to the
+/// reader, so that the blob's hash and the decompression take two cores.
+struct RelayReader<'s> {
+    reader: ChannelReader,
+    hasher: std::thread::ScopedJoinHandle<'s, (Digest, u64)>,
+}
+
+impl<'s> RelayReader<'s> {
+    fn start<'e>(
+        scope: &'s std::thread::Scope<'s, 'e>,
+        mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+        algorithm: Algorithm,
+    ) -> Self {
+        let (tx, relayed) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        let hasher = scope.spawn(move || {
+            let mut h = Hasher::new(algorithm);
+            let mut n = 0u64;
+            let mut forward = true;
+            while let Some(b) = rx.blocking_recv() {
+                h.update(&b);
+                n += b.len() as u64;
+                // A reader that stopped early still gets the whole blob's
+                // digest, which says whether the blob was the problem.
+                forward = forward && tx.blocking_send(b).is_ok();
+            }
+            (h.finish(), n)
+        });
+        RelayReader {
+            reader: ChannelReader::new(relayed),
+            hasher,
+        }
+    }
+}
+
+impl Read for RelayReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl BlobInput for RelayReader<'_> {
+    fn finish(self) -> (Digest, u64) {
+        // Unblocks the hasher if it is waiting to forward a chunk.
+        drop(self.reader);
+        self.hasher
+            .join()
+            .unwrap_or_else(|_| (Digest::sha256_of(b"hasher thread failed"), 0))
+    }
+}
+
 /// Copies everything read into a second writer.
 struct Tee<R, W> {
     inner: R,
@@ -445,7 +492,7 @@ fn temp_file(dir: &std::path::Path, prefix: &str) -> Result<tempfile::NamedTempF
 /// `handoff` as it arrives); then verify both digests. Shared by every
 /// source that reads compressed blobs.
 pub fn write_layer(
-    input: impl Read,
+    input: impl BlobInput,
     info: &LayerInfo,
     needs: LayerNeeds,
     temp_dir: &std::path::Path,
@@ -458,10 +505,8 @@ pub fn write_layer(
         .transpose()?;
     // A sink that wants the blob too reads files, not a stream.
     let handoff = handoff.filter(|_| !needs.blob);
-    let algo = info.digest.algorithm();
-    let hashed = HashingReader::new(input, algo);
     let tee = Tee {
-        inner: hashed,
+        inner: input,
         copy: blob_file
             .as_ref()
             .map(|f| {
@@ -494,20 +539,7 @@ pub fn write_layer(
             w.flush().map_err(|e| Error::stream(what("write"), e))?;
         }
         // A wrong blob explains any decode error, so check it first.
-        if blob_size != info.size {
-            return Err(Error::SizeMismatch {
-                what: what("blob"),
-                expected: info.size,
-                found: blob_size,
-            });
-        }
-        if blob_digest != info.digest {
-            return Err(Error::DigestMismatch {
-                what: what("blob"),
-                expected: info.digest.clone(),
-                found: blob_digest,
-            });
-        }
+        check_blob(info, blob_size, blob_digest, what("blob"))?;
         decoded.map_err(|e| Error::stream(what(&format!("decompressing ({compression:?})")), e))?;
         drained.map_err(|e| Error::stream(what("read"), e))?;
         if diff_id != info.diff_id {
@@ -550,6 +582,26 @@ pub fn write_layer(
     })
 }
 
+/// Checks a blob's size and digest against its descriptor; `what` names it
+/// in the error.
+pub(crate) fn check_blob(info: &LayerInfo, size: u64, digest: Digest, what: String) -> Result<()> {
+    if size != info.size {
+        return Err(Error::SizeMismatch {
+            what,
+            expected: info.size,
+            found: size,
+        });
+    }
+    if digest != info.digest {
+        return Err(Error::DigestMismatch {
+            what,
+            expected: info.digest.clone(),
+            found: digest,
+        });
+    }
+    Ok(())
+}
+
 /// `io::copy` with a buffer large enough that decompression runs in long
 /// stretches and each write reaches the hashers in big blocks.
 fn copy_large(r: &mut impl Read, w: &mut impl Write) -> io::Result<u64> {
@@ -589,6 +641,7 @@ impl Source for RegistrySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::HashingReader;
 
     #[test]
     fn classify_by_header_and_body() {
@@ -622,21 +675,49 @@ mod tests {
             tar: true,
             blob: true,
         };
-        let l = write_layer(&blob[..], &info, both, dir.path(), None).unwrap();
+        let l = write_layer(
+            HashingReader::new(&blob[..], Algorithm::Sha256),
+            &info,
+            both,
+            dir.path(),
+            None,
+        )
+        .unwrap();
         assert_eq!(std::fs::read(l.tar.unwrap().path()).unwrap(), tar);
         assert_eq!(std::fs::read(l.blob.unwrap().path()).unwrap(), blob);
 
         let mut bad = info.clone();
         bad.diff_id = Digest::sha256_of(b"other");
-        let e = write_layer(&blob[..], &bad, LayerNeeds::TAR, dir.path(), None).unwrap_err();
+        let e = write_layer(
+            HashingReader::new(&blob[..], Algorithm::Sha256),
+            &bad,
+            LayerNeeds::TAR,
+            dir.path(),
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("diff_id"), "{e}");
 
         let mut corrupt = blob.clone();
         let n = corrupt.len();
         corrupt[n / 2] ^= 0xff;
-        let e = write_layer(&corrupt[..], &info, LayerNeeds::TAR, dir.path(), None).unwrap_err();
+        let e = write_layer(
+            HashingReader::new(&corrupt[..], Algorithm::Sha256),
+            &info,
+            LayerNeeds::TAR,
+            dir.path(),
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
-        let e = write_layer(&blob[..n - 3], &info, LayerNeeds::TAR, dir.path(), None).unwrap_err();
+        let e = write_layer(
+            HashingReader::new(&blob[..n - 3], Algorithm::Sha256),
+            &info,
+            LayerNeeds::TAR,
+            dir.path(),
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::SizeMismatch { .. }), "{e}");
         // Nothing left behind by the failures.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
