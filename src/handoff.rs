@@ -297,8 +297,8 @@ impl Drop for LayerOut<'_> {
 
 impl Write for LayerOut<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.spool.is_some() && self.try_go_live()? {
-            // Fall through to the live path below.
+        if self.spool.is_some() {
+            self.try_go_live()?;
         }
         if let Some(w) = &mut self.spool {
             w.write_all(buf)?;

@@ -222,6 +222,7 @@ pub async fn run_filtered(
     let mut skipped_after_filters = 0;
 
     let parallel = options.parallel.max(1);
+    ctx.layers_at_once = parallel.min(wanted.len()).max(1);
     let mut rewritten = false;
     let mut reaper = Vec::new();
     // Without filters, an ordered sink that reads streams takes each layer

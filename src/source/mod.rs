@@ -25,6 +25,9 @@ pub struct FetchContext {
     pub reporter: Arc<dyn Reporter>,
     /// Layers an ordered sink may take as streams, by layer index.
     pub handoffs: Arc<HashMap<usize, Arc<Handoff>>>,
+    /// How many layers the run fetches at once: a source may spread one
+    /// layer's work over more threads when that leaves cores idle.
+    pub layers_at_once: usize,
 }
 
 impl FetchContext {
@@ -34,6 +37,7 @@ impl FetchContext {
             temp_dir,
             reporter,
             handoffs: Arc::default(),
+            layers_at_once: 1,
         }
     }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::digest::{Algorithm, BlobInput, Digest, Hasher, HashingWriter};
+use crate::digest::{Algorithm, BlobInput, Digest, Hasher, HashingReader, HashingWriter};
 use crate::error::{Error, Result};
 use crate::handoff::{self, Handoff, LayerOut, Spooled};
 use crate::image::{
@@ -333,9 +333,18 @@ impl RegistrySource {
         let info = layer.clone();
         let temp_dir = ctx.temp_dir.clone();
         let handoff = ctx.handoff(layer.index);
+        // A thread of its own for the blob's hash pays only when cores
+        // would otherwise idle; with a layer per core it is just overhead.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let relay = ctx.layers_at_once * 2 <= cores;
+        let algorithm = layer.digest.algorithm();
         let writer = tokio::task::spawn_blocking(move || {
+            if !relay {
+                let input = HashingReader::new(ChannelReader::new(rx), algorithm);
+                return write_layer(input, &info, needs, &temp_dir, handoff.as_deref());
+            }
             std::thread::scope(|scope| {
-                let input = RelayReader::start(scope, rx, info.digest.algorithm());
+                let input = RelayReader::start(scope, rx, algorithm);
                 write_layer(input, &info, needs, &temp_dir, handoff.as_deref())
             })
         });
@@ -554,13 +563,15 @@ pub fn write_layer(
         }
         Ok(())
     })();
-    let (tar, stream) = match spooled {
+    // A streamed layer's tar has gone to the sink already; the sink took
+    // the Layer that carried its stream from the handoff.
+    let tar = match spooled {
         Spooled::Streamed(tx) => {
             handoff::end_stream(tx, verified.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            (None, None)
+            None
         }
-        Spooled::File(path) => (Some(FileSlice::temp(path, tar_size)), None),
-        Spooled::Nothing => (None, None),
+        Spooled::File(path) => Some(FileSlice::temp(path, tar_size)),
+        Spooled::Nothing => None,
         Spooled::Abandoned => {
             verified?;
             // BrokenPipe tells the pipeline to report the sink's own error.
@@ -578,7 +589,7 @@ pub fn write_layer(
         info: info.clone(),
         tar,
         blob: blob_file.map(|f| FileSlice::temp(f.into_temp_path(), blob_size)),
-        stream,
+        stream: None,
     })
 }
 
@@ -641,7 +652,6 @@ impl Source for RegistrySource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::HashingReader;
 
     #[test]
     fn classify_by_header_and_body() {
