@@ -233,17 +233,8 @@ pub fn walk_blob(
     drained.map_err(|e| Error::stream(what("read"), e))?;
     let (found, diff_id) =
         walked.map_err(|e| Error::stream(what(&format!("reading as a {compression:?} tar")), e))?;
-    if let Some(diff_id) = diff_id
-        && diff_id != info.diff_id
-    {
-        return Err(Error::DigestMismatch {
-            what: format!(
-                "layer {} diff_id (sha256 of the uncompressed tar)",
-                info.index
-            ),
-            expected: info.diff_id.clone(),
-            found: diff_id,
-        });
+    if let Some(diff_id) = diff_id {
+        crate::source::registry::check_diff_id(info, diff_id)?;
     }
     Ok(found)
 }

@@ -551,17 +551,7 @@ pub fn write_layer(
         check_blob(info, blob_size, blob_digest, what("blob"))?;
         decoded.map_err(|e| Error::stream(what(&format!("decompressing ({compression:?})")), e))?;
         drained.map_err(|e| Error::stream(what("read"), e))?;
-        if diff_id != info.diff_id {
-            return Err(Error::DigestMismatch {
-                what: format!(
-                    "layer {} diff_id (sha256 of the uncompressed tar)",
-                    info.index
-                ),
-                expected: info.diff_id.clone(),
-                found: diff_id,
-            });
-        }
-        Ok(())
+        check_diff_id(info, diff_id)
     })();
     // A streamed layer's tar has gone to the sink already; the sink took
     // the Layer that carried its stream from the handoff.
@@ -608,6 +598,21 @@ pub(crate) fn check_blob(info: &LayerInfo, size: u64, digest: Digest, what: Stri
             what,
             expected: info.digest.clone(),
             found: digest,
+        });
+    }
+    Ok(())
+}
+
+/// Checks the sha256 of a layer's uncompressed tar against its diff_id.
+pub(crate) fn check_diff_id(info: &LayerInfo, diff_id: Digest) -> Result<()> {
+    if diff_id != info.diff_id {
+        return Err(Error::DigestMismatch {
+            what: format!(
+                "layer {} diff_id (sha256 of the uncompressed tar)",
+                info.index
+            ),
+            expected: info.diff_id.clone(),
+            found: diff_id,
         });
     }
     Ok(())
