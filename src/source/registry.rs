@@ -429,7 +429,8 @@ impl<'s> RelayReader<'s> {
         mut rx: tokio::sync::mpsc::Receiver<Bytes>,
         algorithm: Algorithm,
     ) -> Self {
-        let (tx, relayed) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        // Short: the download channel already absorbs network bursts.
+        let (tx, relayed) = tokio::sync::mpsc::channel::<Bytes>(2);
         let hasher = scope.spawn(move || {
             let mut h = Hasher::new(algorithm);
             let mut n = 0u64;
