@@ -22,7 +22,7 @@ use crate::image::{Layer, LayerInfo};
 
 /// Chunks of decompressed tar in flight between a layer's writer and the
 /// sink: bounds memory to a few MiB per streamed layer.
-const STREAM_CHUNKS: usize = 4;
+const STREAM_CHUNKS: usize = 8;
 /// Bytes per chunk handed to the sink.
 const CHUNK: usize = 256 << 10;
 
