@@ -228,8 +228,8 @@ pub async fn run_filtered(
     // Without filters, an ordered sink that reads streams takes each layer
     // as it downloads once the layers below it are in (see `handoff`).
     let streaming = ordered && !filtering && sink_needs == LayerNeeds::TAR && sink_takes_streams;
+    let mut receivers = HashMap::new();
     if streaming {
-        let mut receivers = HashMap::new();
         let mut handoffs = HashMap::new();
         for l in &wanted {
             let (h, rx) = Handoff::new();
@@ -237,13 +237,15 @@ pub async fn run_filtered(
             receivers.insert(l.index, rx);
         }
         ctx.handoffs = Arc::new(handoffs);
-        let spawn = |layer: LayerInfo| {
-            let source = source.clone();
-            let ctx = ctx.clone();
-            AbortOnDrop(tokio::spawn(async move {
-                source.fetch(&layer, needs, &ctx).await
-            }))
-        };
+    }
+    let spawn = |layer: LayerInfo| {
+        let source = source.clone();
+        let ctx = ctx.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            source.fetch(&layer, needs, &ctx).await
+        }))
+    };
+    if streaming {
         let mut queue = std::collections::VecDeque::new();
         let mut pending = wanted.into_iter();
         loop {
@@ -270,13 +272,7 @@ pub async fn run_filtered(
             );
         }
     } else {
-        let tasks = futures_util::stream::iter(wanted).map(|layer| {
-            let source = source.clone();
-            let ctx = ctx.clone();
-            AbortOnDrop(tokio::spawn(async move {
-                source.fetch(&layer, needs, &ctx).await
-            }))
-        });
+        let tasks = futures_util::stream::iter(wanted).map(spawn);
         // Spawned fetches progress on their own while the sink writes; `buffered`
         // keeps manifest order, `buffer_unordered` hands over whatever is ready.
         let mut stream: Pin<Box<dyn futures_util::Stream<Item = _> + Send>> = if ordered {

@@ -9,7 +9,7 @@ use std::path::Path;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
-use crate::filter::rewrite::{self, Action, Entry, Rewrite, clean_path, layer_label};
+use crate::filter::rewrite::{self, Action, Entry, Rewrite, clean_path, layer_tar};
 use crate::filter::{Filter, FilterContext, FilterSpec};
 use crate::image::Layer;
 
@@ -191,13 +191,7 @@ impl Filter for Exclude {
     }
 
     fn layer(&mut self, mut layer: Layer, ctx: &FilterContext) -> Result<Layer> {
-        let label = layer_label(&layer);
-        let tar = layer.tar.clone().ok_or_else(|| {
-            Error::InvalidImage(format!(
-                "{}: {label} reached it without its tar",
-                self.name()
-            ))
-        })?;
+        let (label, tar) = layer_tar(&layer, self.name())?;
         let mut pass = Pass {
             exclude: self,
             dropped: HashMap::new(),

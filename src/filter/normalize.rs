@@ -2,9 +2,7 @@
 //! so the same content always makes the same layer bytes and diff_ids.
 
 use crate::error::{Error, Result};
-use crate::filter::rewrite::{
-    self, Action, Entry, ExtHeader, MAX_USTAR_TIME, Rewrite, layer_label,
-};
+use crate::filter::rewrite::{self, Action, Entry, ExtHeader, MAX_USTAR_TIME, Rewrite, layer_tar};
 use crate::filter::{Filter, FilterContext, FilterSpec};
 use crate::image::Layer;
 
@@ -82,13 +80,7 @@ impl Filter for NormalizeTimestamps {
     }
 
     fn layer(&mut self, mut layer: Layer, ctx: &FilterContext) -> Result<Layer> {
-        let label = layer_label(&layer);
-        let tar = layer.tar.clone().ok_or_else(|| {
-            Error::InvalidImage(format!(
-                "{}: {label} reached it without its tar",
-                self.name()
-            ))
-        })?;
+        let (label, tar) = layer_tar(&layer, self.name())?;
         let out = rewrite::rewrite_layer(&tar, &ctx.temp_dir, &label, &mut Pass { ts: self.ts })?;
         if !out.stats.edited {
             return Ok(layer);
