@@ -6,7 +6,7 @@
 #
 #   bench/run.sh                # RUNS=3 PORT=5123 BENCH_DIR=/dev/shm/occy-bench
 #
-# Uses ../shared/bench (a loopback registry and the 4-layer benchmark image
+# Uses bench/registry.sh and bench/make-images.sh (a loopback registry and the 4-layer benchmark image
 # bench/debian:layered); installs docker-registry, skopeo, umoci, pigz, jq,
 # debootstrap with apt and occystrap==0.4.17 into a venv when missing.
 # Outputs go to tmpfs by default: on ext4, deleting the previous run's tree
@@ -14,7 +14,7 @@
 # Writes the table to bench/results.md (BENCH_MD= to change).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-shared=${SHARED_BENCH:-$repo/../shared/bench}
+shared=$repo/bench
 runs=${RUNS:-3}; port=${PORT:-5123}; reg=127.0.0.1:$port
 W=${BENCH_DIR:-/dev/shm/occy-bench}; md=${BENCH_MD:-$repo/bench/results.md}
 img=bench/debian:layered; src="registry://$reg/$img"

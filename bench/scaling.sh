@@ -16,7 +16,7 @@
 # Writes bench/scaling.md (SCALING_MD= to change) and prints it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-shared=${SHARED_BENCH:-$repo/../shared/bench}
+shared=$repo/bench
 runs=${RUNS:-3}; port=${PORT:-5125}; reg=127.0.0.1:$port; quick=${QUICK:-0}
 W=${BENCH_DIR:-/dev/shm/occy-scaling}; md=${SCALING_MD:-$repo/bench/scaling.md}
 data=${SCALING_DATA:-/tmp/bench-data/scaling}; tmo=${TASK_TIMEOUT:-1800}

@@ -28,7 +28,7 @@ for t in "${targets[@]}"; do
         cp -n "seeds/$t"/* "$corpus"/ 2>/dev/null || true
     fi
     if [ "$t" = docker_save ]; then
-        for f in "$here"/examples/*.tar "$here"/../shared/fixtures/docker-save/*.tar; do
+        for f in "$here"/examples/*.tar "$here"/tests/fixtures/docker-save/*.tar; do
             [ -f "$f" ] && [ "$(stat -c %s "$f")" -lt 4000000 ] && cp -n "$f" "$corpus"/ 2>/dev/null || true
         done
     fi

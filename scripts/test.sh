@@ -55,8 +55,8 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   step "adding rustfmt and clippy"
   rustup component add rustfmt clippy || fail "rustup component add"
 fi
-[[ -d ../shared/fixtures/docker-save ]] \
-  || echo "warning: ../shared/fixtures/docker-save not found; fixture tests will fail" >&2
+[[ -d tests/fixtures/docker-save ]] \
+  || echo "warning: tests/fixtures/docker-save not found; fixture tests will fail" >&2
 
 # --- 2. format ---------------------------------------------------------------
 step "cargo fmt --all -- --check"

@@ -675,7 +675,7 @@ pub(crate) mod tests {
     pub(crate) fn fixture(name: &str) -> PathBuf {
         Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/docker-save"
+            "/tests/fixtures/docker-save"
         ))
         .join(name)
     }

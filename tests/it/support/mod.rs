@@ -36,7 +36,7 @@ pub fn occy_bin() -> &'static str {
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/docker-save"
+        "/tests/fixtures/docker-save"
     ))
 }
 
