@@ -8,6 +8,7 @@
 pub mod cancel;
 pub mod digest;
 pub mod error;
+pub mod escape;
 pub mod filter;
 pub mod fsutil;
 pub mod gzip;
