@@ -380,9 +380,8 @@ mod tests {
     #[test]
     fn bidi_and_invisible_characters_are_escaped() {
         for cp in [
-            0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066, 0x2067, 0x2068, 0x2069, 0x200e,
-            0x200f, 0x061c, 0x200b, 0x200d, 0x2060, 0xfeff, 0x00ad, 0x2028, 0x2029, 0xe0001,
-            0xe0041,
+            0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066, 0x2067, 0x2068, 0x2069, 0x200e, 0x200f,
+            0x061c, 0x200b, 0x200d, 0x2060, 0xfeff, 0x00ad, 0x2028, 0x2029, 0xe0001, 0xe0041,
         ] {
             let c = char::from_u32(cp).unwrap();
             let s = format!("evil{c}txt.exe");
@@ -400,7 +399,10 @@ mod tests {
         assert_eq!(EscapedBytes(b"a\xffb").to_string(), "a\\xffb");
         assert_eq!(EscapedBytes(b"\xc3").to_string(), "\\xc3");
         assert_eq!(EscapedBytes(b"\xe2\x80").to_string(), "\\xe2\\x80");
-        assert_eq!(EscapedBytes(b"\xed\xa0\x80x").to_string(), "\\xed\\xa0\\x80x");
+        assert_eq!(
+            EscapedBytes(b"\xed\xa0\x80x").to_string(),
+            "\\xed\\xa0\\x80x"
+        );
         assert_eq!(EscapedBytes("é\x1b".as_bytes()).to_string(), "é\\x1b");
         assert_eq!(text_out(&[b"x\xfe\n"]), "x\\xfe\n");
     }
@@ -413,7 +415,8 @@ mod tests {
         // value that itself ends in a newline.
         let mut t = TextOut::new(Vec::new());
         writeln!(t, "tag {tag}").unwrap();
-        writeln!(t, "{}", "a\n").unwrap();
+        let value = String::from("a\n");
+        writeln!(t, "{value}").unwrap();
         writeln!(t).unwrap();
         write!(t, "no newline\n\n").unwrap();
         let s = String::from_utf8(t.into_inner()).unwrap();

@@ -375,11 +375,7 @@ fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<(
         let v = v
             .as_str()
             .map_or_else(|| escape::to_string(v).unwrap_or_default(), str::to_string);
-        sub(
-            out,
-            if n == 0 { "Labels" } else { "" },
-            &format!("{k}={v}"),
-        )?;
+        sub(out, if n == 0 { "Labels" } else { "" }, &format!("{k}={v}"))?;
     }
     Ok(())
 }

@@ -60,7 +60,9 @@ fn assert_inert(what: &str, text: &str) {
         assert!(!bad, "{what}: raw {c:?} at byte {at}:\n{text}");
     }
     assert!(
-        !text.lines().any(|l| l.trim_start().starts_with("error: forged")),
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("error: forged")),
         "{what}: a value forged a line:\n{text}"
     );
 }
@@ -271,7 +273,10 @@ fn info_shows_hostile_config_escaped() {
     let out = run(&env, &["-O", "json", "info", &tar], 0);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert!(
-        v["reference"].as_str().unwrap().contains(&planted("tag", 1)),
+        v["reference"]
+            .as_str()
+            .unwrap()
+            .contains(&planted("tag", 1)),
         "{v}"
     );
 }
@@ -310,7 +315,11 @@ fn assert_search_script(out: &Output, tag: &str) {
             out.stdout
         );
     }
-    assert!(lines.iter().all(|l| l.starts_with(&format!("{REPO}:{tag}:"))));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with(&format!("{REPO}:{tag}:")))
+    );
 }
 
 fn assert_search_json(out: &Output) {
@@ -362,7 +371,11 @@ fn search_shows_hostile_names_escaped_in_every_form() {
         0,
     );
     assert_search_script(&out, "v1");
-    let out = run(&env, &["-O", "json", "search-layers", &host, REPO, "v1", "*"], 0);
+    let out = run(
+        &env,
+        &["-O", "json", "search-layers", &host, REPO, "v1", "*"],
+        0,
+    );
     assert_search_json(&out);
     let out = run(&env, &["search-layers-tarfile", &tar_file, "*"], 0);
     assert_search_text(&out);
@@ -553,10 +566,10 @@ fn registry_error_messages_are_escaped() {
 #[test]
 fn tarball_error_messages_are_escaped() {
     let env = TestEnv::new();
-    // manifest.json naming a config and a layer that are not there, by
-    // names that carry the sequences.
-    for (i, _) in SEQS.iter().enumerate() {
-        let path = env.work(&format!("broken{i}.tar"));
+    for i in 0..SEQS.len() {
+        // The archive's own file name carries the sequence, and its
+        // manifest.json names a config and a layer that are not there.
+        let path = env.work(&planted("broken", i));
         let manifest = json!([{
             "Config": planted("cfg", i),
             "RepoTags": [format!("{REPO}:{}", planted("tag", i))],
@@ -575,11 +588,44 @@ fn tarball_error_messages_are_escaped() {
             vec!["info", src.as_str()],
             vec!["search", &src, "*"],
             vec!["process", &src, &dest],
+            vec!["search-layers-tarfile", path.to_str().unwrap(), "*"],
         ] {
             let out = run(&env, &args, 1);
             assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
             assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+            assert_shows(&out, &out.stderr, &shown("broken", i));
         }
-        run(&env, &["check", &src], 1);
+        let out = run(&env, &["check", &src], 1);
+        assert_shows(&out, &out.stdout, &shown("broken", i));
     }
+    // A layer whose tar header is corrupt (its size field holds an escape
+    // sequence) under an entry name that holds one too: the tar error.
+    let mut layer = LayerTar::new()
+        .raw_file(planted("n", 0).as_bytes(), b"")
+        .finish();
+    let mut header = [0u8; 512];
+    header.copy_from_slice(&layer[..512]);
+    header[124..136].copy_from_slice(b"\x1b]0;pwn\x07\x1b[2J");
+    header[148..156].fill(b' ');
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    layer[..512].copy_from_slice(&header);
+    let img = hostile_image(layer);
+    let tar = hostile_tarball(&env, &img);
+    for args in [
+        vec!["search", tar.as_str(), "*"],
+        vec![
+            "process",
+            &tar,
+            &format!("dir://{}?expand=true", env.out("z").display()),
+        ],
+    ] {
+        let out = run(&env, &args, 1);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+        eprintln!("{}", out.stderr);
+    }
+    // A copy to a tarball does not read the layer's entries.
+    run(&env, &["process", &tar, &tar_uri(&env.out("y.tar"))], 0);
+    run(&env, &["check", &tar], 1);
 }
