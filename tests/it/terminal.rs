@@ -264,8 +264,9 @@ fn info_shows_hostile_config_escaped() {
         assert_config_shown(&out);
         let out = run(&env, &["-O", "json", "info", src], 0);
         assert_config_json(&out);
-        // --verbose logs name what they read: escaped too.
+        // --verbose and --debug logs name what they read: escaped too.
         run(&env, &["--verbose", "info", src], 0);
+        run(&env, &["--debug", "search", src, "*"], 0);
     }
     // The docker-save tag.
     let out = run(&env, &["info", &tar], 0);
@@ -490,6 +491,7 @@ fn process_summary_notes_and_inspect_file_are_escaped() {
         &env,
         &[
             "--skip-unsafe",
+            "--verbose",
             "process",
             &tar,
             &format!("dir://{}?expand=true", env.out("store").display()),
@@ -499,6 +501,9 @@ fn process_summary_notes_and_inspect_file_are_escaped() {
     for i in name_seqs() {
         assert_shows_planted(&out, &out.stderr, "o", i);
     }
+    // The warnings logged for them (--verbose) are escaped as well.
+    let warned = out.stderr.lines().filter(|l| l.contains("WARN")).count();
+    assert!(warned >= name_seqs().count(), "{}", out.stderr);
     // Without it, the refusal names the entry on one escaped error line.
     let out = run(
         &env,
