@@ -459,6 +459,60 @@ mod tests {
         assert_eq!(escape_controls("C:\\x"), "C:\\x");
     }
 
+    /// Reads [`EscapedBytes`]' output back into bytes.
+    fn decode(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                continue;
+            }
+            match chars.next().unwrap() {
+                '\\' => out.push(b'\\'),
+                'n' => out.push(b'\n'),
+                'r' => out.push(b'\r'),
+                't' => out.push(b'\t'),
+                'x' => {
+                    let hex: String = chars.by_ref().take(2).collect();
+                    out.push(u8::from_str_radix(&hex, 16).unwrap());
+                }
+                'u' => {
+                    assert_eq!(chars.next(), Some('{'));
+                    let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    let c = char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap();
+                    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+                other => panic!("unknown escape \\{other} in {s:?}"),
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_input_is_one_inert_line_that_decodes_back(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            text in "\\PC*|[\\x00-\\x7f\u{80}-\u{9f}\u{2028}-\u{202e}\\\\]*",
+        ) {
+            let shown = EscapedBytes(&bytes).to_string();
+            assert_inert(&shown, 0);
+            proptest::prop_assert_eq!(decode(&shown), bytes.clone());
+            let shown = Escaped(&text).to_string();
+            assert_inert(&shown, 0);
+            proptest::prop_assert_eq!(decode(&shown), text.as_bytes().to_vec());
+            // The stream: one line per piece, whatever the piece holds.
+            let mut piece = bytes.clone();
+            piece.push(b'\n');
+            // Each piece keeps only a newline that ends it.
+            let pieces: [&[u8]; 3] = [&piece, text.as_bytes(), b"\n"];
+            assert_inert(&text_out(&pieces), 2 + usize::from(text.ends_with('\n')));
+            let j = to_string(&text).unwrap();
+            assert_inert(&j, 0);
+            proptest::prop_assert_eq!(serde_json::from_str::<String>(&j).unwrap(), text);
+        }
+    }
+
     #[test]
     fn json_keeps_its_structure_and_round_trips() {
         let v = serde_json::json!({
