@@ -5,6 +5,10 @@
 //! resolve the manifest and config, then fetch verified layers; sinks say
 //! which layers they want and write the output atomically.
 
+// Text meant for a terminal goes through `escape::TextOut`, which shows
+// control characters from images and registries instead of sending them.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod cancel;
 pub mod digest;
 pub mod error;

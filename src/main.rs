@@ -1,5 +1,9 @@
 //! The `occystrap` command. Thin: parse, run, map errors to exit codes.
 
+// Text meant for a terminal goes through `escape::TextOut`, which shows
+// control characters from images and registries instead of sending them.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod cli;
 
 use std::io::Write;
