@@ -33,9 +33,14 @@
 //! # }
 //! ```
 
+// Text meant for a terminal goes through `escape::TextOut`, which shows
+// control characters from images and registries instead of sending them.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod cancel;
 pub mod digest;
 pub mod error;
+pub mod escape;
 pub mod filter;
 pub mod fsutil;
 pub mod gzip;

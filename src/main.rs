@@ -1,5 +1,9 @@
 //! The `occystrap` command. Thin: parse, run, map errors to exit codes.
 
+// Text meant for a terminal goes through `escape::TextOut`, which shows
+// control characters from images and registries instead of sending them.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod cli;
 
 use std::io::Write;
@@ -82,9 +86,13 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     if is_broken_pipe(e) {
         return ExitCode::SUCCESS;
     }
-    // One line: the error and its causes, joined.
-    let msg = format!("{e:#}").replace(['\n', '\r'], " ");
-    let _ = writeln!(std::io::stderr(), "error: {msg}");
+    // One line: the error and its causes, joined. The messages carry text
+    // from registries, tar entries and file names: escaped, and a newline
+    // in them cannot start a second line.
+    let _ = writeln!(
+        occystrap::escape::TextOut::new(std::io::stderr().lock()),
+        "error: {e:#}"
+    );
     let usage = e
         .downcast_ref::<occystrap::Error>()
         .is_some_and(|e| e.is_usage());
@@ -128,8 +136,11 @@ fn init_logging(verbose: bool, debug: bool) {
         EnvFilter::try_from_env("OCCYSTRAP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Log fields carry image-derived text: each event is one write,
+        // escaped whole but for its final newline. No colours, whose
+        // escapes the writer would show.
+        .with_writer(|| occystrap::escape::TextOut::new(std::io::stderr()))
+        .with_ansi(false)
         .with_target(false)
         .without_time()
         .init();

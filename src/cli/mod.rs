@@ -4,6 +4,7 @@
 mod output;
 mod progress;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -503,9 +504,11 @@ async fn process_filtered(
         .with_context(|| source.describe());
     reporter.clear();
     let report = report?;
-    eprintln!("{}", summary(&report));
+    // Image names, output paths and skipped entry names: escaped.
+    let mut err = occystrap::escape::TextOut::new(std::io::stderr().lock());
+    let _ = writeln!(err, "{}", summary(&report));
     for note in &report.notes {
-        eprintln!("note: {note}");
+        let _ = writeln!(err, "note: {note}");
     }
     Ok(0)
 }

@@ -1,5 +1,10 @@
 //! The read-only commands (`search`, `info`, `check`): running them and
 //! rendering their results as text or JSON on stdout.
+//!
+//! Everything shown comes from the image and is hostile: text goes out
+//! through [`TextOut`], which escapes control characters (one `writeln!`
+//! is one line, whatever its values hold), and JSON through
+//! [`occystrap::escape`]'s serde_json writers.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -7,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, anyhow};
 use serde_json::json;
 
+use occystrap::escape::{self, TextOut};
 use occystrap::image::Image;
 use occystrap::inspect::check::CheckReport;
 use occystrap::inspect::info::ImageInfo;
@@ -78,7 +84,7 @@ pub async fn search(
         options,
         access,
         |image, lm| {
-            let mut out = stdout.lock();
+            let mut out = TextOut::new(stdout.lock());
             if first && style == SearchStyle::Text {
                 writeln!(
                     out,
@@ -97,7 +103,7 @@ pub async fn search(
     .await
     .with_context(|| source.describe())?;
     if style == SearchStyle::Text {
-        let mut out = stdout.lock();
+        let mut out = TextOut::new(stdout.lock());
         if first {
             writeln!(out, "{} (no layers)", display_name(&summary.image))?;
         }
@@ -123,7 +129,7 @@ fn display_name(image: &Image) -> String {
 }
 
 fn write_layer_matches(
-    out: &mut impl Write,
+    out: &mut TextOut<impl Write>,
     image: &Image,
     lm: &LayerMatches,
     style: SearchStyle,
@@ -149,7 +155,7 @@ fn write_layer_matches(
                     "link_target": m.link_target,
                     "whiteout": m.whiteout,
                 });
-                writeln!(out, "{line}")?;
+                writeln!(out, "{}", escape::to_string(&line)?)?;
             }
         }
         SearchStyle::Text => {
@@ -209,10 +215,10 @@ pub async fn info(global: &Global, settings: &Settings, src: &Uri) -> Result<i32
     let mut out = std::io::stdout().lock();
     match global.output_format {
         OutputFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &info)?;
+            escape::to_writer_pretty(&mut out, &info)?;
             writeln!(out)?;
         }
-        OutputFormat::Text => write_info(&mut out, &info)?,
+        OutputFormat::Text => write_info(&mut TextOut::new(&mut out), &info)?,
     }
     out.flush()?;
     Ok(0)
@@ -223,7 +229,7 @@ fn field(out: &mut impl Write, key: &str, value: impl std::fmt::Display) -> std:
     writeln!(out, "{:<14}{value}", format!("{key}:"))
 }
 
-fn write_info(out: &mut impl Write, i: &ImageInfo) -> std::io::Result<()> {
+fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
     field(out, "Image", &i.reference)?;
     field(out, "Source", &i.source)?;
     if let Some(m) = &i.manifest {
@@ -306,7 +312,7 @@ fn write_info(out: &mut impl Write, i: &ImageInfo) -> std::io::Result<()> {
         let pad = " ".repeat(index_width + 5);
         writeln!(out, "{pad}diff_id     {}", l.diff_id)?;
         if let Some(c) = &l.created_by {
-            writeln!(out, "{pad}created_by  {}", one_line(c))?;
+            writeln!(out, "{pad}created_by  {c}")?;
         }
     }
 
@@ -335,7 +341,7 @@ fn write_info(out: &mut impl Write, i: &ImageInfo) -> std::io::Result<()> {
             out,
             "  [{tag:>index_width$}] {:<created_width$}  {}",
             h.created.as_deref().unwrap_or("-"),
-            one_line(h.created_by.as_deref().unwrap_or("")),
+            h.created_by.as_deref().unwrap_or(""),
         )?;
     }
 
@@ -343,7 +349,7 @@ fn write_info(out: &mut impl Write, i: &ImageInfo) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(out, "Container config:")?;
     let list = |v: &Option<Vec<String>>| match v {
-        Some(v) => serde_json::to_string(v).unwrap_or_default(),
+        Some(v) => escape::to_string(v).unwrap_or_default(),
         None => "-".into(),
     };
     let sub = |out: &mut dyn Write, k: &str, v: &str| writeln!(out, "  {:<14}{v}", format!("{k}:"));
@@ -366,12 +372,10 @@ fn write_info(out: &mut impl Write, i: &ImageInfo) -> std::io::Result<()> {
         sub(out, "Labels", "-")?;
     }
     for (n, (k, v)) in r.labels.iter().enumerate() {
-        let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-        sub(
-            out,
-            if n == 0 { "Labels" } else { "" },
-            &format!("{k}={}", one_line(&v)),
-        )?;
+        let v = v
+            .as_str()
+            .map_or_else(|| escape::to_string(v).unwrap_or_default(), str::to_string);
+        sub(out, if n == 0 { "Labels" } else { "" }, &format!("{k}={v}"))?;
     }
     Ok(())
 }
@@ -382,11 +386,6 @@ fn join_or_dash(v: &[String]) -> String {
     } else {
         v.join(", ")
     }
-}
-
-/// Keeps a multi-line value (a heredoc RUN step) on its line.
-fn one_line(s: &str) -> String {
-    s.replace('\n', "\\n").replace('\r', "\\r")
 }
 
 /// `occystrap check SOURCE [--fast]`. Exit 1 (through an error line) when
@@ -410,10 +409,10 @@ pub async fn check(global: &Global, settings: &Settings, src: &Uri, fast: bool) 
     let mut out = std::io::stdout().lock();
     match global.output_format {
         OutputFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &report)?;
+            escape::to_writer_pretty(&mut out, &report)?;
             writeln!(out)?;
         }
-        OutputFormat::Text => write_check(&mut out, &report)?,
+        OutputFormat::Text => write_check(&mut TextOut::new(&mut out), &report)?,
     }
     out.flush()?;
     if report.ok {
@@ -431,7 +430,7 @@ fn src_display(src: &Uri) -> String {
     format!("{}://{}", src.scheme, src.path)
 }
 
-fn write_check(out: &mut impl Write, r: &CheckReport) -> std::io::Result<()> {
+fn write_check(out: &mut TextOut<impl Write>, r: &CheckReport) -> std::io::Result<()> {
     writeln!(
         out,
         "Checking {} ({} check{})",
@@ -453,7 +452,7 @@ fn write_check(out: &mut impl Write, r: &CheckReport) -> std::io::Result<()> {
             f.severity.name(),
             layer,
             f.check,
-            one_line(&f.message)
+            f.message
         )?;
     }
     let verdict = if r.ok { "OK" } else { "FAILED" };

@@ -127,7 +127,9 @@ impl Filter for Inspect {
     }
 
     fn finish(&mut self, image: &Image) -> Result<()> {
-        let mut line = serde_json::to_vec(&describe(image))
+        // Control characters escaped by JSON's rules, C1 and the like too:
+        // the file is meant to be read, by people as well.
+        let mut line = crate::escape::to_vec(&describe(image))
             .map_err(|e| Error::InvalidImage(format!("inspect: encoding JSON: {e}")))?;
         line.push(b'\n');
         let mut f = match self.handle.take() {

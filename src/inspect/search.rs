@@ -18,6 +18,7 @@ use futures_util::stream::BoxStream;
 
 use crate::digest::{Algorithm, HashingReader};
 use crate::error::{Error, Result};
+use crate::escape::{Escaped, TextOut};
 use crate::filter::{Filter, FilterContext, FilterSpec};
 use crate::image::{Compression, FileSlice, Image, Layer, LayerInfo, LayerNeeds};
 use crate::inspect::{
@@ -311,13 +312,15 @@ pub fn repository_path(name: &str) -> &str {
 
 /// One `--script-friendly` line: `image:tag:layer-hex:member`, the layer
 /// named by its digest's hex alone, as the Python occystrap prints it.
+/// Name, tag and member are [`Escaped`]: one line of printable text, with
+/// control characters and backslashes escaped, that a script can decode.
 pub fn script_line(image: &Image, layer: &LayerInfo, m: &Match) -> String {
     format!(
         "{}:{}:{}:{}",
-        repository_path(&image.name),
-        image.tag.as_deref().unwrap_or(""),
+        Escaped(repository_path(&image.name)),
+        Escaped(image.tag.as_deref().unwrap_or("")),
         layer.digest.hex(),
-        m.member
+        Escaped(&m.member)
     )
 }
 
@@ -475,7 +478,7 @@ impl Filter for SearchFilter {
         })?;
         let (_, matches) = search_tar(tar, &self.pattern)
             .map_err(|e| Error::stream(format!("searching layer {}", layer.info.index), e))?;
-        let mut out = std::io::stdout().lock();
+        let mut out = TextOut::new(std::io::stdout().lock());
         if let Some(image) = &self.image {
             for m in &matches {
                 writeln!(out, "{}", script_line(image, &layer.info, m))
