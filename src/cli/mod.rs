@@ -101,6 +101,40 @@ pub struct Global {
     pub output_format: OutputFormat,
 }
 
+/// REGISTRY IMAGE TAG, as the original commands take an image.
+#[derive(Args, Debug)]
+pub struct RegistryImage {
+    /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
+    registry: String,
+    /// Image path (library/busybox).
+    image: String,
+    /// Tag or digest.
+    tag: String,
+}
+
+/// The original commands' layer-store flags (`dir://` options).
+#[derive(Args, Debug)]
+pub struct StoreFlags {
+    /// One manifest file per image and tag, so one store can hold several
+    /// images (dir:// option unique_names=true).
+    #[arg(long)]
+    use_unique_names: bool,
+    /// Also write the merged root filesystem (dir:// option expand=true).
+    #[arg(long)]
+    expand: bool,
+}
+
+/// How search matches and prints.
+#[derive(Args, Debug)]
+pub struct SearchFlags {
+    /// Treat PATTERN as a regular expression instead of a glob.
+    #[arg(long)]
+    regex: bool,
+    /// Print only `image:tag:layer-digest:path` lines, one per match.
+    #[arg(long)]
+    script_friendly: bool,
+}
+
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -126,43 +160,26 @@ pub enum Command {
     /// Fetch an image from a registry into a docker-loadable tarball
     /// (same as `process registry://REGISTRY/IMAGE:TAG tar://FILE`).
     FetchToTarfile {
-        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
-        registry: String,
-        /// Image path (library/busybox).
-        image: String,
-        /// Tag or digest.
-        tag: String,
+        #[command(flatten)]
+        from: RegistryImage,
         /// Output tarball.
         file: PathBuf,
     },
     /// Fetch an image from a registry into a layer store directory
     /// (same as `process registry://REGISTRY/IMAGE:TAG dir://DIR`).
     FetchToExtracted {
-        /// One manifest file per image and tag, so one store can hold several
-        /// images (dir:// option unique_names=true).
-        #[arg(long)]
-        use_unique_names: bool,
-        /// Also write the merged root filesystem (dir:// option expand=true).
-        #[arg(long)]
-        expand: bool,
-        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
-        registry: String,
-        /// Image path (library/busybox).
-        image: String,
-        /// Tag or digest.
-        tag: String,
+        #[command(flatten)]
+        store: StoreFlags,
+        #[command(flatten)]
+        from: RegistryImage,
         /// Output directory.
         dir: PathBuf,
     },
     /// Extract a docker-save tarball into a layer store directory
     /// (same as `process tar://FILE dir://DIR`).
     TarfileToExtracted {
-        /// One manifest file per image and tag (dir:// option unique_names=true).
-        #[arg(long)]
-        use_unique_names: bool,
-        /// Also write the merged root filesystem (dir:// option expand=true).
-        #[arg(long)]
-        expand: bool,
+        #[command(flatten)]
+        store: StoreFlags,
         /// Input tarball.
         file: PathBuf,
         /// Output directory.
@@ -171,24 +188,16 @@ pub enum Command {
     /// Fetch an image from a registry into an OCI runtime bundle
     /// (same as `process registry://REGISTRY/IMAGE:TAG oci://DIR`).
     FetchToOci {
-        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
-        registry: String,
-        /// Image path (library/busybox).
-        image: String,
-        /// Tag or digest.
-        tag: String,
+        #[command(flatten)]
+        from: RegistryImage,
         /// Output bundle directory.
         dir: PathBuf,
     },
     /// Fetch an image from a registry into overlayfs layer directories
     /// (same as `process registry://REGISTRY/IMAGE:TAG mounts://DIR`).
     FetchToMounts {
-        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
-        registry: String,
-        /// Image path (library/busybox).
-        image: String,
-        /// Tag or digest.
-        tag: String,
+        #[command(flatten)]
+        from: RegistryImage,
         /// Output directory.
         dir: PathBuf,
     },
@@ -202,12 +211,8 @@ pub enum Command {
     /// entries a later layer deletes are still listed. Nothing is extracted.
     /// With -O json: one JSON object per match, one per line.
     Search {
-        /// Treat PATTERN as a regular expression instead of a glob.
-        #[arg(long)]
-        regex: bool,
-        /// Print only `image:tag:layer-digest:path` lines, one per match.
-        #[arg(long)]
-        script_friendly: bool,
+        #[command(flatten)]
+        how: SearchFlags,
         /// The image (same URIs as `process`).
         source: String,
         /// Glob, or regular expression with --regex.
@@ -217,18 +222,10 @@ pub enum Command {
     /// Search a registry image's layers for paths matching PATTERN
     /// (same as `search registry://REGISTRY/IMAGE:TAG PATTERN`).
     SearchLayers {
-        /// Treat PATTERN as a regular expression instead of a glob.
-        #[arg(long)]
-        regex: bool,
-        /// Print only `image:tag:layer-digest:path` lines.
-        #[arg(long)]
-        script_friendly: bool,
-        /// Registry host (registry-1.docker.io, 127.0.0.1:5000).
-        registry: String,
-        /// Image path (library/busybox).
-        image: String,
-        /// Tag or digest.
-        tag: String,
+        #[command(flatten)]
+        how: SearchFlags,
+        #[command(flatten)]
+        from: RegistryImage,
         /// Glob, or regular expression with --regex.
         #[arg(allow_hyphen_values = true)]
         pattern: String,
@@ -236,12 +233,8 @@ pub enum Command {
     /// Search a docker-save tarball's layers for paths matching PATTERN
     /// (same as `search tar://FILE PATTERN`).
     SearchLayersTarfile {
-        /// Treat PATTERN as a regular expression instead of a glob.
-        #[arg(long)]
-        regex: bool,
-        /// Print only `image:tag:layer-digest:path` lines.
-        #[arg(long)]
-        script_friendly: bool,
+        #[command(flatten)]
+        how: SearchFlags,
         /// Input tarball.
         file: PathBuf,
         /// Glob, or regular expression with --regex.
@@ -282,6 +275,84 @@ pub enum Command {
         /// Output tarball.
         file: PathBuf,
     },
+}
+
+/// What a command line asks for, once the original commands are mapped
+/// onto the four general ones.
+enum Job<'a> {
+    Process {
+        src: Uri,
+        dst: Uri,
+        filters: &'a [String],
+    },
+    Search {
+        src: Uri,
+        how: &'a SearchFlags,
+        pattern: &'a str,
+    },
+    Info(Uri),
+    Check(Uri, bool),
+}
+
+impl Command {
+    /// The general command this one stands for: each original command is
+    /// one row here.
+    fn job(&self) -> Result<Job<'_>> {
+        let copy = |src, dst| Job::Process {
+            src,
+            dst,
+            filters: &[],
+        };
+        Ok(match self {
+            Command::Process {
+                source,
+                dest,
+                filters,
+            } => Job::Process {
+                src: Uri::parse(source)?,
+                dst: Uri::parse(dest)?,
+                filters,
+            },
+            Command::FetchToTarfile { from, file } => copy(from.uri()?, path_uri("tar", file)),
+            Command::FetchToExtracted { store, from, dir } => copy(from.uri()?, store.uri(dir)),
+            Command::TarfileToExtracted { store, file, dir } => {
+                copy(path_uri("tar", file), store.uri(dir))
+            }
+            Command::FetchToOci { from, dir } => copy(from.uri()?, path_uri("oci", dir)),
+            Command::FetchToMounts { from, dir } => copy(from.uri()?, path_uri("mounts", dir)),
+            Command::RecreateImage {
+                dir,
+                image,
+                tag,
+                file,
+            } => {
+                let mut src = path_uri("dir", dir);
+                src.query = vec![("image".into(), image.clone()), ("tag".into(), tag.clone())];
+                copy(src, path_uri("tar", file))
+            }
+            Command::Search {
+                how,
+                source,
+                pattern,
+            } => Job::Search {
+                src: Uri::parse(source)?,
+                how,
+                pattern,
+            },
+            Command::SearchLayers { how, from, pattern } => Job::Search {
+                src: from.uri()?,
+                how,
+                pattern,
+            },
+            Command::SearchLayersTarfile { how, file, pattern } => Job::Search {
+                src: path_uri("tar", file),
+                how,
+                pattern,
+            },
+            Command::Info { source } => Job::Info(Uri::parse(source)?),
+            Command::Check { fast, source } => Job::Check(Uri::parse(source)?, *fast),
+        })
+    }
 }
 
 impl Global {
@@ -326,129 +397,30 @@ fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
 /// Runs the parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
     let settings = cli.global.settings();
-    match &cli.command {
-        Command::Process {
-            source,
-            dest,
-            filters,
-        } => {
-            let src = Uri::parse(source)?;
-            let dst = Uri::parse(dest)?;
-            process_filtered(&cli.global, &settings, &src, &dst, filters).await
+    let global = &cli.global;
+    match cli.command.job()? {
+        Job::Process { src, dst, filters } => {
+            process_filtered(global, &settings, &src, &dst, filters).await
         }
-        Command::FetchToTarfile {
-            registry,
-            image,
-            tag,
-            file,
-        } => {
-            let src = registry_uri(registry, image, tag)?;
-            process(&cli.global, &settings, &src, &path_uri("tar", file)).await
+        Job::Search { src, how, pattern } => {
+            let style = output::SearchStyle::pick(how.script_friendly, global.output_format);
+            output::search(global, &settings, &src, pattern, how.regex, style).await
         }
-        Command::FetchToExtracted {
-            use_unique_names,
-            expand,
-            registry,
-            image,
-            tag,
-            dir,
-        } => {
-            let src = registry_uri(registry, image, tag)?;
-            let dst = dir_uri(dir, *use_unique_names, *expand);
-            process(&cli.global, &settings, &src, &dst).await
-        }
-        Command::TarfileToExtracted {
-            use_unique_names,
-            expand,
-            file,
-            dir,
-        } => {
-            let src = path_uri("tar", file);
-            let dst = dir_uri(dir, *use_unique_names, *expand);
-            process(&cli.global, &settings, &src, &dst).await
-        }
-        Command::RecreateImage {
-            dir,
-            image,
-            tag,
-            file,
-        } => {
-            let src = Uri {
-                scheme: "dir".into(),
-                path: dir.to_string_lossy().into_owned(),
-                query: vec![("image".into(), image.clone()), ("tag".into(), tag.clone())],
-            };
-            process(&cli.global, &settings, &src, &path_uri("tar", file)).await
-        }
-        Command::Search {
-            regex,
-            script_friendly,
-            source,
-            pattern,
-        } => {
-            let src = Uri::parse(source)?;
-            let style = output::SearchStyle::pick(*script_friendly, cli.global.output_format);
-            output::search(&cli.global, &settings, &src, pattern, *regex, style).await
-        }
-        Command::SearchLayers {
-            regex,
-            script_friendly,
-            registry,
-            image,
-            tag,
-            pattern,
-        } => {
-            let src = registry_uri(registry, image, tag)?;
-            let style = output::SearchStyle::pick(*script_friendly, cli.global.output_format);
-            output::search(&cli.global, &settings, &src, pattern, *regex, style).await
-        }
-        Command::SearchLayersTarfile {
-            regex,
-            script_friendly,
-            file,
-            pattern,
-        } => {
-            let src = path_uri("tar", file);
-            let style = output::SearchStyle::pick(*script_friendly, cli.global.output_format);
-            output::search(&cli.global, &settings, &src, pattern, *regex, style).await
-        }
-        Command::Info { source } => {
-            let src = Uri::parse(source)?;
-            output::info(&cli.global, &settings, &src).await
-        }
-        Command::Check { fast, source } => {
-            let src = Uri::parse(source)?;
-            output::check(&cli.global, &settings, &src, *fast).await
-        }
-        Command::FetchToOci {
-            registry,
-            image,
-            tag,
-            dir,
-        } => {
-            let src = registry_uri(registry, image, tag)?;
-            process(&cli.global, &settings, &src, &path_uri("oci", dir)).await
-        }
-        Command::FetchToMounts {
-            registry,
-            image,
-            tag,
-            dir,
-        } => {
-            let src = registry_uri(registry, image, tag)?;
-            process(&cli.global, &settings, &src, &path_uri("mounts", dir)).await
-        }
+        Job::Info(src) => output::info(global, &settings, &src).await,
+        Job::Check(src, fast) => output::check(global, &settings, &src, fast).await,
     }
 }
 
-/// The `registry://` URI the original commands' REGISTRY IMAGE TAG stand for.
-fn registry_uri(registry: &str, image: &str, tag: &str) -> Result<Uri> {
-    let reference = Reference::from_parts(registry, image, tag)?;
-    Ok(Uri {
-        scheme: "registry".into(),
-        path: reference.to_string(),
-        query: vec![],
-    })
+impl RegistryImage {
+    /// The `registry://` URI that REGISTRY IMAGE TAG stand for.
+    fn uri(&self) -> Result<Uri> {
+        let reference = Reference::from_parts(&self.registry, &self.image, &self.tag)?;
+        Ok(Uri {
+            scheme: "registry".into(),
+            path: reference.to_string(),
+            query: vec![],
+        })
+    }
 }
 
 /// A `scheme://PATH` URI without options.
@@ -460,24 +432,18 @@ fn path_uri(scheme: &str, path: &std::path::Path) -> Uri {
     }
 }
 
-/// The `dir://` URI the legacy extraction commands stand for.
-fn dir_uri(dir: &std::path::Path, unique_names: bool, expand: bool) -> Uri {
-    let mut query = Vec::new();
-    if unique_names {
-        query.push(("unique_names".into(), "true".into()));
+impl StoreFlags {
+    /// The `dir://` URI these flags and DIR stand for.
+    fn uri(&self, dir: &std::path::Path) -> Uri {
+        let mut uri = path_uri("dir", dir);
+        if self.use_unique_names {
+            uri.query.push(("unique_names".into(), "true".into()));
+        }
+        if self.expand {
+            uri.query.push(("expand".into(), "true".into()));
+        }
+        uri
     }
-    if expand {
-        query.push(("expand".into(), "true".into()));
-    }
-    Uri {
-        scheme: "dir".into(),
-        path: dir.to_string_lossy().into_owned(),
-        query,
-    }
-}
-
-async fn process(global: &Global, settings: &Settings, src: &Uri, dst: &Uri) -> Result<i32> {
-    process_filtered(global, settings, src, dst, &[]).await
 }
 
 async fn process_filtered(
