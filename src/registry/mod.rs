@@ -7,6 +7,7 @@
 //! `oci-client`'s public API.
 
 pub mod auth;
+pub mod transport;
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,18 @@ pub struct ClientOptions {
     pub read_timeout: Duration,
     /// Requests per second across every client sharing this limiter.
     pub rate_limit: Option<std::sync::Arc<RateLimiter>>,
+    /// Hosts besides an `insecure` registry itself that may be spoken to
+    /// over plain HTTP: token realms and redirect targets. Credentials and
+    /// tokens never go in clear to any other host.
+    pub insecure_hosts: transport::InsecureHosts,
+    /// Deadline for a whole small response (manifest, config, token, error
+    /// body) and for the headers of a blob response, per attempt.
+    pub request_timeout: Duration,
+    /// Bytes a second a blob download must keep up over each
+    /// `min_speed_window`, or it is resumed on a new connection; 0: no floor.
+    pub min_speed: u64,
+    /// See `min_speed`.
+    pub min_speed_window: Duration,
 }
 
 /// Environment variables read by [`ClientOptions::default`], the fallback for
@@ -54,6 +67,21 @@ pub const ENV_CONNECT_TIMEOUT: &str = "OCCYSTRAP_CONNECT_TIMEOUT";
 pub const ENV_READ_TIMEOUT: &str = "OCCYSTRAP_READ_TIMEOUT";
 /// See [`ENV_CONNECT_TIMEOUT`].
 pub const ENV_RATE_LIMIT: &str = "OCCYSTRAP_RATE_LIMIT";
+/// Fallback for `--request-timeout` (seconds).
+pub const ENV_REQUEST_TIMEOUT: &str = "OCCYSTRAP_REQUEST_TIMEOUT";
+/// Fallback for `--min-speed` (bytes a second; `0` turns the floor off).
+pub const ENV_MIN_SPEED: &str = "OCCYSTRAP_MIN_SPEED";
+/// Fallback for `--min-speed-window` (seconds).
+pub const ENV_MIN_SPEED_WINDOW: &str = "OCCYSTRAP_MIN_SPEED_WINDOW";
+/// Fallback for `--insecure-host` (a comma-separated list).
+pub const ENV_INSECURE_HOSTS: &str = "OCCYSTRAP_INSECURE_HOSTS";
+
+/// Default for [`ClientOptions::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default for [`ClientOptions::min_speed`]: 1 KiB/s.
+pub const DEFAULT_MIN_SPEED: u64 = 1024;
+/// Default for [`ClientOptions::min_speed_window`].
+pub const DEFAULT_MIN_SPEED_WINDOW: Duration = Duration::from_secs(30);
 
 /// A positive, finite number from the environment.
 fn env_number(name: &str) -> Option<f64> {
@@ -78,10 +106,24 @@ fn env_rate_limit() -> Option<std::sync::Arc<RateLimiter>> {
         .clone()
 }
 
+/// A byte rate (`1024`, `64k`, `2M`; k and M are powers of 1024), as
+/// `--min-speed` and `OCCYSTRAP_MIN_SPEED` take it.
+pub fn parse_byte_rate(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1024u64),
+        b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    n.checked_mul(mult)
+}
+
 impl Default for ClientOptions {
-    /// Three retries, a 30 s connect timeout and a 60 s read timeout, no
-    /// rate limit; `OCCYSTRAP_CONNECT_TIMEOUT`, `OCCYSTRAP_READ_TIMEOUT` and
-    /// `OCCYSTRAP_RATE_LIMIT` override those.
+    /// Three retries, a 30 s connect timeout, a 60 s read timeout, a 60 s
+    /// request deadline, a 1 KiB/s floor over 30 s for blobs, no rate limit
+    /// and no extra plain-HTTP hosts; the `OCCYSTRAP_*` variables above
+    /// override those.
     fn default() -> Self {
         ClientOptions {
             insecure: false,
@@ -90,6 +132,23 @@ impl Default for ClientOptions {
             connect_timeout: env_seconds(ENV_CONNECT_TIMEOUT).unwrap_or(Duration::from_secs(30)),
             read_timeout: env_seconds(ENV_READ_TIMEOUT).unwrap_or(Duration::from_secs(60)),
             rate_limit: env_rate_limit(),
+            insecure_hosts: {
+                let mut h = transport::InsecureHosts::default();
+                if let Ok(list) = std::env::var(ENV_INSECURE_HOSTS)
+                    && h.add_list(&list).is_err()
+                {
+                    tracing::warn!("ignoring {ENV_INSECURE_HOSTS}: not a list of HOST[:PORT]");
+                    h = transport::InsecureHosts::default();
+                }
+                h
+            },
+            request_timeout: env_seconds(ENV_REQUEST_TIMEOUT).unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            min_speed: std::env::var(ENV_MIN_SPEED)
+                .ok()
+                .and_then(|v| parse_byte_rate(&v))
+                .unwrap_or(DEFAULT_MIN_SPEED),
+            min_speed_window: env_seconds(ENV_MIN_SPEED_WINDOW)
+                .unwrap_or(DEFAULT_MIN_SPEED_WINDOW),
         }
     }
 }
@@ -151,6 +210,8 @@ pub struct Client {
     host: String,
     repository: String,
     options: ClientOptions,
+    /// Hosts plain HTTP may go to (see [`ClientOptions::insecure_hosts`]).
+    allowed: transport::InsecureHosts,
     auth: Mutex<AuthState>,
 }
 
@@ -165,23 +226,35 @@ application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1";
 impl Client {
     /// A client for `repository` on `host` (`registry-1.docker.io`, `127.0.0.1:5000`).
     pub fn new(host: &str, repository: &str, options: ClientOptions) -> Result<Self> {
+        let scheme = if options.insecure { "http" } else { "https" };
+        let base = format!("{scheme}://{host}");
+        // The registry itself, when the user asked for it in clear, and the
+        // hosts named by --insecure-host: nothing else hears plain HTTP.
+        let mut allowed = options.insecure_hosts.clone();
+        if options.insecure
+            && let Ok(u) = url::Url::parse(&base)
+            && let Some(h) = u.host_str()
+        {
+            allowed.add_exact(h, u.port_or_known_default());
+        }
         let http = reqwest::Client::builder()
             .user_agent(concat!("occystrap/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.read_timeout)
+            .redirect(transport::redirect_policy(allowed.clone()))
             .build()
             .map_err(|e| Error::Network {
                 registry: host.to_string(),
                 operation: "creating HTTP client".into(),
                 message: e.to_string(),
             })?;
-        let scheme = if options.insecure { "http" } else { "https" };
         Ok(Client {
             http,
-            base: format!("{scheme}://{host}"),
+            base,
             host: host.to_string(),
             repository: repository.to_string(),
             options,
+            allowed,
             auth: Mutex::new(AuthState::None),
         })
     }
@@ -218,13 +291,13 @@ impl Client {
     ) -> Result<(Vec<u8>, Option<String>)> {
         let mut attempt = 0u32;
         loop {
-            let resp = self.send(op, Method::GET, url, accept, None).await?;
+            let (resp, deadline) = self.send(op, Method::GET, url, accept, None).await?;
             let ct = resp
                 .headers()
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            match self.read_capped(op, resp, max).await {
+            match self.read_capped(op, resp, max, deadline).await {
                 Ok(body) => return Ok((body, ct)),
                 Err(e @ Error::Network { .. }) if attempt < self.options.retries => {
                     attempt += 1;
@@ -283,7 +356,7 @@ impl Client {
         let mut attempt = 0u32;
         loop {
             let range = (received > 0).then(|| format!("bytes={received}-"));
-            let resp = self
+            let (resp, _) = self
                 .send(&op, Method::GET, &url, None, range.as_deref())
                 .await?;
             // A server that ignores Range replays from byte 0: skip what we have.
@@ -297,7 +370,25 @@ impl Client {
             let delimited_by_close = resp.content_length().is_none();
             let mut stream = resp.bytes_stream();
             let mut broke: Option<String> = None;
-            while let Some(item) = stream.next().await {
+            // Each connection must keep up the floor on its own.
+            let mut floor =
+                transport::SpeedFloor::new(self.options.min_speed, self.options.min_speed_window);
+            loop {
+                let waiting = tokio::time::Instant::now();
+                let item = match floor.budget() {
+                    None => stream.next().await,
+                    Some(budget) => match tokio::time::timeout(budget, stream.next()).await {
+                        Ok(item) => item,
+                        Err(_) => match floor.record(0, waiting.elapsed()) {
+                            Ok(()) => continue,
+                            Err(slow) => {
+                                broke = Some(self.too_slow(slow));
+                                break;
+                            }
+                        },
+                    },
+                };
+                let Some(item) = item else { break };
                 let mut chunk = match item {
                     Ok(c) => c,
                     Err(e) => {
@@ -305,26 +396,30 @@ impl Client {
                         break;
                     }
                 };
+                let judged = floor.record(chunk.len() as u64, waiting.elapsed());
                 if skip > 0 {
                     let n = skip.min(chunk.len() as u64);
                     chunk = chunk.slice(n as usize..);
                     skip -= n;
-                    if chunk.is_empty() {
-                        continue;
+                }
+                if !chunk.is_empty() {
+                    received += chunk.len() as u64;
+                    if received > size {
+                        return Err(Error::SizeMismatch {
+                            what: format!("blob {digest}"),
+                            expected: size,
+                            found: received,
+                        });
+                    }
+                    progress(chunk.len() as u64);
+                    if tx.send(chunk).await.is_err() {
+                        // The receiver stopped (it failed); its error is the one to report.
+                        return Ok(());
                     }
                 }
-                received += chunk.len() as u64;
-                if received > size {
-                    return Err(Error::SizeMismatch {
-                        what: format!("blob {digest}"),
-                        expected: size,
-                        found: received,
-                    });
-                }
-                progress(chunk.len() as u64);
-                if tx.send(chunk).await.is_err() {
-                    // The receiver stopped (it failed); its error is the one to report.
-                    return Ok(());
+                if let Err(slow) = judged {
+                    broke = Some(self.too_slow(slow));
+                    break;
                 }
             }
             // A body without a Content-Length that ends early is a break too.
@@ -354,7 +449,25 @@ impl Client {
         }
     }
 
-    async fn read_capped(&self, op: &str, resp: Response, max: u64) -> Result<Vec<u8>> {
+    /// Why a connection below the throughput floor was given up.
+    fn too_slow(&self, slow: transport::TooSlow) -> String {
+        format!(
+            "slower than {} bytes/s for {} s ({} bytes/s; --min-speed)",
+            self.options.min_speed,
+            self.options.min_speed_window.as_secs_f64(),
+            slow.rate
+        )
+    }
+
+    /// Reads a small body whole: at most `max` bytes, all of it before
+    /// `deadline`, however slowly the server drips it.
+    async fn read_capped(
+        &self,
+        op: &str,
+        resp: Response,
+        max: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<u8>> {
         if let Some(len) = resp.content_length()
             && len > max
         {
@@ -365,8 +478,12 @@ impl Client {
         }
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.network_error(op, &e))?;
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(chunk)) => chunk.map_err(|e| self.network_error(op, &e))?,
+                Ok(None) => break,
+                Err(_) => return Err(self.deadline_error(op, Some(body.len()))),
+            };
             if body.len() as u64 + chunk.len() as u64 > max {
                 return Err(Error::InvalidImage(format!(
                     "{}: {op}: response is more than the {max} bytes allowed",
@@ -378,6 +495,23 @@ impl Client {
         Ok(body)
     }
 
+    /// The error for a request that missed its deadline; `got` is how much
+    /// of the body had come, if the headers had.
+    fn deadline_error(&self, op: &str, got: Option<usize>) -> Error {
+        let secs = self.options.request_timeout.as_secs_f64();
+        Error::Network {
+            registry: self.host.clone(),
+            operation: op.to_string(),
+            message: match got {
+                None => format!("timed out: no response within {secs} s (--request-timeout)"),
+                Some(n) => format!(
+                    "timed out: response not complete within {secs} s \
+                     (--request-timeout; {n} bytes came)"
+                ),
+            },
+        }
+    }
+
     fn network_error(&self, op: &str, e: &reqwest::Error) -> Error {
         Error::Network {
             registry: self.host.clone(),
@@ -387,7 +521,11 @@ impl Client {
     }
 
     /// Sends a request with auth, answering one auth challenge and retrying
-    /// connection errors, 429 and 5xx. Returns only successful responses.
+    /// connection errors, timeouts, 429 and 5xx. Returns only successful
+    /// responses, each with the deadline its body must meet when it is a
+    /// small document: the headers had to come within
+    /// [`ClientOptions::request_timeout`] of the request, and the body
+    /// shares that deadline.
     async fn send(
         &self,
         op: &str,
@@ -395,7 +533,7 @@ impl Client {
         url: &str,
         accept: Option<&str>,
         range: Option<&str>,
-    ) -> Result<Response> {
+    ) -> Result<(Response, tokio::time::Instant)> {
         let mut attempt = 0u32;
         let mut answered_challenge = false;
         loop {
@@ -414,21 +552,29 @@ impl Client {
                 req = req.header(AUTHORIZATION, h);
             }
             tracing::debug!("{method} {url}");
-            let resp = match req.send().await {
+            let deadline = tokio::time::Instant::now() + self.options.request_timeout;
+            let failure = match tokio::time::timeout_at(deadline, req.send()).await {
+                Ok(Ok(r)) => Ok(r),
+                // A refused redirect is a decision, not a glitch.
+                Ok(Err(e)) if e.is_redirect() => return Err(self.network_error(op, &e)),
+                Ok(Err(e)) => Err(self.network_error(op, &e)),
+                Err(_) => Err(self.deadline_error(op, None)),
+            };
+            let resp = match failure {
                 Ok(r) => r,
                 Err(e) => {
                     attempt += 1;
                     if attempt > self.options.retries {
-                        return Err(self.network_error(op, &e));
+                        return Err(e);
                     }
-                    tracing::warn!("{}: {op}: {}; retrying", self.host, describe_reqwest(&e));
+                    tracing::warn!("{e}; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     continue;
                 }
             };
             let status = resp.status();
             if status.is_success() {
-                return Ok(resp);
+                return Ok((resp, deadline));
             }
             if status == StatusCode::UNAUTHORIZED && !answered_challenge {
                 answered_challenge = true;
@@ -454,14 +600,21 @@ impl Client {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            return Err(self.status_error(op, resp).await);
+            return Err(self.status_error(op, resp, deadline).await);
         }
     }
 
-    async fn status_error(&self, op: &str, resp: Response) -> Error {
+    /// The error for an unsuccessful response, with the registry's own
+    /// words from its body when they come before `deadline`.
+    async fn status_error(
+        &self,
+        op: &str,
+        resp: Response,
+        deadline: tokio::time::Instant,
+    ) -> Error {
         let status = resp.status();
         let body = self
-            .read_capped(op, resp, 64 << 10)
+            .read_capped(op, resp, 64 << 10, deadline)
             .await
             .unwrap_or_default();
         let mut message = format!("HTTP {}", status.as_u16());
@@ -562,6 +715,43 @@ impl Client {
         }
     }
 
+    /// Whether credentials may go to a token realm: http(s) only, no user
+    /// name or password in it, and never plain HTTP to a host the user did
+    /// not allow (`--insecure`, `?insecure=true` for the registry itself,
+    /// `--insecure-host`). A realm on another host over HTTPS gets them, as
+    /// Docker sends them: the registry names its token service.
+    fn check_realm(&self, url: &url::Url) -> std::result::Result<(), String> {
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "token realm has a user name or password in it; refusing to use it".into(),
+            );
+        }
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.allowed.allows_url(url) => Ok(()),
+            "http" => Err(format!(
+                "token realm {} is plain HTTP{}: refusing to send {} in clear; \
+                 give --insecure-host {} to allow it",
+                transport::redacted(url),
+                if self.options.insecure {
+                    " on another host than the registry"
+                } else {
+                    " but the registry is HTTPS"
+                },
+                if self.options.credentials.is_some() {
+                    "credentials"
+                } else {
+                    "a token request"
+                },
+                transport::authority(url)
+            )),
+            other => Err(format!(
+                "token realm is not http(s) but {}",
+                crate::digest::truncate_for_error(other)
+            )),
+        }
+    }
+
     async fn fetch_token(
         &self,
         op: &str,
@@ -569,20 +759,19 @@ impl Client {
         service: Option<&str>,
         scope: &str,
     ) -> Result<(String, Duration)> {
-        let mut url = url::Url::parse(realm).map_err(|_| Error::Registry {
+        let refuse = |message: String| Error::Registry {
             registry: self.host.clone(),
             operation: op.to_string(),
-            message: format!("token realm {realm:?} is not a URL"),
+            message,
             status: None,
+        };
+        let mut url = url::Url::parse(realm).map_err(|_| {
+            refuse(format!(
+                "token realm {:?} is not a URL",
+                crate::digest::truncate_for_error(realm)
+            ))
         })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::Registry {
-                registry: self.host.clone(),
-                operation: op.to_string(),
-                message: format!("token realm {realm:?} is not http(s)"),
-                status: None,
-            });
-        }
+        self.check_realm(&url).map_err(refuse)?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -592,7 +781,7 @@ impl Client {
         }
         let top = format!("GET token for {scope}");
         let mut attempt = 0;
-        let resp = loop {
+        let body = loop {
             if let Some(l) = &self.options.rate_limit {
                 l.acquire().await;
             }
@@ -600,28 +789,32 @@ impl Client {
             if let Some(c) = &self.options.credentials {
                 req = req.header(AUTHORIZATION, c.basic_header());
             }
-            tracing::debug!(
-                "GET {} (token)",
-                url.as_str().split('?').next().unwrap_or("")
-            );
-            match req.send().await {
-                Ok(r) if r.status().is_server_error() && attempt < self.options.retries => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
+            tracing::debug!("GET {} (token)", transport::redacted(&url));
+            // Headers and body within one deadline, as for a manifest.
+            let deadline = tokio::time::Instant::now() + self.options.request_timeout;
+            let failure: Option<Error> = match tokio::time::timeout_at(deadline, req.send()).await {
+                Ok(Ok(r)) if r.status().is_server_error() && attempt < self.options.retries => None,
+                Ok(Ok(r)) if !r.status().is_success() => {
+                    return Err(self.status_error(&top, r, deadline).await);
                 }
-                Ok(r) => break r,
-                Err(e) if attempt < self.options.retries => {
-                    attempt += 1;
-                    tracing::warn!("{}: {top}: {}; retrying", self.host, describe_reqwest(&e));
-                    tokio::time::sleep(backoff(attempt)).await;
+                Ok(Ok(r)) => match self.read_capped(&top, r, 1 << 20, deadline).await {
+                    Ok(body) => break body,
+                    Err(e @ Error::Network { .. }) => Some(e),
+                    Err(e) => return Err(e),
+                },
+                Ok(Err(e)) if e.is_redirect() => return Err(self.network_error(&top, &e)),
+                Ok(Err(e)) => Some(self.network_error(&top, &e)),
+                Err(_) => Some(self.deadline_error(&top, None)),
+            };
+            if let Some(e) = failure {
+                if attempt >= self.options.retries {
+                    return Err(e);
                 }
-                Err(e) => return Err(self.network_error(&top, &e)),
+                tracing::warn!("{e}; retrying");
             }
+            attempt += 1;
+            tokio::time::sleep(backoff(attempt)).await;
         };
-        if !resp.status().is_success() {
-            return Err(self.status_error(&top, resp).await);
-        }
-        let body = self.read_capped(&top, resp, 1 << 20).await?;
         #[derive(serde::Deserialize)]
         struct TokenReply {
             token: Option<String>,
