@@ -445,7 +445,7 @@ mod tests {
             assert!(e.contains("percent-encode"), "{bad}: {e}");
         }
         let (r, o) = registry_options(
-            &Uri::parse(&format!("registry://u:p%2Fw@host/img@sha256:{}", "0".repeat(64))).unwrap(),
+            &Uri::parse(&format!("registry://u:p%2Fw@host.example:5000/img@sha256:{}", "0".repeat(64))).unwrap(),
             &settings(),
         )
         .map(|(r, o)| (r.path.clone(), o))
