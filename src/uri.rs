@@ -143,8 +143,9 @@ pub struct Settings {
     pub read_timeout: Option<std::time::Duration>,
     /// One limiter shared by every registry client of the run.
     pub rate_limit: Option<Arc<crate::registry::RateLimiter>>,
-    /// `--insecure-host` entries (none: `OCCYSTRAP_INSECURE_HOSTS`, else
-    /// no host); `insecure` allows every host.
+    /// `--insecure-host` entries, hosts besides an insecure registry
+    /// itself that may hear plain HTTP (none given: `OCCYSTRAP_INSECURE_HOSTS`,
+    /// else no host); `insecure` allows every host.
     pub insecure_hosts: Option<crate::registry::transport::InsecureHosts>,
     /// Deadline for small responses (default: the client's).
     pub request_timeout: Option<std::time::Duration>,
@@ -191,13 +192,9 @@ pub fn registry_options(uri: &Uri, settings: &Settings) -> Result<(Reference, Cl
     if settings.insecure {
         options.insecure_hosts = crate::registry::transport::InsecureHosts::any();
     }
-    // --insecure, the URI's own option, or the registry named by
-    // --insecure-host: plain HTTP to the registry.
-    options.insecure = settings.insecure
-        || uri.flag("insecure")?
-        || options
-            .insecure_hosts
-            .allows_registry(reference.registry_host());
+    // Only --insecure or the URI's own option choose plain HTTP for the
+    // registry; --insecure-host allows it for realms and redirects.
+    options.insecure = settings.insecure || uri.flag("insecure")?;
     if let Some(t) = settings.connect_timeout {
         options.connect_timeout = t;
     }
@@ -455,24 +452,19 @@ mod tests {
     }
 
     #[test]
-    fn insecure_host_makes_that_registry_plain_http_only() {
+    fn insecure_host_allows_but_never_chooses_plain_http() {
         let mut s = settings();
         let mut h = crate::registry::transport::InsecureHosts::default();
-        h.add("reg.example:5000").unwrap();
+        h.add("reg.example").unwrap();
         s.insecure_hosts = Some(h);
-        let insecure = |uri: &str, s: &Settings| {
-            registry_options(&Uri::parse(uri).unwrap(), s)
-                .unwrap()
-                .1
-                .insecure
-        };
-        assert!(insecure("registry://reg.example:5000/a:b", &s));
-        assert!(!insecure("registry://reg.example:5001/a:b", &s));
-        assert!(!insecure("registry://other.example/a:b", &s));
-        assert!(insecure("registry://other.example/a:b?insecure=true", &s));
+        let options = |uri: &str, s: &Settings| registry_options(&Uri::parse(uri).unwrap(), s).unwrap().1;
+        let o = options("registry://reg.example:5000/a:b", &s);
+        assert!(!o.insecure);
+        assert!(o.insecure_hosts.allows("reg.example", Some(5001)));
+        assert!(!o.insecure_hosts.allows("other.example", Some(80)));
+        assert!(options("registry://reg.example/a:b?insecure=true", &s).insecure);
         s.insecure = true;
-        let (_, o) =
-            registry_options(&Uri::parse("registry://other.example/a:b").unwrap(), &s).unwrap();
+        let o = options("registry://other.example/a:b", &s);
         assert!(o.insecure && o.insecure_hosts.allows_any());
     }
 

@@ -69,10 +69,10 @@ pub struct Global {
     /// token realm or redirect target they name.
     #[arg(long, global = true)]
     pub insecure: bool,
-    /// Allow plain HTTP to HOST[:PORT] only (repeatable or comma-separated;
-    /// without a port, any port): a registry there is spoken to over HTTP,
-    /// and a token realm or redirect there may be used in clear (env
-    /// OCCYSTRAP_INSECURE_HOSTS).
+    /// Allow a token realm or redirect on HOST[:PORT] to be used over plain
+    /// HTTP, credentials included (repeatable or comma-separated; without
+    /// a port, any port; env OCCYSTRAP_INSECURE_HOSTS). Registries still
+    /// need --insecure or ?insecure=true for plain HTTP.
     #[arg(long = "insecure-host", global = true, value_name = "HOST[:PORT]",
           value_delimiter = ',', value_parser = insecure_host)]
     pub insecure_hosts: Vec<String>,

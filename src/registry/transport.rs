@@ -78,22 +78,6 @@ impl InsecureHosts {
             None => false,
         }
     }
-
-    /// Whether a registry named `authority` (`HOST[:PORT]`, as in an image
-    /// reference) is to be spoken to over plain HTTP.
-    pub fn allows_registry(&self, authority: &str) -> bool {
-        if self.any {
-            return true;
-        }
-        match Url::parse(&format!("http://{authority}/")) {
-            Ok(u) => u.host_str().is_some_and(|h| {
-                self.hosts
-                    .iter()
-                    .any(|(eh, ep)| eh.eq_ignore_ascii_case(h) && (ep.is_none() || *ep == u.port()))
-            }),
-            Err(_) => false,
-        }
-    }
 }
 
 /// `scheme://host[:port]/path` of a URL: no user info, query or fragment,
@@ -270,20 +254,6 @@ mod tests {
         any.add_list("a.example, *").unwrap();
         assert!(any.allows_any());
         assert!(any.allows_url(&u("http://x.example/")));
-    }
-
-    #[test]
-    fn registry_authority_matching() {
-        let mut h = InsecureHosts::default();
-        h.add("localhost:5000").unwrap();
-        h.add("plain.example").unwrap();
-        assert!(h.allows_registry("localhost:5000"));
-        assert!(!h.allows_registry("localhost:5001"));
-        assert!(!h.allows_registry("localhost"));
-        assert!(h.allows_registry("plain.example"));
-        assert!(h.allows_registry("plain.example:443"));
-        assert!(!h.allows_registry("registry-1.docker.io"));
-        assert!(InsecureHosts::any().allows_registry("registry-1.docker.io"));
     }
 
     #[test]
