@@ -442,7 +442,11 @@ mod tests {
             assert!(e.contains("percent-encode"), "{bad}: {e}");
         }
         let (r, o) = registry_options(
-            &Uri::parse(&format!("registry://u:p%2Fw@host.example:5000/img@sha256:{}", "0".repeat(64))).unwrap(),
+            &Uri::parse(&format!(
+                "registry://u:p%2Fw@host.example:5000/img@sha256:{}",
+                "0".repeat(64)
+            ))
+            .unwrap(),
             &settings(),
         )
         .map(|(r, o)| (r.path.clone(), o))
@@ -457,7 +461,8 @@ mod tests {
         let mut h = crate::registry::transport::InsecureHosts::default();
         h.add("reg.example").unwrap();
         s.insecure_hosts = Some(h);
-        let options = |uri: &str, s: &Settings| registry_options(&Uri::parse(uri).unwrap(), s).unwrap().1;
+        let options =
+            |uri: &str, s: &Settings| registry_options(&Uri::parse(uri).unwrap(), s).unwrap().1;
         let o = options("registry://reg.example:5000/a:b", &s);
         assert!(!o.insecure);
         assert!(o.insecure_hosts.allows("reg.example", Some(5001)));

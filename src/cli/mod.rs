@@ -341,9 +341,7 @@ impl Global {
                 }
                 h
             }),
-            request_timeout: self
-                .request_timeout
-                .map(std::time::Duration::from_secs_f64),
+            request_timeout: self.request_timeout.map(std::time::Duration::from_secs_f64),
             min_speed: self.min_speed,
             min_speed_window: self
                 .min_speed_window

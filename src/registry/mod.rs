@@ -147,8 +147,7 @@ impl Default for ClientOptions {
                 .ok()
                 .and_then(|v| parse_byte_rate(&v))
                 .unwrap_or(DEFAULT_MIN_SPEED),
-            min_speed_window: env_seconds(ENV_MIN_SPEED_WINDOW)
-                .unwrap_or(DEFAULT_MIN_SPEED_WINDOW),
+            min_speed_window: env_seconds(ENV_MIN_SPEED_WINDOW).unwrap_or(DEFAULT_MIN_SPEED_WINDOW),
         }
     }
 }
@@ -722,9 +721,7 @@ impl Client {
     /// Docker sends them: the registry names its token service.
     fn check_realm(&self, url: &url::Url) -> std::result::Result<(), String> {
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(
-                "token realm has a user name or password in it; refusing to use it".into(),
-            );
+            return Err("token realm has a user name or password in it; refusing to use it".into());
         }
         match url.scheme() {
             "https" => Ok(()),
@@ -766,9 +763,10 @@ impl Client {
             status: None,
         };
         let mut url = url::Url::parse(realm).map_err(|_| {
+            // Up to any query, which could carry something secret.
             refuse(format!(
                 "token realm {:?} is not a URL",
-                crate::digest::truncate_for_error(realm)
+                crate::digest::truncate_for_error(realm.split('?').next().unwrap_or(""))
             ))
         })?;
         self.check_realm(&url).map_err(refuse)?;
@@ -938,6 +936,187 @@ mod tests {
             took >= Duration::from_millis(1900) && took < Duration::from_millis(2300),
             "{took:?}"
         );
+    }
+
+    /// A loopback server that answers every connection with `head`, then
+    /// `body` one piece of `step` bytes every `every` (nothing at all when
+    /// `head` is empty). Returns `127.0.0.1:PORT`.
+    fn drip_server(head: &'static str, body: Vec<u8>, step: usize, every: Duration) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(4) {
+                let Ok(mut conn) = conn else { return };
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if head.is_empty() {
+                        std::thread::sleep(Duration::from_secs(20));
+                        return;
+                    }
+                    let _ = conn.write_all(head.as_bytes());
+                    for piece in body.chunks(step) {
+                        if conn.write_all(piece).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(every);
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn quick_options() -> ClientOptions {
+        ClientOptions {
+            insecure: true,
+            retries: 0,
+            read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_millis(600),
+            ..ClientOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn dripped_manifest_meets_the_deadline() {
+        let body = vec![b' '; 2000];
+        let head =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n";
+        let host = drip_server(head, body, 1, Duration::from_millis(50));
+        let client = Client::new(&host, "a/b", quick_options()).unwrap();
+        let started = std::time::Instant::now();
+        let e = client.get_manifest("v1").await.unwrap_err().to_string();
+        let took = started.elapsed();
+        assert!(
+            e.contains("not complete within") && e.contains("--request-timeout"),
+            "{e}"
+        );
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_server_meets_the_deadline() {
+        let host = drip_server("", Vec::new(), 1, Duration::ZERO);
+        let client = Client::new(&host, "a/b", quick_options()).unwrap();
+        let started = std::time::Instant::now();
+        let e = client.get_manifest("v1").await.unwrap_err().to_string();
+        assert!(e.contains("no response within"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let d = Digest::sha256_of(b"x");
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let e = client
+            .stream_blob(&d, 1, tx, |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no response within"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn blob_below_the_floor_is_given_up() {
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+        // 200 bytes a second against a 2000 bytes a second floor.
+        let host = drip_server(head, vec![7; 100_000], 20, Duration::from_millis(100));
+        let options = ClientOptions {
+            min_speed: 2000,
+            min_speed_window: Duration::from_millis(500),
+            ..quick_options()
+        };
+        let client = Client::new(&host, "a/b", options).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let started = std::time::Instant::now();
+        let d = Digest::sha256_of(b"x");
+        let e = client
+            .stream_blob(&d, 100_000, tx, |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("slower than 2000 bytes/s") && e.contains("--min-speed"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        drain.await.unwrap();
+    }
+
+    #[test]
+    fn realm_scheme_rules() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        let with_creds = |insecure: bool, hosts: &[&str]| {
+            let mut h = transport::InsecureHosts::default();
+            for e in hosts {
+                h.add(e).unwrap();
+            }
+            let options = ClientOptions {
+                insecure,
+                credentials: Some(Credentials {
+                    username: "u".into(),
+                    password: "pw".into(),
+                }),
+                insecure_hosts: h,
+                ..ClientOptions::default()
+            };
+            Client::new("reg.example:5000", "a/b", options).unwrap()
+        };
+        // HTTPS registry.
+        let c = with_creds(false, &[]);
+        assert!(c.check_realm(&u("https://auth.example/token")).is_ok());
+        let e = c
+            .check_realm(&u("http://reg.example:5000/token"))
+            .unwrap_err();
+        assert!(
+            e.contains("but the registry is HTTPS") && e.contains("credentials"),
+            "{e}"
+        );
+        assert!(e.contains("--insecure-host reg.example:5000"), "{e}");
+        assert!(
+            c.check_realm(&u("http://auth.example/token?secret=1"))
+                .is_err()
+        );
+        assert!(c.check_realm(&u("https://x:y@auth.example/token")).is_err());
+        assert!(c.check_realm(&u("https://x@auth.example/token")).is_err());
+        assert!(c.check_realm(&u("ftp://auth.example/token")).is_err());
+        let e = c
+            .check_realm(&u("http://auth.example/t?secret=s3"))
+            .unwrap_err();
+        assert!(!e.contains("s3"), "{e}");
+        // Allowed by --insecure-host, with or without a port.
+        let c = with_creds(false, &["auth.example:8080", "other.example"]);
+        assert!(c.check_realm(&u("http://auth.example:8080/token")).is_ok());
+        assert!(c.check_realm(&u("http://auth.example/token")).is_err());
+        assert!(c.check_realm(&u("http://other.example:1234/token")).is_ok());
+        // A plain-HTTP registry: its own host and port only.
+        let c = with_creds(true, &[]);
+        assert!(c.check_realm(&u("http://reg.example:5000/token")).is_ok());
+        let e = c
+            .check_realm(&u("http://reg.example:5001/token"))
+            .unwrap_err();
+        assert!(e.contains("another host"), "{e}");
+        assert!(c.check_realm(&u("http://auth.example/token")).is_err());
+        assert!(c.check_realm(&u("https://auth.example/token")).is_ok());
+    }
+
+    #[test]
+    fn byte_rates() {
+        assert_eq!(parse_byte_rate("1024"), Some(1024));
+        assert_eq!(parse_byte_rate("64k"), Some(64 << 10));
+        assert_eq!(parse_byte_rate(" 2M "), Some(2 << 20));
+        assert_eq!(parse_byte_rate("0"), Some(0));
+        for bad in ["", "k", "-1", "1.5k", "1G", "99999999999999999999M"] {
+            assert_eq!(parse_byte_rate(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -39,7 +39,9 @@ impl InsecureHosts {
             return Ok(());
         }
         let bad = || format!("{entry:?} is not HOST or HOST:PORT");
-        if entry.is_empty() || entry.contains(['/', '@', '?', '#']) || entry.contains(char::is_whitespace)
+        if entry.is_empty()
+            || entry.contains(['/', '@', '?', '#'])
+            || entry.contains(char::is_whitespace)
         {
             return Err(bad());
         }
@@ -66,9 +68,10 @@ impl InsecureHosts {
     /// `port` is allowed.
     pub fn allows(&self, host: &str, port: Option<u16>) -> bool {
         self.any
-            || self.hosts.iter().any(|(h, p)| {
-                h.eq_ignore_ascii_case(host) && (p.is_none() || *p == port)
-            })
+            || self
+                .hosts
+                .iter()
+                .any(|(h, p)| h.eq_ignore_ascii_case(host) && (p.is_none() || *p == port))
     }
 
     /// Whether plain HTTP to `url`'s host and port is allowed.
@@ -283,7 +286,9 @@ mod tests {
 
     #[test]
     fn redacted_drops_secrets() {
-        let r = redacted(&u("https://user:pw@auth.example:8443/token?account=a&sig=s#f"));
+        let r = redacted(&u(
+            "https://user:pw@auth.example:8443/token?account=a&sig=s#f",
+        ));
         assert_eq!(r, "https://auth.example:8443/token");
     }
 

@@ -108,7 +108,11 @@ fn https_registry_with_an_http_realm_is_refused() {
                 "{line}"
             );
             assert!(
-                line.contains(if creds { "credentials" } else { "token request" }),
+                line.contains(if creds {
+                    "credentials"
+                } else {
+                    "token request"
+                }),
                 "{line}"
             );
             assert!(
@@ -155,7 +159,9 @@ fn http_realm_is_used_when_its_host_is_allowed() {
         assert!(
             at_realm.iter().any(|r| r.path == "/token"
                 && r.status == 200
-                && r.authorization.as_deref().is_some_and(|a| a.starts_with("Basic "))),
+                && r.authorization
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with("Basic "))),
             "{how}: the allowed realm gets the credentials:\n{}",
             mock.describe_requests()
         );
@@ -196,10 +202,7 @@ fn https_realm_on_another_host_gets_the_credentials() {
 fn realm_with_user_info_is_refused() {
     for realm_user in ["evil:pw-in-realm", "evil"] {
         let mock = https_mock(with_credentials());
-        let realm = format!(
-            "https://{realm_user}@{}/token",
-            authority(mock.base_url())
-        );
+        let realm = format!("https://{realm_user}@{}/token", authority(mock.base_url()));
         mock.set_realm(&realm);
         let scratch = Scratch::new();
         let run = pull(&mock, &scratch, true, &[]);
@@ -225,7 +228,11 @@ fn insecure_registry_with_an_http_realm_on_another_host() {
         let scratch = Scratch::new();
         let dst = format!("tar://{}", scratch.tarball().display());
         let base = ["--username", USER, "--password", PASSWORD];
-        let run = occystrap_env(&scratch, &[&base[..], &["process", &src, &dst]].concat(), &[]);
+        let run = occystrap_env(
+            &scratch,
+            &[&base[..], &["process", &src, &dst]].concat(),
+            &[],
+        );
         let line = assert_clean_failure(&scratch, &run);
         assert!(line.contains(&format!("--insecure-host {at}")), "{line}");
         assert!(mock.requests_at(&realm_listener).is_empty());
@@ -251,7 +258,8 @@ fn blob_redirect_to_plain_http_is_refused() {
         let run = pull(&mock, &scratch, true, &[]);
         let line = assert_clean_failure(&scratch, &run);
         assert!(
-            line.contains("redirect") && line.contains(&format!("--insecure-host {}", authority(&target))),
+            line.contains("redirect")
+                && line.contains(&format!("--insecure-host {}", authority(&target))),
             "{line}"
         );
         assert!(
@@ -274,10 +282,7 @@ fn blob_redirect_to_plain_http_is_refused() {
 fn allowed_or_https_redirect_targets_never_get_the_token() {
     for (tls, allow) in [(false, true), (true, false)] {
         let mut mock = https_mock(with_credentials());
-        let target = mock.listen(
-            "127.0.0.2",
-            tls.then(|| test_tls().server.clone()),
-        );
+        let target = mock.listen("127.0.0.2", tls.then(|| test_tls().server.clone()));
         mock.set_blob_redirect(&target);
         let scratch = Scratch::new();
         let at = authority(&target).to_string();
@@ -292,7 +297,8 @@ fn allowed_or_https_redirect_targets_never_get_the_token() {
         assert_eq!(there.len(), 1, "{}", mock.describe_requests());
         assert!(there[0].path.starts_with("/redirected/"));
         assert_eq!(
-            there[0].authorization, None,
+            there[0].authorization,
+            None,
             "the redirect target got Authorization:\n{}",
             mock.describe_requests()
         );

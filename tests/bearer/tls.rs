@@ -38,7 +38,13 @@ pub fn test_tls() -> &'static TestTls {
     TLS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
         let mut ca = vec!["req", "-x509"];
         ca.extend(ec);
         ca.extend([

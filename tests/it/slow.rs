@@ -120,7 +120,14 @@ fn manifest_at_two_bytes_a_second_meets_the_deadline() {
     let s = setup();
     s.proxy.always("/manifests/", TWO_BPS);
     let (out, took) = s.pull(
-        &["--request-timeout", "3", "--retries", "1", "--read-timeout", "2"],
+        &[
+            "--request-timeout",
+            "3",
+            "--retries",
+            "1",
+            "--read-timeout",
+            "2",
+        ],
         &[],
     );
     let line = s.fails(&out, took, Duration::from_secs(20), DEADLINE_WORDS);
@@ -139,10 +146,7 @@ fn manifest_at_two_bytes_a_second_meets_the_deadline() {
 fn request_timeout_from_the_environment() {
     let s = setup();
     s.proxy.always("/manifests/", TWO_BPS);
-    let (out, took) = s.pull(
-        &["--retries", "0"],
-        &[("OCCYSTRAP_REQUEST_TIMEOUT", "2")],
-    );
+    let (out, took) = s.pull(&["--retries", "0"], &[("OCCYSTRAP_REQUEST_TIMEOUT", "2")]);
     s.fails(&out, took, Duration::from_secs(15), DEADLINE_WORDS);
     assert_eq!(s.proxy.requests_to("/manifests/").len(), 1);
 }
@@ -162,7 +166,14 @@ fn dripped_config_meets_the_deadline() {
     let s = setup();
     s.proxy.always(&s.config_path(), TWO_BPS);
     let (out, took) = s.pull(
-        &["--request-timeout", "2", "--retries", "1", "--read-timeout", "60"],
+        &[
+            "--request-timeout",
+            "2",
+            "--retries",
+            "1",
+            "--read-timeout",
+            "60",
+        ],
         &[],
     );
     let line = s.fails(&out, took, Duration::from_secs(20), DEADLINE_WORDS);
@@ -177,7 +188,12 @@ fn dripped_token_meets_the_deadline() {
     let (out, took) = s.pull(&["--request-timeout", "2", "--retries", "1"], &[]);
     let line = s.fails(&out, took, Duration::from_secs(20), DEADLINE_WORDS);
     assert!(line.contains("token"), "{line}");
-    assert_eq!(s.proxy.requests_to("/token").len(), 2, "{}", s.proxy.describe());
+    assert_eq!(
+        s.proxy.requests_to("/token").len(),
+        2,
+        "{}",
+        s.proxy.describe()
+    );
 }
 
 #[test]

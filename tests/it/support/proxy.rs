@@ -529,7 +529,11 @@ fn hold(out: &mut TcpStream, st: &State) -> io::Result<()> {
         match out.peek(&mut probe) {
             Ok(0) => break,
             Ok(_) => thread::sleep(Duration::from_millis(100)),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => break,
         }
     }
