@@ -624,7 +624,7 @@ impl Client {
         match registry_error_detail(&body) {
             Some(detail) => {
                 message.push_str(": ");
-                message.push_str(&detail);
+                message.push_str(&self.scrub(detail).await);
             }
             // A bare 404 still says which kind of thing is missing, in the
             // distribution spec's words.
@@ -712,6 +712,24 @@ impl Client {
                 Ok(())
             }
         }
+    }
+
+    /// `text` from a registry with any secret of ours in it (the password,
+    /// the Basic header, the bearer token) replaced: a registry that echoes
+    /// what it was sent must not make us print it.
+    async fn scrub(&self, mut text: String) -> String {
+        let mut secrets = Vec::new();
+        if let Some(c) = &self.options.credentials {
+            secrets.push(c.password.clone());
+            secrets.push(c.basic_header()["Basic ".len()..].to_string());
+        }
+        if let AuthState::Bearer { token, .. } = &*self.auth.lock().await {
+            secrets.push(token.clone());
+        }
+        for s in secrets.iter().filter(|s| s.len() >= 3) {
+            text = text.replace(s.as_str(), "<redacted>");
+        }
+        text
     }
 
     /// Whether credentials may go to a token realm: http(s) only, no user

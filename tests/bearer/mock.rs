@@ -68,6 +68,9 @@ pub struct MockConfig {
     /// refused (401 with a fresh challenge) after that, as an expired token
     /// is in a long pull.
     pub token_uses: Option<usize>,
+    /// Error messages echo what the client sent: the `Authorization`
+    /// header, and the decoded Basic credentials at the token endpoint.
+    pub echo_authorization: bool,
 }
 
 impl Default for MockConfig {
@@ -78,6 +81,7 @@ impl Default for MockConfig {
             basic: None,
             deny: false,
             token_uses: None,
+            echo_authorization: false,
         }
     }
 }
@@ -795,11 +799,15 @@ fn handle(req: &Request, state: &State) -> Response {
         _ => return unauthorized(state, Some(&scope)),
     }
     if state.config.deny {
-        return Response::registry_error(
-            403,
-            "DENIED",
-            "requested access to the resource is denied",
-        );
+        let message = if state.config.echo_authorization {
+            format!(
+                "access denied for {}",
+                req.header("Authorization").unwrap_or("")
+            )
+        } else {
+            "requested access to the resource is denied".to_string()
+        };
+        return Response::registry_error(403, "DENIED", &message);
     }
     if name != REPOSITORY {
         return Response::registry_error(
@@ -875,12 +883,26 @@ fn token_endpoint(req: &Request, query: &str, state: &State) -> Response {
             .and_then(|raw| String::from_utf8(raw).ok())
             .is_some_and(|creds| creds == format!("{user}:{pass}"));
         if !ok {
+            let message = if state.config.echo_authorization {
+                let header = req.header("Authorization").unwrap_or("");
+                let decoded = header
+                    .split_once(' ')
+                    .and_then(|(_, b)| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+                    .unwrap_or_default();
+                format!("incorrect username or password: {header} ({decoded})")
+            } else {
+                "incorrect username or password".to_string()
+            };
             return Response::new(401)
                 .json(&serde_json::json!({
                     "details": "incorrect username or password",
-                    "errors": [{"code": "UNAUTHORIZED", "message": "incorrect username or password"}]
+                    "errors": [{"code": "UNAUTHORIZED", "message": message}]
                 }))
-                .header("WWW-Authenticate", format!(r#"Basic realm="{SERVICE} token service""#));
+                .header(
+                    "WWW-Authenticate",
+                    format!(r#"Basic realm="{SERVICE} token service""#),
+                );
         }
     }
     if service.as_deref() != Some(SERVICE) {

@@ -321,3 +321,52 @@ fn verbose_and_debug_output_hold_no_secrets() {
         assert!(!run.stderr.to_ascii_lowercase().contains("authorization:"));
     }
 }
+
+#[test]
+fn registry_echoing_our_secrets_does_not_make_us_print_them() {
+    // A token endpoint that echoes the wrong password it was sent, and a
+    // registry that echoes the bearer token in its DENIED message.
+    let mock = https_mock(MockConfig {
+        echo_authorization: true,
+        ..with_credentials()
+    });
+    let scratch = Scratch::new();
+    let wrong = "Wr0ng-echoed-pass";
+    let src = mock.image_uri("v1");
+    let dst = format!("tar://{}", scratch.tarball().display());
+    let ca = test_tls().ca_file.clone();
+    let run = occystrap_env(
+        &scratch,
+        &[
+            "--username",
+            USER,
+            "--password",
+            wrong,
+            "process",
+            &src,
+            &dst,
+        ],
+        &[("SSL_CERT_FILE", ca.as_os_str())],
+    );
+    let line = assert_clean_failure(&scratch, &run);
+    assert!(line.contains("<redacted>"), "{line}");
+    assert_no_secret(&run, USER, wrong);
+
+    let mock = https_mock(MockConfig {
+        echo_authorization: true,
+        deny: true,
+        ..MockConfig::default()
+    });
+    let scratch = Scratch::new();
+    let run = pull(&mock, &scratch, false, &[]);
+    let line = assert_clean_failure(&scratch, &run);
+    assert!(
+        line.contains("DENIED") && line.contains("<redacted>"),
+        "{line}"
+    );
+    let tokens = mock.issued_tokens();
+    assert!(!tokens.is_empty());
+    for t in tokens {
+        assert!(!run.stderr.contains(&t), "token printed: {line}");
+    }
+}
