@@ -347,7 +347,7 @@ impl Client {
         digest: &Digest,
         size: u64,
         tx: tokio::sync::mpsc::Sender<Bytes>,
-        progress: impl Fn(u64) + Send,
+        mut progress: impl Fn(u64) + Send,
     ) -> Result<()> {
         let op = format!("GET blob {digest}");
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, digest);
@@ -368,59 +368,34 @@ impl Client {
             // broken connection looks like.
             let delimited_by_close = resp.content_length().is_none();
             let mut stream = resp.bytes_stream();
-            let mut broke: Option<String> = None;
             // Each connection must keep up the floor on its own.
-            let mut floor =
+            let floor =
                 transport::SpeedFloor::new(self.options.min_speed, self.options.min_speed_window);
-            loop {
-                let waiting = tokio::time::Instant::now();
-                let item = match floor.budget() {
-                    None => stream.next().await,
-                    Some(budget) => match tokio::time::timeout(budget, stream.next()).await {
-                        Ok(item) => item,
-                        Err(_) => match floor.record(0, waiting.elapsed()) {
-                            Ok(()) => continue,
-                            Err(slow) => {
-                                broke = Some(self.too_slow(slow));
-                                break;
-                            }
-                        },
-                    },
-                };
-                let Some(item) = item else { break };
-                let mut chunk = match item {
-                    Ok(c) => c,
-                    Err(e) => {
-                        broke = Some(describe_reqwest(&e));
-                        break;
-                    }
-                };
-                let judged = floor.record(chunk.len() as u64, waiting.elapsed());
-                if skip > 0 {
-                    let n = skip.min(chunk.len() as u64);
-                    chunk = chunk.slice(n as usize..);
-                    skip -= n;
+            let pumped = pump_body(
+                &mut stream,
+                floor,
+                &mut skip,
+                &mut received,
+                size,
+                &tx,
+                &mut progress,
+                describe_reqwest,
+                &|slow| self.too_slow(slow),
+            )
+            .await;
+            let mut broke = match pumped {
+                Ok(Pumped::Ended) => None,
+                Ok(Pumped::Broke(msg)) => Some(msg),
+                // The receiver stopped (it failed); its error is the one to report.
+                Ok(Pumped::ReceiverGone) => return Ok(()),
+                Err(found) => {
+                    return Err(Error::SizeMismatch {
+                        what: format!("blob {digest}"),
+                        expected: size,
+                        found,
+                    });
                 }
-                if !chunk.is_empty() {
-                    received += chunk.len() as u64;
-                    if received > size {
-                        return Err(Error::SizeMismatch {
-                            what: format!("blob {digest}"),
-                            expected: size,
-                            found: received,
-                        });
-                    }
-                    progress(chunk.len() as u64);
-                    if tx.send(chunk).await.is_err() {
-                        // The receiver stopped (it failed); its error is the one to report.
-                        return Ok(());
-                    }
-                }
-                if let Err(slow) = judged {
-                    broke = Some(self.too_slow(slow));
-                    break;
-                }
-            }
+            };
             // A body without a Content-Length that ends early is a break too.
             // One that was complete but short is the registry's whole blob:
             // the receiver reports the size mismatch.
@@ -859,6 +834,79 @@ impl Client {
     }
 }
 
+/// How one blob response body ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Pumped {
+    /// The body ended.
+    Ended,
+    /// The connection broke, or fell below the throughput floor: why.
+    Broke(String),
+    /// The receiver hung up.
+    ReceiverGone,
+}
+
+/// Moves one blob response body into `tx`: skips the first `skip` bytes (a
+/// server that ignored `Range`), counts into `received`, and gives up when
+/// `floor` judges the connection too slow. `Err(found)` when the body runs
+/// past `size`.
+#[allow(clippy::too_many_arguments)]
+async fn pump_body<S, E>(
+    stream: &mut S,
+    mut floor: transport::SpeedFloor,
+    skip: &mut u64,
+    received: &mut u64,
+    size: u64,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    progress: &mut (impl Fn(u64) + Send),
+    describe: impl Fn(&E) -> String,
+    too_slow: &(dyn Fn(transport::TooSlow) -> String + Sync),
+) -> std::result::Result<Pumped, u64>
+where
+    S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+{
+    loop {
+        let waiting = tokio::time::Instant::now();
+        let item = match floor.budget() {
+            None => stream.next().await,
+            Some(budget) => match tokio::time::timeout(budget, stream.next()).await {
+                Ok(item) => item,
+                // A whole window passed without a byte: judge it.
+                Err(_) => match floor.record(0, waiting.elapsed()) {
+                    Ok(()) => continue,
+                    Err(slow) => return Ok(Pumped::Broke(too_slow(slow))),
+                },
+            },
+        };
+        let Some(item) = item else {
+            return Ok(Pumped::Ended);
+        };
+        let mut chunk = match item {
+            Ok(c) => c,
+            Err(e) => return Ok(Pumped::Broke(describe(&e))),
+        };
+        // Time the receiver takes below is not the server's.
+        let judged = floor.record(chunk.len() as u64, waiting.elapsed());
+        if *skip > 0 {
+            let n = (*skip).min(chunk.len() as u64);
+            chunk = chunk.slice(n as usize..);
+            *skip -= n;
+        }
+        if !chunk.is_empty() {
+            *received += chunk.len() as u64;
+            if *received > size {
+                return Err(*received);
+            }
+            progress(chunk.len() as u64);
+            if tx.send(chunk).await.is_err() {
+                return Ok(Pumped::ReceiverGone);
+            }
+        }
+        if let Err(slow) = judged {
+            return Ok(Pumped::Broke(too_slow(slow)));
+        }
+    }
+}
+
 /// `code: message` from a registry's JSON error body.
 fn registry_error_detail(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -1124,6 +1172,118 @@ mod tests {
         assert!(e.contains("another host"), "{e}");
         assert!(c.check_realm(&u("http://auth.example/token")).is_err());
         assert!(c.check_realm(&u("https://auth.example/token")).is_ok());
+    }
+
+    /// `n` chunks of `bytes` bytes, one every `every` (tokio's clock).
+    fn ticking(
+        n: usize,
+        bytes: usize,
+        every: Duration,
+    ) -> impl futures_util::Stream<Item = std::result::Result<Bytes, std::convert::Infallible>> + Unpin
+    {
+        Box::pin(futures_util::stream::unfold(0, move |i| async move {
+            if i == n {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok(Bytes::from(vec![1u8; bytes])), i + 1))
+        }))
+    }
+
+    async fn pump_all<S>(
+        mut stream: S,
+        floor: transport::SpeedFloor,
+        size: u64,
+        channel: usize,
+        reader_pause: Duration,
+    ) -> (std::result::Result<Pumped, u64>, u64, u64)
+    where
+        S: futures_util::Stream<Item = std::result::Result<Bytes, std::convert::Infallible>>
+            + Unpin,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(channel);
+        let reader = tokio::spawn(async move {
+            let mut got = 0u64;
+            while let Some(b) = rx.recv().await {
+                got += b.len() as u64;
+                tokio::time::sleep(reader_pause).await;
+            }
+            got
+        });
+        let (mut skip, mut received) = (0, 0);
+        let r = pump_body(
+            &mut stream,
+            floor,
+            &mut skip,
+            &mut received,
+            size,
+            &tx,
+            &mut |_| {},
+            |e: &std::convert::Infallible| match *e {},
+            &|slow| format!("slow {}", slow.rate),
+        )
+        .await;
+        drop(tx);
+        (r, received, reader.await.unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_gives_up_a_drip_after_one_window() {
+        // 10 B/s against 100 B/s over 5 s.
+        let started = tokio::time::Instant::now();
+        let floor = transport::SpeedFloor::new(100, Duration::from_secs(5));
+        let (r, received, got) = pump_all(
+            ticking(1000, 10, Duration::from_secs(1)),
+            floor,
+            10_000,
+            64,
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!(r, Ok(Pumped::Broke("slow 10".into())));
+        assert_eq!((received, got), (50, 50));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_keeps_a_connection_above_the_floor() {
+        let floor = transport::SpeedFloor::new(5, Duration::from_secs(5));
+        let (r, received, _) = pump_all(
+            ticking(30, 10, Duration::from_secs(1)),
+            floor,
+            300,
+            64,
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!((r, received), (Ok(Pumped::Ended), 300));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_gives_up_a_silent_body_at_the_window() {
+        let started = tokio::time::Instant::now();
+        let floor = transport::SpeedFloor::new(1, Duration::from_secs(7));
+        let silent = Box::pin(futures_util::stream::pending());
+        let (r, received, _) = pump_all(silent, floor, 10, 1, Duration::ZERO).await;
+        assert_eq!((r, received), (Ok(Pumped::Broke("slow 0".into())), 0));
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_does_not_blame_the_server_for_a_slow_receiver() {
+        // The server is instant; the receiver takes 10 s a chunk. A floor
+        // of 100 B/s over 5 s would fail if waiting on the receiver counted.
+        let floor = transport::SpeedFloor::new(100, Duration::from_secs(5));
+        let fast = ticking(6, 10, Duration::ZERO);
+        let (r, received, got) = pump_all(fast, floor, 60, 1, Duration::from_secs(10)).await;
+        assert_eq!((r, received, got), (Ok(Pumped::Ended), 60, 60));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_stops_past_the_size() {
+        let off = transport::SpeedFloor::new(0, Duration::ZERO);
+        let (r, _, _) = pump_all(ticking(3, 10, Duration::ZERO), off, 25, 8, Duration::ZERO).await;
+        assert_eq!(r, Err(30));
     }
 
     #[test]
