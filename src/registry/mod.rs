@@ -1087,6 +1087,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no response within"), "{e}");
+        // Over HTTPS, a server that never answers the TLS handshake.
+        let tls = Client::new(
+            &host,
+            "a/b",
+            ClientOptions {
+                insecure: false,
+                connect_timeout: Duration::from_secs(30),
+                ..quick_options()
+            },
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let e = tls.get_manifest("v1").await.unwrap_err().to_string();
+        assert!(e.contains("no response within"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[tokio::test]
