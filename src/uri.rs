@@ -27,7 +27,8 @@ impl Uri {
     pub fn parse(s: &str) -> Result<Uri> {
         let (scheme, rest) = s.split_once(':').ok_or_else(|| {
             Error::Usage(format!(
-                "{s:?} is not a URI: expected SCHEME://PATH such as registry://HOST/IMAGE:TAG or tar://FILE"
+                "{:?} is not a URI: expected SCHEME://PATH such as registry://HOST/IMAGE:TAG or tar://FILE",
+                without_userinfo(s)
             ))
         })?;
         if scheme.is_empty()
@@ -35,7 +36,10 @@ impl Uri {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
-            return Err(Error::Usage(format!("{s:?} has no valid URI scheme")));
+            return Err(Error::Usage(format!(
+                "{:?} has no valid URI scheme",
+                without_userinfo(s)
+            )));
         }
         let rest = rest.strip_prefix("//").unwrap_or(rest);
         let (path, query) = match rest.split_once('?') {
@@ -103,6 +107,15 @@ impl Uri {
     }
 }
 
+/// `s` for an error message, without anything that could be a password:
+/// whatever comes before the last `@`.
+fn without_userinfo(s: &str) -> String {
+    match s.rfind('@') {
+        Some(at) => format!("…{}", crate::digest::truncate_for_error(&s[at..])),
+        None => crate::digest::truncate_for_error(s),
+    }
+}
+
 fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
@@ -130,6 +143,17 @@ pub struct Settings {
     pub read_timeout: Option<std::time::Duration>,
     /// One limiter shared by every registry client of the run.
     pub rate_limit: Option<Arc<crate::registry::RateLimiter>>,
+    /// `--insecure-host` entries, hosts besides an insecure registry
+    /// itself that may hear plain HTTP (none given: `OCCYSTRAP_INSECURE_HOSTS`,
+    /// else no host); `insecure` allows every host.
+    pub insecure_hosts: Option<crate::registry::transport::InsecureHosts>,
+    /// Deadline for small responses (default: the client's).
+    pub request_timeout: Option<std::time::Duration>,
+    /// Throughput floor for blobs in bytes a second, 0 for none (default:
+    /// the client's).
+    pub min_speed: Option<u64>,
+    /// Window over which the floor is judged (default: the client's).
+    pub min_speed_window: Option<std::time::Duration>,
 }
 
 /// The reference and client options a `registry://` URI stands for:
@@ -137,21 +161,54 @@ pub struct Settings {
 /// `insecure` option; timeouts and rate limit from the flags.
 pub fn registry_options(uri: &Uri, settings: &Settings) -> Result<(Reference, ClientOptions)> {
     let (userinfo, rest) = split_userinfo(&uri.path);
+    // An `@` that does not start a digest is user info that split_userinfo
+    // could not see (a `/` in the password): never echo it.
+    let is_digest = |d: &str| {
+        !d.contains('/')
+            && d.split_once(':').is_some_and(|(alg, hex)| {
+                !alg.is_empty() && !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+    };
+    let digest_at = rest.rfind('@').filter(|&at| is_digest(&rest[at + 1..]));
+    if rest.find('@').is_some_and(|first| Some(first) != digest_at) {
+        return Err(Error::Usage(
+            "registry:// URI has an '@' that does not start a digest; percent-encode '/' and '@' \
+             in a user name or password (%2F, %40)"
+                .into(),
+        ));
+    }
     let reference = Reference::parse(rest)?;
     let credentials = userinfo
         .or_else(|| settings.credentials.clone())
         .or_else(|| crate::registry::auth::docker_config_credentials(reference.registry_host()));
     let mut options = ClientOptions {
-        insecure: settings.insecure || uri.flag("insecure")?,
         credentials,
         retries: settings.retries,
         ..ClientOptions::default()
     };
+    if let Some(h) = &settings.insecure_hosts {
+        options.insecure_hosts = h.clone();
+    }
+    if settings.insecure {
+        options.insecure_hosts = crate::registry::transport::InsecureHosts::any();
+    }
+    // Only --insecure or the URI's own option choose plain HTTP for the
+    // registry; --insecure-host allows it for realms and redirects.
+    options.insecure = settings.insecure || uri.flag("insecure")?;
     if let Some(t) = settings.connect_timeout {
         options.connect_timeout = t;
     }
     if let Some(t) = settings.read_timeout {
         options.read_timeout = t;
+    }
+    if let Some(t) = settings.request_timeout {
+        options.request_timeout = t;
+    }
+    if let Some(b) = settings.min_speed {
+        options.min_speed = b;
+    }
+    if let Some(t) = settings.min_speed_window {
+        options.min_speed_window = t;
     }
     if settings.rate_limit.is_some() {
         options.rate_limit = settings.rate_limit.clone();
@@ -344,8 +401,76 @@ mod tests {
         let u = Uri::parse("tar://in.tar?image=team%2Fapp:v1").unwrap();
         assert_eq!(u.get("image"), Some("team/app:v1"));
         assert!(Uri::parse("no-scheme").is_err());
+        // Errors never echo what could be a password.
+        for bad in ["bad scheme//u:s3cret@host/img", "u s3cret@x"] {
+            let e = Uri::parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("s3cret"), "{e}");
+        }
         assert!(u.check_options(&[]).is_err());
         assert!(u.check_options(&["image"]).is_ok());
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            platform: Platform::host(),
+            insecure: false,
+            credentials: None,
+            retries: 3,
+            parallel: 1,
+            skip_unsafe: false,
+            connect_timeout: None,
+            read_timeout: None,
+            rate_limit: None,
+            insecure_hosts: None,
+            request_timeout: None,
+            min_speed: None,
+            min_speed_window: None,
+        }
+    }
+
+    #[test]
+    fn password_with_a_slash_is_never_echoed() {
+        for bad in [
+            "registry://u:pa/s3cret@host/img:v1",
+            "registry://u:pa/s3cret@host:5000/img@sha256:0123",
+            "registry://u:s3cret/x@host/img",
+        ] {
+            let e = registry_options(&Uri::parse(bad).unwrap(), &settings())
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("s3cret"), "{bad}: {e}");
+            assert!(e.contains("percent-encode"), "{bad}: {e}");
+        }
+        let (r, o) = registry_options(
+            &Uri::parse(&format!(
+                "registry://u:p%2Fw@host.example:5000/img@sha256:{}",
+                "0".repeat(64)
+            ))
+            .unwrap(),
+            &settings(),
+        )
+        .map(|(r, o)| (r.path.clone(), o))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r, "img");
+        assert_eq!(o.credentials.unwrap().password, "p/w");
+    }
+
+    #[test]
+    fn insecure_host_allows_but_never_chooses_plain_http() {
+        let mut s = settings();
+        let mut h = crate::registry::transport::InsecureHosts::default();
+        h.add("reg.example").unwrap();
+        s.insecure_hosts = Some(h);
+        let options =
+            |uri: &str, s: &Settings| registry_options(&Uri::parse(uri).unwrap(), s).unwrap().1;
+        let o = options("registry://reg.example:5000/a:b", &s);
+        assert!(!o.insecure);
+        assert!(o.insecure_hosts.allows("reg.example", Some(5001)));
+        assert!(!o.insecure_hosts.allows("other.example", Some(80)));
+        assert!(options("registry://reg.example/a:b?insecure=true", &s).insecure);
+        s.insecure = true;
+        let o = options("registry://other.example/a:b", &s);
+        assert!(o.insecure && o.insecure_hosts.allows_any());
     }
 
     #[test]

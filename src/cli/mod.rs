@@ -66,9 +66,17 @@ pub struct Global {
         value_name = "PASS"
     )]
     pub password: Option<String>,
-    /// Talk to registries over plain HTTP.
+    /// Talk to registries over plain HTTP, and allow plain HTTP to any
+    /// token realm or redirect target they name.
     #[arg(long, global = true)]
     pub insecure: bool,
+    /// Allow a token realm or redirect on HOST[:PORT] to be used over plain
+    /// HTTP, credentials included (repeatable or comma-separated; without
+    /// a port, any port; env OCCYSTRAP_INSECURE_HOSTS). Registries still
+    /// need --insecure or ?insecure=true for plain HTTP.
+    #[arg(long = "insecure-host", global = true, value_name = "HOST[:PORT]",
+          value_delimiter = ',', value_parser = insecure_host)]
+    pub insecure_hosts: Vec<String>,
     /// Layers downloaded at once.
     #[arg(short = 'j', long = "parallel", global = true, env = "OCCYSTRAP_PARALLEL", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
@@ -91,6 +99,21 @@ pub struct Global {
     /// OCCYSTRAP_RATE_LIMIT).
     #[arg(long, global = true, value_name = "R", value_parser = positive_seconds)]
     pub rate_limit: Option<f64>,
+    /// Seconds a manifest, config, token or error response may take in all,
+    /// and a blob response to start, per attempt (default 60; env
+    /// OCCYSTRAP_REQUEST_TIMEOUT).
+    #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
+    pub request_timeout: Option<f64>,
+    /// Slowest blob download in bytes a second (k, M: KiB, MiB) kept up over
+    /// --min-speed-window before the connection is dropped and the download
+    /// resumed on a new one; 0 turns it off (default 1k; env
+    /// OCCYSTRAP_MIN_SPEED).
+    #[arg(long, global = true, value_name = "BYTES", value_parser = byte_rate)]
+    pub min_speed: Option<u64>,
+    /// Seconds over which --min-speed is judged (default 30; env
+    /// OCCYSTRAP_MIN_SPEED_WINDOW).
+    #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
+    pub min_speed_window: Option<f64>,
     /// Skip layer entries that cannot be extracted safely (paths escaping the
     /// target, links out of it) instead of failing; they are listed after
     /// the summary.
@@ -382,8 +405,33 @@ impl Global {
             rate_limit: self
                 .rate_limit
                 .map(|r| Arc::new(occystrap::registry::RateLimiter::new(r))),
+            insecure_hosts: (!self.insecure_hosts.is_empty()).then(|| {
+                let mut h = occystrap::registry::transport::InsecureHosts::default();
+                for e in &self.insecure_hosts {
+                    // Checked by the value parser.
+                    let _ = h.add(e);
+                }
+                h
+            }),
+            request_timeout: self.request_timeout.map(std::time::Duration::from_secs_f64),
+            min_speed: self.min_speed,
+            min_speed_window: self
+                .min_speed_window
+                .map(std::time::Duration::from_secs_f64),
         }
     }
+}
+
+/// A `--insecure-host` entry: HOST or HOST:PORT.
+fn insecure_host(s: &str) -> std::result::Result<String, String> {
+    occystrap::registry::transport::InsecureHosts::default().add(s)?;
+    Ok(s.trim().to_string())
+}
+
+/// A byte rate: `2048`, `64k`, `1M`.
+fn byte_rate(s: &str) -> std::result::Result<u64, String> {
+    occystrap::registry::parse_byte_rate(s)
+        .ok_or_else(|| format!("{s:?} is not a byte rate such as 1024, 64k or 1M"))
 }
 
 /// A positive, finite number (at most a day's worth of seconds).

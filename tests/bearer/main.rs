@@ -7,6 +7,8 @@
 //!  registry://127.0.0.1:PORT/team/app:v1 tar://OUT.tar`.
 
 mod mock;
+mod realm;
+mod tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -430,6 +432,11 @@ impl Scratch {
 }
 
 fn occystrap(scratch: &Scratch, args: &[&str]) -> Run {
+    occystrap_env(scratch, args, &[])
+}
+
+/// [`occystrap`] with extra environment variables.
+fn occystrap_env(scratch: &Scratch, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_occystrap"));
     cmd.args(args)
         .env("HOME", &scratch.home)
@@ -446,8 +453,14 @@ fn occystrap(scratch: &Scratch, args: &[&str]) -> Run {
         "all_proxy",
         "ALL_PROXY",
         "RUST_LOG",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "OCCYSTRAP_INSECURE_HOSTS",
     ] {
         cmd.env_remove(var);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn occystrap");
     let mut out = child.stdout.take().unwrap();

@@ -68,6 +68,9 @@ pub struct MockConfig {
     /// refused (401 with a fresh challenge) after that, as an expired token
     /// is in a long pull.
     pub token_uses: Option<usize>,
+    /// Error messages echo what the client sent: the `Authorization`
+    /// header, and the decoded Basic credentials at the token endpoint.
+    pub echo_authorization: bool,
 }
 
 impl Default for MockConfig {
@@ -78,6 +81,7 @@ impl Default for MockConfig {
             basic: None,
             deny: false,
             token_uses: None,
+            echo_authorization: false,
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct RequestRecord {
     pub authorization: Option<String>,
     /// Status the mock answered with.
     pub status: u16,
+    /// `scheme://addr` of the listener that took it.
+    pub listener: String,
 }
 
 impl RequestRecord {
@@ -144,7 +150,15 @@ struct State {
     /// many repository requests it has opened.
     tokens: Mutex<HashMap<String, (HashSet<String>, usize)>>,
     log: Mutex<Vec<RequestRecord>>,
+    /// The realm challenges name (default: `{base_url}/token`).
+    realm: Mutex<Option<String>>,
+    /// When set, layer blob GETs are answered with a 307 to
+    /// `{this}/redirected/{digest}`, which any listener serves without auth.
+    blob_redirect: Mutex<Option<String>>,
 }
+
+/// TLS for a listener: the server config to use.
+pub type Tls = Arc<rustls::ServerConfig>;
 
 /// A running mock registry. Dropping it stops the listener and every
 /// connection.
@@ -154,7 +168,8 @@ pub struct MockRegistry {
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    acceptor: Option<JoinHandle<()>>,
+    /// Every listener's address and accept thread.
+    acceptors: Vec<(SocketAddr, JoinHandle<()>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -169,25 +184,58 @@ impl MockRegistry {
 
     /// Starts a mock on 127.0.0.1 with an ephemeral port.
     pub fn with_config(config: MockConfig) -> MockRegistry {
+        MockRegistry::start_on(config, None)
+    }
+
+    /// Starts a mock that speaks HTTPS on 127.0.0.1 with an ephemeral port.
+    pub fn with_tls(config: MockConfig, tls: Tls) -> MockRegistry {
+        MockRegistry::start_on(config, Some(tls))
+    }
+
+    fn start_on(config: MockConfig, tls: Option<Tls>) -> MockRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let state = Arc::new(State {
             config,
             image: build_image(),
-            base_url: format!("http://{addr}"),
+            base_url: format!("{scheme}://{addr}"),
             token_requests: AtomicUsize::new(0),
             next_token: AtomicUsize::new(1),
             tokens: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
+            realm: Mutex::new(None),
+            blob_redirect: Mutex::new(None),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let workers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
+        let mut mock = MockRegistry {
+            addr,
+            state,
+            stop: Arc::new(AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+            workers: Arc::new(Mutex::new(Vec::new())),
+            acceptors: Vec::new(),
+        };
+        mock.serve_listener(listener, tls);
+        mock
+    }
+
+    /// Serves the same registry (same tokens, same log) on `ip` too, on an
+    /// ephemeral port, over TLS when `tls` is given. Returns the new
+    /// listener's `scheme://ip:port`.
+    pub fn listen(&mut self, ip: &str, tls: Option<Tls>) -> String {
+        let listener = TcpListener::bind((ip, 0)).expect("bind extra listener");
+        self.serve_listener(listener, tls)
+    }
+
+    fn serve_listener(&mut self, listener: TcpListener, tls: Option<Tls>) -> String {
+        let addr = listener.local_addr().expect("local addr");
+        let name = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
         let acceptor = {
-            let state = Arc::clone(&state);
-            let stop = Arc::clone(&stop);
-            let conns = Arc::clone(&conns);
-            let workers = Arc::clone(&workers);
+            let state = Arc::clone(&self.state);
+            let stop = Arc::clone(&self.stop);
+            let conns = Arc::clone(&self.conns);
+            let workers = Arc::clone(&self.workers);
+            let name = name.clone();
             thread::Builder::new()
                 .name("mock-accept".into())
                 .spawn(move || {
@@ -200,10 +248,31 @@ impl MockRegistry {
                             lock(&conns).push(clone);
                         }
                         let state = Arc::clone(&state);
+                        let tls = tls.clone();
+                        let name = name.clone();
                         let handle = thread::Builder::new()
                             .name("mock-conn".into())
                             .spawn(move || {
-                                let _ = serve_connection(stream, &state);
+                                let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+                                let _ = stream.set_nodelay(true);
+                                // Closed when the connection is done, whatever
+                                // the other clones (kept for Drop) do.
+                                let closer = stream.try_clone().ok();
+                                match tls {
+                                    None => {
+                                        let _ = serve_connection(stream, &state, &name);
+                                    }
+                                    Some(cfg) => {
+                                        let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                                            return;
+                                        };
+                                        let tls_stream = rustls::StreamOwned::new(conn, stream);
+                                        let _ = serve_connection(tls_stream, &state, &name);
+                                    }
+                                }
+                                if let Some(c) = closer {
+                                    let _ = c.shutdown(Shutdown::Both);
+                                }
                             })
                             .expect("spawn connection thread");
                         lock(&workers).push(handle);
@@ -211,14 +280,26 @@ impl MockRegistry {
                 })
                 .expect("spawn accept thread")
         };
-        MockRegistry {
-            addr,
-            state,
-            stop,
-            conns,
-            workers,
-            acceptor: Some(acceptor),
-        }
+        self.acceptors.push((addr, acceptor));
+        name
+    }
+
+    /// Names `realm` in every challenge from now on.
+    pub fn set_realm(&self, realm: &str) {
+        *lock(&self.state.realm) = Some(realm.to_string());
+    }
+
+    /// Redirects layer blob GETs to `{base}/redirected/{digest}` from now on.
+    pub fn set_blob_redirect(&self, base: &str) {
+        *lock(&self.state.blob_redirect) = Some(base.to_string());
+    }
+
+    /// Requests that reached the listener `scheme://addr`.
+    pub fn requests_at(&self, listener: &str) -> Vec<RequestRecord> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.listener == listener)
+            .collect()
     }
 
     /// `127.0.0.1:PORT`
@@ -226,7 +307,7 @@ impl MockRegistry {
         self.addr.to_string()
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` over TLS)
     pub fn base_url(&self) -> &str {
         &self.state.base_url
     }
@@ -273,8 +354,8 @@ impl MockRegistry {
                 },
             };
             out.push_str(&format!(
-                "  {} {}{} [{}] -> {}\n",
-                r.method, r.path, q, auth, r.status
+                "  {} {} {}{} [{}] -> {}\n",
+                r.listener, r.method, r.path, q, auth, r.status
             ));
         }
         out
@@ -284,9 +365,9 @@ impl MockRegistry {
 impl Drop for MockRegistry {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop; it sees the flag and returns.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
+        // Wake each accept loop; it sees the flag and returns.
+        for (addr, acceptor) in self.acceptors.drain(..) {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
             let _ = acceptor.join();
         }
         for conn in lock(&self.conns).drain(..) {
@@ -470,6 +551,7 @@ impl Response {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        307 => "Temporary Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -482,7 +564,7 @@ fn reason(status: u16) -> &'static str {
 
 /// Reads one request head (and drains any body). `Ok(None)` on a clean close
 /// between requests.
-fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+fn read_request<S: Read>(reader: &mut BufReader<S>) -> io::Result<Option<Request>> {
     let mut line = String::new();
     // Tolerate blank lines before a request line (RFC 9112 section 2.2).
     loop {
@@ -553,7 +635,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
 }
 
 fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     res: &Response,
     head_only: bool,
     close: bool,
@@ -578,10 +660,7 @@ fn write_response(
     stream.flush()
 }
 
-fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let _ = stream.set_nodelay(true);
-    let mut writer = stream.try_clone()?;
+fn serve_connection<S: Read + Write>(stream: S, state: &State, listener: &str) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     while let Some(req) = read_request(&mut reader)? {
         let res = handle(&req, state);
@@ -595,10 +674,17 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
             query,
             authorization: req.header("Authorization").map(str::to_string),
             status: res.status,
+            listener: listener.to_string(),
         });
-        write_response(&mut writer, &res, req.method == "HEAD", req.wants_close)?;
+        // Buffered reads never run ahead of a request: a client sends the
+        // next one only after this answer.
+        write_response(
+            reader.get_mut(),
+            &res,
+            req.method == "HEAD",
+            req.wants_close,
+        )?;
         if req.wants_close {
-            let _ = writer.shutdown(Shutdown::Write);
             break;
         }
     }
@@ -610,7 +696,9 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
 // ---------------------------------------------------------------------------
 
 fn challenge(state: &State, scope: Option<&str>) -> String {
-    let realm = format!("{}/token", state.base_url);
+    let realm = lock(&state.realm)
+        .clone()
+        .unwrap_or_else(|| format!("{}/token", state.base_url));
     match state.config.challenge {
         ChallengeStyle::Standard => match scope {
             Some(s) => format!(r#"Bearer realm="{realm}",service="{SERVICE}",scope="{s}""#),
@@ -677,6 +765,15 @@ fn handle(req: &Request, state: &State) -> Response {
     if req.method != "GET" && req.method != "HEAD" {
         return Response::registry_error(405, "UNSUPPORTED", "the operation is unsupported");
     }
+    // Where redirected blobs live, as on a CDN: no auth.
+    if let Some(digest) = path.strip_prefix("/redirected/") {
+        let img = &state.image;
+        return if digest == img.layer_digest {
+            Response::new(200).bytes("application/octet-stream", &img.layer_gz)
+        } else {
+            Response::registry_error(404, "BLOB_UNKNOWN", "blob unknown to registry")
+        };
+    }
     if path == "/v2/" || path == "/v2" {
         return match granted_scopes(req, state, false) {
             Some(_) => Response::new(200).json(&serde_json::json!({})),
@@ -702,11 +799,15 @@ fn handle(req: &Request, state: &State) -> Response {
         _ => return unauthorized(state, Some(&scope)),
     }
     if state.config.deny {
-        return Response::registry_error(
-            403,
-            "DENIED",
-            "requested access to the resource is denied",
-        );
+        let message = if state.config.echo_authorization {
+            format!(
+                "access denied for {}",
+                req.header("Authorization").unwrap_or("")
+            )
+        } else {
+            "requested access to the resource is denied".to_string()
+        };
+        return Response::registry_error(403, "DENIED", &message);
     }
     if name != REPOSITORY {
         return Response::registry_error(
@@ -734,6 +835,12 @@ fn handle(req: &Request, state: &State) -> Response {
             }
         }
         _ => {
+            if reference == img.layer_digest
+                && let Some(base) = lock(&state.blob_redirect).clone()
+            {
+                return Response::new(307)
+                    .header("Location", format!("{base}/redirected/{reference}"));
+            }
             let blob = if reference == img.config_digest {
                 Some(&img.config)
             } else if reference == img.layer_digest {
@@ -776,12 +883,26 @@ fn token_endpoint(req: &Request, query: &str, state: &State) -> Response {
             .and_then(|raw| String::from_utf8(raw).ok())
             .is_some_and(|creds| creds == format!("{user}:{pass}"));
         if !ok {
+            let message = if state.config.echo_authorization {
+                let header = req.header("Authorization").unwrap_or("");
+                let decoded = header
+                    .split_once(' ')
+                    .and_then(|(_, b)| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+                    .unwrap_or_default();
+                format!("incorrect username or password: {header} ({decoded})")
+            } else {
+                "incorrect username or password".to_string()
+            };
             return Response::new(401)
                 .json(&serde_json::json!({
                     "details": "incorrect username or password",
-                    "errors": [{"code": "UNAUTHORIZED", "message": "incorrect username or password"}]
+                    "errors": [{"code": "UNAUTHORIZED", "message": message}]
                 }))
-                .header("WWW-Authenticate", format!(r#"Basic realm="{SERVICE} token service""#));
+                .header(
+                    "WWW-Authenticate",
+                    format!(r#"Basic realm="{SERVICE} token service""#),
+                );
         }
     }
     if service.as_deref() != Some(SERVICE) {

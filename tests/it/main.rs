@@ -18,4 +18,5 @@ mod registry_pull;
 mod runtime;
 mod search;
 mod signals;
+mod slow;
 mod terminal;

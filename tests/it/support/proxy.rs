@@ -54,6 +54,34 @@ pub enum Fault {
     /// Forward without the client's `Range` header: the registry answers
     /// 200 with the whole body.
     IgnoreRange,
+    /// Forward the status and headers at once, then the body `bytes` at a
+    /// time, one piece every `every`: a slow drip that never stalls long
+    /// enough for an idle timeout. Applies to the proxy's own `/token`
+    /// answers too.
+    Drip {
+        /// Bytes per piece.
+        bytes: usize,
+        /// Pause after each piece.
+        every: Duration,
+    },
+    /// Like [`Fault::Drip`], but the status line and headers drip too.
+    DripAll {
+        /// Bytes per piece.
+        bytes: usize,
+        /// Pause after each piece.
+        every: Duration,
+    },
+    /// Read the request and never answer: no status line, until the client
+    /// hangs up.
+    Silent,
+    /// Answer this status at once with a long registry-style JSON error
+    /// body, dripped one byte every `every`.
+    DripError {
+        /// HTTP status.
+        status: u16,
+        /// Pause after each byte.
+        every: Duration,
+    },
     /// Answer 200 with this body instead of asking the registry.
     Serve {
         /// Content-Type header.
@@ -86,6 +114,20 @@ impl Fault {
             Fault::Corrupt(_) => "corrupt",
             Fault::IgnoreRange => "ignore-range",
             Fault::Serve { .. } => "serve",
+            Fault::Drip { .. } => "drip",
+            Fault::DripAll { .. } => "drip-all",
+            Fault::Silent => "silent",
+            Fault::DripError { .. } => "drip-error",
+        }
+    }
+
+    /// Piece size and pause for the body, and whether the head drips too.
+    fn drip(&self) -> Option<(usize, Duration, bool)> {
+        match self {
+            Fault::Drip { bytes, every } => Some(((*bytes).max(1), *every, false)),
+            Fault::DripAll { bytes, every } => Some(((*bytes).max(1), *every, true)),
+            Fault::DripError { every, .. } => Some((1, *every, false)),
+            _ => None,
         }
     }
 }
@@ -430,6 +472,74 @@ fn respond(
     Ok(body.len() as u64)
 }
 
+/// Writes `data` `bytes` at a time with a pause after each piece, until
+/// done, the client hangs up or the proxy stops. Returns the bytes written.
+fn write_dripped(
+    out: &mut TcpStream,
+    st: &State,
+    data: &[u8],
+    bytes: usize,
+    every: Duration,
+) -> io::Result<u64> {
+    let mut sent = 0u64;
+    for piece in data.chunks(bytes.max(1)) {
+        if st.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // A client that gave up ends the drip.
+        if out.write_all(piece).and_then(|()| out.flush()).is_err() {
+            break;
+        }
+        sent += piece.len() as u64;
+        thread::sleep(every);
+    }
+    Ok(sent)
+}
+
+/// [`respond`], dripped as `drip` says (see [`Fault::drip`]).
+fn respond_dripped(
+    out: &mut TcpStream,
+    st: &State,
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+    (bytes, every, head_too): (usize, Duration, bool),
+) -> io::Result<u64> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    if head_too {
+        write_dripped(out, st, head.as_bytes(), bytes, every)?;
+    } else {
+        out.write_all(head.as_bytes())?;
+        out.flush()?;
+    }
+    write_dripped(out, st, body, bytes, every)
+}
+
+/// Holds a connection open without writing, until the client hangs up, the
+/// proxy stops or [`MAX_STALL`] passes.
+fn hold(out: &mut TcpStream, st: &State) -> io::Result<()> {
+    let until = Instant::now() + MAX_STALL;
+    out.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut probe = [0u8; 1];
+    while Instant::now() < until && !st.stop.load(Ordering::SeqCst) {
+        match out.peek(&mut probe) {
+            Ok(0) => break,
+            Ok(_) => thread::sleep(Duration::from_millis(100)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
 /// What happened to one request, for the log.
 struct Outcome {
     status: u16,
@@ -564,7 +674,23 @@ fn handle(
     req: &Request,
     fault: Option<Fault>,
 ) -> io::Result<Outcome> {
+    if matches!(fault, Some(Fault::Silent)) {
+        hold(out, st)?;
+        return Ok(Outcome {
+            status: 0,
+            sent: 0,
+            close: true,
+        });
+    }
     if let Some((status, headers, body)) = check_bearer(st, req) {
+        if let Some(drip) = fault.as_ref().and_then(Fault::drip) {
+            let sent = respond_dripped(out, st, status, &headers, &body, drip)?;
+            return Ok(Outcome {
+                status,
+                sent,
+                close: true,
+            });
+        }
         let sent = respond(out, status, &headers, &body)?;
         return Ok(Outcome {
             status,
@@ -597,6 +723,20 @@ fn handle(
                 status: *status,
                 sent,
                 close: false,
+            });
+        }
+        Some(Fault::DripError { status, .. }) => {
+            let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+            let detail = "x".repeat(4096);
+            let body = format!(
+                r#"{{"errors":[{{"code":"DENIED","message":"dripped by the test proxy","detail":"{detail}"}}]}}"#
+            );
+            let drip = fault.as_ref().and_then(Fault::drip).unwrap();
+            let sent = respond_dripped(out, st, *status, &headers, body.as_bytes(), drip)?;
+            return Ok(Outcome {
+                status: *status,
+                sent,
+                close: true,
             });
         }
         Some(Fault::Serve {
@@ -708,8 +848,16 @@ fn forward(
     } else {
         resp.push_str(&format!("Content-Length: {length}\r\n\r\n"));
     }
-    out.write_all(resp.as_bytes())?;
-    out.flush()?;
+    let drip = fault.as_ref().and_then(Fault::drip);
+    match drip {
+        Some((bytes, every, true)) => {
+            write_dripped(out, st, resp.as_bytes(), bytes, every)?;
+        }
+        _ => {
+            out.write_all(resp.as_bytes())?;
+            out.flush()?;
+        }
+    }
     if no_body {
         return Ok(Outcome {
             status,
@@ -747,6 +895,22 @@ fn forward(
         }
         _ => (None, None),
     };
+    if let Some((bytes, every, _)) = drip {
+        let mut body = Vec::new();
+        match buffered.take() {
+            Some(v) => body = v,
+            None => {
+                upr.take(length).read_to_end(&mut body)?;
+            }
+        }
+        let sent = write_dripped(out, st, &body, bytes, every)?;
+        return Ok(Outcome {
+            status,
+            sent,
+            // Cut short when the proxy stopped or the client gave up.
+            close: sent < length,
+        });
+    }
     let sent = match buffered.take() {
         Some(v) => send_body(out, st, &mut &v[..], limit, corrupt)?,
         None => send_body(out, st, &mut upr.take(length), limit, corrupt)?,
