@@ -26,14 +26,19 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
+    let signalled = watch_signals();
     let result = runtime.block_on(async {
         tokio::select! {
             r = cli::run(cli) => r,
             _ = async {
-                interrupted().await;
-                // Before the run's future is dropped: blocking work
-                // (extracting, copying) checks this flag and stops.
-                occystrap::cancel::request();
+                match signalled {
+                    Some(rx) => { let _ = rx.await; }
+                    // No watcher thread: listen here (the old way).
+                    None => {
+                        interrupted().await;
+                        occystrap::cancel::request();
+                    }
+                }
             } => Err(occystrap::Error::Interrupted.into()),
         }
     });
@@ -48,9 +53,77 @@ fn main() -> ExitCode {
         std::time::Duration::from_secs(2)
     };
     runtime.shutdown_timeout(grace);
+    // From here on the watchdog must not exit the process under our feet.
+    std::mem::forget(EXITING.lock());
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => fail(&e),
+    }
+}
+
+/// Taken by whoever ends the process: `main` when the run has unwound, or
+/// the signal watchdog when it has not in time.
+static EXITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How long after a signal the run may take to unwind (and remove its temp
+/// files) before the watchdog ends the process: SIGINT and SIGTERM end a
+/// run within 2 s, whatever it is blocked on.
+const UNWIND_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Starts a thread that listens for SIGINT, SIGTERM and SIGHUP on a runtime
+/// of its own, so that a signal is seen even when the main runtime is stuck
+/// in a blocking call. On a signal it requests cancellation (blocking work
+/// checks the flag), tells the run (the receiver resolves), and, if the
+/// process is still there after [`UNWIND_GRACE`], ends it with the error
+/// line and exit code of an interrupted run. `None` if the thread cannot be
+/// started. Returns once the handlers are installed.
+fn watch_signals() -> Option<tokio::sync::oneshot::Receiver<()>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                let _ = ready_tx.send(false);
+                return;
+            };
+            rt.block_on(async move {
+                let wait = interrupted_ready(ready_tx);
+                wait.await;
+            });
+            occystrap::cancel::request();
+            let _ = tx.send(());
+            std::thread::sleep(UNWIND_GRACE);
+            // Blocks for good if main is already ending the process.
+            let _guard = EXITING.lock();
+            let _ = writeln!(std::io::stderr(), "error: interrupted");
+            std::process::exit(1);
+        })
+        .ok()?;
+    match ready_rx.recv() {
+        Ok(true) => Some(rx),
+        _ => None,
+    }
+}
+
+/// [`interrupted`], saying on `ready` once the handlers are installed.
+async fn interrupted_ready(ready: std::sync::mpsc::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    let hup = signal(SignalKind::hangup());
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (int, term, hup) else {
+        let _ = ready.send(false);
+        return std::future::pending().await;
+    };
+    let _ = ready.send(true);
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
 }
 

@@ -53,6 +53,31 @@ struct ManifestEntry {
 impl DockerArchiveSink {
     /// Starts a tarball that will appear at `path` when the sink finishes.
     pub fn new(path: &Path) -> Result<Self> {
+        // The tarball replaces what is at `path` by a rename; a FIFO, socket,
+        // device or directory there is not ours to replace.
+        if let Ok(meta) = std::fs::metadata(path)
+            && !meta.is_file()
+        {
+            let ft = meta.file_type();
+            use std::os::unix::fs::FileTypeExt;
+            let kind = if ft.is_dir() {
+                "a directory"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_char_device() {
+                "a character device"
+            } else if ft.is_block_device() {
+                "a block device"
+            } else {
+                "not a regular file"
+            };
+            return Err(Error::Usage(format!(
+                "{} exists and is {kind}; the tarball would replace it, refusing",
+                path.display()
+            )));
+        }
         // The temp file must be on the target's filesystem for the final
         // rename to be atomic.
         let parent = match path.parent() {
