@@ -67,7 +67,10 @@ fn wrong_kind(path: &Path, found: FileType, expected: &str) -> Error {
     let message = if found == FileType::Symlink {
         format!("is a symbolic link, not {expected}; links inside a store are not followed")
     } else {
-        format!("is {}, not {expected}; refusing to use it", kind_name(found))
+        format!(
+            "is {}, not {expected}; refusing to use it",
+            kind_name(found)
+        )
     };
     Error::InvalidArchive {
         path: path.to_path_buf(),
@@ -119,7 +122,7 @@ fn read_limited(file: File, path: &Path, limit: u64) -> Result<Vec<u8>> {
     if raw.len() as u64 > limit {
         return Err(Error::InvalidArchive {
             path: path.to_path_buf(),
-            message: format!("larger than the {limit} bytes allowed for it"),
+            message: format!("more than the {limit} bytes allowed for it"),
         });
     }
     Ok(raw)
@@ -142,7 +145,9 @@ pub struct StoreRoot {
 
 impl std::fmt::Debug for StoreRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreRoot").field("path", &self.path).finish()
+        f.debug_struct("StoreRoot")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -326,7 +331,12 @@ impl StoreRoot {
             Err(Errno::NOENT) => return Ok(None),
             Err(e) => return Err(Error::io("checking", &shown, e.into())),
         }
-        match rfs::openat(&r.dir, &r.name, READ_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
+        match rfs::openat(
+            &r.dir,
+            &r.name,
+            READ_FLAGS | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) {
             // Checked again on the fd: it may have been swapped meanwhile.
             Ok(fd) => regular_file(fd, &shown).map(Some),
             Err(Errno::NOENT) => Ok(None),
@@ -353,10 +363,7 @@ impl StoreRoot {
             .dir(rel_dir, true)?
             .ok_or_else(|| Error::io("creating", &shown_dir, io::ErrorKind::NotFound.into()))?;
         for _ in 0..64 {
-            let name = OsString::from(format!(
-                "{prefix}{:016x}.partial",
-                rand::random::<u64>()
-            ));
+            let name = OsString::from(format!("{prefix}{:016x}.partial", rand::random::<u64>()));
             match rfs::openat(
                 &dir,
                 &name,
@@ -406,7 +413,14 @@ impl StoreRoot {
         let src = self
             .resolve(from, false)?
             .ok_or_else(|| Error::io("moving", self.display(from), Errno::NOENT.into()))?;
-        rename_into(self, &src.dir, &src.name, &self.display(from), to, no_replace)
+        rename_into(
+            self,
+            &src.dir,
+            &src.name,
+            &self.display(from),
+            to,
+            no_replace,
+        )
     }
 
     /// Moves `from` in the store `src` to `to` in this store (both on one
@@ -525,7 +539,11 @@ fn rename_into(
                 .map_err(|e| Error::io("renaming into place", store.display(to), e.into()))?;
             Ok(true)
         }
-        Err(e) => Err(Error::io("renaming into place", store.display(to), e.into())),
+        Err(e) => Err(Error::io(
+            "renaming into place",
+            store.display(to),
+            e.into(),
+        )),
     }
 }
 
@@ -564,6 +582,18 @@ impl Drop for StoreTemp {
         if !self.kept {
             let _ = rfs::unlinkat(&self.dir, &self.name, AtFlags::empty());
         }
+    }
+}
+
+/// Checks that `rel` in `store` is free or of type `expected` (a regular
+/// file or a directory, not a link to one), with every directory above it a
+/// real one: a place something of ours may be renamed to, or find its twin
+/// at.
+pub fn check_free_or(store: &StoreRoot, rel: &Path, expected: FileType) -> Result<()> {
+    match store.kind(rel)? {
+        None => Ok(()),
+        Some(ft) if ft == expected => Ok(()),
+        Some(ft) => Err(wrong_kind(&store.display(rel), ft, kind_name(expected))),
     }
 }
 

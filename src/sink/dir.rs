@@ -304,7 +304,10 @@ impl DirSink {
         file.sync_data()
             .map_err(|e| Error::io("writing", tar.path(), e))?;
         let run = self.run_dir()?;
-        match self.store()?.link_from(tar.path(), &run.rel(&layer_file(&info.diff_id))) {
+        match self
+            .store()?
+            .link_from(tar.path(), &run.rel(&layer_file(&info.diff_id)))
+        {
             Ok(_) => {
                 fsutil::set_readable(&file);
                 run.add(&layer_file(&info.diff_id));
@@ -455,9 +458,10 @@ impl DirSink {
     /// Everything that can refuse (the lock, the catalog) is looked at
     /// before the run's layers and tree are moved into place.
     fn publish(&mut self, image: &Image, manifest_file: &str, manifest: &[u8]) -> Result<()> {
-        let store = self.store.take().ok_or_else(|| {
-            Error::InvalidImage("dir output was never begun".into())
-        })?;
+        let store = self
+            .store
+            .take()
+            .ok_or_else(|| Error::InvalidImage("dir output was never begun".into()))?;
         let _lock = store.lock(LOCK_FILE)?;
         let mut catalog = read_store_catalog(&store)?.unwrap_or_default();
         self.move_run_layers(&store)?;
@@ -508,14 +512,19 @@ impl DirSink {
         let Some(run) = &self.run else {
             return Ok(());
         };
-        for name in run.names() {
-            let hex = name.strip_suffix(".tar").unwrap_or(&name);
-            let dest = Path::new(hex).join("layer.tar");
-            if !store.rename(&run.rel(&name), &dest, true)? && !store.is_file(&dest) {
-                return Err(Error::InvalidArchive {
-                    path: store.display(&dest),
-                    message: "is in the way and not a regular file; refusing to replace it".into(),
-                });
+        let names = run.names();
+        let dest = |name: &str| {
+            let hex = name.strip_suffix(".tar").unwrap_or(name);
+            Path::new(hex).join("layer.tar")
+        };
+        // Every place checked before anything moves: a run that fails here
+        // has added nothing.
+        for name in &names {
+            fsutil::check_free_or(store, &dest(name), rustix::fs::FileType::RegularFile)?;
+        }
+        for name in &names {
+            if !store.rename(&run.rel(name), &dest(name), true)? {
+                fsutil::check_free_or(store, &dest(name), rustix::fs::FileType::RegularFile)?;
             }
         }
         Ok(())

@@ -99,7 +99,9 @@ impl MountsSink {
     fn begun(&self) -> Result<(&StoreRoot, &StagedDir)> {
         match (&self.fs, &self.run) {
             (Some(fs), Some(run)) => Ok((fs, run)),
-            _ => Err(Error::InvalidImage("mounts:// output was never begun".into())),
+            _ => Err(Error::InvalidImage(
+                "mounts:// output was never begun".into(),
+            )),
         }
     }
 
@@ -135,13 +137,18 @@ impl MountsSink {
         let dir =
             std::fs::File::open(run.path()).map_err(|e| Error::io("opening", run.path(), e))?;
         rustix::fs::syncfs(&dir).map_err(|e| Error::io("syncing", run.path(), e.into()))?;
+        let in_the_way = |dest: &Path| {
+            crate::fsutil::check_free_or(fs, dest, rustix::fs::FileType::Directory)
+        };
+        // Every place checked before anything moves: a run that fails here
+        // has added nothing.
+        for d in &self.extracted {
+            in_the_way(&layer_rel(d))?;
+        }
         for d in &self.extracted {
             let dest = layer_rel(d);
-            if !fs.rename(&run_name.join(d.hex()), &dest, true)? && !fs.is_dir(&dest) {
-                return Err(Error::InvalidArchive {
-                    path: fs.display(&dest),
-                    message: "is in the way and not a directory; refusing to replace it".into(),
-                });
+            if !fs.rename(&run_name.join(d.hex()), &dest, true)? {
+                in_the_way(&dest)?;
             }
         }
         Ok(())

@@ -69,7 +69,13 @@ impl OciLayoutSink {
             // Adding to a layout, or starting one in an empty directory, is
             // fine; writing blobs into some other directory is not.
             let empty = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_none());
-            let marked = StoreRoot::open(root)?.is_file(Path::new(MARKER));
+            let fs = StoreRoot::open(root)?;
+            let marked = match fs.kind(Path::new(MARKER))? {
+                Some(rustix::fs::FileType::RegularFile) => true,
+                None => false,
+                // A FIFO, device or link as the marker: refused by name.
+                Some(_) => fs.open_file(Path::new(MARKER)).map(|_| true)?,
+            };
             if !empty && !marked {
                 return Err(Error::Usage(format!(
                     "{} is not empty and not an OCI layout (it has no oci-layout file); \
@@ -100,11 +106,17 @@ impl OciLayoutSink {
             || self.fs.as_ref().is_some_and(|fs| fs.is_file(&blob_rel(d)))
     }
 
-    /// Stores bytes as a blob unless the layout has it already.
+    /// Stores bytes as a blob (in the run's directory, like the layers)
+    /// unless the layout has it already.
     fn put_bytes(&mut self, data: &[u8]) -> Result<Digest> {
         let d = Digest::sha256_of(data);
         if !self.has_blob(&d) {
-            self.fs()?.atomic_write(&blob_rel(&d), data)?;
+            let run = self
+                .run
+                .as_ref()
+                .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
+            run.add(&d.hex());
+            self.fs()?.atomic_write(&run.rel(&d.hex()), data)?;
             self.bytes_written += data.len() as u64;
         }
         Ok(d)
@@ -116,13 +128,16 @@ impl OciLayoutSink {
         let (Some(run), Some(fs)) = (&self.run, &self.fs) else {
             return Ok(());
         };
-        for name in run.names() {
-            let dest = Path::new("blobs/sha256").join(&name);
-            if !fs.rename(&run.rel(&name), &dest, true)? && !fs.is_file(&dest) {
-                return Err(Error::InvalidArchive {
-                    path: fs.display(&dest),
-                    message: "is in the way and not a regular file; refusing to replace it".into(),
-                });
+        let names = run.names();
+        let dest = |name: &str| Path::new("blobs/sha256").join(name);
+        // Every place checked before anything moves: a run that fails here
+        // has added nothing.
+        for name in &names {
+            crate::fsutil::check_free_or(fs, &dest(name), rustix::fs::FileType::RegularFile)?;
+        }
+        for name in &names {
+            if !fs.rename(&run.rel(name), &dest(name), true)? {
+                crate::fsutil::check_free_or(fs, &dest(name), rustix::fs::FileType::RegularFile)?;
             }
         }
         Ok(())
@@ -247,8 +262,8 @@ impl Sink for OciLayoutSink {
             .open()
             .map_err(|e| Error::io("reading", blob.path(), e))?;
         // File to File: the kernel copies (copy_file_range) without a user buffer.
-        let n = std::io::copy(&mut src, tmp.file())
-            .map_err(|e| Error::io("writing", tmp.path(), e))?;
+        let n =
+            std::io::copy(&mut src, tmp.file()).map_err(|e| Error::io("writing", tmp.path(), e))?;
         if n != blob.len() {
             return Err(Error::SizeMismatch {
                 what: format!(
@@ -306,9 +321,10 @@ impl Sink for OciLayoutSink {
         // A new layout gets its index.json before it appears, so it is never
         // seen without one; the run's blobs join it under the lock, once
         // index.json is known to be readable.
-        let mut index_bytes = add_to_index(self.fs()?, &entry, tag.as_deref(), &manifest_digest, || {
-            self.move_run_blobs()
-        })?;
+        let mut index_bytes =
+            add_to_index(self.fs()?, &entry, tag.as_deref(), &manifest_digest, || {
+                self.move_run_blobs()
+            })?;
         // Its (now empty) directory must not travel with a new layout.
         drop(self.run.take());
         let published = store.publish(|built, target| {
@@ -325,9 +341,10 @@ impl Sink for OciLayoutSink {
         })?;
         if published == Published::Merged {
             let target_fs = StoreRoot::open(&self.root)?;
-            index_bytes = add_to_index(&target_fs, &entry, tag.as_deref(), &manifest_digest, || {
-                Ok(())
-            })?;
+            index_bytes =
+                add_to_index(&target_fs, &entry, tag.as_deref(), &manifest_digest, || {
+                    Ok(())
+                })?;
         }
         Ok(SinkReport {
             output: match &tag {

@@ -19,12 +19,10 @@ use serde::Deserialize;
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::fsutil::StoreRoot;
 use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds, media_type};
 use crate::progress::Reporter;
-use crate::fsutil::StoreRoot;
-use crate::sink::dir::{
-    CATALOG, Catalog, DEFAULT_MANIFEST, read_store_catalog, store_image_name,
-};
+use crate::sink::dir::{CATALOG, Catalog, DEFAULT_MANIFEST, read_store_catalog, store_image_name};
 use crate::source::{FetchContext, Source};
 
 /// Largest manifest or config read into memory.
@@ -291,7 +289,11 @@ fn checked_name(name: &str) -> std::result::Result<&Path, String> {
 /// large.
 fn read_small(store: &StoreRoot, rel: &Path) -> Result<Vec<u8>> {
     store.read_small(rel, METADATA_LIMIT)?.ok_or_else(|| {
-        Error::io("opening", store.display(rel), io::ErrorKind::NotFound.into())
+        Error::io(
+            "opening",
+            store.display(rel),
+            io::ErrorKind::NotFound.into(),
+        )
     })
 }
 

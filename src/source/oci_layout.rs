@@ -178,9 +178,9 @@ impl OciLayoutSource {
     ) -> Result<Layer> {
         let rel = blob_rel(&layer.digest);
         let path = root.display(&rel);
-        let file = root.open_file(&rel)?.ok_or_else(|| {
-            Error::io("opening blob", &path, std::io::ErrorKind::NotFound.into())
-        })?;
+        let file = root
+            .open_file(&rel)?
+            .ok_or_else(|| Error::io("opening blob", &path, std::io::ErrorKind::NotFound.into()))?;
         // One pass verifies the blob digest and the diff_id; the tar is kept
         // only if asked for, and the blob is served where it lies.
         let mut out = write_layer(
@@ -293,7 +293,11 @@ fn dir_repo_name(root: &Path) -> String {
 /// Reads a file of the layout, at most `max` bytes.
 fn read_capped(store: &StoreRoot, rel: &Path, max: u64) -> Result<Vec<u8>> {
     store.read_small(rel, max)?.ok_or_else(|| {
-        Error::io("reading", store.display(rel), std::io::ErrorKind::NotFound.into())
+        Error::io(
+            "reading",
+            store.display(rel),
+            std::io::ErrorKind::NotFound.into(),
+        )
     })
 }
 
