@@ -701,6 +701,110 @@ mod tests {
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
+    fn fifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn store_paths_never_follow_links() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("store");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("real/file")).unwrap();
+        let store = StoreRoot::open(&root).unwrap();
+        let msg = |e: Error| e.to_string();
+        // Reading through a linked directory or a linked file.
+        for rel in ["link/secret", "real/file"] {
+            let e = msg(store.open_file(Path::new(rel)).unwrap_err());
+            assert!(e.contains("symbolic link"), "{rel}: {e}");
+        }
+        // Writing into a linked directory, creating one below it.
+        assert!(store.atomic_write(Path::new("link/new"), b"x").is_err());
+        assert!(store.dir(Path::new("link/sub"), true).is_err());
+        assert!(store.create_temp(Path::new("link"), ".t-").is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+        // Replacing a link renames over the link, never writes its target.
+        store.atomic_write(Path::new("real/file"), b"mine").unwrap();
+        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+        assert_eq!(std::fs::read(root.join("real/file")).unwrap(), b"mine");
+        // Names that leave the root.
+        for rel in ["../outside/secret", "/etc/passwd", "real/../../x", ""] {
+            assert!(store.open_file(Path::new(rel)).is_err(), "{rel}");
+        }
+        assert!(store.open_file(Path::new("missing")).unwrap().is_none());
+        assert!(store.open_file(Path::new("missing/x")).unwrap().is_none());
+        assert!(!store.is_file(Path::new("real/file/x")));
+    }
+
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        fifo(&d.path().join("fifo"));
+        let store = StoreRoot::open(d.path()).unwrap();
+        let start = std::time::Instant::now();
+        let e = store.open_file(Path::new("fifo")).unwrap_err().to_string();
+        assert!(e.contains("is a FIFO"), "{e}");
+        let e = open_regular(&d.path().join("fifo")).unwrap_err().to_string();
+        assert!(e.contains("is a FIFO"), "{e}");
+        let e = open_regular(d.path()).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        let e = open_regular(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("character device"), "{e}");
+        let e = store.lock("fifo").err().unwrap().to_string();
+        assert!(e.contains("is a FIFO"), "{e}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert!(open_regular(&d.path().join("none")).unwrap().is_none());
+        // A FIFO as the root of a store.
+        assert!(StoreRoot::open(&d.path().join("fifo")).is_err());
+    }
+
+    #[test]
+    fn lock_refuses_links_and_temp_files_go() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        let root = d.path().join("store");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join(".lock")).unwrap();
+        let e = DirLock::acquire(&root, ".lock").err().unwrap().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(std::fs::symlink_metadata(&victim).is_err());
+
+        let store = StoreRoot::open(&root).unwrap();
+        let t = store.create_temp(Path::new("sub"), ".t-").unwrap();
+        assert_eq!(std::fs::read_dir(root.join("sub")).unwrap().count(), 1);
+        drop(t);
+        assert_eq!(std::fs::read_dir(root.join("sub")).unwrap().count(), 0);
+        std::fs::write(root.join("a"), b"a").unwrap();
+        std::fs::write(root.join("b"), b"b").unwrap();
+        assert!(!store.rename(Path::new("a"), Path::new("b"), true).unwrap());
+        assert_eq!(std::fs::read(root.join("b")).unwrap(), b"b");
+        assert!(store.rename(Path::new("a"), Path::new("c/d"), true).unwrap());
+        assert_eq!(std::fs::read(root.join("c/d")).unwrap(), b"a");
+    }
+
+    #[test]
+    fn run_dir_removes_what_it_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let store = StoreRoot::open(d.path()).unwrap();
+        let run = RunDir::create(&store).unwrap();
+        run.add("x");
+        store.atomic_write(&run.rel("x"), b"x").unwrap();
+        assert!(run.has("x") && !run.has("y"));
+        drop(run);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
     #[test]
     fn lock_is_exclusive_across_threads() {
         let d = tempfile::tempdir().unwrap();

@@ -42,13 +42,15 @@ fn main() -> ExitCode {
             } => Err(occystrap::Error::Interrupted.into()),
         }
     });
+    RUN_DROPPED.store(true, std::sync::atomic::Ordering::SeqCst);
     // Dropping the run's future above stopped its downloads and removed the
     // temp files it owned. Blocking work still running (a layer being
     // extracted or copied) sees the cancel flag within a few milliseconds,
     // fails, and drops the sink, whose temp files go with it: wait for that,
     // but not for long, so that an interrupted run exits within 2 s.
     let grace = if occystrap::cancel::requested() {
-        std::time::Duration::from_millis(1500)
+        let since = SIGNALLED_AT.get().map(|t| t.elapsed()).unwrap_or_default();
+        SHUTDOWN_BY.saturating_sub(since)
     } else {
         std::time::Duration::from_secs(2)
     };
@@ -65,17 +67,27 @@ fn main() -> ExitCode {
 /// the signal watchdog when it has not in time.
 static EXITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// How long after a signal the run may take to unwind (and remove its temp
-/// files) before the watchdog ends the process: SIGINT and SIGTERM end a
-/// run within 2 s, whatever it is blocked on.
+/// How long after a signal the run's future may take to be dropped (which
+/// removes the temp files it owns) before the watchdog ends the process:
+/// SIGINT and SIGTERM end a run within 2 s, whatever it is blocked on.
 const UNWIND_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+/// When, after a signal, the blocking work still running must be done.
+const SHUTDOWN_BY: std::time::Duration = std::time::Duration::from_millis(1800);
+/// When, after a signal, the watchdog ends the process whatever happens.
+const HARD_LIMIT: std::time::Duration = std::time::Duration::from_millis(1950);
+
+/// When the signal came.
+static SIGNALLED_AT: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+/// Set once the run's future is dropped: the run is unwinding, not stuck.
+static RUN_DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Starts a thread that listens for SIGINT, SIGTERM and SIGHUP on a runtime
 /// of its own, so that a signal is seen even when the main runtime is stuck
 /// in a blocking call. On a signal it requests cancellation (blocking work
-/// checks the flag), tells the run (the receiver resolves), and, if the
-/// process is still there after [`UNWIND_GRACE`], ends it with the error
-/// line and exit code of an interrupted run. `None` if the thread cannot be
+/// checks the flag), tells the run (the receiver resolves), and ends the
+/// process with the error line and exit code of an interrupted run if its
+/// future is not dropped within [`UNWIND_GRACE`], or it is still there at
+/// [`HARD_LIMIT`]. `None` if the thread cannot be
 /// started. Returns once the handlers are installed.
 fn watch_signals() -> Option<tokio::sync::oneshot::Receiver<()>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -94,9 +106,15 @@ fn watch_signals() -> Option<tokio::sync::oneshot::Receiver<()>> {
                 let wait = interrupted_ready(ready_tx);
                 wait.await;
             });
+            let at = *SIGNALLED_AT.get_or_init(std::time::Instant::now);
             occystrap::cancel::request();
             let _ = tx.send(());
             std::thread::sleep(UNWIND_GRACE);
+            // A run that is unwinding gets until the hard limit; one still
+            // stuck where it was is ended now.
+            if RUN_DROPPED.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(HARD_LIMIT.saturating_sub(at.elapsed()));
+            }
             // Blocks for good if main is already ending the process.
             let _guard = EXITING.lock();
             let _ = writeln!(std::io::stderr(), "error: interrupted");

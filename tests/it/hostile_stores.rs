@@ -577,11 +577,12 @@ fn signal_ends_a_run_stuck_in_a_blocking_open() {
             ],
         );
         std::thread::sleep(Duration::from_millis(1500));
-        if child.try_wait().unwrap().is_some() {
-            // Nothing blocked (the filter may open its file only later):
-            // nothing to interrupt.
-            continue;
-        }
+        // The filter opens its file for appending at the start: with no
+        // reader on the FIFO, that open blocks.
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{name}: the run did not block on the FIFO"
+        );
         let (code, took, stderr) = interrupt(&mut child, signal);
         assert!(took < EXIT_WITHIN, "{name}: exit took {took:?}\n{stderr}");
         assert_ne!(code, Some(0), "{name}: {stderr}");
