@@ -102,7 +102,7 @@ impl OciLayoutSink {
 
     /// Whether the layout, or this run, has the blob.
     fn has_blob(&self, d: &Digest) -> bool {
-        self.run.as_ref().is_some_and(|r| r.has(&d.hex()))
+        self.run.as_ref().is_some_and(|r| r.has(d.hex()))
             || self.fs.as_ref().is_some_and(|fs| fs.is_file(&blob_rel(d)))
     }
 
@@ -115,8 +115,8 @@ impl OciLayoutSink {
                 .run
                 .as_ref()
                 .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
-            run.add(&d.hex());
-            self.fs()?.atomic_write(&run.rel(&d.hex()), data)?;
+            run.add(d.hex());
+            self.fs()?.atomic_write(&run.rel(d.hex()), data)?;
             self.bytes_written += data.len() as u64;
         }
         Ok(d)
@@ -256,7 +256,7 @@ impl Sink for OciLayoutSink {
             .as_ref()
             .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
         let name = layer.info.digest.hex();
-        let rel = run.rel(&name);
+        let rel = run.rel(name);
         let mut tmp = fs.create_temp(run.name(), ".occystrap-")?;
         let mut src = blob
             .open()
@@ -281,7 +281,7 @@ impl Sink for OciLayoutSink {
             .sync_data()
             .map_err(|e| Error::io("writing", tmp.path(), e))?;
         crate::fsutil::set_readable(tmp.file());
-        run.add(&name);
+        run.add(name);
         tmp.persist(fs, &rel, false)?;
         self.bytes_written += n;
         Ok(())
