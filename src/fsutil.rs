@@ -371,9 +371,11 @@ impl StoreRoot {
                 Mode::from_raw_mode(0o600),
             ) {
                 Ok(fd) => {
+                    let shown = shown_dir.join(&name);
                     return Ok(StoreTemp {
                         file: File::from(fd),
-                        shown: shown_dir.join(&name),
+                        _cleanup: crate::cancel::remove_on_forced_exit(shown.clone(), false),
+                        shown,
                         dir,
                         name,
                         kept: false,
@@ -550,6 +552,7 @@ fn rename_into(
 /// A temp file inside a [`StoreRoot`], removed when dropped unless persisted.
 pub struct StoreTemp {
     file: File,
+    _cleanup: crate::cancel::CleanupGuard,
     dir: OwnedFd,
     name: OsString,
     shown: PathBuf,
@@ -604,6 +607,7 @@ pub fn check_free_or(store: &StoreRoot, rel: &Path, expected: FileType) -> Resul
 pub struct RunDir {
     /// Its name in the store's root.
     name: String,
+    _cleanup: crate::cancel::CleanupGuard,
     /// A second fd of the store's root, for the removal.
     root: StoreRoot,
     /// The names this run has put there.
@@ -616,6 +620,7 @@ impl RunDir {
         let name = format!(".occystrap-run-{:016x}", rand::random::<u64>());
         store.dir(Path::new(&name), true)?;
         Ok(RunDir {
+            _cleanup: crate::cancel::remove_on_forced_exit(store.display(Path::new(&name)), true),
             name,
             root: StoreRoot::open(store.path())?,
             files: Default::default(),

@@ -72,9 +72,9 @@ static EXITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// SIGINT and SIGTERM end a run within 2 s, whatever it is blocked on.
 const UNWIND_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
 /// When, after a signal, the blocking work still running must be done.
-const SHUTDOWN_BY: std::time::Duration = std::time::Duration::from_millis(1800);
+const SHUTDOWN_BY: std::time::Duration = std::time::Duration::from_millis(1500);
 /// When, after a signal, the watchdog ends the process whatever happens.
-const HARD_LIMIT: std::time::Duration = std::time::Duration::from_millis(1950);
+const HARD_LIMIT: std::time::Duration = std::time::Duration::from_millis(1800);
 
 /// When the signal came.
 static SIGNALLED_AT: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -117,6 +117,7 @@ fn watch_signals() -> Option<tokio::sync::oneshot::Receiver<()>> {
             }
             // Blocks for good if main is already ending the process.
             let _guard = EXITING.lock();
+            occystrap::cancel::forced_cleanup();
             let _ = writeln!(std::io::stderr(), "error: interrupted");
             std::process::exit(1);
         })

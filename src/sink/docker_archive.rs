@@ -32,6 +32,8 @@ const BLOCK: u64 = 512;
 pub struct DockerArchiveSink {
     path: PathBuf,
     temp: NamedTempFile,
+    /// Removes the temp file if the process is ended while the run is stuck.
+    _cleanup: crate::cancel::CleanupGuard,
     /// diff_ids whose `layer.tar` is already in the tarball.
     written: HashSet<Digest>,
     /// diff_ids `wants_layer` has already asked for.
@@ -91,6 +93,7 @@ impl DockerArchiveSink {
             .map_err(|e| Error::io("creating a temp file in", parent, e))?;
         Ok(DockerArchiveSink {
             path: path.to_path_buf(),
+            _cleanup: crate::cancel::remove_on_forced_exit(temp.path().to_path_buf(), false),
             temp,
             written: HashSet::new(),
             wanted: HashSet::new(),
