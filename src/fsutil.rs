@@ -760,11 +760,15 @@ mod tests {
         let start = std::time::Instant::now();
         let e = store.open_file(Path::new("fifo")).unwrap_err().to_string();
         assert!(e.contains("is a FIFO"), "{e}");
-        let e = open_regular(&d.path().join("fifo")).unwrap_err().to_string();
+        let e = open_regular(&d.path().join("fifo"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is a FIFO"), "{e}");
         let e = open_regular(d.path()).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
-        let e = open_regular(Path::new("/dev/null")).unwrap_err().to_string();
+        let e = open_regular(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("character device"), "{e}");
         let e = store.lock("fifo").err().unwrap().to_string();
         assert!(e.contains("is a FIFO"), "{e}");
@@ -794,7 +798,11 @@ mod tests {
         std::fs::write(root.join("b"), b"b").unwrap();
         assert!(!store.rename(Path::new("a"), Path::new("b"), true).unwrap());
         assert_eq!(std::fs::read(root.join("b")).unwrap(), b"b");
-        assert!(store.rename(Path::new("a"), Path::new("c/d"), true).unwrap());
+        assert!(
+            store
+                .rename(Path::new("a"), Path::new("c/d"), true)
+                .unwrap()
+        );
         assert_eq!(std::fs::read(root.join("c/d")).unwrap(), b"a");
     }
 

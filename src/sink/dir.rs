@@ -464,6 +464,19 @@ impl DirSink {
             .ok_or_else(|| Error::InvalidImage("dir output was never begun".into()))?;
         let _lock = store.lock(LOCK_FILE)?;
         let mut catalog = read_store_catalog(&store)?.unwrap_or_default();
+        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
+        // Whatever could refuse is looked at before anything becomes
+        // visible: a run that fails here has changed nothing.
+        use rustix::fs::FileType;
+        fsutil::check_free_or(&store, Path::new(&config_name), FileType::RegularFile)?;
+        fsutil::check_free_or(&store, Path::new(manifest_file), FileType::RegularFile)?;
+        if let Some(name) = self
+            .expand
+            .as_ref()
+            .and_then(|x| x.tree.target().file_name())
+        {
+            fsutil::check_free_or(&store, Path::new(name), FileType::Directory)?;
+        }
         self.move_run_layers(&store)?;
         if let Some(x) = self.expand.take() {
             // The tree has the image's name in the store: replacing it is
@@ -473,7 +486,6 @@ impl DirSink {
 
         // Named by the hash of the bytes written, which a filter may have
         // changed since the source computed config_digest.
-        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
         let config_rel = Path::new(&config_name);
         let same = store.is_file(config_rel)
             && store

@@ -137,9 +137,8 @@ impl MountsSink {
         let dir =
             std::fs::File::open(run.path()).map_err(|e| Error::io("opening", run.path(), e))?;
         rustix::fs::syncfs(&dir).map_err(|e| Error::io("syncing", run.path(), e.into()))?;
-        let in_the_way = |dest: &Path| {
-            crate::fsutil::check_free_or(fs, dest, rustix::fs::FileType::Directory)
-        };
+        let in_the_way =
+            |dest: &Path| crate::fsutil::check_free_or(fs, dest, rustix::fs::FileType::Directory);
         // Every place checked before anything moves: a run that fails here
         // has added nothing.
         for d in &self.extracted {
@@ -371,6 +370,10 @@ fn write_metadata(
     }]);
     let _lock = root.lock(".occystrap.lock")?;
     let catalog = read_catalog(root)?;
+    // Whatever could refuse is looked at before anything becomes visible.
+    for name in [config_name.as_str(), "manifest.json"] {
+        crate::fsutil::check_free_or(root, Path::new(name), rustix::fs::FileType::RegularFile)?;
+    }
     before_write()?;
     root.atomic_write(Path::new(&config_name), &image.config_raw)?;
     root.atomic_write(Path::new("manifest.json"), &pretty(&manifest)?)?;

@@ -490,6 +490,19 @@ fn special_files_as_tar_input_or_output_are_refused_at_once() {
         );
         assert_refused(&out, &[kind.word()]);
         assert!(kind.is_at(&output), "the {kind:?} was replaced");
+
+        // An OCI bundle where the special file is.
+        let out = occy_within(
+            &env,
+            &[
+                "process",
+                &layout_uri(&src, "t"),
+                &format!("oci://{}", output.display()),
+            ],
+            REFUSED_WITHIN,
+        );
+        assert_refused(&out, &["not a directory"]);
+        assert!(kind.is_at(&output), "the {kind:?} was replaced");
     }
     // Docker's config.json as a FIFO: a registry pull looks for credentials
     // there; it must neither block nor fail the run on its account.
@@ -588,7 +601,11 @@ fn signal_ends_a_run_stuck_in_a_blocking_open() {
         assert_ne!(code, Some(0), "{name}: {stderr}");
         assert!(stderr.contains("interrupted"), "{stderr}");
         // The tarball's temp file goes too, though the run never unwound.
-        assert!(env.out_dir_entries().is_empty(), "{:?}", env.out_dir_entries());
+        assert!(
+            env.out_dir_entries().is_empty(),
+            "{:?}",
+            env.out_dir_entries()
+        );
     }
 }
 
@@ -866,5 +883,59 @@ fn copy_tree(from: &Path, to: &Path) {
         } else if t.is_file() {
             fs::copy(&p, to.join(e.file_name())).unwrap();
         }
+    }
+}
+
+/// Something in the way of the last steps (a linked rootfs directory, a
+/// directory where the config or manifest goes) is found before any of the
+/// run's layers become visible: the store is left as it was.
+#[test]
+fn things_in_the_way_are_refused_before_anything_moves() {
+    let env = TestEnv::new();
+    let img = image("b");
+    let src = layout(&env, "src", &[("t", &img)]);
+    let config = format!("{}.json", hex(&img.config_digest));
+    let config_blob = format!("blobs/sha256/{}", hex(&img.config_digest));
+    let cases: [(&str, &str, bool); 6] = [
+        ("dir?expand=true", "manifest", true),
+        ("dir", &config, false),
+        ("dir", "manifest.json", false),
+        ("mounts", "manifest.json", false),
+        ("mounts", &config, false),
+        ("oci-layout", &config_blob, false),
+    ];
+    for (i, (kind, rel, link)) in cases.iter().enumerate() {
+        let store = env.work(&format!("s{i}"));
+        let (scheme, query) = kind.split_once('?').unwrap_or((kind, ""));
+        if scheme == "oci-layout" {
+            OciLayout::create(&store);
+        }
+        let victim = env.work(&format!("victim{i}"));
+        fs::create_dir_all(&victim).unwrap();
+        fs::write(victim.join("keep"), b"precious\n").unwrap();
+        fs::create_dir_all(store.join(rel).parent().unwrap()).unwrap();
+        if *link {
+            symlink(&victim, store.join(rel)).unwrap();
+        } else {
+            fs::create_dir_all(store.join(rel).join("sub")).unwrap();
+        }
+        let before = snapshot(&store);
+        let dest = match scheme {
+            "oci-layout" => layout_uri(&store, "v1"),
+            _ if query.is_empty() => format!("{scheme}://{}", store.display()),
+            _ => format!("{scheme}://{}?{query}", store.display()),
+        };
+        let out = occy_within(
+            &env,
+            &["process", &layout_uri(&src, "t"), &dest],
+            REFUSED_WITHIN,
+        );
+        assert_refused(&out, &["symbolic link", "directory"]);
+        assert_unchanged(&store, &before, &format!("{kind} {rel}"));
+        assert_eq!(
+            snapshot(&victim).keys().collect::<Vec<_>>(),
+            vec!["keep"],
+            "{kind} {rel}"
+        );
     }
 }
