@@ -469,6 +469,17 @@ impl StoreRoot {
     /// [`DirLock`]).
     pub fn lock(&self, name: &str) -> Result<DirLock> {
         let shown = self.display(Path::new(name));
+        // Refused before opening: opening a device can have effects.
+        match rfs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
+                return Err(wrong_kind(
+                    &shown,
+                    FileType::from_raw_mode(st.st_mode),
+                    "a regular file",
+                ));
+            }
+            _ => {}
+        }
         // O_NOFOLLOW: a planted link must not make us create its target;
         // O_NONBLOCK: a FIFO there opens at once and is then refused.
         let fd = match rfs::openat(

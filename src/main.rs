@@ -57,6 +57,8 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(grace);
     // From here on the watchdog must not exit the process under our feet.
     std::mem::forget(EXITING.lock());
+    // Blocking work that did not finish in time still holds temp files.
+    occystrap::cancel::forced_cleanup();
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => fail(&e),
