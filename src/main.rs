@@ -30,31 +30,125 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
+    let signalled = watch_signals();
     let result = runtime.block_on(async {
         tokio::select! {
             r = cli::run(cli) => r,
             _ = async {
-                interrupted().await;
-                // Before the run's future is dropped: blocking work
-                // (extracting, copying) checks this flag and stops.
-                occystrap::cancel::request();
+                match signalled {
+                    Some(rx) => { let _ = rx.await; }
+                    // No watcher thread: listen here (the old way).
+                    None => {
+                        interrupted().await;
+                        occystrap::cancel::request();
+                    }
+                }
             } => Err(occystrap::Error::Interrupted.into()),
         }
     });
+    RUN_DROPPED.store(true, std::sync::atomic::Ordering::SeqCst);
     // Dropping the run's future above stopped its downloads and removed the
     // temp files it owned. Blocking work still running (a layer being
     // extracted or copied) sees the cancel flag within a few milliseconds,
     // fails, and drops the sink, whose temp files go with it: wait for that,
     // but not for long, so that an interrupted run exits within 2 s.
     let grace = if occystrap::cancel::requested() {
-        std::time::Duration::from_millis(1500)
+        let since = SIGNALLED_AT.get().map(|t| t.elapsed()).unwrap_or_default();
+        SHUTDOWN_BY.saturating_sub(since)
     } else {
         std::time::Duration::from_secs(2)
     };
     runtime.shutdown_timeout(grace);
+    // From here on the watchdog must not exit the process under our feet.
+    std::mem::forget(EXITING.lock());
+    // Blocking work that did not finish in time still holds temp files.
+    occystrap::cancel::forced_cleanup();
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => fail(&e),
+    }
+}
+
+/// Taken by whoever ends the process: `main` when the run has unwound, or
+/// the signal watchdog when it has not in time.
+static EXITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How long after a signal the run's future may take to be dropped (which
+/// removes the temp files it owns) before the watchdog ends the process:
+/// SIGINT and SIGTERM end a run within 2 s, whatever it is blocked on.
+const UNWIND_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+/// When, after a signal, the blocking work still running must be done.
+const SHUTDOWN_BY: std::time::Duration = std::time::Duration::from_millis(1500);
+/// When, after a signal, the watchdog ends the process whatever happens.
+const HARD_LIMIT: std::time::Duration = std::time::Duration::from_millis(1800);
+
+/// When the signal came.
+static SIGNALLED_AT: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+/// Set once the run's future is dropped: the run is unwinding, not stuck.
+static RUN_DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Starts a thread that listens for SIGINT, SIGTERM and SIGHUP on a runtime
+/// of its own, so that a signal is seen even when the main runtime is stuck
+/// in a blocking call. On a signal it requests cancellation (blocking work
+/// checks the flag), tells the run (the receiver resolves), and ends the
+/// process with the error line and exit code of an interrupted run if its
+/// future is not dropped within [`UNWIND_GRACE`], or it is still there at
+/// [`HARD_LIMIT`]. `None` if the thread cannot be
+/// started. Returns once the handlers are installed.
+fn watch_signals() -> Option<tokio::sync::oneshot::Receiver<()>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                let _ = ready_tx.send(false);
+                return;
+            };
+            rt.block_on(async move {
+                let wait = interrupted_ready(ready_tx);
+                wait.await;
+            });
+            let at = *SIGNALLED_AT.get_or_init(std::time::Instant::now);
+            occystrap::cancel::request();
+            let _ = tx.send(());
+            std::thread::sleep(UNWIND_GRACE);
+            // A run that is unwinding gets until the hard limit; one still
+            // stuck where it was is ended now.
+            if RUN_DROPPED.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(HARD_LIMIT.saturating_sub(at.elapsed()));
+            }
+            // Blocks for good if main is already ending the process.
+            let _guard = EXITING.lock();
+            occystrap::cancel::forced_cleanup();
+            let _ = writeln!(std::io::stderr(), "error: interrupted");
+            std::process::exit(1);
+        })
+        .ok()?;
+    match ready_rx.recv() {
+        Ok(true) => Some(rx),
+        _ => None,
+    }
+}
+
+/// [`interrupted`], saying on `ready` once the handlers are installed.
+async fn interrupted_ready(ready: std::sync::mpsc::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    let hup = signal(SignalKind::hangup());
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (int, term, hup) else {
+        let _ = ready.send(false);
+        return std::future::pending().await;
+    };
+    let _ = ready.send(true);
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
 }
 

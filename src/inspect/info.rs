@@ -445,8 +445,20 @@ async fn index_entries(uri: &Uri, settings: &Settings, digest: &Digest) -> Resul
             let root = layout_root(&uri.path);
             let text = digest.to_string();
             let algorithm = text.split(':').next().unwrap_or("sha256");
-            let path = root.join("blobs").join(algorithm).join(digest.hex());
-            let data = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+            let rel = std::path::Path::new("blobs")
+                .join(algorithm)
+                .join(digest.hex());
+            // No link below the root followed, no FIFO blocked on.
+            let store = crate::fsutil::StoreRoot::open(&root)?;
+            let data = store
+                .read_small(&rel, MAX_MANIFEST_BYTES + 1)?
+                .ok_or_else(|| {
+                    Error::io(
+                        "reading",
+                        store.display(&rel),
+                        std::io::ErrorKind::NotFound.into(),
+                    )
+                })?;
             if data.len() as u64 > MAX_MANIFEST_BYTES {
                 return Err(Error::InvalidImage(format!(
                     "index {digest} is larger than {MAX_MANIFEST_BYTES} bytes"

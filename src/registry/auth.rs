@@ -120,7 +120,13 @@ fn parse_params(mut s: &str) -> HashMap<String, String> {
 /// entries, then `credHelpers` / `credsStore` helper programs.
 pub fn docker_config_credentials(host: &str) -> Option<Credentials> {
     let path = docker_config_path()?;
-    let data = std::fs::read(&path).ok()?;
+    // Only a regular file, without blocking on a FIFO planted there.
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(crate::fsutil::open_regular(&path).ok()??, (4 << 20) + 1),
+        &mut data,
+    )
+    .ok()?;
     if data.len() > 4 << 20 {
         return None;
     }

@@ -34,6 +34,21 @@ pub struct BundleSink {
 impl BundleSink {
     /// A bundle that will appear at `path`; `readonly` sets `root.readonly`.
     pub fn new(path: &Path, readonly: bool, skip_unsafe: bool) -> Result<Self> {
+        // Only a directory (an earlier bundle) is replaced at the end; say
+        // so now rather than after the work.
+        if let Ok(m) = std::fs::symlink_metadata(path)
+            && !m.is_dir()
+        {
+            let what = if m.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "not a directory"
+            };
+            return Err(Error::Usage(format!(
+                "{} exists and is {what}; refusing to replace it with a bundle",
+                path.display()
+            )));
+        }
         let staged = StagedDir::new(path)?;
         let rootfs = staged.path().join("rootfs");
         std::fs::create_dir(&rootfs).map_err(|e| Error::io("creating", &rootfs, e))?;

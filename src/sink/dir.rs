@@ -10,12 +10,19 @@
 //!
 //! Every file appears complete or not at all (temp name, then rename), and
 //! `catalog.json` is updated under a lock, so concurrent runs into one store
-//! all land. A merged rootfs is built in a hidden temp directory and swapped
-//! into place at the end, so a failed run never leaves a partial tree under
-//! the final name.
+//! all land. A run keeps the layers it brings in a hidden directory of its
+//! own (`.occystrap-run-*`) and moves them to their places only when it
+//! succeeds, with the rootfs (built in a hidden temp directory and swapped
+//! into place), the config, the manifest and the catalog: a failed run
+//! leaves the store as it found it.
+//!
+//! Nothing below the store's root is followed if it is a symlink, and only
+//! regular files are read or replaced (see [`StoreRoot`]): a store others
+//! can write into cannot redirect our writes or reads, nor make us block on
+//! a FIFO.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -23,7 +30,7 @@ use serde::Serialize;
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
-use crate::fsutil::{self, DirLock};
+use crate::fsutil::{self, RunDir, StoreRoot};
 use crate::handoff::TarStream;
 use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds};
 use crate::layer::{ExtractOptions, ExtractStats, WhiteoutMode, extract_layer};
@@ -54,6 +61,10 @@ pub struct DirOptions {
 pub struct DirSink {
     root: PathBuf,
     options: DirOptions,
+    /// The store, from `begin` on.
+    store: Option<StoreRoot>,
+    /// This run's layers, until it succeeds.
+    run: Option<RunDir>,
     /// diff_ids `wants_layer` has already answered for in this run.
     asked: HashSet<Digest>,
     /// The image's layers as `begin` saw them.
@@ -62,6 +73,24 @@ pub struct DirSink {
     expand: Option<Expansion>,
     bytes_written: u64,
     notes: Vec<String>,
+    /// Removes the store's root, if this run created it, when the run fails.
+    /// Last, so that it is dropped after everything inside the root.
+    created_root: Option<CreatedRoot>,
+}
+
+/// A store root this run created: removed again (if still empty) unless the
+/// run succeeded.
+struct CreatedRoot {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for CreatedRoot {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
 }
 
 /// A merged rootfs under construction.
@@ -124,7 +153,17 @@ pub fn manifest_stem(image_key: &str, tag: &str, unique_names: bool) -> String {
 
 /// Where a layer lives in a store.
 pub fn layer_path(root: &Path, diff_id: &Digest) -> PathBuf {
-    root.join(diff_id.hex()).join("layer.tar")
+    root.join(layer_rel(diff_id))
+}
+
+/// A layer's file name in the run's own directory.
+fn layer_file(diff_id: &Digest) -> String {
+    format!("{}.tar", diff_id.hex())
+}
+
+/// Where a layer lives in a store, relative to its root.
+pub fn layer_rel(diff_id: &Digest) -> PathBuf {
+    Path::new(&diff_id.hex()).join("layer.tar")
 }
 
 /// How messages name a layer.
@@ -146,12 +185,42 @@ impl DirSink {
         Ok(DirSink {
             root: root.to_path_buf(),
             options,
+            store: None,
+            run: None,
             asked: HashSet::new(),
             layers: Vec::new(),
             expand: None,
             bytes_written: 0,
             notes: Vec::new(),
+            created_root: None,
         })
+    }
+
+    fn store(&self) -> Result<&StoreRoot> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| Error::InvalidImage("dir output was never begun".into()))
+    }
+
+    fn run_dir(&self) -> Result<&RunDir> {
+        self.run
+            .as_ref()
+            .ok_or_else(|| Error::InvalidImage("dir output was never begun".into()))
+    }
+
+    /// Where the store or this run keeps a layer (relative to the root),
+    /// if either has it.
+    fn find_layer(&self, diff_id: &Digest) -> Option<PathBuf> {
+        if let Some(run) = &self.run
+            && run.has(&layer_file(diff_id))
+        {
+            return Some(run.rel(&layer_file(diff_id)));
+        }
+        let rel = layer_rel(diff_id);
+        self.store
+            .as_ref()
+            .is_some_and(|s| s.is_file(&rel))
+            .then_some(rel)
     }
 
     fn stem(&self, image: &Image) -> String {
@@ -182,7 +251,7 @@ impl DirSink {
             )));
         };
         let dest = layer_path(&self.root, &info.diff_id);
-        if self.link_whole_temp(info, tar, &dest)? {
+        if self.link_whole_temp(info, tar)? {
             return Ok(tar.len());
         }
         self.persist_layer(info, |out| {
@@ -218,7 +287,7 @@ impl DirSink {
     /// hard-linking it: no copy when the run's temp dir (`--temp-dir`) is on
     /// the store's filesystem. `false` when that can't be done and the layer
     /// must be copied.
-    fn link_whole_temp(&self, info: &LayerInfo, tar: &FileSlice, dest: &Path) -> Result<bool> {
+    fn link_whole_temp(&self, info: &LayerInfo, tar: &FileSlice) -> Result<bool> {
         if !tar.is_temp() || tar.offset() != 0 {
             return Ok(false);
         }
@@ -228,21 +297,23 @@ impl DirSink {
         if file.metadata().map(|m| m.len()).ok() != Some(tar.len()) {
             return Ok(false);
         }
-        if dest.is_file() {
+        if self.find_layer(&info.diff_id).is_some() {
             return Ok(true);
         }
         // Later runs trust a layer file by its presence alone.
         file.sync_data()
             .map_err(|e| Error::io("writing", tar.path(), e))?;
-        let dir = self.root.join(info.diff_id.hex());
-        fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
-        match fs::hard_link(tar.path(), dest) {
-            Ok(()) => {
+        let run = self.run_dir()?;
+        match self
+            .store()?
+            .link_from(tar.path(), &run.rel(&layer_file(&info.diff_id)))
+        {
+            Ok(_) => {
                 fsutil::set_readable(&file);
+                run.add(&layer_file(&info.diff_id));
                 tracing::debug!("{} linked into the store", layer_name(info));
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
             // Another filesystem (EXDEV), or links not allowed: copy.
             Err(_) => Ok(false),
         }
@@ -256,29 +327,26 @@ impl DirSink {
         info: &LayerInfo,
         fill: impl FnOnce(Option<&mut File>) -> Result<u64>,
     ) -> Result<u64> {
-        let dest = layer_path(&self.root, &info.diff_id);
-        if dest.is_file() {
+        if self.find_layer(&info.diff_id).is_some() {
             fill(None)?;
             return Ok(0);
         }
-        // In the store's root, not the layer's directory, so a crash leaves
-        // nothing that looks like a layer.
-        let mut temp = tempfile::Builder::new()
-            .prefix(".layer-")
-            .suffix(".partial")
-            .tempfile_in(&self.root)
-            .map_err(|e| Error::io("creating a temp file in", &self.root, e))?;
-        let copied = fill(Some(temp.as_file_mut()))?;
-        let dir = self.root.join(info.diff_id.hex());
-        fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        let store = self.store()?;
+        let run = self.run_dir()?;
+        // In the run's own directory: the layer joins the store only when
+        // the run succeeds, and a crash leaves nothing that looks like one.
+        let mut temp = store.create_temp(run.name(), ".layer-")?;
+        let copied = fill(Some(temp.file()))?;
         // Later runs trust a layer file by its presence alone, so it must not
         // be able to appear truncated after a crash.
-        temp.as_file()
+        temp.file()
             .sync_data()
             .map_err(|e| Error::io("writing", temp.path(), e))?;
-        fsutil::set_readable(temp.as_file());
-        temp.persist(&dest)
-            .map_err(|e| Error::io("renaming into place", &dest, e.error))?;
+        fsutil::set_readable(temp.file());
+        let rel = run.rel(&layer_file(&info.diff_id));
+        // Recorded first: the run dir's removal must know every name in it.
+        run.add(&layer_file(&info.diff_id));
+        temp.persist(store, &rel, false)?;
         Ok(copied)
     }
 
@@ -327,8 +395,14 @@ impl DirSink {
     /// Applies one layer from the store's copy, checking on the way that the
     /// copy still hashes to its diff_id: it was trusted by presence alone.
     fn apply_stored(&mut self, info: &LayerInfo) -> Result<()> {
-        let path = layer_path(&self.root, &info.diff_id);
-        let file = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
+        let store = self.store()?;
+        let rel = self
+            .find_layer(&info.diff_id)
+            .unwrap_or_else(|| layer_rel(&info.diff_id));
+        let path = store.display(&rel);
+        let file = store
+            .open_file(&rel)?
+            .ok_or_else(|| Error::io("opening", &path, io::ErrorKind::NotFound.into()))?;
         let mut hashing = HashingReader::new(file, info.diff_id.algorithm());
         let stats = self.extract(info, &mut hashing)?;
         // The tar reader stops at the end marker; the rest still counts.
@@ -380,13 +454,54 @@ impl DirSink {
     /// Writes the manifest file and adds the image to the catalog, under the
     /// store's lock so that concurrent runs neither lose entries nor leave a
     /// catalog that names another run's manifest.json.
+    ///
+    /// Everything that can refuse (the lock, the catalog) is looked at
+    /// before the run's layers and tree are moved into place.
     fn publish(&mut self, image: &Image, manifest_file: &str, manifest: &[u8]) -> Result<()> {
-        let _lock = DirLock::acquire(&self.root, LOCK_FILE)?;
-        fsutil::atomic_write(&self.root.join(manifest_file), manifest)?;
+        let store = self
+            .store
+            .take()
+            .ok_or_else(|| Error::InvalidImage("dir output was never begun".into()))?;
+        let _lock = store.lock(LOCK_FILE)?;
+        let mut catalog = read_store_catalog(&store)?.unwrap_or_default();
+        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
+        // Whatever could refuse is looked at before anything becomes
+        // visible: a run that fails here has changed nothing.
+        use rustix::fs::FileType;
+        fsutil::check_free_or(&store, Path::new(&config_name), FileType::RegularFile)?;
+        fsutil::check_free_or(&store, Path::new(manifest_file), FileType::RegularFile)?;
+        if let Some(name) = self
+            .expand
+            .as_ref()
+            .and_then(|x| x.tree.target().file_name())
+        {
+            fsutil::check_free_or(&store, Path::new(name), FileType::Directory)?;
+        }
+        self.move_run_layers(&store)?;
+        if let Some(x) = self.expand.take() {
+            // The tree has the image's name in the store: replacing it is
+            // what a second expand of the same image means.
+            x.tree.commit(|_| true)?;
+        }
+
+        // Named by the hash of the bytes written, which a filter may have
+        // changed since the source computed config_digest.
+        let config_rel = Path::new(&config_name);
+        let same = store.is_file(config_rel)
+            && store
+                .read_small(config_rel, image.config_raw.len() as u64)
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some(image.config_raw.as_slice());
+        if !same {
+            store.atomic_write(config_rel, &image.config_raw)?;
+            self.bytes_written += image.config_raw.len() as u64;
+        }
+
+        store.atomic_write(Path::new(manifest_file), manifest)?;
         self.bytes_written += manifest.len() as u64;
 
-        let path = self.root.join(CATALOG);
-        let mut catalog = read_catalog(&path)?.unwrap_or_default();
         catalog
             .entry(store_image_name(&image.name).to_string())
             .or_default()
@@ -394,8 +509,36 @@ impl DirSink {
         let mut data = serde_json::to_vec_pretty(&catalog)
             .map_err(|e| Error::InvalidImage(format!("encoding {CATALOG}: {e}")))?;
         data.push(b'\n');
-        fsutil::atomic_write(&path, &data)?;
+        store.atomic_write(Path::new(CATALOG), &data)?;
         self.bytes_written += data.len() as u64;
+        if let Some(c) = &mut self.created_root {
+            c.keep = true;
+        }
+        self.store = Some(store);
+        Ok(())
+    }
+
+    /// Moves this run's layers to their places in the store. A layer another
+    /// run stored meanwhile is kept: it has the same content.
+    fn move_run_layers(&self, store: &StoreRoot) -> Result<()> {
+        let Some(run) = &self.run else {
+            return Ok(());
+        };
+        let names = run.names();
+        let dest = |name: &str| {
+            let hex = name.strip_suffix(".tar").unwrap_or(name);
+            Path::new(hex).join("layer.tar")
+        };
+        // Every place checked before anything moves: a run that fails here
+        // has added nothing.
+        for name in &names {
+            fsutil::check_free_or(store, &dest(name), rustix::fs::FileType::RegularFile)?;
+        }
+        for name in &names {
+            if !store.rename(&run.rel(name), &dest(name), true)? {
+                fsutil::check_free_or(store, &dest(name), rustix::fs::FileType::RegularFile)?;
+            }
+        }
         Ok(())
     }
 }
@@ -403,13 +546,26 @@ impl DirSink {
 /// A store's catalog: image -> tag -> manifest file name.
 pub type Catalog = BTreeMap<String, BTreeMap<String, String>>;
 
-/// Reads `catalog.json`; `None` when there is none.
+/// Reads `catalog.json` at `path` (a path of the user's: a symlink to it
+/// is followed); `None` when there is none. Only a regular file is read.
 pub fn read_catalog(path: &Path) -> Result<Option<Catalog>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("opening", path, e)),
+    let Some(file) = fsutil::open_regular(path)? else {
+        return Ok(None);
     };
+    parse_catalog(file, path)
+}
+
+/// Reads a store's `catalog.json`, not following a link; `None` when there
+/// is none.
+pub fn read_store_catalog(store: &StoreRoot) -> Result<Option<Catalog>> {
+    let rel = Path::new(CATALOG);
+    let Some(file) = store.open_file(rel)? else {
+        return Ok(None);
+    };
+    parse_catalog(file, &store.display(rel))
+}
+
+fn parse_catalog(file: File, path: &Path) -> Result<Option<Catalog>> {
     let mut raw = Vec::new();
     file.take(CATALOG_LIMIT + 1)
         .read_to_end(&mut raw)
@@ -439,9 +595,17 @@ impl Sink for DirSink {
     }
 
     fn begin(&mut self, image: &Image) -> Result<()> {
-        fs::create_dir_all(&self.root).map_err(|e| Error::io("creating", &self.root, e))?;
+        let (store, created) = StoreRoot::create(&self.root)?;
+        if created {
+            self.created_root = Some(CreatedRoot {
+                path: self.root.clone(),
+                keep: false,
+            });
+        }
         // A catalog we could not update should stop the run before any work.
-        read_catalog(&self.root.join(CATALOG))?;
+        read_store_catalog(&store)?;
+        self.run = Some(RunDir::create(&store)?);
+        self.store = Some(store);
         self.layers = image.layers.clone();
         if self.options.expand {
             let tree = StagedDir::new(&self.root.join(self.stem(image)))?;
@@ -461,8 +625,7 @@ impl Sink for DirSink {
         }
         // A layer the image lists twice is fetched once; the store's copy of
         // it serves the second place.
-        self.asked.insert(layer.diff_id.clone())
-            && !layer_path(&self.root, &layer.diff_id).is_file()
+        self.asked.insert(layer.diff_id.clone()) && self.find_layer(&layer.diff_id).is_none()
     }
 
     fn takes_streams(&self) -> bool {
@@ -519,7 +682,7 @@ impl Sink for DirSink {
         if let Some(missing) = image
             .layers
             .iter()
-            .find(|l| !layer_path(&self.root, &l.diff_id).is_file())
+            .find(|l| self.find_layer(&l.diff_id).is_none())
         {
             return Err(Error::InvalidImage(format!(
                 "dir output: {} is not in {}",
@@ -531,22 +694,11 @@ impl Sink for DirSink {
         self.layers = image.layers.clone();
         self.apply_stored_below(self.layers.len())?;
 
-        let mut output = self.root.display().to_string();
-        if let Some(x) = self.expand.take() {
-            output = x.tree.target().display().to_string();
-            // The tree has the image's name in the store: replacing it is
-            // what a second expand of the same image means.
-            x.tree.commit(|_| true)?;
-        }
-
-        // Named by the hash of the bytes written, which a filter may have
-        // changed since the source computed config_digest.
+        let output = match &self.expand {
+            Some(x) => x.tree.target().display().to_string(),
+            None => self.root.display().to_string(),
+        };
         let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
-        let config_path = self.root.join(&config_name);
-        if fs::read(&config_path).ok().as_deref() != Some(image.config_raw.as_slice()) {
-            fsutil::atomic_write(&config_path, &image.config_raw)?;
-            self.bytes_written += image.config_raw.len() as u64;
-        }
 
         let key = store_image_name(&image.name);
         let entry = [ManifestEntry {

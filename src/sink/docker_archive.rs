@@ -32,6 +32,8 @@ const BLOCK: u64 = 512;
 pub struct DockerArchiveSink {
     path: PathBuf,
     temp: NamedTempFile,
+    /// Removes the temp file if the process is ended while the run is stuck.
+    _cleanup: crate::cancel::CleanupGuard,
     /// diff_ids whose `layer.tar` is already in the tarball.
     written: HashSet<Digest>,
     /// diff_ids `wants_layer` has already asked for.
@@ -53,6 +55,31 @@ struct ManifestEntry {
 impl DockerArchiveSink {
     /// Starts a tarball that will appear at `path` when the sink finishes.
     pub fn new(path: &Path) -> Result<Self> {
+        // The tarball replaces what is at `path` by a rename; a FIFO, socket,
+        // device or directory there is not ours to replace.
+        if let Ok(meta) = std::fs::metadata(path)
+            && !meta.is_file()
+        {
+            let ft = meta.file_type();
+            use std::os::unix::fs::FileTypeExt;
+            let kind = if ft.is_dir() {
+                "a directory"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_char_device() {
+                "a character device"
+            } else if ft.is_block_device() {
+                "a block device"
+            } else {
+                "not a regular file"
+            };
+            return Err(Error::Usage(format!(
+                "{} exists and is {kind}; the tarball would replace it, refusing",
+                path.display()
+            )));
+        }
         // The temp file must be on the target's filesystem for the final
         // rename to be atomic.
         let parent = match path.parent() {
@@ -66,6 +93,7 @@ impl DockerArchiveSink {
             .map_err(|e| Error::io("creating a temp file in", parent, e))?;
         Ok(DockerArchiveSink {
             path: path.to_path_buf(),
+            _cleanup: crate::cancel::remove_on_forced_exit(temp.path().to_path_buf(), false),
             temp,
             written: HashSet::new(),
             wanted: HashSet::new(),

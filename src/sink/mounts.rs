@@ -8,9 +8,13 @@
 //! Layout: `PATH/<diff_id hex>/layer/` per layer, `PATH/<config hex>.json`,
 //! `PATH/manifest.json`, `PATH/catalog.json`, and `rootfs/`, `delta/`
 //! (upper) and `working/` (work) for the mount. Layers are shared between
-//! images in one PATH, and one already there is not fetched again. Each
-//! layer directory appears complete or not at all; a PATH that does not
-//! exist yet appears only when the first run into it succeeds.
+//! images in one PATH, and one already there is not fetched again. A run
+//! extracts its layers in a hidden directory of its own and moves them to
+//! their places only when it succeeds, so each layer directory appears
+//! complete or not at all and a failed run leaves PATH as it was; a PATH
+//! that does not exist yet appears only when the first run into it
+//! succeeds. Nothing below PATH is followed if it is a symlink (a planted
+//! `<diff_id>` link or lock file is refused; see [`StoreRoot`]).
 //!
 //! In the overlay options (and so in `mount-command`) a `,`, `:` or `\` in
 //! a path is escaped with a backslash, as overlayfs expects; the command
@@ -24,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{DirLock, atomic_write};
+use crate::fsutil::StoreRoot;
 use crate::image::{Image, Layer, LayerInfo};
 use crate::layer::WhiteoutMode;
 use crate::sink::staging::{Published, StagedDir, StoreDir, apply_layer, move_missing};
@@ -37,6 +41,13 @@ pub struct MountsSink {
     skip_unsafe: bool,
     /// The tree being written, from `begin` on.
     store: Option<StoreDir>,
+    /// Its root (the target, or its staged tree), from `begin` on.
+    fs: Option<StoreRoot>,
+    /// This run's layer trees, as `<diff_id hex>/`, until it succeeds;
+    /// removed with what it holds if the run fails.
+    run: Option<StagedDir>,
+    /// The diff_ids extracted into `run`.
+    extracted: std::collections::HashSet<crate::digest::Digest>,
     notes: Vec<String>,
 }
 
@@ -78,18 +89,74 @@ impl MountsSink {
             mount,
             skip_unsafe,
             store: None,
+            fs: None,
+            run: None,
+            extracted: Default::default(),
             notes: Vec::new(),
         })
     }
 
-    /// Where this run writes (the target, or its staged tree).
-    fn write_root(&self) -> &Path {
-        self.store.as_ref().map_or(&self.root, StoreDir::path)
+    fn begun(&self) -> Result<(&StoreRoot, &StagedDir)> {
+        match (&self.fs, &self.run) {
+            (Some(fs), Some(run)) => Ok((fs, run)),
+            _ => Err(Error::InvalidImage(
+                "mounts:// output was never begun".into(),
+            )),
+        }
     }
 
-    fn layer_dir(&self, l: &LayerInfo) -> PathBuf {
-        self.write_root().join(l.diff_id.hex()).join("layer")
+    /// Whether the tree, or this run, has the layer.
+    fn has_layer(&self, l: &LayerInfo) -> bool {
+        self.extracted.contains(&l.diff_id)
+            || self
+                .fs
+                .as_ref()
+                .is_some_and(|fs| fs.is_dir(&layer_rel(&l.diff_id)))
     }
+
+    /// The run directory's name in the tree's root.
+    fn run_name(&self) -> Result<PathBuf> {
+        let (_, run) = self.begun()?;
+        Ok(run
+            .path()
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_default())
+    }
+
+    /// Moves this run's layer trees to `<hex>/layer`. One another run put
+    /// there meanwhile is kept: it has the same content.
+    fn move_run_layers(&self) -> Result<()> {
+        let run_name = self.run_name()?;
+        let (fs, run) = self.begun()?;
+        if self.extracted.is_empty() {
+            return Ok(());
+        }
+        // Later runs trust a layer directory by its presence alone, so its
+        // content must be on disk before it appears under its name.
+        let dir =
+            std::fs::File::open(run.path()).map_err(|e| Error::io("opening", run.path(), e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| Error::io("syncing", run.path(), e.into()))?;
+        let in_the_way =
+            |dest: &Path| crate::fsutil::check_free_or(fs, dest, rustix::fs::FileType::Directory);
+        // Every place checked before anything moves: a run that fails here
+        // has added nothing.
+        for d in &self.extracted {
+            in_the_way(&layer_rel(d))?;
+        }
+        for d in &self.extracted {
+            let dest = layer_rel(d);
+            if !fs.rename(&run_name.join(d.hex()), &dest, true)? {
+                in_the_way(&dest)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a layer's tree lives, relative to the root.
+fn layer_rel(diff_id: &crate::digest::Digest) -> PathBuf {
+    Path::new(&diff_id.hex()).join("layer")
 }
 
 /// Whether `path` (absolute) is a mount point in this mount namespace.
@@ -167,64 +234,68 @@ impl Sink for MountsSink {
     }
 
     fn begin(&mut self, _image: &Image) -> Result<()> {
-        self.store = Some(StoreDir::open(&self.root)?);
+        let store = StoreDir::open(&self.root)?;
+        let fs = StoreRoot::open(store.path())?;
+        // Beside the layers, on their filesystem, so that they move by rename.
+        self.run = Some(StagedDir::new(&store.path().join(".occystrap-run"))?);
+        self.fs = Some(fs);
+        self.store = Some(store);
         Ok(())
     }
 
     fn wants_layer(&mut self, layer: &LayerInfo) -> bool {
         // A layer directory appears only complete (renamed into place).
-        !self.layer_dir(layer).is_dir()
+        !self.has_layer(layer)
     }
 
     fn layer(&mut self, layer: Layer) -> Result<()> {
-        let target = self.layer_dir(&layer.info);
-        if target.is_dir() {
+        if self.has_layer(&layer.info) {
             return Ok(());
         }
-        let staged = StagedDir::new(&target)?;
+        let run_name = self.run_name()?;
+        let (fs, _) = self.begun()?;
+        let rel = run_name.join(layer.info.diff_id.hex());
+        fs.dir(&rel, true)?;
+        let tree = fs.display(&rel);
+        // Recorded first: whatever happens, the run dir's removal takes it.
+        self.extracted.insert(layer.info.diff_id.clone());
         apply_layer(
-            staged.path(),
+            &tree,
             &layer,
             WhiteoutMode::Overlay,
             self.skip_unsafe,
             &mut self.notes,
         )?;
-        // Later runs trust a layer directory by its presence alone, so its
-        // content must be on disk before it appears under its name.
-        let dir = std::fs::File::open(staged.path())
-            .map_err(|e| Error::io("opening", staged.path(), e))?;
-        rustix::fs::syncfs(&dir).map_err(|e| Error::io("syncing", staged.path(), e.into()))?;
-        // Another run may have finished the same layer meanwhile: its tree
-        // is as good as ours, which is dropped.
-        staged.commit_if_absent()?;
         Ok(())
     }
 
     fn finish(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
         for l in &image.layers {
-            if !self.layer_dir(l).is_dir() {
+            if !self.has_layer(l) {
                 return Err(Error::InvalidImage(format!(
                     "layer {} ({}) was never extracted",
                     l.index, l.diff_id
                 )));
             }
         }
+        // A new tree gets its metadata before it appears; the run's layers
+        // join it under the lock, once the catalog is known to be readable.
+        write_metadata(self.begun()?.0, image, || self.move_run_layers())?;
+        drop(self.run.take());
         let store = self
             .store
             .take()
             .ok_or_else(|| Error::InvalidImage("mounts:// output was never begun".into()))?;
-        // A new tree gets its metadata before it appears.
-        write_metadata(store.path(), image)?;
         let published = store.publish(move_missing)?;
+        let target = StoreRoot::open(&self.root)?;
         if published == Published::Merged {
-            write_metadata(&self.root, image)?;
+            write_metadata(&target, image, || Ok(()))?;
         }
 
         let abs =
             std::path::absolute(&self.root).map_err(|e| Error::io("resolving", &self.root, e))?;
         for d in ["rootfs", "delta", "working"] {
-            let p = abs.join(d);
-            std::fs::create_dir_all(&p).map_err(|e| Error::io("creating", &p, e))?;
+            target.dir(Path::new(d), true)?;
         }
         // overlayfs lists the topmost lower layer first. A layer the image
         // lists twice is given once, at its topmost place: overlayfs refuses
@@ -250,7 +321,7 @@ impl Sink for MountsSink {
         command.push(b' ');
         command.extend(shell_quote(rootfs.as_os_str().as_bytes()));
         command.push(b'\n');
-        atomic_write(&self.root.join("mount-command"), &command)?;
+        target.atomic_write(Path::new("mount-command"), &command)?;
         if self.mount {
             let out = std::process::Command::new("mount")
                 .args(["-t", "overlay", "overlay", "-o"])
@@ -276,13 +347,17 @@ impl Sink for MountsSink {
 }
 
 /// Writes the image's config, `manifest.json` (layers bottom first) and its
-/// `catalog.json` entry into `root`, under the directory's lock.
-fn write_metadata(root: &Path, image: &Image) -> Result<()> {
+/// `catalog.json` entry into `root`, under the directory's lock;
+/// `before_write` runs under the lock once the old catalog has been read.
+fn write_metadata(
+    root: &StoreRoot,
+    image: &Image,
+    before_write: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let config_name = format!(
         "{}.json",
         crate::digest::Digest::sha256_of(&image.config_raw).hex()
     );
-    atomic_write(&root.join(&config_name), &image.config_raw)?;
     let layers: Vec<String> = image
         .layers
         .iter()
@@ -293,23 +368,39 @@ fn write_metadata(root: &Path, image: &Image) -> Result<()> {
         "RepoTags": image.repo_tag().into_iter().collect::<Vec<_>>(),
         "Layers": layers,
     }]);
-    let _lock = DirLock::acquire(root, ".occystrap.lock")?;
-    atomic_write(&root.join("manifest.json"), &pretty(&manifest)?)?;
-    update_catalog(root, image, "manifest.json")
+    let _lock = root.lock(".occystrap.lock")?;
+    let catalog = read_catalog(root)?;
+    // Whatever could refuse is looked at before anything becomes visible.
+    for name in [config_name.as_str(), "manifest.json"] {
+        crate::fsutil::check_free_or(root, Path::new(name), rustix::fs::FileType::RegularFile)?;
+    }
+    before_write()?;
+    root.atomic_write(Path::new(&config_name), &image.config_raw)?;
+    root.atomic_write(Path::new("manifest.json"), &pretty(&manifest)?)?;
+    update_catalog(root, catalog, image, "manifest.json")
+}
+
+/// The tree's `catalog.json` (empty when missing or not JSON). Only a
+/// regular file is read: a FIFO or link there is refused.
+fn read_catalog(root: &StoreRoot) -> Result<Value> {
+    let raw = root.read_small(Path::new("catalog.json"), 64 << 20)?;
+    Ok(raw
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| json!({})))
 }
 
 fn pretty(v: &Value) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(v).map_err(|e| Error::InvalidImage(format!("serialising JSON: {e}")))
 }
 
-/// Adds `image -> tag -> manifest file` to `catalog.json`. The caller holds
-/// the directory lock.
-pub fn update_catalog(root: &Path, image: &Image, manifest_file: &str) -> Result<()> {
-    let path = root.join("catalog.json");
-    let mut catalog: Value = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|_| json!({})),
-        Err(_) => json!({}),
-    };
+/// Adds `image -> tag -> manifest file` to `catalog` and writes it as
+/// `catalog.json`. The caller holds the directory lock.
+fn update_catalog(
+    root: &StoreRoot,
+    mut catalog: Value,
+    image: &Image,
+    manifest_file: &str,
+) -> Result<()> {
     if !catalog.is_object() {
         catalog = json!({});
     }
@@ -323,7 +414,7 @@ pub fn update_catalog(root: &Path, image: &Image, manifest_file: &str) -> Result
         *entry = json!({});
     }
     entry[tag] = json!(manifest_file);
-    atomic_write(&path, &pretty(&catalog)?)
+    root.atomic_write(Path::new("catalog.json"), &pretty(&catalog)?)
 }
 
 #[cfg(test)]

@@ -11,9 +11,15 @@
 //! A layout that does not exist yet is built under a hidden temp name beside
 //! it and appears, with its `index.json`, only when the run succeeds: a
 //! failed first run (a wrong tag, a corrupt blob) leaves nothing. Into an
-//! existing layout a failed run can only have added complete, verified
-//! blobs. An existing directory must be a layout (hold `oci-layout`) or be
-//! empty: blobs are never written into some other directory.
+//! existing layout a run writes its layer blobs in a hidden directory of its
+//! own (`.occystrap-run-*`) and moves them to `blobs/` only when it
+//! succeeds, so a failed run leaves the layout as it was. An existing
+//! directory must be a layout (hold `oci-layout`) or be empty: blobs are
+//! never written into some other directory.
+//!
+//! Nothing below the layout's root is followed if it is a symlink (a
+//! `blobs/sha256` or lock file planted as a link is refused), and only
+//! regular files are read (see [`StoreRoot`]).
 
 use std::path::{Path, PathBuf};
 
@@ -21,9 +27,9 @@ use serde_json::{Value, json};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::fsutil::{DirLock, atomic_write};
+use crate::fsutil::{RunDir, StoreRoot};
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds, media_type as mt};
-use crate::sink::staging::{Published, StoreDir, move_missing};
+use crate::sink::staging::{Published, StoreDir};
 use crate::sink::{Sink, SinkReport};
 
 /// The annotation that names an image in `index.json`.
@@ -38,6 +44,10 @@ pub struct OciLayoutSink {
     tag: Option<String>,
     /// The layout being written, from `begin` on.
     store: Option<StoreDir>,
+    /// Its root (the target, or its staged tree), from `begin` on.
+    fs: Option<StoreRoot>,
+    /// This run's layer blobs, until it succeeds.
+    run: Option<RunDir>,
     bytes_written: u64,
 }
 
@@ -59,7 +69,14 @@ impl OciLayoutSink {
             // Adding to a layout, or starting one in an empty directory, is
             // fine; writing blobs into some other directory is not.
             let empty = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_none());
-            if !empty && !root.join("oci-layout").is_file() {
+            let fs = StoreRoot::open(root)?;
+            let marked = match fs.kind(Path::new(MARKER))? {
+                Some(rustix::fs::FileType::RegularFile) => true,
+                None => false,
+                // A FIFO, device or link as the marker: refused by name.
+                Some(_) => fs.open_file(Path::new(MARKER)).map(|_| true)?,
+            };
+            if !empty && !marked {
                 return Err(Error::Usage(format!(
                     "{} is not empty and not an OCI layout (it has no oci-layout file); \
                      refusing to write into it",
@@ -71,38 +88,77 @@ impl OciLayoutSink {
             root: root.to_path_buf(),
             tag: tag.map(str::to_string),
             store: None,
+            fs: None,
+            run: None,
             bytes_written: 0,
         })
     }
 
-    /// Where this run writes the layout (the target, or its staged tree).
-    fn write_root(&self) -> &Path {
-        self.store.as_ref().map_or(&self.root, StoreDir::path)
+    fn fs(&self) -> Result<&StoreRoot> {
+        self.fs
+            .as_ref()
+            .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))
     }
 
-    fn blob_path(&self, d: &Digest) -> PathBuf {
-        blob_path(self.write_root(), d)
+    /// Whether the layout, or this run, has the blob.
+    fn has_blob(&self, d: &Digest) -> bool {
+        self.run.as_ref().is_some_and(|r| r.has(d.hex()))
+            || self.fs.as_ref().is_some_and(|fs| fs.is_file(&blob_rel(d)))
     }
 
-    /// Stores bytes as a blob unless the layout has it already.
+    /// Stores bytes as a blob (in the run's directory, like the layers)
+    /// unless the layout has it already.
     fn put_bytes(&mut self, data: &[u8]) -> Result<Digest> {
         let d = Digest::sha256_of(data);
-        let p = self.blob_path(&d);
-        if !p.exists() {
-            atomic_write(&p, data)?;
+        if !self.has_blob(&d) {
+            let run = self
+                .run
+                .as_ref()
+                .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
+            run.add(d.hex());
+            self.fs()?.atomic_write(&run.rel(d.hex()), data)?;
             self.bytes_written += data.len() as u64;
         }
         Ok(d)
     }
+
+    /// Moves this run's layer blobs into `blobs/`. One another run stored
+    /// meanwhile is kept: it has the same content.
+    fn move_run_blobs(&self) -> Result<()> {
+        let (Some(run), Some(fs)) = (&self.run, &self.fs) else {
+            return Ok(());
+        };
+        let names = run.names();
+        let dest = |name: &str| Path::new("blobs/sha256").join(name);
+        // Every place checked before anything moves: a run that fails here
+        // has added nothing.
+        for name in &names {
+            crate::fsutil::check_free_or(fs, &dest(name), rustix::fs::FileType::RegularFile)?;
+        }
+        for name in &names {
+            if !fs.rename(&run.rel(name), &dest(name), true)? {
+                crate::fsutil::check_free_or(fs, &dest(name), rustix::fs::FileType::RegularFile)?;
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The `oci-layout` marker file's name.
+const MARKER: &str = "oci-layout";
 
 /// Where a blob lives in a layout.
 pub fn blob_path(root: &Path, d: &Digest) -> PathBuf {
+    root.join(blob_rel(d))
+}
+
+/// Where a blob lives in a layout, relative to its root.
+pub fn blob_rel(d: &Digest) -> PathBuf {
     let algo = match d.algorithm() {
         crate::digest::Algorithm::Sha256 => "sha256",
         crate::digest::Algorithm::Sha512 => "sha512",
     };
-    root.join("blobs").join(algo).join(d.hex())
+    Path::new("blobs").join(algo).join(d.hex())
 }
 
 /// Builds the OCI manifest for `image` as it stands after filters. The
@@ -172,13 +228,16 @@ impl Sink for OciLayoutSink {
 
     fn begin(&mut self, _image: &Image) -> Result<()> {
         let store = StoreDir::open(&self.root)?;
-        prepare_layout(store.path())?;
+        let fs = StoreRoot::open(store.path())?;
+        prepare_layout(&fs)?;
+        self.run = Some(RunDir::create(&fs)?);
+        self.fs = Some(fs);
         self.store = Some(store);
         Ok(())
     }
 
     fn wants_layer(&mut self, layer: &LayerInfo) -> bool {
-        !self.blob_path(&layer.digest).exists()
+        !self.has_blob(&layer.digest)
     }
 
     fn layer(&mut self, layer: Layer) -> Result<()> {
@@ -188,23 +247,23 @@ impl Sink for OciLayoutSink {
                 layer.info.index
             ))
         })?;
-        let target = self.blob_path(&layer.info.digest);
-        if target.exists() {
+        if self.has_blob(&layer.info.digest) {
             return Ok(());
         }
-        let dir = target.parent().unwrap_or(self.write_root());
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".occystrap-")
-            .suffix(".partial")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io("creating a temp file in", dir, e))?;
+        let fs = self.fs()?;
+        let run = self
+            .run
+            .as_ref()
+            .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
+        let name = layer.info.digest.hex();
+        let rel = run.rel(name);
+        let mut tmp = fs.create_temp(run.name(), ".occystrap-")?;
         let mut src = blob
             .open()
             .map_err(|e| Error::io("reading", blob.path(), e))?;
         // File to File: the kernel copies (copy_file_range) without a user buffer.
-        let n = std::io::copy(&mut src, tmp.as_file_mut())
-            .map_err(|e| Error::io("writing", &target, e))?;
+        let n =
+            std::io::copy(&mut src, tmp.file()).map_err(|e| Error::io("writing", tmp.path(), e))?;
         if n != blob.len() {
             return Err(Error::SizeMismatch {
                 what: format!(
@@ -218,19 +277,19 @@ impl Sink for OciLayoutSink {
         }
         // Later runs trust a blob by its presence alone, so it must not be
         // able to appear truncated after a crash.
-        tmp.as_file()
+        tmp.file()
             .sync_data()
             .map_err(|e| Error::io("writing", tmp.path(), e))?;
-        crate::fsutil::set_readable(tmp.as_file());
-        tmp.persist(&target)
-            .map_err(|e| Error::io("renaming into place", &target, e.error))?;
+        crate::fsutil::set_readable(tmp.file());
+        run.add(name);
+        tmp.persist(fs, &rel, false)?;
         self.bytes_written += n;
         Ok(())
     }
 
     fn finish(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
         for l in &image.layers {
-            if !self.blob_path(&l.digest).exists() {
+            if !self.has_blob(&l.digest) {
                 return Err(Error::InvalidImage(format!(
                     "layer {} ({}) never reached the layout",
                     l.index, l.digest
@@ -260,19 +319,32 @@ impl Sink for OciLayoutSink {
             .take()
             .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
         // A new layout gets its index.json before it appears, so it is never
-        // seen without one.
-        let mut index_bytes = add_to_index(store.path(), &entry, tag.as_deref(), &manifest_digest)?;
+        // seen without one; the run's blobs join it under the lock, once
+        // index.json is known to be readable.
+        let mut index_bytes =
+            add_to_index(self.fs()?, &entry, tag.as_deref(), &manifest_digest, || {
+                self.move_run_blobs()
+            })?;
+        // Its (now empty) directory must not travel with a new layout.
+        drop(self.run.take());
         let published = store.publish(|built, target| {
-            prepare_layout(target)?;
+            let target_fs = StoreRoot::open(target)?;
+            prepare_layout(&target_fs)?;
+            let built_fs = StoreRoot::open(built)?;
             let blobs = built.join("blobs");
             for algo in std::fs::read_dir(&blobs).map_err(|e| Error::io("reading", &blobs, e))? {
                 let algo = algo.map_err(|e| Error::io("reading", &blobs, e))?;
-                move_missing(&algo.path(), &target.join("blobs").join(algo.file_name()))?;
+                let algo_rel = Path::new("blobs").join(algo.file_name());
+                move_missing(&built_fs, &target_fs, &algo_rel)?;
             }
             Ok(())
         })?;
         if published == Published::Merged {
-            index_bytes = add_to_index(&self.root, &entry, tag.as_deref(), &manifest_digest)?;
+            let target_fs = StoreRoot::open(&self.root)?;
+            index_bytes =
+                add_to_index(&target_fs, &entry, tag.as_deref(), &manifest_digest, || {
+                    Ok(())
+                })?;
         }
         Ok(SinkReport {
             output: match &tag {
@@ -286,12 +358,28 @@ impl Sink for OciLayoutSink {
 }
 
 /// Makes `root` a layout: `blobs/sha256/` and the `oci-layout` marker.
-fn prepare_layout(root: &Path) -> Result<()> {
-    let blobs = root.join("blobs").join("sha256");
-    std::fs::create_dir_all(&blobs).map_err(|e| Error::io("creating", &blobs, e))?;
-    let marker = root.join("oci-layout");
-    if !marker.exists() {
-        atomic_write(&marker, LAYOUT_MARKER)?;
+fn prepare_layout(root: &StoreRoot) -> Result<()> {
+    root.dir(Path::new("blobs/sha256"), true)?;
+    match root.kind(Path::new(MARKER))? {
+        None => root.atomic_write(Path::new(MARKER), LAYOUT_MARKER)?,
+        Some(rustix::fs::FileType::RegularFile) => {}
+        // A FIFO or link as the marker: refused, not opened or replaced.
+        Some(_) => {
+            root.open_file(Path::new(MARKER))?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves each blob of `from/rel` that `to/rel` lacks into `to/rel` (by
+/// rename, so each appears complete); blobs `to` has already stay put.
+fn move_missing(from: &StoreRoot, to: &StoreRoot, rel: &Path) -> Result<()> {
+    to.dir(rel, true)?;
+    let shown = from.display(rel);
+    for entry in std::fs::read_dir(&shown).map_err(|e| Error::io("reading", &shown, e))? {
+        let entry = entry.map_err(|e| Error::io("reading", &shown, e))?;
+        let name = rel.join(entry.file_name());
+        to.move_from(from, &name, &name)?;
     }
     Ok(())
 }
@@ -299,23 +387,23 @@ fn prepare_layout(root: &Path) -> Result<()> {
 /// Adds `entry` to the layout's `index.json` under the layout's lock,
 /// replacing the entry with the same tag (or, untagged, the same digest).
 /// Returns the bytes written.
+/// `before_write` runs under the lock once the old index has been read.
 fn add_to_index(
-    root: &Path,
+    root: &StoreRoot,
     entry: &Value,
     tag: Option<&str>,
     manifest_digest: &Digest,
+    before_write: impl FnOnce() -> Result<()>,
 ) -> Result<u64> {
-    let _lock = DirLock::acquire(root, ".occystrap.lock")?;
-    let index_path = root.join("index.json");
-    let mut index: Value = match std::fs::read(&index_path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::InvalidArchive {
+    let _lock = root.lock(".occystrap.lock")?;
+    let index_rel = Path::new("index.json");
+    let index_path = root.display(index_rel);
+    let mut index: Value = match root.read_small(index_rel, crate::registry::MAX_MANIFEST_BYTES)? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| Error::InvalidArchive {
             path: index_path.clone(),
             message: format!("existing index.json is not valid JSON: {e}"),
         })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            json!({"schemaVersion": 2, "mediaType": mt::OCI_INDEX, "manifests": []})
-        }
-        Err(e) => return Err(Error::io("reading", &index_path, e)),
+        None => json!({"schemaVersion": 2, "mediaType": mt::OCI_INDEX, "manifests": []}),
     };
     let manifests = index
         .get_mut("manifests")
@@ -334,7 +422,8 @@ fn add_to_index(
     manifests.push(entry.clone());
     let bytes = serde_json::to_vec_pretty(&index)
         .map_err(|e| Error::InvalidImage(format!("serialising index.json: {e}")))?;
-    atomic_write(&index_path, &bytes)?;
+    before_write()?;
+    root.atomic_write(index_rel, &bytes)?;
     Ok(bytes.len() as u64)
 }
 

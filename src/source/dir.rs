@@ -4,8 +4,12 @@
 //! Layers are served in place as the store's own files, after their sha256
 //! is checked against the config's diff_ids: a store trusts a layer by its
 //! presence, so this is where a damaged copy is caught.
+//!
+//! Every file is opened from the store's root without following a symlink
+//! below it, and only regular files are read (see [`StoreRoot`]): a store
+//! someone else can write into cannot make us read outside it, nor block
+//! on a FIFO.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -15,9 +19,10 @@ use serde::Deserialize;
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::fsutil::StoreRoot;
 use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds, media_type};
 use crate::progress::Reporter;
-use crate::sink::dir::{CATALOG, Catalog, DEFAULT_MANIFEST, read_catalog, store_image_name};
+use crate::sink::dir::{CATALOG, Catalog, DEFAULT_MANIFEST, read_store_catalog, store_image_name};
 use crate::source::{FetchContext, Source};
 
 /// Largest manifest or config read into memory.
@@ -30,11 +35,12 @@ const PROGRESS_STEP: u64 = 1 << 20;
 /// An image in a layer store directory, opened as a source.
 pub struct DirSource {
     root: PathBuf,
+    store: Arc<StoreRoot>,
     /// What was asked for, for messages.
     selection: Option<String>,
     image: Image,
-    /// The store's file for each layer, in image order.
-    files: Vec<Arc<PathBuf>>,
+    /// The store's file for each layer, in image order, relative to the root.
+    files: Vec<PathBuf>,
 }
 
 /// One image of a store manifest.
@@ -74,15 +80,13 @@ impl DirSource {
             path: root.to_path_buf(),
             message,
         };
-        match std::fs::metadata(root) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(invalid("not a directory".into())),
-            Err(e) => return Err(Error::io("opening", root, e)),
-        }
-        let catalog = read_catalog(&root.join(CATALOG))?;
+        let store = StoreRoot::open(root)?;
+        let catalog = read_store_catalog(&store)?;
         let located = locate(catalog.as_ref(), wanted, tag).map_err(invalid)?;
-        let manifest_path = root.join(checked_name(&located.manifest_file).map_err(invalid)?);
-        let raw = read_small(&manifest_path)?;
+        let raw = read_small(
+            &store,
+            checked_name(&located.manifest_file).map_err(invalid)?,
+        )?;
         let entries: Vec<ManifestEntry> = serde_json::from_slice(&raw).map_err(|e| {
             invalid(format!(
                 "{} is not a docker-save manifest: {e}",
@@ -113,8 +117,7 @@ impl DirSource {
             }
         }
 
-        let config_path = root.join(checked_name(&entry.config).map_err(invalid)?);
-        let config_raw = read_small(&config_path)?;
+        let config_raw = read_small(&store, checked_name(&entry.config).map_err(invalid)?)?;
         let config: ConfigRootfs = serde_json::from_slice(&config_raw)
             .map_err(|e| invalid(format!("config {}: {e}", entry.config)))?;
         let names = entry.layers.unwrap_or_default();
@@ -130,11 +133,18 @@ impl DirSource {
         let mut files = Vec::with_capacity(names.len());
         let mut layers = Vec::with_capacity(names.len());
         for (index, (name, diff_id)) in names.iter().zip(diff_ids).enumerate() {
-            let path = root.join(checked_name(name).map_err(invalid)?);
-            let meta = std::fs::metadata(&path).map_err(|e| Error::io("opening", &path, e))?;
-            if !meta.is_file() {
-                return Err(invalid(format!("layer {index}: {name} is not a file")));
-            }
+            let rel = checked_name(name).map_err(invalid)?;
+            let meta = store
+                .open_file(rel)?
+                .ok_or_else(|| {
+                    Error::io(
+                        "opening",
+                        store.display(rel),
+                        io::ErrorKind::NotFound.into(),
+                    )
+                })?
+                .metadata()
+                .map_err(|e| Error::io("opening", store.display(rel), e))?;
             layers.push(LayerInfo {
                 index,
                 digest: diff_id.clone(),
@@ -142,7 +152,7 @@ impl DirSource {
                 media_type: media_type::OCI_LAYER_TAR.to_string(),
                 diff_id,
             });
-            files.push(Arc::new(path));
+            files.push(rel.to_path_buf());
         }
 
         let (name, image_tag) = match (repo_tag, &located.catalog_name) {
@@ -167,6 +177,7 @@ impl DirSource {
         });
         Ok(DirSource {
             root: root.to_path_buf(),
+            store: Arc::new(store),
             selection,
             image,
             files,
@@ -274,20 +285,16 @@ fn checked_name(name: &str) -> std::result::Result<&Path, String> {
     }
 }
 
-/// Reads a manifest or config, refusing anything implausibly large.
-fn read_small(path: &Path) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let mut raw = Vec::new();
-    file.take(METADATA_LIMIT + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| Error::io("reading", path, e))?;
-    if raw.len() as u64 > METADATA_LIMIT {
-        return Err(Error::InvalidArchive {
-            path: path.to_path_buf(),
-            message: format!("larger than the {} MiB limit", METADATA_LIMIT >> 20),
-        });
-    }
-    Ok(raw)
+/// Reads a manifest or config of the store, refusing anything implausibly
+/// large.
+fn read_small(store: &StoreRoot, rel: &Path) -> Result<Vec<u8>> {
+    store.read_small(rel, METADATA_LIMIT)?.ok_or_else(|| {
+        Error::io(
+            "opening",
+            store.display(rel),
+            io::ErrorKind::NotFound.into(),
+        )
+    })
 }
 
 /// Splits `name:tag` at a `:` after the last `/`, so a registry port is not
@@ -338,7 +345,7 @@ impl Source for DirSource {
         ctx: &'a FetchContext,
     ) -> BoxFuture<'a, Result<Layer>> {
         Box::pin(async move {
-            let path = self.files.get(layer.index).cloned().ok_or_else(|| {
+            let rel = self.files.get(layer.index).cloned().ok_or_else(|| {
                 Error::InvalidImage(format!(
                     "{}: no layer {} (the image has {})",
                     self.describe(),
@@ -348,7 +355,11 @@ impl Source for DirSource {
             })?;
             let info = layer.clone();
             let reporter = ctx.reporter.clone();
-            let job = move || verify(&path, &info, &*reporter).map(|len| (path, info, len));
+            let store = self.store.clone();
+            let job = move || {
+                verify(&store, &rel, &info, &*reporter)
+                    .map(|len| (Arc::new(store.display(&rel)), info, len))
+            };
             let (path, info, len) = match tokio::task::spawn_blocking(job).await {
                 Ok(result) => result?,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -367,9 +378,12 @@ impl Source for DirSource {
 }
 
 /// Hashes a stored layer and checks it against its diff_id; returns its size.
-fn verify(path: &Path, info: &LayerInfo, reporter: &dyn Reporter) -> Result<u64> {
+fn verify(store: &StoreRoot, rel: &Path, info: &LayerInfo, reporter: &dyn Reporter) -> Result<u64> {
     reporter.layer_started(info);
-    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let path = &store.display(rel);
+    let file = store
+        .open_file(rel)?
+        .ok_or_else(|| Error::io("opening", path, io::ErrorKind::NotFound.into()))?;
     let mut hashing = HashingReader::new(file, info.diff_id.algorithm());
     let mut buf = vec![0u8; HASH_BUFFER];
     let mut pending = 0u64;

@@ -96,7 +96,10 @@ impl DockerArchiveSource {
             path: path.to_path_buf(),
             message,
         };
-        let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        // Only a regular file: a FIFO, socket or device given as the input
+        // is refused at once instead of blocking the run.
+        let mut file = crate::fsutil::open_regular(path)?
+            .ok_or_else(|| Error::io("opening", path, std::io::ErrorKind::NotFound.into()))?;
         let file_len = file
             .metadata()
             .map_err(|e| Error::io("reading", path, e))?
@@ -478,7 +481,8 @@ impl FetchJob {
 
     fn read_and_verify(&self) -> Result<Layer> {
         let path: &Path = &self.path;
-        let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        let mut file = crate::fsutil::open_regular(path)?
+            .ok_or_else(|| Error::io("opening", path, std::io::ErrorKind::NotFound.into()))?;
         let compression = self.sniff(&mut file)?;
         file.seek(SeekFrom::Start(self.member.offset))
             .map_err(|e| self.read_error(e))?;

@@ -7,6 +7,9 @@
 //! (`example.com/team/app:v1`) is used as such; a bare tag (`v1`) is paired
 //! with the layout directory's name, made a valid repository name
 //! (`My Layout` -> `my-layout`), so that `docker load` accepts the result.
+//!
+//! Files are opened from the layout's root without following a symlink
+//! below it, and only regular files are read (see [`StoreRoot`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,11 +19,12 @@ use serde::Deserialize;
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::fsutil::StoreRoot;
 use crate::image::{
     FileSlice, Image, Layer, LayerInfo, LayerNeeds, ManifestInfo, Platform, media_type as mt,
 };
 use crate::registry::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
-use crate::sink::oci_layout::{REF_NAME, blob_path};
+use crate::sink::oci_layout::{REF_NAME, blob_rel};
 use crate::source::registry::{
     Descriptor, Index, Manifest, choose_platform, parse_diff_ids, write_layer,
 };
@@ -32,6 +36,7 @@ const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// An image in an OCI image layout directory.
 pub struct OciLayoutSource {
     root: PathBuf,
+    store: Arc<StoreRoot>,
     image: Image,
 }
 
@@ -56,8 +61,8 @@ impl OciLayoutSource {
             path: root.to_path_buf(),
             message,
         };
-        let index_path = root.join("index.json");
-        let raw = read_capped(&index_path, MAX_MANIFEST_BYTES)?;
+        let store = StoreRoot::open(root)?;
+        let raw = read_capped(&store, Path::new("index.json"), MAX_MANIFEST_BYTES)?;
         let index: TopIndex = serde_json::from_slice(&raw)
             .map_err(|e| bad(format!("index.json is not a valid OCI index: {e}")))?;
         let names: Vec<&str> = index
@@ -100,14 +105,14 @@ impl OciLayoutSource {
             .or_else(|| entry.annotations.get(REF_NAME).cloned());
         let mut descriptor = entry.descriptor.clone();
         let mut from_index = None;
-        let mut body = read_blob(root, &descriptor, MAX_MANIFEST_BYTES)?;
+        let mut body = read_blob(&store, &descriptor, MAX_MANIFEST_BYTES)?;
         let mut media = media_type_of(&descriptor, &body);
         if media == mt::OCI_INDEX || media == mt::DOCKER_MANIFEST_LIST {
             let nested: Index = serde_json::from_slice(&body)
                 .map_err(|e| bad(format!("invalid image index {}: {e}", descriptor.digest)))?;
             let chosen = choose_platform(&nested, platform)?.clone();
             from_index = Some((descriptor.digest.clone(), media));
-            body = read_blob(root, &chosen, MAX_MANIFEST_BYTES)?;
+            body = read_blob(&store, &chosen, MAX_MANIFEST_BYTES)?;
             media = media_type_of(&chosen, &body);
             descriptor = chosen;
         }
@@ -118,7 +123,7 @@ impl OciLayoutSource {
         }
         let manifest: Manifest = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("invalid manifest {}: {e}", descriptor.digest)))?;
-        let config_raw = read_blob(root, &manifest.config, MAX_CONFIG_BYTES)?;
+        let config_raw = read_blob(&store, &manifest.config, MAX_CONFIG_BYTES)?;
         let diff_ids = parse_diff_ids(&config_raw)?;
         if diff_ids.len() != manifest.layers.len() {
             return Err(Error::InvalidImage(format!(
@@ -143,6 +148,7 @@ impl OciLayoutSource {
         let (image_name, image_tag) = name_and_tag(name.as_deref(), root);
         Ok(OciLayoutSource {
             root: root.to_path_buf(),
+            store: Arc::new(store),
             image: Image {
                 name: image_name,
                 tag: image_tag,
@@ -164,14 +170,17 @@ impl OciLayoutSource {
     }
 
     fn fetch_blocking(
-        root: &Path,
+        root: &StoreRoot,
         layer: &LayerInfo,
         needs: LayerNeeds,
         temp_dir: &Path,
         handoff: Option<&crate::handoff::Handoff>,
     ) -> Result<Layer> {
-        let path = blob_path(root, &layer.digest);
-        let file = open_regular(&path, "opening blob")?;
+        let rel = blob_rel(&layer.digest);
+        let path = root.display(&rel);
+        let file = root
+            .open_file(&rel)?
+            .ok_or_else(|| Error::io("opening blob", &path, std::io::ErrorKind::NotFound.into()))?;
         // One pass verifies the blob digest and the diff_id; the tar is kept
         // only if asked for, and the blob is served where it lies.
         let mut out = write_layer(
@@ -281,46 +290,22 @@ fn dir_repo_name(root: &Path) -> String {
     }
 }
 
-/// Opens a file of the layout for reading. Only a regular file is opened: a
-/// FIFO planted in a layout must not block the run (O_NONBLOCK), nor a
-/// device be read.
-fn open_regular(path: &Path, operation: &'static str) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| Error::io(operation, path, e))?;
-    let meta = f.metadata().map_err(|e| Error::io(operation, path, e))?;
-    if !meta.is_file() {
-        return Err(Error::InvalidArchive {
-            path: path.to_path_buf(),
-            message: "is not a regular file".into(),
-        });
-    }
-    Ok(f)
-}
-
-fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let f = open_regular(path, "reading")?;
-    let mut buf = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io("reading", path, e))?;
-    if buf.len() as u64 > max {
-        return Err(Error::InvalidArchive {
-            path: path.to_path_buf(),
-            message: format!("more than the {max} bytes allowed for metadata"),
-        });
-    }
-    Ok(buf)
+/// Reads a file of the layout, at most `max` bytes.
+fn read_capped(store: &StoreRoot, rel: &Path, max: u64) -> Result<Vec<u8>> {
+    store.read_small(rel, max)?.ok_or_else(|| {
+        Error::io(
+            "reading",
+            store.display(rel),
+            std::io::ErrorKind::NotFound.into(),
+        )
+    })
 }
 
 /// Reads a small blob and checks it against its descriptor.
-fn read_blob(root: &Path, d: &Descriptor, max: u64) -> Result<Vec<u8>> {
-    let path = blob_path(root, &d.digest);
-    let data = read_capped(&path, max)?;
+fn read_blob(store: &StoreRoot, d: &Descriptor, max: u64) -> Result<Vec<u8>> {
+    let rel = blob_rel(&d.digest);
+    let path = store.display(&rel);
+    let data = read_capped(store, &rel, max)?;
     let mut h = HashingReader::new(&data[..], d.digest.algorithm());
     std::io::copy(&mut h, &mut std::io::sink()).map_err(|e| Error::io("reading", &path, e))?;
     let (found, size): (Digest, u64) = h.finish();
@@ -356,7 +341,7 @@ impl Source for OciLayoutSource {
         needs: LayerNeeds,
         ctx: &'a FetchContext,
     ) -> BoxFuture<'a, Result<Layer>> {
-        let root = self.root.clone();
+        let root = self.store.clone();
         let info = layer.clone();
         let ctx = ctx.clone();
         Box::pin(async move {

@@ -13,6 +13,7 @@ mod errors;
 mod expand;
 mod faults;
 mod filters;
+mod hostile_stores;
 mod info_check;
 mod registry_pull;
 mod runtime;

@@ -86,7 +86,7 @@ fn setup(env: &TestEnv) -> (Registry, Proxy, &'static BigImage) {
 }
 
 /// occystrap with the isolated environment of `TestEnv::occy`, spawned.
-fn spawn(env: &TestEnv, args: &[String]) -> Child {
+pub(crate) fn spawn(env: &TestEnv, args: &[String]) -> Child {
     Command::new(occy_bin())
         .args(args)
         .current_dir(env.work(""))
@@ -128,7 +128,7 @@ fn wait_until(what: &str, limit: Duration, child: &mut Child, mut ready: impl Fn
 
 /// Sends `signal`, then waits (bounded) for the exit. Returns the exit
 /// code, the time it took and stderr.
-fn interrupt(child: &mut Child, signal: i32) -> (Option<i32>, Duration, String) {
+pub(crate) fn interrupt(child: &mut Child, signal: i32) -> (Option<i32>, Duration, String) {
     let pid = i32::try_from(child.id()).unwrap();
     let sent = Instant::now();
     // SAFETY: kill(2) on our own child's pid.
