@@ -489,7 +489,7 @@ fn copy_exact<R: Read, W: Write>(
 
 /// Rewrites a tar read from `input` (positions are relative to its start)
 /// into `out`. The output always ends with exactly two zero blocks.
-pub(crate) fn rewrite_stream<R: Read + Seek, W: Write>(
+pub fn rewrite_stream<R: Read + Seek, W: Write>(
     mut input: R,
     out: &mut W,
     label: &str,
@@ -548,14 +548,17 @@ fn walk<R: Read + Seek, W: Write>(
                 group_bytes = group_bytes.saturating_add(size).saturating_add(BLOCK as u64);
                 if group_bytes > META_LIMIT {
                     return Err(bad(&format!(
-                        "extension header of type {:?} declares {size} bytes, over the \
-                         {META_LIMIT}-byte limit for an entry's metadata",
+                        "entry {}: extension header of type {:?} declares {size} bytes, over \
+                         the {META_LIMIT}-byte limit for an entry's metadata",
+                        tarfmt::shown(&tarfmt::raw_name(&block)),
                         char::from(block[TYPEFLAG])
                     )));
                 }
                 let data = input.read_vec(size)?;
                 input.skip(padding(size) as u64)?;
-                let mut h = ExtHeader::parse(block, data).map_err(|e| bad(&e))?;
+                let mut h = ExtHeader::parse(block, data).map_err(|e| {
+                    bad(&format!("entry {}: {e}", tarfmt::shown(&tarfmt::raw_name(&block))))
+                })?;
                 if h.kind() == b'g' {
                     rewrite.global(&mut h).map_err(Fail::Filter)?;
                 }
@@ -580,8 +583,10 @@ fn walk<R: Read + Seek, W: Write>(
                 }
                 let data_offset = input.pos;
                 group_bytes = 0;
+                let name =
+                    tarfmt::guess_name(group.iter().map(|h| &h.ext), &tarfmt::raw_name(&block));
                 let mut entry = Entry::new(std::mem::take(&mut group), block, sparse, data_offset)
-                    .map_err(|e| bad(&e))?;
+                    .map_err(|e| bad(&format!("entry {}: {e}", tarfmt::shown(&name))))?;
                 stats.entries += 1;
                 let action = rewrite.entry(&mut entry).map_err(Fail::Filter)?;
                 let size = entry.size;

@@ -15,6 +15,8 @@
 //! is allocated; sparse maps are capped in segments and real size.
 
 mod reader;
+#[doc(hidden)]
+pub mod testkit;
 
 #[cfg(test)]
 mod tests;
@@ -770,6 +772,21 @@ pub(crate) fn raw_name(block: &[u8; BLOCK]) -> Vec<u8> {
         [prefix, b"/", name].concat()
     } else {
         name.to_vec()
+    }
+}
+
+/// The name to quote for an entry whose headers could not be resolved: the
+/// one its extension headers most likely meant, else its ustar name.
+pub(crate) fn guess_name<'a>(group: impl Iterator<Item = &'a Ext> + Clone, ustar: &[u8]) -> Vec<u8> {
+    for key in [&b"GNU.sparse.name"[..], b"path"] {
+        let mut pax = group.clone().filter(|h| h.kind() == b'x');
+        if let Some(r) = pax.find_map(|h| h.records.iter().find(|r| r.key == key)) {
+            return r.value.clone();
+        }
+    }
+    match group.clone().find(|h| h.kind() == b'L') {
+        Some(h) => until_nul(&h.data).to_vec(),
+        None => ustar.to_vec(),
     }
 }
 

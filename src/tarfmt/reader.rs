@@ -284,7 +284,8 @@ impl<S: Input> Archive<S> {
             if group.is_empty() {
                 start = at;
             }
-            let resolved = resolve(&group, &block, &sparse_ext).map_err(bad)?;
+            let resolved = resolve(&group, &block, &sparse_ext)
+                .map_err(|w| TarError::bad(at, Some(&super::guess_name(group.iter(), &name)), w))?;
             let pax = group
                 .into_iter()
                 .find(|h| h.kind() == b'x')
