@@ -19,6 +19,8 @@ mod reader;
 pub mod testkit;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use reader::{Archive, BufSeek, Data, Entry, Input, Seekable, Stream};
