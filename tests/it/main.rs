@@ -18,3 +18,4 @@ mod registry_pull;
 mod runtime;
 mod search;
 mod signals;
+mod tar_hostile;
