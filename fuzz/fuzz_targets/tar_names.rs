@@ -17,7 +17,7 @@ fn reader_names(tar: &[u8]) -> (Vec<Vec<u8>>, bool) {
     let mut a = Archive::new(Stream(tar));
     let mut names = Vec::new();
     loop {
-        match a.next() {
+        match a.next_entry() {
             Ok(Some(e)) => names.push(e.path().to_vec()),
             Ok(None) => return (names, true),
             Err(_) => return (names, false),

@@ -116,14 +116,16 @@ impl ExtHeader {
 
     /// The PAX records as (key, value), in order.
     pub fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.ext.records
+        self.ext
+            .records
             .iter()
             .map(|r| (r.key.as_slice(), r.value.as_slice()))
     }
 
     /// The value of the last record with `key`.
     pub fn record(&self, key: &[u8]) -> Option<&[u8]> {
-        self.ext.records
+        self.ext
+            .records
             .iter()
             .rev()
             .find(|r| r.key == key)
@@ -545,7 +547,9 @@ fn walk<R: Read + Seek, W: Write>(
             b'x' | b'g' | b'L' | b'K' => {
                 // Bounded per entry, not just per header: a run of headers
                 // before one entry is held in memory as a whole.
-                group_bytes = group_bytes.saturating_add(size).saturating_add(BLOCK as u64);
+                group_bytes = group_bytes
+                    .saturating_add(size)
+                    .saturating_add(BLOCK as u64);
                 if group_bytes > META_LIMIT {
                     return Err(bad(&format!(
                         "entry {}: extension header of type {:?} declares {size} bytes, over \
@@ -557,7 +561,10 @@ fn walk<R: Read + Seek, W: Write>(
                 let data = input.read_vec(size)?;
                 input.skip(padding(size) as u64)?;
                 let mut h = ExtHeader::parse(block, data).map_err(|e| {
-                    bad(&format!("entry {}: {e}", tarfmt::shown(&tarfmt::raw_name(&block))))
+                    bad(&format!(
+                        "entry {}: {e}",
+                        tarfmt::shown(&tarfmt::raw_name(&block))
+                    ))
                 })?;
                 if h.kind() == b'g' {
                     rewrite.global(&mut h).map_err(Fail::Filter)?;
@@ -722,11 +729,6 @@ pub(crate) fn layer_tar(
     Ok((label, tar))
 }
 
-
-
-
-
-
 /// Writes `v` into a numeric field: zero-padded octal and a NUL when it
 /// fits, else base-256.
 fn write_numeric(field: &mut [u8], v: u64) {
@@ -772,8 +774,6 @@ fn set_time(block: &mut [u8; BLOCK], t: u64) -> bool {
     changed
 }
 
-
-
 /// Computes and stores the checksum as GNU tar writes it: six octal
 /// digits, NUL, space.
 fn set_checksum(block: &mut [u8; BLOCK]) {
@@ -781,8 +781,6 @@ fn set_checksum(block: &mut [u8; BLOCK]) {
     let field = format!("{sum:06o}\0 ");
     block[CHKSUM].copy_from_slice(&field.as_bytes()[..8]);
 }
-
-
 
 /// Appends one PAX record; its length prefix counts its own digits.
 fn encode_record(key: &[u8], value: &[u8], out: &mut Vec<u8>) {

@@ -704,7 +704,7 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
     let mut whiteouts = 0u64;
     let mut end = 0u64;
     loop {
-        let entry = match archive.next() {
+        let entry = match archive.next_entry() {
             Ok(Some(e)) => e,
             Ok(None) => break,
             Err(e) => {

@@ -24,8 +24,8 @@ use crate::inspect::{
     AbortOnDrop, EntryKind, RunDir, SliceReader, WalkOptions, basename, classify, clean_name,
 };
 use crate::registry::Client;
-use crate::tarfmt::{Archive, Input, Seekable, Stream};
 use crate::source::Source;
+use crate::tarfmt::{Archive, Input, Seekable, Stream};
 
 /// What member paths are matched against.
 #[derive(Clone, Debug)]
@@ -132,7 +132,7 @@ fn collect_matches<S: Input>(
 ) -> std::io::Result<(u64, Vec<Match>)> {
     let mut entries = 0;
     let mut matches = Vec::new();
-    while let Some(entry) = archive.next()? {
+    while let Some(entry) = archive.next_entry()? {
         entries += 1;
         let member = clean_name(entry.path());
         if member.is_empty() {

@@ -46,7 +46,7 @@ pub fn extract_layer(root: &Path, tar: impl Read, opts: &ExtractOptions) -> Resu
     let mut archive = Archive::new(Stream(BufReader::with_capacity(COPY_BUF, tar)));
     loop {
         crate::cancel::check()?;
-        let Some(entry) = archive.next().map_err(|e| ex.tar_error(e))? else {
+        let Some(entry) = archive.next_entry().map_err(|e| ex.tar_error(e))? else {
             break;
         };
         match ex.entry(&entry, &mut archive) {
@@ -623,12 +623,7 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    fn symlink(
-        &mut self,
-        entry: &tarfmt::Entry,
-        name: &RelPath,
-        meta: &Meta,
-    ) -> Result<(), Fail> {
+    fn symlink(&mut self, entry: &tarfmt::Entry, name: &RelPath, meta: &Meta) -> Result<(), Fail> {
         let rel = name.as_bytes();
         // Kept verbatim, absolute or not: it is resolved in the container's
         // root when used, and we never follow it while extracting.
@@ -737,12 +732,8 @@ impl<'a> Extractor<'a> {
                     })
                 };
                 let (major, minor) = entry.device();
-                let major = major
-                    .and_then(|v| u32::try_from(v).ok())
-                    .ok_or_else(bad)?;
-                let minor = minor
-                    .and_then(|v| u32::try_from(v).ok())
-                    .ok_or_else(bad)?;
+                let major = major.and_then(|v| u32::try_from(v).ok()).ok_or_else(bad)?;
+                let minor = minor.and_then(|v| u32::try_from(v).ok()).ok_or_else(bad)?;
                 let ftype = if kind == b'3' {
                     FileType::CharacterDevice
                 } else {

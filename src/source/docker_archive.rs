@@ -253,7 +253,7 @@ fn index_members(
     let mut archive = crate::tarfmt::Archive::new(crate::tarfmt::BufSeek(BufReader::new(file)));
     let mut index = HashMap::new();
     loop {
-        let entry = match archive.next() {
+        let entry = match archive.next_entry() {
             Ok(Some(e)) => e,
             Ok(None) => break,
             Err(e) => {

@@ -208,6 +208,9 @@ pub struct Sparse {
     pub segments: Vec<(u64, u64)>,
 }
 
+/// (offset in the file, length) of each stored segment of a sparse file.
+pub type Segments = Vec<(u64, u64)>;
+
 /// Where a sparse file's map is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SparseLayout {
@@ -530,9 +533,7 @@ impl PaxSparse {
                 Ok(SparseLayout::InData { real_size })
             }
             (None, None) => {
-                let real_size = self
-                    .size
-                    .ok_or("PAX sparse file without GNU.sparse.size")?;
+                let real_size = self.size.ok_or("PAX sparse file without GNU.sparse.size")?;
                 let n = self
                     .numblocks
                     .ok_or("PAX sparse file without GNU.sparse.numblocks")?;
@@ -779,7 +780,10 @@ pub(crate) fn raw_name(block: &[u8; BLOCK]) -> Vec<u8> {
 
 /// The name to quote for an entry whose headers could not be resolved: the
 /// one its extension headers most likely meant, else its ustar name.
-pub(crate) fn guess_name<'a>(group: impl Iterator<Item = &'a Ext> + Clone, ustar: &[u8]) -> Vec<u8> {
+pub(crate) fn guess_name<'a>(
+    group: impl Iterator<Item = &'a Ext> + Clone,
+    ustar: &[u8],
+) -> Vec<u8> {
     for key in [&b"GNU.sparse.name"[..], b"path"] {
         let mut pax = group.clone().filter(|h| h.kind() == b'x');
         if let Some(r) = pax.find_map(|h| h.records.iter().find(|r| r.key == key)) {
@@ -796,7 +800,7 @@ pub(crate) fn guess_name<'a>(group: impl Iterator<Item = &'a Ext> + Clone, ustar
 /// numbers, one per line (the count, then offset and length pairs). Returns
 /// None while `buf` does not hold the whole map yet, else the segments and
 /// the bytes of `buf` the map used.
-pub(crate) fn parse_map_10(buf: &[u8]) -> Result<Option<(Vec<(u64, u64)>, usize)>, String> {
+pub(crate) fn parse_map_10(buf: &[u8]) -> Result<Option<(Segments, usize)>, String> {
     let mut at = 0;
     let next = |at: &mut usize| -> Result<Option<u64>, String> {
         let Some(nl) = buf[*at..].iter().take(21).position(|&b| b == b'\n') else {

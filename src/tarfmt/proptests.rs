@@ -52,7 +52,11 @@ fn magic(sel: u8) -> Magic {
 
 fn piece() -> impl Strategy<Value = Piece> {
     prop_oneof![
-        (prop::sample::select(vec![b'L', b'K']), 0..NAMES.len(), any::<u8>())
+        (
+            prop::sample::select(vec![b'L', b'K']),
+            0..NAMES.len(),
+            any::<u8>()
+        )
             .prop_map(|(k, n, m)| Piece::Long(k, n, m)),
         (
             prop::sample::select(vec![b'x', b'x', b'g']),
@@ -135,7 +139,7 @@ fn reader_names(tar: &[u8]) -> (Vec<Vec<u8>>, bool) {
     let mut a = Archive::new(Stream(tar));
     let mut names = Vec::new();
     loop {
-        match a.next() {
+        match a.next_entry() {
             Ok(Some(e)) => names.push(e.path().to_vec()),
             Ok(None) => return (names, true),
             Err(_) => return (names, false),

@@ -220,7 +220,7 @@ impl<S: Input> Archive<S> {
 
     /// The next entry, after passing over what is left of the current one;
     /// None at the end of the archive.
-    pub fn next(&mut self) -> Result<Option<Entry>, TarError> {
+    pub fn next_entry(&mut self) -> Result<Option<Entry>, TarError> {
         if self.done {
             return Ok(None);
         }
@@ -244,8 +244,7 @@ impl<S: Input> Archive<S> {
             if !checksum_ok(&block) {
                 return Err(TarError::bad(at, None, "bad header checksum"));
             }
-            let size =
-                parse_numeric(&block[SIZE]).ok_or_else(|| bad("bad size field".into()))?;
+            let size = parse_numeric(&block[SIZE]).ok_or_else(|| bad("bad size field".into()))?;
             if is_ext(block[TYPEFLAG]) {
                 // Checked before anything is allocated, and for the run of
                 // extension headers as a whole.

@@ -222,7 +222,12 @@ impl RawTar {
                 (b"GNU.sparse.realsize", real.as_bytes()),
             ],
         );
-        let h = header(b'0', b"GNUSparseFile.0/sparse", data.len() as u64, Magic::Ustar);
+        let h = header(
+            b'0',
+            b"GNUSparseFile.0/sparse",
+            data.len() as u64,
+            Magic::Ustar,
+        );
         self.push(h, &data)
     }
 
@@ -249,7 +254,12 @@ impl RawTar {
             ],
         );
         let data: Vec<u8> = segments.iter().flat_map(|(_, d)| d.to_vec()).collect();
-        let h = header(b'0', b"GNUSparseFile.0/sparse", data.len() as u64, Magic::Ustar);
+        let h = header(
+            b'0',
+            b"GNUSparseFile.0/sparse",
+            data.len() as u64,
+            Magic::Ustar,
+        );
         self.push(h, &data)
     }
 
@@ -279,7 +289,12 @@ impl RawTar {
             .collect();
         self.pax(b'x', &refs);
         let data: Vec<u8> = segments.iter().flat_map(|(_, d)| d.to_vec()).collect();
-        let h = header(b'0', b"GNUSparseFile.0/sparse", data.len() as u64, Magic::Ustar);
+        let h = header(
+            b'0',
+            b"GNUSparseFile.0/sparse",
+            data.len() as u64,
+            Magic::Ustar,
+        );
         self.push(h, &data)
     }
 
@@ -371,11 +386,13 @@ pub fn name_layouts() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("PAX header without magic", t.finish()));
 
     let mut t = RawTar::new();
-    t.long(b'L', b"victim\0decoy", Magic::Gnu).file(b"decoy2", b"x");
+    t.long(b'L', b"victim\0decoy", Magic::Gnu)
+        .file(b"decoy2", b"x");
     out.push(("GNU long name with bytes after its NUL", t.finish()));
 
     let mut t = RawTar::new();
-    t.pax(b'x', &[(b"path", b"victim\0decoy")]).file(b"decoy2", b"x");
+    t.pax(b'x', &[(b"path", b"victim\0decoy")])
+        .file(b"decoy2", b"x");
     out.push(("PAX path with a NUL", t.finish()));
 
     let mut t = RawTar::new();
@@ -388,6 +405,9 @@ pub fn name_layouts() -> Vec<(&'static str, Vec<u8>)> {
     let mut h = header(b'0', b"victim", 1, Magic::Gnu);
     set_prefix(&mut h, b"dir");
     t.push(h, b"x");
-    out.push(("GNU magic with bytes where ustar has its prefix", t.finish()));
+    out.push((
+        "GNU magic with bytes where ustar has its prefix",
+        t.finish(),
+    ));
     out
 }

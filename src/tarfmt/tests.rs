@@ -13,7 +13,7 @@ use crate::layer::{ExtractOptions, WhiteoutMode, extract_layer};
 pub(crate) fn reader_names(tar: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut a = Archive::new(Stream(tar));
     let mut names = Vec::new();
-    while let Some(e) = a.next().map_err(|e| e.to_string())? {
+    while let Some(e) = a.next_entry().map_err(|e| e.to_string())? {
         names.push(e.path().to_vec());
     }
     Ok(names)
@@ -29,10 +29,11 @@ pub(crate) struct Names {
 impl Rewrite for Names {
     fn entry(&mut self, e: &mut RwEntry) -> crate::Result<Action> {
         self.names.push(e.path().to_vec());
-        let hit = self
-            .drop
-            .as_ref()
-            .is_some_and(|d| clean_path(e.path()).split(|&b| b == b'/').any(|c| c == &d[..]));
+        let hit = self.drop.as_ref().is_some_and(|d| {
+            clean_path(e.path())
+                .split(|&b| b == b'/')
+                .any(|c| c == &d[..])
+        });
         Ok(if hit { Action::Drop } else { Action::Keep })
     }
 }
@@ -281,16 +282,17 @@ fn many_tiny_segments() {
 
 #[test]
 fn bad_sparse_maps_are_refused() {
-    let cases: Vec<(&str, u64, Vec<(u64, &[u8])>)> = vec![
+    type Case<'a> = (&'a str, u64, Vec<(u64, &'a [u8])>);
+    let cases: Vec<Case> = vec![
         ("out of order", 100, vec![(50, b"a"), (10, b"b")]),
         ("overlapping", 100, vec![(10, b"aaaa"), (12, b"b")]),
         ("beyond the real size", 100, vec![(99, b"ab")]),
-        ("real size over the limit", MAX_SPARSE_REAL_SIZE + 1, vec![(0, b"a")]),
         (
-            "offset overflowing",
-            u64::MAX,
-            vec![(u64::MAX - 1, b"abc")],
+            "real size over the limit",
+            MAX_SPARSE_REAL_SIZE + 1,
+            vec![(0, b"a")],
         ),
+        ("offset overflowing", u64::MAX, vec![(u64::MAX - 1, b"abc")]),
     ];
     for (what, build) in formats() {
         for (case, real, segs) in &cases {

