@@ -203,11 +203,9 @@ impl Entry {
         block: [u8; BLOCK],
         sparse: Vec<u8>,
         data_offset: u64,
-    ) -> std::result::Result<Entry, String> {
-        // The one resolution every reader uses: what is excluded here is
-        // what the extractor would have written.
-        let r = tarfmt::resolve(group.iter().map(|h| &h.ext), &block, &sparse)?;
-        Ok(Entry {
+        r: tarfmt::Resolved,
+    ) -> Entry {
+        Entry {
             group,
             block,
             sparse,
@@ -216,7 +214,7 @@ impl Entry {
             link: r.link,
             size: r.size,
             data_offset,
-        })
+        }
     }
 
     /// The entry's full name as [`tarfmt::resolve`] gives it (PAX sparse
@@ -590,10 +588,19 @@ fn walk<R: Read + Seek, W: Write>(
                 }
                 let data_offset = input.pos;
                 group_bytes = 0;
-                let name =
-                    tarfmt::guess_name(group.iter().map(|h| &h.ext), &tarfmt::raw_name(&block));
-                let mut entry = Entry::new(std::mem::take(&mut group), block, sparse, data_offset)
-                    .map_err(|e| bad(&format!("entry {}: {e}", tarfmt::shown(&name))))?;
+                // The one resolution every reader uses: what is excluded here
+                // is what the extractor would have written.
+                let r = tarfmt::resolve(group.iter().map(|h| &h.ext), &block, &sparse).map_err(
+                    |e| {
+                        let name = tarfmt::guess_name(
+                            group.iter().map(|h| &h.ext),
+                            &tarfmt::raw_name(&block),
+                        );
+                        bad(&format!("entry {}: {e}", tarfmt::shown(&name)))
+                    },
+                )?;
+                let mut entry =
+                    Entry::new(std::mem::take(&mut group), block, sparse, data_offset, r);
                 stats.entries += 1;
                 let action = rewrite.entry(&mut entry).map_err(Fail::Filter)?;
                 let size = entry.size;

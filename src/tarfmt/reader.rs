@@ -239,8 +239,8 @@ impl<S: Input> Archive<S> {
                 self.done = true;
                 return Ok(None);
             }
-            let name = raw_name(&block);
-            let bad = |what: String| TarError::bad(at, Some(&name), what);
+            // Names are only built for messages: no allocation per header.
+            let bad = |what: String| TarError::bad(at, Some(&raw_name(&block)), what);
             if !checksum_ok(&block) {
                 return Err(TarError::bad(at, None, "bad header checksum"));
             }
@@ -283,8 +283,13 @@ impl<S: Input> Archive<S> {
             if group.is_empty() {
                 start = at;
             }
-            let resolved = resolve(&group, &block, &sparse_ext)
-                .map_err(|w| TarError::bad(at, Some(&super::guess_name(group.iter(), &name)), w))?;
+            let resolved = resolve(&group, &block, &sparse_ext).map_err(|w| {
+                TarError::bad(
+                    at,
+                    Some(&super::guess_name(group.iter(), &raw_name(&block))),
+                    w,
+                )
+            })?;
             let pax = group
                 .into_iter()
                 .find(|h| h.kind() == b'x')
