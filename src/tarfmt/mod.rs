@@ -39,6 +39,9 @@ pub const ZEROS: [u8; BLOCK] = [0; BLOCK];
 /// and xattrs: far below this. Anything bigger is an attempt to make a
 /// reader allocate what the header declares.
 pub const META_LIMIT: u64 = 1 << 20;
+/// The largest data size an entry may declare (1 EiB): bigger sizes only
+/// serve to overflow offset arithmetic.
+pub const MAX_ENTRY_SIZE: u64 = 1 << 60;
 /// The most segments a sparse file may have.
 pub const MAX_SPARSE_SEGMENTS: usize = 1 << 16;
 /// The largest real size a sparse file may declare (16 TiB, ext4's limit).
@@ -363,6 +366,11 @@ pub fn resolve<'a>(
         }
     }
 
+    if size > MAX_ENTRY_SIZE {
+        return Err(format!(
+            "entry declares {size} bytes of data, more than any tar holds"
+        ));
+    }
     let m = magic(block);
     if matches!(typeflag, b'S') && m != Magic::Gnu {
         return Err("old GNU sparse entry without the GNU magic".into());

@@ -408,3 +408,24 @@ fn extraction_refuses_bombs_with_the_layer_and_entry() {
         assert!(!dir.path().join("after").exists());
     }
 }
+
+#[test]
+fn absurd_sizes_are_refused_not_overflowed() {
+    for size in [u64::MAX, u64::MAX - 511, MAX_ENTRY_SIZE + 1] {
+        let mut t = RawTar::new();
+        let mut h = header(b'0', b"huge", 0, Magic::Gnu);
+        octal(&mut h[SIZE], size);
+        t.push(h, b"");
+        let tar = t.finish();
+        assert!(
+            reader_names(&tar)
+                .unwrap_err()
+                .contains("more than any tar")
+        );
+        assert!(rewriter_names(&tar, None).is_err());
+        let s = size.to_string();
+        let mut t = RawTar::new();
+        t.pax(b'x', &[(b"size", s.as_bytes())]).file(b"huge", b"");
+        assert!(reader_names(&t.finish()).is_err());
+    }
+}
