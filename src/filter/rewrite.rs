@@ -195,6 +195,7 @@ pub struct Entry {
     link: Vec<u8>,
     size: u64,
     data_offset: u64,
+    is_sparse: bool,
 }
 
 impl Entry {
@@ -205,6 +206,7 @@ impl Entry {
         data_offset: u64,
         r: tarfmt::Resolved,
     ) -> Entry {
+        let is_sparse = r.is_sparse();
         Entry {
             group,
             block,
@@ -214,6 +216,7 @@ impl Entry {
             link: r.link,
             size: r.size,
             data_offset,
+            is_sparse,
         }
     }
 
@@ -239,9 +242,16 @@ impl Entry {
         }
     }
 
-    /// Whether the entry is a regular file (including contiguous files).
+    /// Whether the entry is a regular file (including contiguous files)
+    /// whose data is its content: sparse files are not (their data is a
+    /// map's segments, not the file).
     pub fn is_regular(&self) -> bool {
-        matches!(self.kind(), b'0' | b'7')
+        matches!(self.kind(), b'0' | b'7') && !self.is_sparse
+    }
+
+    /// Whether the entry is a sparse file, in any of the GNU formats.
+    pub fn is_sparse(&self) -> bool {
+        self.is_sparse
     }
 
     /// Whether the entry is a hard link.
