@@ -15,7 +15,7 @@ cd "$here/fuzz"
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(reference manifest docker_save extract)
+    targets=(reference manifest docker_save extract tar_names)
 fi
 
 cargo +nightly fuzz build -O

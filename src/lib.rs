@@ -54,6 +54,7 @@ pub mod reference;
 pub mod registry;
 pub mod sink;
 pub mod source;
+pub mod tarfmt;
 pub mod uri;
 
 pub use error::{Error, Result};

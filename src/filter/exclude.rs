@@ -380,6 +380,26 @@ mod tests {
     }
 
     #[test]
+    fn hard_links_to_excluded_sparse_files_are_not_filled_with_the_map() {
+        use crate::tarfmt::testkit::{Magic, RawTar, header, set_link};
+        for old_gnu in [false, true] {
+            let mut t = RawTar::new();
+            if old_gnu {
+                t.old_sparse(b"s", 1 << 30, &[(0, b"abc"), (1 << 29, b"def")]);
+            } else {
+                t.pax_sparse_10(b"s", 1 << 30, &[(0, b"abc"), (1 << 29, b"def")]);
+            }
+            let mut h = header(b'1', b"link", 0, Magic::Gnu);
+            set_link(&mut h, b"s");
+            t.push(h, b"");
+            let (out, stats) = pass(&ex(&["s"]), &t.finish());
+            // The stored bytes are not the file: the link goes with it.
+            assert_eq!((stats.dropped, stats.materialized), (2, 0));
+            assert!(tar_crate_list(&out).is_empty());
+        }
+    }
+
+    #[test]
     fn a_layer_with_nothing_to_exclude_is_passed_on() {
         use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();

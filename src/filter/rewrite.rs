@@ -15,38 +15,20 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::ops::Range;
 use std::path::Path;
 
 use crate::digest::{Algorithm, Digest, HashingWriter};
 use crate::error::{Error, Result};
 use crate::image::FileSlice;
 
-const BLOCK: usize = 512;
-const ZEROS: [u8; BLOCK] = [0; BLOCK];
+use crate::tarfmt::{
+    self, BLOCK, CHKSUM, Ext, GNU_ATIME, GNU_CTIME, GNU_IS_EXTENDED, GNU_SPARSE_EXT_IS_EXTENDED,
+    LINKNAME, MAX_SPARSE_EXT_BLOCKS, META_LIMIT, MTIME, SIZE, TYPEFLAG, ZEROS, checksum_ok,
+    header_sums, is_gnu, padding, parse_numeric,
+};
 
 /// The largest time a ustar header holds as 11 octal digits (year 2242).
 pub const MAX_USTAR_TIME: u64 = 0o777_7777_7777;
-
-// An extension header is only metadata; anything bigger than this is not a
-// real layer but an attempt to make us allocate.
-const EXT_LIMIT: u64 = 16 << 20;
-// Old GNU sparse maps, in extension blocks after the header.
-const SPARSE_BLOCK_LIMIT: usize = 1 << 16;
-
-const NAME: Range<usize> = 0..100;
-const SIZE: Range<usize> = 124..136;
-const MTIME: Range<usize> = 136..148;
-const CHKSUM: Range<usize> = 148..156;
-const TYPEFLAG: usize = 156;
-const LINKNAME: Range<usize> = 157..257;
-const MAGIC: Range<usize> = 257..265;
-const PREFIX: Range<usize> = 345..500;
-// GNU headers keep access and change times where POSIX has the prefix.
-const GNU_ATIME: Range<usize> = 345..357;
-const GNU_CTIME: Range<usize> = 357..369;
-const GNU_IS_EXTENDED: usize = 482;
-const GNU_SPARSE_EXT_IS_EXTENDED: usize = 504;
 
 /// What to do with one entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,21 +89,11 @@ pub struct Rewritten {
     pub stats: Stats,
 }
 
-/// One PAX record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Record {
-    key: Vec<u8>,
-    value: Vec<u8>,
-}
-
 /// An extension header: PAX (`x`, or `g` for global) or GNU long name (`L`)
 /// or long link target (`K`), with its data.
 #[derive(Clone, Debug)]
 pub struct ExtHeader {
-    block: [u8; BLOCK],
-    data: Vec<u8>,
-    /// Parsed PAX records (empty for `L` and `K`).
-    records: Vec<Record>,
+    ext: Ext,
     /// The records changed, so `data` must be encoded again.
     records_edited: bool,
     /// A header field changed, so the checksum must be computed again.
@@ -130,14 +102,8 @@ pub struct ExtHeader {
 
 impl ExtHeader {
     fn parse(block: [u8; BLOCK], data: Vec<u8>) -> std::result::Result<ExtHeader, String> {
-        let records = match block[TYPEFLAG] {
-            b'x' | b'g' => parse_records(&data)?,
-            _ => Vec::new(),
-        };
         Ok(ExtHeader {
-            block,
-            data,
-            records,
+            ext: Ext::parse(block, data)?,
             records_edited: false,
             block_edited: false,
         })
@@ -145,19 +111,21 @@ impl ExtHeader {
 
     /// The type flag: `x`, `g`, `L` or `K`.
     pub fn kind(&self) -> u8 {
-        self.block[TYPEFLAG]
+        self.ext.kind()
     }
 
     /// The PAX records as (key, value), in order.
     pub fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.records
+        self.ext
+            .records
             .iter()
             .map(|r| (r.key.as_slice(), r.value.as_slice()))
     }
 
     /// The value of the last record with `key`.
     pub fn record(&self, key: &[u8]) -> Option<&[u8]> {
-        self.records
+        self.ext
+            .records
             .iter()
             .rev()
             .find(|r| r.key == key)
@@ -166,9 +134,9 @@ impl ExtHeader {
 
     /// Removes the PAX records whose key `remove` accepts; returns how many.
     pub fn remove_records(&mut self, mut remove: impl FnMut(&[u8]) -> bool) -> usize {
-        let before = self.records.len();
-        self.records.retain(|r| !remove(&r.key));
-        let removed = before - self.records.len();
+        let before = self.ext.records.len();
+        self.ext.records.retain(|r| !remove(&r.key));
+        let removed = before - self.ext.records.len();
         if removed > 0 {
             self.records_edited = true;
         }
@@ -178,13 +146,13 @@ impl ExtHeader {
     /// Sets the header block's own mtime (which GNU tar fills with the
     /// file's) so that the archive bytes carry no other time.
     pub fn set_mtime(&mut self, t: u64) {
-        self.block_edited |= set_time(&mut self.block, t);
+        self.block_edited |= set_time(&mut self.ext.block, t);
     }
 
     /// Whether the header is written at all: a PAX header whose records were
     /// all removed is not.
     fn survives(&self) -> bool {
-        !(self.records_edited && self.records.is_empty())
+        !(self.records_edited && self.ext.records.is_empty())
     }
 
     fn edited(&self) -> bool {
@@ -197,18 +165,18 @@ impl ExtHeader {
             return Ok(());
         }
         if self.records_edited {
-            self.data.clear();
-            for r in &self.records {
-                encode_record(&r.key, &r.value, &mut self.data);
+            self.ext.data.clear();
+            for r in &self.ext.records {
+                encode_record(&r.key, &r.value, &mut self.ext.data);
             }
-            write_numeric(&mut self.block[SIZE], self.data.len() as u64);
+            write_numeric(&mut self.ext.block[SIZE], self.ext.data.len() as u64);
         }
         if self.edited() {
-            set_checksum(&mut self.block);
+            set_checksum(&mut self.ext.block);
         }
-        out.write_all(&self.block)?;
-        out.write_all(&self.data)?;
-        out.write_all(&ZEROS[..padding(self.data.len() as u64)])
+        out.write_all(&self.ext.block)?;
+        out.write_all(&self.ext.data)?;
+        out.write_all(&ZEROS[..padding(self.ext.data.len() as u64)])
     }
 }
 
@@ -227,6 +195,7 @@ pub struct Entry {
     link: Vec<u8>,
     size: u64,
     data_offset: u64,
+    is_sparse: bool,
 }
 
 impl Entry {
@@ -235,47 +204,25 @@ impl Entry {
         block: [u8; BLOCK],
         sparse: Vec<u8>,
         data_offset: u64,
-    ) -> std::result::Result<Entry, String> {
-        let mut size = parse_numeric(&block[SIZE]).ok_or("bad size field")?;
-        let mut path = None;
-        let mut link = None;
-        let mut sparse_name = None;
-        for h in &group {
-            match h.kind() {
-                b'L' => path = Some(until_nul(&h.data).to_vec()),
-                b'K' => link = Some(until_nul(&h.data).to_vec()),
-                b'x' => {
-                    for r in &h.records {
-                        match r.key.as_slice() {
-                            b"path" => path = Some(r.value.clone()),
-                            b"linkpath" => link = Some(r.value.clone()),
-                            b"GNU.sparse.name" => sparse_name = Some(r.value.clone()),
-                            b"size" => {
-                                size = parse_decimal(&r.value).ok_or("bad PAX size record")?
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        let path = sparse_name.or(path).unwrap_or_else(|| ustar_path(&block));
-        let link = link.unwrap_or_else(|| until_nul(&block[LINKNAME]).to_vec());
-        Ok(Entry {
+        r: tarfmt::Resolved,
+    ) -> Entry {
+        let is_sparse = r.is_sparse();
+        Entry {
             group,
             block,
             sparse,
             block_edited: false,
-            path,
-            link,
-            size,
+            path: r.path,
+            link: r.link,
+            size: r.size,
             data_offset,
-        })
+            is_sparse,
+        }
     }
 
-    /// The entry's full name as the archive gives it (PAX `path`, else the
-    /// GNU long name, else ustar prefix and name), leading `./` included.
+    /// The entry's full name as [`tarfmt::resolve`] gives it (PAX sparse
+    /// name, PAX `path`, GNU long name, or ustar prefix and name), leading
+    /// `./` included.
     pub fn path(&self) -> &[u8] {
         &self.path
     }
@@ -295,9 +242,16 @@ impl Entry {
         }
     }
 
-    /// Whether the entry is a regular file (including contiguous files).
+    /// Whether the entry is a regular file (including contiguous files)
+    /// whose data is its content: sparse files are not (their data is a
+    /// map's segments, not the file).
     pub fn is_regular(&self) -> bool {
-        matches!(self.kind(), b'0' | b'7')
+        matches!(self.kind(), b'0' | b'7') && !self.is_sparse
+    }
+
+    /// Whether the entry is a sparse file, in any of the GNU formats.
+    pub fn is_sparse(&self) -> bool {
+        self.is_sparse
     }
 
     /// Whether the entry is a hard link.
@@ -545,7 +499,7 @@ fn copy_exact<R: Read, W: Write>(
 
 /// Rewrites a tar read from `input` (positions are relative to its start)
 /// into `out`. The output always ends with exactly two zero blocks.
-pub(crate) fn rewrite_stream<R: Read + Seek, W: Write>(
+pub fn rewrite_stream<R: Read + Seek, W: Write>(
     mut input: R,
     out: &mut W,
     label: &str,
@@ -601,13 +555,25 @@ fn walk<R: Read + Seek, W: Write>(
             b'x' | b'g' | b'L' | b'K' => {
                 // Bounded per entry, not just per header: a run of headers
                 // before one entry is held in memory as a whole.
-                group_bytes += size;
-                if group_bytes > EXT_LIMIT {
-                    return Err(bad("extension headers too large"));
+                group_bytes = group_bytes
+                    .saturating_add(size)
+                    .saturating_add(BLOCK as u64);
+                if group_bytes > META_LIMIT {
+                    return Err(bad(&format!(
+                        "entry {}: extension header of type {:?} declares {size} bytes, over \
+                         the {META_LIMIT}-byte limit for an entry's metadata",
+                        tarfmt::shown(&tarfmt::raw_name(&block)),
+                        char::from(block[TYPEFLAG])
+                    )));
                 }
                 let data = input.read_vec(size)?;
                 input.skip(padding(size) as u64)?;
-                let mut h = ExtHeader::parse(block, data).map_err(|e| bad(&e))?;
+                let mut h = ExtHeader::parse(block, data).map_err(|e| {
+                    bad(&format!(
+                        "entry {}: {e}",
+                        tarfmt::shown(&tarfmt::raw_name(&block))
+                    ))
+                })?;
                 if h.kind() == b'g' {
                     rewrite.global(&mut h).map_err(Fail::Filter)?;
                 }
@@ -625,15 +591,26 @@ fn walk<R: Read + Seek, W: Write>(
                         if ext[GNU_SPARSE_EXT_IS_EXTENDED] == 0 {
                             break;
                         }
-                        if sparse.len() > SPARSE_BLOCK_LIMIT * BLOCK {
+                        if sparse.len() >= MAX_SPARSE_EXT_BLOCKS * BLOCK {
                             return Err(bad("sparse map too large"));
                         }
                     }
                 }
                 let data_offset = input.pos;
                 group_bytes = 0;
-                let mut entry = Entry::new(std::mem::take(&mut group), block, sparse, data_offset)
-                    .map_err(|e| bad(&e))?;
+                // The one resolution every reader uses: what is excluded here
+                // is what the extractor would have written.
+                let r = tarfmt::resolve(group.iter().map(|h| &h.ext), &block, &sparse).map_err(
+                    |e| {
+                        let name = tarfmt::guess_name(
+                            group.iter().map(|h| &h.ext),
+                            &tarfmt::raw_name(&block),
+                        );
+                        bad(&format!("entry {}: {e}", tarfmt::shown(&name)))
+                    },
+                )?;
+                let mut entry =
+                    Entry::new(std::mem::take(&mut group), block, sparse, data_offset, r);
                 stats.entries += 1;
                 let action = rewrite.entry(&mut entry).map_err(Fail::Filter)?;
                 let size = entry.size;
@@ -769,64 +746,6 @@ pub(crate) fn layer_tar(
     Ok((label, tar))
 }
 
-/// Bytes of zero padding after `size` bytes of data.
-fn padding(size: u64) -> usize {
-    ((BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64) as usize
-}
-
-fn until_nul(b: &[u8]) -> &[u8] {
-    match b.iter().position(|&c| c == 0) {
-        Some(i) => &b[..i],
-        None => b,
-    }
-}
-
-fn is_gnu(block: &[u8; BLOCK]) -> bool {
-    &block[MAGIC] == b"ustar  \0"
-}
-
-fn ustar_path(block: &[u8; BLOCK]) -> Vec<u8> {
-    let name = until_nul(&block[NAME]);
-    let prefix = if &block[257..263] == b"ustar\0" {
-        until_nul(&block[PREFIX])
-    } else {
-        &[]
-    };
-    if prefix.is_empty() {
-        name.to_vec()
-    } else {
-        let mut p = prefix.to_vec();
-        p.push(b'/');
-        p.extend_from_slice(name);
-        p
-    }
-}
-
-/// Reads a numeric header field: octal digits (space or NUL padded), or
-/// the GNU base-256 form for big values. None for anything else, negative
-/// base-256 values included.
-fn parse_numeric(field: &[u8]) -> Option<u64> {
-    let first = *field.first()?;
-    if first & 0x80 != 0 {
-        if first & 0x40 != 0 {
-            return None;
-        }
-        let mut v = u64::from(first & 0x3f);
-        for &b in &field[1..] {
-            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
-        }
-        return Some(v);
-    }
-    let start = field.iter().position(|&b| b != b' ').unwrap_or(field.len());
-    let mut v: u64 = 0;
-    let mut i = start;
-    while i < field.len() && (b'0'..=b'7').contains(&field[i]) {
-        v = v.checked_mul(8)?.checked_add(u64::from(field[i] - b'0'))?;
-        i += 1;
-    }
-    field[i..].iter().all(|&b| b == b' ' || b == 0).then_some(v)
-}
-
 /// Writes `v` into a numeric field: zero-padded octal and a NUL when it
 /// fits, else base-256.
 fn write_numeric(field: &mut [u8], v: u64) {
@@ -872,80 +791,12 @@ fn set_time(block: &mut [u8; BLOCK], t: u64) -> bool {
     changed
 }
 
-fn header_sums(block: &[u8; BLOCK]) -> (u64, i64) {
-    let mut unsigned = 0u64;
-    let mut signed = 0i64;
-    for (i, &b) in block.iter().enumerate() {
-        let b = if CHKSUM.contains(&i) { b' ' } else { b };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
-    }
-    (unsigned, signed)
-}
-
-/// Whether the stored checksum matches (some old writers summed signed
-/// bytes; readers accept both).
-fn checksum_ok(block: &[u8; BLOCK]) -> bool {
-    let Some(stored) = parse_numeric(&block[CHKSUM]) else {
-        return false;
-    };
-    let (unsigned, signed) = header_sums(block);
-    stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed)
-}
-
 /// Computes and stores the checksum as GNU tar writes it: six octal
 /// digits, NUL, space.
 fn set_checksum(block: &mut [u8; BLOCK]) {
     let (sum, _) = header_sums(block);
     let field = format!("{sum:06o}\0 ");
     block[CHKSUM].copy_from_slice(&field.as_bytes()[..8]);
-}
-
-fn parse_decimal(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 20 || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(b).ok()?.parse().ok()
-}
-
-/// Parses PAX records, `LEN key=value\n` each, where LEN counts the whole
-/// record. Trailing NUL bytes, which some writers leave, end the list.
-fn parse_records(data: &[u8]) -> std::result::Result<Vec<Record>, String> {
-    let bad = |why: &str| format!("malformed PAX header: {why}");
-    let mut out = Vec::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        if rest.iter().all(|&b| b == 0) {
-            break;
-        }
-        let space = rest
-            .iter()
-            .take(21)
-            .position(|&b| b == b' ')
-            .ok_or_else(|| bad("record without a length"))?;
-        let len = parse_decimal(&rest[..space]).ok_or_else(|| bad("bad record length"))?;
-        let len = usize::try_from(len).map_err(|_| bad("bad record length"))?;
-        if len <= space + 1 || len > rest.len() {
-            return Err(bad("record length out of range"));
-        }
-        let record = &rest[space + 1..len];
-        let Some(body) = record.strip_suffix(b"\n") else {
-            return Err(bad("record does not end with a newline"));
-        };
-        let eq = body
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or_else(|| bad("record without '='"))?;
-        if eq == 0 {
-            return Err(bad("record with an empty key"));
-        }
-        out.push(Record {
-            key: body[..eq].to_vec(),
-            value: body[eq + 1..].to_vec(),
-        });
-        rest = &rest[len..];
-    }
-    Ok(out)
 }
 
 /// Appends one PAX record; its length prefix counts its own digits.
@@ -982,6 +833,7 @@ pub(crate) mod testutil {
     use std::process::Command;
 
     use super::*;
+    pub(crate) use crate::tarfmt::{NAME, parse_records, until_nul};
 
     /// Rewrites `tar` in memory.
     pub fn rewrite_bytes(tar: &[u8], rw: &mut dyn Rewrite) -> Result<(Vec<u8>, Stats)> {

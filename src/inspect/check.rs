@@ -695,27 +695,18 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
         }
     };
     let len = reader.len();
-    let mut archive = tar::Archive::new(reader);
-    let entries = match archive.entries_with_seek() {
-        Ok(e) => e,
-        Err(e) => {
-            f.push(
-                Severity::Error,
-                "tar",
-                "",
-                format!("layer {index} is not a valid tar: {e}"),
-            );
-            return;
-        }
-    };
+    // The shared reader: the names the extractor and filters see, and the
+    // same refusals of hostile headers.
+    let mut archive = crate::tarfmt::Archive::new(crate::tarfmt::Seekable(reader));
     let mut dirs: HashSet<String> = HashSet::new();
     let mut count = 0u64;
     let mut bytes = 0u64;
     let mut whiteouts = 0u64;
     let mut end = 0u64;
-    for entry in entries {
-        let entry = match entry {
-            Ok(e) => e,
+    loop {
+        let entry = match archive.next_entry() {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
             Err(e) => {
                 f.push(
                     Severity::Error,
@@ -726,22 +717,15 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
                 return;
             }
         };
-        let header = entry.header();
-        let etype = header.entry_type();
-        if matches!(
-            etype,
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
-        ) {
-            continue;
-        }
+        let etype = tar::EntryType::new(entry.kind());
         count += 1;
-        end = end.max(entry.raw_file_position().saturating_add(entry.size()));
-        let raw = entry.path_bytes().into_owned();
+        end = end.max(entry.data_offset.saturating_add(entry.data_size));
+        let raw = entry.path().to_vec();
         let name = clean_name(&raw);
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let (kind, path) = classify(etype, &name);
         if kind == EntryKind::File {
-            bytes += entry.size();
+            bytes += entry.resolved.size;
         }
 
         if raw.split(|b| *b == b'/').any(|c| c == b"..") {
@@ -759,16 +743,14 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
                 format!("{shown:?} is an absolute path (extractors strip the leading /)"),
             );
         }
-        let mode = header.mode().unwrap_or(0);
+        let mode = entry.mode().unwrap_or(0);
         match kind {
             EntryKind::Dir => {
                 dirs.insert(name.clone());
             }
             EntryKind::Char | EntryKind::Block => {
-                let (maj, min) = (
-                    header.device_major().ok().flatten().unwrap_or(0),
-                    header.device_minor().ok().flatten().unwrap_or(0),
-                );
+                let (maj, min) = entry.device();
+                let (maj, min) = (maj.unwrap_or(0), min.unwrap_or(0));
                 f.push(
                     Severity::Warning,
                     "device",
@@ -777,10 +759,7 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
                 );
             }
             EntryKind::Hardlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = entry.link().to_vec();
                 let t = String::from_utf8_lossy(&target).into_owned();
                 if target.starts_with(b"/") || target.split(|b| *b == b'/').any(|c| c == b"..") {
                     f.push(
@@ -811,14 +790,14 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
                             kind_name(etype)
                         ),
                     );
-                } else if entry.size() != 0 {
+                } else if entry.resolved.size != 0 {
                     f.push(
                         Severity::Warning,
                         "whiteout",
                         &name,
                         format!(
                             "whiteout {name} holds {} bytes; whiteouts are empty files",
-                            entry.size()
+                            entry.resolved.size
                         ),
                     );
                 }
@@ -863,7 +842,7 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
                 ),
             );
         }
-        if negative_field(&header.as_old().mtime) {
+        if negative_field(&entry.block[136..148]) {
             f.push(
                 Severity::Warning,
                 "mtime",

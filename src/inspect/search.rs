@@ -26,6 +26,7 @@ use crate::inspect::{
 };
 use crate::registry::Client;
 use crate::source::Source;
+use crate::tarfmt::{Archive, Input, Seekable, Stream};
 
 /// What member paths are matched against.
 #[derive(Clone, Debug)]
@@ -114,55 +115,47 @@ pub struct LayerMatches {
 /// is seeked over, never read.
 pub fn search_tar(tar: &FileSlice, pattern: &Pattern) -> std::io::Result<(u64, Vec<Match>)> {
     let reader = SliceReader::open(tar)?;
-    let mut archive = tar::Archive::new(reader);
-    collect_matches(archive.entries_with_seek()?, pattern)
+    collect_matches(Archive::new(Seekable(reader)), pattern)
 }
 
 /// Walks a tar stream to its end-of-archive marker and returns its entry
 /// count and matches. Member data is read (a stream cannot seek) and
 /// dropped.
 pub fn search_stream(tar: impl Read, pattern: &Pattern) -> std::io::Result<(u64, Vec<Match>)> {
-    let mut archive = tar::Archive::new(tar);
-    collect_matches(archive.entries()?, pattern)
+    collect_matches(Archive::new(Stream(tar)), pattern)
 }
 
-fn collect_matches<R: Read>(
-    iter: tar::Entries<'_, R>,
+/// Entries come from the shared reader, so names are the ones the
+/// extractor and the filters see, and hostile headers fail the same way.
+fn collect_matches<S: Input>(
+    mut archive: Archive<S>,
     pattern: &Pattern,
 ) -> std::io::Result<(u64, Vec<Match>)> {
     let mut entries = 0;
     let mut matches = Vec::new();
-    for entry in iter {
-        let entry = entry?;
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
-        ) {
-            continue;
-        }
+    while let Some(entry) = archive.next_entry()? {
         entries += 1;
-        let member = clean_name(&entry.path_bytes());
+        let member = clean_name(entry.path());
         if member.is_empty() {
             // The layer's root directory (`./`).
             continue;
         }
-        let (kind, path) = classify(kind, &member);
+        let (kind, path) = classify(tar::EntryType::new(entry.kind()), &member);
         let hit = pattern.is_match(&path) || (path != member && pattern.is_match(&member));
         if !hit {
             continue;
         }
         let link_target = match kind {
-            EntryKind::Symlink | EntryKind::Hardlink => entry
-                .link_name_bytes()
-                .map(|l| String::from_utf8_lossy(&l).into_owned()),
+            EntryKind::Symlink | EntryKind::Hardlink => {
+                Some(String::from_utf8_lossy(entry.link()).into_owned())
+            }
             _ => None,
         };
         matches.push(Match {
             path,
             member,
             kind,
-            size: entry.size(),
+            size: entry.resolved.size,
             link_target,
             whiteout: kind.is_whiteout(),
         });

@@ -12,17 +12,15 @@ use std::rc::Rc;
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
-use tar::EntryType;
 
 use super::path::{self, BadName, RelPath, Whiteout};
 use super::resolve::{self, FileId, OpenRootError, Prune, Root};
 use super::{ExtractOptions, ExtractStats, WhiteoutMode};
+use crate::tarfmt::{self, Archive, Sparse, Stream, TarError};
 use crate::{Error, Result};
 
 /// Size of the copy buffer, and of the read-ahead on the tar stream.
 const COPY_BUF: usize = 256 * 1024;
-/// Longest entry name quoted in a message.
-const MAX_SHOWN: usize = 200;
 /// Distinct xattr failures reported one by one before they are lumped.
 const MAX_XATTR_WARNINGS: usize = 32;
 
@@ -43,15 +41,18 @@ pub fn extract_layer(root: &Path, tar: impl Read, opts: &ExtractOptions) -> Resu
         OpenRootError::Io(e) => Error::io("opening", root, e),
     })?;
     let mut ex = Extractor::new(root, handle, opts).map_err(|e| Error::io("opening", root, e))?;
-    let mut archive = tar::Archive::new(BufReader::with_capacity(COPY_BUF, tar));
-    let entries = archive.entries().map_err(|e| ex.read_error(e))?;
-    for entry in entries {
+    // The shared reader: one answer to every entry's name (the one the
+    // filters used), metadata and sparse maps capped before allocation.
+    let mut archive = Archive::new(Stream(BufReader::with_capacity(COPY_BUF, tar)));
+    loop {
         crate::cancel::check()?;
-        let mut entry = entry.map_err(|e| ex.read_error(e))?;
-        match ex.entry(&mut entry) {
+        let Some(entry) = archive.next_entry().map_err(|e| ex.tar_error(e))? else {
+            break;
+        };
+        match ex.entry(&entry, &mut archive) {
             Ok(()) => ex.stats.entries += 1,
             Err(Fail::Refused(reason)) => {
-                let message = format!("entry {} {reason}", shown(&entry.path_bytes()));
+                let message = format!("entry {} {reason}", shown(entry.path()));
                 if !opts.skip_unsafe {
                     return Err(Error::InvalidArchive {
                         path: PathBuf::from(&opts.layer_name),
@@ -76,13 +77,7 @@ enum Fail {
 
 /// A member name quoted for a one-line message.
 fn shown(raw: &[u8]) -> String {
-    let s = String::from_utf8_lossy(raw);
-    if s.chars().count() > MAX_SHOWN {
-        let cut: String = s.chars().take(MAX_SHOWN).collect();
-        format!("{cut:?}...")
-    } else {
-        format!("{s:?}")
-    }
+    tarfmt::shown(raw)
 }
 
 /// What a header says about an entry, beyond its type and name.
@@ -195,6 +190,17 @@ impl<'a> Extractor<'a> {
         )
     }
 
+    /// A malformed or hostile tar: one line naming the layer and the entry.
+    fn tar_error(&self, e: TarError) -> Error {
+        match e {
+            TarError::Io(e) => self.read_error(e),
+            bad => Error::InvalidArchive {
+                path: PathBuf::from(&self.opts.layer_name),
+                message: bad.to_string(),
+            },
+        }
+    }
+
     /// A fatal error for a filesystem call on `rel`.
     fn io_fail(&self, operation: &'static str, rel: &[u8], e: impl Into<io::Error>) -> Fail {
         let e = e.into();
@@ -223,13 +229,15 @@ impl<'a> Extractor<'a> {
     }
 
     /// Applies one entry.
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), Fail> {
-        let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() {
-            // Archive-wide PAX defaults (in practice a comment): nothing to apply.
-            return Ok(());
-        }
-        let raw = entry.path_bytes().into_owned();
+    fn entry<S: tarfmt::Input>(
+        &mut self,
+        entry: &tarfmt::Entry,
+        archive: &mut Archive<S>,
+    ) -> Result<(), Fail> {
+        // PAX global headers (archive-wide defaults, in practice a comment)
+        // never reach here: the reader checks and consumes them.
+        let kind = entry.kind();
+        let raw = entry.path().to_vec();
         let name = RelPath::parse(&raw).map_err(|b| Fail::Refused(b.reason().into()))?;
         if name.is_aufs_meta() {
             return Ok(());
@@ -246,28 +254,26 @@ impl<'a> Extractor<'a> {
             }
         }
         let meta = self.read_meta(entry, &raw)?;
-        if name.is_root() && kind != EntryType::Directory && !raw.ends_with(b"/") {
+        if name.is_root() && kind != b'5' && !raw.ends_with(b"/") {
             return Err(Fail::Refused(
                 "would replace the target directory itself".into(),
             ));
         }
         match kind {
-            EntryType::Directory => self.directory(&name, &meta),
+            _ if entry.sparse.is_some() => {
+                self.file(entry, archive, &name, &meta, entry.sparse.as_ref())
+            }
+            b'5' => self.directory(&name, &meta),
             // Pre-POSIX archives mark directories by a trailing slash alone.
-            EntryType::Regular | EntryType::Continuous if raw.ends_with(b"/") => {
-                self.directory(&name, &meta)
-            }
-            EntryType::Regular | EntryType::Continuous => self.file(entry, &name, &meta, false),
-            EntryType::GNUSparse => self.file(entry, &name, &meta, true),
-            EntryType::Symlink => self.symlink(entry, &name, &meta),
-            EntryType::Link => self.hardlink(entry, &name),
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                self.node(entry, kind, &name, &meta)
-            }
+            b'0' | b'7' if raw.ends_with(b"/") => self.directory(&name, &meta),
+            b'0' | b'7' => self.file(entry, archive, &name, &meta, None),
+            b'2' => self.symlink(entry, &name, &meta),
+            b'1' => self.hardlink(entry, &name),
+            b'3' | b'4' | b'6' => self.node(entry, kind, &name, &meta),
             other => {
                 self.unknown_count += 1;
                 if self.unknown_types.len() < 4 {
-                    self.unknown_types.push((other.as_byte(), shown(&raw)));
+                    self.unknown_types.push((other, shown(&raw)));
                 }
                 Ok(())
             }
@@ -275,27 +281,24 @@ impl<'a> Extractor<'a> {
     }
 
     /// Reads mode, owner, times and xattrs from the header and its PAX records.
-    fn read_meta<R: Read>(
-        &mut self,
-        entry: &mut tar::Entry<'_, R>,
-        raw: &[u8],
-    ) -> Result<Meta, Fail> {
-        let bad = |e: io::Error| {
+    fn read_meta(&mut self, entry: &tarfmt::Entry, raw: &[u8]) -> Result<Meta, Fail> {
+        let bad = |field: &str| {
             Fail::Fatal(Error::InvalidArchive {
                 path: PathBuf::from(&self.opts.layer_name),
-                message: format!("entry {}: {e}", shown(raw)),
+                message: format!("entry {}: bad {field} field in its header", shown(raw)),
             })
         };
-        let h = entry.header();
-        let mode = h.mode().map_err(bad)? & 0o7777;
+        let mode = entry.mode().ok_or_else(|| bad("mode"))? & 0o7777;
         // u32::MAX is the "no change" value of chown(2), never a real owner.
         let id = |v: u64| u32::try_from(v).ok().filter(|&v| v != u32::MAX);
-        let (Some(uid), Some(gid)) = (id(h.uid().map_err(bad)?), id(h.gid().map_err(bad)?)) else {
+        let uid = entry.uid().ok_or_else(|| bad("uid"))?;
+        let gid = entry.gid().ok_or_else(|| bad("gid"))?;
+        let (Some(uid), Some(gid)) = (id(uid), id(gid)) else {
             return Err(Fail::Refused(
                 "has an owner or group id out of range".into(),
             ));
         };
-        let secs = h.mtime().map_err(bad)?;
+        let secs = entry.mtime().ok_or_else(|| bad("mtime"))?;
         let mut mtime = Timespec {
             tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
             tv_nsec: 0,
@@ -303,14 +306,11 @@ impl<'a> Extractor<'a> {
         let mut atime = None;
         let mut xattrs = Vec::new();
         let overlay = !self.apply_mode();
-        if let Some(pax) = entry
-            .pax_extensions()
-            .map_err(|e| Fail::Fatal(self.read_error(e)))?
         {
-            // A malformed record is skipped, as the tar crate does for paths.
-            for rec in pax.flatten() {
-                let key = rec.key_bytes();
-                let value = rec.value_bytes();
+            // Malformed records never get here: the reader refuses them.
+            for rec in &entry.pax {
+                let key = rec.key.as_slice();
+                let value = rec.value.as_slice();
                 if key == b"mtime" {
                     if let Some(t) = parse_pax_time(value) {
                         mtime = t;
@@ -573,12 +573,13 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    fn file<R: Read>(
+    fn file<S: tarfmt::Input>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &tarfmt::Entry,
+        archive: &mut Archive<S>,
         name: &RelPath,
         meta: &Meta,
-        sparse: bool,
+        sparse: Option<&Sparse>,
     ) -> Result<(), Fail> {
         let rel = name.as_bytes();
         let (p, last) = self.parent_of(name)?;
@@ -586,8 +587,13 @@ impl<'a> Extractor<'a> {
             .map_err(|e| self.io_fail("creating", rel, e))?;
         self.created(&p, last);
         let mut file = File::from(fd);
-        let expected = entry.size();
-        let written = match copy(entry, &mut file, &mut self.buf, sparse) {
+        let expected = entry.data_size;
+        let mut data = archive.data();
+        let copied = match sparse {
+            None => copy(&mut data, &mut file, &mut self.buf),
+            Some(map) => copy_sparse(&mut data, &mut file, &mut self.buf, map),
+        };
+        let written = match copied {
             Ok(n) => n,
             Err(CopyError::Read(e)) if e.kind() == io::ErrorKind::Interrupted => {
                 return Err(Fail::Fatal(Error::Interrupted));
@@ -604,7 +610,8 @@ impl<'a> Extractor<'a> {
                 ),
             }));
         }
-        self.stats.bytes += written;
+        // A sparse file counts at its size, holes included, as it reads.
+        self.stats.bytes += sparse.map_or(written, |m| m.real_size);
         // chown clears setuid/setgid, and writes clear security.capability:
         // owner, then mode, then xattrs, then times.
         self.chown_fd(&file, meta, rel)?;
@@ -616,19 +623,11 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    fn symlink<R: Read>(
-        &mut self,
-        entry: &tar::Entry<'_, R>,
-        name: &RelPath,
-        meta: &Meta,
-    ) -> Result<(), Fail> {
+    fn symlink(&mut self, entry: &tarfmt::Entry, name: &RelPath, meta: &Meta) -> Result<(), Fail> {
         let rel = name.as_bytes();
         // Kept verbatim, absolute or not: it is resolved in the container's
         // root when used, and we never follow it while extracting.
-        let target = entry
-            .link_name_bytes()
-            .map(|t| t.into_owned())
-            .unwrap_or_default();
+        let target = entry.link().to_vec();
         if target.is_empty() {
             return Err(Fail::Refused("is a symlink with an empty target".into()));
         }
@@ -653,12 +652,9 @@ impl<'a> Extractor<'a> {
         self.finish_node(&p, last, meta, rel, false)
     }
 
-    fn hardlink<R: Read>(&mut self, entry: &tar::Entry<'_, R>, name: &RelPath) -> Result<(), Fail> {
+    fn hardlink(&mut self, entry: &tarfmt::Entry, name: &RelPath) -> Result<(), Fail> {
         let rel = name.as_bytes();
-        let raw_target = entry
-            .link_name_bytes()
-            .map(|t| t.into_owned())
-            .unwrap_or_default();
+        let raw_target = entry.link().to_vec();
         let refuse =
             |why: &str| Fail::Refused(format!("is a hardlink to {}, {why}", shown(&raw_target)));
         if raw_target.first() == Some(&b'/') {
@@ -714,31 +710,31 @@ impl<'a> Extractor<'a> {
     }
 
     /// FIFOs and device nodes.
-    fn node<R: Read>(
+    fn node(
         &mut self,
-        entry: &tar::Entry<'_, R>,
-        kind: EntryType,
+        entry: &tarfmt::Entry,
+        kind: u8,
         name: &RelPath,
         meta: &Meta,
     ) -> Result<(), Fail> {
         let rel = name.as_bytes();
         let (ftype, dev) = match kind {
-            EntryType::Fifo => (FileType::Fifo, 0),
+            b'6' => (FileType::Fifo, 0),
             _ => {
                 if !self.privileged {
                     self.devices_skipped += 1;
                     return Ok(());
                 }
-                let h = entry.header();
-                let bad = |e: io::Error| {
+                let bad = || {
                     Fail::Fatal(Error::InvalidArchive {
                         path: PathBuf::from(&self.opts.layer_name),
-                        message: format!("entry {}: {e}", shown(rel)),
+                        message: format!("entry {}: bad device number in its header", shown(rel)),
                     })
                 };
-                let major = h.device_major().map_err(bad)?.unwrap_or(0);
-                let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
-                let ftype = if kind == EntryType::Char {
+                let (major, minor) = entry.device();
+                let major = major.and_then(|v| u32::try_from(v).ok()).ok_or_else(bad)?;
+                let minor = minor.and_then(|v| u32::try_from(v).ok()).ok_or_else(bad)?;
+                let ftype = if kind == b'3' {
                     FileType::CharacterDevice
                 } else {
                     FileType::BlockDevice
@@ -1042,16 +1038,9 @@ enum CopyError {
     Write(io::Error),
 }
 
-/// Streams an entry's data into `out`; for a sparse entry, runs of zeros
-/// become holes again.
-fn copy(
-    from: &mut impl Read,
-    out: &mut File,
-    buf: &mut [u8],
-    sparse: bool,
-) -> Result<u64, CopyError> {
+/// Streams an entry's data into `out`.
+fn copy(from: &mut impl Read, out: &mut File, buf: &mut [u8]) -> Result<u64, CopyError> {
     let mut total = 0u64;
-    let mut hole_at_end = false;
     loop {
         if crate::cancel::requested() {
             // Reported as Error::Interrupted by the caller.
@@ -1063,20 +1052,34 @@ fn copy(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(CopyError::Read(e)),
         };
-        let chunk = &buf[..n];
-        if sparse && chunk.iter().all(|&b| b == 0) {
-            out.seek(SeekFrom::Current(n as i64))
-                .map_err(CopyError::Write)?;
-            hole_at_end = true;
-        } else {
-            out.write_all(chunk).map_err(CopyError::Write)?;
-            hole_at_end = false;
-        }
+        out.write_all(&buf[..n]).map_err(CopyError::Write)?;
         total += n as u64;
     }
-    if hole_at_end {
-        out.set_len(total).map_err(CopyError::Write)?;
+    Ok(total)
+}
+
+/// Writes a sparse file's segments where its map puts them and sizes the
+/// file: holes cost a seek each, never a read or a write of zeros.
+fn copy_sparse(
+    from: &mut impl Read,
+    out: &mut File,
+    buf: &mut [u8],
+    map: &Sparse,
+) -> Result<u64, CopyError> {
+    let mut total = 0u64;
+    for &(offset, len) in &map.segments {
+        if len == 0 {
+            continue;
+        }
+        out.seek(SeekFrom::Start(offset))
+            .map_err(CopyError::Write)?;
+        let n = copy(&mut from.take(len), out, buf)?;
+        total += n;
+        if n < len {
+            return Ok(total);
+        }
     }
+    out.set_len(map.real_size).map_err(CopyError::Write)?;
     Ok(total)
 }
 

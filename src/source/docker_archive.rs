@@ -251,21 +251,22 @@ fn index_members(
     file: &mut File,
     file_len: u64,
 ) -> std::result::Result<HashMap<String, IndexEntry>, String> {
-    let mut archive = tar::Archive::new(BufReader::new(file));
-    let entries = archive
-        .entries_with_seek()
-        .map_err(|_| "not a tar archive".to_string())?;
+    // The shared reader: extension headers capped before allocation, names
+    // resolved as everywhere else.
+    let mut archive = crate::tarfmt::Archive::new(crate::tarfmt::BufSeek(BufReader::new(file)));
     let mut index = HashMap::new();
-    for entry in entries {
-        // The tar crate's message quotes the raw header bytes, which may hold
-        // terminal escapes: say where it broke instead.
-        let entry = entry.map_err(|_| {
-            format!(
-                "not a readable tar archive (bad header after {} members)",
-                index.len()
-            )
-        })?;
-        let Ok(raw_name) = std::str::from_utf8(&entry.path_bytes()).map(str::to_string) else {
+    loop {
+        let entry = match archive.next_entry() {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(format!(
+                    "not a readable tar archive (after {} members): {e}",
+                    index.len()
+                ));
+            }
+        };
+        let Ok(raw_name) = std::str::from_utf8(entry.path()).map(str::to_string) else {
             // manifest.json can only name UTF-8 paths, so these are never used.
             continue;
         };
@@ -273,10 +274,11 @@ fn index_members(
         if name.is_empty() {
             continue;
         }
-        let kind = entry.header().entry_type();
-        let record = if kind.is_file() || kind == tar::EntryType::Continuous {
-            let offset = entry.raw_file_position();
-            let size = entry.size();
+        let kind = tar::EntryType::new(entry.kind());
+        let regular = matches!(entry.kind(), b'0' | b'7') && !entry.resolved.is_sparse();
+        let record = if regular {
+            let offset = entry.data_offset;
+            let size = entry.data_size;
             if offset.checked_add(size).is_none_or(|end| end > file_len) {
                 return Err(format!(
                     "truncated: member {:?} claims {size} bytes at offset {offset} but the file is \
@@ -290,10 +292,7 @@ fn index_members(
                 size,
             })
         } else if kind.is_hard_link() || kind.is_symlink() {
-            let Some(target) = entry
-                .link_name_bytes()
-                .and_then(|t| std::str::from_utf8(&t).ok().map(str::to_string))
-            else {
+            let Ok(target) = std::str::from_utf8(entry.link()).map(str::to_string) else {
                 continue;
             };
             // A hard link names an archive path; a symlink is relative to

@@ -20,4 +20,5 @@ mod runtime;
 mod search;
 mod signals;
 mod slow;
+mod tar_hostile;
 mod terminal;
