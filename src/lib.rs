@@ -18,6 +18,7 @@ pub mod layer;
 pub mod pipeline;
 pub mod progress;
 pub mod reference;
+pub mod rmtree;
 pub mod registry;
 pub mod sink;
 pub mod source;
