@@ -19,6 +19,8 @@ mod proptests;
 mod resolve;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod depth_tests;
 
 pub use extract::extract_layer;
 
