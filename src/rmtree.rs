@@ -300,7 +300,8 @@ pub(crate) fn remove_tree_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()>
             }
             None => {
                 let done = walk.pop()?.expect("depth checked above");
-                let rmdir = || rustix::fs::unlinkat(walk.fd(), done.name.as_slice(), AtFlags::REMOVEDIR);
+                let rmdir =
+                    || rustix::fs::unlinkat(walk.fd(), done.name.as_slice(), AtFlags::REMOVEDIR);
                 match rmdir() {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(Errno::ACCESS) => {
@@ -399,7 +400,7 @@ mod tests {
 
     #[test]
     fn deep_tree_is_removed_with_few_fds() {
-        let t = tempfile::tempdir().unwrap();
+        let t = crate::layer::depth_sandbox();
         let top = t.path().join("top");
         deep(&top, 30_000);
         // stdin, stdout, stderr, the harness's own, and a handful for us.
@@ -413,7 +414,7 @@ mod tests {
     fn std_removal_needs_an_fd_per_level() {
         // Shows the test above can fail: the standard library's removal
         // runs out of descriptors on the same tree and limit.
-        let t = tempfile::tempdir().unwrap();
+        let t = crate::layer::depth_sandbox();
         let top = t.path().join("top");
         deep(&top, 2_000);
         let ok = with_fd_limit(32, || fs::remove_dir_all(&top).is_ok());
@@ -424,7 +425,7 @@ mod tests {
 
     #[test]
     fn planted_symlinks_are_removed_not_followed() {
-        let t = tempfile::tempdir().unwrap();
+        let t = crate::layer::depth_sandbox();
         let outside = t.path().join("outside");
         fs::create_dir(&outside).unwrap();
         fs::write(outside.join("precious"), "keep").unwrap();
@@ -443,7 +444,10 @@ mod tests {
         }
         remove(&top).unwrap();
         assert!(!top.exists());
-        assert_eq!(fs::read_to_string(outside.join("precious")).unwrap(), "keep");
+        assert_eq!(
+            fs::read_to_string(outside.join("precious")).unwrap(),
+            "keep"
+        );
         // The start itself a symlink: the link goes, its target stays.
         let l = t.path().join("l");
         std::os::unix::fs::symlink(&outside, &l).unwrap();
@@ -454,7 +458,7 @@ mod tests {
 
     #[test]
     fn wide_and_locked_trees_are_removed() {
-        let t = tempfile::tempdir().unwrap();
+        let t = crate::layer::depth_sandbox();
         let top = t.path().join("top");
         fs::create_dir(&top).unwrap();
         for i in 0..20_000 {
@@ -464,11 +468,10 @@ mod tests {
             let d = top.join(format!("d{i}"));
             fs::create_dir(&d).unwrap();
             fs::write(d.join("x"), "").unwrap();
-            fs::set_permissions(&d, fs::Permissions::from_mode(if i % 2 == 0 {
-                0o500
-            } else {
-                0o000
-            }))
+            fs::set_permissions(
+                &d,
+                fs::Permissions::from_mode(if i % 2 == 0 { 0o500 } else { 0o000 }),
+            )
             .unwrap();
         }
         remove(&top).unwrap();
@@ -481,11 +484,11 @@ mod tests {
     fn a_moved_parent_is_noticed() {
         // The walk reopens `..` past its window; a tree moved underneath
         // it makes it fail rather than remove elsewhere.
-        let t = tempfile::tempdir().unwrap();
+        let t = crate::layer::depth_sandbox();
         let top = t.path().join("top");
         deep(&top, FD_WINDOW * 3);
-        let base = rustix::fs::open(t.path(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .unwrap();
+        let base =
+            rustix::fs::open(t.path(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
         let mut walk: Walk<'_, ()> = Walk::new(base.as_fd(), (0, 0), ());
         let mut name = b"top".to_vec();
         let mut ids = Vec::new();

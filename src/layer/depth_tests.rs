@@ -204,7 +204,19 @@ fn hops_at(levels: &[usize]) -> BTreeMap<usize, BTreeMap<String, String>> {
 
 const DEPTHS: [usize; 3] = [4_000, 6_000, 20_000];
 
-fn sandbox() -> tempfile::TempDir {
+/// A scratch directory, on tmpfs when there is one: deep trees are slow
+/// to make and remove on a journalled disk (about 3 ms a level on ext4
+/// here, against 0.1 ms on tmpfs).
+pub(crate) fn sandbox() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(t) = tempfile::Builder::new()
+            .prefix("occy-depth-")
+            .tempdir_in(shm)
+        {
+            return t;
+        }
+    }
     tempfile::tempdir().unwrap()
 }
 
@@ -218,7 +230,14 @@ fn done(t: tempfile::TempDir) {
 #[test]
 fn same_layer_deep_file_survives_a_whiteout_of_its_top() {
     for depth in DEPTHS {
-        for whiteout_first in [false, true] {
+        // The whiteout before the tree, too (once: the order is not what
+        // depth changes).
+        let orders: &[bool] = if depth == 6_000 {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &whiteout_first in orders {
             let t = sandbox();
             let root = t.path();
             let mut l = Layer::new();
@@ -238,7 +257,10 @@ fn same_layer_deep_file_survives_a_whiteout_of_its_top() {
             let got = shape(root);
             assert!(got.root.is_empty(), "{:?}", got.root);
             assert_eq!(got.depth, Some(depth), "depth {depth}");
-            assert_eq!(got.extra, want, "depth {depth}, whiteout first {whiteout_first}");
+            assert_eq!(
+                got.extra, want,
+                "depth {depth}, whiteout first {whiteout_first}"
+            );
             done(t);
         }
     }
@@ -386,7 +408,7 @@ fn deep_layers_need_few_fds() {
     let mut lower = Layer::new();
     lower.chain("top", depth, "j");
     lower.file(&Layer::at("top", depth, "j", "old"), "lower");
-    lower.chain("gone", depth, "j");
+    lower.chain("gone", 6_000, "j");
     let lower = lower.bytes();
     let mut upper = Layer::new();
     upper.file(&Layer::at("top", depth, "j", "new"), "upper");

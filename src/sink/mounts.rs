@@ -181,10 +181,38 @@ impl Sink for MountsSink {
         if target.is_dir() {
             return Ok(());
         }
-        let staged = StagedDir::new(&target)?;
+        // `<diff_id>/` holds only `layer/`: one this run makes goes again
+        // if the layer fails, so a store never keeps an empty one.
+        let holder = crate::fsutil::parent_dir(&target).to_path_buf();
+        let made_holder = match std::fs::create_dir(&holder) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(Error::io("creating", &holder, e)),
+        };
+        let result = self.extract_layer_dir(&layer, &target);
+        if result.is_err() && made_holder {
+            // Only if empty: another run may be filling it meanwhile.
+            if let Err(e) = std::fs::remove_dir(&holder)
+                && e.kind() != std::io::ErrorKind::DirectoryNotEmpty
+            {
+                tracing::error!("could not remove {}: {e}", holder.display());
+            }
+        }
+        result
+    }
+
+    fn finish(self: Box<Self>, image: &Image) -> Result<SinkReport> {
+        self.finish_store(image)
+    }
+}
+
+impl MountsSink {
+    /// Extracts `layer` into a staged directory and renames it to `target`.
+    fn extract_layer_dir(&mut self, layer: &Layer, target: &Path) -> Result<()> {
+        let staged = StagedDir::new(target)?;
         apply_layer(
             staged.path(),
-            &layer,
+            layer,
             WhiteoutMode::Overlay,
             self.skip_unsafe,
             &mut self.notes,
@@ -200,7 +228,7 @@ impl Sink for MountsSink {
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
+    fn finish_store(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
         for l in &image.layers {
             if !self.layer_dir(l).is_dir() {
                 return Err(Error::InvalidImage(format!(
