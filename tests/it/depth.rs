@@ -165,7 +165,11 @@ fn shallow(dir: &Path) -> Vec<String> {
 fn assert_refused(out: &Output) {
     assert_no_panic(out);
     assert_eq!(out.code, Some(1), "{}\n{}", out.cmdline, out.stderr);
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert_eq!(lines.len(), 1, "{}: {}", out.cmdline, out.stderr);
     assert!(
         lines[0].starts_with("error: ") && lines[0].contains("escapes"),
@@ -419,7 +423,12 @@ fn whiteouts_at_depth_in_mounts() {
         serde_json::from_slice(&fs::read(m.join("manifest.json")).unwrap()).unwrap();
     let upper = manifest[0]["Layers"][1].as_str().unwrap().to_string();
     let upper = m.join(upper);
-    assert!(fs::symlink_metadata(upper.join("gone")).unwrap().file_type().is_char_device());
+    assert!(
+        fs::symlink_metadata(upper.join("gone"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
     let root = open_dir(&upper);
     assert_eq!(
         chain_shape(&root, "mine"),
@@ -428,13 +437,23 @@ fn whiteouts_at_depth_in_mounts() {
     // The layer names `top/j/...` literally: alone in its directory, its
     // `j`s are plain directories (the lower layer's hops are elsewhere).
     let marker = at("top", depth, "j", "");
-    let mut cur = rustix::fs::openat(&root, ".", OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-        .unwrap();
+    let mut cur = rustix::fs::openat(
+        &root,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY,
+        Mode::empty(),
+    )
+    .unwrap();
     for c in marker.split('/').filter(|c| !c.is_empty()) {
         let here: Vec<String> = occystrap_list(&cur).into_iter().map(|n| n.0).collect();
         assert!(here.contains(&c.to_string()), "{c} missing: {here:?}");
-        cur = rustix::fs::openat(&cur, c, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty())
-            .unwrap();
+        cur = rustix::fs::openat(
+            &cur,
+            c,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .unwrap();
     }
     let mut v = [0u8; 4];
     let n = rustix::fs::fgetxattr(&cur, "trusted.overlay.opaque", &mut v).unwrap();
