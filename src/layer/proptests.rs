@@ -730,7 +730,7 @@ proptest! {
 fn deep_model_sanity() {
     let p = deep_prefix();
     // Same layer: its own deep content survives a whiteout of the top.
-    check_deep(&[vec![
+    check_deep(&[[
         deep_base(),
         vec![
             Op::File(format!("{p}/a"), 1),
@@ -740,11 +740,11 @@ fn deep_model_sanity() {
     .concat()]);
     // Lower layer: gone; then rewritten under an opaque top.
     check_deep(&[
-        vec![deep_base(), vec![Op::File(format!("{p}/a"), 1)]].concat(),
+        [deep_base(), vec![Op::File(format!("{p}/a"), 1)]].concat(),
         vec![Op::Whiteout(String::new(), "top")],
     ]);
     check_deep(&[
-        vec![deep_base(), vec![Op::File(format!("{p}/a"), 1)]].concat(),
+        [deep_base(), vec![Op::File(format!("{p}/a"), 1)]].concat(),
         vec![Op::File(format!("{p}/b"), 2), Op::Opaque("top".into())],
     ]);
 }

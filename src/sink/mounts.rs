@@ -202,7 +202,7 @@ impl Sink for MountsSink {
     }
 
     fn finish(self: Box<Self>, image: &Image) -> Result<SinkReport> {
-        self.finish_store(image)
+        (*self).finish_store(image)
     }
 }
 
@@ -228,7 +228,7 @@ impl MountsSink {
         Ok(())
     }
 
-    fn finish_store(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
+    fn finish_store(mut self, image: &Image) -> Result<SinkReport> {
         for l in &image.layers {
             if !self.layer_dir(l).is_dir() {
                 return Err(Error::InvalidImage(format!(
