@@ -77,6 +77,34 @@ impl Layer {
         hops
     }
 
+    /// The same chain made by one entry: dangling symlinks at the root
+    /// (`{hop}1 -> top/d^HOP`, `{hop}2 -> {hop}1/d^HOP`, ...) and a file
+    /// `name` through the last of them, whose parents are all made at
+    /// once. Returns the links' names.
+    fn chain_at_once(
+        &mut self,
+        top: &str,
+        depth: usize,
+        hop: &str,
+        name: &str,
+        data: &str,
+    ) -> Vec<String> {
+        let seg = vec!["d"; HOP].join("/");
+        let mut via = top.to_string();
+        let mut level = 0;
+        let mut links = Vec::new();
+        while depth - level > HOP {
+            let link = format!("{hop}{}", links.len() + 1);
+            self.symlink(&link, &format!("{via}/{seg}"));
+            via = link.clone();
+            links.push(link);
+            level += HOP;
+        }
+        let rest = vec!["d"; depth - level].join("/");
+        self.file(&format!("{via}/{rest}/{name}"), data);
+        links
+    }
+
     /// `name` in the directory at `level` of a chain made by [`chain`],
     /// reached through its hops.
     fn at(top: &str, level: usize, hop: &str, name: &str) -> String {
@@ -263,6 +291,42 @@ fn same_layer_deep_file_survives_a_whiteout_of_its_top() {
             );
             done(t);
         }
+    }
+}
+
+/// A whole deep tree made by one entry (its parents through dangling
+/// symlinks): marking its ancestors must reach the top in one go.
+#[test]
+fn tree_made_by_one_entry_survives_its_own_whiteout() {
+    for depth in DEPTHS {
+        let t = sandbox();
+        let root = t.path();
+        let mut l = Layer::new();
+        let links = l.chain_at_once("top", depth, "h", "deep", "mine");
+        l.file(".wh.top", "");
+        l.file("top/.wh..wh..opq", "");
+        apply(root, &mut l);
+        let got = shape(root);
+        let want_root: BTreeMap<String, String> = links
+            .iter()
+            .map(|n| (n.clone(), format!("link:{HOP}")))
+            .collect();
+        assert_eq!(got.root, want_root, "depth {depth}");
+        assert_eq!(got.depth, Some(depth), "depth {depth}");
+        assert_eq!(
+            got.extra,
+            BTreeMap::from([(
+                depth,
+                BTreeMap::from([("deep".to_string(), "file:mine".to_string())])
+            )]),
+            "depth {depth}"
+        );
+        // The next layer's whiteout takes it all.
+        apply(root, Layer::new().file(".wh.top", ""));
+        let got = shape(root);
+        assert_eq!(got.depth, None, "depth {depth}");
+        assert_eq!(got.root, want_root, "depth {depth}");
+        done(t);
     }
 }
 

@@ -84,6 +84,26 @@ impl Deep {
         self.dir(&format!("{via}/{}", vec!["d"; depth - level].join("/")))
     }
 
+    /// The same chain made by one file entry `name`, through dangling
+    /// symlinks at the root (`{hop}1 -> top/d^HOP`, `{hop}2 -> {hop}1/d^HOP`,
+    /// ...), so all its directories are made at once. Returns the links.
+    fn chain_at_once(&mut self, top: &str, depth: usize, hop: &str, name: &str) -> Vec<String> {
+        let seg = vec!["d"; HOP].join("/");
+        let mut via = top.to_string();
+        let mut level = 0;
+        let mut links = Vec::new();
+        while depth - level > HOP {
+            let link = format!("{hop}{}", links.len() + 1);
+            self.symlink(&link, &format!("{via}/{seg}"));
+            via = link.clone();
+            links.push(link);
+            level += HOP;
+        }
+        let rest = vec!["d"; depth - level].join("/");
+        self.file(&format!("{via}/{rest}/{name}"), name);
+        links
+    }
+
     fn finish(&mut self) -> Vec<u8> {
         std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()))
             .into_inner()
@@ -269,10 +289,13 @@ fn refused_after_deep_tree_leaves_nothing_in_mounts() {
 // Whiteouts at depth, through the binary
 
 /// The image: a lower layer with a deep `top` (a file `old` at its
-/// bottom) and a deep `gone`; an upper layer that writes a deep `mine` and
-/// whites it out (its own: it stays), whites out `gone` (lower: it goes),
-/// and makes the bottom of `top` opaque (`old` goes).
-fn whiteout_image(env: &TestEnv, depth: usize) -> String {
+/// bottom) and a deep `gone`. The upper layer writes `new` at the bottom of
+/// `top` (through the lower layer's hops), makes that bottom opaque (`old`
+/// goes, `new` stays) and whites out `top` (the lower hops go, the
+/// directories it wrote into and `new` stay); whites out `gone` (all of
+/// it goes); and makes a deep `mine` in one entry and whites it out (its
+/// own: it stays). Returns the source and the links `mine` was made with.
+fn whiteout_image(env: &TestEnv, depth: usize) -> (String, Vec<String>) {
     let mut lower = Deep::new();
     lower
         .chain("top", depth, "j")
@@ -280,16 +303,18 @@ fn whiteout_image(env: &TestEnv, depth: usize) -> String {
         .chain("gone", depth, "j");
     let mut upper = Deep::new();
     upper
-        .chain("mine", depth, "k")
-        .file(&at("mine", depth, "k", "deep"), "mine")
-        .file(".wh.mine", "")
-        .file(".wh.gone", "")
-        .file(&at("top", depth, "j", ".wh..wh..opq"), "");
-    layout(
+        .file(&at("top", depth, "j", "new"), "upper")
+        .file(&at("top", depth, "j", ".wh..wh..opq"), "")
+        .file(".wh.top", "")
+        .file(".wh.gone", "");
+    let links = upper.chain_at_once("mine", depth, "m", "deep");
+    upper.file(".wh.mine", "");
+    let src = layout(
         env,
         &format!("whiteouts-{depth}"),
         vec![lower.finish(), upper.finish()],
-    )
+    );
+    (src, links)
 }
 
 /// A chain's shape, one fd at a time: how deep `d` goes, and the names
@@ -356,11 +381,14 @@ fn open_dir(p: &Path) -> OwnedFd {
     rustix::fs::open(p, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap()
 }
 
-/// Hop links at each hop level of a `depth`-deep chain, plus `bottom`.
-fn hops(depth: usize, hop: &str, bottom: &[&str]) -> BTreeMap<usize, Vec<String>> {
+/// What a chain holds beside `d`: `hop` links every [`HOP`] levels (none
+/// when `hop` is empty) and `bottom` at level `depth`.
+fn hops(hop: &str, bottom: &[&str], depth: usize) -> BTreeMap<usize, Vec<String>> {
     let mut m = BTreeMap::new();
-    for i in 0..(depth - 1) / HOP {
-        m.insert(i * HOP, vec![format!("{hop}:link")]);
+    if !hop.is_empty() {
+        for i in 0..(depth - 1) / HOP {
+            m.insert(i * HOP, vec![format!("{hop}:link")]);
+        }
     }
     if !bottom.is_empty() {
         let mut b: Vec<String> = bottom.iter().map(|s| s.to_string()).collect();
@@ -374,7 +402,7 @@ fn hops(depth: usize, hop: &str, bottom: &[&str]) -> BTreeMap<usize, Vec<String>
 fn whiteouts_at_depth_in_oci_bundles() {
     let env = TestEnv::new();
     for depth in [4_000, 6_000, 20_000] {
-        let src = whiteout_image(&env, depth);
+        let (src, links) = whiteout_image(&env, depth);
         let out_dir = Scratch::new(&env);
         let bundle = out_dir.0.join("bundle");
         let out = env
@@ -386,15 +414,18 @@ fn whiteouts_at_depth_in_oci_bundles() {
         let rootfs = open_dir(&bundle.join("rootfs"));
         let mut names: Vec<String> = occystrap_list(&rootfs).into_iter().map(|n| n.0).collect();
         names.sort();
-        assert_eq!(names, ["mine", "top"], "depth {depth}");
+        let mut want = links.clone();
+        want.extend(["mine".to_string(), "top".to_string()]);
+        want.sort();
+        assert_eq!(names, want, "depth {depth}");
         assert_eq!(
             chain_shape(&rootfs, "mine"),
-            Some((depth, hops(depth, "k", &["deep:file"]))),
+            Some((depth, hops("", &["deep:file"], depth))),
             "depth {depth}"
         );
         assert_eq!(
             chain_shape(&rootfs, "top"),
-            Some((depth, hops(depth, "j", &[]))),
+            Some((depth, hops("", &["new:file"], depth))),
             "depth {depth}"
         );
     }
@@ -407,7 +438,7 @@ fn whiteouts_at_depth_in_mounts() {
     }
     let env = TestEnv::new();
     let depth = 6_000;
-    let src = whiteout_image(&env, depth);
+    let (src, links) = whiteout_image(&env, depth);
     let out_dir = Scratch::new(&env);
     let m = out_dir.0.join("m");
     let out = env
@@ -416,37 +447,33 @@ fn whiteouts_at_depth_in_mounts() {
         .args(["process", &src, &format!("mounts://{}", m.display())])
         .run();
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    // The upper layer's directory, in overlay form: `gone` and `mine`
-    // whited out as 0:0 devices... except that `mine` is the layer's own,
-    // which a whiteout does not hide; the opaque bottom of `top` marked.
+    // The upper layer's directory, in overlay form: `gone` a 0:0 device;
+    // `top` and `mine` the layer's own, which its whiteouts do not hide.
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(m.join("manifest.json")).unwrap()).unwrap();
-    let upper = manifest[0]["Layers"][1].as_str().unwrap().to_string();
-    let upper = m.join(upper);
-    assert!(
-        fs::symlink_metadata(upper.join("gone"))
-            .unwrap()
-            .file_type()
-            .is_char_device()
-    );
+    let upper = m.join(manifest[0]["Layers"][1].as_str().unwrap());
+    let gone = fs::symlink_metadata(upper.join("gone")).unwrap();
+    assert!(gone.file_type().is_char_device());
     let root = open_dir(&upper);
+    let mut names: Vec<String> = occystrap_list(&root).into_iter().map(|n| n.0).collect();
+    names.sort();
+    let mut want = links.clone();
+    want.extend(["gone".to_string(), "mine".to_string(), "top".to_string()]);
+    want.sort();
+    assert_eq!(names, want);
     assert_eq!(
         chain_shape(&root, "mine"),
-        Some((depth, hops(depth, "k", &["deep:file"])))
+        Some((depth, hops("", &["deep:file"], depth)))
     );
     // The layer names `top/j/...` literally: alone in its directory, its
-    // `j`s are plain directories (the lower layer's hops are elsewhere).
-    let marker = at("top", depth, "j", "");
-    let mut cur = rustix::fs::openat(
-        &root,
-        ".",
-        OFlags::DIRECTORY | OFlags::RDONLY,
-        Mode::empty(),
-    )
-    .unwrap();
-    for c in marker.split('/').filter(|c| !c.is_empty()) {
+    // `j`s are plain directories. The bottom holds `new` and is opaque.
+    let bottom = at("top", depth, "j", "");
+    let mut cur = open_dir(&upper);
+    for (i, c) in bottom.split('/').filter(|c| !c.is_empty()).enumerate() {
         let here: Vec<String> = occystrap_list(&cur).into_iter().map(|n| n.0).collect();
-        assert!(here.contains(&c.to_string()), "{c} missing: {here:?}");
+        if i > 0 {
+            assert_eq!(here, [c.to_string()], "beside {c}");
+        }
         cur = rustix::fs::openat(
             &cur,
             c,
@@ -455,6 +482,8 @@ fn whiteouts_at_depth_in_mounts() {
         )
         .unwrap();
     }
+    let here: Vec<String> = occystrap_list(&cur).into_iter().map(|n| n.0).collect();
+    assert_eq!(here, ["new"]);
     let mut v = [0u8; 4];
     let n = rustix::fs::fgetxattr(&cur, "trusted.overlay.opaque", &mut v).unwrap();
     assert_eq!(&v[..n], b"y");
