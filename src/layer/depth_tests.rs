@@ -523,3 +523,35 @@ fn deep_layers_need_few_fds() {
     assert_eq!(got.extra, want);
     done(t);
 }
+
+/// Scale rather than depth: a whiteout of a directory holding 50,000
+/// lower-layer entries, and an opaque marker on one where the same layer
+/// added one entry among 50,000.
+#[test]
+fn whiteouts_of_wide_directories() {
+    const N: usize = 50_000;
+    let t = sandbox();
+    let root = t.path();
+    let mut lower = Layer::new();
+    for i in 0..N {
+        lower.file(&format!("wide/f{i}"), "");
+        lower.file(&format!("opq/f{i}"), "");
+    }
+    apply(root, &mut lower);
+    let mut upper = Layer::new();
+    upper.file("opq/mine", "m");
+    upper.file("opq/.wh..wh..opq", "");
+    upper.file(".wh.wide", "");
+    apply(root, &mut upper);
+    let names = |p: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(""), ["opq"]);
+    assert_eq!(names("opq"), ["mine"]);
+    done(t);
+}
