@@ -140,7 +140,76 @@ impl Root {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             r => return r,
         }
+        if let Some(fd) = self.create_below_existing(rel, created)? {
+            return Ok(fd);
+        }
         self.walk_creating(rel, created)
+    }
+
+    /// The usual way a path is missing: its first few components resolve
+    /// (through whatever symlinks) and the rest are plain names to make.
+    /// Finds the longest prefix the kernel resolves, by bisection (a few
+    /// `openat2` calls, where walking by hand would cost a few system calls
+    /// per level: a layer whose entries each add a directory 20,000 levels
+    /// down would take minutes), then makes the rest. `None` when a
+    /// component left is a symlink (dangling: it is why the path was
+    /// missing), for [`Root::walk_creating`] to splice in.
+    fn create_below_existing(
+        &self,
+        rel: &[u8],
+        created: &mut dyn FnMut(BorrowedFd<'_>, &[u8], BorrowedFd<'_>),
+    ) -> io::Result<Option<OwnedFd>> {
+        let comps: Vec<&[u8]> = components(rel).collect();
+        if comps.contains(&&b".."[..]) {
+            return Ok(None);
+        }
+        // Prefixes of `lo` components resolve; of `hi`, do not (ENOENT).
+        let (mut lo, mut hi) = (0, comps.len());
+        let mut cur = self.open_dir(b"", false)?;
+        // Most often only the last component is missing: try that first.
+        if hi > 1 {
+            match self.open_dir(&comps[..hi - 1].join(&b'/'), true) {
+                Ok(fd) => {
+                    lo = hi - 1;
+                    cur = fd;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => hi -= 1,
+                Err(_) => return Ok(None),
+            }
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match self.open_dir(&comps[..mid].join(&b'/'), true) {
+                Ok(fd) => {
+                    lo = mid;
+                    cur = fd;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => hi = mid,
+                // Changed under us: leave it to the slow walk.
+                Err(_) => return Ok(None),
+            }
+        }
+        for comp in &comps[lo..] {
+            let made = match rustix::fs::mkdirat(&cur, *comp, Mode::from_raw_mode(0o755)) {
+                Ok(()) => true,
+                Err(Errno::EXIST) => false,
+                Err(e) => return Err(e.into()),
+            };
+            let fd = match open_child_dir(cur.as_fd(), comp) {
+                Ok(fd) => fd,
+                // A symlink (or a non-directory): only the slow walk can
+                // tell what it means here.
+                Err(Errno::LOOP | Errno::NOTDIR) if !made => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if made {
+                // mkdirat applied the umask; the spec'd default is 0755.
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
+                created(cur.as_fd(), comp, fd.as_fd());
+            }
+            cur = fd;
+        }
+        Ok(Some(cur))
     }
 
     /// Resolves `rel` one component at a time, doing by hand what
