@@ -52,6 +52,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod rmtree;
 pub mod sink;
 pub mod source;
 pub mod tarfmt;

@@ -204,8 +204,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Deleting a deep tree holds one directory fd per level; lift the soft
-/// limit to the hard one so a deep (or hostile) tree doesn't hit EMFILE.
+/// Lift the soft fd limit to the hard one: parallel layers hold temp files
+/// and sockets. (Removing or walking a deep tree needs only a few fds at
+/// any depth: see `occystrap::rmtree`.)
 fn raise_fd_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);

@@ -370,10 +370,11 @@ impl<'a> Extractor<'a> {
             Rc::new(fd)
         } else if create {
             cacheable = false;
-            let mut made: Vec<(FileId, Vec<u8>)> = Vec::new();
-            let mut on_created = |parent: BorrowedFd<'_>, name: &[u8], _: BorrowedFd<'_>| {
+            let mut made: Vec<(FileId, Vec<u8>, Option<FileId>)> = Vec::new();
+            let mut on_created = |parent: BorrowedFd<'_>, name: &[u8], child: BorrowedFd<'_>| {
                 if let Ok(st) = rustix::fs::fstat(parent) {
-                    made.push((resolve::file_id(&st), name.to_vec()));
+                    let child = rustix::fs::fstat(child).ok().map(|c| resolve::file_id(&c));
+                    made.push((resolve::file_id(&st), name.to_vec(), child));
                 }
             };
             let fd = self
@@ -381,7 +382,10 @@ impl<'a> Extractor<'a> {
                 .open_dir_creating(key, &mut on_created)
                 .map_err(|e| self.resolve_fail(key, e))?;
             if self.apply_mode() {
-                for (pid, name) in made {
+                for (pid, name, child) in made {
+                    if let Some(child) = child {
+                        self.forget(child);
+                    }
                     self.upper_names
                         .entry(pid)
                         .or_default()
@@ -420,20 +424,22 @@ impl<'a> Extractor<'a> {
 
     /// Marks `p` and its ancestors up to the root as written by this layer,
     /// so whiteouts later in the layer prune inside them instead of deleting
-    /// them. Always walks up to the root: stopping at a directory already
-    /// marked would trust an identity that may be stale, since a directory
-    /// this layer removed can have its inode number reused by one it makes
-    /// elsewhere (found by the whiteout property test).
+    /// them. Stops at the first directory already marked, whose ancestors
+    /// are then marked too: a mark is never stale, because a directory this
+    /// layer makes drops whatever its inode number meant before
+    /// ([`Extractor::forget`]); a directory this layer removed can have its
+    /// number reused by one it makes elsewhere (found by the whiteout
+    /// property test). No depth limit: a layer can write far below
+    /// `PATH_MAX` levels through symlinks, and its whiteouts must still
+    /// spare what it wrote there. Two fds at a time, whatever the depth.
     fn mark_ancestors(&mut self, p: &Parent) -> io::Result<()> {
         let root_id = self.root.id();
         let mut id = p.id;
         let mut up: Option<OwnedFd> = None;
-        // Bounded: a path of PATH_MAX bytes has fewer levels than this.
-        for _ in 0..4096 {
-            if id == root_id {
+        loop {
+            if id == root_id || !self.upper_dirs.insert(id) {
                 return Ok(());
             }
-            self.upper_dirs.insert(id);
             let from = up.as_ref().map_or(p.fd.as_fd(), |f| f.as_fd());
             // Only looked at, never written through: `..` is fine here.
             let next = rustix::fs::openat(
@@ -446,12 +452,19 @@ impl<'a> Extractor<'a> {
             )?;
             let next_id = resolve::file_id(&rustix::fs::fstat(&next)?);
             if next_id == id {
+                // The top of the filesystem: the root was not on the way.
                 return Ok(());
             }
             id = next_id;
             up = Some(next);
         }
-        Ok(())
+    }
+
+    /// Drops what this layer recorded under the identity of a directory it
+    /// has just made: the number belonged to something removed earlier.
+    fn forget(&mut self, id: FileId) {
+        self.upper_dirs.remove(&id);
+        self.upper_names.remove(&id);
     }
 
     /// Records that this layer created `name` in `p`.
@@ -556,7 +569,11 @@ impl<'a> Extractor<'a> {
         let fd = fd.map_err(|e| self.io_fail("opening", rel, e))?;
         if self.apply_mode() {
             let st = rustix::fs::fstat(&fd).map_err(|e| self.io_fail("opening", rel, e))?;
-            self.upper_dirs.insert(resolve::file_id(&st));
+            let id = resolve::file_id(&st);
+            if !existed {
+                self.forget(id);
+            }
+            self.upper_dirs.insert(id);
         }
         self.chown_fd(&fd, meta, rel)?;
         if existed {

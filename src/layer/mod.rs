@@ -12,6 +12,8 @@
 //!
 //! The tar crate only parses; every write goes through the resolver.
 
+#[cfg(test)]
+mod depth_tests;
 mod extract;
 mod path;
 #[cfg(test)]
@@ -20,6 +22,8 @@ mod resolve;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+pub(crate) use depth_tests::sandbox as depth_sandbox;
 pub use extract::extract_layer;
 
 /// What to do with whiteout entries (`.wh.NAME`, `.wh..wh..opq`).

@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 /// How the kernel may resolve a path handed to us: inside the root, never
@@ -140,7 +140,76 @@ impl Root {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             r => return r,
         }
+        if let Some(fd) = self.create_below_existing(rel, created)? {
+            return Ok(fd);
+        }
         self.walk_creating(rel, created)
+    }
+
+    /// The usual way a path is missing: its first few components resolve
+    /// (through whatever symlinks) and the rest are plain names to make.
+    /// Finds the longest prefix the kernel resolves, by bisection (a few
+    /// `openat2` calls, where walking by hand would cost a few system calls
+    /// per level: a layer whose entries each add a directory 20,000 levels
+    /// down would take minutes), then makes the rest. `None` when a
+    /// component left is a symlink (dangling: it is why the path was
+    /// missing), for [`Root::walk_creating`] to splice in.
+    fn create_below_existing(
+        &self,
+        rel: &[u8],
+        created: &mut dyn FnMut(BorrowedFd<'_>, &[u8], BorrowedFd<'_>),
+    ) -> io::Result<Option<OwnedFd>> {
+        let comps: Vec<&[u8]> = components(rel).collect();
+        if comps.contains(&&b".."[..]) {
+            return Ok(None);
+        }
+        // Prefixes of `lo` components resolve; of `hi`, do not (ENOENT).
+        let (mut lo, mut hi) = (0, comps.len());
+        let mut cur = self.open_dir(b"", false)?;
+        // Most often only the last component is missing: try that first.
+        if hi > 1 {
+            match self.open_dir(&comps[..hi - 1].join(&b'/'), true) {
+                Ok(fd) => {
+                    lo = hi - 1;
+                    cur = fd;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => hi -= 1,
+                Err(_) => return Ok(None),
+            }
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match self.open_dir(&comps[..mid].join(&b'/'), true) {
+                Ok(fd) => {
+                    lo = mid;
+                    cur = fd;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => hi = mid,
+                // Changed under us: leave it to the slow walk.
+                Err(_) => return Ok(None),
+            }
+        }
+        for comp in &comps[lo..] {
+            let made = match rustix::fs::mkdirat(&cur, *comp, Mode::from_raw_mode(0o755)) {
+                Ok(()) => true,
+                Err(Errno::EXIST) => false,
+                Err(e) => return Err(e.into()),
+            };
+            let fd = match open_child_dir(cur.as_fd(), comp) {
+                Ok(fd) => fd,
+                // A symlink (or a non-directory): only the slow walk can
+                // tell what it means here.
+                Err(Errno::LOOP | Errno::NOTDIR) if !made => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if made {
+                // mkdirat applied the umask; the spec'd default is 0755.
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
+                created(cur.as_fd(), comp, fd.as_fd());
+            }
+            cur = fd;
+        }
+        Ok(Some(cur))
     }
 
     /// Resolves `rel` one component at a time, doing by hand what
@@ -154,19 +223,28 @@ impl Root {
     ) -> io::Result<OwnedFd> {
         // Components still to resolve, last one on top.
         let mut todo: Vec<Vec<u8>> = components(rel).rev().map(<[u8]>::to_vec).collect();
-        // Components resolved so far: real directories, no symlinks, so `..`
-        // can be resolved by reopening their parent from the root.
-        let mut done: Vec<Vec<u8>> = Vec::new();
+        // The directories resolved so far, by identity: real directories
+        // reached without symlinks, so `..` is the real parent, reopened
+        // from the child and checked. (Not by reopening their path from the
+        // root: it may be deeper than PATH_MAX.)
+        let mut done: Vec<FileId> = Vec::new();
         let mut cur = self.open_dir(b"", false)?;
         let mut links = 0;
         while let Some(comp) = todo.pop() {
             if comp == b".." {
                 if done.pop().is_some() {
-                    cur = self.openat2_retry(
-                        &done.join(&b'/'),
-                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                        IN_ROOT | ResolveFlags::NO_SYMLINKS,
+                    let want = done.last().copied().unwrap_or(self.id);
+                    let up = rustix::fs::openat(
+                        &cur,
+                        "..",
+                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                        Mode::empty(),
                     )?;
+                    if file_id(&rustix::fs::fstat(&up)?) != want {
+                        // Moved while we resolved through it.
+                        return Err(Errno::AGAIN.into());
+                    }
+                    cur = up;
                 }
                 continue;
             }
@@ -180,8 +258,8 @@ impl Root {
                             rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
                             created(cur.as_fd(), &comp, fd.as_fd());
                         }
+                        done.push(file_id(&rustix::fs::fstat(&fd)?));
                         cur = fd;
-                        done.push(comp);
                         break;
                     }
                     Err(Errno::NOENT) if !tried => {
@@ -302,84 +380,13 @@ pub(crate) fn remove_any(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Lists a directory: each name (without `.` and `..`) and whether it is a
-/// directory, as far as `d_type` tells.
-pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Option<bool>)>> {
-    let mut out = Vec::new();
-    let mut it = Dir::read_from(dir)?;
-    while let Some(ent) = it.read() {
-        let ent = ent?;
-        let name = ent.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        let is_dir = match ent.file_type() {
-            FileType::Directory => Some(true),
-            FileType::Unknown => None,
-            _ => Some(false),
-        };
-        out.push((name.to_vec(), is_dir));
-    }
-    Ok(out)
-}
+pub(crate) use crate::rmtree::list;
 
 /// Removes the directory `name` in `dir` and everything under it, without
-/// following a symlink anywhere. Iterative, so a deep tree cannot exhaust
-/// the stack; one fd per level of depth is held.
+/// following a symlink anywhere, holding a bounded number of fds whatever
+/// the depth (see [`crate::rmtree`]).
 pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    struct Level {
-        fd: OwnedFd,
-        name: Vec<u8>,
-        subdirs: Vec<Vec<u8>>,
-    }
-    fn enter(parent: BorrowedFd<'_>, name: Vec<u8>) -> io::Result<Option<Level>> {
-        let fd = match open_child_dir(parent, &name) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => return Ok(None),
-            // Not a directory after all (or a symlink): unlink it instead.
-            Err(Errno::NOTDIR | Errno::LOOP) => {
-                match rustix::fs::unlinkat(parent, name.as_slice(), AtFlags::empty()) {
-                    Ok(()) | Err(Errno::NOENT) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut subdirs = Vec::new();
-        for (child, is_dir) in list(fd.as_fd())? {
-            if is_dir == Some(true) {
-                subdirs.push(child);
-                continue;
-            }
-            match rustix::fs::unlinkat(&fd, child.as_slice(), AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(Errno::ISDIR | Errno::PERM) if is_dir.is_none() => subdirs.push(child),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(Some(Level { fd, name, subdirs }))
-    }
-
-    let mut stack: Vec<Level> = Vec::new();
-    if let Some(level) = enter(dir, name.to_vec())? {
-        stack.push(level);
-    }
-    while let Some(top) = stack.last_mut() {
-        if let Some(sub) = top.subdirs.pop() {
-            let parent = top.fd.as_fd();
-            if let Some(level) = enter(parent, sub)? {
-                stack.push(level);
-            }
-            continue;
-        }
-        let Some(level) = stack.pop() else { break };
-        let parent = stack.last().map_or(dir, |l| l.fd.as_fd());
-        match rustix::fs::unlinkat(parent, level.name.as_slice(), AtFlags::REMOVEDIR) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    crate::rmtree::remove_tree_at(dir, name)
 }
 
 /// What to do with one path during a whiteout walk.
@@ -400,31 +407,27 @@ pub(crate) fn prune(
     names: Vec<Vec<u8>>,
     judge: &mut dyn FnMut(FileId, &[u8], &rustix::fs::Stat) -> Prune,
 ) -> io::Result<()> {
-    struct Level {
-        fd: Option<OwnedFd>,
-        id: FileId,
-        todo: Vec<Vec<u8>>,
-    }
-    let mut stack = vec![Level {
-        fd: None,
-        id: dir_id,
-        todo: names,
-    }];
+    // Names still to judge, per level; a bounded number of fds whatever
+    // the depth of what this layer wrote.
+    let mut walk = crate::rmtree::Walk::new(dir, dir_id, names);
     // Guards against a directory appearing twice on the walk (a bind mount
     // inside the root), which would loop forever.
     let mut seen: HashSet<FileId> = HashSet::new();
-    while let Some(top) = stack.last_mut() {
-        let Some(name) = top.todo.pop() else {
-            stack.pop();
+    loop {
+        let Some(name) = walk.top().data.pop() else {
+            if walk.pop()?.is_none() {
+                return Ok(());
+            }
             continue;
         };
-        let fd = top.fd.as_ref().map_or(dir, |f| f.as_fd());
+        let parent_id = walk.top().id;
+        let fd = walk.fd();
         let st = match rustix::fs::statat(fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => continue,
             Err(e) => return Err(e.into()),
         };
-        match judge(top.id, &name, &st) {
+        match judge(parent_id, &name, &st) {
             Prune::Remove if is_dir(&st) => remove_tree(fd, &name)?,
             Prune::Remove => remove_any(fd, &name)?,
             Prune::Keep if is_dir(&st) && seen.insert(file_id(&st)) => {
@@ -434,14 +437,9 @@ pub(crate) fn prune(
                     Err(e) => return Err(e.into()),
                 };
                 let todo = list(child.as_fd())?.into_iter().map(|(n, _)| n).collect();
-                stack.push(Level {
-                    fd: Some(child),
-                    id: file_id(&st),
-                    todo,
-                });
+                walk.push(name, child, file_id(&st), todo);
             }
             Prune::Keep => {}
         }
     }
-    Ok(())
 }

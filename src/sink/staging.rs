@@ -11,10 +11,63 @@ use crate::image::Layer;
 use crate::layer::{ExtractOptions, WhiteoutMode, extract_layer};
 
 /// A directory built under a hidden temp name next to `target`; `commit`
-/// renames it into place, and dropping it uncommitted removes it.
+/// renames it into place, and dropping it uncommitted removes it (at any
+/// depth: see [`crate::rmtree`]; a removal that fails is logged as an
+/// error, since nothing else would say that the tree was left behind).
 pub struct StagedDir {
     target: PathBuf,
-    staging: tempfile::TempDir,
+    staging: Scratch,
+}
+
+/// A directory we created, removed when dropped unless kept.
+struct Scratch(Option<PathBuf>);
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("a scratch dir is only kept once")
+    }
+
+    /// Gives up ownership: the directory stays where it is.
+    fn keep(mut self) -> PathBuf {
+        self.0.take().expect("a scratch dir is only kept once")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            discard(&p);
+        }
+    }
+}
+
+/// Removes a tree this process created, reporting a failure (it would
+/// otherwise go unnoticed: this runs on error paths and in drops).
+pub fn discard(path: &Path) {
+    if let Err(e) = crate::rmtree::remove(path) {
+        tracing::error!(
+            "could not remove {}: {e}; it was left behind",
+            path.display()
+        );
+    }
+}
+
+/// Removes a tree this process created; a failure is told in the text
+/// returned, to be added to the error being reported.
+fn discard_noted(path: &Path) -> String {
+    match crate::rmtree::remove(path) {
+        Ok(()) => String::new(),
+        Err(e) => format!(
+            " (and could not remove {}: {e}; it was left behind)",
+            path.display()
+        ),
+    }
+}
+
+/// Creates a fresh hidden directory `PREFIXrandom` in `parent`, mode 0700.
+fn scratch_in(parent: &Path, prefix: &str) -> std::io::Result<Scratch> {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
+    Ok(Scratch(Some(dir.keep())))
 }
 
 impl StagedDir {
@@ -26,9 +79,7 @@ impl StagedDir {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
-        let staging = tempfile::Builder::new()
-            .prefix(&format!(".{name}.tmp-"))
-            .tempdir_in(parent)
+        let staging = scratch_in(parent, &format!(".{name}.tmp-"))
             .map_err(|e| Error::io("creating a temp dir in", parent, e))?;
         set_mode(staging.path(), 0o755)?;
         Ok(StagedDir {
@@ -47,6 +98,13 @@ impl StagedDir {
         self.staging.path()
     }
 
+    /// Removes the tree being built, saying whether that worked (dropping
+    /// it does the same, but can only log a failure).
+    pub fn discard(self) -> Result<()> {
+        let path = self.staging.keep();
+        crate::rmtree::remove(&path).map_err(|e| Error::io("removing", &path, e))
+    }
+
     /// Moves the finished tree to the target. An existing target is replaced
     /// only if `replaceable` says so (it looks like our own earlier output, or
     /// is empty); the old tree is renamed aside first and deleted after, so
@@ -56,40 +114,53 @@ impl StagedDir {
         let target = &self.target;
         match std::fs::symlink_metadata(target) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("checking", target, e)),
+            Err(e) => {
+                discard(&staging);
+                return Err(Error::io("checking", target, e));
+            }
             Ok(meta) => {
                 let empty_dir = meta.is_dir()
                     && std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
                 if !meta.is_dir() || !(empty_dir || replaceable(target)) {
-                    let _ = std::fs::remove_dir_all(&staging);
+                    let note = discard_noted(&staging);
                     return Err(Error::Usage(format!(
-                        "{} exists and is not an earlier output of this kind; refusing to replace it",
+                        "{} exists and is not an earlier output of this kind; refusing to replace it{note}",
                         target.display()
                     )));
                 }
-                let aside = tempfile::Builder::new()
-                    .prefix(".old-")
-                    .tempdir_in(crate::fsutil::parent_dir(target))
-                    .map_err(|e| Error::io("creating a temp dir beside", target, e))?
-                    .keep();
-                let old = aside.join("tree");
+                let aside = match scratch_in(crate::fsutil::parent_dir(target), ".old-") {
+                    Ok(a) => a,
+                    Err(e) => {
+                        discard(&staging);
+                        return Err(Error::io("creating a temp dir beside", target, e));
+                    }
+                };
+                let old = aside.path().join("tree");
                 if let Err(e) = std::fs::rename(target, &old) {
-                    let _ = std::fs::remove_dir_all(&staging);
-                    let _ = std::fs::remove_dir_all(&aside);
+                    discard(&staging);
                     return Err(Error::io("moving aside", target, e));
                 }
                 if let Err(e) = std::fs::rename(&staging, target) {
-                    let _ = std::fs::rename(&old, target);
-                    let _ = std::fs::remove_dir_all(&staging);
-                    let _ = std::fs::remove_dir_all(&aside);
+                    if std::fs::rename(&old, target).is_err() {
+                        // The old tree is only there now: never delete it.
+                        let kept = aside.keep();
+                        tracing::error!(
+                            "the earlier {} is now at {}",
+                            target.display(),
+                            kept.join("tree").display()
+                        );
+                    }
+                    discard(&staging);
                     return Err(Error::io("renaming into place", target, e));
                 }
-                let _ = std::fs::remove_dir_all(&aside);
+                // Dropping `aside` removes the old tree, or says it could not.
+                drop(aside);
                 return Ok(());
             }
         }
         std::fs::rename(&staging, target).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&staging);
+            let note = discard_noted(&staging);
+            let e = std::io::Error::new(e.kind(), format!("{e}{note}"));
             Error::io("renaming into place", target, e)
         })
     }

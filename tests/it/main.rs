@@ -7,6 +7,7 @@
 
 mod support;
 
+mod depth;
 mod dir_store;
 mod docker_save;
 mod errors;

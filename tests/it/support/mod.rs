@@ -137,6 +137,15 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// Removes the tree with occystrap's own removal, which works at any
+    /// depth (the temp dir's would run out of fds on a deep tree a test
+    /// left, and leave it).
+    fn drop(&mut self) {
+        let _ = occystrap::rmtree::remove(self.root.path());
+    }
+}
+
 /// Names in a directory (recursively, relative), sorted.
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, acc: &mut Vec<String>) {
@@ -180,6 +189,27 @@ impl Occy {
     /// Sets an environment variable.
     pub fn env(mut self, key: &str, val: impl AsRef<OsStr>) -> Occy {
         self.cmd.env(key, val);
+        self
+    }
+
+    /// Runs with RLIMIT_NOFILE (soft and hard) set to `n`, so the binary
+    /// cannot raise it: for proving that work at depth needs few fds.
+    pub fn fd_limit(mut self, n: u64) -> Occy {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         self
     }
 
