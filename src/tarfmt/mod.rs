@@ -540,7 +540,8 @@ impl PaxSparse {
                 check_real_size(real_size)?;
                 Ok(SparseLayout::InData { real_size })
             }
-            (None, None) => {
+            // GNU tar writes no version for 0.0 and 0.1; other writers name it.
+            (None, None) | (Some(0), Some(0 | 1)) => {
                 let real_size = self.size.ok_or("PAX sparse file without GNU.sparse.size")?;
                 let n = self
                     .numblocks

@@ -238,21 +238,32 @@ impl RawTar {
         real_size: u64,
         segments: &[(u64, &[u8])],
     ) -> &mut RawTar {
+        self.pax_sparse_01_versioned(name, real_size, segments, &[])
+    }
+
+    /// A PAX 0.1 sparse file whose header also carries `version` records
+    /// (`GNU.sparse.major`/`minor`), as some writers other than GNU tar add.
+    pub fn pax_sparse_01_versioned(
+        &mut self,
+        name: &[u8],
+        real_size: u64,
+        segments: &[(u64, &[u8])],
+        version: &[(&[u8], &[u8])],
+    ) -> &mut RawTar {
         let map: Vec<String> = segments
             .iter()
             .flat_map(|(o, d)| [o.to_string(), d.len().to_string()])
             .collect();
         let map = map.join(",");
         let (real, n) = (real_size.to_string(), segments.len().to_string());
-        self.pax(
-            b'x',
-            &[
-                (b"GNU.sparse.size", real.as_bytes()),
-                (b"GNU.sparse.numblocks", n.as_bytes()),
-                (b"GNU.sparse.map", map.as_bytes()),
-                (b"path", name),
-            ],
-        );
+        let mut records: Vec<(&[u8], &[u8])> = vec![
+            (b"GNU.sparse.size", real.as_bytes()),
+            (b"GNU.sparse.numblocks", n.as_bytes()),
+            (b"GNU.sparse.map", map.as_bytes()),
+            (b"path", name),
+        ];
+        records.extend_from_slice(version);
+        self.pax(b'x', &records);
         let data: Vec<u8> = segments.iter().flat_map(|(_, d)| d.to_vec()).collect();
         let h = header(
             b'0',

@@ -224,6 +224,14 @@ fn formats() -> Vec<(&'static str, Builder)> {
         ("PAX 1.0", |t, n, r, s| {
             t.pax_sparse_10(n, r, s);
         }),
+        ("PAX 0.1 with its version named", |t, n, r, s| {
+            t.pax_sparse_01_versioned(
+                n,
+                r,
+                s,
+                &[(b"GNU.sparse.major", b"0"), (b"GNU.sparse.minor", b"1")],
+            );
+        }),
     ]
 }
 
@@ -340,7 +348,8 @@ fn sparse_map_not_matching_the_data_is_refused() {
     .file(b"s", b"");
     assert!(reader_names(&t.finish()).unwrap_err().contains("segments"));
     // Unknown PAX sparse versions.
-    for (major, minor) in [(&b"2"[..], &b"0"[..]), (b"1", b"1"), (b"0", b"1")] {
+    // (0.0 and 0.1 named explicitly are the formats GNU tar writes unnamed.)
+    for (major, minor) in [(&b"2"[..], &b"0"[..]), (b"1", b"1"), (b"0", b"2")] {
         let mut t = RawTar::new();
         t.pax(
             b'x',
