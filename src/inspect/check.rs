@@ -698,7 +698,7 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
     // The shared reader: the names the extractor and filters see, and the
     // same refusals of hostile headers.
     let mut archive = crate::tarfmt::Archive::new(crate::tarfmt::Seekable(reader));
-    let mut dirs: HashSet<String> = HashSet::new();
+    let mut dirs = NameSet::default();
     let mut count = 0u64;
     let mut bytes = 0u64;
     let mut whiteouts = 0u64;
@@ -746,7 +746,7 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
         let mode = entry.mode().unwrap_or(0);
         match kind {
             EntryKind::Dir => {
-                dirs.insert(name.clone());
+                dirs.insert(&name);
             }
             EntryKind::Char | EntryKind::Block => {
                 let (maj, min) = entry.device();
@@ -876,6 +876,28 @@ fn check_tar(tar: &crate::image::FileSlice, f: &mut LayerFindings) {
 
 fn kind_name(t: tar::EntryType) -> &'static str {
     crate::inspect::kind_of(t).name()
+}
+
+/// Names kept as 128-bit keyed hashes, so that remembering every directory
+/// of a layer costs the same per directory however long its name is.
+#[derive(Default)]
+struct NameSet {
+    keys: (std::hash::RandomState, std::hash::RandomState),
+    seen: HashSet<(u64, u64)>,
+}
+
+impl NameSet {
+    fn key(&self, name: &str) -> (u64, u64) {
+        use std::hash::BuildHasher;
+        (self.keys.0.hash_one(name), self.keys.1.hash_one(name))
+    }
+    fn insert(&mut self, name: &str) {
+        let k = self.key(name);
+        self.seen.insert(k);
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.seen.contains(&self.key(name))
+    }
 }
 
 #[cfg(test)]

@@ -434,6 +434,18 @@ pub fn resolve<'a>(
     if path.is_empty() {
         return Err("entry without a name".into());
     }
+    // Twice PATH_MAX leaves room for `./` and `//` spellings of a name the
+    // extractor can still use, and keeps what a reader holds per entry
+    // small: without it, a layer of many entries with 1 MiB names costs a
+    // search or check memory far beyond its compressed size.
+    for (what, v) in [("name", &path), ("link target", &link)] {
+        if v.len() > MAX_NAME {
+            return Err(format!(
+                "{what} of {} bytes, more than the {MAX_NAME} allowed",
+                v.len()
+            ));
+        }
+    }
     Ok(Resolved {
         path,
         link,
@@ -442,6 +454,9 @@ pub fn resolve<'a>(
         sparse,
     })
 }
+
+/// Longest entry name or link target any reader accepts.
+pub const MAX_NAME: usize = 8192;
 
 /// PAX keys that decide what an entry is, rather than describe it.
 fn entry_key(k: &[u8]) -> bool {

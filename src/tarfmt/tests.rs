@@ -438,3 +438,21 @@ fn absurd_sizes_are_refused_not_overflowed() {
         assert!(reader_names(&t.finish()).is_err());
     }
 }
+
+#[test]
+fn names_and_links_longer_than_the_cap_are_refused() {
+    let long = vec![b'n'; MAX_NAME + 1];
+    let fits = vec![b'n'; MAX_NAME];
+    let mut t = RawTar::new();
+    t.pax(b'x', &[(b"path", &fits)]).file(b"x", b"");
+    assert_eq!(reader_names(&t.finish()).unwrap(), vec![fits.clone()]);
+    for key in [&b"path"[..], b"linkpath"] {
+        let mut t = RawTar::new();
+        t.pax(b'x', &[(key, &long)]).file(b"x", b"");
+        let e = reader_names(&t.finish()).unwrap_err();
+        assert!(e.contains("more than the 8192 allowed"), "{e}");
+    }
+    let mut t = RawTar::new();
+    t.long(b'L', &long, Magic::Gnu).file(b"x", b"");
+    assert!(reader_names(&t.finish()).is_err());
+}
