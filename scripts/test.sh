@@ -28,8 +28,9 @@ fail() {
 # --- 1. system packages -----------------------------------------------------
 # docker-registry: the loopback registry; skopeo, podman (+runc): peers that
 # check what occystrap writes; umoci: OCI layouts; busybox-static: real binary
-# content for test images; apache2-utils: htpasswd; jq, pigz: scripts.
-pkgs=(docker-registry skopeo umoci runc podman busybox-static jq pigz apache2-utils)
+# content for test images; apache2-utils: htpasswd; jq, pigz: scripts;
+# python3: the peak-RSS helper of the bomb tests; openssl: the TLS test CA.
+pkgs=(docker-registry skopeo umoci runc podman busybox-static jq pigz apache2-utils python3 openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -370,33 +370,7 @@ mod tests {
         drop(f);
     }
 
-    /// Runs `f` in a forked child with RLIMIT_NOFILE set to `limit`; the
-    /// child's exit status says whether `f` returned true.
-    fn with_fd_limit(limit: u64, f: impl FnOnce() -> bool) -> bool {
-        // SAFETY: the child runs `f` and exits without returning. The only
-        // lock it may share with the harness's other threads is the
-        // allocator's, which glibc resets in a forked child.
-        match unsafe { libc::fork() } {
-            0 => {
-                let lim = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                // SAFETY: plain system calls.
-                unsafe {
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                    libc::_exit(if f() { 0 } else { 1 })
-                }
-            }
-            -1 => panic!("fork failed"),
-            pid => {
-                let mut status = 0;
-                // SAFETY: waiting for our own child.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
-            }
-        }
-    }
+    use crate::layer::depth_with_fd_limit as with_fd_limit;
 
     #[test]
     fn deep_tree_is_removed_with_few_fds() {

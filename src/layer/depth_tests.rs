@@ -234,25 +234,72 @@ const DEPTHS: [usize; 3] = [4_000, 6_000, 20_000];
 
 /// A scratch directory, on tmpfs when there is one: deep trees are slow
 /// to make and remove on a journalled disk (about 3 ms a level on ext4
-/// here, against 0.1 ms on tmpfs).
-pub(crate) fn sandbox() -> tempfile::TempDir {
+/// here, against 0.1 ms on tmpfs). Dropped, it is removed with the removal
+/// under test: the standard library's recurses once per level and would
+/// overflow the stack on the deepest trees when a test fails.
+pub(crate) struct Sandbox(tempfile::TempDir);
+
+impl Sandbox {
+    pub(crate) fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = rmtree::remove(self.0.path());
+    }
+}
+
+pub(crate) fn sandbox() -> Sandbox {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         if let Ok(t) = tempfile::Builder::new()
             .prefix("occy-depth-")
             .tempdir_in(shm)
         {
-            return t;
+            return Sandbox(t);
         }
     }
-    tempfile::tempdir().unwrap()
+    Sandbox(tempfile::tempdir().unwrap())
 }
 
 /// Removes what a test built, with the removal under test (the harness's
 /// own would run out of fds on the deepest trees and leave them).
-fn done(t: tempfile::TempDir) {
+fn done(t: Sandbox) {
     rmtree::remove(t.path()).unwrap();
     assert!(!t.path().exists());
+}
+
+/// Runs `f` in a forked child with RLIMIT_NOFILE set to `limit`; the
+/// child's exit status says whether `f` returned true. The child first
+/// closes the descriptors it inherited (other tests' open files), which
+/// would otherwise take the low numbers the limit allows.
+pub(crate) fn with_fd_limit(limit: u64, f: impl FnOnce() -> bool) -> bool {
+    // SAFETY: the child runs `f` and exits without returning. The only
+    // lock it may share with the harness's other threads is the
+    // allocator's, which glibc resets in a forked child.
+    match unsafe { libc::fork() } {
+        0 => {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: plain system calls on the child's own descriptors.
+            unsafe {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                libc::_exit(if f() { 0 } else { 1 })
+            }
+        }
+        -1 => panic!("fork failed"),
+        pid => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+        }
+    }
 }
 
 #[test]
@@ -488,28 +535,7 @@ fn deep_layers_need_few_fds() {
         extract_layer(&root, &lower[..], &opts).is_ok()
             && extract_layer(&root, &upper[..], &opts).is_ok()
     };
-    // SAFETY: the child runs `run` and exits without returning; glibc's
-    // allocator is usable in a forked child.
-    let ok = match unsafe { libc::fork() } {
-        0 => {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            // SAFETY: plain system calls.
-            unsafe {
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                libc::_exit(if run() { 0 } else { 1 })
-            }
-        }
-        -1 => panic!("fork failed"),
-        pid => {
-            let mut status = 0;
-            // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
-        }
-    };
+    let ok = with_fd_limit(64, run);
     assert!(ok, "extraction failed under RLIMIT_NOFILE=64");
     // The lower layer's hops were lower content, and went with the rest:
     // what the upper layer wrote through them stays.

@@ -23,7 +23,7 @@ mod resolve;
 mod tests;
 
 #[cfg(test)]
-pub(crate) use depth_tests::sandbox as depth_sandbox;
+pub(crate) use depth_tests::{sandbox as depth_sandbox, with_fd_limit as depth_with_fd_limit};
 pub use extract::extract_layer;
 
 /// What to do with whiteout entries (`.wh.NAME`, `.wh..wh..opq`).
