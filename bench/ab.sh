@@ -17,7 +17,8 @@ if [[ ! -f $img ]]; then
 import gzip, hashlib, io, json, os, sys, tarfile
 w = sys.argv[1]
 h = hashlib.sha256()
-with open(f"{w}/layer.tar", "rb") as f, gzip.open(f"{w}/layer.tar.gz", "wb", compresslevel=6, mtime=0) as g:
+with open(f"{w}/layer.tar", "rb") as f, open(f"{w}/layer.tar.gz", "wb") as raw, \
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as g:
     for b in iter(lambda: f.read(1 << 20), b""):
         h.update(b); g.write(b)
 cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
