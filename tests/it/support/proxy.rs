@@ -870,23 +870,8 @@ fn forward(
         Some(Fault::CutFraction(f)) => (Some(((length as f64) * f) as u64), None),
         Some(Fault::Corrupt(at)) => (None, Some(*at)),
         Some(Fault::Stall) => {
-            // Headers sent; now nothing, until the client hangs up or the
-            // proxy stops. Bounded by MAX_STALL.
-            let until = Instant::now() + MAX_STALL;
-            out.set_read_timeout(Some(Duration::from_millis(100)))?;
-            let mut probe = [0u8; 1];
-            while Instant::now() < until && !st.stop.load(Ordering::SeqCst) {
-                match out.peek(&mut probe) {
-                    Ok(0) => break,
-                    Ok(_) => thread::sleep(Duration::from_millis(100)),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(_) => break,
-                }
-            }
+            // Headers sent; now nothing.
+            hold(out, st)?;
             return Ok(Outcome {
                 status,
                 sent: 0,
