@@ -18,19 +18,20 @@ use crate::support::{
     sha256_digest, tar_uri,
 };
 
-const REPO: &str = "team/app";
-const TAG: &str = "v1";
+pub(crate) const REPO: &str = "team/app";
+pub(crate) const TAG: &str = "v1";
 
 /// A registry holding the three-layer busybox image as `team/app:v1`, and a
 /// proxy in front of it.
-struct Setup {
-    env: TestEnv,
-    reg: Registry,
-    proxy: Proxy,
-    built: BuiltImage,
+pub(crate) struct Setup {
+    pub(crate) env: TestEnv,
+    pub(crate) reg: Registry,
+    pub(crate) proxy: Proxy,
+    pub(crate) built: BuiltImage,
 }
 
-fn setup() -> Setup {
+/// Also the slow-drip tests' starting point (`slow.rs`).
+pub(crate) fn setup() -> Setup {
     let env = TestEnv::new();
     let reg = Registry::start();
     let built = push_image(
@@ -69,7 +70,7 @@ impl Setup {
     }
 
     /// The path part that names layer `i`'s blob.
-    fn layer_path(&self, i: usize) -> String {
+    pub(crate) fn layer_path(&self, i: usize) -> String {
         format!("/blobs/{}", self.built.layers[i].digest)
     }
 

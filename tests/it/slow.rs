@@ -8,46 +8,30 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::images::{BuiltImage, PushFormat, busybox_image, push_image};
-use crate::support::proxy::{Fault, Proxy};
+use crate::support::proxy::Fault;
 use crate::support::{
-    Compression, DockerSave, Output, Registry, TestEnv, assert_clean_failure, assert_success,
-    sha256_digest, tar_uri,
+    DockerSave, Output, assert_clean_failure, assert_success, sha256_digest, tar_uri,
 };
 
-const REPO: &str = "team/app";
-const TAG: &str = "v1";
+use crate::faults::{self, REPO, TAG};
 /// 2 bytes a second.
 const TWO_BPS: Fault = Fault::Drip {
     bytes: 1,
     every: Duration::from_millis(500),
 };
 
-struct Setup {
-    env: TestEnv,
-    _reg: Registry,
-    proxy: Proxy,
-    built: BuiltImage,
+/// The image and proxy of the fault tests, with the timing helpers here.
+struct Setup(faults::Setup);
+
+impl std::ops::Deref for Setup {
+    type Target = faults::Setup;
+    fn deref(&self) -> &faults::Setup {
+        &self.0
+    }
 }
 
 fn setup() -> Setup {
-    let env = TestEnv::new();
-    let reg = Registry::start();
-    let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
-        &reg,
-        &format!("{REPO}:{TAG}"),
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
-    let proxy = Proxy::start(&reg.host());
-    Setup {
-        env,
-        _reg: reg,
-        proxy,
-        built,
-    }
+    Setup(faults::setup())
 }
 
 impl Setup {
@@ -66,10 +50,6 @@ impl Setup {
         let started = Instant::now();
         let out = cmd.run();
         (out, started.elapsed())
-    }
-
-    fn layer_path(&self, i: usize) -> String {
-        format!("/blobs/{}", self.built.layers[i].digest)
     }
 
     fn config_path(&self) -> String {
