@@ -7,8 +7,30 @@ use crate::digest::Digest;
 /// Result with the library's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Which verification a [`Error::DigestMismatch`] or [`Error::SizeMismatch`]
+/// failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// The blob as stored hashed to another digest.
+    BlobDigest,
+    /// The blob as stored was another size.
+    BlobSize,
+    /// The uncompressed tar did not hash to the config's diff_id.
+    DiffId,
+    /// A manifest hashed to another digest than its reference or descriptor.
+    Manifest,
+    /// An image index hashed to another digest.
+    Index,
+    /// The config hashed to another digest.
+    Config,
+    /// A verified file changed while it was being copied.
+    Copy,
+}
+
 /// Everything that can go wrong moving an image.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A reference did not parse.
     #[error(transparent)]
@@ -22,6 +44,8 @@ pub enum Error {
     /// Content did not hash to what its descriptor says.
     #[error("{what}: digest mismatch: expected {expected}, got {found}")]
     DigestMismatch {
+        /// Which check failed, for callers that act on it (`check`).
+        kind: Mismatch,
         /// What was being verified (`layer 2 blob`, `config`).
         what: String,
         /// The digest the descriptor promised.
@@ -32,6 +56,8 @@ pub enum Error {
     /// Content was not the size its descriptor says.
     #[error("{what}: size mismatch: expected {expected} bytes, got {found}")]
     SizeMismatch {
+        /// Which check failed.
+        kind: Mismatch,
         /// What was being verified.
         what: String,
         /// Size the descriptor promised.
@@ -122,6 +148,14 @@ impl Error {
         Error::Stream {
             operation: operation.into(),
             source,
+        }
+    }
+
+    /// Which verification failed, if this is a verification failure.
+    pub fn mismatch(&self) -> Option<Mismatch> {
+        match self {
+            Error::DigestMismatch { kind, .. } | Error::SizeMismatch { kind, .. } => Some(*kind),
+            _ => None,
         }
     }
 

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::Error;
+use crate::error::{Error, Mismatch};
 use crate::image::{Compression, Image, Layer, LayerInfo, LayerNeeds, media_type as mt};
 use crate::inspect::info::history_of;
 use crate::inspect::{
@@ -212,7 +212,10 @@ pub async fn check(source: Arc<dyn Source>, fast: bool, options: WalkOptions) ->
 
 fn fetch_finding(info: &LayerInfo, e: &Error) -> Finding {
     let what = match e {
-        Error::DigestMismatch { what, .. } if what.contains("diff_id") => "diff_id does not match",
+        Error::DigestMismatch {
+            kind: Mismatch::DiffId,
+            ..
+        } => "diff_id does not match",
         Error::DigestMismatch { .. } => "blob digest does not match",
         Error::SizeMismatch { .. } => "blob size does not match",
         _ => "cannot be fetched",

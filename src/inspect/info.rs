@@ -475,6 +475,7 @@ async fn index_entries(uri: &Uri, settings: &Settings, digest: &Digest) -> Resul
     let found = Digest::sha256_of(&raw);
     if &found != digest {
         return Err(Error::DigestMismatch {
+            kind: crate::error::Mismatch::Index,
             what: "image index".into(),
             expected: digest.clone(),
             found,

@@ -323,6 +323,7 @@ impl Client {
         let found = Digest::sha256_of(&body);
         if &found != digest {
             return Err(Error::DigestMismatch {
+                kind: crate::error::Mismatch::BlobDigest,
                 what: format!("blob {digest}"),
                 expected: digest.clone(),
                 found,
@@ -330,6 +331,7 @@ impl Client {
         }
         if body.len() as u64 != size {
             return Err(Error::SizeMismatch {
+                kind: crate::error::Mismatch::BlobSize,
                 what: format!("blob {digest}"),
                 expected: size,
                 found: body.len() as u64,
@@ -390,6 +392,7 @@ impl Client {
                 Ok(Pumped::ReceiverGone) => return Ok(()),
                 Err(found) => {
                     return Err(Error::SizeMismatch {
+                        kind: crate::error::Mismatch::BlobSize,
                         what: format!("blob {digest}"),
                         expected: size,
                         found,

@@ -274,6 +274,7 @@ impl DirSink {
             })?;
             if copied != tar.len() {
                 return Err(Error::SizeMismatch {
+                    kind: crate::error::Mismatch::Copy,
                     what: format!("{} ({})", layer_name(info), tar.path().display()),
                     expected: tar.len(),
                     found: copied,
@@ -410,6 +411,7 @@ impl DirSink {
         let (found, _) = hashing.finish();
         if found != info.diff_id {
             return Err(Error::DigestMismatch {
+                kind: crate::error::Mismatch::DiffId,
                 what: format!(
                     "{} stored at {} (remove it and run again)",
                     layer_name(info),

@@ -255,6 +255,7 @@ impl Sink for DockerArchiveSink {
             // The header already promised tar.len() bytes; a short copy would
             // leave a corrupt tarball.
             return Err(Error::SizeMismatch {
+                kind: crate::error::Mismatch::Copy,
                 what: format!("layer {} ({})", layer.info.index, tar.path().display()),
                 expected: tar.len(),
                 found: copied,

@@ -266,6 +266,7 @@ impl Sink for OciLayoutSink {
             std::io::copy(&mut src, tmp.file()).map_err(|e| Error::io("writing", tmp.path(), e))?;
         if n != blob.len() {
             return Err(Error::SizeMismatch {
+                kind: crate::error::Mismatch::Copy,
                 what: format!(
                     "layer {} blob ({})",
                     layer.info.index,

@@ -407,6 +407,7 @@ fn verify(store: &StoreRoot, rel: &Path, info: &LayerInfo, reporter: &dyn Report
     let (found, len) = hashing.finish();
     if found != info.diff_id {
         return Err(Error::DigestMismatch {
+            kind: crate::error::Mismatch::DiffId,
             what: format!("layer {} ({})", info.index, path.display()),
             expected: info.diff_id.clone(),
             found,

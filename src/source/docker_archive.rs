@@ -523,6 +523,7 @@ impl FetchJob {
         let (stored_digest, stored_len) = stored.finish();
         if stored_len != self.member.size {
             return Err(Error::SizeMismatch {
+                kind: crate::error::Mismatch::BlobSize,
                 what: format!("layer {} ({})", self.info.index, short(&self.member.name)),
                 expected: self.member.size,
                 found: stored_len,
@@ -531,6 +532,7 @@ impl FetchJob {
         let found = diff_id.clone().unwrap_or_else(|| stored_digest.clone());
         if found != self.info.diff_id {
             return Err(Error::DigestMismatch {
+                kind: crate::error::Mismatch::DiffId,
                 what: format!(
                     "layer {} ({}) of {}",
                     self.info.index,

@@ -311,6 +311,7 @@ fn read_blob(store: &StoreRoot, d: &Descriptor, max: u64) -> Result<Vec<u8>> {
     let (found, size): (Digest, u64) = h.finish();
     if found != d.digest {
         return Err(Error::DigestMismatch {
+            kind: crate::error::Mismatch::BlobDigest,
             what: format!("blob {}", d.digest),
             expected: d.digest.clone(),
             found,
@@ -318,6 +319,7 @@ fn read_blob(store: &StoreRoot, d: &Descriptor, max: u64) -> Result<Vec<u8>> {
     }
     if size != d.size {
         return Err(Error::SizeMismatch {
+            kind: crate::error::Mismatch::BlobSize,
             what: format!("blob {}", d.digest),
             expected: d.size,
             found: size,

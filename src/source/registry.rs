@@ -223,6 +223,7 @@ impl RegistrySource {
             && &digest != pinned
         {
             return Err(Error::DigestMismatch {
+                kind: crate::error::Mismatch::Manifest,
                 what: format!("manifest {}", self.reference),
                 expected: pinned.clone(),
                 found: digest,
@@ -239,6 +240,7 @@ impl RegistrySource {
             let child_digest = Digest::sha256_of(&child);
             if child_digest != entry.digest {
                 return Err(Error::DigestMismatch {
+                    kind: crate::error::Mismatch::Manifest,
                     what: "platform manifest".into(),
                     expected: entry.digest.clone(),
                     found: child_digest,
@@ -589,6 +591,7 @@ pub fn write_layer(
 pub(crate) fn check_blob(info: &LayerInfo, size: u64, digest: Digest, what: String) -> Result<()> {
     if size != info.size {
         return Err(Error::SizeMismatch {
+            kind: crate::error::Mismatch::BlobSize,
             what,
             expected: info.size,
             found: size,
@@ -596,6 +599,7 @@ pub(crate) fn check_blob(info: &LayerInfo, size: u64, digest: Digest, what: Stri
     }
     if digest != info.digest {
         return Err(Error::DigestMismatch {
+            kind: crate::error::Mismatch::BlobDigest,
             what,
             expected: info.digest.clone(),
             found: digest,
@@ -608,6 +612,7 @@ pub(crate) fn check_blob(info: &LayerInfo, size: u64, digest: Digest, what: Stri
 pub(crate) fn check_diff_id(info: &LayerInfo, diff_id: Digest) -> Result<()> {
     if diff_id != info.diff_id {
         return Err(Error::DigestMismatch {
+            kind: crate::error::Mismatch::DiffId,
             what: format!(
                 "layer {} diff_id (sha256 of the uncompressed tar)",
                 info.index
