@@ -5,6 +5,8 @@
 # RSS and ratios (peer time / our time). Not part of the test suite.
 #
 #   bench/run.sh                # RUNS=3 PORT=5123 BENCH_DIR=/dev/shm/occy-bench
+#   BASE=origin/main bench/run.sh   # also time an earlier build (a git revision,
+#                                   # built into BASE_BUILD_DIR, or a binary path)
 #
 # Uses bench/registry.sh and bench/make-images.sh (a loopback registry and the 4-layer benchmark image
 # bench/debian:layered); installs docker-registry, skopeo, umoci, pigz, jq,
@@ -31,6 +33,19 @@ fi
 py=$venv/bin/occystrap
 (cd "$repo" && cargo build --release -q)
 ours=$repo/target/release/occystrap
+base=${BASE:-}; basebin=
+if [[ -n $base && -x $base ]]; then
+  basebin=$(readlink -f "$base"); base_desc="binary $base"
+elif [[ -n $base ]]; then
+  rev=$(git -C "$repo" rev-parse --verify "$base^{commit}")
+  bdir=${BASE_BUILD_DIR:-/tmp/occy-base-build}/$rev
+  if [[ ! -x $bdir/target/release/occystrap ]]; then
+    rm -rf "$bdir"; mkdir -p "$bdir"
+    git -C "$repo" archive "$rev" | tar -x -C "$bdir"
+    (cd "$bdir" && cargo build --release -q)
+  fi
+  basebin=$bdir/target/release/occystrap; base_desc="$(git -C "$repo" rev-parse --short "$rev")"
+fi
 
 rm -rf "$W"; mkdir -p "$W"
 regdir=$W/registry
@@ -135,11 +150,21 @@ tasks=(
   "store1st.ours|$ours --insecure process $src 'dir://store?unique_names=true'"
   "store2nd.ours|sh -c '$ours --insecure process $src dir://store?unique_names=true >/dev/null 2>&1; /usr/bin/time -f \"%e %M\" -o $W/t2 $ours --insecure process registry://$reg/bench/debian:v2 dir://store?unique_names=true'"
 )
+# With BASE, each of our rows gets a twin run by the earlier build, right after it.
+if [[ -n $basebin ]]; then
+  twinned=()
+  for t in "${tasks[@]}"; do
+    twinned+=("$t"); name=${t%%|*}
+    [[ $name == *.ours ]] && twinned+=("${name%.ours}.base|${t#*|}")
+  done
+  tasks=("${twinned[@]}")
+fi
 : > "$W/res"
 for r in $(seq "$runs"); do
   for t in "${tasks[@]}"; do
     name=${t%%|*}; cmd=${t#*|}
     rm -rf "$W/out" "$W/t2"; mkdir -p "$W/out"; sync
+    [[ $name == *.base ]] && cmd=${cmd//$ours/$basebin}
     rc=0; (cd "$W/out" && /usr/bin/time -f '%e %M' -o "$W/t" bash -c "$cmd" > "$W/last.log" 2>&1) || rc=$?
     # For the second-tag row only the second pull counts.
     [[ -f $W/t2 ]] && cp "$W/t2" "$W/t"
@@ -159,6 +184,7 @@ row() { printf '| %s | %s | %s | %s |\n' "$1" "$(med "$1" 2)" "$(rss "$1")" "$(r
   echo
   echo "Host: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo). Image \`$img\` on a loopback registry."
   echo "Tools: occystrap $(cd "$repo" && git rev-parse --short HEAD), Python occystrap 0.4.17, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')."
+  [[ -n $basebin ]] && echo "Earlier build (the .base rows): $base_desc."
   echo "Outputs on $W. $runs interleaved runs, medians."
   echo
   echo "| task | median wall s | median peak RSS MB | exit codes |"
@@ -178,5 +204,15 @@ row() { printf '| %s | %s | %s | %s |\n' "$1" "$(med "$1" 2)" "$(rss "$1")" "$(r
   echo "| 1 GiB layer: ours / curl + pigz -dc + sha256sum (target <= 1.5) | $(ratio single1g.ours single1g.floor) |"
   echo "| peak RSS 1 GiB layer / 10 MiB layer | $(awk -v a="$(med single1g.ours 3)" -v b="$(med single10m.ours 3)" 'BEGIN{printf "%.2f", a/b}') |"
   echo "| second tag into a store sharing 3 of 4 layers / first pull into an empty store | $(awk -v a="$(med store2nd.ours 2)" -v b="$(med store1st.ours 2)" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-" }') |"
+  if [[ -n $basebin ]]; then
+    echo
+    echo "| this build against the earlier one (time of earlier / this; >1 means faster now) | time | peak RSS this / earlier |"
+    echo "|---|---|---|"
+    for t in "${tasks[@]}"; do
+      n=${t%%|*}; [[ $n == *.ours ]] || continue
+      printf '| %s | %s | %s |\n' "${n%.ours}" "$(ratio "${n%.ours}.base" "$n")" \
+        "$(awk -v a="$(med "$n" 3)" -v b="$(med "${n%.ours}.base" 3)" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-" }')"
+    done
+  fi
 } > "$md"
 cat "$md"
