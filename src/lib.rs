@@ -57,5 +57,6 @@ pub mod sink;
 pub mod source;
 pub mod tarfmt;
 pub mod uri;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -167,7 +167,7 @@ pub fn blob_rel(d: &Digest) -> PathBuf {
 fn manifest_for(image: &Image) -> Result<(Vec<u8>, &'static str)> {
     if let Some(m) = &image.manifest
         && m.media_type == mt::OCI_MANIFEST
-        && let Ok(parsed) = serde_json::from_slice::<crate::source::registry::Manifest>(&m.raw)
+        && let Ok(parsed) = serde_json::from_slice::<crate::wire::Manifest>(&m.raw)
         && parsed.config.digest == image.config_digest
         && parsed.layers.len() == image.layers.len()
         && parsed

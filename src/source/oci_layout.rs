@@ -21,14 +21,14 @@ use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
 use crate::fsutil::StoreRoot;
 use crate::image::{
-    FileSlice, Image, Layer, LayerInfo, LayerNeeds, ManifestInfo, Platform, media_type as mt,
+    FileSlice, Image, IndexInfo, Layer, LayerInfo, LayerNeeds, ManifestInfo, Platform,
+    media_type as mt,
 };
 use crate::registry::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
 use crate::sink::oci_layout::{REF_NAME, blob_rel};
-use crate::source::registry::{
-    Descriptor, Index, Manifest, choose_platform, parse_diff_ids, write_layer,
-};
+use crate::source::registry::write_layer;
 use crate::source::{FetchContext, Source};
+use crate::wire::{Descriptor, Index, Manifest, choose_platform, media_type_of, parse_diff_ids};
 
 /// The annotation containerd and Docker 25+ put the full image name in.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -111,7 +111,11 @@ impl OciLayoutSource {
             let nested: Index = serde_json::from_slice(&body)
                 .map_err(|e| bad(format!("invalid image index {}: {e}", descriptor.digest)))?;
             let chosen = choose_platform(&nested, platform)?.clone();
-            from_index = Some((descriptor.digest.clone(), media));
+            from_index = Some(IndexInfo {
+                digest: descriptor.digest.clone(),
+                media_type: media,
+                raw: body,
+            });
             body = read_blob(&store, &chosen, MAX_MANIFEST_BYTES)?;
             media = media_type_of(&chosen, &body);
             descriptor = chosen;
@@ -200,27 +204,6 @@ impl OciLayoutSource {
             out.blob = Some(FileSlice::range(Arc::new(path), 0, layer.size));
         }
         Ok(out)
-    }
-}
-
-/// The media type of a manifest or index: its descriptor's, or, when the
-/// descriptor leaves it out, the document's own `mediaType`, or what its
-/// shape says (`manifests` makes an index, `config` a manifest).
-fn media_type_of(d: &Descriptor, body: &[u8]) -> String {
-    let declared = mt::essence(&d.media_type);
-    if !declared.is_empty() {
-        return declared.to_string();
-    }
-    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    if let Some(m) = doc["mediaType"].as_str() {
-        return mt::essence(m).to_string();
-    }
-    if doc.get("manifests").is_some() {
-        mt::OCI_INDEX.to_string()
-    } else if doc.get("config").is_some() {
-        mt::OCI_MANIFEST.to_string()
-    } else {
-        String::new()
     }
 }
 
