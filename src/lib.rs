@@ -42,6 +42,7 @@ pub mod digest;
 pub mod error;
 pub mod escape;
 pub mod filter;
+pub(crate) mod format;
 pub mod fsutil;
 pub mod gzip;
 pub mod handoff;

@@ -21,30 +21,24 @@
 //! can write into cannot redirect our writes or reads, nor make us block on
 //! a FIFO.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::format::dir::{
+    CATALOG, LOCK_FILE, encode_catalog, layer_rel, layer_rel_of_run_name, manifest_stem,
+    read_store_catalog, run_layer_name as layer_file, store_image_name, store_tag,
+};
+use crate::format::docker_save::{ManifestEntry, config_member};
 use crate::fsutil::{self, RunDir, StoreRoot};
 use crate::handoff::TarStream;
 use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds};
 use crate::layer::{ExtractOptions, ExtractStats, WhiteoutMode, extract_layer};
 use crate::sink::staging::StagedDir;
 use crate::sink::{Sink, SinkReport};
-
-/// The store's index: image -> tag -> manifest file name.
-pub const CATALOG: &str = "catalog.json";
-/// The manifest file of a store written without `unique_names`.
-pub const DEFAULT_MANIFEST: &str = "manifest.json";
-/// Lock file serialising updates of the catalog between processes.
-pub const LOCK_FILE: &str = ".occystrap.lock";
-/// Largest catalog we read; a real one is a few KiB per image.
-const CATALOG_LIMIT: u64 = 64 << 20;
 
 /// How the directory output is written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,72 +92,6 @@ struct Expansion {
     tree: StagedDir,
     /// The next layer index to apply: everything below it is in the tree.
     next_index: usize,
-}
-
-/// One image of a store manifest, with docker's key names.
-#[derive(Serialize)]
-struct ManifestEntry<'a> {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "RepoTags")]
-    repo_tags: Vec<String>,
-    #[serde(rename = "Layers")]
-    layers: Vec<String>,
-    #[serde(rename = "ImageName", skip_serializing_if = "Option::is_none")]
-    image_name: Option<&'a str>,
-}
-
-/// The name an image is filed under in a store: its repository without a
-/// registry host (`127.0.0.1:5000/team/app` -> `team/app`), which is what the
-/// Python occystrap keys its catalog by.
-pub fn store_image_name(name: &str) -> &str {
-    match name.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            rest
-        }
-        _ => name,
-    }
-}
-
-/// The catalog's tag for an image: its tag, else the digest it was pulled by,
-/// else `latest`.
-pub fn store_tag(image: &Image) -> String {
-    match (&image.tag, &image.manifest) {
-        (Some(t), _) => t.clone(),
-        (None, Some(m)) => m.digest.to_string(),
-        (None, None) => "latest".to_string(),
-    }
-}
-
-/// The manifest file's name without `.json`; also the name of the expanded
-/// rootfs directory, as in the Python occystrap.
-pub fn manifest_stem(image_key: &str, tag: &str, unique_names: bool) -> String {
-    if unique_names {
-        format!(
-            "manifest-{}-{}",
-            image_key.replace('/', "_"),
-            tag.replace(['/', ':'], "_")
-        )
-    } else {
-        "manifest".to_string()
-    }
-}
-
-/// Where a layer lives in a store.
-pub fn layer_path(root: &Path, diff_id: &Digest) -> PathBuf {
-    root.join(layer_rel(diff_id))
-}
-
-/// A layer's file name in the run's own directory.
-fn layer_file(diff_id: &Digest) -> String {
-    format!("{}.tar", diff_id.hex())
-}
-
-/// Where a layer lives in a store, relative to its root.
-pub fn layer_rel(diff_id: &Digest) -> PathBuf {
-    Path::new(&diff_id.hex()).join("layer.tar")
 }
 
 /// How messages name a layer.
@@ -250,7 +178,7 @@ impl DirSink {
                 layer_name(info)
             )));
         };
-        let dest = layer_path(&self.root, &info.diff_id);
+        let dest = self.root.join(layer_rel(&info.diff_id));
         if self.link_whole_temp(info, tar)? {
             return Ok(tar.len());
         }
@@ -465,8 +393,8 @@ impl DirSink {
             .take()
             .ok_or_else(|| Error::InvalidImage("dir output was never begun".into()))?;
         let _lock = store.lock(LOCK_FILE)?;
-        let mut catalog = read_store_catalog(&store)?.unwrap_or_default();
-        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
+        let catalog = read_store_catalog(&store)?.unwrap_or_default();
+        let config_name = config_member(&image.config_raw);
         // Whatever could refuse is looked at before anything becomes
         // visible: a run that fails here has changed nothing.
         use rustix::fs::FileType;
@@ -504,13 +432,7 @@ impl DirSink {
         store.atomic_write(Path::new(manifest_file), manifest)?;
         self.bytes_written += manifest.len() as u64;
 
-        catalog
-            .entry(store_image_name(&image.name).to_string())
-            .or_default()
-            .insert(store_tag(image), manifest_file.to_string());
-        let mut data = serde_json::to_vec_pretty(&catalog)
-            .map_err(|e| Error::InvalidImage(format!("encoding {CATALOG}: {e}")))?;
-        data.push(b'\n');
+        let data = encode_catalog(catalog, image, manifest_file)?;
         store.atomic_write(Path::new(CATALOG), &data)?;
         self.bytes_written += data.len() as u64;
         if let Some(c) = &mut self.created_root {
@@ -527,10 +449,7 @@ impl DirSink {
             return Ok(());
         };
         let names = run.names();
-        let dest = |name: &str| {
-            let hex = name.strip_suffix(".tar").unwrap_or(name);
-            Path::new(hex).join("layer.tar")
-        };
+        let dest = layer_rel_of_run_name;
         // Every place checked before anything moves: a run that fails here
         // has added nothing.
         for name in &names {
@@ -543,47 +462,6 @@ impl DirSink {
         }
         Ok(())
     }
-}
-
-/// A store's catalog: image -> tag -> manifest file name.
-pub type Catalog = BTreeMap<String, BTreeMap<String, String>>;
-
-/// Reads `catalog.json` at `path` (a path of the user's: a symlink to it
-/// is followed); `None` when there is none. Only a regular file is read.
-pub fn read_catalog(path: &Path) -> Result<Option<Catalog>> {
-    let Some(file) = fsutil::open_regular(path)? else {
-        return Ok(None);
-    };
-    parse_catalog(file, path)
-}
-
-/// Reads a store's `catalog.json`, not following a link; `None` when there
-/// is none.
-pub fn read_store_catalog(store: &StoreRoot) -> Result<Option<Catalog>> {
-    let rel = Path::new(CATALOG);
-    let Some(file) = store.open_file(rel)? else {
-        return Ok(None);
-    };
-    parse_catalog(file, &store.display(rel))
-}
-
-fn parse_catalog(file: File, path: &Path) -> Result<Option<Catalog>> {
-    let mut raw = Vec::new();
-    file.take(CATALOG_LIMIT + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| Error::io("reading", path, e))?;
-    if raw.len() as u64 > CATALOG_LIMIT {
-        return Err(Error::InvalidArchive {
-            path: path.to_path_buf(),
-            message: format!("larger than the {} MiB limit", CATALOG_LIMIT >> 20),
-        });
-    }
-    serde_json::from_slice(&raw)
-        .map(Some)
-        .map_err(|e| Error::InvalidArchive {
-            path: path.to_path_buf(),
-            message: format!("not a catalog ({{image: {{tag: manifest file}}}}): {e}"),
-        })
 }
 
 impl Sink for DirSink {
@@ -700,18 +578,10 @@ impl Sink for DirSink {
             Some(x) => x.tree.target().display().to_string(),
             None => self.root.display().to_string(),
         };
-        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
-
         let key = store_image_name(&image.name);
         let entry = [ManifestEntry {
-            config: config_name,
-            repo_tags: image.repo_tag().into_iter().collect(),
-            layers: image
-                .layers
-                .iter()
-                .map(|l| format!("{}/layer.tar", l.diff_id.hex()))
-                .collect(),
-            image_name: self.options.unique_names.then_some(key),
+            image_name: self.options.unique_names.then(|| key.to_string()),
+            ..ManifestEntry::for_image(image)
         }];
         let mut manifest = serde_json::to_vec_pretty(&entry)
             .map_err(|e| Error::InvalidImage(format!("encoding the manifest: {e}")))?;
@@ -742,25 +612,5 @@ impl<R: Read, W: io::Write> Read for TeeRead<'_, R, W> {
         }
         self.count += n as u64;
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_keys() {
-        assert_eq!(store_image_name("127.0.0.1:5000/team/app"), "team/app");
-        assert_eq!(store_image_name("ghcr.io/org/app"), "org/app");
-        assert_eq!(store_image_name("localhost/app"), "app");
-        assert_eq!(store_image_name("busybox"), "busybox");
-        assert_eq!(store_image_name("team/app"), "team/app");
-        assert_eq!(store_image_name("library/busybox"), "library/busybox");
-        assert_eq!(
-            manifest_stem("team/app", "v1", true),
-            "manifest-team_app-v1"
-        );
-        assert_eq!(manifest_stem("team/app", "v1", false), "manifest");
     }
 }
