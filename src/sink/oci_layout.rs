@@ -27,16 +27,13 @@ use serde_json::{Value, json};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::format::oci_layout::{
+    SHA256_BLOBS, add_to_index, blob_rel, has_marker, index_entry, prepare_layout,
+};
 use crate::fsutil::{RunDir, StoreRoot};
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds, media_type as mt};
 use crate::sink::staging::{Published, StoreDir};
 use crate::sink::{Sink, SinkReport};
-
-/// The annotation that names an image in `index.json`.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-/// The `oci-layout` marker file's content.
-const LAYOUT_MARKER: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// Writes images into an OCI image layout directory.
 pub struct OciLayoutSink {
@@ -70,12 +67,7 @@ impl OciLayoutSink {
             // fine; writing blobs into some other directory is not.
             let empty = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_none());
             let fs = StoreRoot::open(root)?;
-            let marked = match fs.kind(Path::new(MARKER))? {
-                Some(rustix::fs::FileType::RegularFile) => true,
-                None => false,
-                // A FIFO, device or link as the marker: refused by name.
-                Some(_) => fs.open_file(Path::new(MARKER)).map(|_| true)?,
-            };
+            let marked = has_marker(&fs)?;
             if !empty && !marked {
                 return Err(Error::Usage(format!(
                     "{} is not empty and not an OCI layout (it has no oci-layout file); \
@@ -129,7 +121,7 @@ impl OciLayoutSink {
             return Ok(());
         };
         let names = run.names();
-        let dest = |name: &str| Path::new("blobs/sha256").join(name);
+        let dest = |name: &str| Path::new(SHA256_BLOBS).join(name);
         // Every place checked before anything moves: a run that fails here
         // has added nothing.
         for name in &names {
@@ -142,23 +134,6 @@ impl OciLayoutSink {
         }
         Ok(())
     }
-}
-
-/// The `oci-layout` marker file's name.
-const MARKER: &str = "oci-layout";
-
-/// Where a blob lives in a layout.
-pub fn blob_path(root: &Path, d: &Digest) -> PathBuf {
-    root.join(blob_rel(d))
-}
-
-/// Where a blob lives in a layout, relative to its root.
-pub fn blob_rel(d: &Digest) -> PathBuf {
-    let algo = match d.algorithm() {
-        crate::digest::Algorithm::Sha256 => "sha256",
-        crate::digest::Algorithm::Sha512 => "sha512",
-    };
-    Path::new("blobs").join(algo).join(d.hex())
 }
 
 /// Builds the OCI manifest for `image` as it stands after filters. The
@@ -307,14 +282,12 @@ impl Sink for OciLayoutSink {
         let manifest_digest = self.put_bytes(&manifest)?;
 
         let tag = self.tag.clone().or_else(|| image.tag.clone());
-        let mut entry = json!({
-            "mediaType": manifest_type,
-            "digest": manifest_digest.to_string(),
-            "size": manifest.len(),
-        });
-        if let Some(t) = &tag {
-            entry["annotations"] = json!({ REF_NAME: t });
-        }
+        let entry = index_entry(
+            manifest_type,
+            &manifest_digest,
+            manifest.len(),
+            tag.as_deref(),
+        );
         let store = self
             .store
             .take()
@@ -358,20 +331,6 @@ impl Sink for OciLayoutSink {
     }
 }
 
-/// Makes `root` a layout: `blobs/sha256/` and the `oci-layout` marker.
-fn prepare_layout(root: &StoreRoot) -> Result<()> {
-    root.dir(Path::new("blobs/sha256"), true)?;
-    match root.kind(Path::new(MARKER))? {
-        None => root.atomic_write(Path::new(MARKER), LAYOUT_MARKER)?,
-        Some(rustix::fs::FileType::RegularFile) => {}
-        // A FIFO or link as the marker: refused, not opened or replaced.
-        Some(_) => {
-            root.open_file(Path::new(MARKER))?;
-        }
-    }
-    Ok(())
-}
-
 /// Moves each blob of `from/rel` that `to/rel` lacks into `to/rel` (by
 /// rename, so each appears complete); blobs `to` has already stay put.
 fn move_missing(from: &StoreRoot, to: &StoreRoot, rel: &Path) -> Result<()> {
@@ -383,49 +342,6 @@ fn move_missing(from: &StoreRoot, to: &StoreRoot, rel: &Path) -> Result<()> {
         to.move_from(from, &name, &name)?;
     }
     Ok(())
-}
-
-/// Adds `entry` to the layout's `index.json` under the layout's lock,
-/// replacing the entry with the same tag (or, untagged, the same digest).
-/// Returns the bytes written.
-/// `before_write` runs under the lock once the old index has been read.
-fn add_to_index(
-    root: &StoreRoot,
-    entry: &Value,
-    tag: Option<&str>,
-    manifest_digest: &Digest,
-    before_write: impl FnOnce() -> Result<()>,
-) -> Result<u64> {
-    let _lock = root.lock(".occystrap.lock")?;
-    let index_rel = Path::new("index.json");
-    let index_path = root.display(index_rel);
-    let mut index: Value = match root.read_small(index_rel, crate::registry::MAX_MANIFEST_BYTES)? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| Error::InvalidArchive {
-            path: index_path.clone(),
-            message: format!("existing index.json is not valid JSON: {e}"),
-        })?,
-        None => json!({"schemaVersion": 2, "mediaType": mt::OCI_INDEX, "manifests": []}),
-    };
-    let manifests = index
-        .get_mut("manifests")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| Error::InvalidArchive {
-            path: index_path.clone(),
-            message: "index.json has no manifests array".into(),
-        })?;
-    // One entry per tag: re-pulling a tag replaces it. Untagged images
-    // are kept once per digest.
-    let digest = manifest_digest.to_string();
-    manifests.retain(|m| match tag {
-        Some(t) => m["annotations"][REF_NAME].as_str() != Some(t),
-        None => m["digest"].as_str() != Some(digest.as_str()),
-    });
-    manifests.push(entry.clone());
-    let bytes = serde_json::to_vec_pretty(&index)
-        .map_err(|e| Error::InvalidImage(format!("serialising index.json: {e}")))?;
-    before_write()?;
-    root.atomic_write(index_rel, &bytes)?;
-    Ok(bytes.len() as u64)
 }
 
 #[cfg(test)]

@@ -15,42 +15,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 
-use crate::digest::{Digest, HashingReader};
+use crate::digest::HashingReader;
 use crate::error::{Error, Result};
+use crate::format::oci_layout::{CONTAINERD_NAME, REF_NAME, blob_rel, read_blob, read_index};
 use crate::fsutil::StoreRoot;
 use crate::image::{
     FileSlice, Image, IndexInfo, Layer, LayerInfo, LayerNeeds, ManifestInfo, Platform,
     media_type as mt,
 };
 use crate::registry::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
-use crate::sink::oci_layout::{REF_NAME, blob_rel};
 use crate::source::registry::write_layer;
 use crate::source::{FetchContext, Source};
-use crate::wire::{Descriptor, Index, Manifest, choose_platform, media_type_of, parse_diff_ids};
-
-/// The annotation containerd and Docker 25+ put the full image name in.
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
+use crate::wire::{Index, Manifest, choose_platform, media_type_of, parse_diff_ids};
 
 /// An image in an OCI image layout directory.
 pub struct OciLayoutSource {
     root: PathBuf,
     store: Arc<StoreRoot>,
     image: Image,
-}
-
-#[derive(Deserialize)]
-struct IndexEntry {
-    #[serde(flatten)]
-    descriptor: Descriptor,
-    #[serde(default)]
-    annotations: std::collections::HashMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct TopIndex {
-    manifests: Vec<IndexEntry>,
 }
 
 impl OciLayoutSource {
@@ -62,9 +45,7 @@ impl OciLayoutSource {
             message,
         };
         let store = StoreRoot::open(root)?;
-        let raw = read_capped(&store, Path::new("index.json"), MAX_MANIFEST_BYTES)?;
-        let index: TopIndex = serde_json::from_slice(&raw)
-            .map_err(|e| bad(format!("index.json is not a valid OCI index: {e}")))?;
+        let index = read_index(&store)?;
         let names: Vec<&str> = index
             .manifests
             .iter()
@@ -271,44 +252,6 @@ fn dir_repo_name(root: &Path) -> String {
         name.truncate(128);
         name.trim_end_matches('-').to_string()
     }
-}
-
-/// Reads a file of the layout, at most `max` bytes.
-fn read_capped(store: &StoreRoot, rel: &Path, max: u64) -> Result<Vec<u8>> {
-    store.read_small(rel, max)?.ok_or_else(|| {
-        Error::io(
-            "reading",
-            store.display(rel),
-            std::io::ErrorKind::NotFound.into(),
-        )
-    })
-}
-
-/// Reads a small blob and checks it against its descriptor.
-fn read_blob(store: &StoreRoot, d: &Descriptor, max: u64) -> Result<Vec<u8>> {
-    let rel = blob_rel(&d.digest);
-    let path = store.display(&rel);
-    let data = read_capped(store, &rel, max)?;
-    let mut h = HashingReader::new(&data[..], d.digest.algorithm());
-    std::io::copy(&mut h, &mut std::io::sink()).map_err(|e| Error::io("reading", &path, e))?;
-    let (found, size): (Digest, u64) = h.finish();
-    if found != d.digest {
-        return Err(Error::DigestMismatch {
-            kind: crate::error::Mismatch::BlobDigest,
-            what: format!("blob {}", d.digest),
-            expected: d.digest.clone(),
-            found,
-        });
-    }
-    if size != d.size {
-        return Err(Error::SizeMismatch {
-            kind: crate::error::Mismatch::BlobSize,
-            what: format!("blob {}", d.digest),
-            expected: d.size,
-            found: size,
-        });
-    }
-    Ok(data)
 }
 
 impl Source for OciLayoutSource {
