@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::format::blob::{self, BlobWriter};
 use crate::format::dir::{
     CATALOG, LOCK_FILE, encode_catalog, layer_rel, layer_rel_of_run_name, manifest_stem,
     read_store_catalog, run_layer_name as layer_file, store_image_name, store_tag,
@@ -217,40 +218,30 @@ impl DirSink {
     /// the store's filesystem. `false` when that can't be done and the layer
     /// must be copied.
     fn link_whole_temp(&self, info: &LayerInfo, tar: &FileSlice) -> Result<bool> {
-        if !tar.is_temp() || tar.offset() != 0 {
-            return Ok(false);
-        }
-        let Ok(file) = File::open(tar.path()) else {
-            return Ok(false);
-        };
-        if file.metadata().map(|m| m.len()).ok() != Some(tar.len()) {
+        if !blob::is_whole_temp(tar) {
             return Ok(false);
         }
         if self.find_layer(&info.diff_id).is_some() {
             return Ok(true);
         }
-        // Later runs trust a layer file by its presence alone.
-        file.sync_data()
-            .map_err(|e| Error::io("writing", tar.path(), e))?;
-        let run = self.run_dir()?;
-        match self
-            .store()?
-            .link_from(tar.path(), &run.rel(&layer_file(&info.diff_id)))
-        {
-            Ok(_) => {
-                fsutil::set_readable(&file);
-                run.add(&layer_file(&info.diff_id));
-                tracing::debug!("{} linked into the store", layer_name(info));
-                Ok(true)
-            }
-            // Another filesystem (EXDEV), or links not allowed: copy.
-            Err(_) => Ok(false),
+        let linked = blob::link_verified(
+            self.store()?,
+            self.run_dir()?,
+            &layer_file(&info.diff_id),
+            tar,
+        )?;
+        if linked {
+            tracing::debug!("{} linked into the store", layer_name(info));
         }
+        Ok(linked)
     }
 
-    /// Writes a layer into the store under a temp name with `fill`, then
-    /// renames it into place. `fill` gets `None` when the store has the
-    /// layer already (another run stored it since `wants_layer` looked).
+    /// Writes a layer into the store through the blob writer with `fill`,
+    /// then names it in the run's directory. `fill` gets `None` when the
+    /// store has the layer already (another run stored it since
+    /// `wants_layer` looked). The layer's bytes were verified by the source
+    /// (a verified file, or a stream whose end is its verification), so they
+    /// are not hashed again and a File-to-File copy stays in the kernel.
     fn persist_layer(
         &self,
         info: &LayerInfo,
@@ -260,22 +251,13 @@ impl DirSink {
             fill(None)?;
             return Ok(0);
         }
-        let store = self.store()?;
-        let run = self.run_dir()?;
         // In the run's own directory: the layer joins the store only when
         // the run succeeds, and a crash leaves nothing that looks like one.
-        let mut temp = store.create_temp(run.name(), ".layer-")?;
-        let copied = fill(Some(temp.file()))?;
-        // Later runs trust a layer file by its presence alone, so it must not
-        // be able to appear truncated after a crash.
-        temp.file()
-            .sync_data()
-            .map_err(|e| Error::io("writing", temp.path(), e))?;
-        fsutil::set_readable(temp.file());
-        let rel = run.rel(&layer_file(&info.diff_id));
-        // Recorded first: the run dir's removal must know every name in it.
-        run.add(&layer_file(&info.diff_id));
-        temp.persist(store, &rel, false)?;
+        let name = layer_file(&info.diff_id);
+        let mut out =
+            BlobWriter::verified(self.store()?, self.run_dir()?, &name, &info.diff_id, None)?;
+        let copied = fill(out.file())?;
+        out.commit()?;
         Ok(copied)
     }
 
@@ -445,22 +427,10 @@ impl DirSink {
     /// Moves this run's layers to their places in the store. A layer another
     /// run stored meanwhile is kept: it has the same content.
     fn move_run_layers(&self, store: &StoreRoot) -> Result<()> {
-        let Some(run) = &self.run else {
-            return Ok(());
-        };
-        let names = run.names();
-        let dest = layer_rel_of_run_name;
-        // Every place checked before anything moves: a run that fails here
-        // has added nothing.
-        for name in &names {
-            fsutil::check_free_or(store, &dest(name), rustix::fs::FileType::RegularFile)?;
+        match &self.run {
+            Some(run) => blob::publish_run(store, run, layer_rel_of_run_name),
+            None => Ok(()),
         }
-        for name in &names {
-            if !store.rename(&run.rel(name), &dest(name), true)? {
-                fsutil::check_free_or(store, &dest(name), rustix::fs::FileType::RegularFile)?;
-            }
-        }
-        Ok(())
     }
 }
 

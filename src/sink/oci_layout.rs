@@ -21,12 +21,14 @@
 //! `blobs/sha256` or lock file planted as a link is refused), and only
 //! regular files are read (see [`StoreRoot`]).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::format::blob::{self, BlobWriter};
 use crate::format::oci_layout::{
     SHA256_BLOBS, add_to_index, blob_rel, has_marker, index_entry, prepare_layout,
 };
@@ -107,8 +109,11 @@ impl OciLayoutSink {
                 .run
                 .as_ref()
                 .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
-            run.add(d.hex());
-            self.fs()?.atomic_write(&run.rel(d.hex()), data)?;
+            let fs = self.fs()?;
+            let mut out = BlobWriter::new(fs, run, d.hex(), &d, Some(data.len() as u64))?;
+            out.write_all(data)
+                .map_err(|e| Error::io("writing", fs.display(run.name()), e))?;
+            out.commit()?;
             self.bytes_written += data.len() as u64;
         }
         Ok(d)
@@ -120,19 +125,7 @@ impl OciLayoutSink {
         let (Some(run), Some(fs)) = (&self.run, &self.fs) else {
             return Ok(());
         };
-        let names = run.names();
-        let dest = |name: &str| Path::new(SHA256_BLOBS).join(name);
-        // Every place checked before anything moves: a run that fails here
-        // has added nothing.
-        for name in &names {
-            crate::fsutil::check_free_or(fs, &dest(name), rustix::fs::FileType::RegularFile)?;
-        }
-        for name in &names {
-            if !fs.rename(&run.rel(name), &dest(name), true)? {
-                crate::fsutil::check_free_or(fs, &dest(name), rustix::fs::FileType::RegularFile)?;
-            }
-        }
-        Ok(())
+        blob::publish_run(fs, run, |name| Path::new(SHA256_BLOBS).join(name))
     }
 }
 
@@ -230,35 +223,17 @@ impl Sink for OciLayoutSink {
             .run
             .as_ref()
             .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
-        let name = layer.info.digest.hex();
-        let rel = run.rel(name);
-        let mut tmp = fs.create_temp(run.name(), ".occystrap-")?;
-        let mut src = blob
-            .open()
-            .map_err(|e| Error::io("reading", blob.path(), e))?;
-        // File to File: the kernel copies (copy_file_range) without a user buffer.
-        let n =
-            std::io::copy(&mut src, tmp.file()).map_err(|e| Error::io("writing", tmp.path(), e))?;
-        if n != blob.len() {
-            return Err(Error::SizeMismatch {
-                kind: crate::error::Mismatch::Copy,
-                what: format!(
-                    "layer {} blob ({})",
-                    layer.info.index,
-                    blob.path().display()
-                ),
-                expected: blob.len(),
-                found: n,
-            });
+        let (digest, name) = (&layer.info.digest, layer.info.digest.hex());
+        // A verified temp file of the run's own is linked when it can be;
+        // anything else is copied through the hash, so a blob served in
+        // place (from a directory others may write into) is checked again.
+        if blob::link_verified(fs, run, name, blob)? {
+            self.bytes_written += blob.len();
+            return Ok(());
         }
-        // Later runs trust a blob by its presence alone, so it must not be
-        // able to appear truncated after a crash.
-        tmp.file()
-            .sync_data()
-            .map_err(|e| Error::io("writing", tmp.path(), e))?;
-        crate::fsutil::set_readable(tmp.file());
-        run.add(name);
-        tmp.persist(fs, &rel, false)?;
+        let mut out = BlobWriter::new(fs, run, name, digest, Some(blob.len()))?;
+        let n = out.copy_slice(blob)?;
+        out.commit()?;
         self.bytes_written += n;
         Ok(())
     }
