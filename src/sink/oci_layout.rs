@@ -3,7 +3,8 @@
 //! podman and containerd read.
 //!
 //! Blobs are stored as the source served them (no recompression), each
-//! written to a temp name, synced and renamed into place once complete, so
+//! through the blob writer (`format::blob`): hashed as it is
+//! written to a temp name, synced and renamed only once it checks out, so
 //! several images share one layout and a blob it already holds is never
 //! fetched. `index.json` is rewritten under a lock, replacing an entry with
 //! the same tag.

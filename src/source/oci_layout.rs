@@ -292,6 +292,7 @@ impl Source for OciLayoutSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Digest;
 
     #[test]
     fn names_from_ref_names() {
@@ -324,5 +325,60 @@ mod tests {
         assert_eq!(dir_repo_name(Path::new("/x/a_b.c")), "a_b.c");
         assert_eq!(dir_repo_name(Path::new("/x/--")), "image");
         assert_eq!(dir_repo_name(Path::new("/x/Ünï Çode")), "n-ode");
+    }
+
+    /// The index an image is chosen from is kept byte for byte, as the
+    /// manifest is, so that a copy can reproduce both digests.
+    #[test]
+    fn index_and_manifest_bytes_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |data: &[u8]| {
+            let d = Digest::sha256_of(data);
+            let p = dir.path().join(blob_rel(&d));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+            d
+        };
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let c = put(config);
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{c}","size":{}}},"layers":[]}}"#,
+            mt::OCI_MANIFEST,
+            mt::OCI_CONFIG,
+            config.len()
+        );
+        let m = put(manifest.as_bytes());
+        // Odd spacing on purpose: a re-serialised index would differ.
+        let index = format!(
+            r#"{{ "schemaVersion": 2, "manifests": [ {{"mediaType":"{}","digest":"{m}","size":{},"platform":{{"os":"linux","architecture":"arm64"}}}} ] }}"#,
+            mt::OCI_MANIFEST,
+            manifest.len()
+        );
+        let i = put(index.as_bytes());
+        let top = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{i}","size":{},"annotations":{{"{REF_NAME}":"v1"}}}}]}}"#,
+            mt::OCI_INDEX,
+            index.len()
+        );
+        std::fs::write(dir.path().join("index.json"), top).unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let platform = Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: None,
+        };
+        let source = OciLayoutSource::open(dir.path(), Some("v1"), &platform).unwrap();
+        let got = source.image.manifest.as_ref().unwrap();
+        assert_eq!(got.raw, manifest.as_bytes());
+        assert_eq!(got.digest, m);
+        let ix = got.index.as_ref().unwrap();
+        assert_eq!(ix.raw, index.as_bytes());
+        assert_eq!(Digest::sha256_of(&ix.raw), ix.digest);
+        assert_eq!(ix.digest, i);
+        assert_eq!(ix.media_type, mt::OCI_INDEX);
     }
 }
