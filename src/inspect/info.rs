@@ -295,10 +295,10 @@ pub fn describe(source: &str, image: &Image) -> Result<ImageInfo> {
     let index = image
         .manifest
         .as_ref()
-        .and_then(|m| m.index.clone())
+        .and_then(|m| m.index.as_ref())
         .map(|ix| IndexSummary {
-            digest: ix.digest,
-            media_type: ix.media_type,
+            digest: ix.digest.clone(),
+            media_type: ix.media_type.clone(),
             platforms: None,
             platforms_error: None,
         });
