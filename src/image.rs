@@ -106,8 +106,19 @@ pub struct ManifestInfo {
     pub media_type: String,
     /// The exact bytes.
     pub raw: Vec<u8>,
-    /// Digest and media type of the index it was chosen from, if any.
-    pub index: Option<(Digest, String)>,
+    /// The index it was chosen from, if any.
+    pub index: Option<IndexInfo>,
+}
+
+/// The index an image's manifest was chosen from.
+#[derive(Clone, Debug)]
+pub struct IndexInfo {
+    /// Digest of the index bytes.
+    pub digest: Digest,
+    /// Its media type, without parameters.
+    pub media_type: String,
+    /// The exact bytes, so that a copy can reproduce the digest.
+    pub raw: Vec<u8>,
 }
 
 /// An image's metadata: what a sink needs before and after the layers.

@@ -42,6 +42,7 @@ pub mod digest;
 pub mod error;
 pub mod escape;
 pub mod filter;
+pub(crate) mod format;
 pub mod fsutil;
 pub mod gzip;
 pub mod handoff;
@@ -57,5 +58,6 @@ pub mod sink;
 pub mod source;
 pub mod tarfmt;
 pub mod uri;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -5,9 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use occystrap::image::Platform;
-use occystrap::source::registry::{
-    Index, Manifest, choose_platform, classify_for_fuzzing, parse_diff_ids,
-};
+use occystrap::wire::{Index, Manifest, choose_platform, classify_for_fuzzing, parse_diff_ids};
 
 const CONTENT_TYPES: [Option<&str>; 8] = [
     None,

@@ -253,7 +253,12 @@ pub fn check_metadata(image: &Image) -> Vec<Finding> {
                 .into(),
         )),
         Some(m) => {
-            if let Some((digest, media)) = &m.index {
+            if let Some(crate::image::IndexInfo {
+                digest,
+                media_type: media,
+                ..
+            }) = &m.index
+            {
                 out.push(i(
                     "index",
                     format!(

@@ -292,17 +292,16 @@ pub fn describe(source: &str, image: &Image) -> Result<ImageInfo> {
             size: m.raw.len() as u64,
         }
     });
-    let index =
-        image
-            .manifest
-            .as_ref()
-            .and_then(|m| m.index.clone())
-            .map(|(digest, media_type)| IndexSummary {
-                digest,
-                media_type,
-                platforms: None,
-                platforms_error: None,
-            });
+    let index = image
+        .manifest
+        .as_ref()
+        .and_then(|m| m.index.as_ref())
+        .map(|ix| IndexSummary {
+            digest: ix.digest.clone(),
+            media_type: ix.media_type.clone(),
+            platforms: None,
+            platforms_error: None,
+        });
     let c = config.get("config").cloned().unwrap_or(Value::Null);
     let runtime = RuntimeConfig {
         env: c.get("Env").and_then(strings).unwrap_or_default(),
@@ -507,7 +506,11 @@ mod tests {
                 digest: d("m"),
                 media_type: mt::OCI_MANIFEST.into(),
                 raw: br#"{"schemaVersion":2}"#.to_vec(),
-                index: Some((d("i"), mt::OCI_INDEX.into())),
+                index: Some(crate::image::IndexInfo {
+                    digest: d("i"),
+                    media_type: mt::OCI_INDEX.into(),
+                    raw: br#"{"schemaVersion":2,"manifests":[]}"#.to_vec(),
+                }),
             }),
             config_raw: config.as_bytes().to_vec(),
             config_digest: d(config),

@@ -21,30 +21,25 @@
 //! can write into cannot redirect our writes or reads, nor make us block on
 //! a FIFO.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::format::blob::{self, BlobWriter};
+use crate::format::dir::{
+    CATALOG, LOCK_FILE, encode_catalog, layer_rel, layer_rel_of_run_name, manifest_stem,
+    read_store_catalog, run_layer_name as layer_file, store_image_name, store_tag,
+};
+use crate::format::docker_save::{ManifestEntry, config_member};
 use crate::fsutil::{self, RunDir, StoreRoot};
 use crate::handoff::TarStream;
 use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds};
 use crate::layer::{ExtractOptions, ExtractStats, WhiteoutMode, extract_layer};
 use crate::sink::staging::StagedDir;
 use crate::sink::{Sink, SinkReport};
-
-/// The store's index: image -> tag -> manifest file name.
-pub const CATALOG: &str = "catalog.json";
-/// The manifest file of a store written without `unique_names`.
-pub const DEFAULT_MANIFEST: &str = "manifest.json";
-/// Lock file serialising updates of the catalog between processes.
-pub const LOCK_FILE: &str = ".occystrap.lock";
-/// Largest catalog we read; a real one is a few KiB per image.
-const CATALOG_LIMIT: u64 = 64 << 20;
 
 /// How the directory output is written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,72 +93,6 @@ struct Expansion {
     tree: StagedDir,
     /// The next layer index to apply: everything below it is in the tree.
     next_index: usize,
-}
-
-/// One image of a store manifest, with docker's key names.
-#[derive(Serialize)]
-struct ManifestEntry<'a> {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "RepoTags")]
-    repo_tags: Vec<String>,
-    #[serde(rename = "Layers")]
-    layers: Vec<String>,
-    #[serde(rename = "ImageName", skip_serializing_if = "Option::is_none")]
-    image_name: Option<&'a str>,
-}
-
-/// The name an image is filed under in a store: its repository without a
-/// registry host (`127.0.0.1:5000/team/app` -> `team/app`), which is what the
-/// Python occystrap keys its catalog by.
-pub fn store_image_name(name: &str) -> &str {
-    match name.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            rest
-        }
-        _ => name,
-    }
-}
-
-/// The catalog's tag for an image: its tag, else the digest it was pulled by,
-/// else `latest`.
-pub fn store_tag(image: &Image) -> String {
-    match (&image.tag, &image.manifest) {
-        (Some(t), _) => t.clone(),
-        (None, Some(m)) => m.digest.to_string(),
-        (None, None) => "latest".to_string(),
-    }
-}
-
-/// The manifest file's name without `.json`; also the name of the expanded
-/// rootfs directory, as in the Python occystrap.
-pub fn manifest_stem(image_key: &str, tag: &str, unique_names: bool) -> String {
-    if unique_names {
-        format!(
-            "manifest-{}-{}",
-            image_key.replace('/', "_"),
-            tag.replace(['/', ':'], "_")
-        )
-    } else {
-        "manifest".to_string()
-    }
-}
-
-/// Where a layer lives in a store.
-pub fn layer_path(root: &Path, diff_id: &Digest) -> PathBuf {
-    root.join(layer_rel(diff_id))
-}
-
-/// A layer's file name in the run's own directory.
-fn layer_file(diff_id: &Digest) -> String {
-    format!("{}.tar", diff_id.hex())
-}
-
-/// Where a layer lives in a store, relative to its root.
-pub fn layer_rel(diff_id: &Digest) -> PathBuf {
-    Path::new(&diff_id.hex()).join("layer.tar")
 }
 
 /// How messages name a layer.
@@ -250,7 +179,7 @@ impl DirSink {
                 layer_name(info)
             )));
         };
-        let dest = layer_path(&self.root, &info.diff_id);
+        let dest = self.root.join(layer_rel(&info.diff_id));
         if self.link_whole_temp(info, tar)? {
             return Ok(tar.len());
         }
@@ -289,40 +218,30 @@ impl DirSink {
     /// the store's filesystem. `false` when that can't be done and the layer
     /// must be copied.
     fn link_whole_temp(&self, info: &LayerInfo, tar: &FileSlice) -> Result<bool> {
-        if !tar.is_temp() || tar.offset() != 0 {
-            return Ok(false);
-        }
-        let Ok(file) = File::open(tar.path()) else {
-            return Ok(false);
-        };
-        if file.metadata().map(|m| m.len()).ok() != Some(tar.len()) {
+        if !blob::is_whole_temp(tar) {
             return Ok(false);
         }
         if self.find_layer(&info.diff_id).is_some() {
             return Ok(true);
         }
-        // Later runs trust a layer file by its presence alone.
-        file.sync_data()
-            .map_err(|e| Error::io("writing", tar.path(), e))?;
-        let run = self.run_dir()?;
-        match self
-            .store()?
-            .link_from(tar.path(), &run.rel(&layer_file(&info.diff_id)))
-        {
-            Ok(_) => {
-                fsutil::set_readable(&file);
-                run.add(&layer_file(&info.diff_id));
-                tracing::debug!("{} linked into the store", layer_name(info));
-                Ok(true)
-            }
-            // Another filesystem (EXDEV), or links not allowed: copy.
-            Err(_) => Ok(false),
+        let linked = blob::link_verified(
+            self.store()?,
+            self.run_dir()?,
+            &layer_file(&info.diff_id),
+            tar,
+        )?;
+        if linked {
+            tracing::debug!("{} linked into the store", layer_name(info));
         }
+        Ok(linked)
     }
 
-    /// Writes a layer into the store under a temp name with `fill`, then
-    /// renames it into place. `fill` gets `None` when the store has the
-    /// layer already (another run stored it since `wants_layer` looked).
+    /// Writes a layer into the store through the blob writer with `fill`,
+    /// then names it in the run's directory. `fill` gets `None` when the
+    /// store has the layer already (another run stored it since
+    /// `wants_layer` looked). The layer's bytes were verified by the source
+    /// (a verified file, or a stream whose end is its verification), so they
+    /// are not hashed again and a File-to-File copy stays in the kernel.
     fn persist_layer(
         &self,
         info: &LayerInfo,
@@ -332,22 +251,13 @@ impl DirSink {
             fill(None)?;
             return Ok(0);
         }
-        let store = self.store()?;
-        let run = self.run_dir()?;
         // In the run's own directory: the layer joins the store only when
         // the run succeeds, and a crash leaves nothing that looks like one.
-        let mut temp = store.create_temp(run.name(), ".layer-")?;
-        let copied = fill(Some(temp.file()))?;
-        // Later runs trust a layer file by its presence alone, so it must not
-        // be able to appear truncated after a crash.
-        temp.file()
-            .sync_data()
-            .map_err(|e| Error::io("writing", temp.path(), e))?;
-        fsutil::set_readable(temp.file());
-        let rel = run.rel(&layer_file(&info.diff_id));
-        // Recorded first: the run dir's removal must know every name in it.
-        run.add(&layer_file(&info.diff_id));
-        temp.persist(store, &rel, false)?;
+        let name = layer_file(&info.diff_id);
+        let mut out =
+            BlobWriter::verified(self.store()?, self.run_dir()?, &name, &info.diff_id, None)?;
+        let copied = fill(out.file())?;
+        out.commit()?;
         Ok(copied)
     }
 
@@ -465,8 +375,8 @@ impl DirSink {
             .take()
             .ok_or_else(|| Error::InvalidImage("dir output was never begun".into()))?;
         let _lock = store.lock(LOCK_FILE)?;
-        let mut catalog = read_store_catalog(&store)?.unwrap_or_default();
-        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
+        let catalog = read_store_catalog(&store)?.unwrap_or_default();
+        let config_name = config_member(&image.config_raw);
         // Whatever could refuse is looked at before anything becomes
         // visible: a run that fails here has changed nothing.
         use rustix::fs::FileType;
@@ -504,13 +414,7 @@ impl DirSink {
         store.atomic_write(Path::new(manifest_file), manifest)?;
         self.bytes_written += manifest.len() as u64;
 
-        catalog
-            .entry(store_image_name(&image.name).to_string())
-            .or_default()
-            .insert(store_tag(image), manifest_file.to_string());
-        let mut data = serde_json::to_vec_pretty(&catalog)
-            .map_err(|e| Error::InvalidImage(format!("encoding {CATALOG}: {e}")))?;
-        data.push(b'\n');
+        let data = encode_catalog(catalog, image, manifest_file)?;
         store.atomic_write(Path::new(CATALOG), &data)?;
         self.bytes_written += data.len() as u64;
         if let Some(c) = &mut self.created_root {
@@ -523,67 +427,11 @@ impl DirSink {
     /// Moves this run's layers to their places in the store. A layer another
     /// run stored meanwhile is kept: it has the same content.
     fn move_run_layers(&self, store: &StoreRoot) -> Result<()> {
-        let Some(run) = &self.run else {
-            return Ok(());
-        };
-        let names = run.names();
-        let dest = |name: &str| {
-            let hex = name.strip_suffix(".tar").unwrap_or(name);
-            Path::new(hex).join("layer.tar")
-        };
-        // Every place checked before anything moves: a run that fails here
-        // has added nothing.
-        for name in &names {
-            fsutil::check_free_or(store, &dest(name), rustix::fs::FileType::RegularFile)?;
+        match &self.run {
+            Some(run) => blob::publish_run(store, run, layer_rel_of_run_name),
+            None => Ok(()),
         }
-        for name in &names {
-            if !store.rename(&run.rel(name), &dest(name), true)? {
-                fsutil::check_free_or(store, &dest(name), rustix::fs::FileType::RegularFile)?;
-            }
-        }
-        Ok(())
     }
-}
-
-/// A store's catalog: image -> tag -> manifest file name.
-pub type Catalog = BTreeMap<String, BTreeMap<String, String>>;
-
-/// Reads `catalog.json` at `path` (a path of the user's: a symlink to it
-/// is followed); `None` when there is none. Only a regular file is read.
-pub fn read_catalog(path: &Path) -> Result<Option<Catalog>> {
-    let Some(file) = fsutil::open_regular(path)? else {
-        return Ok(None);
-    };
-    parse_catalog(file, path)
-}
-
-/// Reads a store's `catalog.json`, not following a link; `None` when there
-/// is none.
-pub fn read_store_catalog(store: &StoreRoot) -> Result<Option<Catalog>> {
-    let rel = Path::new(CATALOG);
-    let Some(file) = store.open_file(rel)? else {
-        return Ok(None);
-    };
-    parse_catalog(file, &store.display(rel))
-}
-
-fn parse_catalog(file: File, path: &Path) -> Result<Option<Catalog>> {
-    let mut raw = Vec::new();
-    file.take(CATALOG_LIMIT + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| Error::io("reading", path, e))?;
-    if raw.len() as u64 > CATALOG_LIMIT {
-        return Err(Error::InvalidArchive {
-            path: path.to_path_buf(),
-            message: format!("larger than the {} MiB limit", CATALOG_LIMIT >> 20),
-        });
-    }
-    serde_json::from_slice(&raw)
-        .map(Some)
-        .map_err(|e| Error::InvalidArchive {
-            path: path.to_path_buf(),
-            message: format!("not a catalog ({{image: {{tag: manifest file}}}}): {e}"),
-        })
 }
 
 impl Sink for DirSink {
@@ -700,18 +548,10 @@ impl Sink for DirSink {
             Some(x) => x.tree.target().display().to_string(),
             None => self.root.display().to_string(),
         };
-        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
-
         let key = store_image_name(&image.name);
         let entry = [ManifestEntry {
-            config: config_name,
-            repo_tags: image.repo_tag().into_iter().collect(),
-            layers: image
-                .layers
-                .iter()
-                .map(|l| format!("{}/layer.tar", l.diff_id.hex()))
-                .collect(),
-            image_name: self.options.unique_names.then_some(key),
+            image_name: self.options.unique_names.then(|| key.to_string()),
+            ..ManifestEntry::for_image(image)
         }];
         let mut manifest = serde_json::to_vec_pretty(&entry)
             .map_err(|e| Error::InvalidImage(format!("encoding the manifest: {e}")))?;
@@ -742,25 +582,5 @@ impl<R: Read, W: io::Write> Read for TeeRead<'_, R, W> {
         }
         self.count += n as u64;
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_keys() {
-        assert_eq!(store_image_name("127.0.0.1:5000/team/app"), "team/app");
-        assert_eq!(store_image_name("ghcr.io/org/app"), "org/app");
-        assert_eq!(store_image_name("localhost/app"), "app");
-        assert_eq!(store_image_name("busybox"), "busybox");
-        assert_eq!(store_image_name("team/app"), "team/app");
-        assert_eq!(store_image_name("library/busybox"), "library/busybox");
-        assert_eq!(
-            manifest_stem("team/app", "v1", true),
-            "manifest-team_app-v1"
-        );
-        assert_eq!(manifest_stem("team/app", "v1", false), "manifest");
     }
 }

@@ -15,11 +15,11 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use tempfile::NamedTempFile;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::format::docker_save::{self, MANIFEST, ManifestEntry, REPOSITORIES};
 use crate::handoff::TarStream;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::sink::{Sink, SinkReport};
@@ -39,17 +39,6 @@ pub struct DockerArchiveSink {
     /// diff_ids `wants_layer` has already asked for.
     wanted: HashSet<Digest>,
     bytes_written: u64,
-}
-
-/// One image of `manifest.json`, with docker's key names and order.
-#[derive(Serialize)]
-struct ManifestEntry {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "RepoTags")]
-    repo_tags: Vec<String>,
-    #[serde(rename = "Layers")]
-    layers: Vec<String>,
 }
 
 impl DockerArchiveSink {
@@ -281,33 +270,16 @@ impl Sink for DockerArchiveSink {
 
         // Named by the hash of the bytes actually written, which a filter may
         // have changed since the source computed config_digest.
-        let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
-        self.member(&config_name, &image.config_raw)?;
-
-        let layers: Vec<String> = image
-            .layers
-            .iter()
-            .map(|l| format!("{}/layer.tar", l.diff_id.hex()))
-            .collect();
-        let manifest = [ManifestEntry {
-            config: config_name,
-            repo_tags: image.repo_tag().into_iter().collect(),
-            layers,
-        }];
-        let manifest = serde_json::to_vec(&manifest)
-            .map_err(|e| Error::InvalidImage(format!("encoding manifest.json: {e}")))?;
-        self.member("manifest.json", &manifest)?;
+        let entry = ManifestEntry::for_image(image);
+        self.member(&entry.config, &image.config_raw)?;
+        let manifest = serde_json::to_vec(&[entry])
+            .map_err(|e| Error::InvalidImage(format!("encoding {MANIFEST}: {e}")))?;
+        self.member(MANIFEST, &manifest)?;
 
         // Legacy readers map repository -> tag -> top layer directory.
-        let mut repositories = serde_json::Map::new();
-        if let (Some(tag), Some(top)) = (&image.tag, image.layers.last()) {
-            let mut tags = serde_json::Map::new();
-            tags.insert(tag.clone(), top.diff_id.hex().into());
-            repositories.insert(image.name.clone(), tags.into());
-        }
-        let repositories = serde_json::to_vec(&repositories)
-            .map_err(|e| Error::InvalidImage(format!("encoding repositories: {e}")))?;
-        self.member("repositories", &repositories)?;
+        let repositories = serde_json::to_vec(&docker_save::repositories(image))
+            .map_err(|e| Error::InvalidImage(format!("encoding {REPOSITORIES}: {e}")))?;
+        self.member(REPOSITORIES, &repositories)?;
 
         let end = [0u8; 2 * BLOCK as usize];
         self.temp

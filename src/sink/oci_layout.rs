@@ -3,7 +3,8 @@
 //! podman and containerd read.
 //!
 //! Blobs are stored as the source served them (no recompression), each
-//! written to a temp name, synced and renamed into place once complete, so
+//! through the blob writer (`format::blob`): hashed as it is
+//! written to a temp name, synced and renamed only once it checks out, so
 //! several images share one layout and a blob it already holds is never
 //! fetched. `index.json` is rewritten under a lock, replacing an entry with
 //! the same tag.
@@ -21,22 +22,21 @@
 //! `blobs/sha256` or lock file planted as a link is refused), and only
 //! regular files are read (see [`StoreRoot`]).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::format::blob::{self, BlobWriter};
+use crate::format::oci_layout::{
+    SHA256_BLOBS, add_to_index, blob_rel, has_marker, index_entry, prepare_layout,
+};
 use crate::fsutil::{RunDir, StoreRoot};
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds, media_type as mt};
 use crate::sink::staging::{Published, StoreDir};
 use crate::sink::{Sink, SinkReport};
-
-/// The annotation that names an image in `index.json`.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-/// The `oci-layout` marker file's content.
-const LAYOUT_MARKER: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// Writes images into an OCI image layout directory.
 pub struct OciLayoutSink {
@@ -70,12 +70,7 @@ impl OciLayoutSink {
             // fine; writing blobs into some other directory is not.
             let empty = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_none());
             let fs = StoreRoot::open(root)?;
-            let marked = match fs.kind(Path::new(MARKER))? {
-                Some(rustix::fs::FileType::RegularFile) => true,
-                None => false,
-                // A FIFO, device or link as the marker: refused by name.
-                Some(_) => fs.open_file(Path::new(MARKER)).map(|_| true)?,
-            };
+            let marked = has_marker(&fs)?;
             if !empty && !marked {
                 return Err(Error::Usage(format!(
                     "{} is not empty and not an OCI layout (it has no oci-layout file); \
@@ -115,8 +110,11 @@ impl OciLayoutSink {
                 .run
                 .as_ref()
                 .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
-            run.add(d.hex());
-            self.fs()?.atomic_write(&run.rel(d.hex()), data)?;
+            let fs = self.fs()?;
+            let mut out = BlobWriter::new(fs, run, d.hex(), &d, Some(data.len() as u64))?;
+            out.write_all(data)
+                .map_err(|e| Error::io("writing", fs.display(run.name()), e))?;
+            out.commit()?;
             self.bytes_written += data.len() as u64;
         }
         Ok(d)
@@ -128,37 +126,8 @@ impl OciLayoutSink {
         let (Some(run), Some(fs)) = (&self.run, &self.fs) else {
             return Ok(());
         };
-        let names = run.names();
-        let dest = |name: &str| Path::new("blobs/sha256").join(name);
-        // Every place checked before anything moves: a run that fails here
-        // has added nothing.
-        for name in &names {
-            crate::fsutil::check_free_or(fs, &dest(name), rustix::fs::FileType::RegularFile)?;
-        }
-        for name in &names {
-            if !fs.rename(&run.rel(name), &dest(name), true)? {
-                crate::fsutil::check_free_or(fs, &dest(name), rustix::fs::FileType::RegularFile)?;
-            }
-        }
-        Ok(())
+        blob::publish_run(fs, run, |name| Path::new(SHA256_BLOBS).join(name))
     }
-}
-
-/// The `oci-layout` marker file's name.
-const MARKER: &str = "oci-layout";
-
-/// Where a blob lives in a layout.
-pub fn blob_path(root: &Path, d: &Digest) -> PathBuf {
-    root.join(blob_rel(d))
-}
-
-/// Where a blob lives in a layout, relative to its root.
-pub fn blob_rel(d: &Digest) -> PathBuf {
-    let algo = match d.algorithm() {
-        crate::digest::Algorithm::Sha256 => "sha256",
-        crate::digest::Algorithm::Sha512 => "sha512",
-    };
-    Path::new("blobs").join(algo).join(d.hex())
 }
 
 /// Builds the OCI manifest for `image` as it stands after filters. The
@@ -167,7 +136,7 @@ pub fn blob_rel(d: &Digest) -> PathBuf {
 fn manifest_for(image: &Image) -> Result<(Vec<u8>, &'static str)> {
     if let Some(m) = &image.manifest
         && m.media_type == mt::OCI_MANIFEST
-        && let Ok(parsed) = serde_json::from_slice::<crate::source::registry::Manifest>(&m.raw)
+        && let Ok(parsed) = serde_json::from_slice::<crate::wire::Manifest>(&m.raw)
         && parsed.config.digest == image.config_digest
         && parsed.layers.len() == image.layers.len()
         && parsed
@@ -255,35 +224,17 @@ impl Sink for OciLayoutSink {
             .run
             .as_ref()
             .ok_or_else(|| Error::InvalidImage("oci-layout output was never begun".into()))?;
-        let name = layer.info.digest.hex();
-        let rel = run.rel(name);
-        let mut tmp = fs.create_temp(run.name(), ".occystrap-")?;
-        let mut src = blob
-            .open()
-            .map_err(|e| Error::io("reading", blob.path(), e))?;
-        // File to File: the kernel copies (copy_file_range) without a user buffer.
-        let n =
-            std::io::copy(&mut src, tmp.file()).map_err(|e| Error::io("writing", tmp.path(), e))?;
-        if n != blob.len() {
-            return Err(Error::SizeMismatch {
-                kind: crate::error::Mismatch::Copy,
-                what: format!(
-                    "layer {} blob ({})",
-                    layer.info.index,
-                    blob.path().display()
-                ),
-                expected: blob.len(),
-                found: n,
-            });
+        let (digest, name) = (&layer.info.digest, layer.info.digest.hex());
+        // A verified temp file of the run's own is linked when it can be;
+        // anything else is copied through the hash, so a blob served in
+        // place (from a directory others may write into) is checked again.
+        if blob::link_verified(fs, run, name, blob)? {
+            self.bytes_written += blob.len();
+            return Ok(());
         }
-        // Later runs trust a blob by its presence alone, so it must not be
-        // able to appear truncated after a crash.
-        tmp.file()
-            .sync_data()
-            .map_err(|e| Error::io("writing", tmp.path(), e))?;
-        crate::fsutil::set_readable(tmp.file());
-        run.add(name);
-        tmp.persist(fs, &rel, false)?;
+        let mut out = BlobWriter::new(fs, run, name, digest, Some(blob.len()))?;
+        let n = out.copy_slice(blob)?;
+        out.commit()?;
         self.bytes_written += n;
         Ok(())
     }
@@ -307,14 +258,12 @@ impl Sink for OciLayoutSink {
         let manifest_digest = self.put_bytes(&manifest)?;
 
         let tag = self.tag.clone().or_else(|| image.tag.clone());
-        let mut entry = json!({
-            "mediaType": manifest_type,
-            "digest": manifest_digest.to_string(),
-            "size": manifest.len(),
-        });
-        if let Some(t) = &tag {
-            entry["annotations"] = json!({ REF_NAME: t });
-        }
+        let entry = index_entry(
+            manifest_type,
+            &manifest_digest,
+            manifest.len(),
+            tag.as_deref(),
+        );
         let store = self
             .store
             .take()
@@ -358,20 +307,6 @@ impl Sink for OciLayoutSink {
     }
 }
 
-/// Makes `root` a layout: `blobs/sha256/` and the `oci-layout` marker.
-fn prepare_layout(root: &StoreRoot) -> Result<()> {
-    root.dir(Path::new("blobs/sha256"), true)?;
-    match root.kind(Path::new(MARKER))? {
-        None => root.atomic_write(Path::new(MARKER), LAYOUT_MARKER)?,
-        Some(rustix::fs::FileType::RegularFile) => {}
-        // A FIFO or link as the marker: refused, not opened or replaced.
-        Some(_) => {
-            root.open_file(Path::new(MARKER))?;
-        }
-    }
-    Ok(())
-}
-
 /// Moves each blob of `from/rel` that `to/rel` lacks into `to/rel` (by
 /// rename, so each appears complete); blobs `to` has already stay put.
 fn move_missing(from: &StoreRoot, to: &StoreRoot, rel: &Path) -> Result<()> {
@@ -383,49 +318,6 @@ fn move_missing(from: &StoreRoot, to: &StoreRoot, rel: &Path) -> Result<()> {
         to.move_from(from, &name, &name)?;
     }
     Ok(())
-}
-
-/// Adds `entry` to the layout's `index.json` under the layout's lock,
-/// replacing the entry with the same tag (or, untagged, the same digest).
-/// Returns the bytes written.
-/// `before_write` runs under the lock once the old index has been read.
-fn add_to_index(
-    root: &StoreRoot,
-    entry: &Value,
-    tag: Option<&str>,
-    manifest_digest: &Digest,
-    before_write: impl FnOnce() -> Result<()>,
-) -> Result<u64> {
-    let _lock = root.lock(".occystrap.lock")?;
-    let index_rel = Path::new("index.json");
-    let index_path = root.display(index_rel);
-    let mut index: Value = match root.read_small(index_rel, crate::registry::MAX_MANIFEST_BYTES)? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| Error::InvalidArchive {
-            path: index_path.clone(),
-            message: format!("existing index.json is not valid JSON: {e}"),
-        })?,
-        None => json!({"schemaVersion": 2, "mediaType": mt::OCI_INDEX, "manifests": []}),
-    };
-    let manifests = index
-        .get_mut("manifests")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| Error::InvalidArchive {
-            path: index_path.clone(),
-            message: "index.json has no manifests array".into(),
-        })?;
-    // One entry per tag: re-pulling a tag replaces it. Untagged images
-    // are kept once per digest.
-    let digest = manifest_digest.to_string();
-    manifests.retain(|m| match tag {
-        Some(t) => m["annotations"][REF_NAME].as_str() != Some(t),
-        None => m["digest"].as_str() != Some(digest.as_str()),
-    });
-    manifests.push(entry.clone());
-    let bytes = serde_json::to_vec_pretty(&index)
-        .map_err(|e| Error::InvalidImage(format!("serialising index.json: {e}")))?;
-    before_write()?;
-    root.atomic_write(index_rel, &bytes)?;
-    Ok(bytes.len() as u64)
 }
 
 #[cfg(test)]

@@ -11,18 +11,18 @@
 //! on a FIFO.
 
 use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::format::dir::{CATALOG, checked_name, locate, read_store_catalog, same_image};
+use crate::format::docker_save::{ManifestEntry, read_diff_ids, split_repo_tag};
 use crate::fsutil::StoreRoot;
 use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds, media_type};
 use crate::progress::Reporter;
-use crate::sink::dir::{CATALOG, Catalog, DEFAULT_MANIFEST, read_store_catalog, store_image_name};
 use crate::source::{FetchContext, Source};
 
 /// Largest manifest or config read into memory.
@@ -41,34 +41,6 @@ pub struct DirSource {
     image: Image,
     /// The store's file for each layer, in image order, relative to the root.
     files: Vec<PathBuf>,
-}
-
-/// One image of a store manifest.
-#[derive(Deserialize)]
-struct ManifestEntry {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "RepoTags", default)]
-    repo_tags: Option<Vec<String>>,
-    #[serde(rename = "Layers", default)]
-    layers: Option<Vec<String>>,
-}
-
-/// The part of an image config this reader needs.
-#[derive(Deserialize)]
-struct ConfigRootfs {
-    rootfs: Rootfs,
-}
-
-#[derive(Deserialize)]
-struct Rootfs {
-    diff_ids: Vec<Digest>,
-}
-
-/// Where the manifest was found, and the name the catalog gives the image.
-struct Located {
-    manifest_file: String,
-    catalog_name: Option<(String, String)>,
 }
 
 impl DirSource {
@@ -118,10 +90,9 @@ impl DirSource {
         }
 
         let config_raw = read_small(&store, checked_name(&entry.config).map_err(invalid)?)?;
-        let config: ConfigRootfs = serde_json::from_slice(&config_raw)
+        let diff_ids = read_diff_ids(&config_raw)
             .map_err(|e| invalid(format!("config {}: {e}", entry.config)))?;
         let names = entry.layers.unwrap_or_default();
-        let diff_ids = config.rootfs.diff_ids;
         if names.len() != diff_ids.len() {
             return Err(invalid(format!(
                 "{} lists {} layers but the config has {} diff_ids",
@@ -185,106 +156,6 @@ impl DirSource {
     }
 }
 
-/// Finds the manifest file for the image asked for.
-fn locate(
-    catalog: Option<&Catalog>,
-    image: Option<&str>,
-    tag: Option<&str>,
-) -> std::result::Result<Located, String> {
-    let Some(want) = image else {
-        if tag.is_some() {
-            return Err("tag= needs image= as well".into());
-        }
-        let all: Vec<(&String, &String, &String)> = catalog
-            .into_iter()
-            .flatten()
-            .flat_map(|(i, tags)| tags.iter().map(move |(t, f)| (i, t, f)))
-            .collect();
-        return match all.as_slice() {
-            [] => Ok(Located {
-                manifest_file: DEFAULT_MANIFEST.to_string(),
-                catalog_name: None,
-            }),
-            [(i, t, f)] => Ok(Located {
-                manifest_file: (*f).clone(),
-                catalog_name: Some(((*i).clone(), (*t).clone())),
-            }),
-            _ => Err(format!(
-                "the store holds several images; choose one with image=NAME&tag=TAG ({CATALOG} \
-                 has: {})",
-                listing(catalog)
-            )),
-        };
-    };
-    let (want_name, want_tag) = match tag {
-        Some(t) => (want.to_string(), t.to_string()),
-        None => {
-            let (n, t) = split_repo_tag(want);
-            (n, t.unwrap_or_else(|| "latest".to_string()))
-        }
-    };
-    let Some(catalog) = catalog else {
-        return Err(format!(
-            "no {CATALOG}, so no image can be chosen by name; leave out image= and tag= to read \
-             {DEFAULT_MANIFEST}"
-        ));
-    };
-    let key = catalog
-        .keys()
-        .find(|k| **k == want_name)
-        .or_else(|| catalog.keys().find(|k| same_image(k, &want_name)));
-    let found = key.and_then(|k| catalog[k].get(&want_tag).map(|f| (k, f)));
-    match found {
-        Some((k, f)) => Ok(Located {
-            manifest_file: f.clone(),
-            catalog_name: Some((k.clone(), want_tag)),
-        }),
-        None => Err(format!(
-            "no image {want_name}:{want_tag} in {CATALOG}; it has: {}",
-            listing(Some(catalog))
-        )),
-    }
-}
-
-/// `a:1, a:2, b:latest`, or `nothing`.
-fn listing(catalog: Option<&Catalog>) -> String {
-    let all: Vec<String> = catalog
-        .into_iter()
-        .flatten()
-        .flat_map(|(i, tags)| tags.keys().map(move |t| format!("{i}:{t}")))
-        .collect();
-    if all.is_empty() {
-        "nothing".into()
-    } else {
-        all.join(", ")
-    }
-}
-
-/// Whether two names mean the same repository once a registry host and
-/// Docker Hub's `library/` are set aside.
-fn same_image(a: &str, b: &str) -> bool {
-    fn key(s: &str) -> &str {
-        let s = store_image_name(s);
-        s.strip_prefix("library/").unwrap_or(s)
-    }
-    key(a) == key(b)
-}
-
-/// A path inside the store as the manifest names it: relative, never `..`,
-/// so a tampered manifest cannot make us read elsewhere.
-fn checked_name(name: &str) -> std::result::Result<&Path, String> {
-    let p = Path::new(name);
-    let ok = !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
-    if ok {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{:?} is not a path inside the store",
-            crate::digest::truncate_for_error(name)
-        ))
-    }
-}
-
 /// Reads a manifest or config of the store, refusing anything implausibly
 /// large.
 fn read_small(store: &StoreRoot, rel: &Path) -> Result<Vec<u8>> {
@@ -295,19 +166,6 @@ fn read_small(store: &StoreRoot, rel: &Path) -> Result<Vec<u8>> {
             io::ErrorKind::NotFound.into(),
         )
     })
-}
-
-/// Splits `name:tag` at a `:` after the last `/`, so a registry port is not
-/// taken for a tag.
-fn split_repo_tag(s: &str) -> (String, Option<String>) {
-    let after_slash = s.rfind('/').map_or(0, |i| i + 1);
-    match s[after_slash..].rfind(':') {
-        Some(i) => (
-            s[..after_slash + i].to_string(),
-            Some(s[after_slash + i + 1..].to_string()),
-        ),
-        None => (s.to_string(), None),
-    }
 }
 
 /// A repository name for an image with no name: the directory's, lowercased.
@@ -415,62 +273,4 @@ fn verify(store: &StoreRoot, rel: &Path, info: &LayerInfo, reporter: &dyn Report
     }
     reporter.layer_done(info.index);
     Ok(len)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn catalog(entries: &[(&str, &str, &str)]) -> Catalog {
-        let mut c = Catalog::new();
-        for (i, t, f) in entries {
-            c.entry(i.to_string())
-                .or_default()
-                .insert(t.to_string(), f.to_string());
-        }
-        c
-    }
-
-    #[test]
-    fn lookup() {
-        let c = catalog(&[
-            ("team/app", "v1", "manifest-team_app-v1.json"),
-            ("busybox", "latest", "manifest-busybox-latest.json"),
-        ]);
-        let f = |i: Option<&str>, t: Option<&str>| locate(Some(&c), i, t).map(|l| l.manifest_file);
-        assert_eq!(
-            f(Some("team/app"), Some("v1")).unwrap(),
-            "manifest-team_app-v1.json"
-        );
-        assert_eq!(
-            f(Some("127.0.0.1:5000/team/app:v1"), None).unwrap(),
-            "manifest-team_app-v1.json"
-        );
-        assert_eq!(
-            f(Some("library/busybox"), None).unwrap(),
-            "manifest-busybox-latest.json"
-        );
-        assert_eq!(
-            f(Some("docker.io/library/busybox"), Some("latest")).unwrap(),
-            "manifest-busybox-latest.json"
-        );
-        let e = f(Some("team/app"), Some("v9")).unwrap_err();
-        assert!(e.contains("busybox:latest, team/app:v1"), "{e}");
-        assert!(f(None, None).unwrap_err().contains("several"));
-        assert!(f(None, Some("v1")).is_err());
-        assert_eq!(
-            locate(None, None, None).unwrap().manifest_file,
-            DEFAULT_MANIFEST
-        );
-        assert!(locate(None, Some("a"), None).is_err());
-    }
-
-    #[test]
-    fn names_stay_inside() {
-        assert!(checked_name("abc/layer.tar").is_ok());
-        assert!(checked_name("../x").is_err());
-        assert!(checked_name("/etc/passwd").is_err());
-        assert!(checked_name("a/../../b").is_err());
-        assert!(checked_name("").is_err());
-    }
 }

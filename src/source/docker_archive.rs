@@ -17,10 +17,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 
 use crate::digest::{Algorithm, Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::format::docker_save::{
+    MANIFEST, ManifestEntry, OCI_INDEX, REPOSITORIES, read_diff_ids, split_repo_tag,
+};
 use crate::image::{Compression, FileSlice, Image, Layer, LayerInfo, LayerNeeds, media_type};
 use crate::progress::Reporter;
 use crate::source::{FetchContext, Source};
@@ -64,28 +66,6 @@ enum IndexEntry {
     Link(String),
 }
 
-/// One image of `manifest.json`.
-#[derive(Deserialize)]
-struct ManifestEntry {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "RepoTags", default)]
-    repo_tags: Option<Vec<String>>,
-    #[serde(rename = "Layers", default)]
-    layers: Option<Vec<String>>,
-}
-
-/// The part of an image config this reader needs.
-#[derive(Deserialize)]
-struct ConfigRootfs {
-    rootfs: Rootfs,
-}
-
-#[derive(Deserialize)]
-struct Rootfs {
-    diff_ids: Vec<Digest>,
-}
-
 impl DockerArchiveSource {
     /// Indexes the tarball at `path` and reads its manifest and config.
     ///
@@ -106,16 +86,16 @@ impl DockerArchiveSource {
             .len();
         let index = index_members(&mut file, file_len).map_err(invalid)?;
 
-        let manifest = match lookup(&index, "manifest.json") {
+        let manifest = match lookup(&index, MANIFEST) {
             Ok(m) => m,
-            Err(_) if index.contains_key("repositories") => {
+            Err(_) if index.contains_key(REPOSITORIES) => {
                 return Err(invalid(
                     "legacy docker-save format (before Docker 1.10: `repositories` but no \
                      manifest.json) is not supported; re-save the image with a current docker"
                         .into(),
                 ));
             }
-            Err(_) if index.contains_key("index.json") => {
+            Err(_) if index.contains_key(OCI_INDEX) => {
                 return Err(invalid(
                     "no manifest.json: this is an OCI image layout, not a docker-save archive"
                         .into(),
@@ -150,11 +130,10 @@ impl DockerArchiveSource {
             ReadError::Io(e) => Error::io("reading", path, e),
             ReadError::Invalid(m) => invalid(format!("config {:?}: {m}", entry.config)),
         })?;
-        let config: ConfigRootfs = serde_json::from_slice(&config_raw)
+        let diff_ids = read_diff_ids(&config_raw)
             .map_err(|e| invalid(format!("config {:?}: {e}", entry.config)))?;
 
         let layer_names = entry.layers.as_deref().unwrap_or_default();
-        let diff_ids = config.rootfs.diff_ids;
         if layer_names.len() != diff_ids.len() {
             return Err(invalid(format!(
                 "manifest.json lists {} layers but the config has {} diff_ids",
@@ -419,19 +398,6 @@ fn tag_key(s: &str) -> String {
     }
     let (name, tag) = split_repo_tag(s);
     format!("{}:{}", name, tag.as_deref().unwrap_or("latest"))
-}
-
-/// Splits `name:tag` at the last `:` after the last `/`, so a registry port
-/// (`localhost:5000/app`) is not taken for a tag.
-fn split_repo_tag(s: &str) -> (String, Option<String>) {
-    let after_slash = s.rfind('/').map_or(0, |i| i + 1);
-    match s[after_slash..].rfind(':') {
-        Some(i) => (
-            s[..after_slash + i].to_string(),
-            Some(s[after_slash + i + 1..].to_string()),
-        ),
-        None => (s.to_string(), None),
-    }
 }
 
 /// A repository name for an untagged image: the archive's file name, in the

@@ -15,42 +15,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 
-use crate::digest::{Digest, HashingReader};
+use crate::digest::HashingReader;
 use crate::error::{Error, Result};
+use crate::format::oci_layout::{CONTAINERD_NAME, REF_NAME, blob_rel, read_blob, read_index};
 use crate::fsutil::StoreRoot;
 use crate::image::{
-    FileSlice, Image, Layer, LayerInfo, LayerNeeds, ManifestInfo, Platform, media_type as mt,
+    FileSlice, Image, IndexInfo, Layer, LayerInfo, LayerNeeds, ManifestInfo, Platform,
+    media_type as mt,
 };
 use crate::registry::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
-use crate::sink::oci_layout::{REF_NAME, blob_rel};
-use crate::source::registry::{
-    Descriptor, Index, Manifest, choose_platform, parse_diff_ids, write_layer,
-};
+use crate::source::registry::write_layer;
 use crate::source::{FetchContext, Source};
-
-/// The annotation containerd and Docker 25+ put the full image name in.
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
+use crate::wire::{Index, Manifest, choose_platform, media_type_of, parse_diff_ids};
 
 /// An image in an OCI image layout directory.
 pub struct OciLayoutSource {
     root: PathBuf,
     store: Arc<StoreRoot>,
     image: Image,
-}
-
-#[derive(Deserialize)]
-struct IndexEntry {
-    #[serde(flatten)]
-    descriptor: Descriptor,
-    #[serde(default)]
-    annotations: std::collections::HashMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct TopIndex {
-    manifests: Vec<IndexEntry>,
 }
 
 impl OciLayoutSource {
@@ -62,9 +45,7 @@ impl OciLayoutSource {
             message,
         };
         let store = StoreRoot::open(root)?;
-        let raw = read_capped(&store, Path::new("index.json"), MAX_MANIFEST_BYTES)?;
-        let index: TopIndex = serde_json::from_slice(&raw)
-            .map_err(|e| bad(format!("index.json is not a valid OCI index: {e}")))?;
+        let index = read_index(&store)?;
         let names: Vec<&str> = index
             .manifests
             .iter()
@@ -111,7 +92,11 @@ impl OciLayoutSource {
             let nested: Index = serde_json::from_slice(&body)
                 .map_err(|e| bad(format!("invalid image index {}: {e}", descriptor.digest)))?;
             let chosen = choose_platform(&nested, platform)?.clone();
-            from_index = Some((descriptor.digest.clone(), media));
+            from_index = Some(IndexInfo {
+                digest: descriptor.digest.clone(),
+                media_type: media,
+                raw: body,
+            });
             body = read_blob(&store, &chosen, MAX_MANIFEST_BYTES)?;
             media = media_type_of(&chosen, &body);
             descriptor = chosen;
@@ -203,27 +188,6 @@ impl OciLayoutSource {
     }
 }
 
-/// The media type of a manifest or index: its descriptor's, or, when the
-/// descriptor leaves it out, the document's own `mediaType`, or what its
-/// shape says (`manifests` makes an index, `config` a manifest).
-fn media_type_of(d: &Descriptor, body: &[u8]) -> String {
-    let declared = mt::essence(&d.media_type);
-    if !declared.is_empty() {
-        return declared.to_string();
-    }
-    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    if let Some(m) = doc["mediaType"].as_str() {
-        return mt::essence(m).to_string();
-    }
-    if doc.get("manifests").is_some() {
-        mt::OCI_INDEX.to_string()
-    } else if doc.get("config").is_some() {
-        mt::OCI_MANIFEST.to_string()
-    } else {
-        String::new()
-    }
-}
-
 /// The repository name and tag outputs give the image a layout calls
 /// `ref_name` (see the module docs).
 fn name_and_tag(ref_name: Option<&str>, root: &Path) -> (String, Option<String>) {
@@ -290,44 +254,6 @@ fn dir_repo_name(root: &Path) -> String {
     }
 }
 
-/// Reads a file of the layout, at most `max` bytes.
-fn read_capped(store: &StoreRoot, rel: &Path, max: u64) -> Result<Vec<u8>> {
-    store.read_small(rel, max)?.ok_or_else(|| {
-        Error::io(
-            "reading",
-            store.display(rel),
-            std::io::ErrorKind::NotFound.into(),
-        )
-    })
-}
-
-/// Reads a small blob and checks it against its descriptor.
-fn read_blob(store: &StoreRoot, d: &Descriptor, max: u64) -> Result<Vec<u8>> {
-    let rel = blob_rel(&d.digest);
-    let path = store.display(&rel);
-    let data = read_capped(store, &rel, max)?;
-    let mut h = HashingReader::new(&data[..], d.digest.algorithm());
-    std::io::copy(&mut h, &mut std::io::sink()).map_err(|e| Error::io("reading", &path, e))?;
-    let (found, size): (Digest, u64) = h.finish();
-    if found != d.digest {
-        return Err(Error::DigestMismatch {
-            kind: crate::error::Mismatch::BlobDigest,
-            what: format!("blob {}", d.digest),
-            expected: d.digest.clone(),
-            found,
-        });
-    }
-    if size != d.size {
-        return Err(Error::SizeMismatch {
-            kind: crate::error::Mismatch::BlobSize,
-            what: format!("blob {}", d.digest),
-            expected: d.size,
-            found: size,
-        });
-    }
-    Ok(data)
-}
-
 impl Source for OciLayoutSource {
     fn describe(&self) -> String {
         format!("OCI layout {}", self.root.display())
@@ -366,6 +292,7 @@ impl Source for OciLayoutSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Digest;
 
     #[test]
     fn names_from_ref_names() {
@@ -398,5 +325,60 @@ mod tests {
         assert_eq!(dir_repo_name(Path::new("/x/a_b.c")), "a_b.c");
         assert_eq!(dir_repo_name(Path::new("/x/--")), "image");
         assert_eq!(dir_repo_name(Path::new("/x/Ünï Çode")), "n-ode");
+    }
+
+    /// The index an image is chosen from is kept byte for byte, as the
+    /// manifest is, so that a copy can reproduce both digests.
+    #[test]
+    fn index_and_manifest_bytes_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |data: &[u8]| {
+            let d = Digest::sha256_of(data);
+            let p = dir.path().join(blob_rel(&d));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+            d
+        };
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let c = put(config);
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{c}","size":{}}},"layers":[]}}"#,
+            mt::OCI_MANIFEST,
+            mt::OCI_CONFIG,
+            config.len()
+        );
+        let m = put(manifest.as_bytes());
+        // Odd spacing on purpose: a re-serialised index would differ.
+        let index = format!(
+            r#"{{ "schemaVersion": 2, "manifests": [ {{"mediaType":"{}","digest":"{m}","size":{},"platform":{{"os":"linux","architecture":"arm64"}}}} ] }}"#,
+            mt::OCI_MANIFEST,
+            manifest.len()
+        );
+        let i = put(index.as_bytes());
+        let top = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{i}","size":{},"annotations":{{"{REF_NAME}":"v1"}}}}]}}"#,
+            mt::OCI_INDEX,
+            index.len()
+        );
+        std::fs::write(dir.path().join("index.json"), top).unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let platform = Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: None,
+        };
+        let source = OciLayoutSource::open(dir.path(), Some("v1"), &platform).unwrap();
+        let got = source.image.manifest.as_ref().unwrap();
+        assert_eq!(got.raw, manifest.as_bytes());
+        assert_eq!(got.digest, m);
+        let ix = got.index.as_ref().unwrap();
+        assert_eq!(ix.raw, index.as_bytes());
+        assert_eq!(Digest::sha256_of(&ix.raw), ix.digest);
+        assert_eq!(ix.digest, i);
+        assert_eq!(ix.media_type, mt::OCI_INDEX);
     }
 }
