@@ -78,6 +78,7 @@ fuzz_target!(|tar: &[u8]| {
         whiteouts: WhiteoutMode::Apply,
         skip_unsafe: true,
         layer_name: "fuzz layer".into(),
+        cancel: Default::default(),
     };
     let _ = extract_layer(sandbox.path(), &out[..], &opts);
     assert!(

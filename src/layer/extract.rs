@@ -16,6 +16,7 @@ use rustix::process::{Gid, Uid};
 use super::path::{self, BadName, RelPath, Whiteout};
 use super::resolve::{self, FileId, OpenRootError, Prune, Root};
 use super::{ExtractOptions, ExtractStats, WhiteoutMode};
+use crate::cancel::CancelToken;
 use crate::tarfmt::{self, Archive, Sparse, Stream, TarError};
 use crate::{Error, Result};
 
@@ -45,7 +46,7 @@ pub fn extract_layer(root: &Path, tar: impl Read, opts: &ExtractOptions) -> Resu
     // filters used), metadata and sparse maps capped before allocation.
     let mut archive = Archive::new(Stream(BufReader::with_capacity(COPY_BUF, tar)));
     loop {
-        crate::cancel::check()?;
+        opts.cancel.check()?;
         let Some(entry) = archive.next_entry().map_err(|e| ex.tar_error(e))? else {
             break;
         };
@@ -607,8 +608,8 @@ impl<'a> Extractor<'a> {
         let expected = entry.data_size;
         let mut data = archive.data();
         let copied = match sparse {
-            None => copy(&mut data, &mut file, &mut self.buf),
-            Some(map) => copy_sparse(&mut data, &mut file, &mut self.buf, map),
+            None => copy(&mut data, &mut file, &mut self.buf, &self.opts.cancel),
+            Some(map) => copy_sparse(&mut data, &mut file, &mut self.buf, map, &self.opts.cancel),
         };
         let written = match copied {
             Ok(n) => n,
@@ -1056,10 +1057,15 @@ enum CopyError {
 }
 
 /// Streams an entry's data into `out`.
-fn copy(from: &mut impl Read, out: &mut File, buf: &mut [u8]) -> Result<u64, CopyError> {
+fn copy(
+    from: &mut impl Read,
+    out: &mut File,
+    buf: &mut [u8],
+    cancel: &CancelToken,
+) -> Result<u64, CopyError> {
     let mut total = 0u64;
     loop {
-        if crate::cancel::requested() {
+        if cancel.is_cancelled() {
             // Reported as Error::Interrupted by the caller.
             return Err(CopyError::Read(io::ErrorKind::Interrupted.into()));
         }
@@ -1082,6 +1088,7 @@ fn copy_sparse(
     out: &mut File,
     buf: &mut [u8],
     map: &Sparse,
+    cancel: &CancelToken,
 ) -> Result<u64, CopyError> {
     let mut total = 0u64;
     for &(offset, len) in &map.segments {
@@ -1090,7 +1097,7 @@ fn copy_sparse(
         }
         out.seek(SeekFrom::Start(offset))
             .map_err(CopyError::Write)?;
-        let n = copy(&mut from.take(len), out, buf)?;
+        let n = copy(&mut from.take(len), out, buf, cancel)?;
         total += n;
         if n < len {
             return Ok(total);

@@ -120,6 +120,7 @@ fn opts(mode: WhiteoutMode, skip_unsafe: bool) -> ExtractOptions {
         whiteouts: mode,
         skip_unsafe,
         layer_name: "layer 1 (sha256:abc)".into(),
+        cancel: Default::default(),
     }
 }
 

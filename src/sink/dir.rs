@@ -47,7 +47,7 @@ pub const LOCK_FILE: &str = ".occystrap.lock";
 const CATALOG_LIMIT: u64 = 64 << 20;
 
 /// How the directory output is written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct DirOptions {
     /// One manifest file per image and tag instead of a shared `manifest.json`.
     pub unique_names: bool,
@@ -55,6 +55,8 @@ pub struct DirOptions {
     pub expand: bool,
     /// Skip layer entries that cannot be extracted safely instead of failing.
     pub skip_unsafe: bool,
+    /// Extracting and waiting for the store's lock stop once this is cancelled.
+    pub cancel: crate::cancel::CancelToken,
 }
 
 /// Writes images into a layer store directory (see the module docs).
@@ -434,6 +436,7 @@ impl DirSink {
             whiteouts: WhiteoutMode::Apply,
             skip_unsafe: self.options.skip_unsafe,
             layer_name: layer_name(info),
+            cancel: self.options.cancel.clone(),
         };
         extract_layer(x.tree.path(), tar, &opts)
     }
@@ -464,7 +467,7 @@ impl DirSink {
             .store
             .take()
             .ok_or_else(|| Error::InvalidImage("dir output was never begun".into()))?;
-        let _lock = store.lock(LOCK_FILE)?;
+        let _lock = store.lock(LOCK_FILE, &self.options.cancel)?;
         let mut catalog = read_store_catalog(&store)?.unwrap_or_default();
         let config_name = format!("{}.json", Digest::sha256_of(&image.config_raw).hex());
         // Whatever could refuse is looked at before anything becomes

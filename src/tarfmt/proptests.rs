@@ -187,6 +187,7 @@ proptest! {
                 whiteouts: WhiteoutMode::Apply,
                 skip_unsafe: true,
                 layer_name: "l".into(),
+                cancel: Default::default(),
             };
             let _ = extract_layer(dir.path(), &out[..], &opts);
             prop_assert!(!tree_has_victim(dir.path()));

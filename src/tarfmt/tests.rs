@@ -195,6 +195,7 @@ fn extract(tar: &[u8]) -> (tempfile::TempDir, crate::Result<crate::layer::Extrac
         whiteouts: WhiteoutMode::Apply,
         skip_unsafe: false,
         layer_name: "layer 0 (test)".into(),
+        cancel: Default::default(),
     };
     let r = extract_layer(dir.path(), tar, &opts);
     (dir, r)
