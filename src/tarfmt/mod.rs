@@ -14,7 +14,9 @@
 //! Extension headers are metadata, capped at [`META_LIMIT`] before anything
 //! is allocated; sparse maps are capped in segments and real size.
 
+mod names;
 mod reader;
+pub mod rewrite;
 #[doc(hidden)]
 pub mod testkit;
 
@@ -22,7 +24,9 @@ pub mod testkit;
 mod proptests;
 #[cfg(test)]
 mod tests;
+pub(crate) mod write;
 
+pub(crate) use names::{Whiteout, whiteout_target};
 pub use reader::{Archive, BufSeek, Data, Entry, Input, Seekable, Stream};
 
 use std::fmt;

@@ -10,8 +10,8 @@ use proptest::prelude::*;
 use super::testkit::{Magic, RawTar, header, record, set_link, set_prefix};
 use super::tests::Names;
 use super::{Archive, Stream};
-use crate::filter::rewrite::{clean_path, rewrite_stream};
 use crate::layer::{ExtractOptions, WhiteoutMode, extract_layer};
+use crate::tarfmt::rewrite::{clean_path, rewrite_stream};
 
 const NAMES: &[&[u8]] = &[
     b"a",
