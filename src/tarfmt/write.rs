@@ -82,8 +82,6 @@ pub(crate) fn decimal_digits(n: usize) -> usize {
     n.to_string().len()
 }
 
-/// Helpers shared by the filters' unit tests: tars from the tar crate and
-
 /// What a header written by [`ustar_header`] describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Member {
@@ -152,7 +150,7 @@ mod tests {
             1,
             511,
             512,
-            0o7777_7777_777,
+            0o77_777_777_777,
             0o7777_7777_7777,
             1 << 33,
             u64::MAX >> 1,

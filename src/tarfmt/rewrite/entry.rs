@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use crate::tarfmt::write::{encode_record, set_checksum, set_time, write_numeric};
 use crate::tarfmt::{self, BLOCK, Ext, LINKNAME, SIZE, TYPEFLAG, ZEROS, padding};
 
+/// An extension header: PAX (`x`, or `g` for global) or GNU long name (`L`)
 /// or long link target (`K`), with its data.
 #[derive(Clone, Debug)]
 pub struct ExtHeader {

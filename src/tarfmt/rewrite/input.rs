@@ -6,6 +6,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use crate::error::Error;
 use crate::tarfmt::BLOCK;
 
+/// The reading side: a buffered reader that knows where it is and how much
 /// is left, so a size field pointing past the end is caught before anything
 /// is skipped.
 pub(super) struct Input<R> {

@@ -99,6 +99,7 @@ pub struct Rewritten {
     pub stats: Stats,
 }
 
+/// Rewrites the layer tar `input` into a temp file in `temp_dir`, asking
 /// `rewrite` about every entry. `label` names the layer in errors.
 pub fn rewrite_layer(
     input: &FileSlice,
@@ -129,8 +130,7 @@ pub fn rewrite_layer(
     })
 }
 
-/// The reading side: a buffered reader that knows where it is and how much
-
+/// Rewrites a tar read from `input` (positions are relative to its start)
 /// into `out`. The output always ends with exactly two zero blocks.
 pub fn rewrite_stream<R: Read + Seek, W: Write>(
     mut input: R,
