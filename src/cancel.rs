@@ -1,38 +1,53 @@
-//! Process-wide cancellation, for work that runs on blocking threads.
+//! Cancellation of a run, and the cleanup list a forced exit runs.
 //!
 //! The binary drops a run's future when it gets SIGINT, SIGTERM or SIGHUP;
 //! that stops the async work at once, but a blocking task (extracting a
-//! layer, copying one into a tarball) runs to its end unless it looks. Such
-//! loops call [`check`] now and then, so that an interrupted run unwinds
-//! through its normal error paths and its temp files are removed before the
-//! process exits. Library users who never call [`request`] see no change.
+//! layer, waiting for a store's lock) runs to its end unless it looks. Such
+//! loops check the run's [`CancelToken`] now and then, so that an
+//! interrupted run unwinds through its normal error paths and its temp files
+//! are removed before the process exits. The token is made by the caller
+//! and handed in: `pipeline::RunOptions::cancel`, `uri::Settings::cancel`
+//! for the sinks `uri::open_sink` builds, `layer::ExtractOptions::cancel`.
+//! A library user who never cancels a token sees no change.
 //!
 //! A run stuck in a system call never unwinds; the binary then ends the
 //! process after a grace period, first calling [`forced_cleanup`] to remove
-//! the temp files registered with [`remove_on_forced_exit`].
+//! the temp files registered with [`remove_on_forced_exit`]. That list is
+//! the one registry kept for the whole process, because a forced exit has
+//! no run to ask; nothing in the library reads it to decide anything.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Asks the work it is handed to stop at its next check. Clones share one
+/// flag; the default token is a new one, never cancelled unless asked.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
 
-/// Asks every running operation to stop at its next check.
-pub fn request() {
-    REQUESTED.store(true, Ordering::SeqCst);
-}
+impl CancelToken {
+    /// A token not cancelled yet.
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
 
-/// Whether cancellation was requested.
-pub fn requested() -> bool {
-    REQUESTED.load(Ordering::Relaxed)
-}
+    /// Asks every holder of this token (or a clone) to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 
-/// `Err(Error::Interrupted)` once cancellation was requested.
-pub fn check() -> crate::Result<()> {
-    if requested() {
-        Err(crate::Error::Interrupted)
-    } else {
-        Ok(())
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(Error::Interrupted)` once cancelled.
+    pub fn check(&self) -> crate::Result<()> {
+        if self.is_cancelled() {
+            Err(crate::Error::Interrupted)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -82,5 +97,23 @@ pub fn forced_cleanup() {
         } else {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_one_flag_and_tokens_are_independent() {
+        let a = CancelToken::new();
+        let b = a.clone();
+        let other = CancelToken::default();
+        assert!(a.check().is_ok() && !b.is_cancelled());
+        b.cancel();
+        assert!(a.is_cancelled());
+        assert!(matches!(a.check(), Err(crate::Error::Interrupted)));
+        // A second run's token is untouched by the first's cancellation.
+        assert!(!other.is_cancelled() && other.check().is_ok());
     }
 }

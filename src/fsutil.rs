@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 
 /// Writes `data` to `path` through a temp file in the same directory and a
@@ -466,8 +467,8 @@ impl StoreRoot {
     }
 
     /// Takes the exclusive lock on the file `name` in the root (see
-    /// [`DirLock`]).
-    pub fn lock(&self, name: &str) -> Result<DirLock> {
+    /// [`DirLock`]); waiting for it stops once `cancel` is cancelled.
+    pub fn lock(&self, name: &str, cancel: &CancelToken) -> Result<DirLock> {
         let shown = self.display(Path::new(name));
         // Refused before opening: opening a device can have effects.
         match rfs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -512,7 +513,7 @@ impl StoreRoot {
             match rfs::flock(&file, rfs::FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => break,
                 Err(Errno::WOULDBLOCK) | Err(Errno::INTR) => {
-                    crate::cancel::check()?;
+                    cancel.check()?;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => return Err(Error::io("locking", &shown, e.into())),
@@ -695,11 +696,11 @@ pub struct DirLock {
 
 impl DirLock {
     /// Takes the lock on `dir/name`, creating the file, waiting while another
-    /// process holds it (and stopping when the run is interrupted). The lock
+    /// process holds it (and stopping once `cancel` is cancelled). The lock
     /// file must be a regular file: a symlink, FIFO or device there is
     /// refused.
-    pub fn acquire(dir: &Path, name: &str) -> Result<DirLock> {
-        StoreRoot::open(dir)?.lock(name)
+    pub fn acquire(dir: &Path, name: &str, cancel: &CancelToken) -> Result<DirLock> {
+        StoreRoot::open(dir)?.lock(name, cancel)
     }
 }
 
@@ -781,7 +782,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("character device"), "{e}");
-        let e = store.lock("fifo").err().unwrap().to_string();
+        let e = store
+            .lock("fifo", &CancelToken::new())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("is a FIFO"), "{e}");
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
         assert!(open_regular(&d.path().join("none")).unwrap().is_none());
@@ -796,7 +801,10 @@ mod tests {
         let root = d.path().join("store");
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::symlink(&victim, root.join(".lock")).unwrap();
-        let e = DirLock::acquire(&root, ".lock").err().unwrap().to_string();
+        let e = DirLock::acquire(&root, ".lock", &CancelToken::new())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("symbolic link"), "{e}");
         assert!(std::fs::symlink_metadata(&victim).is_err());
 
@@ -838,7 +846,7 @@ mod tests {
                 let dir = d.path().to_path_buf();
                 let c = counter.clone();
                 std::thread::spawn(move || {
-                    let _l = DirLock::acquire(&dir, ".lock").unwrap();
+                    let _l = DirLock::acquire(&dir, ".lock", &CancelToken::new()).unwrap();
                     c.lock().unwrap().push((i, "in"));
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     c.lock().unwrap().push((i, "out"));
@@ -852,5 +860,34 @@ mod tests {
         for pair in events.chunks(2) {
             assert_eq!(pair[0].0, pair[1].0, "interleaved: {events:?}");
         }
+    }
+
+    #[test]
+    fn waiting_for_a_lock_stops_when_its_token_is_cancelled() {
+        let d = tempfile::tempdir().unwrap();
+        let held = DirLock::acquire(d.path(), ".lock", &CancelToken::new()).unwrap();
+        // Cancelled before, or while, waiting: both end the wait.
+        let early = CancelToken::new();
+        early.cancel();
+        let e = DirLock::acquire(d.path(), ".lock", &early).err().unwrap();
+        assert!(matches!(e, Error::Interrupted), "{e}");
+        let late = CancelToken::new();
+        let waiter = {
+            let (dir, late) = (d.path().to_path_buf(), late.clone());
+            std::thread::spawn(move || DirLock::acquire(&dir, ".lock", &late).map(drop))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            !waiter.is_finished(),
+            "the lock is held: the waiter must wait"
+        );
+        let start = std::time::Instant::now();
+        late.cancel();
+        let e = waiter.join().unwrap().err().unwrap();
+        assert!(matches!(e, Error::Interrupted), "{e}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // Another run's token is not affected: once released, it locks.
+        drop(held);
+        DirLock::acquire(d.path(), ".lock", &CancelToken::new()).unwrap();
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
+//! use occystrap::cancel::CancelToken;
 //! use occystrap::pipeline::{self, RunOptions};
 //! use occystrap::progress::Silent;
 //! use occystrap::sink::docker_archive::DockerArchiveSink;
@@ -23,6 +24,7 @@
 //!     parallel: 4,
 //!     temp_dir: None,
 //!     reporter: Arc::new(Silent),
+//!     cancel: CancelToken::new(),
 //! };
 //! let runtime = tokio::runtime::Runtime::new().unwrap();
 //! let report = runtime.block_on(pipeline::run(Arc::new(source), Box::new(sink), options))?;

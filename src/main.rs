@@ -30,17 +30,20 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
-    let signalled = watch_signals();
+    // The run's one token: the signal thread cancels it, the run's
+    // blocking work checks it.
+    let cancel = occystrap::cancel::CancelToken::new();
+    let signalled = watch_signals(cancel.clone());
     let result = runtime.block_on(async {
         tokio::select! {
-            r = cli::run(cli) => r,
+            r = cli::run(cli, cancel.clone()) => r,
             _ = async {
                 match signalled {
                     Some(rx) => { let _ = rx.await; }
                     // No watcher thread: listen here (the old way).
                     None => {
                         interrupted().await;
-                        occystrap::cancel::request();
+                        cancel.cancel();
                     }
                 }
             } => Err(occystrap::Error::Interrupted.into()),
@@ -49,10 +52,10 @@ fn main() -> ExitCode {
     RUN_DROPPED.store(true, std::sync::atomic::Ordering::SeqCst);
     // Dropping the run's future above stopped its downloads and removed the
     // temp files it owned. Blocking work still running (a layer being
-    // extracted or copied) sees the cancel flag within a few milliseconds,
+    // extracted or copied) sees the cancelled token within a few milliseconds,
     // fails, and drops the sink, whose temp files go with it: wait for that,
     // but not for long, so that an interrupted run exits within 2 s.
-    let grace = if occystrap::cancel::requested() {
+    let grace = if cancel.is_cancelled() {
         let since = SIGNALLED_AT.get().map(|t| t.elapsed()).unwrap_or_default();
         SHUTDOWN_BY.saturating_sub(since)
     } else {
@@ -89,13 +92,15 @@ static RUN_DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 
 /// Starts a thread that listens for SIGINT, SIGTERM and SIGHUP on a runtime
 /// of its own, so that a signal is seen even when the main runtime is stuck
-/// in a blocking call. On a signal it requests cancellation (blocking work
-/// checks the flag), tells the run (the receiver resolves), and ends the
+/// in a blocking call. On a signal it cancels `cancel` (blocking work
+/// checks it), tells the run (the receiver resolves), and ends the
 /// process with the error line and exit code of an interrupted run if its
 /// future is not dropped within [`UNWIND_GRACE`], or it is still there at
 /// [`HARD_LIMIT`]. `None` if the thread cannot be
 /// started. Returns once the handlers are installed.
-fn watch_signals() -> Option<tokio::sync::oneshot::Receiver<()>> {
+fn watch_signals(
+    cancel: occystrap::cancel::CancelToken,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -113,7 +118,7 @@ fn watch_signals() -> Option<tokio::sync::oneshot::Receiver<()>> {
                 wait.await;
             });
             let at = *SIGNALLED_AT.get_or_init(std::time::Instant::now);
-            occystrap::cancel::request();
+            cancel.cancel();
             let _ = tx.send(());
             std::thread::sleep(UNWIND_GRACE);
             // A run that is unwinding gets until the hard limit; one still

@@ -28,6 +28,10 @@ pub struct RunOptions {
     pub temp_dir: Option<PathBuf>,
     /// Progress callbacks.
     pub reporter: Arc<dyn Reporter>,
+    /// The run's cancellation: blocking work stops at its next check once it
+    /// is cancelled. Sinks built by `uri::open_sink` take theirs from
+    /// `uri::Settings::cancel`; give both the same token.
+    pub cancel: crate::cancel::CancelToken,
 }
 
 /// What a run did, for the summary line.

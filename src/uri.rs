@@ -154,6 +154,9 @@ pub struct Settings {
     pub min_speed: Option<u64>,
     /// Window over which the floor is judged (default: the client's).
     pub min_speed_window: Option<std::time::Duration>,
+    /// The run's cancellation, handed to the sinks that extract layers or
+    /// wait for a store's lock.
+    pub cancel: crate::cancel::CancelToken,
 }
 
 /// The reference and client options a `registry://` URI stands for:
@@ -342,6 +345,7 @@ pub fn open_sink(uri: &Uri, settings: &Settings) -> Result<Box<dyn Sink>> {
                 unique_names: uri.flag("unique_names")?,
                 expand: uri.flag("expand")?,
                 skip_unsafe: settings.skip_unsafe,
+                cancel: settings.cancel.clone(),
             };
             Ok(Box::new(crate::sink::dir::DirSink::new(
                 &uri.file_path()?,
@@ -358,6 +362,7 @@ pub fn open_sink(uri: &Uri, settings: &Settings) -> Result<Box<dyn Sink>> {
                 &uri.file_path()?,
                 readonly,
                 settings.skip_unsafe,
+                settings.cancel.clone(),
             )?))
         }
         "mounts" => {
@@ -366,6 +371,7 @@ pub fn open_sink(uri: &Uri, settings: &Settings) -> Result<Box<dyn Sink>> {
                 &uri.file_path()?,
                 uri.flag("mount")?,
                 settings.skip_unsafe,
+                settings.cancel.clone(),
             )?))
         }
         "oci-layout" => {
@@ -374,6 +380,7 @@ pub fn open_sink(uri: &Uri, settings: &Settings) -> Result<Box<dyn Sink>> {
             Ok(Box::new(crate::sink::oci_layout::OciLayoutSink::new(
                 &path,
                 tag.as_deref(),
+                settings.cancel.clone(),
             )?))
         }
         other => Err(Error::Usage(format!(
@@ -425,6 +432,7 @@ mod tests {
             request_timeout: None,
             min_speed: None,
             min_speed_window: None,
+            cancel: Default::default(),
         }
     }
 

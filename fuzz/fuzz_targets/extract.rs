@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         },
         skip_unsafe: sel & 2 != 0,
         layer_name: "fuzz layer".into(),
+        cancel: Default::default(),
     };
     for _ in 0..2 {
         let _ = extract_layer(&root, tar, &opts);

@@ -8,7 +8,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use occystrap::filter::rewrite::{Action, Entry, Rewrite, clean_path, rewrite_stream};
+use occystrap::tarfmt::rewrite::{Action, Entry, Rewrite, clean_path, rewrite_stream};
 use occystrap::layer::{ExtractOptions, WhiteoutMode, extract_layer};
 use occystrap::tarfmt::{Archive, Stream};
 
@@ -78,6 +78,7 @@ fuzz_target!(|tar: &[u8]| {
         whiteouts: WhiteoutMode::Apply,
         skip_unsafe: true,
         layer_name: "fuzz layer".into(),
+        cancel: Default::default(),
     };
     let _ = extract_layer(sandbox.path(), &out[..], &opts);
     assert!(

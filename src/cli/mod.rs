@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use occystrap::cancel::CancelToken;
 use occystrap::image::Platform;
 use occystrap::pipeline::{self, Report, RunOptions};
 use occystrap::reference::Reference;
@@ -379,7 +380,7 @@ impl Command {
 }
 
 impl Global {
-    fn settings(&self) -> Settings {
+    fn settings(&self, cancel: CancelToken) -> Settings {
         let mut platform = Platform::host();
         platform.os = self.os.clone();
         if let Some(a) = &self.architecture {
@@ -418,6 +419,7 @@ impl Global {
             min_speed_window: self
                 .min_speed_window
                 .map(std::time::Duration::from_secs_f64),
+            cancel,
         }
     }
 }
@@ -442,9 +444,10 @@ fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
-/// Runs the parsed command line; returns the process exit code.
-pub async fn run(cli: Cli) -> Result<i32> {
-    let settings = cli.global.settings();
+/// Runs the parsed command line; returns the process exit code. Blocking
+/// work stops once `cancel` is cancelled.
+pub async fn run(cli: Cli, cancel: CancelToken) -> Result<i32> {
+    let settings = cli.global.settings(cancel);
     let global = &cli.global;
     match cli.command.job()? {
         Job::Process { src, dst, filters } => {
@@ -512,6 +515,7 @@ async fn process_filtered(
         parallel,
         temp_dir: global.temp_dir.clone(),
         reporter: reporter.clone(),
+        cancel: settings.cancel.clone(),
     };
     let report = pipeline::run_filtered(source.clone(), filters, sink, options)
         .await

@@ -9,9 +9,11 @@ use std::path::Path;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
-use crate::filter::rewrite::{self, Action, Entry, Rewrite, clean_path, layer_tar};
+use crate::filter::rewriting::layer_tar;
 use crate::filter::{Filter, FilterContext, FilterSpec};
 use crate::image::Layer;
+use crate::tarfmt::rewrite::{self, Action, Entry, Rewrite, clean_path};
+use crate::tarfmt::{Whiteout, whiteout_target};
 
 /// Removes the entries whose path matches one of the patterns, and what is
 /// below a matching directory, from every layer.
@@ -108,22 +110,11 @@ impl Exclude {
     /// Whether an entry at `path` is to go, whiteouts judged by what they
     /// delete.
     fn drops(&self, path: &[u8]) -> bool {
-        let (dir, base) = match path.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&path[..i], &path[i + 1..]),
-            None => (&path[..0], path),
-        };
-        if base == b".wh..wh..opq" {
-            return self.is_excluded(dir);
+        match whiteout_target(path) {
+            Some(Whiteout::Opaque(dir)) => self.is_excluded(&dir),
+            Some(Whiteout::Deletes(target)) => self.is_excluded(&target),
+            None => self.is_excluded(path),
         }
-        if let Some(name) = base.strip_prefix(b".wh.") {
-            let mut target = dir.to_vec();
-            if !target.is_empty() {
-                target.push(b'/');
-            }
-            target.extend_from_slice(name);
-            return self.is_excluded(&target);
-        }
-        self.is_excluded(path)
     }
 }
 
@@ -216,7 +207,7 @@ impl Filter for Exclude {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::rewrite::testutil::*;
+    use crate::tarfmt::rewrite::testutil::*;
 
     fn ex(patterns: &[&str]) -> Exclude {
         Exclude::new(patterns).unwrap()

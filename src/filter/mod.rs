@@ -9,7 +9,7 @@ use crate::image::{Image, Layer};
 pub mod exclude;
 pub mod inspect;
 pub mod normalize;
-pub mod rewrite;
+mod rewriting;
 
 /// What a filter gets besides the layer.
 #[derive(Clone, Debug)]

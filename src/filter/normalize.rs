@@ -2,9 +2,10 @@
 //! so the same content always makes the same layer bytes and diff_ids.
 
 use crate::error::{Error, Result};
-use crate::filter::rewrite::{self, Action, Entry, ExtHeader, MAX_USTAR_TIME, Rewrite, layer_tar};
+use crate::filter::rewriting::layer_tar;
 use crate::filter::{Filter, FilterContext, FilterSpec};
 use crate::image::Layer;
+use crate::tarfmt::rewrite::{self, Action, Entry, ExtHeader, MAX_USTAR_TIME, Rewrite};
 
 /// PAX records that carry times. They override the header's mtime (and
 /// tell extractors an atime), so they go; every other record, xattrs
@@ -104,8 +105,8 @@ mod tests {
 
     use super::*;
     use crate::digest::Digest;
-    use crate::filter::rewrite::testutil::*;
     use crate::image::{FileSlice, LayerInfo};
+    use crate::tarfmt::rewrite::testutil::*;
 
     fn spec(s: &str) -> FilterSpec {
         FilterSpec::parse(s).unwrap()

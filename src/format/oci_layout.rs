@@ -157,9 +157,10 @@ pub(crate) fn add_to_index(
     entry: &Value,
     tag: Option<&str>,
     manifest_digest: &Digest,
+    cancel: &crate::cancel::CancelToken,
     before_write: impl FnOnce() -> Result<()>,
 ) -> Result<u64> {
-    let _lock = root.lock(LOCK_FILE)?;
+    let _lock = root.lock(LOCK_FILE, cancel)?;
     let index_rel = Path::new(INDEX);
     let index_path = root.display(index_rel);
     let mut index: Value = match root.read_small(index_rel, MAX_MANIFEST_BYTES)? {
@@ -210,7 +211,7 @@ mod tests {
         let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
         let add = |d: &Digest, tag: Option<&str>| {
             let e = index_entry(mt::OCI_MANIFEST, d, 1, tag);
-            add_to_index(&root, &e, tag, d, || Ok(())).unwrap();
+            add_to_index(&root, &e, tag, d, &crate::cancel::CancelToken::new(), || Ok(())).unwrap();
         };
         add(&a, Some("v1"));
         add(&b, Some("v1"));
@@ -250,7 +251,7 @@ mod tests {
         std::fs::write(dir.path().join(INDEX), br#"{"manifests":5}"#).unwrap();
         let root = StoreRoot::open(dir.path()).unwrap();
         let e = index_entry(mt::OCI_MANIFEST, &Digest::sha256_of(b"a"), 1, None);
-        let r = add_to_index(&root, &e, None, &Digest::sha256_of(b"a"), || Ok(()));
+        let r = add_to_index(&root, &e, None, &Digest::sha256_of(b"a"), &crate::cancel::CancelToken::new(), || Ok(()));
         assert!(r.unwrap_err().to_string().contains("no manifests array"));
     }
 }

@@ -132,6 +132,7 @@ fn apply_as(root: &Path, layer: &mut Layer, mode: WhiteoutMode) {
         whiteouts: mode,
         skip_unsafe: false,
         layer_name: "layer".into(),
+        cancel: Default::default(),
     };
     extract_layer(root, &layer.bytes()[..], &opts).unwrap();
 }
@@ -531,6 +532,7 @@ fn deep_layers_need_few_fds() {
             whiteouts: WhiteoutMode::Apply,
             skip_unsafe: false,
             layer_name: "layer".into(),
+            cancel: Default::default(),
         };
         extract_layer(&root, &lower[..], &opts).is_ok()
             && extract_layer(&root, &upper[..], &opts).is_ok()

@@ -48,6 +48,8 @@ pub struct ExtractOptions {
     pub skip_unsafe: bool,
     /// How messages name the layer, e.g. `layer 2 (sha256:…)`.
     pub layer_name: String,
+    /// The run's cancellation, checked between entries and while copying.
+    pub cancel: crate::cancel::CancelToken,
 }
 
 /// What an extraction did.

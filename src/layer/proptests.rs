@@ -397,6 +397,7 @@ fn extract_stack(layers: &[Vec<Op>]) -> (BTreeMap<String, Kind>, usize) {
             whiteouts: WhiteoutMode::Apply,
             skip_unsafe: true,
             layer_name: format!("layer {i}"),
+            cancel: Default::default(),
         };
         let stats = extract_layer(dir.path(), &layer_tar(ops)[..], &opts)
             .unwrap_or_else(|e| panic!("layer {i} failed: {e}"));
@@ -669,6 +670,7 @@ fn extract_deep(layers: &[Vec<Op>]) -> DeepResult {
             whiteouts: WhiteoutMode::Apply,
             skip_unsafe: true,
             layer_name: format!("layer {i}"),
+            cancel: Default::default(),
         };
         let stats = extract_layer(dir.path(), &layer_tar(ops)[..], &opts)
             .unwrap_or_else(|e| panic!("layer {i} failed: {e}"));

@@ -28,12 +28,19 @@ pub struct BundleSink {
     staged: StagedDir,
     readonly: bool,
     skip_unsafe: bool,
+    cancel: crate::cancel::CancelToken,
     notes: Vec<String>,
 }
 
 impl BundleSink {
     /// A bundle that will appear at `path`; `readonly` sets `root.readonly`.
-    pub fn new(path: &Path, readonly: bool, skip_unsafe: bool) -> Result<Self> {
+    /// Extracting stops once `cancel` is cancelled.
+    pub fn new(
+        path: &Path,
+        readonly: bool,
+        skip_unsafe: bool,
+        cancel: crate::cancel::CancelToken,
+    ) -> Result<Self> {
         // Only a directory (an earlier bundle) is replaced at the end; say
         // so now rather than after the work.
         if let Ok(m) = std::fs::symlink_metadata(path)
@@ -57,6 +64,7 @@ impl BundleSink {
             staged,
             readonly,
             skip_unsafe,
+            cancel,
             notes: Vec::new(),
         })
     }
@@ -78,6 +86,7 @@ impl Sink for BundleSink {
             &layer,
             WhiteoutMode::Apply,
             self.skip_unsafe,
+            &self.cancel,
             &mut self.notes,
         )
     }

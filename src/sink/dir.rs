@@ -42,7 +42,7 @@ use crate::sink::staging::StagedDir;
 use crate::sink::{Sink, SinkReport};
 
 /// How the directory output is written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct DirOptions {
     /// One manifest file per image and tag instead of a shared `manifest.json`.
     pub unique_names: bool,
@@ -50,6 +50,8 @@ pub struct DirOptions {
     pub expand: bool,
     /// Skip layer entries that cannot be extracted safely instead of failing.
     pub skip_unsafe: bool,
+    /// Extracting and waiting for the store's lock stop once this is cancelled.
+    pub cancel: crate::cancel::CancelToken,
 }
 
 /// Writes images into a layer store directory (see the module docs).
@@ -344,6 +346,7 @@ impl DirSink {
             whiteouts: WhiteoutMode::Apply,
             skip_unsafe: self.options.skip_unsafe,
             layer_name: layer_name(info),
+            cancel: self.options.cancel.clone(),
         };
         extract_layer(x.tree.path(), tar, &opts)
     }
@@ -374,7 +377,7 @@ impl DirSink {
             .store
             .take()
             .ok_or_else(|| Error::InvalidImage("dir output was never begun".into()))?;
-        let _lock = store.lock(LOCK_FILE)?;
+        let _lock = store.lock(LOCK_FILE, &self.options.cancel)?;
         let catalog = read_store_catalog(&store)?.unwrap_or_default();
         let config_name = config_member(&image.config_raw);
         // Whatever could refuse is looked at before anything becomes

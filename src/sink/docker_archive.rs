@@ -23,8 +23,9 @@ use crate::format::docker_save::{self, MANIFEST, ManifestEntry, REPOSITORIES};
 use crate::handoff::TarStream;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::sink::{Sink, SinkReport};
+use crate::tarfmt::write::{Member, padding_zeros, ustar_header};
 
-const BLOCK: u64 = 512;
+const BLOCK: u64 = crate::tarfmt::BLOCK as u64;
 
 /// Writes an image as a docker-save tarball at a path, atomically: the
 /// tarball is built in a hidden temp file beside the target and renamed into
@@ -94,23 +95,22 @@ impl DockerArchiveSink {
         Error::io("writing", &self.path, e)
     }
 
-    /// One tar header. Names are at most 64 hex digits plus a short
-    /// suffix, well within ustar's limits.
-    fn make_header(&self, name: &str, size: u64, kind: tar::EntryType) -> Result<tar::Header> {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name).map_err(|e| self.write_error(e))?;
-        h.set_size(size);
-        h.set_entry_type(kind);
-        h.set_mode(if kind == tar::EntryType::Directory {
-            0o755
+    /// One tar header (`kind` is `Directory` or `Regular`), written by
+    /// `tarfmt`. Names are at most 64 hex digits plus a short suffix, well
+    /// within ustar's limits.
+    fn make_header(
+        &self,
+        name: &str,
+        size: u64,
+        kind: tar::EntryType,
+    ) -> Result<[u8; BLOCK as usize]> {
+        let kind = if kind == tar::EntryType::Directory {
+            Member::Dir
         } else {
-            0o644
-        });
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        Ok(h)
+            Member::File
+        };
+        ustar_header(name, size, kind)
+            .map_err(|e| self.write_error(io::Error::new(io::ErrorKind::InvalidInput, e)))
     }
 
     /// Writes one tar header at the end of the tarball.
@@ -118,7 +118,7 @@ impl DockerArchiveSink {
         let h = self.make_header(name, size, kind)?;
         self.temp
             .as_file_mut()
-            .write_all(h.as_bytes())
+            .write_all(&h)
             .map_err(|e| self.write_error(e))?;
         self.bytes_written += BLOCK;
         Ok(())
@@ -126,16 +126,12 @@ impl DockerArchiveSink {
 
     /// Pads the member just written to a whole block.
     fn pad(&mut self, size: u64) -> Result<()> {
-        let rest = (BLOCK - size % BLOCK) % BLOCK;
-        if rest > 0 {
-            let zeros = [0u8; BLOCK as usize];
-            // rest < BLOCK, so the cast is lossless.
-            self.temp
-                .as_file_mut()
-                .write_all(&zeros[..rest as usize])
-                .map_err(|e| self.write_error(e))?;
-            self.bytes_written += rest;
-        }
+        let zeros = padding_zeros(size);
+        self.temp
+            .as_file_mut()
+            .write_all(zeros)
+            .map_err(|e| self.write_error(e))?;
+        self.bytes_written += zeros.len() as u64;
         Ok(())
     }
 
@@ -159,7 +155,7 @@ impl DockerArchiveSink {
         let h = self.make_header(&name, copied, tar::EntryType::Regular)?;
         self.temp
             .as_file()
-            .write_all_at(h.as_bytes(), at)
+            .write_all_at(&h, at)
             .map_err(|e| self.write_error(e))?;
         self.pad(copied)?;
         self.written.insert(info.diff_id.clone());

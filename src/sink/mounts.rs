@@ -39,6 +39,7 @@ pub struct MountsSink {
     root: PathBuf,
     mount: bool,
     skip_unsafe: bool,
+    cancel: crate::cancel::CancelToken,
     /// The tree being written, from `begin` on.
     store: Option<StoreDir>,
     /// Its root (the target, or its staged tree), from `begin` on.
@@ -54,8 +55,14 @@ pub struct MountsSink {
 impl MountsSink {
     /// A layer tree at `root`; `mount` also mounts the overlay on `root/rootfs`.
     /// Fails up front unless running as root: whiteout devices need mknod and
-    /// the opaque marker needs a `trusted.*` xattr.
-    pub fn new(root: &Path, mount: bool, skip_unsafe: bool) -> Result<Self> {
+    /// the opaque marker needs a `trusted.*` xattr. Extracting and waiting
+    /// for the store's lock stop once `cancel` is cancelled.
+    pub fn new(
+        root: &Path,
+        mount: bool,
+        skip_unsafe: bool,
+        cancel: crate::cancel::CancelToken,
+    ) -> Result<Self> {
         if !rustix::process::geteuid().is_root() {
             return Err(Error::Usage(
                 "mounts:// needs root: overlay whiteouts are device nodes (mknod) and opaque \
@@ -88,6 +95,7 @@ impl MountsSink {
             root: root.to_path_buf(),
             mount,
             skip_unsafe,
+            cancel,
             store: None,
             fs: None,
             run: None,
@@ -264,6 +272,7 @@ impl Sink for MountsSink {
             &layer,
             WhiteoutMode::Overlay,
             self.skip_unsafe,
+            &self.cancel,
             &mut self.notes,
         )?;
         Ok(())
@@ -280,7 +289,9 @@ impl Sink for MountsSink {
         }
         // A new tree gets its metadata before it appears; the run's layers
         // join it under the lock, once the catalog is known to be readable.
-        write_metadata(self.begun()?.0, image, || self.move_run_layers())?;
+        write_metadata(self.begun()?.0, image, &self.cancel, || {
+            self.move_run_layers()
+        })?;
         drop(self.run.take());
         let store = self
             .store
@@ -289,7 +300,7 @@ impl Sink for MountsSink {
         let published = store.publish(move_missing)?;
         let target = StoreRoot::open(&self.root)?;
         if published == Published::Merged {
-            write_metadata(&target, image, || Ok(()))?;
+            write_metadata(&target, image, &self.cancel, || Ok(()))?;
         }
 
         let abs =
@@ -352,6 +363,7 @@ impl Sink for MountsSink {
 fn write_metadata(
     root: &StoreRoot,
     image: &Image,
+    cancel: &crate::cancel::CancelToken,
     before_write: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     let config_name = format!(
@@ -368,7 +380,7 @@ fn write_metadata(
         "RepoTags": image.repo_tag().into_iter().collect::<Vec<_>>(),
         "Layers": layers,
     }]);
-    let _lock = root.lock(".occystrap.lock")?;
+    let _lock = root.lock(".occystrap.lock", cancel)?;
     let catalog = read_catalog(root)?;
     // Whatever could refuse is looked at before anything becomes visible.
     for name in [config_name.as_str(), "manifest.json"] {

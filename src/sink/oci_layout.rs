@@ -49,13 +49,15 @@ pub struct OciLayoutSink {
     /// This run's layer blobs, until it succeeds.
     run: Option<RunDir>,
     bytes_written: u64,
+    cancel: crate::cancel::CancelToken,
 }
 
 impl OciLayoutSink {
     /// A sink writing into the layout at `root` (created when the run
     /// succeeds if missing), naming the image `tag` in `index.json`
     /// (default: the image's own tag). Nothing is written before `begin`.
-    pub fn new(root: &Path, tag: Option<&str>) -> Result<Self> {
+    /// Waiting for the layout's lock stops once `cancel` is cancelled.
+    pub fn new(root: &Path, tag: Option<&str>, cancel: crate::cancel::CancelToken) -> Result<Self> {
         if root.as_os_str().is_empty() {
             return Err(Error::Usage("oci-layout:// needs a path".into()));
         }
@@ -86,6 +88,7 @@ impl OciLayoutSink {
             fs: None,
             run: None,
             bytes_written: 0,
+            cancel,
         })
     }
 
@@ -271,10 +274,14 @@ impl Sink for OciLayoutSink {
         // A new layout gets its index.json before it appears, so it is never
         // seen without one; the run's blobs join it under the lock, once
         // index.json is known to be readable.
-        let mut index_bytes =
-            add_to_index(self.fs()?, &entry, tag.as_deref(), &manifest_digest, || {
-                self.move_run_blobs()
-            })?;
+        let mut index_bytes = add_to_index(
+            self.fs()?,
+            &entry,
+            tag.as_deref(),
+            &manifest_digest,
+            &self.cancel,
+            || self.move_run_blobs(),
+        )?;
         // Its (now empty) directory must not travel with a new layout.
         drop(self.run.take());
         let published = store.publish(|built, target| {
@@ -291,10 +298,14 @@ impl Sink for OciLayoutSink {
         })?;
         if published == Published::Merged {
             let target_fs = StoreRoot::open(&self.root)?;
-            index_bytes =
-                add_to_index(&target_fs, &entry, tag.as_deref(), &manifest_digest, || {
-                    Ok(())
-                })?;
+            index_bytes = add_to_index(
+                &target_fs,
+                &entry,
+                tag.as_deref(),
+                &manifest_digest,
+                &self.cancel,
+                || Ok(()),
+            )?;
         }
         Ok(SinkReport {
             output: match &tag {

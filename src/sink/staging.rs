@@ -312,6 +312,7 @@ pub fn apply_layer(
     layer: &Layer,
     whiteouts: WhiteoutMode,
     skip_unsafe: bool,
+    cancel: &crate::cancel::CancelToken,
     notes: &mut Vec<String>,
 ) -> Result<()> {
     let name = format!("layer {} ({})", layer.info.index, layer.info.digest);
@@ -331,6 +332,7 @@ pub fn apply_layer(
             whiteouts,
             skip_unsafe,
             layer_name: name.clone(),
+            cancel: cancel.clone(),
         },
     )?;
     // A streamed layer is verified only at its end, past the tar's own

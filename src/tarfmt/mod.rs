@@ -14,7 +14,9 @@
 //! Extension headers are metadata, capped at [`META_LIMIT`] before anything
 //! is allocated; sparse maps are capped in segments and real size.
 
+mod names;
 mod reader;
+pub mod rewrite;
 #[doc(hidden)]
 pub mod testkit;
 
@@ -22,7 +24,9 @@ pub mod testkit;
 mod proptests;
 #[cfg(test)]
 mod tests;
+pub(crate) mod write;
 
+pub(crate) use names::{Whiteout, whiteout_target};
 pub use reader::{Archive, BufSeek, Data, Entry, Input, Seekable, Stream};
 
 use std::fmt;
@@ -295,55 +299,104 @@ pub fn resolve<'a>(
         k => k,
     };
     let mut size = parse_numeric(&block[SIZE]).ok_or("bad size field")?;
-    let mut long_name: Option<Vec<u8>> = None;
-    let mut long_link: Option<Vec<u8>> = None;
-    let mut pax: Option<&Ext> = None;
-    for h in exts {
-        match h.kind() {
-            b'L' | b'K' => {
-                let slot = if h.kind() == b'L' {
-                    &mut long_name
-                } else {
-                    &mut long_link
-                };
-                if slot.is_some() {
-                    return Err(format!(
-                        "two GNU long {} headers for one entry",
-                        if h.kind() == b'L' { "name" } else { "link" }
-                    ));
-                }
-                let v = until_nul(&h.data);
-                if h.data[v.len()..].iter().any(|&b| b != 0) {
-                    return Err("GNU long name or link with data after its NUL".into());
-                }
-                if v.is_empty() {
-                    return Err("empty GNU long name or link".into());
-                }
-                *slot = Some(v.to_vec());
-            }
-            b'x' => {
-                if pax.is_some() {
-                    return Err("two PAX headers for one entry".into());
-                }
-                pax = Some(h);
-            }
-            b'g' => {
-                // Global records apply to every later entry; one that names
-                // or sizes entries would make each reader guess.
-                if let Some(r) = h.records.iter().find(|r| entry_key(&r.key)) {
-                    return Err(format!(
-                        "PAX global header sets {:?}, which only an entry's own header may",
-                        String::from_utf8_lossy(&r.key)
-                    ));
-                }
-            }
-            _ => {}
-        }
+    let group = ExtGroup::gather(exts)?;
+    let mut pax = PaxEntry::default();
+    if let Some(h) = group.pax {
+        pax = PaxEntry::read(h, &mut size)?;
     }
-    let mut pax_path = None;
-    let mut pax_link = None;
-    let mut keys = PaxSparse::default();
-    if let Some(h) = pax {
+    if size > MAX_ENTRY_SIZE {
+        return Err(format!(
+            "entry declares {size} bytes of data, more than any tar holds"
+        ));
+    }
+    let m = magic(block);
+    if matches!(typeflag, b'S') && m != Magic::Gnu {
+        return Err("old GNU sparse entry without the GNU magic".into());
+    }
+    let base = header_name(block, m)?;
+    let sparse = sparse_layout(typeflag, &pax.sparse, block, sparse_ext, size)?;
+    let (path, link) = pick_names(group, pax, base, block)?;
+    Ok(Resolved {
+        path,
+        link,
+        kind: typeflag,
+        size,
+        sparse,
+    })
+}
+
+/// The extension headers of one entry, each kind at most once.
+struct ExtGroup<'a> {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<&'a Ext>,
+}
+
+impl<'a> ExtGroup<'a> {
+    fn gather(exts: impl IntoIterator<Item = &'a Ext>) -> Result<ExtGroup<'a>, String> {
+        let mut g = ExtGroup {
+            long_name: None,
+            long_link: None,
+            pax: None,
+        };
+        for h in exts {
+            match h.kind() {
+                b'L' | b'K' => {
+                    let slot = if h.kind() == b'L' {
+                        &mut g.long_name
+                    } else {
+                        &mut g.long_link
+                    };
+                    if slot.is_some() {
+                        return Err(format!(
+                            "two GNU long {} headers for one entry",
+                            if h.kind() == b'L' { "name" } else { "link" }
+                        ));
+                    }
+                    let v = until_nul(&h.data);
+                    if h.data[v.len()..].iter().any(|&b| b != 0) {
+                        return Err("GNU long name or link with data after its NUL".into());
+                    }
+                    if v.is_empty() {
+                        return Err("empty GNU long name or link".into());
+                    }
+                    *slot = Some(v.to_vec());
+                }
+                b'x' => {
+                    if g.pax.is_some() {
+                        return Err("two PAX headers for one entry".into());
+                    }
+                    g.pax = Some(h);
+                }
+                b'g' => {
+                    // Global records apply to every later entry; one that
+                    // names or sizes entries would make each reader guess.
+                    if let Some(r) = h.records.iter().find(|r| entry_key(&r.key)) {
+                        return Err(format!(
+                            "PAX global header sets {:?}, which only an entry's own header may",
+                            String::from_utf8_lossy(&r.key)
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(g)
+    }
+}
+
+/// What an entry's own PAX header says about its name, link and sparse map.
+#[derive(Default)]
+struct PaxEntry {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    sparse: PaxSparse,
+}
+
+impl PaxEntry {
+    /// Reads the records; a `size` record replaces `size`.
+    fn read(h: &Ext, size: &mut u64) -> Result<PaxEntry, String> {
+        let mut p = PaxEntry::default();
         let mut seen: Vec<&[u8]> = Vec::new();
         for r in &h.records {
             let k = r.key.as_slice();
@@ -357,26 +410,21 @@ pub fn resolve<'a>(
                 seen.push(k);
             }
             match k {
-                b"path" => pax_path = Some(name_value(&r.value, "PAX path")?),
-                b"linkpath" => pax_link = Some(name_value(&r.value, "PAX linkpath")?),
-                b"size" => size = parse_decimal(&r.value).ok_or("bad PAX size record")?,
-                _ if k.starts_with(b"GNU.sparse.") => keys.add(k, &r.value)?,
+                b"path" => p.path = Some(name_value(&r.value, "PAX path")?),
+                b"linkpath" => p.link = Some(name_value(&r.value, "PAX linkpath")?),
+                b"size" => *size = parse_decimal(&r.value).ok_or("bad PAX size record")?,
+                _ if k.starts_with(b"GNU.sparse.") => p.sparse.add(k, &r.value)?,
                 _ => {}
             }
         }
+        Ok(p)
     }
+}
 
-    if size > MAX_ENTRY_SIZE {
-        return Err(format!(
-            "entry declares {size} bytes of data, more than any tar holds"
-        ));
-    }
-    let m = magic(block);
-    if matches!(typeflag, b'S') && m != Magic::Gnu {
-        return Err("old GNU sparse entry without the GNU magic".into());
-    }
+/// The name the header block itself gives, as its magic says to read it.
+fn header_name(block: &[u8; BLOCK], m: Magic) -> Result<Vec<u8>, String> {
     let prefix = &block[PREFIX];
-    let base = match m {
+    Ok(match m {
         Magic::Ustar => {
             let name = until_nul(&block[NAME]);
             let prefix = until_nul(prefix);
@@ -395,23 +443,40 @@ pub fn resolve<'a>(
             }
             until_nul(&block[NAME]).to_vec()
         }
-    };
+    })
+}
 
-    let sparse = if typeflag == b'S' {
+/// The sparse map: from old GNU sparse blocks or from PAX records, never both.
+fn sparse_layout(
+    typeflag: u8,
+    keys: &PaxSparse,
+    block: &[u8; BLOCK],
+    sparse_ext: &[u8],
+    size: u64,
+) -> Result<SparseLayout, String> {
+    if typeflag == b'S' {
         if keys.any() {
             return Err("old GNU sparse entry with PAX sparse records".into());
         }
-        SparseLayout::Map(old_gnu_sparse(block, sparse_ext, size)?)
+        Ok(SparseLayout::Map(old_gnu_sparse(block, sparse_ext, size)?))
     } else if keys.any() {
         if !matches!(typeflag, b'0' | b'7') {
             return Err("PAX sparse records on an entry that is not a regular file".into());
         }
-        keys.layout(size)?
+        keys.layout(size)
     } else {
-        SparseLayout::None
-    };
+        Ok(SparseLayout::None)
+    }
+}
 
-    let path = match (long_name, pax_path, keys.name.take()) {
+/// The one name and link target, refusing headers that disagree about them.
+fn pick_names(
+    group: ExtGroup<'_>,
+    mut pax: PaxEntry,
+    base: Vec<u8>,
+    block: &[u8; BLOCK],
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let path = match (group.long_name, pax.path, pax.sparse.name.take()) {
         (Some(l), Some(p), _) if l != p => {
             return Err("GNU long name and PAX path disagree".into());
         }
@@ -423,7 +488,7 @@ pub fn resolve<'a>(
         (Some(l), None, None) => l,
         (None, None, None) => base,
     };
-    let link = match (long_link, pax_link) {
+    let link = match (group.long_link, pax.link) {
         (Some(l), Some(p)) if l != p => {
             return Err("GNU long link and PAX linkpath disagree".into());
         }
@@ -446,13 +511,7 @@ pub fn resolve<'a>(
             ));
         }
     }
-    Ok(Resolved {
-        path,
-        link,
-        kind: typeflag,
-        size,
-        sparse,
-    })
+    Ok((path, link))
 }
 
 /// Longest entry name or link target any reader accepts.

@@ -10,8 +10,8 @@ use proptest::prelude::*;
 use super::testkit::{Magic, RawTar, header, record, set_link, set_prefix};
 use super::tests::Names;
 use super::{Archive, Stream};
-use crate::filter::rewrite::{clean_path, rewrite_stream};
 use crate::layer::{ExtractOptions, WhiteoutMode, extract_layer};
+use crate::tarfmt::rewrite::{clean_path, rewrite_stream};
 
 const NAMES: &[&[u8]] = &[
     b"a",
@@ -187,6 +187,7 @@ proptest! {
                 whiteouts: WhiteoutMode::Apply,
                 skip_unsafe: true,
                 layer_name: "l".into(),
+                cancel: Default::default(),
             };
             let _ = extract_layer(dir.path(), &out[..], &opts);
             prop_assert!(!tree_has_victim(dir.path()));

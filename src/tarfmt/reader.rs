@@ -6,8 +6,8 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 
 use super::{
     BLOCK, Ext, GNU_IS_EXTENDED, GNU_SPARSE_EXT_IS_EXTENDED, MAX_SPARSE_EXT_BLOCKS, META_LIMIT,
-    Record, SIZE, Sparse, SparseLayout, TYPEFLAG, TarError, ZEROS, checksum_ok, fields, is_ext,
-    is_gnu, padding, parse_map_10, parse_numeric, raw_name, resolve, validate_sparse,
+    Record, Resolved, SIZE, Sparse, SparseLayout, TYPEFLAG, TarError, ZEROS, checksum_ok, fields,
+    is_ext, is_gnu, padding, parse_map_10, parse_numeric, raw_name, resolve, validate_sparse,
 };
 
 /// What the reader reads from: bytes, and a way to pass over data.
@@ -264,22 +264,7 @@ impl<S: Input> Archive<S> {
                 group.push(Ext::parse(block, data).map_err(bad)?);
                 continue;
             }
-            let mut sparse_ext = Vec::new();
-            if block[TYPEFLAG] == b'S' && is_gnu(&block) && block[GNU_IS_EXTENDED] != 0 {
-                loop {
-                    if sparse_ext.len() / BLOCK >= MAX_SPARSE_EXT_BLOCKS {
-                        return Err(bad("sparse map too large".into()));
-                    }
-                    let mut ext = [0u8; BLOCK];
-                    if !self.block(&mut ext)? {
-                        return Err(self.truncated());
-                    }
-                    sparse_ext.extend_from_slice(&ext);
-                    if ext[GNU_SPARSE_EXT_IS_EXTENDED] == 0 {
-                        break;
-                    }
-                }
-            }
+            let sparse_ext = self.old_gnu_sparse_blocks(&block, at)?;
             if group.is_empty() {
                 start = at;
             }
@@ -297,22 +282,7 @@ impl<S: Input> Archive<S> {
                 .unwrap_or_default();
             let total = resolved.size;
             let data_start = self.pos;
-            let (sparse, map_bytes) = match &resolved.sparse {
-                SparseLayout::None => (None, 0),
-                SparseLayout::Map(s) => (Some(s.clone()), 0),
-                SparseLayout::InData { real_size } => {
-                    let (segments, used) = self
-                        .read_map(total)
-                        .map_err(|e| e.named(&resolved.path, at))?;
-                    let s = Sparse {
-                        real_size: *real_size,
-                        segments,
-                    };
-                    validate_sparse(&s, total - used)
-                        .map_err(|w| TarError::bad(at, Some(&resolved.path), w))?;
-                    (Some(s), used)
-                }
-            };
+            let (sparse, map_bytes) = self.sparse_map(&resolved, at)?;
             self.left = total - map_bytes;
             self.pad = padding(total) as u64;
             return Ok(Some(Entry {
@@ -325,6 +295,57 @@ impl<S: Input> Archive<S> {
                 resolved,
             }));
         }
+    }
+
+    /// Reads an old GNU sparse header's extension blocks, if it has any.
+    fn old_gnu_sparse_blocks(&mut self, block: &[u8; BLOCK], at: u64) -> Result<Vec<u8>, TarError> {
+        let mut sparse_ext = Vec::new();
+        if block[TYPEFLAG] != b'S' || !is_gnu(block) || block[GNU_IS_EXTENDED] == 0 {
+            return Ok(sparse_ext);
+        }
+        loop {
+            if sparse_ext.len() / BLOCK >= MAX_SPARSE_EXT_BLOCKS {
+                return Err(TarError::bad(
+                    at,
+                    Some(&raw_name(block)),
+                    "sparse map too large",
+                ));
+            }
+            let mut ext = [0u8; BLOCK];
+            if !self.block(&mut ext)? {
+                return Err(self.truncated());
+            }
+            sparse_ext.extend_from_slice(&ext);
+            if ext[GNU_SPARSE_EXT_IS_EXTENDED] == 0 {
+                return Ok(sparse_ext);
+            }
+        }
+    }
+
+    /// The entry's sparse map and how many data bytes it took (a PAX 1.0
+    /// map is read from the start of the data).
+    fn sparse_map(
+        &mut self,
+        resolved: &Resolved,
+        at: u64,
+    ) -> Result<(Option<Sparse>, u64), TarError> {
+        let total = resolved.size;
+        Ok(match &resolved.sparse {
+            SparseLayout::None => (None, 0),
+            SparseLayout::Map(s) => (Some(s.clone()), 0),
+            SparseLayout::InData { real_size } => {
+                let (segments, used) = self
+                    .read_map(total)
+                    .map_err(|e| e.named(&resolved.path, at))?;
+                let s = Sparse {
+                    real_size: *real_size,
+                    segments,
+                };
+                validate_sparse(&s, total - used)
+                    .map_err(|w| TarError::bad(at, Some(&resolved.path), w))?;
+                (Some(s), used)
+            }
+        })
     }
 
     /// Reads a PAX 1.0 map, in whole blocks, from the data; returns the

@@ -322,6 +322,14 @@ impl RawTar {
 /// reader either refuses the tar or names the entry `victim`.
 pub fn name_layouts() -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
+    layouts_readers_read_apart(&mut out);
+    layouts_doubled_or_malformed(&mut out);
+    out
+}
+
+/// Layouts where long-name headers, PAX records, prefixes and magics could
+/// each be taken as the name.
+fn layouts_readers_read_apart(out: &mut Vec<(&'static str, Vec<u8>)>) {
     let mut t = RawTar::new();
     t.long(b'L', b"victim", Magic::Gnu)
         .pax(b'x', &[(b"path", b"decoy")])
@@ -365,7 +373,10 @@ pub fn name_layouts() -> Vec<(&'static str, Vec<u8>)> {
     let mut t = RawTar::new();
     t.long(b'L', b"victim", Magic::Ustar).file(b"decoy", b"x");
     out.push(("GNU long name under the ustar magic", t.finish()));
+}
 
+/// Layouts that say the name twice, globally, or with stray bytes.
+fn layouts_doubled_or_malformed(out: &mut Vec<(&'static str, Vec<u8>)>) {
     let mut t = RawTar::new();
     t.long(b'L', b"victim", Magic::Gnu)
         .long(b'L', b"decoy", Magic::Gnu)
@@ -420,5 +431,4 @@ pub fn name_layouts() -> Vec<(&'static str, Vec<u8>)> {
         "GNU magic with bytes where ustar has its prefix",
         t.finish(),
     ));
-    out
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::testkit::{Magic, RawTar, header, name_layouts, octal, set_size};
 use super::*;
-use crate::filter::rewrite::{Action, Entry as RwEntry, Rewrite, clean_path, rewrite_stream};
 use crate::layer::{ExtractOptions, WhiteoutMode, extract_layer};
+use crate::tarfmt::rewrite::{Action, Entry as RwEntry, Rewrite, clean_path, rewrite_stream};
 
 /// The names the streaming reader gives, or its error.
 pub(crate) fn reader_names(tar: &[u8]) -> Result<Vec<Vec<u8>>, String> {
@@ -195,6 +195,7 @@ fn extract(tar: &[u8]) -> (tempfile::TempDir, crate::Result<crate::layer::Extrac
         whiteouts: WhiteoutMode::Apply,
         skip_unsafe: false,
         layer_name: "layer 0 (test)".into(),
+        cancel: Default::default(),
     };
     let r = extract_layer(dir.path(), tar, &opts);
     (dir, r)

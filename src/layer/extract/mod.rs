@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io::{self, BufReader, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -18,6 +18,12 @@ use super::resolve::{self, FileId, OpenRootError, Prune, Root};
 use super::{ExtractOptions, ExtractStats, WhiteoutMode};
 use crate::tarfmt::{self, Archive, Sparse, Stream, TarError};
 use crate::{Error, Result};
+
+mod copy;
+mod meta;
+
+use copy::{CopyError, copy, copy_sparse};
+use meta::{Meta, XattrFailure, XattrTarget};
 
 /// Size of the copy buffer, and of the read-ahead on the tar stream.
 const COPY_BUF: usize = 256 * 1024;
@@ -45,7 +51,7 @@ pub fn extract_layer(root: &Path, tar: impl Read, opts: &ExtractOptions) -> Resu
     // filters used), metadata and sparse maps capped before allocation.
     let mut archive = Archive::new(Stream(BufReader::with_capacity(COPY_BUF, tar)));
     loop {
-        crate::cancel::check()?;
+        opts.cancel.check()?;
         let Some(entry) = archive.next_entry().map_err(|e| ex.tar_error(e))? else {
             break;
         };
@@ -80,27 +86,6 @@ fn shown(raw: &[u8]) -> String {
     tarfmt::shown(raw)
 }
 
-/// What a header says about an entry, beyond its type and name.
-struct Meta {
-    /// Permission bits with setuid, setgid and sticky.
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    atime: Timespec,
-    mtime: Timespec,
-    /// Names as they go to disk (already filtered and escaped).
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Meta {
-    fn times(&self) -> Timestamps {
-        Timestamps {
-            last_access: self.atime,
-            last_modification: self.mtime,
-        }
-    }
-}
-
 /// A parent directory, open.
 #[derive(Clone)]
 struct Parent {
@@ -112,13 +97,6 @@ struct Parent {
 struct DirFix {
     mode: u32,
     times: Timestamps,
-}
-
-/// How an xattr could not be set, for one summary line.
-struct XattrFailure {
-    count: u64,
-    first_entry: String,
-    error: String,
 }
 
 struct Extractor<'a> {
@@ -278,69 +256,6 @@ impl<'a> Extractor<'a> {
                 Ok(())
             }
         }
-    }
-
-    /// Reads mode, owner, times and xattrs from the header and its PAX records.
-    fn read_meta(&mut self, entry: &tarfmt::Entry, raw: &[u8]) -> Result<Meta, Fail> {
-        let bad = |field: &str| {
-            Fail::Fatal(Error::InvalidArchive {
-                path: PathBuf::from(&self.opts.layer_name),
-                message: format!("entry {}: bad {field} field in its header", shown(raw)),
-            })
-        };
-        let mode = entry.mode().ok_or_else(|| bad("mode"))? & 0o7777;
-        // u32::MAX is the "no change" value of chown(2), never a real owner.
-        let id = |v: u64| u32::try_from(v).ok().filter(|&v| v != u32::MAX);
-        let uid = entry.uid().ok_or_else(|| bad("uid"))?;
-        let gid = entry.gid().ok_or_else(|| bad("gid"))?;
-        let (Some(uid), Some(gid)) = (id(uid), id(gid)) else {
-            return Err(Fail::Refused(
-                "has an owner or group id out of range".into(),
-            ));
-        };
-        let secs = entry.mtime().ok_or_else(|| bad("mtime"))?;
-        let mut mtime = Timespec {
-            tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
-            tv_nsec: 0,
-        };
-        let mut atime = None;
-        let mut xattrs = Vec::new();
-        let overlay = !self.apply_mode();
-        {
-            // Malformed records never get here: the reader refuses them.
-            for rec in &entry.pax {
-                let key = rec.key.as_slice();
-                let value = rec.value.as_slice();
-                if key == b"mtime" {
-                    if let Some(t) = parse_pax_time(value) {
-                        mtime = t;
-                    }
-                } else if key == b"atime" {
-                    atime = parse_pax_time(value);
-                } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if x == b"security.selinux" || x == b"system.nfs4_acl" {
-                        // Host-specific labels: applying them would be wrong or refused.
-                        *self.ignored_xattrs.entry(x.to_vec()).or_default() += 1;
-                        continue;
-                    }
-                    let disk = match x.strip_prefix(b"trusted.overlay.") {
-                        // Unescaped, overlayfs would obey them (redirects,
-                        // opacity) instead of showing them to the container.
-                        Some(rest) if overlay => [&b"trusted.overlay.overlay."[..], rest].concat(),
-                        _ => x.to_vec(),
-                    };
-                    xattrs.push((disk, value.to_vec()));
-                }
-            }
-        }
-        Ok(Meta {
-            mode,
-            uid,
-            gid,
-            atime: atime.unwrap_or(mtime),
-            mtime,
-            xattrs,
-        })
     }
 
     /// Opens the parent directory named `key`. With `create`, missing
@@ -607,8 +522,8 @@ impl<'a> Extractor<'a> {
         let expected = entry.data_size;
         let mut data = archive.data();
         let copied = match sparse {
-            None => copy(&mut data, &mut file, &mut self.buf),
-            Some(map) => copy_sparse(&mut data, &mut file, &mut self.buf, map),
+            None => copy(&mut data, &mut file, &mut self.buf, &self.opts.cancel),
+            Some(map) => copy_sparse(&mut data, &mut file, &mut self.buf, map, &self.opts.cancel),
         };
         let written = match copied {
             Ok(n) => n,
@@ -804,105 +719,6 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    fn chown_fd(&self, fd: &impl AsFd, meta: &Meta, rel: &[u8]) -> Result<(), Fail> {
-        if !self.privileged {
-            return Ok(());
-        }
-        rustix::fs::fchown(
-            fd,
-            Some(Uid::from_raw(meta.uid)),
-            Some(Gid::from_raw(meta.gid)),
-        )
-        .map_err(|e| self.io_fail("setting the owner of", rel, e))
-    }
-
-    /// Removes xattrs a lower layer left on a directory this layer
-    /// redefines, so the result carries exactly the layer's set.
-    fn clear_xattrs(&mut self, fd: &OwnedFd, meta: &Meta, rel: &[u8]) {
-        let Ok(size) = rustix::fs::flistxattr_query(fd) else {
-            return;
-        };
-        if size == 0 {
-            return;
-        }
-        let mut list = vec![0u8; size];
-        let Ok(n) = rustix::fs::flistxattr(fd, &mut list[..]) else {
-            return;
-        };
-        for name in list[..n.min(size)]
-            .split(|&b| b == 0)
-            .filter(|n| !n.is_empty())
-        {
-            let keep = meta.xattrs.iter().any(|(x, _)| x == name)
-                || name == b"security.selinux"
-                || name == b"system.nfs4_acl"
-                // In overlay form this is ours (an opaque marker), not the image's.
-                || (!self.apply_mode()
-                    && name.starts_with(b"trusted.overlay.")
-                    && !name.starts_with(b"trusted.overlay.overlay."));
-            if keep {
-                continue;
-            }
-            if let Err(e) = rustix::fs::fremovexattr(fd, name) {
-                self.xattr_failed(name, rel, e);
-            }
-        }
-    }
-
-    fn xattrs(&mut self, target: XattrTarget<'_>, meta: &Meta, rel: &[u8]) {
-        if meta.xattrs.is_empty() {
-            return;
-        }
-        // Symlinks and device nodes cannot be opened to get an fd (opening a
-        // device runs its driver), and setxattrat(2) is too new to rely on:
-        // go through our own fd in /proc, whose last component lsetxattr
-        // does not follow.
-        let proc_path = match target {
-            XattrTarget::Fd(_) => None,
-            XattrTarget::At(dir, name) => {
-                let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-                p.extend_from_slice(name);
-                Some(p)
-            }
-        };
-        for (name, value) in &meta.xattrs {
-            let r = match (&target, &proc_path) {
-                (XattrTarget::Fd(fd), _) => {
-                    rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty())
-                }
-                (_, Some(path)) => rustix::fs::lsetxattr(
-                    path.as_slice(),
-                    name.as_slice(),
-                    value,
-                    XattrFlags::empty(),
-                ),
-                (XattrTarget::At(..), None) => continue,
-            };
-            if let Err(e) = r {
-                self.xattr_failed(name, rel, e);
-            }
-        }
-    }
-
-    fn xattr_failed(&mut self, name: &[u8], rel: &[u8], e: Errno) {
-        let key = (name.to_vec(), io::Error::from(e).to_string());
-        if let Some(f) = self.xattr_failures.get_mut(&key) {
-            f.count += 1;
-        } else if self.xattr_failures.len() < MAX_XATTR_WARNINGS {
-            let error = key.1.clone();
-            self.xattr_failures.insert(
-                key,
-                XattrFailure {
-                    count: 1,
-                    first_entry: shown(rel),
-                    error,
-                },
-            );
-        } else {
-            self.xattr_failures_more += 1;
-        }
-    }
-
     /// Applies deferred directory metadata and gathers the warnings.
     fn finish(mut self) -> Result<ExtractStats> {
         // The cached parent is not needed any more; close it before reopening.
@@ -985,14 +801,6 @@ impl<'a> Extractor<'a> {
     }
 }
 
-/// Where xattrs go.
-enum XattrTarget<'f> {
-    /// An open file or directory.
-    Fd(BorrowedFd<'f>),
-    /// A name in an open directory (symlinks, FIFOs, devices).
-    At(BorrowedFd<'f>, &'f [u8]),
-}
-
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     if dir.is_empty() {
         name.to_vec()
@@ -1014,90 +822,6 @@ fn stat_times(st: &rustix::fs::Stat) -> Timestamps {
             tv_nsec: u64::from(st.st_mtime_nsec).try_into().unwrap_or(0),
         },
     }
-}
-
-/// Parses a PAX time (`1700000000`, `1700000000.25`, `-1.5`).
-// `tv_nsec` is not i64 on every target.
-#[allow(clippy::useless_conversion)]
-fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty()
-        || !int.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let mut sec: i64 = int.parse().ok()?;
-    let mut nsec: i64 = 0;
-    for (i, d) in frac.bytes().take(9).enumerate() {
-        nsec += i64::from(d - b'0') * 10i64.pow(8 - i as u32);
-    }
-    if neg {
-        sec = -sec;
-        if nsec > 0 {
-            sec -= 1;
-            nsec = 1_000_000_000 - nsec;
-        }
-    }
-    Some(Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec.try_into().ok()?,
-    })
-}
-
-enum CopyError {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-/// Streams an entry's data into `out`.
-fn copy(from: &mut impl Read, out: &mut File, buf: &mut [u8]) -> Result<u64, CopyError> {
-    let mut total = 0u64;
-    loop {
-        if crate::cancel::requested() {
-            // Reported as Error::Interrupted by the caller.
-            return Err(CopyError::Read(io::ErrorKind::Interrupted.into()));
-        }
-        let n = match from.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CopyError::Read(e)),
-        };
-        out.write_all(&buf[..n]).map_err(CopyError::Write)?;
-        total += n as u64;
-    }
-    Ok(total)
-}
-
-/// Writes a sparse file's segments where its map puts them and sizes the
-/// file: holes cost a seek each, never a read or a write of zeros.
-fn copy_sparse(
-    from: &mut impl Read,
-    out: &mut File,
-    buf: &mut [u8],
-    map: &Sparse,
-) -> Result<u64, CopyError> {
-    let mut total = 0u64;
-    for &(offset, len) in &map.segments {
-        if len == 0 {
-            continue;
-        }
-        out.seek(SeekFrom::Start(offset))
-            .map_err(CopyError::Write)?;
-        let n = copy(&mut from.take(len), out, buf)?;
-        total += n;
-        if n < len {
-            return Ok(total);
-        }
-    }
-    out.set_len(map.real_size).map_err(CopyError::Write)?;
-    Ok(total)
 }
 
 /// Lets tests run as root see what an unprivileged run does.
