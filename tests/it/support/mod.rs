@@ -12,6 +12,7 @@ pub mod limits;
 pub mod proxy;
 pub mod registry;
 pub mod runtime;
+pub mod server;
 pub mod tools;
 
 use std::ffi::OsStr;
