@@ -7,6 +7,7 @@
 
 mod support;
 
+mod bearer;
 mod depth;
 mod dir_store;
 mod docker_save;

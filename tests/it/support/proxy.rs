@@ -14,7 +14,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -177,7 +177,7 @@ struct BearerState {
 
 struct State {
     upstream: String,
-    me: OnceLock<String>,
+    me: String,
     rules: Mutex<Vec<Rule>>,
     log: Mutex<Vec<Record>>,
     bearer: Mutex<Option<BearerState>>,
@@ -197,9 +197,11 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy for the registry at `upstream` (`127.0.0.1:PORT`).
     pub fn start(upstream: &str) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             upstream: upstream.to_string(),
-            me: OnceLock::new(),
+            me: addr.to_string(),
             rules: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
             bearer: Mutex::new(None),
@@ -209,8 +211,7 @@ impl Proxy {
         let server = Server::new("fault-proxy");
         let st = state.clone();
         let handler: server::Handler = Arc::new(move |req, conn| handle(st.clone(), req, conn));
-        let (addr, _) = server.listen("127.0.0.1", None, handler);
-        let _ = state.me.set(addr.to_string());
+        server.listen_on(listener, None, handler);
         Proxy {
             addr,
             state,
@@ -668,7 +669,7 @@ fn check_bearer(st: &State, req: &Request<Incoming>) -> Option<Answer> {
         .unwrap_or_default();
     let challenge = format!(
         "Bearer realm=\"http://{}/token\",service=\"fault-proxy\"{scope}",
-        st.me.get().map_or("", String::as_str)
+        st.me
     );
     let mut a = Answer::new(
         401,

@@ -121,7 +121,18 @@ impl Server {
     /// Serves `handler` on `ip` at an ephemeral port, over TLS when `tls`
     /// is given. Returns the address and `scheme://ip:port`.
     pub fn listen(&self, ip: &str, tls: Option<Tls>, handler: Handler) -> (SocketAddr, String) {
-        let std_listener = std::net::TcpListener::bind((ip, 0)).expect("bind loopback");
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind loopback");
+        self.listen_on(listener, tls, handler)
+    }
+
+    /// [`Server::listen`] on a listener bound already (so that a handler
+    /// can know its own address before it starts).
+    pub fn listen_on(
+        &self,
+        std_listener: std::net::TcpListener,
+        tls: Option<Tls>,
+        handler: Handler,
+    ) -> (SocketAddr, String) {
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let name = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });

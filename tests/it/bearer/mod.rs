@@ -1,8 +1,9 @@
-//! The bearer-token flow against a mock registry (tests/bearer/mock.rs).
+//! The bearer-token flow against a mock registry (`bearer/mock.rs`), for
+//! token realms a real registry can't be made to serve.
 //!
-//! The first tests check the mock itself with a raw HTTP/1.1 client and
-//! with reqwest, so a failure in the binary tests below can be told apart
-//! from a broken harness. The rest run the `occystrap` binary:
+//! The first tests check the mock itself with a plain hyper client
+//! (`support/http.rs`) and with reqwest, so a failure in the binary tests
+//! below can be told apart from a broken harness. The rest run the `occystrap` binary:
 //! `occystrap --insecure [--username U --password P] process
 //!  registry://127.0.0.1:PORT/team/app:v1 tar://OUT.tar`.
 
@@ -11,89 +12,38 @@ mod realm;
 mod tls;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use mock::{ChallengeStyle, MockConfig, MockRegistry, TokenForm};
+
+use crate::support::http::{self, Conn};
 use sha2::{Digest as _, Sha256};
 
 // ---------------------------------------------------------------------------
-// A raw client, to check the mock without trusting any HTTP library
+// A plain hyper client, to check the mock apart from occystrap's own client
 // ---------------------------------------------------------------------------
-
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
 
 /// Sends one request on `conn` and reads the response (keep-alive).
 fn raw_request(
-    conn: &mut BufReader<TcpStream>,
+    conn: &mut Conn,
     method: &str,
     target: &str,
     authorization: Option<&str>,
-) -> RawResponse {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: mock\r\n");
-    if let Some(a) = authorization {
-        req.push_str(&format!("Authorization: {a}\r\n"));
-    }
-    req.push_str("\r\n");
-    conn.get_mut().write_all(req.as_bytes()).expect("send");
-
-    let mut line = String::new();
-    conn.read_line(&mut line).expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        conn.read_line(&mut line).expect("header line");
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (n, v) = l.split_once(':').expect("header colon");
-        headers.push((n.trim().to_string(), v.trim().to_string()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse().expect("content-length"))
-        .expect("content-length present");
-    let mut body = vec![0; if method == "HEAD" { 0 } else { len }];
-    conn.read_exact(&mut body).expect("body");
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+) -> http::Response {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    conn.send(method, target, &headers)
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
 }
 
-fn connect(mock: &MockRegistry) -> BufReader<TcpStream> {
-    let s = TcpStream::connect(mock.host()).expect("connect to mock");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    BufReader::new(s)
+fn connect(mock: &MockRegistry) -> Conn {
+    Conn::connect(&mock.host()).expect("connect to mock")
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -858,7 +808,7 @@ fn pull_by_digest_through_bearer() {
 }
 
 /// Runs a mock for manual poking (curl, a dev build of the binary):
-/// `BEARER_MOCK_SECS=120 BEARER_MOCK_MODE=basic cargo test --test bearer -- --ignored serve_mock --nocapture`
+/// `BEARER_MOCK_SECS=120 BEARER_MOCK_MODE=basic cargo test --test it -- --ignored bearer::serve_mock --nocapture`
 /// Modes: `standard` (default), `access_token`, `reordered`, `relaxed`,
 /// `basic` (user `occy-user`, the password in `PASSWORD`), `deny`.
 #[test]
