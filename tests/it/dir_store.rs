@@ -8,11 +8,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::support::layer_tar::TarBuilder;
 use crate::support::archive::Expect;
-use crate::support::images::{
-    Image, PushFormat, TarBuilder, busybox_image, pseudo_random, push_image, registry_manifest,
-    tiny_image,
-};
+use crate::support::images::{Image, PushFormat, busybox_image, pseudo_random, push_image, registry_manifest, tiny_image};
 use crate::support::{
     Compression, Registry, TestEnv, assert_clean_failure, assert_success, sha256_digest, tar_uri,
     verify_output,

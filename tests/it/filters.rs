@@ -11,8 +11,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::support::layer_tar::{TarBuilder, pax_record};
 use crate::support::archive::Expect;
-use crate::support::fstree::{LayerTar, Tree};
+use crate::support::fstree::Tree;
 use crate::support::images::{
     BuiltImage, Image, ManifestPos, PushFormat, SaveStyle, push_image, write_docker_save,
 };
@@ -39,7 +40,7 @@ fn long_file() -> String {
 /// Bottom layer, by the tar crate: PAX xattrs (a file capability and a
 /// user xattr), docs, .pyc files, a hard link into the docs, a long name.
 fn base_layer() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("usr", 0o755)
         .dir("usr/bin", 0o755)
         .file_xattrs(
@@ -124,7 +125,7 @@ fn gnu_layer(work: &Path) -> Vec<u8> {
 
 /// Whiteouts (one of a doc directory, one of a file), and new files.
 fn top_layer() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("etc", 0o755)
         .file("etc/.wh.motd", 0o644, b"")
         .file("etc/hostname", 0o644, b"filtered\n")
@@ -138,7 +139,7 @@ fn top_layer() -> Vec<u8> {
 
 /// A layer no pattern of the tests matches.
 fn plain_layer() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("opt", 0o755)
         .file("opt/config", 0o644, b"k=v\n")
         .finish()
@@ -200,18 +201,6 @@ fn entries(tar: &[u8]) -> Vec<Ent> {
     out
 }
 
-/// A PAX record as it must appear in the layer bytes.
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    let mut r = format!("{len} {key}=").into_bytes();
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
-}
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)

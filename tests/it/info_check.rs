@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::fstree::LayerTar;
+use crate::support::layer_tar::TarBuilder;
 use crate::support::images::{
     BuiltImage, ManifestPos, PLATFORMS, PushFormat, SaveStyle, busybox_image, platform_image,
     push_image, push_index, skopeo_push, unique_dir, write_docker_save,
@@ -528,14 +528,14 @@ fn check_fast_finds_a_layer_count_mismatch_without_layers() {
 #[test]
 fn check_reports_suspicious_entries() {
     let (env, reg) = start();
-    let base = LayerTar::new()
+    let base = TarBuilder::new()
         .dir("bin", 0o755)
         .file("bin/tool", 0o4777, b"#!/bin/sh\n")
         .dir("dev", 0o755)
         .char_device("dev/null", 0o666, 1, 3)
         .raw_file(b"../outside", b"x")
         .finish();
-    let top = LayerTar::new()
+    let top = TarBuilder::new()
         .dir("etc", 0o755)
         .file("etc/.wh.gone", 0o644, b"not empty")
         .fifo("etc/.wh.pipe", 0o644)

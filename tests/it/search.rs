@@ -7,9 +7,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::support::images::{
-    ManifestPos, PushFormat, SaveStyle, TarBuilder, push_image, write_docker_save,
-};
+use crate::support::layer_tar::TarBuilder;
+use crate::support::images::{ManifestPos, PushFormat, SaveStyle, push_image, write_docker_save};
 use crate::support::{
     Compression, Image, Output, Registry, TestEnv, assert_no_panic, http, tar_uri,
 };

@@ -15,9 +15,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::images::{
-    Compression, Image, OciLayout, PushFormat, TarBuilder, pseudo_random, skopeo_push,
-};
+use crate::support::layer_tar::TarBuilder;
+use crate::support::images::{Compression, Image, OciLayout, PushFormat, pseudo_random, skopeo_push};
 use crate::support::proxy::Proxy;
 use crate::support::{Registry, TestEnv, dir_entries, occy_bin, tar_uri};
 

@@ -7,7 +7,6 @@
 //! [`MockRegistry`] is dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,8 @@ use base64::Engine as _;
 use hyper::header::{self, HeaderValue};
 use sha2::{Digest as _, Sha256};
 
+use crate::support::images::Compression;
+use crate::support::layer_tar::TarBuilder;
 use crate::support::server::{self, Handler, Resp, Server, lock};
 pub use crate::support::server::Tls;
 
@@ -322,37 +323,12 @@ fn build_image() -> MockImage {
             0o755,
         ),
     ];
-    let mut builder = tar::Builder::new(Vec::new());
-    let mtime = 1_700_000_000;
-    for dir in ["app/", "etc/"] {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_path(dir).expect("dir path");
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_mtime(mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
-        builder.append(&h, io::empty()).expect("append dir");
-    }
+    let mut tar = TarBuilder::new().dir("app/", 0o755).dir("etc/", 0o755);
     for (path, data, mode) in &files {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_path(path).expect("file path");
-        h.set_mode(*mode);
-        h.set_size(data.len() as u64);
-        h.set_mtime(mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
-        builder.append(&h, data.as_slice()).expect("append file");
+        tar = tar.file(path, *mode, data);
     }
-    let layer_tar = builder.into_inner().expect("finish tar");
-
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&layer_tar).expect("gzip");
-    let layer_gz = gz.finish().expect("gzip finish");
+    let layer_tar = tar.finish();
+    let layer_gz = Compression::Gzip.compress(&layer_tar);
 
     let diff_id = sha256_digest(&layer_tar);
     let layer_digest = sha256_digest(&layer_gz);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use super::layer_tar::TarBuilder;
 use super::registry::Registry;
 use super::tools::skopeo_ok;
 use super::{sha256_digest, sha256_hex};
@@ -57,71 +58,6 @@ impl Compression {
             Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
             Compression::None => "application/vnd.oci.image.layer.v1.tar",
         }
-    }
-}
-
-/// Builds an uncompressed layer tar entry by entry (GNU headers, root-owned,
-/// fixed mtime).
-pub struct TarBuilder {
-    b: tar::Builder<Vec<u8>>,
-}
-
-impl Default for TarBuilder {
-    fn default() -> Self {
-        TarBuilder::new()
-    }
-}
-
-impl TarBuilder {
-    /// An empty tar.
-    pub fn new() -> TarBuilder {
-        let mut b = tar::Builder::new(Vec::new());
-        b.mode(tar::HeaderMode::Complete);
-        TarBuilder { b }
-    }
-
-    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_mtime(MTIME);
-        h.set_uid(0);
-        h.set_gid(0);
-        h
-    }
-
-    /// A directory.
-    pub fn dir(mut self, path: &str, mode: u32) -> TarBuilder {
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
-        self.b.append_data(&mut h, path, std::io::empty()).unwrap();
-        self
-    }
-
-    /// A regular file.
-    pub fn file(mut self, path: &str, mode: u32, data: &[u8]) -> TarBuilder {
-        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
-        self.b.append_data(&mut h, path, data).unwrap();
-        self
-    }
-
-    /// A symlink.
-    pub fn symlink(mut self, path: &str, target: &str) -> TarBuilder {
-        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
-        self.b.append_link(&mut h, path, target).unwrap();
-        self
-    }
-
-    /// A hard link to an earlier entry.
-    pub fn hardlink(mut self, path: &str, target: &str) -> TarBuilder {
-        let mut h = Self::header(tar::EntryType::Link, 0o644, 0);
-        self.b.append_link(&mut h, path, target).unwrap();
-        self
-    }
-
-    /// The finished tar (with its two zero end blocks).
-    pub fn finish(self) -> Vec<u8> {
-        self.b.into_inner().unwrap()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod archive;
 pub mod fstree;
 pub mod http;
 pub mod images;
+pub mod layer_tar;
 pub mod limits;
 pub mod proxy;
 pub mod registry;
