@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::layer_tar::TarBuilder;
 use crate::support::fstree::Tree;
 use crate::support::images::{
-    BuiltImage, Image, ManifestPos, OciLayout, PushFormat, SaveStyle, skopeo_push, unique_dir,
-    write_docker_save,
+    BuiltImage, Image, ManifestPos, SaveStyle, unique_dir, write_docker_save,
 };
+use crate::support::layer_tar::TarBuilder;
+use crate::support::push::{PushFormat, push_built};
 use crate::support::{Compression, Registry, TestEnv, assert_no_panic, run, tar_uri};
 
 /// A directory name longer than 100 bytes alone.
@@ -134,18 +134,7 @@ struct Pushed {
 
 fn push(env: &TestEnv, reg: &Registry, dest: &str, img: &Image) -> Pushed {
     let built = img.build();
-    let layout = unique_dir(&env.work(""), "layout");
-    let mut l = OciLayout::create(&layout);
-    l.add_image("t", &built);
-    skopeo_push(
-        &env.tool_tmp(),
-        &layout,
-        "t",
-        reg,
-        dest,
-        PushFormat::Oci,
-        false,
-    );
+    let layout = push_built(env, reg, dest, &built, PushFormat::Oci);
     Pushed { layout, built }
 }
 

@@ -11,12 +11,11 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::layer_tar::{TarBuilder, pax_record};
 use crate::support::archive::Expect;
 use crate::support::fstree::Tree;
-use crate::support::images::{
-    BuiltImage, Image, ManifestPos, PushFormat, SaveStyle, push_image, write_docker_save,
-};
+use crate::support::images::{BuiltImage, Image, ManifestPos, SaveStyle, write_docker_save};
+use crate::support::layer_tar::{TarBuilder, pax_record};
+use crate::support::push::{PushFormat, push_image};
 use crate::support::{
     Compression, DockerSave, Registry, TestEnv, assert_clean_failure, assert_no_panic,
     fixtures_dir, sha256_digest, sha256_hex, tar_uri, verify_output,
@@ -201,7 +200,6 @@ fn entries(tar: &[u8]) -> Vec<Ent> {
     out
 }
 
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -279,8 +277,7 @@ fn normalize_timestamps_from_registry() {
     let env = TestEnv::new();
     let reg = Registry::start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         &format!("{REPO}:v1"),
         &image(&env),
@@ -498,8 +495,7 @@ fn inspect_appends_one_json_line_per_run() {
     let env = TestEnv::new();
     let reg = Registry::start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         &format!("{REPO}:v1"),
         &image(&env),
@@ -565,8 +561,7 @@ fn chain_into_expanded_dir() {
     let env = TestEnv::new();
     let reg = Registry::start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         &format!("{REPO}:v1"),
         &image(&env),

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::signals::{interrupt, spawn};
-use crate::support::layer_tar::TarBuilder;
 use crate::support::images::{BuiltImage, Image, OciLayout};
+use crate::support::layer_tar::TarBuilder;
 use crate::support::{
     Compression, Output, TestEnv, assert_no_panic, assert_success, occy_bin, run, sha256_hex,
 };

@@ -17,15 +17,16 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::layer_tar::TarBuilder;
 use crate::support::archive::Expect;
 use crate::support::fstree::{Tree, xattrs};
 use crate::support::images::{
-    BuiltImage, Image, ManifestPos, OciLayout, PLATFORMS, PushFormat, SaveStyle,
-    busybox_image_mixed, platform_image, registry_manifest, unique_dir, write_docker_save,
+    BuiltImage, Image, ManifestPos, OciLayout, PLATFORMS, SaveStyle, busybox_image_mixed,
+    platform_image, registry_manifest, unique_dir, write_docker_save,
 };
+use crate::support::layer_tar::TarBuilder;
+use crate::support::push::{PushFormat, push_built};
 use crate::support::runtime::{
-    Mounted, Runc, host_platform, is_mount_point, mount_type, push_built, with_config,
+    Mounted, Runc, host_platform, is_mount_point, mount_type, with_config,
 };
 use crate::support::tools::skopeo_ok;
 use crate::support::{

@@ -12,12 +12,12 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::support::layer_tar::TarBuilder;
 use crate::support::images::{
-    BuiltImage, ManifestPos, OciLayout, PushFormat, SaveStyle, skopeo_push, unique_dir,
-    write_docker_save,
+    BuiltImage, ManifestPos, OciLayout, SaveStyle, unique_dir, write_docker_save,
 };
+use crate::support::layer_tar::TarBuilder;
 use crate::support::proxy::{Fault, Proxy};
+use crate::support::push::{PushFormat, push_built};
 use crate::support::{
     Compression, Image, Output, Registry, TestEnv, assert_no_panic, sha256_digest, tar_uri,
 };
@@ -196,18 +196,7 @@ fn hostile_tarball(env: &TestEnv, img: &BuiltImage) -> String {
 
 /// Pushes `img` to the registry as `team/app:v1`; returns its URI.
 fn push_hostile(env: &TestEnv, reg: &Registry, img: &BuiltImage) -> String {
-    let dir = unique_dir(&env.work(""), "layout");
-    let mut layout = OciLayout::create(&dir);
-    layout.add_image("t", img);
-    skopeo_push(
-        &env.tool_tmp(),
-        &dir,
-        "t",
-        reg,
-        &format!("{REPO}:v1"),
-        PushFormat::Preserve,
-        false,
-    );
+    push_built(env, reg, &format!("{REPO}:v1"), img, PushFormat::Preserve);
     reg.uri(REPO, "v1")
 }
 

@@ -17,8 +17,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::support::images::Compression;
 use crate::support::layer_tar::TarBuilder;
-use crate::support::server::{self, Handler, Resp, Server, lock};
 pub use crate::support::server::Tls;
+use crate::support::server::{self, Handler, Resp, Server, lock};
 
 /// The repository the mock serves.
 pub const REPOSITORY: &str = "team/app";

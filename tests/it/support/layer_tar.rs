@@ -53,7 +53,13 @@ impl TarBuilder {
     }
 
     /// A regular file with an owner.
-    pub fn file_owned(mut self, path: &str, mode: u32, owner: (u64, u64), data: &[u8]) -> TarBuilder {
+    pub fn file_owned(
+        mut self,
+        path: &str,
+        mode: u32,
+        owner: (u64, u64),
+        data: &[u8],
+    ) -> TarBuilder {
         let mut h = header(tar::EntryType::Regular, mode, owner, data.len() as u64);
         self.b.append_data(&mut h, path, data).unwrap();
         self

@@ -11,6 +11,7 @@ pub mod images;
 pub mod layer_tar;
 pub mod limits;
 pub mod proxy;
+pub mod push;
 pub mod registry;
 pub mod runtime;
 pub mod server;

@@ -382,7 +382,9 @@ fn pick_fault(st: &State, req: &Request<Incoming>) -> Option<Fault> {
     let path = req.uri().path();
     let i = rules.iter().position(|r| {
         r.remaining != Some(0)
-            && r.method.as_deref().is_none_or(|m| m == req.method().as_str())
+            && r.method
+                .as_deref()
+                .is_none_or(|m| m == req.method().as_str())
             && path.contains(&r.path_contains)
     })?;
     let rule = &mut rules[i];
@@ -433,7 +435,10 @@ impl Answer {
     fn new(status: u16, content_type: &str, body: impl Into<Bytes>) -> Answer {
         let body = body.into();
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
         Answer {
             status,
             headers,
@@ -575,7 +580,9 @@ fn handle(st: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> RespFu
             return a.send(&st, &conn, slot, false);
         }
         if let Some(a) = check_bearer(&st, &req) {
-            return a.dripped(fault.as_ref(), &conn).send(&st, &conn, slot, head_only);
+            return a
+                .dripped(fault.as_ref(), &conn)
+                .send(&st, &conn, slot, head_only);
         }
         let answer = match canned(fault.as_ref()) {
             Some(a) => a.dripped(fault.as_ref(), &conn),
@@ -590,7 +597,9 @@ fn handle(st: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> RespFu
 
 /// A registry-style JSON error body.
 fn error_body(code: &str, message: &str, detail: Option<&str>) -> String {
-    let detail = detail.map(|d| format!(r#","detail":"{d}""#)).unwrap_or_default();
+    let detail = detail
+        .map(|d| format!(r#","detail":"{d}""#))
+        .unwrap_or_default();
     format!(r#"{{"errors":[{{"code":"{code}","message":"{message}"{detail}}}]}}"#)
 }
 
