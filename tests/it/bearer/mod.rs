@@ -14,12 +14,12 @@ mod tls;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use mock::{ChallengeStyle, MockConfig, MockRegistry, TokenForm};
 
+use crate::support::TestEnv;
 use crate::support::http::{self, Conn};
 use sha2::{Digest as _, Sha256};
 
@@ -330,10 +330,20 @@ fn mock_works_with_reqwest() {
 // Running the binary
 // ---------------------------------------------------------------------------
 
+/// How a run of the binary ended (from the harness's [`Occy`] runner).
 struct Run {
-    status: ExitStatus,
+    status: Status,
     stdout: String,
     stderr: String,
+}
+
+/// The exit of a run, read as `status.code()`.
+struct Status(Option<i32>);
+
+impl Status {
+    fn code(&self) -> Option<i32> {
+        self.0
+    }
 }
 
 impl Run {
@@ -347,34 +357,26 @@ impl Run {
     }
 }
 
-/// A scratch directory: `home` for HOME/DOCKER_CONFIG (so no credentials of
-/// the machine's are picked up), `out` for the output only.
+/// A test's private tree ([`TestEnv`]: HOME and DOCKER_CONFIG inside it, so
+/// no credentials of the machine's are picked up); the output goes to its
+/// `out/`.
 struct Scratch {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-    out: PathBuf,
+    env: TestEnv,
 }
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("home");
-        let out = dir.path().join("out");
-        std::fs::create_dir_all(home.join(".docker")).unwrap();
-        std::fs::create_dir_all(&out).unwrap();
         Scratch {
-            _dir: dir,
-            home,
-            out,
+            env: TestEnv::new(),
         }
     }
 
     fn tarball(&self) -> PathBuf {
-        self.out.join("OUT.tar")
+        self.env.out("OUT.tar")
     }
 
     fn out_entries(&self) -> Vec<String> {
-        std::fs::read_dir(&self.out)
+        std::fs::read_dir(self.env.out_dir())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
@@ -387,60 +389,15 @@ fn occystrap(scratch: &Scratch, args: &[&str]) -> Run {
 
 /// [`occystrap`] with extra environment variables.
 fn occystrap_env(scratch: &Scratch, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_occystrap"));
-    cmd.args(args)
-        .env("HOME", &scratch.home)
-        .env("DOCKER_CONFIG", scratch.home.join(".docker"))
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for var in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "RUST_LOG",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "OCCYSTRAP_INSECURE_HOSTS",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut occy = scratch.env.occy().args(args);
     for (k, v) in envs {
-        cmd.env(k, v);
+        occy = occy.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn occystrap");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("occystrap {args:?} did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let out = occy.run();
     Run {
-        status,
-        stdout: String::from_utf8_lossy(&out_t.join().unwrap()).into_owned(),
-        stderr: String::from_utf8_lossy(&err_t.join().unwrap()).into_owned(),
+        status: Status(out.code),
+        stdout: out.stdout,
+        stderr: out.stderr,
     }
 }
 
