@@ -123,11 +123,7 @@ fn assert_refused(out: &Output, words: &[&str]) -> String {
         out.code,
         out.stderr
     );
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines = crate::support::nonblank_lines(&out.stderr);
     assert_eq!(
         lines.len(),
         1,

@@ -539,11 +539,7 @@ fn assert_token_fetched_once_and_reused(mock: &MockRegistry) {
 /// directory. Returns the error line.
 fn assert_clean_failure(scratch: &Scratch, run: &Run) -> String {
     assert_eq!(run.status.code(), Some(1), "{}", run.describe());
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines = crate::support::nonblank_lines(&run.stderr);
     assert_eq!(
         lines.len(),
         1,
@@ -576,13 +572,20 @@ fn assert_no_secret(run: &Run, user: &str, password: &str) {
     }
 }
 
-#[test]
-fn anonymous_bearer_pull_fetches_the_token_once() {
-    let mock = MockRegistry::start();
+/// An anonymous pull from a mock with `config`: the image is written, and
+/// one token was fetched and reused.
+fn anonymous_pull(config: MockConfig) -> (MockRegistry, Run) {
+    let mock = MockRegistry::with_config(config);
     let scratch = Scratch::new();
     let run = pull(&mock, &scratch, "v1", None);
     assert_docker_save(&mock, &scratch, &run);
     assert_token_fetched_once_and_reused(&mock);
+    (mock, run)
+}
+
+#[test]
+fn anonymous_bearer_pull_fetches_the_token_once() {
+    let (mock, run) = anonymous_pull(MockConfig::default());
     // No token leaks either.
     for t in mock.issued_tokens() {
         assert!(!run.stderr.contains(&t), "{}", run.describe());
@@ -591,38 +594,26 @@ fn anonymous_bearer_pull_fetches_the_token_once() {
 
 #[test]
 fn access_token_reply_with_expires_in() {
-    let mock = MockRegistry::with_config(MockConfig {
+    anonymous_pull(MockConfig {
         token_form: TokenForm::AccessToken,
         ..MockConfig::default()
     });
-    let scratch = Scratch::new();
-    let run = pull(&mock, &scratch, "v1", None);
-    assert_docker_save(&mock, &scratch, &run);
-    assert_token_fetched_once_and_reused(&mock);
 }
 
 #[test]
 fn challenge_with_scope_first_and_realm_last() {
-    let mock = MockRegistry::with_config(MockConfig {
+    anonymous_pull(MockConfig {
         challenge: ChallengeStyle::Reordered,
         ..MockConfig::default()
     });
-    let scratch = Scratch::new();
-    let run = pull(&mock, &scratch, "v1", None);
-    assert_docker_save(&mock, &scratch, &run);
-    assert_token_fetched_once_and_reused(&mock);
 }
 
 #[test]
 fn challenge_with_lowercase_scheme_spaces_and_unquoted_token() {
-    let mock = MockRegistry::with_config(MockConfig {
+    anonymous_pull(MockConfig {
         challenge: ChallengeStyle::Relaxed,
         ..MockConfig::default()
     });
-    let scratch = Scratch::new();
-    let run = pull(&mock, &scratch, "v1", None);
-    assert_docker_save(&mock, &scratch, &run);
-    assert_token_fetched_once_and_reused(&mock);
 }
 
 const USER: &str = "occy-user";

@@ -287,11 +287,7 @@ pub fn assert_clean_failure(env: &TestEnv, out: &Output, any_of: &[&str]) -> Str
         out.stdout,
         out.stderr
     );
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines = nonblank_lines(&out.stderr);
     assert_eq!(
         lines.len(),
         1,
@@ -328,6 +324,12 @@ pub fn assert_clean_failure(env: &TestEnv, out: &Output, any_of: &[&str]) -> Str
         out.stderr
     );
     line
+}
+
+/// The lines of `text` that are not blank (what a one-line error check
+/// counts).
+pub fn nonblank_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.trim().is_empty()).collect()
 }
 
 /// `sha256:<hex>` of some bytes.
