@@ -21,7 +21,7 @@ fn start() -> (TestEnv, Registry) {
 }
 
 fn push(env: &TestEnv, reg: &Registry, img: &Image, format: PushFormat) -> BuiltImage {
-    push_image(&env, reg, &format!("{REPO}:v1"), img, format)
+    push_image(env, reg, &format!("{REPO}:v1"), img, format)
 }
 
 /// Runs occystrap; asserts no panic and the exit code.

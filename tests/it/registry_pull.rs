@@ -252,7 +252,7 @@ fn push_platforms(env: &TestEnv, reg: &Registry, format: PushFormat) {
         .iter()
         .map(|p| platform_image(p, Compression::Gzip))
         .collect();
-    push_index(&env, reg, "team/multi:v1", &imgs, format);
+    push_index(env, reg, "team/multi:v1", &imgs, format);
 }
 
 /// Pulls `team/multi:v1` with extra global flags (and URI query) and checks

@@ -73,7 +73,7 @@ fn setup(env: &TestEnv) -> (Registry, Proxy, &'static BigImage) {
     let big = big_image();
     let reg = Registry::start();
     push_layout(
-        &env,
+        env,
         &reg,
         &big.layout,
         &format!("{REPO}:v1"),
