@@ -696,13 +696,13 @@ fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// Forwards a request to the registry; the answer carries the body faults.
-async fn forward(
+/// Sends the request on to the registry over a connection of its own,
+/// without the hop-by-hop headers (and without what `fault` strips).
+async fn send_upstream(
     st: &State,
     req: Request<Incoming>,
     fault: Option<&Fault>,
-    head_only: bool,
-) -> io::Result<Answer> {
+) -> io::Result<hyper::Response<Incoming>> {
     let tcp = tokio::net::TcpStream::connect(&st.upstream).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -731,10 +731,20 @@ async fn forward(
         .header(header::HOST, &st.upstream)
         .body(body)
         .map_err(other)?;
-    let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(up))
+    tokio::time::timeout(Duration::from_secs(60), sender.send_request(up))
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
-        .map_err(other)?;
+        .map_err(other)
+}
+
+/// Forwards a request to the registry; the answer carries the body faults.
+async fn forward(
+    st: &State,
+    req: Request<Incoming>,
+    fault: Option<&Fault>,
+    head_only: bool,
+) -> io::Result<Answer> {
+    let resp = send_upstream(st, req, fault).await?;
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
     let upstream_length = parts
