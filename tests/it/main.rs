@@ -15,6 +15,7 @@ mod errors;
 mod expand;
 mod faults;
 mod filters;
+mod harness;
 mod hostile_stores;
 mod info_check;
 mod registry_pull;
