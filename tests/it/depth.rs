@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
+use crate::support::layer_tar::TarBuilder;
 use crate::support::{Compression, Image, OciLayout, Output, TestEnv, assert_no_panic};
 
 /// Levels between two symlink hops.
@@ -19,54 +20,36 @@ const HOP: usize = 2000;
 /// (or a whiteout walk) needing one fd per level fails.
 const FDS: u64 = 128;
 
-/// A layer tar built entry by entry (GNU long names and links).
-struct Deep(tar::Builder<Vec<u8>>);
+/// A layer tar built entry by entry (GNU long names and links), on the
+/// tests' [`TarBuilder`], with helpers for deep chains.
+#[derive(Default)]
+struct Deep(TarBuilder);
 
 impl Deep {
     fn new() -> Deep {
-        Deep(tar::Builder::new(Vec::new()))
+        Deep::default()
     }
 
-    fn header(kind: tar::EntryType, size: usize) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(if kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        h.set_size(size as u64);
-        h.set_mtime(1_700_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        h
+    fn with(&mut self, f: impl FnOnce(TarBuilder) -> TarBuilder) -> &mut Deep {
+        self.0 = f(std::mem::take(&mut self.0));
+        self
     }
 
     fn dir(&mut self, name: &str) -> &mut Deep {
-        let mut h = Self::header(tar::EntryType::Directory, 0);
-        self.0.append_data(&mut h, name, std::io::empty()).unwrap();
-        self
+        self.with(|t| t.dir(name, 0o755))
     }
 
     fn file(&mut self, name: &str, data: &str) -> &mut Deep {
-        let mut h = Self::header(tar::EntryType::Regular, data.len());
-        self.0.append_data(&mut h, name, data.as_bytes()).unwrap();
-        self
+        self.with(|t| t.file(name, 0o644, data.as_bytes()))
     }
 
     fn symlink(&mut self, name: &str, target: &str) -> &mut Deep {
-        let mut h = Self::header(tar::EntryType::Symlink, 0);
-        self.0.append_link(&mut h, name, target).unwrap();
-        self
+        self.with(|t| t.symlink(name, target))
     }
 
     /// A file whose name goes into the header as is (`..` included).
     fn raw_file(&mut self, name: &str) -> &mut Deep {
-        let mut h = Self::header(tar::EntryType::Regular, 1);
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        h.set_cksum();
-        self.0.append(&h, &b"x"[..]).unwrap();
-        self
+        self.with(|t| t.raw_file(name.as_bytes(), b"x"))
     }
 
     /// `top/d/.../d`, `depth` levels, with a symlink `hop -> d^HOP` every
@@ -105,9 +88,7 @@ impl Deep {
     }
 
     fn finish(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()))
-            .into_inner()
-            .unwrap()
+        std::mem::take(&mut self.0).finish()
     }
 }
 

@@ -9,10 +9,9 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::support::archive::Expect;
-use crate::support::images::{
-    Image, PushFormat, TarBuilder, busybox_image, pseudo_random, push_image, registry_manifest,
-    tiny_image,
-};
+use crate::support::images::{Image, busybox_image, pseudo_random, registry_manifest, tiny_image};
+use crate::support::layer_tar::TarBuilder;
+use crate::support::push::{PushFormat, push_image};
 use crate::support::{
     Compression, Registry, TestEnv, assert_clean_failure, assert_success, sha256_digest, tar_uri,
     verify_output,
@@ -118,23 +117,8 @@ fn second_image_fetches_only_its_new_layers() {
         .layer(layer(2), Compression::Gzip)
         .layer(layer(3), Compression::Gzip)
         .layer(layer(5), Compression::Gzip);
-    let work = env.work("");
-    let b1 = push_image(
-        &work,
-        &env.tool_tmp(),
-        &reg,
-        "team/app:v1",
-        &v1,
-        PushFormat::Docker,
-    );
-    let b2 = push_image(
-        &work,
-        &env.tool_tmp(),
-        &reg,
-        "team/app:v2",
-        &v2,
-        PushFormat::Docker,
-    );
+    let b1 = push_image(&env, &reg, "team/app:v1", &v1, PushFormat::Docker);
+    let b2 = push_image(&env, &reg, "team/app:v2", &v2, PushFormat::Docker);
     let d1 = layer_digests(&env, &reg, "team/app", "v1");
     let d2 = layer_digests(&env, &reg, "team/app", "v2");
     assert_eq!(d1[..3], d2[..3], "the images share three layers");
@@ -240,14 +224,7 @@ fn second_image_fetches_only_its_new_layers() {
 fn store_without_unique_names_writes_manifest_json() {
     let (env, reg) = start();
     let img = tiny_image("hello.txt", "hello\n");
-    let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
-        &reg,
-        "team/tiny:v1",
-        &img,
-        PushFormat::Docker,
-    );
+    let built = push_image(&env, &reg, "team/tiny:v1", &img, PushFormat::Docker);
     let store = env.out("store");
     env.occy()
         .args([
@@ -297,8 +274,7 @@ fn concurrent_writers_keep_every_catalog_entry() {
             .layer(layer(100), Compression::Gzip)
             .layer(layer(200 + i as u64), Compression::Gzip);
         push_image(
-            &env.work(""),
-            &env.tool_tmp(),
+            &env,
             &reg,
             &format!("team/app{i}:t{i}"),
             &img,
@@ -356,17 +332,9 @@ fn concurrent_writers_keep_every_catalog_entry() {
 fn recreate_image_round_trips_through_skopeo() {
     let (env, reg) = start();
     let img = busybox_image(Compression::Gzip);
-    let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
-        &reg,
-        "team/app:v1",
-        &img,
-        PushFormat::Oci,
-    );
+    let built = push_image(&env, &reg, "team/app:v1", &img, PushFormat::Oci);
     let other = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         "team/other:v3",
         &tiny_image("x", "x\n"),
@@ -507,14 +475,7 @@ fn temp_dir_on_the_store_filesystem_links_layers_in() {
     let img = Image::new("linux/amd64")
         .layer(layer(1), Compression::Gzip)
         .layer(layer(2), Compression::Gzip);
-    let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
-        &reg,
-        "team/app:v1",
-        &img,
-        PushFormat::Docker,
-    );
+    let built = push_image(&env, &reg, "team/app:v1", &img, PushFormat::Docker);
     let store = env.out("store");
     let temp = env.work("tmp");
     fs::create_dir_all(&temp).unwrap();

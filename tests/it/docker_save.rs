@@ -6,9 +6,9 @@ use std::path::Path;
 
 use crate::support::archive::Expect;
 use crate::support::images::{
-    BuiltImage, ManifestPos, PushFormat, SaveStyle, busybox_image, push_image, tiny_image,
-    unique_dir, write_docker_save,
+    BuiltImage, ManifestPos, SaveStyle, busybox_image, tiny_image, unique_dir, write_docker_save,
 };
+use crate::support::push::{PushFormat, push_image};
 use crate::support::tools::{podman_load, skopeo_inspect_archive, skopeo_ok};
 use crate::support::{
     Compression, DockerSave, OciLayout, Registry, TestEnv, assert_clean_failure, fixtures_dir,
@@ -177,8 +177,7 @@ fn own_output_round_trips() {
     let env = TestEnv::new();
     let reg = Registry::start();
     push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         "team/app:v1",
         &busybox_image(Compression::Gzip),

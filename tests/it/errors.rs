@@ -4,7 +4,8 @@
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 
-use crate::support::images::{BuiltImage, PushFormat, busybox_image, push_image, tiny_image};
+use crate::support::images::{BuiltImage, busybox_image, tiny_image};
+use crate::support::push::{PushFormat, push_image};
 use crate::support::registry::ClosedPort;
 use crate::support::{
     Compression, Registry, TestEnv, assert_clean_failure, assert_no_panic, fixtures_dir, tar_uri,
@@ -17,14 +18,7 @@ const PASS: &str = "Pa55-w0rd-never-print-me";
 fn pushed(format: PushFormat, img: &crate::support::Image) -> (TestEnv, Registry, BuiltImage) {
     let env = TestEnv::new();
     let reg = Registry::start();
-    let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
-        &reg,
-        "team/app:v1",
-        img,
-        format,
-    );
+    let built = push_image(&env, &reg, "team/app:v1", img, format);
     (env, reg, built)
 }
 
@@ -257,8 +251,7 @@ fn auth_required_without_credentials() {
     let env = TestEnv::new();
     let reg = Registry::start_with_htpasswd(USER, PASS);
     push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         "team/app:v1",
         &tiny_image("a.txt", "a"),
@@ -273,8 +266,7 @@ fn auth_wrong_password() {
     let env = TestEnv::new();
     let reg = Registry::start_with_htpasswd(USER, PASS);
     push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         "team/app:v1",
         &tiny_image("a.txt", "a"),

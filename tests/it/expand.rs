@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::fstree::{LayerTar, Tree};
+use crate::support::fstree::Tree;
 use crate::support::images::{
-    BuiltImage, Image, ManifestPos, OciLayout, PushFormat, SaveStyle, skopeo_push, unique_dir,
-    write_docker_save,
+    BuiltImage, Image, ManifestPos, SaveStyle, unique_dir, write_docker_save,
 };
+use crate::support::layer_tar::TarBuilder;
+use crate::support::push::{PushFormat, push_built};
 use crate::support::{Compression, Registry, TestEnv, assert_no_panic, run, tar_uri};
 
 /// A directory name longer than 100 bytes alone.
@@ -29,7 +30,7 @@ fn long_file() -> String {
 /// The bottom layer: a small tree with every kind of entry.
 fn base_layer() -> Vec<u8> {
     let long_target = format!("/{}", long_file());
-    LayerTar::new()
+    TarBuilder::new()
         .dir("etc", 0o755)
         .file("etc/x", 0o644, b"x\n")
         .file("etc/xy", 0o644, b"xy: a prefix sibling of x\n")
@@ -87,7 +88,7 @@ fn base_layer() -> Vec<u8> {
 /// The middle layer: whiteouts (plain, opaque, nested), a hard link to a
 /// lower layer's file, file <-> directory replacements, a mode change.
 fn middle_layer() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("etc", 0o711)
         .file("etc/.wh.x", 0o644, b"")
         .dir("usr", 0o755)
@@ -109,7 +110,7 @@ fn middle_layer() -> Vec<u8> {
 /// new one (its old hard links keep the old content), whiteout then re-add
 /// in one layer.
 fn top_layer() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("opt/app/deep/er", 0o755)
         .file("opt/app/deep/er/new", 0o644, b"recreated\n")
         .file("data/orig", 0o644, b"rewritten in layer 3\n")
@@ -133,18 +134,7 @@ struct Pushed {
 
 fn push(env: &TestEnv, reg: &Registry, dest: &str, img: &Image) -> Pushed {
     let built = img.build();
-    let layout = unique_dir(&env.work(""), "layout");
-    let mut l = OciLayout::create(&layout);
-    l.add_image("t", &built);
-    skopeo_push(
-        &env.tool_tmp(),
-        &layout,
-        "t",
-        reg,
-        dest,
-        PushFormat::Oci,
-        false,
-    );
+    let layout = push_built(env, reg, dest, &built, PushFormat::Oci);
     Pushed { layout, built }
 }
 
@@ -302,7 +292,7 @@ fn expand_interleaves_stored_and_fetched_layers() {
     let a = rich_image();
     // Same bottom and top as `a`, another middle: with `a` in the store,
     // layer 0 comes from the store before layer 1 is fetched, layer 2 after.
-    let other_middle = LayerTar::new()
+    let other_middle = TarBuilder::new()
         .dir("etc", 0o755)
         .file("etc/.wh.xy", 0o644, b"")
         .dir("data", 0o755)
@@ -401,7 +391,7 @@ fn hostile_layer_fails_cleanly_unless_skipped() {
     let env = TestEnv::new();
     let reg = Registry::start();
     let good = Image::new("linux/amd64").layer(
-        LayerTar::new()
+        TarBuilder::new()
             .dir("etc", 0o755)
             .file("etc/good", 0o644, b"good\n")
             .finish(),
@@ -409,14 +399,14 @@ fn hostile_layer_fails_cleanly_unless_skipped() {
     );
     let hostile = Image::new("linux/amd64")
         .layer(
-            LayerTar::new()
+            TarBuilder::new()
                 .dir("etc", 0o755)
                 .file("etc/ok", 0o644, b"ok\n")
                 .finish(),
             Compression::Gzip,
         )
         .layer(
-            LayerTar::new()
+            TarBuilder::new()
                 .raw_file(b"../escape", b"escaped\n")
                 .file("etc/after", 0o644, b"after the hostile entry\n")
                 .finish(),

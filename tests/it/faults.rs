@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
-use crate::support::images::{BuiltImage, PushFormat, busybox_image, push_image};
+use crate::support::images::{BuiltImage, busybox_image};
 use crate::support::proxy::{Fault, Proxy, Record};
+use crate::support::push::{PushFormat, push_image};
 use crate::support::registry::ClosedPort;
 use crate::support::{
     Compression, DockerSave, Output, Registry, TestEnv, assert_clean_failure, assert_success, http,
@@ -35,8 +36,7 @@ pub(crate) fn setup() -> Setup {
     let env = TestEnv::new();
     let reg = Registry::start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         &format!("{REPO}:{TAG}"),
         &busybox_image(Compression::Gzip),

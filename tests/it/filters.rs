@@ -12,10 +12,10 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::support::archive::Expect;
-use crate::support::fstree::{LayerTar, Tree};
-use crate::support::images::{
-    BuiltImage, Image, ManifestPos, PushFormat, SaveStyle, push_image, write_docker_save,
-};
+use crate::support::fstree::Tree;
+use crate::support::images::{BuiltImage, Image, ManifestPos, SaveStyle, write_docker_save};
+use crate::support::layer_tar::{TarBuilder, pax_record};
+use crate::support::push::{PushFormat, push_image};
 use crate::support::{
     Compression, DockerSave, Registry, TestEnv, assert_clean_failure, assert_no_panic,
     fixtures_dir, sha256_digest, sha256_hex, tar_uri, verify_output,
@@ -39,7 +39,7 @@ fn long_file() -> String {
 /// Bottom layer, by the tar crate: PAX xattrs (a file capability and a
 /// user xattr), docs, .pyc files, a hard link into the docs, a long name.
 fn base_layer() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("usr", 0o755)
         .dir("usr/bin", 0o755)
         .file_xattrs(
@@ -124,7 +124,7 @@ fn gnu_layer(work: &Path) -> Vec<u8> {
 
 /// Whiteouts (one of a doc directory, one of a file), and new files.
 fn top_layer() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("etc", 0o755)
         .file("etc/.wh.motd", 0o644, b"")
         .file("etc/hostname", 0o644, b"filtered\n")
@@ -138,7 +138,7 @@ fn top_layer() -> Vec<u8> {
 
 /// A layer no pattern of the tests matches.
 fn plain_layer() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("opt", 0o755)
         .file("opt/config", 0o644, b"k=v\n")
         .finish()
@@ -198,19 +198,6 @@ fn entries(tar: &[u8]) -> Vec<Ent> {
         });
     }
     out
-}
-
-/// A PAX record as it must appear in the layer bytes.
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    let mut r = format!("{len} {key}=").into_bytes();
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -290,8 +277,7 @@ fn normalize_timestamps_from_registry() {
     let env = TestEnv::new();
     let reg = Registry::start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         &format!("{REPO}:v1"),
         &image(&env),
@@ -509,8 +495,7 @@ fn inspect_appends_one_json_line_per_run() {
     let env = TestEnv::new();
     let reg = Registry::start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         &format!("{REPO}:v1"),
         &image(&env),
@@ -576,8 +561,7 @@ fn chain_into_expanded_dir() {
     let env = TestEnv::new();
     let reg = Registry::start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         &format!("{REPO}:v1"),
         &image(&env),

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::signals::{interrupt, spawn};
-use crate::support::fstree::LayerTar;
 use crate::support::images::{BuiltImage, Image, OciLayout};
+use crate::support::layer_tar::TarBuilder;
 use crate::support::{
     Compression, Output, TestEnv, assert_no_panic, assert_success, occy_bin, run, sha256_hex,
 };
@@ -123,11 +123,7 @@ fn assert_refused(out: &Output, words: &[&str]) -> String {
         out.code,
         out.stderr
     );
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines = crate::support::nonblank_lines(&out.stderr);
     assert_eq!(
         lines.len(),
         1,
@@ -191,14 +187,14 @@ fn assert_unchanged(store: &Path, before: &BTreeMap<String, String>, what: &str)
 fn image(seed: &str) -> BuiltImage {
     Image::new("linux/amd64")
         .layer(
-            LayerTar::new()
+            TarBuilder::new()
                 .dir("etc", 0o755)
                 .file("etc/base", 0o644, format!("base {seed}\n").as_bytes())
                 .finish(),
             Compression::Gzip,
         )
         .layer(
-            LayerTar::new()
+            TarBuilder::new()
                 .file(&format!("top-{seed}"), 0o644, b"top\n")
                 .finish(),
             Compression::None,
@@ -210,14 +206,14 @@ fn image(seed: &str) -> BuiltImage {
 fn hostile_image() -> BuiltImage {
     Image::new("linux/amd64")
         .layer(
-            LayerTar::new()
+            TarBuilder::new()
                 .dir("etc", 0o755)
                 .file("etc/ok", 0o644, b"ok\n")
                 .finish(),
             Compression::Gzip,
         )
         .layer(
-            LayerTar::new()
+            TarBuilder::new()
                 .raw_file(b"../escape", b"escaped\n")
                 .finish(),
             Compression::Gzip,

@@ -5,14 +5,13 @@
 
 use serde_json::{Value, json};
 
-use crate::support::fstree::LayerTar;
 use crate::support::images::{
-    BuiltImage, ManifestPos, PLATFORMS, PushFormat, SaveStyle, busybox_image, platform_image,
-    push_image, push_index, skopeo_push, unique_dir, write_docker_save,
+    BuiltImage, ManifestPos, PLATFORMS, SaveStyle, busybox_image, platform_image, write_docker_save,
 };
+use crate::support::layer_tar::TarBuilder;
+use crate::support::push::{PushFormat, push_built, push_image, push_index};
 use crate::support::{
-    Compression, Image, OciLayout, Output, Registry, TestEnv, assert_no_panic, http, sha256_digest,
-    tar_uri,
+    Compression, Image, Output, Registry, TestEnv, assert_no_panic, http, sha256_digest, tar_uri,
 };
 
 const REPO: &str = "team/app";
@@ -22,14 +21,7 @@ fn start() -> (TestEnv, Registry) {
 }
 
 fn push(env: &TestEnv, reg: &Registry, img: &Image, format: PushFormat) -> BuiltImage {
-    push_image(
-        &env.work(""),
-        &env.tool_tmp(),
-        reg,
-        &format!("{REPO}:v1"),
-        img,
-        format,
-    )
+    push_image(env, reg, &format!("{REPO}:v1"), img, format)
 }
 
 /// Runs occystrap; asserts no panic and the exit code.
@@ -207,14 +199,7 @@ fn info_index_lists_platforms() {
         .iter()
         .map(|p| platform_image(p, Compression::Gzip))
         .collect();
-    let built = push_index(
-        &env.work(""),
-        &env.tool_tmp(),
-        &reg,
-        "team/multi:v1",
-        &imgs,
-        PushFormat::Oci,
-    );
+    let built = push_index(&env, &reg, "team/multi:v1", &imgs, PushFormat::Oci);
     let (_, index) = served_layers(&reg, "team/multi", "v1");
     let src = reg.uri("team/multi", "v1");
     let mark = log_mark(&reg);
@@ -489,17 +474,12 @@ fn push_layer_count_mismatch(env: &TestEnv, reg: &Registry) -> Vec<String> {
     manifest["config"]["size"] = json!(built.config.len());
     built.manifest = serde_json::to_vec_pretty(&manifest).unwrap();
     built.manifest_digest = sha256_digest(&built.manifest);
-    let dir = unique_dir(&env.work(""), "layout");
-    let mut layout = OciLayout::create(&dir);
-    layout.add_image("t", &built);
-    skopeo_push(
-        &env.tool_tmp(),
-        &dir,
-        "t",
+    push_built(
+        env,
         reg,
         &format!("{REPO}:v1"),
+        &built,
         PushFormat::Preserve,
-        false,
     );
     built.layers.iter().map(|l| l.digest.clone()).collect()
 }
@@ -528,14 +508,14 @@ fn check_fast_finds_a_layer_count_mismatch_without_layers() {
 #[test]
 fn check_reports_suspicious_entries() {
     let (env, reg) = start();
-    let base = LayerTar::new()
+    let base = TarBuilder::new()
         .dir("bin", 0o755)
         .file("bin/tool", 0o4777, b"#!/bin/sh\n")
         .dir("dev", 0o755)
         .char_device("dev/null", 0o666, 1, 3)
         .raw_file(b"../outside", b"x")
         .finish();
-    let top = LayerTar::new()
+    let top = TarBuilder::new()
         .dir("etc", 0o755)
         .file("etc/.wh.gone", 0o644, b"not empty")
         .fifo("etc/.wh.pipe", 0o644)

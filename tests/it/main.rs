@@ -7,6 +7,7 @@
 
 mod support;
 
+mod bearer;
 mod depth;
 mod dir_store;
 mod docker_save;
@@ -14,6 +15,7 @@ mod errors;
 mod expand;
 mod faults;
 mod filters;
+mod harness;
 mod hostile_stores;
 mod info_check;
 mod registry_pull;

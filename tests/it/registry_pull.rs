@@ -8,9 +8,9 @@ use serde_json::Value;
 
 use crate::support::archive::Expect;
 use crate::support::images::{
-    PLATFORMS, PushFormat, busybox_image, busybox_image_mixed, platform_image, push_image,
-    push_index, registry_manifest,
+    PLATFORMS, busybox_image, busybox_image_mixed, platform_image, registry_manifest,
 };
+use crate::support::push::{PushFormat, push_image, push_index};
 use crate::support::{
     Compression, DockerSave, Registry, TestEnv, assert_clean_failure, http, tar_uri, verify_output,
 };
@@ -49,34 +49,24 @@ fn assert_no_secret(out: &crate::support::Output, secret: &str) {
 fn harness_registry_holds_each_manifest_format() {
     let (env, reg) = start();
     let img = busybox_image(Compression::Gzip);
-    let work = env.work("");
     let tmp = env.tool_tmp();
-    let built = push_image(&work, &tmp, &reg, "h/img:v2s2", &img, PushFormat::Docker);
-    push_image(&work, &tmp, &reg, "h/img:oci", &img, PushFormat::Oci);
+    let built = push_image(&env, &reg, "h/img:v2s2", &img, PushFormat::Docker);
+    push_image(&env, &reg, "h/img:oci", &img, PushFormat::Oci);
     let plats: Vec<_> = PLATFORMS
         .iter()
         .map(|p| platform_image(p, Compression::Gzip))
         .collect();
-    push_index(
-        &work,
-        &tmp,
-        &reg,
-        "h/multi:list",
-        &plats,
-        PushFormat::Docker,
-    );
-    push_index(&work, &tmp, &reg, "h/multi:index", &plats, PushFormat::Oci);
+    push_index(&env, &reg, "h/multi:list", &plats, PushFormat::Docker);
+    push_index(&env, &reg, "h/multi:index", &plats, PushFormat::Oci);
     let raw = push_image(
-        &work,
-        &tmp,
+        &env,
         &reg,
         "h/img:raw",
         &busybox_image(Compression::None),
         PushFormat::Preserve,
     );
     let zst = push_image(
-        &work,
-        &tmp,
+        &env,
         &reg,
         "h/img:zstd",
         &busybox_image(Compression::Zstd),
@@ -194,14 +184,7 @@ fn harness_htpasswd_registry_requires_auth() {
 fn round_trip(format: PushFormat, repo: &str, compressions: [Compression; 3]) {
     let (env, reg) = start();
     let img = busybox_image_mixed(&compressions);
-    let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
-        &reg,
-        &format!("{repo}:v1"),
-        &img,
-        format,
-    );
+    let built = push_image(&env, &reg, &format!("{repo}:v1"), &img, format);
     let out = env.out("image.tar");
     env.occy()
         .args([
@@ -269,14 +252,7 @@ fn push_platforms(env: &TestEnv, reg: &Registry, format: PushFormat) {
         .iter()
         .map(|p| platform_image(p, Compression::Gzip))
         .collect();
-    push_index(
-        &env.work(""),
-        &env.tool_tmp(),
-        reg,
-        "team/multi:v1",
-        &imgs,
-        format,
-    );
+    push_index(env, reg, "team/multi:v1", &imgs, format);
 }
 
 /// Pulls `team/multi:v1` with extra global flags (and URI query) and checks
@@ -387,8 +363,7 @@ fn unavailable_platform_lists_offered_platforms() {
 fn pull_by_manifest_digest() {
     let (env, reg) = start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         "team/app:v1",
         &busybox_image(Compression::Gzip),
@@ -454,8 +429,7 @@ fn pull_index_by_digest_with_platform() {
 fn fetch_to_tarfile_matches_process() {
     let (env, reg) = start();
     push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         "team/app:v1",
         &busybox_image(Compression::Gzip),
@@ -489,8 +463,7 @@ fn fetch_to_tarfile_matches_process() {
 fn scheme_colon_form_and_insecure_query() {
     let (env, reg) = start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         "team/app:v1",
         &busybox_image(Compression::Gzip),
@@ -518,8 +491,7 @@ fn scheme_colon_form_and_insecure_query() {
 fn parallel_retries_and_temp_dir_flags() {
     let (env, reg) = start();
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         "team/app:v1",
         &busybox_image(Compression::Gzip),
@@ -575,8 +547,7 @@ fn auth_setup() -> (TestEnv, Registry, crate::support::images::BuiltImage) {
     let env = TestEnv::new();
     let reg = Registry::start_with_htpasswd(USER, PASS);
     let built = push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         "team/app:v1",
         &busybox_image(Compression::Gzip),

@@ -18,13 +18,15 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::archive::Expect;
-use crate::support::fstree::{LayerTar, Tree, xattrs};
+use crate::support::fstree::{Tree, xattrs};
 use crate::support::images::{
-    BuiltImage, Image, ManifestPos, OciLayout, PLATFORMS, PushFormat, SaveStyle,
-    busybox_image_mixed, platform_image, registry_manifest, unique_dir, write_docker_save,
+    BuiltImage, Image, ManifestPos, OciLayout, PLATFORMS, SaveStyle, busybox_image_mixed,
+    platform_image, registry_manifest, unique_dir, write_docker_save,
 };
+use crate::support::layer_tar::TarBuilder;
+use crate::support::push::{PushFormat, push_built};
 use crate::support::runtime::{
-    Mounted, Runc, host_platform, is_mount_point, mount_type, push_built, with_config,
+    Mounted, Runc, host_platform, is_mount_point, mount_type, with_config,
 };
 use crate::support::tools::skopeo_ok;
 use crate::support::{
@@ -106,7 +108,7 @@ const WRITE_PROBE: &str = "touch /srv/probe 2>/dev/null && echo writable || echo
 fn busybox_base() -> Vec<u8> {
     let busybox = fs::read("/usr/bin/busybox")
         .expect("read /usr/bin/busybox (install the busybox-static package)");
-    let mut t = LayerTar::new()
+    let mut t = TarBuilder::new()
         .dir("bin", 0o755)
         .file("bin/busybox", 0o755, &busybox);
     for applet in ["sh", "id", "pwd", "echo", "touch", "cat", "ls"] {
@@ -125,7 +127,7 @@ fn busybox_base() -> Vec<u8> {
 
 /// The application layer: the working directory and a home, owned by `app`.
 fn app_layer() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir_owned("srv", 0o755, (1000, 1000))
         .file("srv/hello.txt", 0o644, b"hello from the image\n")
         .dir("home", 0o755)
@@ -380,7 +382,7 @@ fn fetch_to_oci_matches_process() {
 /// (which a whiteout of `etc/x` must not touch), a hard link, a device and
 /// an xattr.
 fn mounts_base() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .file("x", 0o644, b"a root-level x, not etc/x\n")
         .dir("etc", 0o755)
         .file("etc/x", 0o644, b"etc/x\n")
@@ -417,7 +419,7 @@ fn mounts_base() -> Vec<u8> {
 /// listed as Docker lists them, so that each layer's directory metadata is
 /// what a merged view shows.
 fn mounts_middle() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("etc", 0o755)
         .file("etc/.wh.x", 0o644, b"")
         .dir("opt", 0o755)
@@ -436,7 +438,7 @@ fn mounts_middle() -> Vec<u8> {
 /// Top layer: the whited-out directory recreated, and a whiteout and a
 /// re-add of one name in the same layer.
 fn mounts_top() -> Vec<u8> {
-    LayerTar::new()
+    TarBuilder::new()
         .dir("opt", 0o755)
         .dir("opt/dir", 0o750)
         .file("opt/dir/new", 0o644, b"recreated\n")
@@ -745,7 +747,7 @@ fn mounts_path_with_space_comma_and_colon() {
 fn mounts_share_layers_between_images() {
     let env = TestEnv::new();
     let reg = Registry::start();
-    let shared = LayerTar::new()
+    let shared = TarBuilder::new()
         .dir("etc", 0o755)
         .file("etc/base", 0o644, b"shared base layer\n")
         .file("etc/victim", 0o644, b"whited out by b\n")
@@ -753,7 +755,7 @@ fn mounts_share_layers_between_images() {
     let a = Image::new(host_platform())
         .layer(shared.clone(), Compression::Gzip)
         .layer(
-            LayerTar::new()
+            TarBuilder::new()
                 .dir("etc", 0o755)
                 .file("etc/a", 0o644, b"a\n")
                 .finish(),
@@ -763,7 +765,7 @@ fn mounts_share_layers_between_images() {
     let b = Image::new(host_platform())
         .layer(shared, Compression::Gzip)
         .layer(
-            LayerTar::new()
+            TarBuilder::new()
                 .dir("etc", 0o755)
                 .file("etc/b", 0o644, b"b\n")
                 .file("etc/.wh.victim", 0o644, b"")
@@ -1029,14 +1031,14 @@ fn oci_layout_shares_blobs_and_replaces_tags() {
     let reg = Registry::start();
     let a = platform_image(host_platform(), Compression::Gzip).build();
     let b = {
-        let base = LayerTar::new()
+        let base = TarBuilder::new()
             .dir("etc", 0o755)
             .file("etc/base.txt", 0o644, b"shared base layer\n")
             .finish();
         Image::new(host_platform())
             .layer(base, Compression::Gzip)
             .layer(
-                LayerTar::new()
+                TarBuilder::new()
                     .dir("etc", 0o755)
                     .file("etc/b", 0o644, b"image b\n")
                     .finish(),

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::support::images::{
-    ManifestPos, PushFormat, SaveStyle, TarBuilder, push_image, write_docker_save,
-};
+use crate::support::images::{ManifestPos, SaveStyle, write_docker_save};
+use crate::support::layer_tar::TarBuilder;
+use crate::support::push::{PushFormat, push_image};
 use crate::support::{
     Compression, Image, Output, Registry, TestEnv, assert_no_panic, http, tar_uri,
 };
@@ -62,8 +62,7 @@ fn pushed() -> (TestEnv, Registry, Vec<String>) {
     let env = TestEnv::new();
     let reg = Registry::start();
     push_image(
-        &env.work(""),
-        &env.tool_tmp(),
+        &env,
         &reg,
         &format!("{REPO}:v1"),
         &known_image(),
@@ -417,14 +416,7 @@ fn twenty_thousand_files() {
             Compression::Gzip,
         )
         .layer(many.finish(), Compression::Gzip);
-    push_image(
-        &env.work(""),
-        &env.tool_tmp(),
-        &reg,
-        "bench/many:v1",
-        &img,
-        PushFormat::Oci,
-    );
+    push_image(&env, &reg, "bench/many:v1", &img, PushFormat::Oci);
     let src = reg.uri("bench/many", "v1");
     let out = ok(
         &env,

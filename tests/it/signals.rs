@@ -15,10 +15,10 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::images::{
-    Compression, Image, OciLayout, PushFormat, TarBuilder, pseudo_random, skopeo_push,
-};
+use crate::support::images::{Compression, Image, OciLayout, pseudo_random};
+use crate::support::layer_tar::TarBuilder;
 use crate::support::proxy::Proxy;
+use crate::support::push::{PushFormat, push_layout};
 use crate::support::{Registry, TestEnv, dir_entries, occy_bin, tar_uri};
 
 const REPO: &str = "big/img";
@@ -72,14 +72,12 @@ fn big_image() -> &'static BigImage {
 fn setup(env: &TestEnv) -> (Registry, Proxy, &'static BigImage) {
     let big = big_image();
     let reg = Registry::start();
-    skopeo_push(
-        &env.tool_tmp(),
-        &big.layout,
-        "t",
+    push_layout(
+        env,
         &reg,
+        &big.layout,
         &format!("{REPO}:v1"),
         PushFormat::Preserve,
-        false,
     );
     let proxy = Proxy::start(&reg.host());
     (reg, proxy, big)

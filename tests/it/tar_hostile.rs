@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use occystrap::tarfmt::testkit::{Magic, RawTar, header, name_layouts};
 
-use crate::support::images::{PushFormat, skopeo_push};
 use crate::support::limits::{Measured, run_measured};
+use crate::support::push::{PushFormat, push_layout};
 use crate::support::{
     Compression, Image, OciLayout, Registry, TestEnv, assert_clean_failure, assert_no_panic,
     sha256_digest, sha256_hex, tar_uri,
@@ -301,14 +301,12 @@ fn metadata_bombs_are_refused_in_a_registry_pull() {
             layout_with_tar(&layout, &declared_bomb(kind, declared));
         }
         let repo = format!("bomb/{}", char::from(kind).to_ascii_lowercase());
-        skopeo_push(
-            &env.tool_tmp(),
-            &layout,
-            "t",
+        push_layout(
+            &env,
             &reg,
+            &layout,
             &format!("{repo}:v1"),
             PushFormat::Preserve,
-            false,
         );
         let src = reg.uri(&repo, "v1");
         let store = env.out("store");

@@ -12,12 +12,12 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::support::fstree::LayerTar;
 use crate::support::images::{
-    BuiltImage, ManifestPos, OciLayout, PushFormat, SaveStyle, skopeo_push, unique_dir,
-    write_docker_save,
+    BuiltImage, ManifestPos, OciLayout, SaveStyle, unique_dir, write_docker_save,
 };
+use crate::support::layer_tar::TarBuilder;
 use crate::support::proxy::{Fault, Proxy};
+use crate::support::push::{PushFormat, push_built};
 use crate::support::{
     Compression, Image, Output, Registry, TestEnv, assert_no_panic, sha256_digest, tar_uri,
 };
@@ -121,7 +121,7 @@ fn name_seqs() -> impl Iterator<Item = usize> {
 
 /// A layer whose file names and symlink targets carry every sequence.
 fn hostile_layer() -> Vec<u8> {
-    let mut t = LayerTar::new().dir("etc", 0o755);
+    let mut t = TarBuilder::new().dir("etc", 0o755);
     for i in name_seqs() {
         t = t
             .file(&format!("etc/{}", planted("f", i)), 0o644, b"x\n")
@@ -196,18 +196,7 @@ fn hostile_tarball(env: &TestEnv, img: &BuiltImage) -> String {
 
 /// Pushes `img` to the registry as `team/app:v1`; returns its URI.
 fn push_hostile(env: &TestEnv, reg: &Registry, img: &BuiltImage) -> String {
-    let dir = unique_dir(&env.work(""), "layout");
-    let mut layout = OciLayout::create(&dir);
-    layout.add_image("t", img);
-    skopeo_push(
-        &env.tool_tmp(),
-        &dir,
-        "t",
-        reg,
-        &format!("{REPO}:v1"),
-        PushFormat::Preserve,
-        false,
-    );
+    push_built(env, reg, &format!("{REPO}:v1"), img, PushFormat::Preserve);
     reg.uri(REPO, "v1")
 }
 
@@ -399,7 +388,7 @@ fn search_shows_hostile_names_escaped_in_every_form() {
 /// A layer that `check` reports on by name: a setuid world-writable file,
 /// a device node, a path out of the root, a whiteout of nothing below.
 fn flagged_layer() -> Vec<u8> {
-    let mut t = LayerTar::new().dir("etc", 0o755);
+    let mut t = TarBuilder::new().dir("etc", 0o755);
     for i in name_seqs() {
         t = t
             .file(&format!("etc/{}", planted("s", i)), 0o4777, b"x")
@@ -479,7 +468,7 @@ fn process_summary_notes_and_inspect_file_are_escaped() {
     assert!(v["name"].as_str().unwrap().contains(&planted("tag", 1)));
     // --skip-unsafe lists the skipped entries by name in note lines.
     let layer = {
-        let mut t = LayerTar::new().dir("etc", 0o755);
+        let mut t = TarBuilder::new().dir("etc", 0o755);
         for i in name_seqs() {
             t = t.raw_file(format!("../{}", planted("o", i)).as_bytes(), b"x");
         }
@@ -605,7 +594,7 @@ fn tarball_error_messages_are_escaped() {
     }
     // A layer whose tar header is corrupt (its size field holds an escape
     // sequence) under an entry name that holds one too: the tar error.
-    let mut layer = LayerTar::new()
+    let mut layer = TarBuilder::new()
         .raw_file(planted("n", 0).as_bytes(), b"")
         .finish();
     let mut header = [0u8; 512];

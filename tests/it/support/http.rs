@@ -1,9 +1,13 @@
-//! A tiny blocking HTTP/1.1 client over loopback, enough to probe the test
-//! registry (`/v2/` readiness, raw manifests) without another dependency.
+//! A small blocking HTTP/1.1 client over loopback, on hyper, to probe the
+//! test registry (`/v2/` readiness, raw manifests) and to check the test
+//! server's handlers without going through occystrap's own client.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::io;
 use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 
 /// A response: status, headers (names lower-cased) and the whole body.
 #[derive(Debug)]
@@ -25,27 +29,97 @@ impl Response {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The body as JSON (panics when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
 }
 
-/// Sends one request with `Connection: close` and reads the full response.
+/// One keep-alive connection: requests go out one after another on it.
+pub struct Conn {
+    rt: tokio::runtime::Runtime,
+    host: String,
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl Conn {
+    /// Connects to `host` (`127.0.0.1:PORT`).
+    pub fn connect(host: &str) -> io::Result<Conn> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let sender = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(host).await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(other)?;
+            tokio::spawn(conn);
+            io::Result::Ok(sender)
+        })?;
+        Ok(Conn {
+            rt,
+            host: host.to_string(),
+            sender,
+        })
+    }
+
+    /// Sends one request and reads the whole response (30 s at most).
+    pub fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<Response> {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(target)
+            .header("Host", &self.host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Empty::new()).map_err(other)?;
+        let sender = &mut self.sender;
+        self.rt.block_on(async {
+            let exchange = async {
+                let resp = sender.send_request(req).await.map_err(other)?;
+                let status = resp.status().as_u16();
+                let headers = resp
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                let body = resp.into_body().collect().await.map_err(other)?;
+                io::Result::Ok(Response {
+                    status,
+                    headers,
+                    body: body.to_bytes().to_vec(),
+                })
+            };
+            tokio::time::timeout(Duration::from_secs(30), exchange)
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+        })
+    }
+}
+
+/// Sends one request on a connection of its own.
 pub fn request(
     host: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> io::Result<Response> {
-    let mut s = TcpStream::connect(host)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.set_write_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    parse(&raw, method == "HEAD")
+    Conn::connect(host)?.send(method, path, headers)
 }
 
 /// GET with the manifest media types a registry client accepts.
@@ -62,65 +136,4 @@ pub fn get_manifest(host: &str, repo: &str, reference: &str) -> io::Result<Respo
              application/vnd.oci.image.index.v1+json",
         )],
     )
-}
-
-fn bad(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
-}
-
-fn parse(raw: &[u8], head_only: bool) -> io::Result<Response> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("non-UTF-8 headers"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let rest = &raw[end + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if head_only {
-        Vec::new()
-    } else if chunked {
-        dechunk(rest)?
-    } else {
-        rest.to_vec()
-    };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("bad chunk header"))?;
-        let size_str = std::str::from_utf8(&data[..nl]).map_err(|_| bad("bad chunk size"))?;
-        let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16)
-            .map_err(|_| bad("bad chunk size"))?;
-        data = &data[nl + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err(bad("short chunk"));
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
 }

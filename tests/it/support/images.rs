@@ -1,6 +1,6 @@
 //! Test images built in Rust: layer tars (tar crate), gzip/zstd/plain
 //! blobs, OCI configs and manifests, OCI image layouts with single images and
-//! multi-platform indexes, pushed to the test registry with skopeo; and
+//! multi-platform indexes (pushed to the test registry by `push.rs`); and
 //! hand-built docker-save tarballs of both Docker generations.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use super::layer_tar::TarBuilder;
 use super::registry::Registry;
 use super::tools::skopeo_ok;
 use super::{sha256_digest, sha256_hex};
@@ -57,71 +58,6 @@ impl Compression {
             Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
             Compression::None => "application/vnd.oci.image.layer.v1.tar",
         }
-    }
-}
-
-/// Builds an uncompressed layer tar entry by entry (GNU headers, root-owned,
-/// fixed mtime).
-pub struct TarBuilder {
-    b: tar::Builder<Vec<u8>>,
-}
-
-impl Default for TarBuilder {
-    fn default() -> Self {
-        TarBuilder::new()
-    }
-}
-
-impl TarBuilder {
-    /// An empty tar.
-    pub fn new() -> TarBuilder {
-        let mut b = tar::Builder::new(Vec::new());
-        b.mode(tar::HeaderMode::Complete);
-        TarBuilder { b }
-    }
-
-    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_mtime(MTIME);
-        h.set_uid(0);
-        h.set_gid(0);
-        h
-    }
-
-    /// A directory.
-    pub fn dir(mut self, path: &str, mode: u32) -> TarBuilder {
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
-        self.b.append_data(&mut h, path, std::io::empty()).unwrap();
-        self
-    }
-
-    /// A regular file.
-    pub fn file(mut self, path: &str, mode: u32, data: &[u8]) -> TarBuilder {
-        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
-        self.b.append_data(&mut h, path, data).unwrap();
-        self
-    }
-
-    /// A symlink.
-    pub fn symlink(mut self, path: &str, target: &str) -> TarBuilder {
-        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
-        self.b.append_link(&mut h, path, target).unwrap();
-        self
-    }
-
-    /// A hard link to an earlier entry.
-    pub fn hardlink(mut self, path: &str, target: &str) -> TarBuilder {
-        let mut h = Self::header(tar::EntryType::Link, 0o644, 0);
-        self.b.append_link(&mut h, path, target).unwrap();
-        self
-    }
-
-    /// The finished tar (with its two zero end blocks).
-    pub fn finish(self) -> Vec<u8> {
-        self.b.into_inner().unwrap()
     }
 }
 
@@ -431,89 +367,6 @@ impl OciLayout {
         );
         index
     }
-}
-
-/// Which manifest format skopeo writes to the registry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PushFormat {
-    /// `--format v2s2`: Docker schema2 manifest (with `--all`: Docker
-    /// manifest list). Layers must be gzip; uncompressed ones get gzipped.
-    Docker,
-    /// `--format oci`: OCI manifest (with `--all`: OCI index). Uncompressed
-    /// layers get gzipped.
-    Oci,
-    /// `--preserve-digests`: the layout's bytes exactly (OCI; keeps
-    /// uncompressed and zstd layers and the manifest digest).
-    Preserve,
-}
-
-/// `skopeo copy oci:LAYOUT:TAG docker://HOST/DEST`, with the registry's
-/// credentials when it has some. `all` copies every image of an index.
-pub fn skopeo_push(
-    tmp: &Path,
-    layout: &Path,
-    tag: &str,
-    reg: &Registry,
-    dest: &str,
-    format: PushFormat,
-    all: bool,
-) {
-    let src = format!("oci:{}:{tag}", layout.display());
-    let dst = format!("docker://{}/{dest}", reg.host());
-    let mut args: Vec<String> = vec!["copy".into(), "-q".into(), "--dest-tls-verify=false".into()];
-    if let Some((u, p)) = reg.creds() {
-        args.push("--dest-creds".into());
-        args.push(format!("{u}:{p}"));
-    }
-    match format {
-        PushFormat::Docker => args.extend(["--format".into(), "v2s2".into()]),
-        PushFormat::Oci => args.extend(["--format".into(), "oci".into()]),
-        PushFormat::Preserve => args.push("--preserve-digests".into()),
-    }
-    if all {
-        args.push("--all".into());
-    }
-    args.push(src);
-    args.push(dst);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    skopeo_ok(tmp, &refs);
-}
-
-/// Builds `img` into a fresh layout under `work` and pushes it as
-/// `dest` (`REPO:TAG`).
-pub fn push_image(
-    work: &Path,
-    tmp: &Path,
-    reg: &Registry,
-    dest: &str,
-    img: &Image,
-    format: PushFormat,
-) -> BuiltImage {
-    let built = img.build();
-    let dir = unique_dir(work, "layout");
-    let mut layout = OciLayout::create(&dir);
-    layout.add_image("t", &built);
-    skopeo_push(tmp, &dir, "t", reg, dest, format, false);
-    built
-}
-
-/// Builds the images into one layout with an index over them and pushes all
-/// of it as `dest` (a Docker manifest list for `PushFormat::Docker`, an OCI
-/// index otherwise).
-pub fn push_index(
-    work: &Path,
-    tmp: &Path,
-    reg: &Registry,
-    dest: &str,
-    imgs: &[Image],
-    format: PushFormat,
-) -> Vec<BuiltImage> {
-    let built: Vec<BuiltImage> = imgs.iter().map(Image::build).collect();
-    let dir = unique_dir(work, "layout");
-    let mut layout = OciLayout::create(&dir);
-    layout.add_index("t", &built);
-    skopeo_push(tmp, &dir, "t", reg, dest, format, true);
-    built
 }
 
 /// The raw manifest the registry serves for `repo:reference`, via

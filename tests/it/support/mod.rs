@@ -8,10 +8,13 @@ pub mod archive;
 pub mod fstree;
 pub mod http;
 pub mod images;
+pub mod layer_tar;
 pub mod limits;
 pub mod proxy;
+pub mod push;
 pub mod registry;
 pub mod runtime;
+pub mod server;
 pub mod tools;
 
 use std::ffi::OsStr;
@@ -120,6 +123,10 @@ impl TestEnv {
             .env_remove("HTTPS_PROXY")
             .env_remove("ALL_PROXY")
             .env_remove("all_proxy")
+            .env_remove("RUST_LOG")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .env_remove("OCCYSTRAP_INSECURE_HOSTS")
             .env("HOME", self.root.path().join("home"))
             .env("DOCKER_CONFIG", self.docker_config_dir())
             .env("XDG_RUNTIME_DIR", self.root.path().join("xdg"))
@@ -280,11 +287,7 @@ pub fn assert_clean_failure(env: &TestEnv, out: &Output, any_of: &[&str]) -> Str
         out.stdout,
         out.stderr
     );
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines = nonblank_lines(&out.stderr);
     assert_eq!(
         lines.len(),
         1,
@@ -321,6 +324,12 @@ pub fn assert_clean_failure(env: &TestEnv, out: &Output, any_of: &[&str]) -> Str
         out.stderr
     );
     line
+}
+
+/// The lines of `text` that are not blank (what a one-line error check
+/// counts).
+pub fn nonblank_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.trim().is_empty()).collect()
 }
 
 /// `sha256:<hex>` of some bytes.

@@ -1,24 +1,32 @@
 //! A fault-injecting HTTP/1.1 proxy on loopback, in front of the real test
-//! registry. Tests tell it what to break (drop a blob body after N bytes,
-//! answer 429 or 503, stall after the headers, corrupt a byte, ignore
-//! `Range`, serve a body of their own, require bearer tokens that expire
-//! after K uses, throttle bodies) and read back every request it saw
-//! (method, path, `Range`, status, bytes sent, when).
+//! registry, as a handler on the test server (`server.rs`). Tests tell it
+//! what to break (drop a blob body after N bytes, answer 429 or 503, stall
+//! after the headers, corrupt a byte, ignore `Range`, serve a body of their
+//! own, require bearer tokens that expire after K uses, throttle bodies)
+//! and read back every request it saw (method, path, `Range`, status,
+//! bytes sent, when).
 //!
-//! One thread per client connection, keep-alive towards the client; each
-//! forwarded request opens its own HTTP/1.0 connection to the registry, so
-//! the response body ends at its Content-Length or at EOF and is never
-//! chunked. Everything stops when the [`Proxy`] is dropped.
+//! Keep-alive towards the client; each forwarded request opens its own
+//! connection to the registry. Bodies go out through one pump
+//! ([`pump`]) that applies the body faults. Everything stops when the
+//! [`Proxy`] is dropped.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
-/// Longest request head the proxy reads.
-const MAX_HEAD: usize = 64 << 10;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+
+use super::server::{self, Body, ConnInfo, Resp, RespFuture, Server, lock};
+
 /// How long a stalled response is held open at most.
 const MAX_STALL: Duration = Duration::from_secs(120);
 /// Body copy granularity (and throttling step).
@@ -175,27 +183,21 @@ struct State {
     bearer: Mutex<Option<BearerState>>,
     /// Body bytes per second, 0 for unlimited.
     throttle: AtomicUsize,
-    stop: AtomicBool,
-    conns: Mutex<Vec<TcpStream>>,
     /// Requests being answered right now.
     in_flight: AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A running proxy. Dropping it closes every connection.
 pub struct Proxy {
     addr: SocketAddr,
     state: Arc<State>,
-    accept: Option<JoinHandle<()>>,
+    _server: Server,
 }
 
 impl Proxy {
     /// Starts a proxy for the registry at `upstream` (`127.0.0.1:PORT`).
     pub fn start(upstream: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             upstream: upstream.to_string(),
@@ -204,30 +206,16 @@ impl Proxy {
             log: Mutex::new(Vec::new()),
             bearer: Mutex::new(None),
             throttle: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            conns: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
         });
+        let server = Server::new("fault-proxy");
         let st = state.clone();
-        let accept = thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                if let Ok(c) = conn.try_clone() {
-                    lock(&st.conns).push(c);
-                }
-                let st = st.clone();
-                thread::spawn(move || {
-                    let _ = serve(conn, &st);
-                });
-            }
-        });
+        let handler: server::Handler = Arc::new(move |req, conn| handle(st.clone(), req, conn));
+        server.listen_on(listener, None, handler);
         Proxy {
             addr,
             state,
-            accept: Some(accept),
+            _server: server,
         }
     }
 
@@ -341,265 +329,62 @@ impl Proxy {
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop, then close every client connection so that
-        // stalled and keep-alive threads end.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-        for c in lock(&self.state.conns).drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-/// A parsed request head.
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
-    }
-}
-
-fn read_head(r: &mut impl BufRead) -> io::Result<Option<Vec<String>>> {
-    let mut lines = Vec::new();
-    let mut total = 0;
-    loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line)?;
-        if n == 0 {
-            return if lines.is_empty() {
-                Ok(None)
-            } else {
-                Err(io::ErrorKind::UnexpectedEof.into())
-            };
-        }
-        total += n;
-        if total > MAX_HEAD {
-            return Err(io::Error::other("head too large"));
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
-        if line.is_empty() {
-            if lines.is_empty() {
-                continue;
-            }
-            return Ok(Some(lines));
-        }
-        lines.push(line);
-    }
-}
-
-fn parse_headers<'a>(lines: impl Iterator<Item = &'a String>) -> Vec<(String, String)> {
-    lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
-}
-
-fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
-    let Some(lines) = read_head(r)? else {
-        return Ok(None);
-    };
-    let mut parts = lines[0].split(' ');
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("").to_string();
-    let headers = parse_headers(lines[1..].iter());
-    let req = Request {
-        method,
-        target,
-        headers,
-    };
-    // occystrap sends no request bodies, but drain one if it comes.
-    if let Some(len) = req
-        .header("content-length")
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        io::copy(&mut r.by_ref().take(len), &mut io::sink())?;
-    }
-    Ok(Some(req))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        206 => "Partial Content",
-        307 => "Temporary Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        416 => "Range Not Satisfiable",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-/// Writes a complete small response; returns the body length.
-fn respond(
-    out: &mut TcpStream,
-    status: u16,
-    headers: &[(String, String)],
-    body: &[u8],
-) -> io::Result<u64> {
-    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    out.write_all(head.as_bytes())?;
-    out.write_all(body)?;
-    out.flush()?;
-    Ok(body.len() as u64)
-}
-
-/// Writes `data` `bytes` at a time with a pause after each piece, until
-/// done, the client hangs up or the proxy stops. Returns the bytes written.
-fn write_dripped(
-    out: &mut TcpStream,
-    st: &State,
-    data: &[u8],
-    bytes: usize,
-    every: Duration,
-) -> io::Result<u64> {
-    let mut sent = 0u64;
-    for piece in data.chunks(bytes.max(1)) {
-        if st.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        // A client that gave up ends the drip.
-        if out.write_all(piece).and_then(|()| out.flush()).is_err() {
-            break;
-        }
-        sent += piece.len() as u64;
-        thread::sleep(every);
-    }
-    Ok(sent)
-}
-
-/// [`respond`], dripped as `drip` says (see [`Fault::drip`]).
-fn respond_dripped(
-    out: &mut TcpStream,
-    st: &State,
-    status: u16,
-    headers: &[(String, String)],
-    body: &[u8],
-    (bytes, every, head_too): (usize, Duration, bool),
-) -> io::Result<u64> {
-    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    if head_too {
-        write_dripped(out, st, head.as_bytes(), bytes, every)?;
-    } else {
-        out.write_all(head.as_bytes())?;
-        out.flush()?;
-    }
-    write_dripped(out, st, body, bytes, every)
-}
-
-/// Holds a connection open without writing, until the client hangs up, the
-/// proxy stops or [`MAX_STALL`] passes.
-fn hold(out: &mut TcpStream, st: &State) -> io::Result<()> {
-    let until = Instant::now() + MAX_STALL;
-    out.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let mut probe = [0u8; 1];
-    while Instant::now() < until && !st.stop.load(Ordering::SeqCst) {
-        match out.peek(&mut probe) {
-            Ok(0) => break,
-            Ok(_) => thread::sleep(Duration::from_millis(100)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-    }
-    Ok(())
-}
-
-/// What happened to one request, for the log.
-struct Outcome {
+/// A request's line in the log: logged on arrival, so that tests see
+/// requests still in flight; status and bytes are filled in, and the
+/// request leaves the in-flight count, when this is dropped (the answer
+/// is done, cut, or the client has gone).
+struct Slot {
+    st: Arc<State>,
+    index: usize,
     status: u16,
     sent: u64,
-    /// Whether the connection must be closed after it.
-    close: bool,
 }
 
-fn serve(conn: TcpStream, st: &State) -> io::Result<()> {
-    let mut out = conn.try_clone()?;
-    let mut input = BufReader::new(conn);
-    // Bounded: every iteration needs a new request from the client, and the
-    // connection is closed when the proxy stops.
-    while !st.stop.load(Ordering::SeqCst) {
-        let Some(req) = read_request(&mut input)? else {
-            return Ok(());
-        };
-        let at = Instant::now();
-        let fault = pick_fault(st, &req);
-        // Logged on arrival, so that tests see requests still in flight;
-        // status and bytes are filled in when the answer is done.
+impl Slot {
+    fn open(st: &Arc<State>, req: &Request<Incoming>, fault: Option<&Fault>) -> Slot {
         st.in_flight.fetch_add(1, Ordering::SeqCst);
-        let slot = {
-            let mut log = lock(&st.log);
-            log.push(Record {
-                method: req.method.clone(),
-                path: req.path().to_string(),
-                range: req.header("range").map(str::to_string),
-                status: 0,
-                body_sent: 0,
-                fault: fault.as_ref().map(Fault::name),
-                at,
-            });
-            log.len() - 1
-        };
-        let result = handle(&mut out, st, &req, fault);
-        if let Ok(o) = &result {
-            let mut log = lock(&st.log);
-            log[slot].status = o.status;
-            log[slot].body_sent = o.sent;
-        }
-        st.in_flight.fetch_sub(1, Ordering::SeqCst);
-        match result {
-            Ok(o) if !o.close => {}
-            _ => {
-                let _ = out.flush();
-                let _ = out.shutdown(Shutdown::Both);
-                return Ok(());
-            }
+        let mut log = lock(&st.log);
+        log.push(Record {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            range: req
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            status: 0,
+            body_sent: 0,
+            fault: fault.map(Fault::name),
+            at: Instant::now(),
+        });
+        Slot {
+            st: st.clone(),
+            index: log.len() - 1,
+            status: 0,
+            sent: 0,
         }
     }
-    Ok(())
 }
 
-fn pick_fault(st: &State, req: &Request) -> Option<Fault> {
+impl Drop for Slot {
+    fn drop(&mut self) {
+        {
+            let mut log = lock(&self.st.log);
+            log[self.index].status = self.status;
+            log[self.index].body_sent = self.sent;
+        }
+        self.st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn pick_fault(st: &State, req: &Request<Incoming>) -> Option<Fault> {
     let mut rules = lock(&st.rules);
-    let path = req.path();
+    let path = req.uri().path();
     let i = rules.iter().position(|r| {
         r.remaining != Some(0)
-            && r.method.as_deref().is_none_or(|m| m == req.method)
+            && r.method
+                .as_deref()
+                .is_none_or(|m| m == req.method().as_str())
             && path.contains(&r.path_contains)
     })?;
     let rule = &mut rules[i];
@@ -617,35 +402,272 @@ fn repository_of(path: &str) -> Option<&str> {
         .find_map(|m| rest.find(m).map(|i| &rest[..i]))
 }
 
-/// A response made up by the proxy: status, headers, body.
-type Canned = (u16, Vec<(String, String)>, Vec<u8>);
+/// How the pump shapes a body.
+#[derive(Default)]
+struct Shape {
+    /// Stop after this many bytes.
+    limit: Option<u64>,
+    /// After `limit`, end with an error (the connection is cut) rather
+    /// than cleanly.
+    cut: bool,
+    /// Flip the byte at this offset.
+    corrupt: Option<u64>,
+    /// Pieces of this size, each followed by this pause.
+    drip: Option<(usize, Duration)>,
+    /// Send nothing, and hold the connection open.
+    stall: bool,
+}
+
+/// An answer on its way out: status, headers and the body's source.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    version: Version,
+    body: Body,
+    shape: Shape,
+    /// Content-Length to promise; none: whatever the body says.
+    length: Option<u64>,
+    /// Close the connection after it.
+    close: bool,
+}
+
+impl Answer {
+    fn new(status: u16, content_type: &str, body: impl Into<Bytes>) -> Answer {
+        let body = body.into();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
+        Answer {
+            status,
+            headers,
+            version: Version::HTTP_11,
+            length: Some(body.len() as u64),
+            body: server::full(body),
+            shape: Shape::default(),
+            close: false,
+        }
+    }
+
+    /// Drips as `fault` says, on `conn` when the head drips too.
+    fn dripped(mut self, fault: Option<&Fault>, conn: &ConnInfo) -> Answer {
+        if let Some((bytes, every, head_too)) = fault.and_then(Fault::drip) {
+            if head_too {
+                conn.drip(bytes, every);
+            } else {
+                self.shape.drip = Some((bytes, every));
+            }
+            self.close = true;
+        }
+        self
+    }
+
+    /// The response, its body pumped through the shape, the slot closed
+    /// when the body is done.
+    fn send(self, st: &Arc<State>, conn: &Arc<ConnInfo>, mut slot: Slot, head_only: bool) -> Resp {
+        slot.status = self.status;
+        let mut headers = self.headers;
+        if let Some(n) = self.length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let body = if head_only {
+            server::empty()
+        } else {
+            let (tx, body) = server::channel();
+            tokio::spawn(pump(st.clone(), conn.clone(), self.body, tx, self.shape));
+            body
+        };
+        let body = server::tracked(body, move |sent| {
+            let mut slot = slot;
+            slot.sent = sent;
+        });
+        let mut resp = hyper::Response::new(body);
+        *resp.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        *resp.version_mut() = self.version;
+        *resp.headers_mut() = headers;
+        resp
+    }
+}
+
+/// Copies `src` into the response, shaped: cut, corrupted, dripped,
+/// throttled, or stalled.
+async fn pump(
+    st: Arc<State>,
+    conn: Arc<ConnInfo>,
+    mut src: Body,
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    shape: Shape,
+) {
+    let cut = || Err(io::Error::other("cut by the test proxy"));
+    if shape.stall {
+        tokio::select! {
+            _ = tx.closed() => {}
+            _ = tokio::time::sleep(MAX_STALL) => {}
+        }
+        let _ = tx.send(cut()).await;
+        return;
+    }
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let step = shape.drip.map_or(CHUNK, |(b, _)| b);
+    'frames: while let Some(frame) = src.frame().await {
+        let Ok(frame) = frame else {
+            let _ = tx.send(cut()).await;
+            return;
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        while !data.is_empty() {
+            let mut want = step.min(data.len());
+            if let Some(l) = shape.limit {
+                if sent >= l {
+                    break 'frames;
+                }
+                want = want.min((l - sent) as usize);
+            }
+            let mut piece = data.split_to(want);
+            if let Some(at) = shape.corrupt
+                && at >= sent
+                && at < sent + want as u64
+            {
+                let mut v = piece.to_vec();
+                v[(at - sent) as usize] ^= 0xff;
+                piece = v.into();
+            }
+            if tx.send(Ok(piece)).await.is_err() {
+                return; // the client has gone
+            }
+            sent += want as u64;
+            if let Some((_, every)) = shape.drip {
+                tokio::time::sleep(every).await;
+            }
+            let rate = st.throttle.load(Ordering::Relaxed);
+            if rate > 0 {
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                let now = started.elapsed();
+                if due > now {
+                    tokio::time::sleep(due - now).await;
+                }
+            }
+        }
+    }
+    if shape.cut && shape.limit.is_some() {
+        // Let hyper take and flush every piece before the cut.
+        while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        conn.settle().await;
+        let _ = tx.send(cut()).await;
+    }
+}
+
+fn handle(st: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> RespFuture {
+    Box::pin(async move {
+        let fault = pick_fault(&st, &req);
+        let slot = Slot::open(&st, &req, fault.as_ref());
+        let head_only = req.method() == Method::HEAD;
+        if matches!(fault, Some(Fault::Silent)) {
+            // The connection closes long before, and drops this future
+            // (and with it the slot, status 0).
+            tokio::time::sleep(MAX_STALL).await;
+            let mut a = Answer::new(200, "text/plain", Bytes::new());
+            a.shape.stall = true;
+            return a.send(&st, &conn, slot, false);
+        }
+        if let Some(a) = check_bearer(&st, &req) {
+            return a
+                .dripped(fault.as_ref(), &conn)
+                .send(&st, &conn, slot, head_only);
+        }
+        let answer = match canned(fault.as_ref()) {
+            Some(a) => a.dripped(fault.as_ref(), &conn),
+            None => match forward(&st, req, fault.as_ref(), head_only).await {
+                Ok(a) => a.dripped(fault.as_ref(), &conn),
+                Err(e) => Answer::new(502, "text/plain", format!("test proxy: {e}")),
+            },
+        };
+        answer.send(&st, &conn, slot, head_only)
+    })
+}
+
+/// A registry-style JSON error body.
+fn error_body(code: &str, message: &str, detail: Option<&str>) -> String {
+    let detail = detail
+        .map(|d| format!(r#","detail":"{d}""#))
+        .unwrap_or_default();
+    format!(r#"{{"errors":[{{"code":"{code}","message":"{message}"{detail}}}]}}"#)
+}
+
+/// The answer a fault makes up without asking the registry.
+fn canned(fault: Option<&Fault>) -> Option<Answer> {
+    match fault? {
+        Fault::Status {
+            status,
+            retry_after,
+            code,
+        } => {
+            let body = code
+                .as_ref()
+                .map(|c| error_body(c, "injected by the test proxy", None))
+                .unwrap_or_default();
+            let mut a = Answer::new(*status, "application/json", body);
+            if let Some(r) = retry_after {
+                a.headers
+                    .insert(header::RETRY_AFTER, HeaderValue::from_str(r).unwrap());
+            }
+            Some(a)
+        }
+        Fault::DripError { status, .. } => {
+            let detail = "x".repeat(4096);
+            let body = error_body("DENIED", "dripped by the test proxy", Some(&detail));
+            Some(Answer::new(*status, "application/json", body))
+        }
+        Fault::Serve {
+            content_type,
+            body,
+            content_length,
+        } => {
+            let mut a = Answer::new(200, content_type, body.clone());
+            if !*content_length {
+                // HTTP/1.0 framing: the body ends when the connection closes.
+                a.version = Version::HTTP_10;
+                a.length = None;
+                a.close = true;
+            }
+            Some(a)
+        }
+        _ => None,
+    }
+}
 
 /// Checks the bearer token when the proxy requires one. `Some` is the
-/// response to send instead of forwarding.
-fn check_bearer(st: &State, req: &Request) -> Option<Canned> {
+/// answer to send instead of forwarding.
+fn check_bearer(st: &State, req: &Request<Incoming>) -> Option<Answer> {
     let mut guard = lock(&st.bearer);
     let bearer = guard.as_mut()?;
-    let path = req.path();
+    let path = req.uri().path();
     if path == "/token" {
         bearer.issued += 1;
         let token = format!("proxy-token-{}", bearer.issued);
         bearer.tokens.push((token.clone(), bearer.uses_per_token));
-        let body = format!(r#"{{"token":"{token}","expires_in":300}}"#).into_bytes();
-        return Some((
-            200,
-            vec![("Content-Type".into(), "application/json".into())],
-            body,
-        ));
+        let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+        return Some(Answer::new(200, "application/json", body));
     }
     if !path.starts_with("/v2/") {
         return None;
     }
     let presented = req
-        .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     if let Some(t) = presented
-        && let Some((_, left)) = bearer.tokens.iter_mut().find(|(k, _)| *k == t)
+        && let Some((_, left)) = bearer.tokens.iter_mut().find(|(k, _)| k == t)
         && *left > 0
     {
         *left -= 1;
@@ -658,297 +680,133 @@ fn check_bearer(st: &State, req: &Request) -> Option<Canned> {
         "Bearer realm=\"http://{}/token\",service=\"fault-proxy\"{scope}",
         st.me
     );
-    Some((
+    let mut a = Answer::new(
         401,
-        vec![
-            ("WWW-Authenticate".into(), challenge),
-            ("Content-Type".into(), "application/json".into()),
-        ],
-        br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#.to_vec(),
-    ))
-}
-
-fn handle(
-    out: &mut TcpStream,
-    st: &State,
-    req: &Request,
-    fault: Option<Fault>,
-) -> io::Result<Outcome> {
-    if matches!(fault, Some(Fault::Silent)) {
-        hold(out, st)?;
-        return Ok(Outcome {
-            status: 0,
-            sent: 0,
-            close: true,
-        });
-    }
-    if let Some((status, headers, body)) = check_bearer(st, req) {
-        if let Some(drip) = fault.as_ref().and_then(Fault::drip) {
-            let sent = respond_dripped(out, st, status, &headers, &body, drip)?;
-            return Ok(Outcome {
-                status,
-                sent,
-                close: true,
-            });
-        }
-        let sent = respond(out, status, &headers, &body)?;
-        return Ok(Outcome {
-            status,
-            sent,
-            close: false,
-        });
-    }
-    let head_only = req.method == "HEAD";
-    match &fault {
-        Some(Fault::Status {
-            status,
-            retry_after,
-            code,
-        }) => {
-            let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
-            if let Some(r) = retry_after {
-                headers.push(("Retry-After".into(), r.clone()));
-            }
-            let body = code
-                .as_ref()
-                .map(|c| {
-                    format!(
-                        r#"{{"errors":[{{"code":"{c}","message":"injected by the test proxy"}}]}}"#
-                    )
-                    .into_bytes()
-                })
-                .unwrap_or_default();
-            let sent = respond(out, *status, &headers, if head_only { &[] } else { &body })?;
-            return Ok(Outcome {
-                status: *status,
-                sent,
-                close: false,
-            });
-        }
-        Some(Fault::DripError { status, .. }) => {
-            let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
-            let detail = "x".repeat(4096);
-            let body = format!(
-                r#"{{"errors":[{{"code":"DENIED","message":"dripped by the test proxy","detail":"{detail}"}}]}}"#
-            );
-            let drip = fault.as_ref().and_then(Fault::drip).unwrap();
-            let sent = respond_dripped(out, st, *status, &headers, body.as_bytes(), drip)?;
-            return Ok(Outcome {
-                status: *status,
-                sent,
-                close: true,
-            });
-        }
-        Some(Fault::Serve {
-            content_type,
-            body,
-            content_length,
-        }) => {
-            let headers = vec![("Content-Type".to_string(), content_type.clone())];
-            if *content_length {
-                let sent = respond(out, 200, &headers, body)?;
-                return Ok(Outcome {
-                    status: 200,
-                    sent,
-                    close: false,
-                });
-            }
-            let mut head = "HTTP/1.1 200 OK\r\nConnection: close\r\n".to_string();
-            head.push_str(&format!("Content-Type: {content_type}\r\n\r\n"));
-            out.write_all(head.as_bytes())?;
-            let sent = send_body(out, st, &mut &body[..], None, None)?;
-            return Ok(Outcome {
-                status: 200,
-                sent,
-                close: true,
-            });
-        }
-        _ => {}
-    }
-    forward(out, st, req, fault, head_only)
-}
-
-/// Forwards a request to the registry and its response back, applying the
-/// body faults.
-fn forward(
-    out: &mut TcpStream,
-    st: &State,
-    req: &Request,
-    fault: Option<Fault>,
-    head_only: bool,
-) -> io::Result<Outcome> {
-    let mut up = TcpStream::connect(&st.upstream)?;
-    up.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut head = format!(
-        "{} {} HTTP/1.0\r\nHost: {}\r\n",
-        req.method, req.target, st.upstream
+        "application/json",
+        error_body("UNAUTHORIZED", "authentication required", None),
     );
+    a.headers.insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_str(&challenge).unwrap(),
+    );
+    Some(a)
+}
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Sends the request on to the registry over a connection of its own,
+/// without the hop-by-hop headers (and without what `fault` strips).
+async fn send_upstream(
+    st: &State,
+    req: Request<Incoming>,
+    fault: Option<&Fault>,
+) -> io::Result<hyper::Response<Incoming>> {
+    let tcp = tokio::net::TcpStream::connect(&st.upstream).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(other)?;
+    tokio::spawn(conn);
+    let (parts, body) = req.into_parts();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut up = Request::builder().method(parts.method).uri(target);
     let bearer = lock(&st.bearer).is_some();
-    for (k, v) in &req.headers {
-        let skip = ["host", "connection", "keep-alive", "te", "upgrade"]
-            .iter()
-            .any(|h| k.eq_ignore_ascii_case(h))
-            || (bearer && k.eq_ignore_ascii_case("authorization"))
-            || (matches!(fault, Some(Fault::IgnoreRange)) && k.eq_ignore_ascii_case("range"));
+    for (k, v) in &parts.headers {
+        let skip = [
+            header::HOST,
+            header::CONNECTION,
+            header::TE,
+            header::UPGRADE,
+        ]
+        .contains(k)
+            || k.as_str() == "keep-alive"
+            || (bearer && k == header::AUTHORIZATION)
+            || (matches!(fault, Some(Fault::IgnoreRange)) && k == header::RANGE);
         if !skip {
-            head.push_str(&format!("{k}: {v}\r\n"));
+            up = up.header(k, v);
         }
     }
-    head.push_str("Connection: close\r\n\r\n");
-    up.write_all(head.as_bytes())?;
-    let mut upr = BufReader::new(up);
-    let lines = read_head(&mut upr)?.ok_or_else(|| io::Error::other("no response"))?;
-    let status: u16 = lines[0]
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other("bad status line"))?;
-    let headers = parse_headers(lines[1..].iter());
-    let length = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<u64>().ok());
+    let up = up
+        .header(header::HOST, &st.upstream)
+        .body(body)
+        .map_err(other)?;
+    tokio::time::timeout(Duration::from_secs(60), sender.send_request(up))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+        .map_err(other)
+}
+
+/// Forwards a request to the registry; the answer carries the body faults.
+async fn forward(
+    st: &State,
+    req: Request<Incoming>,
+    fault: Option<&Fault>,
+    head_only: bool,
+) -> io::Result<Answer> {
+    let resp = send_upstream(st, req, fault).await?;
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let upstream_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let no_body = head_only || status == 204 || status == 304;
     // A body of unknown length (rare: registry errors) is read whole so the
     // client gets a Content-Length and the connection stays usable.
-    let (length, mut buffered) = match (no_body, length) {
-        (true, _) => (0, None),
-        (false, Some(n)) => (n, None),
+    let (length, body) = match (no_body, upstream_length) {
+        (true, _) => (0, server::empty()),
+        (false, Some(n)) => (n, body.map_err(other).boxed()),
         (false, None) => {
-            let mut v = Vec::new();
-            upr.read_to_end(&mut v)?;
-            (v.len() as u64, Some(v))
+            let all = body.collect().await.map_err(other)?.to_bytes();
+            (all.len() as u64, server::full(all))
         }
     };
-    let mut resp = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-    for (k, v) in &headers {
-        let hop = [
-            "connection",
-            "keep-alive",
-            "transfer-encoding",
-            "content-length",
-        ]
-        .iter()
-        .any(|h| k.eq_ignore_ascii_case(h));
-        if !hop {
-            resp.push_str(&format!("{k}: {v}\r\n"));
-        }
+    let mut headers = parts.headers;
+    for h in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+    ] {
+        headers.remove(h);
     }
+    headers.remove("keep-alive");
+    let mut answer = Answer {
+        status,
+        headers,
+        version: Version::HTTP_11,
+        body,
+        shape: Shape::default(),
+        length: Some(length),
+        close: false,
+    };
     if head_only {
-        if let Some(n) = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        {
-            resp.push_str(&format!("Content-Length: {}\r\n\r\n", n.1));
-        } else {
-            resp.push_str("\r\n");
-        }
-    } else if matches!(fault, Some(Fault::CutAfterNoLength(_))) {
-        resp.push_str("Connection: close\r\n\r\n");
-    } else {
-        resp.push_str(&format!("Content-Length: {length}\r\n\r\n"));
-    }
-    let drip = fault.as_ref().and_then(Fault::drip);
-    match drip {
-        Some((bytes, every, true)) => {
-            write_dripped(out, st, resp.as_bytes(), bytes, every)?;
-        }
-        _ => {
-            out.write_all(resp.as_bytes())?;
-            out.flush()?;
-        }
+        answer.length = upstream_length;
+        return Ok(answer);
     }
     if no_body {
-        return Ok(Outcome {
-            status,
-            sent: 0,
-            close: false,
-        });
+        answer.length = None;
+        return Ok(answer);
     }
-    let (limit, corrupt) = match &fault {
-        Some(Fault::CutAfter(n) | Fault::CutAfterNoLength(n)) => (Some((*n).min(length)), None),
-        Some(Fault::CutFraction(f)) => (Some(((length as f64) * f) as u64), None),
-        Some(Fault::Corrupt(at)) => (None, Some(*at)),
-        Some(Fault::Stall) => {
-            // Headers sent; now nothing.
-            hold(out, st)?;
-            return Ok(Outcome {
-                status,
-                sent: 0,
-                close: true,
-            });
+    match fault {
+        Some(Fault::CutAfter(n)) => {
+            answer.shape.limit = Some((*n).min(length));
+            answer.shape.cut = true;
         }
-        _ => (None, None),
-    };
-    if let Some((bytes, every, _)) = drip {
-        let mut body = Vec::new();
-        match buffered.take() {
-            Some(v) => body = v,
-            None => {
-                upr.take(length).read_to_end(&mut body)?;
-            }
+        Some(Fault::CutAfterNoLength(n)) => {
+            answer.shape.limit = Some((*n).min(length));
+            answer.version = Version::HTTP_10;
+            answer.length = None;
         }
-        let sent = write_dripped(out, st, &body, bytes, every)?;
-        return Ok(Outcome {
-            status,
-            sent,
-            // Cut short when the proxy stopped or the client gave up.
-            close: sent < length,
-        });
+        Some(Fault::CutFraction(f)) => {
+            answer.shape.limit = Some(((length as f64) * f) as u64);
+            answer.shape.cut = true;
+        }
+        Some(Fault::Corrupt(at)) => answer.shape.corrupt = Some(*at),
+        Some(Fault::Stall) => answer.shape.stall = true,
+        _ => {}
     }
-    let sent = match buffered.take() {
-        Some(v) => send_body(out, st, &mut &v[..], limit, corrupt)?,
-        None => send_body(out, st, &mut upr.take(length), limit, corrupt)?,
-    };
-    Ok(Outcome {
-        status,
-        sent,
-        close: limit.is_some(),
-    })
-}
-
-/// Copies a body, throttled, stopping after `limit` bytes, flipping the byte
-/// at `corrupt`. Returns the bytes sent.
-fn send_body(
-    out: &mut TcpStream,
-    st: &State,
-    body: &mut impl Read,
-    limit: Option<u64>,
-    corrupt: Option<u64>,
-) -> io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut sent = 0u64;
-    let started = Instant::now();
-    loop {
-        let want = match limit {
-            Some(l) if sent >= l => break,
-            Some(l) => ((l - sent) as usize).min(CHUNK),
-            None => CHUNK,
-        };
-        let n = body.read(&mut buf[..want])?;
-        if n == 0 {
-            break;
-        }
-        if let Some(at) = corrupt
-            && at >= sent
-            && at < sent + n as u64
-        {
-            buf[(at - sent) as usize] ^= 0xff;
-        }
-        out.write_all(&buf[..n])?;
-        sent += n as u64;
-        let rate = st.throttle.load(Ordering::Relaxed);
-        if rate > 0 {
-            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-            let now = started.elapsed();
-            if due > now {
-                thread::sleep(due - now);
-            }
-        }
-        if st.stop.load(Ordering::Relaxed) {
-            break;
-        }
-    }
-    out.flush()?;
-    Ok(sent)
+    answer.close = answer.shape.limit.is_some() || answer.shape.stall;
+    Ok(answer)
 }

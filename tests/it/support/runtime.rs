@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::images::{BuiltImage, OciLayout, PushFormat, skopeo_push, unique_dir};
-use super::registry::Registry;
+use super::images::{BuiltImage, unique_dir};
 use super::tools::{Output, run};
 use super::{TestEnv, sha256_digest};
 
@@ -44,22 +43,6 @@ pub fn with_config(mut built: BuiltImage, edit: impl FnOnce(&mut Value)) -> Buil
     built.manifest = serde_json::to_vec_pretty(&manifest).unwrap();
     built.manifest_digest = sha256_digest(&built.manifest);
     built
-}
-
-/// Writes a built image into a fresh layout (tag `t`) under the test's work
-/// directory and pushes it to `dest` (`REPO:TAG`). Returns the layout.
-pub fn push_built(
-    env: &TestEnv,
-    reg: &Registry,
-    dest: &str,
-    built: &BuiltImage,
-    format: PushFormat,
-) -> PathBuf {
-    let dir = unique_dir(&env.work(""), "layout");
-    let mut layout = OciLayout::create(&dir);
-    layout.add_image("t", built);
-    skopeo_push(&env.tool_tmp(), &dir, "t", reg, dest, format, false);
-    dir
 }
 
 static CONTAINERS: AtomicU32 = AtomicU32::new(0);

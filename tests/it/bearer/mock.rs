@@ -2,19 +2,23 @@
 //!
 //! It serves one image (`team/app:v1`) that it builds in memory, issues
 //! tokens from its own `/token` endpoint, and records every request so tests
-//! can check how a client used it. One thread per connection, HTTP/1.1 with
-//! keep-alive; everything stops when the [`MockRegistry`] is dropped.
+//! can check how a client used it. It is a handler on the test server
+//! (`support/server.rs`), over HTTP or HTTPS; everything stops when the
+//! [`MockRegistry`] is dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
+use hyper::header::{self, HeaderValue};
 use sha2::{Digest as _, Sha256};
+
+use crate::support::images::Compression;
+use crate::support::layer_tar::TarBuilder;
+pub use crate::support::server::Tls;
+use crate::support::server::{self, Handler, Resp, Server, lock};
 
 /// The repository the mock serves.
 pub const REPOSITORY: &str = "team/app";
@@ -157,23 +161,12 @@ struct State {
     blob_redirect: Mutex<Option<String>>,
 }
 
-/// TLS for a listener: the server config to use.
-pub type Tls = Arc<rustls::ServerConfig>;
-
-/// A running mock registry. Dropping it stops the listener and every
+/// A running mock registry. Dropping it stops every listener and every
 /// connection.
 pub struct MockRegistry {
     addr: SocketAddr,
     state: Arc<State>,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    /// Every listener's address and accept thread.
-    acceptors: Vec<(SocketAddr, JoinHandle<()>)>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    server: Server,
 }
 
 impl MockRegistry {
@@ -193,7 +186,7 @@ impl MockRegistry {
     }
 
     fn start_on(config: MockConfig, tls: Option<Tls>) -> MockRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let state = Arc::new(State {
@@ -207,81 +200,28 @@ impl MockRegistry {
             realm: Mutex::new(None),
             blob_redirect: Mutex::new(None),
         });
-        let mut mock = MockRegistry {
+        let mock = MockRegistry {
             addr,
             state,
-            stop: Arc::new(AtomicBool::new(false)),
-            conns: Arc::new(Mutex::new(Vec::new())),
-            workers: Arc::new(Mutex::new(Vec::new())),
-            acceptors: Vec::new(),
+            server: Server::new("bearer-mock"),
         };
-        mock.serve_listener(listener, tls);
+        mock.server.listen_on(listener, tls, mock.handler());
         mock
+    }
+
+    fn handler(&self) -> Handler {
+        let state = Arc::clone(&self.state);
+        Arc::new(move |req, conn| {
+            let state = Arc::clone(&state);
+            Box::pin(async move { serve(req, &state, &conn.listener) })
+        })
     }
 
     /// Serves the same registry (same tokens, same log) on `ip` too, on an
     /// ephemeral port, over TLS when `tls` is given. Returns the new
     /// listener's `scheme://ip:port`.
     pub fn listen(&mut self, ip: &str, tls: Option<Tls>) -> String {
-        let listener = TcpListener::bind((ip, 0)).expect("bind extra listener");
-        self.serve_listener(listener, tls)
-    }
-
-    fn serve_listener(&mut self, listener: TcpListener, tls: Option<Tls>) -> String {
-        let addr = listener.local_addr().expect("local addr");
-        let name = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
-        let acceptor = {
-            let state = Arc::clone(&self.state);
-            let stop = Arc::clone(&self.stop);
-            let conns = Arc::clone(&self.conns);
-            let workers = Arc::clone(&self.workers);
-            let name = name.clone();
-            thread::Builder::new()
-                .name("mock-accept".into())
-                .spawn(move || {
-                    for stream in listener.incoming() {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let Ok(stream) = stream else { continue };
-                        if let Ok(clone) = stream.try_clone() {
-                            lock(&conns).push(clone);
-                        }
-                        let state = Arc::clone(&state);
-                        let tls = tls.clone();
-                        let name = name.clone();
-                        let handle = thread::Builder::new()
-                            .name("mock-conn".into())
-                            .spawn(move || {
-                                let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-                                let _ = stream.set_nodelay(true);
-                                // Closed when the connection is done, whatever
-                                // the other clones (kept for Drop) do.
-                                let closer = stream.try_clone().ok();
-                                match tls {
-                                    None => {
-                                        let _ = serve_connection(stream, &state, &name);
-                                    }
-                                    Some(cfg) => {
-                                        let Ok(conn) = rustls::ServerConnection::new(cfg) else {
-                                            return;
-                                        };
-                                        let tls_stream = rustls::StreamOwned::new(conn, stream);
-                                        let _ = serve_connection(tls_stream, &state, &name);
-                                    }
-                                }
-                                if let Some(c) = closer {
-                                    let _ = c.shutdown(Shutdown::Both);
-                                }
-                            })
-                            .expect("spawn connection thread");
-                        lock(&workers).push(handle);
-                    }
-                })
-                .expect("spawn accept thread")
-        };
-        self.acceptors.push((addr, acceptor));
-        name
+        self.server.listen(ip, tls, self.handler()).1
     }
 
     /// Names `realm` in every challenge from now on.
@@ -362,24 +302,6 @@ impl MockRegistry {
     }
 }
 
-impl Drop for MockRegistry {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake each accept loop; it sees the flag and returns.
-        for (addr, acceptor) in self.acceptors.drain(..) {
-            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
-            let _ = acceptor.join();
-        }
-        for conn in lock(&self.conns).drain(..) {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-        let workers: Vec<_> = lock(&self.workers).drain(..).collect();
-        for w in workers {
-            let _ = w.join();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The image
 // ---------------------------------------------------------------------------
@@ -401,37 +323,12 @@ fn build_image() -> MockImage {
             0o755,
         ),
     ];
-    let mut builder = tar::Builder::new(Vec::new());
-    let mtime = 1_700_000_000;
-    for dir in ["app/", "etc/"] {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_path(dir).expect("dir path");
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_mtime(mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
-        builder.append(&h, io::empty()).expect("append dir");
-    }
+    let mut tar = TarBuilder::new().dir("app/", 0o755).dir("etc/", 0o755);
     for (path, data, mode) in &files {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_path(path).expect("file path");
-        h.set_mode(*mode);
-        h.set_size(data.len() as u64);
-        h.set_mtime(mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
-        builder.append(&h, data.as_slice()).expect("append file");
+        tar = tar.file(path, *mode, data);
     }
-    let layer_tar = builder.into_inner().expect("finish tar");
-
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&layer_tar).expect("gzip");
-    let layer_gz = gz.finish().expect("gzip finish");
+    let layer_tar = tar.finish();
+    let layer_gz = Compression::Gzip.compress(&layer_tar);
 
     let diff_id = sha256_digest(&layer_tar);
     let layer_digest = sha256_digest(&layer_gz);
@@ -496,8 +393,6 @@ struct Request {
     method: String,
     target: String,
     headers: Vec<(String, String)>,
-    /// HTTP/1.0 without keep-alive, or `Connection: close`.
-    wants_close: bool,
 }
 
 impl Request {
@@ -548,147 +443,69 @@ impl Response {
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        307 => "Temporary Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        _ => "Unknown",
+impl Request {
+    fn from_hyper(req: &hyper::Request<hyper::body::Incoming>) -> Request {
+        Request {
+            method: req.method().to_string(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        }
     }
 }
 
-/// Reads one request head (and drains any body). `Ok(None)` on a clean close
-/// between requests.
-fn read_request<S: Read>(reader: &mut BufReader<S>) -> io::Result<Option<Request>> {
-    let mut line = String::new();
-    // Tolerate blank lines before a request line (RFC 9112 section 2.2).
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(None);
+impl Response {
+    /// As hyper's response, with an explicit Content-Length (HEAD answers
+    /// carry the length of the body they leave out).
+    fn into_hyper(self, head_only: bool) -> Resp {
+        let mut resp = hyper::Response::builder().status(self.status);
+        for (n, v) in &self.headers {
+            resp = resp.header(n, v);
         }
-        if !line.trim().is_empty() {
-            break;
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "bad request line",
-        ));
-    };
-    let (method, target, version) = (method.to_string(), target.to_string(), version.to_string());
-
-    let mut headers = Vec::new();
-    let mut head_bytes = line.len();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        head_bytes += line.len();
-        if head_bytes > 64 * 1024 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            headers.push((n.trim().to_string(), v.trim().to_string()));
-        }
-    }
-
-    let mut req = Request {
-        method,
-        target,
-        headers,
-        wants_close: false,
-    };
-    let connection = req.header("Connection").unwrap_or("").to_ascii_lowercase();
-    req.wants_close = connection.split(',').any(|t| t.trim() == "close")
-        || (version == "HTTP/1.0" && !connection.split(',').any(|t| t.trim() == "keep-alive"));
-
-    if req
-        .header("Transfer-Encoding")
-        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
-    {
-        // Nothing a pulling client sends has a chunked body; refuse it and
-        // close rather than misparse the stream.
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "chunked body"));
-    }
-    let len: u64 = req
-        .header("Content-Length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if len > 0 {
-        io::copy(&mut reader.by_ref().take(len), &mut io::sink())?;
-    }
-    Ok(Some(req))
-}
-
-fn write_response(
-    stream: &mut impl Write,
-    res: &Response,
-    head_only: bool,
-    close: bool,
-) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {} {}\r\n", res.status, reason(res.status));
-    for (n, v) in &res.headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n", res.body.len()));
-    head.push_str("Docker-Distribution-API-Version: registry/2.0\r\n");
-    head.push_str(if close {
-        "Connection: close\r\n"
-    } else {
-        "Connection: keep-alive\r\n"
-    });
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    if !head_only {
-        out.extend_from_slice(&res.body);
-    }
-    stream.write_all(&out)?;
-    stream.flush()
-}
-
-fn serve_connection<S: Read + Write>(stream: S, state: &State, listener: &str) -> io::Result<()> {
-    let mut reader = BufReader::new(stream);
-    while let Some(req) = read_request(&mut reader)? {
-        let res = handle(&req, state);
-        let (path, query) = match req.target.split_once('?') {
-            Some((p, q)) => (p.to_string(), q.to_string()),
-            None => (req.target.clone(), String::new()),
+        let len = self.body.len();
+        let body = if head_only {
+            server::empty()
+        } else {
+            server::full(self.body)
         };
-        lock(&state.log).push(RequestRecord {
-            method: req.method.clone(),
-            path,
-            query,
-            authorization: req.header("Authorization").map(str::to_string),
-            status: res.status,
-            listener: listener.to_string(),
-        });
-        // Buffered reads never run ahead of a request: a client sends the
-        // next one only after this answer.
-        write_response(
-            reader.get_mut(),
-            &res,
-            req.method == "HEAD",
-            req.wants_close,
-        )?;
-        if req.wants_close {
-            break;
-        }
+        let mut resp = resp
+            .header("Docker-Distribution-API-Version", "registry/2.0")
+            .body(body)
+            .expect("mock response");
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        resp
     }
-    Ok(())
+}
+
+fn serve(req: hyper::Request<hyper::body::Incoming>, state: &State, listener: &str) -> Resp {
+    let req = Request::from_hyper(&req);
+    let res = handle(&req, state);
+    let (path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (req.target.clone(), String::new()),
+    };
+    lock(&state.log).push(RequestRecord {
+        method: req.method.clone(),
+        path,
+        query,
+        authorization: req.header("Authorization").map(str::to_string),
+        status: res.status,
+        listener: listener.to_string(),
+    });
+    res.into_hyper(req.method == "HEAD")
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! Where credentials may go: token realms and redirects named by an HTTPS
 //! (or plain-HTTP) registry. The mock serves HTTPS with a throwaway CA
-//! (tests/bearer/tls.rs) that the binary trusts through `SSL_CERT_FILE`, and
+//! (`bearer/tls.rs`) that the binary trusts through `SSL_CERT_FILE`, and
 //! serves the same registry on extra listeners (another port of 127.0.0.1,
 //! or 127.0.0.2; plain or TLS) to play the realm or the redirect target.
 //! Each refusal is checked from the mock's own log: the listener that must

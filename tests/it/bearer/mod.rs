@@ -1,99 +1,49 @@
-//! The bearer-token flow against a mock registry (tests/bearer/mock.rs).
+//! The bearer-token flow against a mock registry (`bearer/mock.rs`), for
+//! token realms a real registry can't be made to serve.
 //!
-//! The first tests check the mock itself with a raw HTTP/1.1 client and
-//! with reqwest, so a failure in the binary tests below can be told apart
-//! from a broken harness. The rest run the `occystrap` binary:
+//! The first tests check the mock itself with a plain hyper client
+//! (`support/http.rs`) and with reqwest, so a failure in the binary tests
+//! below can be told apart from a broken harness. The rest run the `occystrap` binary:
 //! `occystrap --insecure [--username U --password P] process
 //!  registry://127.0.0.1:PORT/team/app:v1 tar://OUT.tar`.
 
-mod mock;
+pub(crate) mod mock;
 mod realm;
 mod tls;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use mock::{ChallengeStyle, MockConfig, MockRegistry, TokenForm};
+
+use crate::support::TestEnv;
+use crate::support::http::{self, Conn};
 use sha2::{Digest as _, Sha256};
 
 // ---------------------------------------------------------------------------
-// A raw client, to check the mock without trusting any HTTP library
+// A plain hyper client, to check the mock apart from occystrap's own client
 // ---------------------------------------------------------------------------
-
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
 
 /// Sends one request on `conn` and reads the response (keep-alive).
 fn raw_request(
-    conn: &mut BufReader<TcpStream>,
+    conn: &mut Conn,
     method: &str,
     target: &str,
     authorization: Option<&str>,
-) -> RawResponse {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: mock\r\n");
-    if let Some(a) = authorization {
-        req.push_str(&format!("Authorization: {a}\r\n"));
-    }
-    req.push_str("\r\n");
-    conn.get_mut().write_all(req.as_bytes()).expect("send");
-
-    let mut line = String::new();
-    conn.read_line(&mut line).expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        conn.read_line(&mut line).expect("header line");
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (n, v) = l.split_once(':').expect("header colon");
-        headers.push((n.trim().to_string(), v.trim().to_string()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse().expect("content-length"))
-        .expect("content-length present");
-    let mut body = vec![0; if method == "HEAD" { 0 } else { len }];
-    conn.read_exact(&mut body).expect("body");
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+) -> http::Response {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    conn.send(method, target, &headers)
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
 }
 
-fn connect(mock: &MockRegistry) -> BufReader<TcpStream> {
-    let s = TcpStream::connect(mock.host()).expect("connect to mock");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    BufReader::new(s)
+fn connect(mock: &MockRegistry) -> Conn {
+    Conn::connect(&mock.host()).expect("connect to mock")
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -380,10 +330,20 @@ fn mock_works_with_reqwest() {
 // Running the binary
 // ---------------------------------------------------------------------------
 
+/// How a run of the binary ended (from the harness's [`Occy`] runner).
 struct Run {
-    status: ExitStatus,
+    status: Status,
     stdout: String,
     stderr: String,
+}
+
+/// The exit of a run, read as `status.code()`.
+struct Status(Option<i32>);
+
+impl Status {
+    fn code(&self) -> Option<i32> {
+        self.0
+    }
 }
 
 impl Run {
@@ -397,34 +357,26 @@ impl Run {
     }
 }
 
-/// A scratch directory: `home` for HOME/DOCKER_CONFIG (so no credentials of
-/// the machine's are picked up), `out` for the output only.
+/// A test's private tree ([`TestEnv`]: HOME and DOCKER_CONFIG inside it, so
+/// no credentials of the machine's are picked up); the output goes to its
+/// `out/`.
 struct Scratch {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-    out: PathBuf,
+    env: TestEnv,
 }
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("home");
-        let out = dir.path().join("out");
-        std::fs::create_dir_all(home.join(".docker")).unwrap();
-        std::fs::create_dir_all(&out).unwrap();
         Scratch {
-            _dir: dir,
-            home,
-            out,
+            env: TestEnv::new(),
         }
     }
 
     fn tarball(&self) -> PathBuf {
-        self.out.join("OUT.tar")
+        self.env.out("OUT.tar")
     }
 
     fn out_entries(&self) -> Vec<String> {
-        std::fs::read_dir(&self.out)
+        std::fs::read_dir(self.env.out_dir())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
@@ -437,60 +389,15 @@ fn occystrap(scratch: &Scratch, args: &[&str]) -> Run {
 
 /// [`occystrap`] with extra environment variables.
 fn occystrap_env(scratch: &Scratch, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_occystrap"));
-    cmd.args(args)
-        .env("HOME", &scratch.home)
-        .env("DOCKER_CONFIG", scratch.home.join(".docker"))
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for var in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "RUST_LOG",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "OCCYSTRAP_INSECURE_HOSTS",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut occy = scratch.env.occy().args(args);
     for (k, v) in envs {
-        cmd.env(k, v);
+        occy = occy.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn occystrap");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("occystrap {args:?} did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let out = occy.run();
     Run {
-        status,
-        stdout: String::from_utf8_lossy(&out_t.join().unwrap()).into_owned(),
-        stderr: String::from_utf8_lossy(&err_t.join().unwrap()).into_owned(),
+        status: Status(out.code),
+        stdout: out.stdout,
+        stderr: out.stderr,
     }
 }
 
@@ -632,11 +539,7 @@ fn assert_token_fetched_once_and_reused(mock: &MockRegistry) {
 /// directory. Returns the error line.
 fn assert_clean_failure(scratch: &Scratch, run: &Run) -> String {
     assert_eq!(run.status.code(), Some(1), "{}", run.describe());
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines = crate::support::nonblank_lines(&run.stderr);
     assert_eq!(
         lines.len(),
         1,
@@ -669,13 +572,20 @@ fn assert_no_secret(run: &Run, user: &str, password: &str) {
     }
 }
 
-#[test]
-fn anonymous_bearer_pull_fetches_the_token_once() {
-    let mock = MockRegistry::start();
+/// An anonymous pull from a mock with `config`: the image is written, and
+/// one token was fetched and reused.
+fn anonymous_pull(config: MockConfig) -> (MockRegistry, Run) {
+    let mock = MockRegistry::with_config(config);
     let scratch = Scratch::new();
     let run = pull(&mock, &scratch, "v1", None);
     assert_docker_save(&mock, &scratch, &run);
     assert_token_fetched_once_and_reused(&mock);
+    (mock, run)
+}
+
+#[test]
+fn anonymous_bearer_pull_fetches_the_token_once() {
+    let (mock, run) = anonymous_pull(MockConfig::default());
     // No token leaks either.
     for t in mock.issued_tokens() {
         assert!(!run.stderr.contains(&t), "{}", run.describe());
@@ -684,38 +594,26 @@ fn anonymous_bearer_pull_fetches_the_token_once() {
 
 #[test]
 fn access_token_reply_with_expires_in() {
-    let mock = MockRegistry::with_config(MockConfig {
+    anonymous_pull(MockConfig {
         token_form: TokenForm::AccessToken,
         ..MockConfig::default()
     });
-    let scratch = Scratch::new();
-    let run = pull(&mock, &scratch, "v1", None);
-    assert_docker_save(&mock, &scratch, &run);
-    assert_token_fetched_once_and_reused(&mock);
 }
 
 #[test]
 fn challenge_with_scope_first_and_realm_last() {
-    let mock = MockRegistry::with_config(MockConfig {
+    anonymous_pull(MockConfig {
         challenge: ChallengeStyle::Reordered,
         ..MockConfig::default()
     });
-    let scratch = Scratch::new();
-    let run = pull(&mock, &scratch, "v1", None);
-    assert_docker_save(&mock, &scratch, &run);
-    assert_token_fetched_once_and_reused(&mock);
 }
 
 #[test]
 fn challenge_with_lowercase_scheme_spaces_and_unquoted_token() {
-    let mock = MockRegistry::with_config(MockConfig {
+    anonymous_pull(MockConfig {
         challenge: ChallengeStyle::Relaxed,
         ..MockConfig::default()
     });
-    let scratch = Scratch::new();
-    let run = pull(&mock, &scratch, "v1", None);
-    assert_docker_save(&mock, &scratch, &run);
-    assert_token_fetched_once_and_reused(&mock);
 }
 
 const USER: &str = "occy-user";
@@ -858,7 +756,7 @@ fn pull_by_digest_through_bearer() {
 }
 
 /// Runs a mock for manual poking (curl, a dev build of the binary):
-/// `BEARER_MOCK_SECS=120 BEARER_MOCK_MODE=basic cargo test --test bearer -- --ignored serve_mock --nocapture`
+/// `BEARER_MOCK_SECS=120 BEARER_MOCK_MODE=basic cargo test --test it -- --ignored bearer::serve_mock --nocapture`
 /// Modes: `standard` (default), `access_token`, `reordered`, `relaxed`,
 /// `basic` (user `occy-user`, the password in `PASSWORD`), `deny`.
 #[test]
