@@ -162,8 +162,9 @@ pub enum Error {
         message: String,
         /// HTTP status, if there was a response.
         status: Option<u16>,
-        /// The distribution-spec error codes the registry's body named (or,
-        /// for a bare 404, the one the message names), first first.
+        /// The distribution-spec error codes the registry's body named, in
+        /// order; when it named none, the one the status stands for (404 on
+        /// a blob or manifest, 401, 403, 429), if any.
         codes: Vec<RegistryErrorCode>,
     },
     /// A network failure talking to a registry.

@@ -246,6 +246,9 @@ impl Client {
             }
             None => {}
         }
+        if codes.is_empty() {
+            codes.extend(status_code(status));
+        }
         if status == StatusCode::UNAUTHORIZED {
             message.push_str(if self.options.credentials.is_some() {
                 " (authentication failed: check the username and password)"
@@ -260,6 +263,16 @@ impl Client {
             status: Some(status.as_u16()),
             codes,
         }
+    }
+}
+
+/// The code an HTTP status stands for when the body named none.
+fn status_code(status: StatusCode) -> Option<RegistryErrorCode> {
+    match status {
+        StatusCode::UNAUTHORIZED => Some(RegistryErrorCode::Unauthorized),
+        StatusCode::FORBIDDEN => Some(RegistryErrorCode::Denied),
+        StatusCode::TOO_MANY_REQUESTS => Some(RegistryErrorCode::TooManyRequests),
+        _ => None,
     }
 }
 

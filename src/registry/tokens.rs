@@ -12,7 +12,7 @@ use super::client::Client;
 use super::request::backoff;
 use super::transport;
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, RegistryErrorCode, Result};
 
 /// What a request needs to do to a repository, as token scopes name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -201,7 +201,7 @@ impl Client {
                         operation: op.to_string(),
                         message: "HTTP 401 Unauthorized (authentication required: give --username/--password)".into(),
                         status: Some(401),
-                        codes: Vec::new(),
+                        codes: vec![RegistryErrorCode::Unauthorized],
                     });
                 }
                 self.set_basic();

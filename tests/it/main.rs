@@ -16,6 +16,7 @@ mod faults;
 mod filters;
 mod hostile_stores;
 mod info_check;
+mod registry_client;
 mod registry_pull;
 mod runtime;
 mod search;
