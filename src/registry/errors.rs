@@ -101,7 +101,7 @@ mod tests {
         ];
         for (name, code) in all {
             let p = parse_error_body(&body(name, "words"));
-            assert_eq!(p.codes, [code.clone()], "{name}");
+            assert_eq!(p.codes, std::slice::from_ref(&code), "{name}");
             assert_eq!(p.detail, Some(format!("{name}: words")));
             assert_eq!(code.as_str(), name);
             assert_eq!(code.to_string(), name);
