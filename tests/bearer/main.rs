@@ -6,6 +6,7 @@
 //! `occystrap --insecure [--username U --password P] process
 //!  registry://127.0.0.1:PORT/team/app:v1 tar://OUT.tar`.
 
+mod cache;
 mod mock;
 mod realm;
 mod tls;
