@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
-use super::context::{Context, ContextOptions};
+use super::context::{Context, ContextOptions, Identity};
 use super::options::ClientOptions;
 use super::tokens::{Actions, Scope};
 use super::{MAX_MANIFEST_BYTES, transport};
@@ -36,7 +36,7 @@ pub struct Client {
     pub(super) allowed: transport::InsecureHosts,
     /// Who our credentials make us, so that clients with other credentials
     /// never use our tokens from a shared cache.
-    pub(super) identity: Option<Digest>,
+    pub(super) identity: Option<Identity>,
     /// The registry asked for HTTP Basic: send the credentials every time.
     pub(super) basic: AtomicBool,
 }
@@ -66,10 +66,7 @@ impl Client {
             allowed.add_exact(h, u.port_or_known_default());
         }
         let http = ctx.http(host, &options, &allowed)?;
-        let identity = options
-            .credentials
-            .as_ref()
-            .map(|c| Digest::sha256_of(c.basic_header().as_bytes()));
+        let identity = options.credentials.as_ref().map(|c| ctx.identity(c));
         Ok(Arc::new(Client {
             ctx,
             http,

@@ -7,11 +7,24 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
 
+use super::auth::Credentials;
 use super::client::Client;
 use super::options::ClientOptions;
 use super::tokens::TokenCache;
 use super::transport;
+use crate::digest::Digest;
 use crate::error::{Error, Result};
+
+/// A salted digest of a client's credentials: equal for equal credentials
+/// within one context. `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Identity(Digest);
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(<redacted>)")
+    }
+}
 
 /// What a [`Context`] limits.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +47,9 @@ pub struct Context {
     limiter: Option<RateLimiter>,
     requests: Option<Semaphore>,
     pub(crate) tokens: TokenCache,
+    /// Mixed into the digest that tells credentials apart in the token
+    /// cache, so that the digest says nothing about a password.
+    salt: [u8; 16],
     pools: std::sync::Mutex<HashMap<PoolKey, reqwest::Client>>,
 }
 
@@ -56,6 +72,7 @@ impl Context {
                 .map(RateLimiter::new),
             requests: options.max_requests.map(|n| Semaphore::new(n.max(1))),
             tokens: TokenCache::default(),
+            salt: rand::random(),
             pools: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -64,6 +81,13 @@ impl Context {
     /// `127.0.0.1:5000`) over this context.
     pub fn client(self: &Arc<Self>, host: &str, options: ClientOptions) -> Result<Arc<Client>> {
         Client::with_context(self.clone(), host, options)
+    }
+
+    /// Who `credentials` make a client, for the token cache.
+    pub(crate) fn identity(&self, credentials: &Credentials) -> Identity {
+        let mut bytes = self.salt.to_vec();
+        bytes.extend_from_slice(credentials.basic_header().as_bytes());
+        Identity(Digest::sha256_of(&bytes))
     }
 
     /// Waits for the rate limiter, if there is one.

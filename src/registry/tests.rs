@@ -319,6 +319,17 @@ async fn tokens_are_not_shared_across_registries_or_credentials() {
             c.base
         );
     }
+    // Nor does debug output show it.
+    for shown in [
+        format!("{ctx:?}"),
+        format!("{alice:?}"),
+        format!("{:?}", alice.repo("x")),
+    ] {
+        assert!(
+            !shown.contains("alice-token") && !shown.contains("pw-a"),
+            "{shown}"
+        );
+    }
     // Only the client whose token it is scrubs it from what a registry says.
     assert_eq!(alice.scrub("echo alice-token".into()), "echo <redacted>");
     assert_eq!(anon.scrub("echo alice-token".into()), "echo alice-token");

@@ -9,9 +9,9 @@ use reqwest::header::AUTHORIZATION;
 
 use super::auth::Challenge;
 use super::client::Client;
+use super::context::Identity;
 use super::request::backoff;
 use super::transport;
-use crate::digest::Digest;
 use crate::error::{Error, RegistryErrorCode, Result};
 
 /// What a request needs to do to a repository, as token scopes name it.
@@ -61,11 +61,11 @@ pub(crate) struct TokenKey {
     /// `scheme://host` of the registry.
     pub(crate) registry: String,
     /// A digest of the credentials the token was got with, if any.
-    pub(crate) identity: Option<Digest>,
+    pub(crate) identity: Option<Identity>,
     pub(crate) scope: Scope,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct TokenEntry {
     token: String,
     expires: Instant,
@@ -78,9 +78,17 @@ struct TokenEntry {
 const MAX_TOKENS: usize = 4096;
 
 /// Bearer tokens of every client of a context.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct TokenCache {
     map: std::sync::Mutex<HashMap<TokenKey, TokenEntry>>,
+}
+
+/// Says how many tokens there are, never what they are: a context may be
+/// debug-printed (it sits in the CLI's settings).
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenCache({} tokens)", self.lock().len())
+    }
 }
 
 /// What the cache holds for a key.
@@ -130,7 +138,7 @@ impl TokenCache {
 
     /// Every token held for `registry` and `identity`, to keep them out of
     /// what we print.
-    pub(crate) fn tokens_of(&self, registry: &str, identity: Option<&Digest>) -> Vec<String> {
+    pub(crate) fn tokens_of(&self, registry: &str, identity: Option<&Identity>) -> Vec<String> {
         self.lock()
             .iter()
             .filter(|(k, _)| k.registry == registry && k.identity.as_ref() == identity)
