@@ -227,9 +227,8 @@ pub fn registry_repository(
     settings: &Settings,
 ) -> Result<(Reference, crate::registry::Repository)> {
     let (reference, options) = registry_options(uri, settings)?;
-    let client = settings
-        .registry
-        .client(reference.registry_host(), options)?;
+    let client =
+        crate::registry::Client::new(&settings.registry, reference.registry_host(), options)?;
     let repo = client.repo(&reference.path);
     Ok((reference, repo))
 }

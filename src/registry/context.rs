@@ -8,23 +8,10 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
 
 use super::auth::Credentials;
-use super::client::Client;
 use super::options::ClientOptions;
-use super::tokens::TokenCache;
+use super::tokens::{Identity, TokenCache};
 use super::transport;
-use crate::digest::Digest;
 use crate::error::{Error, Result};
-
-/// A salted digest of a client's credentials: equal for equal credentials
-/// within one context. `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Identity(Digest);
-
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Identity(<redacted>)")
-    }
-}
 
 /// What a [`Context`] limits.
 #[derive(Clone, Debug, Default)]
@@ -77,17 +64,9 @@ impl Context {
         })
     }
 
-    /// A client for the registry at `host` (`registry-1.docker.io`,
-    /// `127.0.0.1:5000`) over this context.
-    pub fn client(self: &Arc<Self>, host: &str, options: ClientOptions) -> Result<Arc<Client>> {
-        Client::with_context(self.clone(), host, options)
-    }
-
     /// Who `credentials` make a client, for the token cache.
     pub(crate) fn identity(&self, credentials: &Credentials) -> Identity {
-        let mut bytes = self.salt.to_vec();
-        bytes.extend_from_slice(credentials.basic_header().as_bytes());
-        Identity(Digest::sha256_of(&bytes))
+        Identity::of(&self.salt, credentials)
     }
 
     /// Waits for the rate limiter, if there is one.
@@ -243,20 +222,5 @@ mod tests {
         drop(a);
         let third = tokio::time::timeout(Duration::from_secs(10), ctx.slot()).await;
         assert!(third.is_ok());
-    }
-
-    #[test]
-    fn clients_with_equal_transport_share_a_pool() {
-        let ctx = Context::new(ContextOptions::default());
-        let o = ClientOptions::default();
-        ctx.client("a.example", o.clone()).unwrap();
-        ctx.client("b.example", o.clone()).unwrap();
-        assert_eq!(ctx.pool_count(), 1);
-        let slow = ClientOptions {
-            connect_timeout: Duration::from_secs(1),
-            ..o
-        };
-        ctx.client("a.example", slow).unwrap();
-        assert_eq!(ctx.pool_count(), 2);
     }
 }

@@ -11,37 +11,35 @@
 //!   rate limiter, the bearer-token cache and the request limit. It reads
 //!   no environment and holds no process-global state.
 //! - [`Client`] speaks to one registry host with one set of
-//!   [`ClientOptions`], over a `Context`. The repository is given per call
-//!   (`client.get_manifest(repo, reference)`), so one client serves many
+//!   [`ClientOptions`], over a `Context` (`Client::new(&ctx, host, options)`). The repository
+//!   is given per call (`client.get_manifest(repo, reference)`), so one client serves many
 //!   images at once; [`Client::repo`] is a cheap handle that fixes it.
 //! - Tokens are cached per (registry, repository, actions), so a `pull`
 //!   token and a later `push,pull` token for the same repository coexist.
 
 pub mod auth;
-mod blobs;
 mod client;
 mod context;
 mod errors;
 mod options;
+mod pull;
+mod repository;
 mod request;
 mod tokens;
 pub mod transport;
 
 pub use crate::error::RegistryErrorCode as ErrorCode;
 pub use auth::Credentials;
-pub use client::{Client, Repository};
+pub use client::Client;
 pub use context::{Context, ContextOptions, RateLimiter};
 pub use errors::{RegistryErrorBody, parse_error_body};
 pub use options::{
     ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MIN_SPEED, DEFAULT_MIN_SPEED_WINDOW,
-    DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, parse_byte_rate,
+    DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, MAX_CONFIG_BYTES,
+    MAX_MANIFEST_BYTES, parse_byte_rate,
 };
+pub use repository::Repository;
 pub use tokens::Actions;
-
-/// Largest manifest or index we accept.
-pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-/// Largest image config we accept.
-pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,11 @@ use std::time::Duration;
 use super::auth::Credentials;
 use super::transport;
 
+/// Largest manifest or index we accept.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Largest image config we accept.
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
 /// Default for [`ClientOptions::retries`].
 pub const DEFAULT_RETRIES: u32 = 3;
 /// Default for [`ClientOptions::connect_timeout`].

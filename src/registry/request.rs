@@ -1,5 +1,8 @@
-//! Sending requests: auth, retries with backoff and `Retry-After`, the
-//! per-attempt deadline, capped bodies, and the errors of failed requests.
+//! Sending requests: auth (the header a request carries, answering a
+//! challenge with Basic or a bearer token from the realm under the realm
+//! safety rules, renewing expired tokens), retries with backoff and
+//! `Retry-After`, the per-attempt deadline, capped bodies, and the errors of
+//! failed requests.
 
 use std::time::Duration;
 
@@ -9,10 +12,11 @@ use reqwest::header::{
 };
 use reqwest::{Method, Response, StatusCode};
 
-use super::auth;
+use super::auth::{self, Challenge};
 use super::client::Client;
 use super::errors::{MAX_ERROR_BODY, parse_error_body};
-use super::tokens::Scope;
+use super::tokens::{Cached, Scope, TokenKey, parse_token_reply, requested_scope};
+use super::transport;
 use crate::error::{Error, RegistryErrorCode, Result};
 
 /// One request as [`Client::send`] makes it.
@@ -262,6 +266,203 @@ impl Client {
             message,
             status: Some(status.as_u16()),
             codes,
+        }
+    }
+}
+
+impl Client {
+    pub(super) fn token_key(&self, scope: &Scope) -> TokenKey {
+        TokenKey {
+            registry: self.base.clone(),
+            identity: self.identity.clone(),
+            scope: scope.clone(),
+        }
+    }
+
+    /// The `Authorization` header for a request in `scope`: a cached
+    /// token (renewed first when it has expired), else Basic when the
+    /// registry asked for it, else none.
+    pub(super) async fn current_auth(&self, scope: &Scope) -> Result<Option<String>> {
+        let key = self.token_key(scope);
+        match self.ctx.tokens.get(&key) {
+            Cached::Valid(token) => return Ok(Some(format!("Bearer {token}"))),
+            Cached::Expired(challenge) => {
+                // Refresh before it is refused rather than after.
+                self.answer_challenge("refreshing token", scope, challenge)
+                    .await?;
+                if let Cached::Valid(token) = self.ctx.tokens.get(&key) {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
+            }
+            Cached::Missing => {}
+        }
+        if self.uses_basic() {
+            return Ok(self.options.credentials.as_ref().map(|c| c.basic_header()));
+        }
+        Ok(None)
+    }
+
+    /// Answers a `WWW-Authenticate` challenge for a request in `scope`.
+    pub(super) async fn answer_challenge(
+        &self,
+        op: &str,
+        scope: &Scope,
+        challenge: Challenge,
+    ) -> Result<()> {
+        match &challenge {
+            Challenge::Basic => {
+                if self.options.credentials.is_none() {
+                    return Err(Error::Registry {
+                        registry: self.host.clone(),
+                        operation: op.to_string(),
+                        message: "HTTP 401 Unauthorized (authentication required: give --username/--password)".into(),
+                        status: Some(401),
+                        codes: vec![RegistryErrorCode::Unauthorized],
+                    });
+                }
+                self.set_basic();
+                Ok(())
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope: theirs,
+            } => {
+                let wanted = requested_scope(&scope.to_scope_string(), theirs.as_deref());
+                let (token, ttl) = self
+                    .fetch_token(op, realm, service.as_deref(), &wanted)
+                    .await?;
+                self.ctx
+                    .tokens
+                    .insert(self.token_key(scope), token, ttl, challenge);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether credentials may go to a token realm: http(s) only, no user
+    /// name or password in it, and never plain HTTP to a host the user did
+    /// not allow (`--insecure`, `?insecure=true` for the registry itself,
+    /// `--insecure-host`). A realm on another host over HTTPS gets them, as
+    /// Docker sends them: the registry names its token service.
+    pub(super) fn check_realm(&self, url: &url::Url) -> std::result::Result<(), String> {
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("token realm has a user name or password in it; refusing to use it".into());
+        }
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.allowed.allows_url(url) => Ok(()),
+            "http" => Err(format!(
+                "token realm {} is plain HTTP{}: refusing to send {} in clear; \
+                 give --insecure-host {} to allow it",
+                transport::redacted(url),
+                if self.options.insecure {
+                    " on another host than the registry"
+                } else {
+                    " but the registry is HTTPS"
+                },
+                if self.options.credentials.is_some() {
+                    "credentials"
+                } else {
+                    "a token request"
+                },
+                transport::authority(url)
+            )),
+            other => Err(format!(
+                "token realm is not http(s) but {}",
+                crate::digest::truncate_for_error(other)
+            )),
+        }
+    }
+
+    /// An error about the token exchange, with no response to blame.
+    fn token_error(&self, op: &str, message: String) -> Error {
+        Error::Registry {
+            registry: self.host.clone(),
+            operation: op.to_string(),
+            message,
+            status: None,
+            codes: Vec::new(),
+        }
+    }
+
+    /// The realm URL with `service` and `scope`, after the safety rules.
+    fn token_url(
+        &self,
+        op: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<url::Url> {
+        let mut url = url::Url::parse(realm).map_err(|_| {
+            // Up to any query, which could carry something secret.
+            self.token_error(
+                op,
+                format!(
+                    "token realm {:?} is not a URL",
+                    crate::digest::truncate_for_error(realm.split('?').next().unwrap_or(""))
+                ),
+            )
+        })?;
+        self.check_realm(&url)
+            .map_err(|m| self.token_error(op, m))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        Ok(url)
+    }
+
+    async fn fetch_token(
+        &self,
+        op: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, Duration)> {
+        let url = self.token_url(op, realm, service, scope)?;
+        let top = format!("GET token for {scope}");
+        let body = self.get_token_body(&top, &url).await?;
+        parse_token_reply(&body).map_err(|m| self.token_error(&top, m.into()))
+    }
+
+    /// GETs the token reply, retrying network failures and 5xx.
+    async fn get_token_body(&self, top: &str, url: &url::Url) -> Result<Vec<u8>> {
+        let mut attempt = 0;
+        loop {
+            self.ctx.pace().await;
+            let mut req = self.http.get(url.clone());
+            if let Some(c) = &self.options.credentials {
+                req = req.header(AUTHORIZATION, c.basic_header());
+            }
+            tracing::debug!("GET {} (token)", transport::redacted(url));
+            // Headers and body within one deadline, as for a manifest.
+            let deadline = tokio::time::Instant::now() + self.options.request_timeout;
+            let failure: Option<Error> = match tokio::time::timeout_at(deadline, req.send()).await {
+                Ok(Ok(r)) if r.status().is_server_error() && attempt < self.options.retries => None,
+                Ok(Ok(r)) if !r.status().is_success() => {
+                    return Err(self.status_error(top, r, deadline).await);
+                }
+                Ok(Ok(r)) => match self.read_capped(top, r, 1 << 20, deadline).await {
+                    Ok(body) => return Ok(body),
+                    Err(e @ Error::Network { .. }) => Some(e),
+                    Err(e) => return Err(e),
+                },
+                Ok(Err(e)) if e.is_redirect() => return Err(self.network_error(top, &e)),
+                Ok(Err(e)) => Some(self.network_error(top, &e)),
+                Err(_) => Some(self.deadline_error(top, None)),
+            };
+            if let Some(e) = failure {
+                if attempt >= self.options.retries {
+                    return Err(e);
+                }
+                tracing::warn!("{e}; retrying");
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff(attempt)).await;
         }
     }
 }

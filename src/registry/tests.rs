@@ -61,7 +61,7 @@ async fn dripped_manifest_meets_the_deadline() {
     let body = vec![b' '; 2000];
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n";
     let host = drip_server(head, body, 1, Duration::from_millis(50));
-    let client = Client::new(&host, quick_options()).unwrap();
+    let client = Client::standalone(&host, quick_options()).unwrap();
     let started = std::time::Instant::now();
     let e = client
         .get_manifest("a/b", "v1")
@@ -82,7 +82,7 @@ async fn dripped_manifest_meets_the_deadline() {
 #[tokio::test]
 async fn silent_server_meets_the_deadline() {
     let host = drip_server("", Vec::new(), 1, Duration::ZERO);
-    let client = Client::new(&host, quick_options()).unwrap();
+    let client = Client::standalone(&host, quick_options()).unwrap();
     let started = std::time::Instant::now();
     let e = client
         .get_manifest("a/b", "v1")
@@ -100,7 +100,7 @@ async fn silent_server_meets_the_deadline() {
         .to_string();
     assert!(e.contains("no response within"), "{e}");
     // Over HTTPS, a server that never answers the TLS handshake.
-    let tls = Client::new(
+    let tls = Client::standalone(
         &host,
         ClientOptions {
             insecure: false,
@@ -125,7 +125,7 @@ async fn blob_below_the_floor_is_given_up() {
         min_speed_window: Duration::from_millis(500),
         ..quick_options()
     };
-    let client = Client::new(&host, options).unwrap();
+    let client = Client::standalone(&host, options).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let started = std::time::Instant::now();
@@ -160,7 +160,7 @@ fn realm_scheme_rules() {
             insecure_hosts: h,
             ..ClientOptions::default()
         };
-        Client::new("reg.example:5000", options).unwrap()
+        Client::standalone("reg.example:5000", options).unwrap()
     };
     // HTTPS registry.
     let c = with_creds(false, &[]);
@@ -225,7 +225,7 @@ async fn auth_for(c: &Client, repository: &str, actions: Actions) -> Option<Stri
 #[tokio::test]
 async fn tokens_are_cached_per_repository_and_actions() {
     let ctx = Context::new(ContextOptions::default());
-    let c = ctx.client("reg.example", ClientOptions::default()).unwrap();
+    let c = Client::new(&ctx, "reg.example", ClientOptions::default()).unwrap();
     let put = |repo: &str, actions, token: &str| {
         let key = c.token_key(&Scope::new(repo, actions));
         ctx.tokens
@@ -269,37 +269,35 @@ async fn tokens_are_cached_per_repository_and_actions() {
 #[tokio::test]
 async fn tokens_are_not_shared_across_registries_or_credentials() {
     let ctx = Context::new(ContextOptions::default());
-    let anon = ctx.client("reg.example", ClientOptions::default()).unwrap();
-    let alice = ctx
-        .client(
-            "reg.example",
-            ClientOptions {
-                credentials: creds("alice", "pw-a"),
-                ..ClientOptions::default()
-            },
-        )
-        .unwrap();
-    let bob = ctx
-        .client(
-            "reg.example",
-            ClientOptions {
-                credentials: creds("alice", "pw-b"),
-                ..ClientOptions::default()
-            },
-        )
-        .unwrap();
-    let other = ctx
-        .client("other.example", ClientOptions::default())
-        .unwrap();
-    let plain = ctx
-        .client(
-            "reg.example",
-            ClientOptions {
-                insecure: true,
-                ..ClientOptions::default()
-            },
-        )
-        .unwrap();
+    let anon = Client::new(&ctx, "reg.example", ClientOptions::default()).unwrap();
+    let alice = Client::new(
+        &ctx,
+        "reg.example",
+        ClientOptions {
+            credentials: creds("alice", "pw-a"),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let bob = Client::new(
+        &ctx,
+        "reg.example",
+        ClientOptions {
+            credentials: creds("alice", "pw-b"),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let other = Client::new(&ctx, "other.example", ClientOptions::default()).unwrap();
+    let plain = Client::new(
+        &ctx,
+        "reg.example",
+        ClientOptions {
+            insecure: true,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
     let scope = Scope::new("team/a", Actions::Pull);
     ctx.tokens.insert(
         alice.token_key(&scope),
@@ -338,15 +336,15 @@ async fn tokens_are_not_shared_across_registries_or_credentials() {
 #[tokio::test]
 async fn basic_is_sent_once_asked_for_and_a_token_wins_over_it() {
     let ctx = Context::new(ContextOptions::default());
-    let c = ctx
-        .client(
-            "reg.example",
-            ClientOptions {
-                credentials: creds("u", "pw"),
-                ..ClientOptions::default()
-            },
-        )
-        .unwrap();
+    let c = Client::new(
+        &ctx,
+        "reg.example",
+        ClientOptions {
+            credentials: creds("u", "pw"),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(auth_for(&c, "team/a", Actions::Pull).await, None);
     let scope = Scope::new("team/a", Actions::Pull);
     c.answer_challenge("GET", &scope, Challenge::Basic)
@@ -365,7 +363,7 @@ async fn basic_is_sent_once_asked_for_and_a_token_wins_over_it() {
         Some("Bearer t0k")
     );
     // Basic without credentials is a clean refusal.
-    let anon = ctx.client("reg.example", ClientOptions::default()).unwrap();
+    let anon = Client::new(&ctx, "reg.example", ClientOptions::default()).unwrap();
     let e = anon
         .answer_challenge("GET manifest team/a:v1", &scope, Challenge::Basic)
         .await
@@ -376,7 +374,7 @@ async fn basic_is_sent_once_asked_for_and_a_token_wins_over_it() {
 #[test]
 fn token_cache_stays_bounded() {
     let ctx = Context::new(ContextOptions::default());
-    let c = ctx.client("reg.example", ClientOptions::default()).unwrap();
+    let c = Client::new(&ctx, "reg.example", ClientOptions::default()).unwrap();
     for i in 0..10_000 {
         let key = c.token_key(&Scope::new(&format!("r/{i}"), Actions::Pull));
         ctx.tokens
@@ -395,4 +393,19 @@ fn scopes_are_built_from_repository_and_actions() {
         Scope::new("a", Actions::PushPull).to_scope_string(),
         "repository:a:push,pull"
     );
+}
+
+#[test]
+fn clients_with_equal_transport_share_a_pool() {
+    let ctx = Context::new(ContextOptions::default());
+    let o = ClientOptions::default();
+    Client::new(&ctx, "a.example", o.clone()).unwrap();
+    Client::new(&ctx, "b.example", o.clone()).unwrap();
+    assert_eq!(ctx.pool_count(), 1);
+    let slow = ClientOptions {
+        connect_timeout: Duration::from_secs(1),
+        ..o
+    };
+    Client::new(&ctx, "a.example", slow).unwrap();
+    assert_eq!(ctx.pool_count(), 2);
 }

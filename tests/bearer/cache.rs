@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use occystrap::registry::{ClientOptions, Context, ContextOptions, MAX_CONFIG_BYTES};
+use occystrap::registry::{Client, ClientOptions, Context, ContextOptions, MAX_CONFIG_BYTES};
 
 use super::mock::MockRegistry;
 
@@ -40,7 +40,7 @@ fn tokens_are_fetched_once_per_repository_and_shared_by_a_context() {
         .unwrap();
     rt.block_on(async {
         let ctx = Context::new(ContextOptions::default());
-        let client = ctx.client(&mock.host(), plain()).unwrap();
+        let client = Client::new(&ctx, &mock.host(), plain()).unwrap();
         client.get_manifest("team/app", "v1").await.unwrap();
         client.get_manifest("team/app", "v1").await.unwrap();
         let img = mock.image();
@@ -66,14 +66,17 @@ fn tokens_are_fetched_once_per_repository_and_shared_by_a_context() {
         );
 
         // A second client over the same context uses the cached tokens.
-        let again = ctx.client(&mock.host(), plain()).unwrap();
+        let again = Client::new(&ctx, &mock.host(), plain()).unwrap();
         again.repo("team/app").get_manifest("v1").await.unwrap();
         assert_eq!(mock.token_requests(), 2, "{}", mock.describe_requests());
 
         // A client over another context does not.
-        let fresh = Context::new(ContextOptions::default())
-            .client(&mock.host(), plain())
-            .unwrap();
+        let fresh = Client::new(
+            &Context::new(ContextOptions::default()),
+            &mock.host(),
+            plain(),
+        )
+        .unwrap();
         fresh.get_manifest("team/app", "v1").await.unwrap();
         assert_eq!(mock.token_requests(), 3, "{}", mock.describe_requests());
     });

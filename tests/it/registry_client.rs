@@ -106,7 +106,7 @@ fn one_client_serves_two_repositories_at_once() {
             max_requests: Some(2),
             ..ContextOptions::default()
         });
-        let client = ctx.client(&reg.host(), plain()).unwrap();
+        let client = Client::new(&ctx, &reg.host(), plain()).unwrap();
         let (one, two) = tokio::join!(
             pull(client.clone(), "team/one"),
             pull(client.clone(), "other/two")
@@ -150,7 +150,7 @@ fn registry_error_codes_are_typed() {
     let reg = Registry::start();
     push_each(&env, &reg, &["team/one"]);
     runtime().block_on(async {
-        let client = Client::new(&reg.host(), plain()).unwrap();
+        let client = Client::standalone(&reg.host(), plain()).unwrap();
         let e = client.get_manifest("team/one", "nope").await.unwrap_err();
         assert_eq!(
             codes_of(&e),
@@ -202,23 +202,23 @@ fn unauthorized_is_typed_and_basic_auth_serves_two_repositories() {
     push_each(&env, &reg, &["team/one", "team/two"]);
     runtime().block_on(async {
         let ctx = Context::new(ContextOptions::default());
-        let anon = ctx.client(&reg.host(), plain()).unwrap();
+        let anon = Client::new(&ctx, &reg.host(), plain()).unwrap();
         let e = anon.get_manifest("team/one", "v1").await.unwrap_err();
         let (status, codes) = codes_of(&e);
         assert_eq!(status, Some(401), "{e}");
         assert_eq!(codes, [ErrorCode::Unauthorized], "{e}");
-        let authed = ctx
-            .client(
-                &reg.host(),
-                ClientOptions {
-                    credentials: Some(Credentials {
-                        username: USER.into(),
-                        password: PASS.into(),
-                    }),
-                    ..plain()
-                },
-            )
-            .unwrap();
+        let authed = Client::new(
+            &ctx,
+            &reg.host(),
+            ClientOptions {
+                credentials: Some(Credentials {
+                    username: USER.into(),
+                    password: PASS.into(),
+                }),
+                ..plain()
+            },
+        )
+        .unwrap();
         for repo in ["team/one", "team/two", "team/one"] {
             authed.get_manifest(repo, "v1").await.unwrap();
         }

@@ -1,19 +1,47 @@
-//! Blob downloads: small blobs (configs) whole and verified, layers
-//! streamed in order and resumed with `Range` when a connection breaks off
-//! or falls below the speed floor.
+//! What a pull reads: manifests, small blobs (configs) whole and verified,
+//! layers streamed in order and resumed with `Range` when a connection
+//! breaks off or falls below the speed floor.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 
 use super::client::Client;
+use super::options::MAX_MANIFEST_BYTES;
 use super::request::{Request, backoff, describe_reqwest};
 use super::tokens::{Actions, Scope};
 use super::transport;
 use crate::digest::Digest;
 use crate::error::{Error, Mismatch, Result};
 
+/// Accept header for manifest requests: every type we understand, plus
+/// schema1 so that we can name it in the error instead of getting a 404.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json;q=0.9, \
+application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1";
+
 impl Client {
+    /// Fetches a manifest of `repository` by tag or digest: its bytes and
+    /// Content-Type.
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let _slot = self.ctx.slot().await;
+        let sep = if reference.contains(':') { '@' } else { ':' };
+        let op = format!("GET manifest {repository}{sep}{reference}");
+        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
+        let scope = Scope::new(repository, Actions::Pull);
+        let (body, ct) = self
+            .get_whole(&op, &scope, &url, Some(MANIFEST_ACCEPT), MAX_MANIFEST_BYTES)
+            .await?;
+        let ct = ct.map(|s| crate::image::media_type::essence(&s).to_string());
+        Ok((body, ct))
+    }
+
     /// Fetches a small blob (a config) of `repository` whole, verifying
     /// digest and size.
     pub async fn get_small_blob(
