@@ -270,7 +270,9 @@ impl Client {
     }
 }
 
+// The auth step: the header a request carries, and answering challenges.
 impl Client {
+    /// This client's cache key for a request in `scope`.
     pub(super) fn token_key(&self, scope: &Scope) -> TokenKey {
         TokenKey {
             registry: self.base.clone(),
