@@ -14,6 +14,9 @@
 //!   [`ClientOptions`], over a `Context` (`Client::new(&ctx, host, options)`). The repository
 //!   is given per call (`client.get_manifest(repo, reference)`), so one client serves many
 //!   images at once; [`Client::repo`] is a cheap handle that fixes it.
+//!   Per-call repositories let a proxy or a mirror drive any repository
+//!   from one client without building anything per image; the handle keeps
+//!   a source (one image) as simple as before.
 //! - Tokens are cached per (registry, repository, actions), so a `pull`
 //!   token and a later `push,pull` token for the same repository coexist.
 
