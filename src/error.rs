@@ -28,6 +28,92 @@ pub enum Mismatch {
     Copy,
 }
 
+/// An error code of the OCI distribution spec, as a registry's JSON error
+/// body (`{"errors":[{"code":...}]}`) names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RegistryErrorCode {
+    /// `BLOB_UNKNOWN`: the blob is not in the repository.
+    BlobUnknown,
+    /// `BLOB_UPLOAD_INVALID`: the upload failed.
+    BlobUploadInvalid,
+    /// `BLOB_UPLOAD_UNKNOWN`: no such upload session.
+    BlobUploadUnknown,
+    /// `DIGEST_INVALID`: content did not match its digest.
+    DigestInvalid,
+    /// `MANIFEST_BLOB_UNKNOWN`: a manifest names a blob the registry lacks.
+    ManifestBlobUnknown,
+    /// `MANIFEST_INVALID`: the manifest did not validate.
+    ManifestInvalid,
+    /// `MANIFEST_UNKNOWN`: no such manifest (tag or digest).
+    ManifestUnknown,
+    /// `NAME_INVALID`: the repository name is not valid.
+    NameInvalid,
+    /// `NAME_UNKNOWN`: no such repository.
+    NameUnknown,
+    /// `SIZE_INVALID`: content did not match its stated size.
+    SizeInvalid,
+    /// `UNAUTHORIZED`: authentication required or failed.
+    Unauthorized,
+    /// `DENIED`: access to the resource denied.
+    Denied,
+    /// `UNSUPPORTED`: the operation is not supported.
+    Unsupported,
+    /// `TOOMANYREQUESTS`: rate limited.
+    TooManyRequests,
+    /// Any other code, as the registry spelt it (truncated for display).
+    Other(String),
+}
+
+impl RegistryErrorCode {
+    const KNOWN: [(&'static str, RegistryErrorCode); 14] = [
+        ("BLOB_UNKNOWN", RegistryErrorCode::BlobUnknown),
+        ("BLOB_UPLOAD_INVALID", RegistryErrorCode::BlobUploadInvalid),
+        ("BLOB_UPLOAD_UNKNOWN", RegistryErrorCode::BlobUploadUnknown),
+        ("DIGEST_INVALID", RegistryErrorCode::DigestInvalid),
+        (
+            "MANIFEST_BLOB_UNKNOWN",
+            RegistryErrorCode::ManifestBlobUnknown,
+        ),
+        ("MANIFEST_INVALID", RegistryErrorCode::ManifestInvalid),
+        ("MANIFEST_UNKNOWN", RegistryErrorCode::ManifestUnknown),
+        ("NAME_INVALID", RegistryErrorCode::NameInvalid),
+        ("NAME_UNKNOWN", RegistryErrorCode::NameUnknown),
+        ("SIZE_INVALID", RegistryErrorCode::SizeInvalid),
+        ("UNAUTHORIZED", RegistryErrorCode::Unauthorized),
+        ("DENIED", RegistryErrorCode::Denied),
+        ("UNSUPPORTED", RegistryErrorCode::Unsupported),
+        ("TOOMANYREQUESTS", RegistryErrorCode::TooManyRequests),
+    ];
+
+    /// The code `s` names; exact spelling, as the spec writes them. An
+    /// unknown code is kept (truncated) in `Other`.
+    pub fn parse(s: &str) -> Self {
+        Self::KNOWN
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, code)| code.clone())
+            .unwrap_or_else(|| RegistryErrorCode::Other(crate::digest::truncate_for_error(s)))
+    }
+
+    /// The code as the spec spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RegistryErrorCode::Other(s) => s,
+            known => Self::KNOWN
+                .iter()
+                .find(|(_, code)| code == known)
+                .map_or("", |(name, _)| name),
+        }
+    }
+}
+
+impl std::fmt::Display for RegistryErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Everything that can go wrong moving an image.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -76,6 +162,10 @@ pub enum Error {
         message: String,
         /// HTTP status, if there was a response.
         status: Option<u16>,
+        /// The distribution-spec error codes the registry's body named, in
+        /// order; when it named none, the one the status stands for (404 on
+        /// a blob or manifest, 401, 403, 429), if any.
+        codes: Vec<RegistryErrorCode>,
     },
     /// A network failure talking to a registry.
     #[error("{registry}: {operation}: {message}")]
@@ -156,6 +246,14 @@ impl Error {
         match self {
             Error::DigestMismatch { kind, .. } | Error::SizeMismatch { kind, .. } => Some(*kind),
             _ => None,
+        }
+    }
+
+    /// The registry error codes of an [`Error::Registry`]; empty otherwise.
+    pub fn registry_codes(&self) -> &[RegistryErrorCode] {
+        match self {
+            Error::Registry { codes, .. } => codes,
+            _ => &[],
         }
     }
 

@@ -141,11 +141,15 @@ pub struct Settings {
     pub connect_timeout: Option<std::time::Duration>,
     /// Idle-read timeout for registries (default: the client's).
     pub read_timeout: Option<std::time::Duration>,
-    /// One limiter shared by every registry client of the run.
-    pub rate_limit: Option<Arc<crate::registry::RateLimiter>>,
-    /// `--insecure-host` entries, hosts besides an insecure registry
-    /// itself that may hear plain HTTP (none given: `OCCYSTRAP_INSECURE_HOSTS`,
-    /// else no host); `insecure` allows every host.
+    /// What every registry client of the run shares: connection pools, the
+    /// rate limiter, the token cache.
+    pub registry: Arc<crate::registry::Context>,
+    /// Docker's `config.json` to look credentials up in, if any (the CLI
+    /// finds it from `DOCKER_CONFIG` or `HOME`).
+    pub docker_config: Option<PathBuf>,
+    /// Hosts besides an insecure registry itself that may hear plain HTTP
+    /// (the CLI's `--insecure-host`, else `OCCYSTRAP_INSECURE_HOSTS`; none:
+    /// no host); `insecure` allows every host.
     pub insecure_hosts: Option<crate::registry::transport::InsecureHosts>,
     /// Deadline for small responses (default: the client's).
     pub request_timeout: Option<std::time::Duration>,
@@ -183,7 +187,10 @@ pub fn registry_options(uri: &Uri, settings: &Settings) -> Result<(Reference, Cl
     let reference = Reference::parse(rest)?;
     let credentials = userinfo
         .or_else(|| settings.credentials.clone())
-        .or_else(|| crate::registry::auth::docker_config_credentials(reference.registry_host()));
+        .or_else(|| {
+            let config = settings.docker_config.as_deref()?;
+            crate::registry::auth::docker_config_credentials(config, reference.registry_host())
+        });
     let mut options = ClientOptions {
         credentials,
         retries: settings.retries,
@@ -213,10 +220,20 @@ pub fn registry_options(uri: &Uri, settings: &Settings) -> Result<(Reference, Cl
     if let Some(t) = settings.min_speed_window {
         options.min_speed_window = t;
     }
-    if settings.rate_limit.is_some() {
-        options.rate_limit = settings.rate_limit.clone();
-    }
     Ok((reference, options))
+}
+
+/// The reference a `registry://` URI names and a handle on its repository,
+/// from a client over the run's shared registry context.
+pub fn registry_repository(
+    uri: &Uri,
+    settings: &Settings,
+) -> Result<(Reference, crate::registry::Repository)> {
+    let (reference, options) = registry_options(uri, settings)?;
+    let client =
+        crate::registry::Client::new(&settings.registry, reference.registry_host(), options)?;
+    let repo = client.repo(&reference.path);
+    Ok((reference, repo))
 }
 
 /// The platform the flags ask for, with the URI's `os`, `arch` and `variant`
@@ -265,14 +282,13 @@ pub fn open_source(uri: &Uri, settings: &Settings) -> Result<(Arc<dyn Source>, u
                 "variant",
                 "max_workers",
             ])?;
-            let (reference, options) = registry_options(uri, settings)?;
+            let (reference, repo) = registry_repository(uri, settings)?;
             let platform = uri_platform(uri, settings);
             let parallel = match uri.get("max_workers") {
                 Some(n) => parse_workers(n)?,
                 None => settings.parallel,
             };
-            let source =
-                crate::source::registry::RegistrySource::new(reference, platform, options)?;
+            let source = crate::source::registry::RegistrySource::new(reference, platform, repo);
             Ok((Arc::new(source), parallel))
         }
         "tar" => {
@@ -427,7 +443,8 @@ mod tests {
             skip_unsafe: false,
             connect_timeout: None,
             read_timeout: None,
-            rate_limit: None,
+            registry: crate::registry::Context::new(Default::default()),
+            docker_config: None,
             insecure_hosts: None,
             request_timeout: None,
             min_speed: None,

@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions, the legacy command aliases,
 //! and the progress display.
 
+mod env;
 mod output;
 mod progress;
 
@@ -394,6 +395,13 @@ impl Global {
             }),
             _ => None,
         };
+        // Flags first, then the OCCYSTRAP_* variables, then the client's
+        // defaults (a `None` here).
+        let secs = |flag: Option<f64>, var: &str| {
+            flag.map(std::time::Duration::from_secs_f64)
+                .or_else(|| env::seconds(var))
+        };
+        let rate_limit = self.rate_limit.or_else(|| env::number(env::ENV_RATE_LIMIT));
         Settings {
             platform,
             insecure: self.insecure,
@@ -401,24 +409,28 @@ impl Global {
             retries: self.retries,
             parallel: self.parallel as usize,
             skip_unsafe: self.skip_unsafe,
-            connect_timeout: self.connect_timeout.map(std::time::Duration::from_secs_f64),
-            read_timeout: self.read_timeout.map(std::time::Duration::from_secs_f64),
-            rate_limit: self
-                .rate_limit
-                .map(|r| Arc::new(occystrap::registry::RateLimiter::new(r))),
-            insecure_hosts: (!self.insecure_hosts.is_empty()).then(|| {
+            connect_timeout: secs(self.connect_timeout, env::ENV_CONNECT_TIMEOUT),
+            read_timeout: secs(self.read_timeout, env::ENV_READ_TIMEOUT),
+            registry: occystrap::registry::Context::new(occystrap::registry::ContextOptions {
+                rate_limit,
+                ..Default::default()
+            }),
+            docker_config: env::docker_config(),
+            insecure_hosts: if self.insecure_hosts.is_empty() {
+                env::insecure_hosts()
+            } else {
                 let mut h = occystrap::registry::transport::InsecureHosts::default();
                 for e in &self.insecure_hosts {
                     // Checked by the value parser.
                     let _ = h.add(e);
                 }
-                h
-            }),
-            request_timeout: self.request_timeout.map(std::time::Duration::from_secs_f64),
-            min_speed: self.min_speed,
-            min_speed_window: self
-                .min_speed_window
-                .map(std::time::Duration::from_secs_f64),
+                Some(h)
+            },
+            request_timeout: secs(self.request_timeout, env::ENV_REQUEST_TIMEOUT),
+            min_speed: self
+                .min_speed
+                .or_else(|| env::byte_rate(env::ENV_MIN_SPEED)),
+            min_speed_window: secs(self.min_speed_window, env::ENV_MIN_SPEED_WINDOW),
             cancel,
         }
     }

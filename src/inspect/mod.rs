@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::image::{FileSlice, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 
-use crate::registry::Client;
+use crate::registry::Repository;
 use crate::source::{FetchContext, Source};
 use crate::uri::{Settings, Uri};
 
@@ -340,9 +340,8 @@ where
 /// A registry client for a `registry://` URI, with the credentials and
 /// options `uri::open_source` would use: `info` rereads an index through
 /// it, and `search` streams blobs through it.
-pub fn registry_client(uri: &Uri, settings: &Settings) -> Result<Client> {
-    let (reference, options) = crate::uri::registry_options(uri, settings)?;
-    Client::new(reference.registry_host(), &reference.path, options)
+pub fn registry_client(uri: &Uri, settings: &Settings) -> Result<Repository> {
+    Ok(crate::uri::registry_repository(uri, settings)?.1)
 }
 
 /// `{n} {word}`, the word in its plural form unless `n` is 1 (`1 match`,

@@ -24,7 +24,7 @@ use crate::image::{Compression, FileSlice, Image, Layer, LayerInfo, LayerNeeds};
 use crate::inspect::{
     AbortOnDrop, EntryKind, RunDir, SliceReader, WalkOptions, basename, classify, clean_name,
 };
-use crate::registry::Client;
+use crate::registry::Repository;
 use crate::source::Source;
 use crate::tarfmt::{Archive, Input, Seekable, Stream};
 
@@ -173,7 +173,7 @@ pub enum LayerAccess {
     /// and never touches the disk.
     Stream {
         /// A client for the image's repository.
-        client: Arc<Client>,
+        client: Arc<Repository>,
         /// Also hash the uncompressed tar against the config's diff_id. The
         /// blob digest already proves the bytes searched are the ones the
         /// manifest names; the diff_id only proves the config agrees, which
@@ -234,7 +234,7 @@ pub fn walk_blob(
 }
 
 async fn stream_layer(
-    client: Arc<Client>,
+    client: Arc<Repository>,
     info: LayerInfo,
     pattern: Arc<Pattern>,
     verify_diff_id: bool,
@@ -261,7 +261,7 @@ async fn stream_layer(
 type LayerResults = BoxStream<'static, (LayerInfo, Result<(u64, Vec<Match>)>)>;
 
 fn stream_layers(
-    client: Arc<Client>,
+    client: Arc<Repository>,
     verify_diff_id: bool,
     layers: Vec<LayerInfo>,
     parallel: usize,

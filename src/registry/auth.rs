@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -115,15 +115,15 @@ fn parse_params(mut s: &str) -> HashMap<String, String> {
     out
 }
 
-/// Looks up credentials for `host` in Docker's client config
-/// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`): `auths`
-/// entries, then `credHelpers` / `credsStore` helper programs.
-pub fn docker_config_credentials(host: &str) -> Option<Credentials> {
-    let path = docker_config_path()?;
+/// Looks up credentials for `host` in the Docker client config at `path`
+/// (the caller finds it: the CLI uses `$DOCKER_CONFIG/config.json`, else
+/// `~/.docker/config.json`): `auths` entries, then `credHelpers` /
+/// `credsStore` helper programs.
+pub fn docker_config_credentials(path: &Path, host: &str) -> Option<Credentials> {
     // Only a regular file, without blocking on a FIFO planted there.
     let mut data = Vec::new();
     std::io::Read::read_to_end(
-        &mut std::io::Read::take(crate::fsutil::open_regular(&path).ok()??, (4 << 20) + 1),
+        &mut std::io::Read::take(crate::fsutil::open_regular(path).ok()??, (4 << 20) + 1),
         &mut data,
     )
     .ok()?;
@@ -149,14 +149,6 @@ pub fn docker_config_credentials(host: &str) -> Option<Credentials> {
         .or_else(|| config.get("credsStore"))
         .and_then(|v| v.as_str())?;
     credential_helper(helper, host)
-}
-
-fn docker_config_path() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
-        return Some(PathBuf::from(dir).join("config.json"));
-    }
-    let home = std::env::var_os("HOME")?;
-    Some(PathBuf::from(home).join(".docker").join("config.json"))
 }
 
 /// The `auths` keys that can name `host` once scheme and path are stripped.

@@ -10,7 +10,7 @@ use url::Url;
 /// Hosts to which plain HTTP is allowed: the `--insecure-host` list, or
 /// every host (`--insecure`). Credentials and tokens are only ever sent in
 /// clear to a host this allows.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InsecureHosts {
     any: bool,
     /// Lower-case host (IPv6 in brackets) and port; no port matches any.

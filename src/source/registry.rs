@@ -2,7 +2,6 @@
 //! config, then layers streamed to disk and verified in one pass.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -15,7 +14,7 @@ use crate::image::{
     media_type as mt,
 };
 use crate::reference::Reference;
-use crate::registry::{Client, ClientOptions, MAX_CONFIG_BYTES};
+use crate::registry::{MAX_CONFIG_BYTES, Repository};
 use crate::source::{FetchContext, Source};
 use crate::wire::{Index, Kind, Manifest, choose_platform, classify, parse_diff_ids};
 
@@ -23,18 +22,18 @@ use crate::wire::{Index, Kind, Manifest, choose_platform, classify, parse_diff_i
 pub struct RegistrySource {
     reference: Reference,
     platform: Platform,
-    client: Arc<Client>,
+    client: Repository,
 }
 
 impl RegistrySource {
-    /// A source for `reference`, choosing `platform` from an index.
-    pub fn new(reference: Reference, platform: Platform, options: ClientOptions) -> Result<Self> {
-        let client = Client::new(reference.registry_host(), &reference.path, options)?;
-        Ok(RegistrySource {
+    /// A source for `reference` read through `client` (a handle on the
+    /// reference's repository), choosing `platform` from an index.
+    pub fn new(reference: Reference, platform: Platform, client: Repository) -> Self {
+        RegistrySource {
             reference,
             platform,
-            client: Arc::new(client),
-        })
+            client,
+        }
     }
 
     async fn resolve_inner(&self) -> Result<Image> {

@@ -18,6 +18,7 @@ mod filters;
 mod harness;
 mod hostile_stores;
 mod info_check;
+mod registry_client;
 mod registry_pull;
 mod runtime;
 mod search;

@@ -7,6 +7,7 @@
 //! `occystrap --insecure [--username U --password P] process
 //!  registry://127.0.0.1:PORT/team/app:v1 tar://OUT.tar`.
 
+mod cache;
 pub(crate) mod mock;
 mod realm;
 mod tls;

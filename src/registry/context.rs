@@ -1,0 +1,226 @@
+//! What several runs share: connection pools, the rate limiter, the token
+//! cache and the request limit, in one [`Context`] instead of process state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
+
+use super::auth::Credentials;
+use super::options::ClientOptions;
+use super::tokens::{Identity, TokenCache};
+use super::transport;
+use crate::error::{Error, Result};
+
+/// What a [`Context`] limits.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// Requests per second, on average, across every client of the context
+    /// (token requests included); `None`: no limit.
+    pub rate_limit: Option<f64>,
+    /// Registry operations (a manifest, a config, a whole blob download) in
+    /// flight at once across every client of the context; `None`: no limit
+    /// beyond the callers' own.
+    pub max_requests: Option<usize>,
+}
+
+/// Shared state of the registry clients built from it: one connection pool
+/// per transport setting, one rate limiter, one token cache, one request
+/// limit. Give one `Context` to every client of a run, or of several runs
+/// (several images) that should share them; it is `Send + Sync`.
+#[derive(Debug)]
+pub struct Context {
+    limiter: Option<RateLimiter>,
+    requests: Option<Semaphore>,
+    pub(crate) tokens: TokenCache,
+    /// Mixed into the digest that tells credentials apart in the token
+    /// cache, so that the digest says nothing about a password.
+    salt: [u8; 16],
+    pools: std::sync::Mutex<HashMap<PoolKey, reqwest::Client>>,
+}
+
+/// Clients whose transport settings are equal share a connection pool.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    /// The redirect policy is built from this, so it is part of the key.
+    allowed: transport::InsecureHosts,
+}
+
+impl Context {
+    /// A context with these limits.
+    pub fn new(options: ContextOptions) -> Arc<Self> {
+        Arc::new(Context {
+            limiter: options
+                .rate_limit
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .map(RateLimiter::new),
+            requests: options.max_requests.map(|n| Semaphore::new(n.max(1))),
+            tokens: TokenCache::default(),
+            salt: rand::random(),
+            pools: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Who `credentials` make a client, for the token cache.
+    pub(crate) fn identity(&self, credentials: &Credentials) -> Identity {
+        Identity::of(&self.salt, credentials)
+    }
+
+    /// Waits for the rate limiter, if there is one.
+    pub(crate) async fn pace(&self) {
+        if let Some(l) = &self.limiter {
+            l.acquire().await;
+        }
+    }
+
+    /// Waits for a slot under the request limit; hold it for the operation.
+    pub(crate) async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+        match &self.requests {
+            // Never closed, so acquire cannot fail.
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        }
+    }
+
+    /// The pooled HTTP client for these settings, built on first use.
+    pub(crate) fn http(
+        &self,
+        host: &str,
+        options: &ClientOptions,
+        allowed: &transport::InsecureHosts,
+    ) -> Result<reqwest::Client> {
+        let key = PoolKey {
+            connect_timeout: options.connect_timeout,
+            read_timeout: options.read_timeout,
+            allowed: allowed.clone(),
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = pools.get(&key) {
+            return Ok(c.clone());
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("occystrap/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .redirect(transport::redirect_policy(allowed.clone()))
+            .build()
+            .map_err(|e| Error::Network {
+                registry: host.to_string(),
+                operation: "creating HTTP client".into(),
+                message: e.to_string(),
+            })?;
+        pools.insert(key, http.clone());
+        Ok(http)
+    }
+
+    /// How many connection pools this context holds.
+    #[cfg(test)]
+    pub(crate) fn pool_count(&self) -> usize {
+        self.pools.lock().unwrap().len()
+    }
+}
+
+/// A token bucket: at most `rate` requests a second on average, bursts of up
+/// to `rate` (at least one). Shared by all download workers.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    // tokio's clock, so tests can run it paused.
+    state: Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl RateLimiter {
+    /// A limiter for `rate` requests per second (must be > 0).
+    pub fn new(rate: f64) -> Self {
+        let burst = rate.max(1.0);
+        RateLimiter {
+            rate,
+            state: Mutex::new((burst, tokio::time::Instant::now())),
+        }
+    }
+
+    /// Waits until a request may be sent.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut st = self.state.lock().await;
+                let now = tokio::time::Instant::now();
+                let burst = self.rate.max(1.0);
+                st.0 = (st.0 + now.duration_since(st.1).as_secs_f64() * self.rate).min(burst);
+                st.1 = now;
+                if st.0 >= 1.0 {
+                    st.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - st.0) / self.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn rate_limiter_spaces_requests() {
+        let l = RateLimiter::new(4.0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..12 {
+            l.acquire().await;
+        }
+        // A burst of 4, then 8 more at 4 a second: about 2 s.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_millis(2300),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn one_limiter_paces_every_client_of_a_context() {
+        let ctx = Context::new(ContextOptions {
+            rate_limit: Some(4.0),
+            ..ContextOptions::default()
+        });
+        let start = tokio::time::Instant::now();
+        for _ in 0..6 {
+            ctx.pace().await;
+            ctx.pace().await;
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(1900), "{took:?}");
+        // Nonsense rates mean no limit rather than a panic or a hang.
+        for r in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let ctx = Context::new(ContextOptions {
+                rate_limit: Some(r),
+                ..ContextOptions::default()
+            });
+            let start = tokio::time::Instant::now();
+            for _ in 0..100 {
+                ctx.pace().await;
+            }
+            assert_eq!(start.elapsed(), Duration::ZERO, "{r}");
+        }
+    }
+
+    #[tokio::test]
+    async fn request_limit_holds_operations() {
+        let ctx = Context::new(ContextOptions {
+            max_requests: Some(2),
+            ..ContextOptions::default()
+        });
+        let a = ctx.slot().await;
+        let b = ctx.slot().await;
+        assert!(a.is_some() && b.is_some());
+        let third = tokio::time::timeout(Duration::from_millis(100), ctx.slot()).await;
+        assert!(third.is_err(), "a third slot while two are held");
+        drop(a);
+        let third = tokio::time::timeout(Duration::from_secs(10), ctx.slot()).await;
+        assert!(third.is_ok());
+    }
+}

@@ -1,0 +1,376 @@
+//! What a pull reads: manifests, small blobs (configs) whole and verified,
+//! layers streamed in order and resumed with `Range` when a connection
+//! breaks off or falls below the speed floor.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+
+use super::client::Client;
+use super::options::MAX_MANIFEST_BYTES;
+use super::request::{Request, backoff, describe_reqwest};
+use super::tokens::{Actions, Scope};
+use super::transport;
+use crate::digest::Digest;
+use crate::error::{Error, Mismatch, Result};
+
+/// Accept header for manifest requests: every type we understand, plus
+/// schema1 so that we can name it in the error instead of getting a 404.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json;q=0.9, \
+application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1";
+
+impl Client {
+    /// Fetches a manifest of `repository` by tag or digest: its bytes and
+    /// Content-Type.
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let _slot = self.ctx.slot().await;
+        let sep = if reference.contains(':') { '@' } else { ':' };
+        let op = format!("GET manifest {repository}{sep}{reference}");
+        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
+        let scope = Scope::new(repository, Actions::Pull);
+        let (body, ct) = self
+            .get_whole(&op, &scope, &url, Some(MANIFEST_ACCEPT), MAX_MANIFEST_BYTES)
+            .await?;
+        let ct = ct.map(|s| crate::image::media_type::essence(&s).to_string());
+        Ok((body, ct))
+    }
+
+    /// Fetches a small blob (a config) of `repository` whole, verifying
+    /// digest and size.
+    pub async fn get_small_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        max: u64,
+    ) -> Result<Vec<u8>> {
+        let op = format!("GET blob {digest}");
+        if size > max {
+            return Err(Error::InvalidImage(format!(
+                "blob {digest} is {size} bytes, more than the {max} allowed for metadata"
+            )));
+        }
+        let _slot = self.ctx.slot().await;
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
+        let scope = Scope::new(repository, Actions::Pull);
+        // Read no more than the descriptor promised: a server that sends
+        // more is wrong, and need not be believed up to `max`.
+        let (body, _) = self.get_whole(&op, &scope, &url, None, size).await?;
+        let found = Digest::sha256_of(&body);
+        if &found != digest {
+            return Err(Error::DigestMismatch {
+                kind: Mismatch::BlobDigest,
+                what: format!("blob {digest}"),
+                expected: digest.clone(),
+                found,
+            });
+        }
+        if body.len() as u64 != size {
+            return Err(Error::SizeMismatch {
+                kind: Mismatch::BlobSize,
+                what: format!("blob {digest}"),
+                expected: size,
+                found: body.len() as u64,
+            });
+        }
+        Ok(body)
+    }
+
+    /// Streams a blob of `repository` into `tx`, in order, resuming with a
+    /// `Range` request when the connection breaks off. `progress` sees each
+    /// chunk's length. Stops with an error if the server sends more than
+    /// `size` bytes. Verification of the digest is the receiver's job: it
+    /// sees every byte.
+    pub async fn stream_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        tx: tokio::sync::mpsc::Sender<Bytes>,
+        mut progress: impl Fn(u64) + Send,
+    ) -> Result<()> {
+        let _slot = self.ctx.slot().await;
+        let op = format!("GET blob {digest}");
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
+        let scope = Scope::new(repository, Actions::Pull);
+        let mut received: u64 = 0;
+        let mut attempt = 0u32;
+        loop {
+            let range = (received > 0).then(|| format!("bytes={received}-"));
+            let req = Request {
+                op: &op,
+                scope: &scope,
+                method: Method::GET,
+                url: &url,
+                accept: None,
+                range: range.as_deref(),
+            };
+            let (resp, _) = self.send(&req).await?;
+            // A server that ignores Range replays from byte 0: skip what we have.
+            let mut skip = if received > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+                received
+            } else {
+                0
+            };
+            // Without a Content-Length, an early end of the body is all a
+            // broken connection looks like.
+            let delimited_by_close = resp.content_length().is_none();
+            let mut stream = resp.bytes_stream();
+            // Each connection must keep up the floor on its own.
+            let floor =
+                transport::SpeedFloor::new(self.options.min_speed, self.options.min_speed_window);
+            let pumped = pump_body(
+                &mut stream,
+                floor,
+                &mut skip,
+                &mut received,
+                size,
+                &tx,
+                &mut progress,
+                describe_reqwest,
+                &|slow| self.too_slow(slow),
+            )
+            .await;
+            let broke = match pumped {
+                Ok(Pumped::Ended) if received < size && delimited_by_close => {
+                    "the response ended early".to_string()
+                }
+                // One that was complete but short is the registry's whole
+                // blob: the receiver reports the size mismatch.
+                Ok(Pumped::Ended) => return Ok(()),
+                Ok(Pumped::Broke(msg)) => msg,
+                // The receiver stopped (it failed); its error is the one to report.
+                Ok(Pumped::ReceiverGone) => return Ok(()),
+                Err(found) => {
+                    return Err(Error::SizeMismatch {
+                        kind: Mismatch::BlobSize,
+                        what: format!("blob {digest}"),
+                        expected: size,
+                        found,
+                    });
+                }
+            };
+            attempt += 1;
+            if attempt > self.options.retries || received >= size {
+                return Err(Error::Network {
+                    registry: self.host.clone(),
+                    operation: op,
+                    message: format!("connection broke off after {received} bytes: {broke}"),
+                });
+            }
+            tracing::warn!(
+                "{}: {op}: broke off after {received} of {size} bytes ({broke}); resuming",
+                self.host
+            );
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    /// Why a connection below the throughput floor was given up.
+    fn too_slow(&self, slow: transport::TooSlow) -> String {
+        format!(
+            "slower than {} bytes/s for {} s ({} bytes/s; --min-speed)",
+            self.options.min_speed,
+            self.options.min_speed_window.as_secs_f64(),
+            slow.rate
+        )
+    }
+}
+
+/// How one blob response body ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pumped {
+    /// The body ended.
+    Ended,
+    /// The connection broke, or fell below the throughput floor: why.
+    Broke(String),
+    /// The receiver hung up.
+    ReceiverGone,
+}
+
+/// Moves one blob response body into `tx`: skips the first `skip` bytes (a
+/// server that ignored `Range`), counts into `received`, and gives up when
+/// `floor` judges the connection too slow. `Err(found)` when the body runs
+/// past `size`.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn pump_body<S, E>(
+    stream: &mut S,
+    mut floor: transport::SpeedFloor,
+    skip: &mut u64,
+    received: &mut u64,
+    size: u64,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    progress: &mut (impl Fn(u64) + Send),
+    describe: impl Fn(&E) -> String,
+    too_slow: &(dyn Fn(transport::TooSlow) -> String + Sync),
+) -> std::result::Result<Pumped, u64>
+where
+    S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+{
+    loop {
+        let waiting = tokio::time::Instant::now();
+        let item = match floor.budget() {
+            None => stream.next().await,
+            Some(budget) => match tokio::time::timeout(budget, stream.next()).await {
+                Ok(item) => item,
+                // A whole window passed without a byte: judge it.
+                Err(_) => match floor.record(0, waiting.elapsed()) {
+                    Ok(()) => continue,
+                    Err(slow) => return Ok(Pumped::Broke(too_slow(slow))),
+                },
+            },
+        };
+        let Some(item) = item else {
+            return Ok(Pumped::Ended);
+        };
+        let mut chunk = match item {
+            Ok(c) => c,
+            Err(e) => return Ok(Pumped::Broke(describe(&e))),
+        };
+        // Time the receiver takes below is not the server's.
+        let judged = floor.record(chunk.len() as u64, waiting.elapsed());
+        if *skip > 0 {
+            let n = (*skip).min(chunk.len() as u64);
+            chunk = chunk.slice(n as usize..);
+            *skip -= n;
+        }
+        if !chunk.is_empty() {
+            *received += chunk.len() as u64;
+            if *received > size {
+                return Err(*received);
+            }
+            progress(chunk.len() as u64);
+            if tx.send(chunk).await.is_err() {
+                return Ok(Pumped::ReceiverGone);
+            }
+        }
+        if let Err(slow) = judged {
+            return Ok(Pumped::Broke(too_slow(slow)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// `n` chunks of `bytes` bytes, one every `every` (tokio's clock).
+    fn ticking(
+        n: usize,
+        bytes: usize,
+        every: Duration,
+    ) -> impl futures_util::Stream<Item = std::result::Result<Bytes, std::convert::Infallible>> + Unpin
+    {
+        Box::pin(futures_util::stream::unfold(0, move |i| async move {
+            if i == n {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok(Bytes::from(vec![1u8; bytes])), i + 1))
+        }))
+    }
+
+    async fn pump_all<S>(
+        mut stream: S,
+        floor: transport::SpeedFloor,
+        size: u64,
+        channel: usize,
+        reader_pause: Duration,
+    ) -> (std::result::Result<Pumped, u64>, u64, u64)
+    where
+        S: futures_util::Stream<Item = std::result::Result<Bytes, std::convert::Infallible>>
+            + Unpin,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(channel);
+        let reader = tokio::spawn(async move {
+            let mut got = 0u64;
+            while let Some(b) = rx.recv().await {
+                got += b.len() as u64;
+                tokio::time::sleep(reader_pause).await;
+            }
+            got
+        });
+        let (mut skip, mut received) = (0, 0);
+        let r = pump_body(
+            &mut stream,
+            floor,
+            &mut skip,
+            &mut received,
+            size,
+            &tx,
+            &mut |_| {},
+            |e: &std::convert::Infallible| match *e {},
+            &|slow| format!("slow {}", slow.rate),
+        )
+        .await;
+        drop(tx);
+        (r, received, reader.await.unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_gives_up_a_drip_after_one_window() {
+        // 10 B/s against 100 B/s over 5 s.
+        let started = tokio::time::Instant::now();
+        let floor = transport::SpeedFloor::new(100, Duration::from_secs(5));
+        let (r, received, got) = pump_all(
+            ticking(1000, 10, Duration::from_secs(1)),
+            floor,
+            10_000,
+            64,
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!(r, Ok(Pumped::Broke("slow 10".into())));
+        assert_eq!((received, got), (50, 50));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_keeps_a_connection_above_the_floor() {
+        let floor = transport::SpeedFloor::new(5, Duration::from_secs(5));
+        let (r, received, _) = pump_all(
+            ticking(30, 10, Duration::from_secs(1)),
+            floor,
+            300,
+            64,
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!((r, received), (Ok(Pumped::Ended), 300));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_gives_up_a_silent_body_at_the_window() {
+        let started = tokio::time::Instant::now();
+        let floor = transport::SpeedFloor::new(1, Duration::from_secs(7));
+        let silent = Box::pin(futures_util::stream::pending());
+        let (r, received, _) = pump_all(silent, floor, 10, 1, Duration::ZERO).await;
+        assert_eq!((r, received), (Ok(Pumped::Broke("slow 0".into())), 0));
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_does_not_blame_the_server_for_a_slow_receiver() {
+        // The server is instant; the receiver takes 10 s a chunk. A floor
+        // of 100 B/s over 5 s would fail if waiting on the receiver counted.
+        let floor = transport::SpeedFloor::new(100, Duration::from_secs(5));
+        let fast = ticking(6, 10, Duration::ZERO);
+        let (r, received, got) = pump_all(fast, floor, 60, 1, Duration::from_secs(10)).await;
+        assert_eq!((r, received, got), (Ok(Pumped::Ended), 60, 60));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn pump_stops_past_the_size() {
+        let off = transport::SpeedFloor::new(0, Duration::ZERO);
+        let (r, _, _) = pump_all(ticking(3, 10, Duration::ZERO), off, 25, 8, Duration::ZERO).await;
+        assert_eq!(r, Err(30));
+    }
+}

@@ -1,0 +1,540 @@
+//! Sending requests: auth (the header a request carries, answering a
+//! challenge with Basic or a bearer token from the realm under the realm
+//! safety rules, renewing expired tokens), retries with backoff and
+//! `Retry-After`, the per-attempt deadline, capped bodies, and the errors of
+//! failed requests.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Response, StatusCode};
+
+use super::auth::{self, Challenge};
+use super::client::Client;
+use super::errors::{MAX_ERROR_BODY, parse_error_body};
+use super::tokens::{Cached, Scope, TokenKey, parse_token_reply, requested_scope};
+use super::transport;
+use crate::error::{Error, RegistryErrorCode, Result};
+
+/// One request as [`Client::send`] makes it.
+pub(super) struct Request<'a> {
+    pub(super) op: &'a str,
+    pub(super) scope: &'a Scope,
+    pub(super) method: Method,
+    pub(super) url: &'a str,
+    pub(super) accept: Option<&'a str>,
+    pub(super) range: Option<&'a str>,
+}
+
+impl Client {
+    /// GETs a small document whole (at most `max` bytes), retrying when the
+    /// body breaks off or stalls as [`Client::send`] retries failed requests.
+    /// Returns the body and its Content-Type.
+    pub(super) async fn get_whole(
+        &self,
+        op: &str,
+        scope: &Scope,
+        url: &str,
+        accept: Option<&str>,
+        max: u64,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let mut attempt = 0u32;
+        loop {
+            let req = Request {
+                op,
+                scope,
+                method: Method::GET,
+                url,
+                accept,
+                range: None,
+            };
+            let (resp, deadline) = self.send(&req).await?;
+            let ct = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match self.read_capped(op, resp, max, deadline).await {
+                Ok(body) => return Ok((body, ct)),
+                Err(e @ Error::Network { .. }) if attempt < self.options.retries => {
+                    attempt += 1;
+                    tracing::warn!("{}: {e}; retrying", self.host);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads a small body whole: at most `max` bytes, all of it before
+    /// `deadline`, however slowly the server drips it.
+    pub(super) async fn read_capped(
+        &self,
+        op: &str,
+        resp: Response,
+        max: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<u8>> {
+        if let Some(len) = resp.content_length()
+            && len > max
+        {
+            return Err(Error::InvalidImage(format!(
+                "{}: {op}: response is {len} bytes, more than the {max} allowed",
+                self.host
+            )));
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(chunk)) => chunk.map_err(|e| self.network_error(op, &e))?,
+                Ok(None) => break,
+                Err(_) => return Err(self.deadline_error(op, Some(body.len()))),
+            };
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(Error::InvalidImage(format!(
+                    "{}: {op}: response is more than the {max} bytes allowed",
+                    self.host
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// The error for a request that missed its deadline; `got` is how much
+    /// of the body had come, if the headers had.
+    pub(super) fn deadline_error(&self, op: &str, got: Option<usize>) -> Error {
+        let secs = self.options.request_timeout.as_secs_f64();
+        Error::Network {
+            registry: self.host.clone(),
+            operation: op.to_string(),
+            message: match got {
+                None => format!("timed out: no response within {secs} s (--request-timeout)"),
+                Some(n) => format!(
+                    "timed out: response not complete within {secs} s \
+                     (--request-timeout; {n} bytes came)"
+                ),
+            },
+        }
+    }
+
+    pub(super) fn network_error(&self, op: &str, e: &reqwest::Error) -> Error {
+        Error::Network {
+            registry: self.host.clone(),
+            operation: op.to_string(),
+            message: describe_reqwest(e),
+        }
+    }
+
+    /// One attempt: the request with its auth, paced by the rate limiter,
+    /// its headers within the request deadline. `Err`: a failure not worth
+    /// retrying (the auth step failed, a redirect was refused); `Ok(Err)`:
+    /// one that is (a network failure, the deadline).
+    async fn attempt(&self, req: &Request<'_>) -> Result<Result<(Response, tokio::time::Instant)>> {
+        let auth_header = self.current_auth(req.scope).await?;
+        self.ctx.pace().await;
+        let mut r = self.http.request(req.method.clone(), req.url);
+        if let Some(a) = req.accept {
+            r = r.header(ACCEPT, a);
+        }
+        if let Some(range) = req.range {
+            r = r.header(RANGE, range);
+        }
+        if let Some(h) = &auth_header {
+            r = r.header(AUTHORIZATION, h);
+        }
+        tracing::debug!("{} {}", req.method, req.url);
+        let deadline = tokio::time::Instant::now() + self.options.request_timeout;
+        match tokio::time::timeout_at(deadline, r.send()).await {
+            Ok(Ok(resp)) => Ok(Ok((resp, deadline))),
+            // A refused redirect is a decision, not a glitch.
+            Ok(Err(e)) if e.is_redirect() => Err(self.network_error(req.op, &e)),
+            Ok(Err(e)) => Ok(Err(self.network_error(req.op, &e))),
+            Err(_) => Ok(Err(self.deadline_error(req.op, None))),
+        }
+    }
+
+    /// Sends a request with auth, answering one auth challenge and retrying
+    /// connection errors, timeouts, 429 and 5xx. Returns only successful
+    /// responses, each with the deadline its body must meet when it is a
+    /// small document: the headers had to come within
+    /// [`super::ClientOptions::request_timeout`] of the request, and the
+    /// body shares that deadline.
+    pub(super) async fn send(&self, req: &Request<'_>) -> Result<(Response, tokio::time::Instant)> {
+        let op = req.op;
+        let mut attempt = 0u32;
+        let mut answered_challenge = false;
+        loop {
+            let (resp, deadline) = match self.attempt(req).await? {
+                Ok(r) => r,
+                Err(e) => {
+                    attempt += 1;
+                    if attempt > self.options.retries {
+                        return Err(e);
+                    }
+                    tracing::warn!("{e}; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if status.is_success() {
+                return Ok((resp, deadline));
+            }
+            if status == StatusCode::UNAUTHORIZED && !answered_challenge {
+                answered_challenge = true;
+                let challenge = resp
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(auth::parse_challenge);
+                if let Some(ch) = challenge {
+                    self.answer_challenge(op, req.scope, ch).await?;
+                    continue;
+                }
+            }
+            if (status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::REQUEST_TIMEOUT
+                || status.is_server_error())
+                && attempt < self.options.retries
+            {
+                attempt += 1;
+                let wait = retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt));
+                tracing::warn!("{}: {op}: HTTP {status}; retrying in {wait:?}", self.host);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Err(self.status_error(op, resp, deadline).await);
+        }
+    }
+
+    /// The error for an unsuccessful response, with the registry's own
+    /// words and codes from its body when they come before `deadline`.
+    pub(super) async fn status_error(
+        &self,
+        op: &str,
+        resp: Response,
+        deadline: tokio::time::Instant,
+    ) -> Error {
+        let status = resp.status();
+        let body = self
+            .read_capped(op, resp, MAX_ERROR_BODY as u64, deadline)
+            .await
+            .unwrap_or_default();
+        let mut message = format!("HTTP {}", status.as_u16());
+        if let Some(reason) = status.canonical_reason() {
+            message.push(' ');
+            message.push_str(reason);
+        }
+        let parsed = parse_error_body(&body);
+        let mut codes = parsed.codes;
+        match parsed.detail {
+            Some(detail) => {
+                message.push_str(": ");
+                message.push_str(&self.scrub(detail));
+            }
+            // A bare 404 still says which kind of thing is missing, in the
+            // distribution spec's words.
+            None if status == StatusCode::NOT_FOUND && op.starts_with("GET blob") => {
+                message.push_str(": BLOB_UNKNOWN: blob unknown to registry");
+                codes = vec![RegistryErrorCode::BlobUnknown];
+            }
+            None if status == StatusCode::NOT_FOUND && op.starts_with("GET manifest") => {
+                message.push_str(": MANIFEST_UNKNOWN: manifest unknown");
+                codes = vec![RegistryErrorCode::ManifestUnknown];
+            }
+            None => {}
+        }
+        if codes.is_empty() {
+            codes.extend(status_code(status));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            message.push_str(if self.options.credentials.is_some() {
+                " (authentication failed: check the username and password)"
+            } else {
+                " (authentication required: give --username/--password)"
+            });
+        }
+        Error::Registry {
+            registry: self.host.clone(),
+            operation: op.to_string(),
+            message,
+            status: Some(status.as_u16()),
+            codes,
+        }
+    }
+}
+
+// The auth step: the header a request carries, and answering challenges.
+impl Client {
+    /// This client's cache key for a request in `scope`.
+    pub(super) fn token_key(&self, scope: &Scope) -> TokenKey {
+        TokenKey {
+            registry: self.base.clone(),
+            identity: self.identity.clone(),
+            scope: scope.clone(),
+        }
+    }
+
+    /// The `Authorization` header for a request in `scope`: a cached
+    /// token (renewed first when it has expired), else Basic when the
+    /// registry asked for it, else none.
+    pub(super) async fn current_auth(&self, scope: &Scope) -> Result<Option<String>> {
+        let key = self.token_key(scope);
+        match self.ctx.tokens.get(&key) {
+            Cached::Valid(token) => return Ok(Some(format!("Bearer {token}"))),
+            Cached::Expired(challenge) => {
+                // Refresh before it is refused rather than after.
+                self.answer_challenge("refreshing token", scope, challenge)
+                    .await?;
+                if let Cached::Valid(token) = self.ctx.tokens.get(&key) {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
+            }
+            Cached::Missing => {}
+        }
+        if self.uses_basic() {
+            return Ok(self.options.credentials.as_ref().map(|c| c.basic_header()));
+        }
+        Ok(None)
+    }
+
+    /// Answers a `WWW-Authenticate` challenge for a request in `scope`.
+    pub(super) async fn answer_challenge(
+        &self,
+        op: &str,
+        scope: &Scope,
+        challenge: Challenge,
+    ) -> Result<()> {
+        match &challenge {
+            Challenge::Basic => {
+                if self.options.credentials.is_none() {
+                    return Err(Error::Registry {
+                        registry: self.host.clone(),
+                        operation: op.to_string(),
+                        message: "HTTP 401 Unauthorized (authentication required: give --username/--password)".into(),
+                        status: Some(401),
+                        codes: vec![RegistryErrorCode::Unauthorized],
+                    });
+                }
+                self.set_basic();
+                Ok(())
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope: theirs,
+            } => {
+                let wanted = requested_scope(&scope.to_scope_string(), theirs.as_deref());
+                let (token, ttl) = self
+                    .fetch_token(op, realm, service.as_deref(), &wanted)
+                    .await?;
+                self.ctx
+                    .tokens
+                    .insert(self.token_key(scope), token, ttl, challenge);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether credentials may go to a token realm: http(s) only, no user
+    /// name or password in it, and never plain HTTP to a host the user did
+    /// not allow (`--insecure`, `?insecure=true` for the registry itself,
+    /// `--insecure-host`). A realm on another host over HTTPS gets them, as
+    /// Docker sends them: the registry names its token service.
+    pub(super) fn check_realm(&self, url: &url::Url) -> std::result::Result<(), String> {
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("token realm has a user name or password in it; refusing to use it".into());
+        }
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.allowed.allows_url(url) => Ok(()),
+            "http" => Err(format!(
+                "token realm {} is plain HTTP{}: refusing to send {} in clear; \
+                 give --insecure-host {} to allow it",
+                transport::redacted(url),
+                if self.options.insecure {
+                    " on another host than the registry"
+                } else {
+                    " but the registry is HTTPS"
+                },
+                if self.options.credentials.is_some() {
+                    "credentials"
+                } else {
+                    "a token request"
+                },
+                transport::authority(url)
+            )),
+            other => Err(format!(
+                "token realm is not http(s) but {}",
+                crate::digest::truncate_for_error(other)
+            )),
+        }
+    }
+
+    /// An error about the token exchange, with no response to blame.
+    fn token_error(&self, op: &str, message: String) -> Error {
+        Error::Registry {
+            registry: self.host.clone(),
+            operation: op.to_string(),
+            message,
+            status: None,
+            codes: Vec::new(),
+        }
+    }
+
+    /// The realm URL with `service` and `scope`, after the safety rules.
+    fn token_url(
+        &self,
+        op: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<url::Url> {
+        let mut url = url::Url::parse(realm).map_err(|_| {
+            // Up to any query, which could carry something secret.
+            self.token_error(
+                op,
+                format!(
+                    "token realm {:?} is not a URL",
+                    crate::digest::truncate_for_error(realm.split('?').next().unwrap_or(""))
+                ),
+            )
+        })?;
+        self.check_realm(&url)
+            .map_err(|m| self.token_error(op, m))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        Ok(url)
+    }
+
+    async fn fetch_token(
+        &self,
+        op: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, Duration)> {
+        let url = self.token_url(op, realm, service, scope)?;
+        let top = format!("GET token for {scope}");
+        let body = self.get_token_body(&top, &url).await?;
+        parse_token_reply(&body).map_err(|m| self.token_error(&top, m.into()))
+    }
+
+    /// GETs the token reply, retrying network failures and 5xx.
+    async fn get_token_body(&self, top: &str, url: &url::Url) -> Result<Vec<u8>> {
+        let mut attempt = 0;
+        loop {
+            self.ctx.pace().await;
+            let mut req = self.http.get(url.clone());
+            if let Some(c) = &self.options.credentials {
+                req = req.header(AUTHORIZATION, c.basic_header());
+            }
+            tracing::debug!("GET {} (token)", transport::redacted(url));
+            // Headers and body within one deadline, as for a manifest.
+            let deadline = tokio::time::Instant::now() + self.options.request_timeout;
+            let failure: Option<Error> = match tokio::time::timeout_at(deadline, req.send()).await {
+                Ok(Ok(r)) if r.status().is_server_error() && attempt < self.options.retries => None,
+                Ok(Ok(r)) if !r.status().is_success() => {
+                    return Err(self.status_error(top, r, deadline).await);
+                }
+                Ok(Ok(r)) => match self.read_capped(top, r, 1 << 20, deadline).await {
+                    Ok(body) => return Ok(body),
+                    Err(e @ Error::Network { .. }) => Some(e),
+                    Err(e) => return Err(e),
+                },
+                Ok(Err(e)) if e.is_redirect() => return Err(self.network_error(top, &e)),
+                Ok(Err(e)) => Some(self.network_error(top, &e)),
+                Err(_) => Some(self.deadline_error(top, None)),
+            };
+            if let Some(e) = failure {
+                if attempt >= self.options.retries {
+                    return Err(e);
+                }
+                tracing::warn!("{e}; retrying");
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+}
+
+/// The code an HTTP status stands for when the body named none.
+fn status_code(status: StatusCode) -> Option<RegistryErrorCode> {
+    match status {
+        StatusCode::UNAUTHORIZED => Some(RegistryErrorCode::Unauthorized),
+        StatusCode::FORBIDDEN => Some(RegistryErrorCode::Denied),
+        StatusCode::TOO_MANY_REQUESTS => Some(RegistryErrorCode::TooManyRequests),
+        _ => None,
+    }
+}
+
+/// A one-line description of a transport error, with its cause.
+pub(super) fn describe_reqwest(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut msg = if e.is_connect() {
+        "cannot connect".to_string()
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_body() || e.is_decode() {
+        "error reading response body".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut src = e.source();
+    let mut last = String::new();
+    while let Some(s) = src {
+        last = s.to_string();
+        src = s.source();
+    }
+    if !last.is_empty() && !msg.contains(&last) {
+        msg.push_str(": ");
+        msg.push_str(&last);
+    }
+    msg
+}
+
+pub(super) fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1 << attempt.min(6));
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let when = httpdate::parse_http_date(v).ok()?;
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(Duration::from_secs(300)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+    }
+}
