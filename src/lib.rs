@@ -44,7 +44,6 @@ pub mod escape;
 pub mod filter;
 pub mod fsutil;
 pub mod gzip;
-pub mod handoff;
 pub mod image;
 pub mod inspect;
 pub mod layer;
@@ -57,5 +56,6 @@ pub mod sink;
 pub mod source;
 pub mod tarfmt;
 pub mod uri;
+pub mod verify;
 
 pub use error::{Error, Result};
