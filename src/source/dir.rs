@@ -26,8 +26,6 @@ use crate::source::{FetchContext, LayerBlob, Source};
 
 /// Largest manifest or config read into memory.
 const METADATA_LIMIT: u64 = 8 << 20;
-/// Read buffer for hashing layers.
-/// Progress is reported in steps of this many bytes.
 
 /// An image in a layer store directory, opened as a source.
 pub struct DirSource {

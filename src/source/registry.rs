@@ -371,7 +371,7 @@ pub(crate) struct ChannelReader {
     /// How the download that feeds the channel ended: checked when the
     /// channel closes, so that a failed download is a read error.
     done: Option<tokio::sync::oneshot::Receiver<Result<()>>>,
-    _download: Option<crate::pipeline::AbortOnDrop<()>>,
+    download: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ChannelReader {
@@ -381,7 +381,7 @@ impl ChannelReader {
             rx,
             current: Bytes::new(),
             done: None,
-            _download: None,
+            download: None,
         }
     }
 
@@ -393,8 +393,17 @@ impl ChannelReader {
         download: tokio::task::JoinHandle<()>,
     ) -> Self {
         self.done = Some(done);
-        self._download = Some(crate::pipeline::AbortOnDrop(download));
+        self.download = Some(download);
         self
+    }
+}
+
+impl Drop for ChannelReader {
+    fn drop(&mut self) {
+        // Nobody reads the rest: stop downloading it.
+        if let Some(d) = &self.download {
+            d.abort();
+        }
     }
 }
 
