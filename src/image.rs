@@ -5,10 +5,11 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::handoff::TarStream;
 
 /// Media types this tool reads and writes.
 pub mod media_type {
@@ -213,18 +214,49 @@ impl FileSlice {
     }
 }
 
-/// A layer's bytes as they reach a filter or sink, already verified.
-#[derive(Clone, Debug)]
+/// A layer's uncompressed tar still arriving, verified by its last read:
+/// end-of-file only once the blob size, blob digest and diff_id checked out,
+/// an error (wrapping the [`crate::Error`] mismatch) otherwise.
+pub trait LiveTar: Read + Send {
+    /// Copies the whole tar into `out` (what was spooled with the kernel's
+    /// file-to-file copy) and returns the bytes copied.
+    fn copy_to_file(&mut self, out: &mut File) -> io::Result<u64>;
+    /// The tar as chunks for an async reader (an upload), ending the same
+    /// way: a verification failure is the last item.
+    fn into_chunks(self: Box<Self>) -> BoxStream<'static, io::Result<Bytes>>;
+}
+
+/// One verified layer as it reaches a filter or sink. The pipeline chooses
+/// its form: verified files (`tar`, `blob`), or, for an ordered sink that
+/// reads only the tar, the tar as it arrives. Read the tar through
+/// [`Layer::tar_reader`] or [`Layer::copy_tar_to`], which serve both.
 pub struct Layer {
     /// What the layer is.
     pub info: LayerInfo,
-    /// The uncompressed tar (its sha256 is `info.diff_id`), when the sink asked for it.
+    /// The uncompressed tar in a verified file (its sha256 is
+    /// `info.diff_id`), when it is not arriving live.
     pub tar: Option<FileSlice>,
-    /// The blob as the source stored it (its digest is `info.digest`), when asked for.
+    /// The blob as the source stored it (its digest is `info.digest`), when
+    /// the reader asked for it.
     pub blob: Option<FileSlice>,
-    /// The uncompressed tar still arriving, instead of `tar`, for a sink that
-    /// takes streams (see [`crate::handoff`]).
-    pub stream: Option<SharedStream>,
+    live: std::sync::Mutex<Option<Box<dyn LiveTar>>>,
+}
+
+/// A clone has the file forms only: a live tar has one reader.
+impl Clone for Layer {
+    fn clone(&self) -> Layer {
+        Layer::files(self.info.clone(), self.tar.clone(), self.blob.clone())
+    }
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("info", &self.info)
+            .field("tar", &self.tar)
+            .field("blob", &self.blob)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Layer {
@@ -234,14 +266,35 @@ impl Layer {
             info,
             tar,
             blob,
-            stream: None,
+            live: std::sync::Mutex::new(None),
         }
     }
 
-    /// A reader over the uncompressed tar, from the stream or the file; `None`
-    /// when the layer has neither.
+    /// A layer whose tar is still arriving.
+    pub fn live(info: LayerInfo, tar: Box<dyn LiveTar>) -> Layer {
+        Layer {
+            info,
+            tar: None,
+            blob: None,
+            live: std::sync::Mutex::new(Some(tar)),
+        }
+    }
+
+    /// Takes the live tar, if the layer is arriving live and nobody took it.
+    pub fn take_live(&self) -> Option<Box<dyn LiveTar>> {
+        self.live.lock().ok().and_then(|mut l| l.take())
+    }
+
+    /// Whether the tar is arriving live (and not yet taken).
+    pub fn is_live(&self) -> bool {
+        self.live.lock().map(|l| l.is_some()).unwrap_or(false)
+    }
+
+    /// A reader over the uncompressed tar, live or from the file; `None`
+    /// when the layer has neither. Read a live tar to its end before
+    /// committing anything: only the end says it was verified.
     pub fn tar_reader(&self) -> io::Result<Option<Box<dyn Read + Send>>> {
-        if let Some(s) = self.stream.as_ref().and_then(|s| s.take()) {
+        if let Some(s) = self.take_live() {
             return Ok(Some(Box::new(s)));
         }
         match &self.tar {
@@ -249,22 +302,71 @@ impl Layer {
             None => Ok(None),
         }
     }
+
+    /// Copies the whole uncompressed tar into `out`, with the kernel's
+    /// file-to-file copy where it is in a file; `None` when the layer has no
+    /// tar. A short copy of a file is an error.
+    pub fn copy_tar_to(&self, out: &mut File) -> io::Result<Option<u64>> {
+        if let Some(mut s) = self.take_live() {
+            return s.copy_to_file(out).map(Some);
+        }
+        let Some(t) = &self.tar else { return Ok(None) };
+        let copied = io::copy(&mut t.open()?, out)?;
+        if copied != t.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} changed while it was copied", t.path().display()),
+            ));
+        }
+        Ok(Some(copied))
+    }
+
+    /// The uncompressed tar as chunks, for an async sink; `None` when the
+    /// layer has no tar. A file is read a chunk at a time on a blocking
+    /// thread, so no thread waits on the consumer.
+    pub fn into_tar_chunks(self) -> Option<BoxStream<'static, io::Result<Bytes>>> {
+        if let Some(s) = self.take_live() {
+            return Some(s.into_chunks());
+        }
+        self.tar.map(file_chunks)
+    }
+
+    /// The blob as stored, as chunks, for an async sink that asked for it.
+    pub fn into_blob_chunks(self) -> Option<BoxStream<'static, io::Result<Bytes>>> {
+        self.blob.map(file_chunks)
+    }
 }
 
-/// A [`TarStream`] that a cloneable [`Layer`] can carry; whoever takes it
-/// first reads it.
-#[derive(Clone, Debug)]
-pub struct SharedStream(Arc<std::sync::Mutex<Option<TarStream>>>);
-
-impl SharedStream {
-    /// Wraps a stream.
-    pub fn new(s: TarStream) -> Self {
-        SharedStream(Arc::new(std::sync::Mutex::new(Some(s))))
-    }
-    /// Takes the stream; `None` if somebody already did.
-    pub fn take(&self) -> Option<TarStream> {
-        self.0.lock().ok().and_then(|mut s| s.take())
-    }
+/// A verified file's bytes as chunks.
+fn file_chunks(slice: FileSlice) -> BoxStream<'static, io::Result<Bytes>> {
+    const CHUNK: usize = 1 << 20;
+    let state = (slice, 0u64, false);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(slice, at, done)| async move {
+            if done || at >= slice.len() {
+                return None;
+            }
+            let s = slice.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let f = File::open(s.path())?;
+                let want = (s.len() - at).min(CHUNK as u64) as usize;
+                let mut buf = vec![0u8; want];
+                f.read_exact_at(&mut buf, s.offset() + at)?;
+                Ok::<_, io::Error>(buf)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            Some(match read {
+                Ok(buf) => {
+                    let n = buf.len() as u64;
+                    (Ok(Bytes::from(buf)), (slice, at + n, false))
+                }
+                Err(e) => (Err(e), (slice, at, true)),
+            })
+        },
+    ))
 }
 
 /// Which forms of a layer a sink or filter needs.

@@ -47,7 +47,6 @@ pub mod filter;
 pub(crate) mod format;
 pub mod fsutil;
 pub mod gzip;
-pub mod handoff;
 pub mod image;
 pub mod inspect;
 pub mod layer;
@@ -60,6 +59,7 @@ pub mod sink;
 pub mod source;
 pub mod tarfmt;
 pub mod uri;
+pub mod verify;
 pub mod wire;
 
 pub use error::{Error, Result};

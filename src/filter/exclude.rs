@@ -398,22 +398,21 @@ mod tests {
         let p = dir.path().join("layer.tar");
         std::fs::write(&p, &tar).unwrap();
         let d = crate::digest::Digest::sha256_of(&tar);
-        let layer = Layer {
-            info: crate::image::LayerInfo {
+        let layer = Layer::files(
+            crate::image::LayerInfo {
                 index: 0,
                 digest: d.clone(),
                 size: tar.len() as u64,
                 media_type: crate::image::media_type::OCI_LAYER_TAR.into(),
                 diff_id: d.clone(),
             },
-            tar: Some(crate::image::FileSlice::range(
+            Some(crate::image::FileSlice::range(
                 Arc::new(p.clone()),
                 0,
                 tar.len() as u64,
             )),
-            blob: None,
-            stream: None,
-        };
+            None,
+        );
         let ctx = FilterContext {
             temp_dir: dir.path().to_path_buf(),
         };

@@ -147,18 +147,17 @@ mod tests {
         f.write_all(&[0x55; 1536]).unwrap();
         f.write_all(tar).unwrap();
         f.write_all(&[0xaa; 700]).unwrap();
-        Layer {
-            info: LayerInfo {
+        Layer::files(
+            LayerInfo {
                 index: 3,
                 digest: Digest::sha256_of(tar),
                 size: tar.len() as u64,
                 media_type: crate::image::media_type::OCI_LAYER_TAR.into(),
                 diff_id: Digest::sha256_of(tar),
             },
-            tar: Some(FileSlice::range(Arc::new(path), 1536, tar.len() as u64)),
-            blob: None,
-            stream: None,
-        }
+            Some(FileSlice::range(Arc::new(path), 1536, tar.len() as u64)),
+            None,
+        )
     }
 
     fn read(slice: &FileSlice) -> Vec<u8> {

@@ -317,7 +317,7 @@ where
             let walk = walk.clone();
             let job_info = info.clone();
             let task = AbortOnDrop(tokio::spawn(async move {
-                let layer = source.fetch(&job_info, needs, &ctx).await?;
+                let layer = crate::pipeline::fetch_layer(&*source, &job_info, needs, &ctx).await?;
                 match tokio::task::spawn_blocking(move || walk(layer)).await {
                     Ok(r) => r,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -223,12 +223,12 @@ pub fn walk_blob(
     });
     let drained = io::copy(&mut buffered, &mut io::sink());
     let (digest, size) = buffered.into_inner().finish();
-    crate::source::registry::check_blob(info, size, digest, what("blob"))?;
+    crate::verify::check_blob(info, size, digest, what("blob"))?;
     drained.map_err(|e| Error::stream(what("read"), e))?;
     let (found, diff_id) =
         walked.map_err(|e| Error::stream(what(&format!("reading as a {compression:?} tar")), e))?;
     if let Some(diff_id) = diff_id {
-        crate::source::registry::check_diff_id(info, diff_id)?;
+        crate::verify::check_diff_id(info, diff_id)?;
     }
     Ok(found)
 }

@@ -75,10 +75,6 @@ impl Sink for BundleSink {
         Ok(())
     }
 
-    fn takes_streams(&self) -> bool {
-        true
-    }
-
     fn layer(&mut self, layer: Layer) -> Result<()> {
         let rootfs = self.staged.path().join("rootfs");
         apply_layer(

@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::format::blob::{self, BlobWriter};
 use crate::format::dir::{
@@ -35,8 +35,7 @@ use crate::format::dir::{
 };
 use crate::format::docker_save::{ManifestEntry, config_member};
 use crate::fsutil::{self, RunDir, StoreRoot};
-use crate::handoff::TarStream;
-use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds};
+use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds, LiveTar};
 use crate::layer::{ExtractOptions, ExtractStats, WhiteoutMode, extract_layer};
 use crate::sink::staging::StagedDir;
 use crate::sink::{Sink, SinkReport};
@@ -166,7 +165,7 @@ impl DirSink {
     /// renames it into place.
     fn store_layer(&self, layer: &Layer) -> Result<u64> {
         let info = &layer.info;
-        if let Some(mut stream) = layer.stream.as_ref().and_then(|s| s.take()) {
+        if let Some(mut stream) = layer.take_live() {
             let reading = |e| Error::stream(format!("reading {}", layer_name(info)), e);
             return self.persist_layer(info, |out| match out {
                 Some(file) => stream.copy_to_file(file).map_err(reading),
@@ -269,7 +268,7 @@ impl DirSink {
     fn store_and_extract(
         &self,
         info: &LayerInfo,
-        stream: &mut TarStream,
+        stream: &mut dyn LiveTar,
     ) -> Result<(u64, ExtractStats)> {
         let reading = |e| Error::stream(format!("reading {}", layer_name(info)), e);
         let mut stats = ExtractStats::default();
@@ -316,23 +315,35 @@ impl DirSink {
         let file = store
             .open_file(&rel)?
             .ok_or_else(|| Error::io("opening", &path, io::ErrorKind::NotFound.into()))?;
-        let mut hashing = HashingReader::new(file, info.diff_id.algorithm());
-        let stats = self.extract(info, &mut hashing)?;
-        // The tar reader stops at the end marker; the rest still counts.
-        io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io("reading", &path, e))?;
-        let (found, _) = hashing.finish();
-        if found != info.diff_id {
-            return Err(Error::DigestMismatch {
-                kind: crate::error::Mismatch::DiffId,
-                what: format!(
-                    "{} stored at {} (remove it and run again)",
-                    layer_name(info),
-                    path.display()
-                ),
-                expected: info.diff_id.clone(),
-                found,
-            });
-        }
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("reading", &path, e))?
+            .len();
+        // The store's copy is a plain tar: its digest is its diff_id.
+        let expect = crate::verify::Expect {
+            info: LayerInfo {
+                digest: info.diff_id.clone(),
+                size,
+                ..info.clone()
+            },
+            digest_known: true,
+            prehashed: None,
+        };
+        let label = format!(
+            "{} stored at {} (remove it and run again)",
+            layer_name(info),
+            path.display()
+        );
+        let mut verified = crate::verify::VerifiedTar::new(
+            Box::new(file),
+            expect,
+            label,
+            std::sync::Arc::new(crate::progress::Silent),
+        )?;
+        let stats = self.extract(info, &mut verified)?;
+        // The tar reader stops at the end marker; the rest still counts, and
+        // the last read is the verdict.
+        io::copy(&mut verified, &mut io::sink()).map_err(|e| Error::stream("reading", e))?;
         self.record(info, stats);
         Ok(())
     }
@@ -481,10 +492,6 @@ impl Sink for DirSink {
         self.asked.insert(layer.diff_id.clone()) && self.find_layer(&layer.diff_id).is_none()
     }
 
-    fn takes_streams(&self) -> bool {
-        true
-    }
-
     fn layer(&mut self, layer: Layer) -> Result<()> {
         let index = layer.info.index;
         self.apply_stored_below(index)?;
@@ -492,9 +499,9 @@ impl Sink for DirSink {
             *slot = layer.info.clone();
         }
         if self.expand.is_some()
-            && let Some(mut stream) = layer.stream.as_ref().and_then(|s| s.take())
+            && let Some(mut stream) = layer.take_live()
         {
-            let (copied, stats) = self.store_and_extract(&layer.info, &mut stream)?;
+            let (copied, stats) = self.store_and_extract(&layer.info, &mut *stream)?;
             self.bytes_written += copied;
             self.record(&layer.info, stats);
             if let Some(x) = &mut self.expand {
@@ -571,13 +578,13 @@ impl Sink for DirSink {
 }
 
 /// A reader that copies what passes through it into a writer.
-struct TeeRead<'a, R: Read, W: io::Write> {
+struct TeeRead<'a, R: Read + ?Sized, W: io::Write> {
     inner: &'a mut R,
     copy: Option<W>,
     count: u64,
 }
 
-impl<R: Read, W: io::Write> Read for TeeRead<'_, R, W> {
+impl<R: Read + ?Sized, W: io::Write> Read for TeeRead<'_, R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if let Some(w) = &mut self.copy {

@@ -20,8 +20,7 @@ use tempfile::NamedTempFile;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::format::docker_save::{self, MANIFEST, ManifestEntry, REPOSITORIES};
-use crate::handoff::TarStream;
-use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
+use crate::image::{Image, Layer, LayerInfo, LayerNeeds, LiveTar};
 use crate::sink::{Sink, SinkReport};
 use crate::tarfmt::write::{Member, padding_zeros, ustar_header};
 
@@ -137,7 +136,7 @@ impl DockerArchiveSink {
 
     /// Writes a layer whose size is known only at its end: the header goes
     /// in with size 0 and is rewritten in place once the stream is verified.
-    fn stream_layer(&mut self, info: &LayerInfo, stream: &mut TarStream) -> Result<()> {
+    fn stream_layer(&mut self, info: &LayerInfo, stream: &mut dyn LiveTar) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let dir = info.diff_id.hex().to_string();
         self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
@@ -193,18 +192,14 @@ impl Sink for DockerArchiveSink {
         self.wanted.insert(layer.diff_id.clone())
     }
 
-    fn takes_streams(&self) -> bool {
-        true
-    }
-
     fn layer(&mut self, layer: Layer) -> Result<()> {
         let diff_id = layer.info.diff_id.clone();
         // docker save stores a layer once even when the image lists it twice.
         if self.written.contains(&diff_id) {
             return Ok(());
         }
-        if let Some(mut stream) = layer.stream.as_ref().and_then(|s| s.take()) {
-            return self.stream_layer(&layer.info, &mut stream);
+        if let Some(mut stream) = layer.take_live() {
+            return self.stream_layer(&layer.info, &mut *stream);
         }
         let Some(tar) = layer.tar else {
             return Err(Error::InvalidImage(format!(
@@ -328,7 +323,14 @@ mod tests {
         let mut sink: Box<dyn Sink> = Box::new(DockerArchiveSink::new(out).unwrap());
         sink.begin(&image).unwrap();
         for info in &image.layers {
-            let layer = rt.block_on(source.fetch(info, sink.needs(), &ctx)).unwrap();
+            let layer = rt
+                .block_on(crate::pipeline::fetch_layer(
+                    source,
+                    info,
+                    sink.needs(),
+                    &ctx,
+                ))
+                .unwrap();
             sink.layer(layer).unwrap();
         }
         sink.finish(&image).unwrap()
@@ -383,8 +385,13 @@ mod tests {
                     assert_eq!((&a.name, &a.tag), (&b.name, &b.tag), "{what}");
                 }
                 for info in &b.layers {
-                    rt.block_on(again.fetch(info, LayerNeeds::TAR, &ctx))
-                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    rt.block_on(crate::pipeline::fetch_layer(
+                        &again,
+                        info,
+                        LayerNeeds::TAR,
+                        &ctx,
+                    ))
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
                 }
 
                 // Deterministic: the same image gives the same bytes.
@@ -478,13 +485,8 @@ mod tests {
         assert!(!sink.wants_layer(&info(1)));
         let slice = FileSlice::range(std::sync::Arc::new(tar_path), 0, tar_bytes.len() as u64);
         // Delivered once, as a pipeline that fetches each digest once would.
-        sink.layer(Layer {
-            info: info(0),
-            tar: Some(slice),
-            blob: None,
-            stream: None,
-        })
-        .unwrap();
+        sink.layer(Layer::files(info(0), Some(slice), None))
+            .unwrap();
         sink.finish(&image).unwrap();
 
         let names = member_names(&out);
@@ -520,7 +522,12 @@ mod tests {
         let mut sink = DockerArchiveSink::new(&out).unwrap();
         sink.begin(&image).unwrap();
         let layer = runtime()
-            .block_on(source.fetch(&image.layers[0], LayerNeeds::TAR, &ctx))
+            .block_on(crate::pipeline::fetch_layer(
+                &source,
+                &image.layers[0],
+                LayerNeeds::TAR,
+                &ctx,
+            ))
             .unwrap();
         sink.layer(layer).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -1,5 +1,7 @@
 //! Sinks: where an image goes. One file per output format.
 
+use futures_util::future::BoxFuture;
+
 use crate::error::Result;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 
@@ -21,10 +23,15 @@ pub struct SinkReport {
     pub notes: Vec<String>,
 }
 
-/// An image writer. The pipeline calls, in order: `needs`, `begin`,
-/// `wants_layer` for each layer, `layer` for each wanted layer (in manifest
-/// order when `ordered` is true), then `finish` with the final metadata.
-/// Dropping a sink without calling `finish` must leave no partial output.
+/// An image writer that works on blocking threads (files, trees). The
+/// pipeline calls, in order: `needs`, `begin`, `wants_layer` for each layer,
+/// `layer` for each wanted layer (in manifest order when `ordered` is true),
+/// then `finish` with the final metadata. Dropping a sink without calling
+/// `finish` must leave no partial output.
+///
+/// A layer's tar may arrive live ([`Layer::tar_reader`] and
+/// [`Layer::copy_tar_to`] serve either form): read it to its end before
+/// committing anything, since only the end says it was verified.
 pub trait Sink: Send {
     /// Which forms of each layer this sink reads.
     fn needs(&self) -> LayerNeeds {
@@ -33,13 +40,6 @@ pub trait Sink: Send {
     /// Whether layers must arrive bottom to top.
     fn ordered(&self) -> bool {
         true
-    }
-    /// Whether `layer` accepts a layer whose tar is still arriving
-    /// ([`Layer::stream`] instead of [`Layer::tar`]). Such a sink must read
-    /// the stream to its end before it commits anything, since only the end
-    /// says that the layer was verified.
-    fn takes_streams(&self) -> bool {
-        false
     }
     /// Called once with the image's metadata, before any layer.
     fn begin(&mut self, image: &Image) -> Result<()>;
@@ -52,4 +52,94 @@ pub trait Sink: Send {
     fn layer(&mut self, layer: Layer) -> Result<()>;
     /// Called once after the last layer, with the metadata as filters left it.
     fn finish(self: Box<Self>, image: &Image) -> Result<SinkReport>;
+}
+
+/// An image writer that does its work asynchronously (a network writer: an
+/// upload), so that no thread blocks per layer. The same calls as [`Sink`],
+/// as futures; read a layer with [`Layer::into_tar_chunks`] or
+/// [`Layer::into_blob_chunks`], whose last item is the verification's
+/// verdict (an error wrapping the mismatch) when it fails.
+pub trait AsyncSink: Send {
+    /// Which forms of each layer this sink reads.
+    fn needs(&self) -> LayerNeeds {
+        LayerNeeds::TAR
+    }
+    /// Whether layers must arrive bottom to top.
+    fn ordered(&self) -> bool {
+        true
+    }
+    /// Called once with the image's metadata, before any layer.
+    fn begin<'a>(&'a mut self, image: &'a Image) -> BoxFuture<'a, Result<()>>;
+    /// Whether the sink needs this layer's bytes (an upload target that has
+    /// the blob says no).
+    fn wants_layer<'a>(&'a mut self, _layer: &'a LayerInfo) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async { Ok(true) })
+    }
+    /// One layer; its bytes are verified as they are read.
+    fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>>;
+    /// Called once after the last layer, with the metadata as filters left it.
+    fn finish(self: Box<Self>, image: Image) -> BoxFuture<'static, Result<SinkReport>>;
+}
+
+/// A [`Sink`] driven as an [`AsyncSink`]: each call on a blocking thread.
+pub(crate) struct Blocking {
+    sink: std::sync::Arc<std::sync::Mutex<Box<dyn Sink>>>,
+    needs: LayerNeeds,
+    ordered: bool,
+}
+
+impl Blocking {
+    pub(crate) fn new(sink: Box<dyn Sink>) -> Blocking {
+        Blocking {
+            needs: sink.needs(),
+            ordered: sink.ordered(),
+            sink: std::sync::Arc::new(std::sync::Mutex::new(sink)),
+        }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Sink) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let sink = self.sink.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = sink
+                .lock()
+                .map_err(|_| crate::Error::InvalidImage("sink failed earlier".into()))?;
+            f(guard.as_mut())
+        })
+        .await
+        .map_err(|e| crate::Error::InvalidImage(format!("sink task failed: {e}")))?
+    }
+}
+
+impl AsyncSink for Blocking {
+    fn needs(&self) -> LayerNeeds {
+        self.needs
+    }
+    fn ordered(&self) -> bool {
+        self.ordered
+    }
+    fn begin<'a>(&'a mut self, image: &'a Image) -> BoxFuture<'a, Result<()>> {
+        let image = image.clone();
+        Box::pin(self.call(move |s| s.begin(&image)))
+    }
+    fn wants_layer<'a>(&'a mut self, layer: &'a LayerInfo) -> BoxFuture<'a, Result<bool>> {
+        let layer = layer.clone();
+        Box::pin(self.call(move |s| Ok(s.wants_layer(&layer))))
+    }
+    fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.call(move |s| s.layer(layer)))
+    }
+    fn finish(self: Box<Self>, image: Image) -> BoxFuture<'static, Result<SinkReport>> {
+        Box::pin(async move {
+            let sink = std::sync::Arc::try_unwrap(self.sink)
+                .map_err(|_| crate::Error::InvalidImage("sink still in use".into()))?
+                .into_inner()
+                .map_err(|_| crate::Error::InvalidImage("sink failed earlier".into()))?;
+            tokio::task::spawn_blocking(move || sink.finish(&image))
+                .await
+                .map_err(|e| crate::Error::InvalidImage(format!("sink task failed: {e}")))?
+        })
+    }
 }

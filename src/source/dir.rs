@@ -10,27 +10,22 @@
 //! someone else can write into cannot make us read outside it, nor block
 //! on a FIFO.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::format::dir::{CATALOG, checked_name, locate, read_store_catalog, same_image};
 use crate::format::docker_save::{ManifestEntry, read_diff_ids, split_repo_tag};
 use crate::fsutil::StoreRoot;
-use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds, media_type};
-use crate::progress::Reporter;
-use crate::source::{FetchContext, Source};
+use crate::image::{FileSlice, Image, LayerInfo, media_type};
+use crate::source::{FetchContext, LayerBlob, Source};
 
 /// Largest manifest or config read into memory.
 const METADATA_LIMIT: u64 = 8 << 20;
-/// Read buffer for hashing layers.
-const HASH_BUFFER: usize = 256 << 10;
-/// Progress is reported in steps of this many bytes.
-const PROGRESS_STEP: u64 = 1 << 20;
 
 /// An image in a layer store directory, opened as a source.
 pub struct DirSource {
@@ -199,11 +194,10 @@ impl Source for DirSource {
     fn fetch<'a>(
         &'a self,
         layer: &'a LayerInfo,
-        needs: LayerNeeds,
-        ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, Result<Layer>> {
+        _ctx: &'a FetchContext,
+    ) -> BoxFuture<'a, Result<LayerBlob>> {
         Box::pin(async move {
-            let rel = self.files.get(layer.index).cloned().ok_or_else(|| {
+            let rel = self.files.get(layer.index).ok_or_else(|| {
                 Error::InvalidImage(format!(
                     "{}: no layer {} (the image has {})",
                     self.describe(),
@@ -211,66 +205,16 @@ impl Source for DirSource {
                     self.files.len()
                 ))
             })?;
-            let info = layer.clone();
-            let reporter = ctx.reporter.clone();
-            let store = self.store.clone();
-            let job = move || {
-                verify(&store, &rel, &info, &*reporter)
-                    .map(|len| (Arc::new(store.display(&rel)), info, len))
-            };
-            let (path, info, len) = match tokio::task::spawn_blocking(job).await {
-                Ok(result) => result?,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                // Only a shutting-down runtime cancels blocking tasks.
-                Err(_) => return Err(Error::Interrupted),
-            };
-            let slice = || FileSlice::range(path.clone(), 0, len);
-            Ok(Layer {
-                tar: needs.tar.then(slice),
-                blob: needs.blob.then(slice),
-                info,
-                stream: None,
-            })
+            let path = self.store.display(rel);
+            let file = self
+                .store
+                .open_file(rel)?
+                .ok_or_else(|| Error::io("opening", &path, io::ErrorKind::NotFound.into()))?;
+            // A store keeps each layer as its tar: its digest is its diff_id.
+            let mut blob = LayerBlob::new(layer, Box::new(file));
+            blob.label = format!("layer {} ({})", layer.index, path.display());
+            blob.in_place = Some(FileSlice::range(Arc::new(path), 0, layer.size));
+            Ok(blob)
         })
     }
-}
-
-/// Hashes a stored layer and checks it against its diff_id; returns its size.
-fn verify(store: &StoreRoot, rel: &Path, info: &LayerInfo, reporter: &dyn Reporter) -> Result<u64> {
-    reporter.layer_started(info);
-    let path = &store.display(rel);
-    let file = store
-        .open_file(rel)?
-        .ok_or_else(|| Error::io("opening", path, io::ErrorKind::NotFound.into()))?;
-    let mut hashing = HashingReader::new(file, info.diff_id.algorithm());
-    let mut buf = vec![0u8; HASH_BUFFER];
-    let mut pending = 0u64;
-    loop {
-        match hashing.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                pending += n as u64;
-                if pending >= PROGRESS_STEP {
-                    reporter.layer_bytes(info.index, pending);
-                    pending = 0;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("reading", path, e)),
-        }
-    }
-    if pending > 0 {
-        reporter.layer_bytes(info.index, pending);
-    }
-    let (found, len) = hashing.finish();
-    if found != info.diff_id {
-        return Err(Error::DigestMismatch {
-            kind: crate::error::Mismatch::DiffId,
-            what: format!("layer {} ({})", info.index, path.display()),
-            expected: info.diff_id.clone(),
-            found,
-        });
-    }
-    reporter.layer_done(info.index);
-    Ok(len)
 }

@@ -12,20 +12,19 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::digest::{Algorithm, Digest, HashingReader};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::format::docker_save::{
     MANIFEST, ManifestEntry, OCI_INDEX, REPOSITORIES, read_diff_ids, split_repo_tag,
 };
-use crate::image::{Compression, FileSlice, Image, Layer, LayerInfo, LayerNeeds, media_type};
-use crate::progress::Reporter;
-use crate::source::{FetchContext, Source};
+use crate::image::{FileSlice, Image, LayerInfo, media_type};
+use crate::source::{FetchContext, LayerBlob, Source};
 
 /// Largest `manifest.json` or config we read into memory; real ones are a few
 /// KiB, so anything bigger is a hostile or broken archive.
@@ -33,13 +32,6 @@ const METADATA_LIMIT: u64 = 8 << 20;
 
 /// How many links may be followed to reach a member; more means a loop.
 const MAX_LINK_HOPS: usize = 32;
-
-/// Read buffer for layer data: large enough that hashing dominates syscalls.
-const COPY_BUFFER: usize = 256 << 10;
-
-/// Progress is reported in steps of this many bytes so the reporter stays off
-/// the hot path.
-const PROGRESS_STEP: u64 = 1 << 20;
 
 /// A docker-save tarball (`docker save`, `podman save`, `skopeo copy
 /// docker-archive:`) opened as an image source.
@@ -194,11 +186,10 @@ impl Source for DockerArchiveSource {
     fn fetch<'a>(
         &'a self,
         layer: &'a LayerInfo,
-        needs: LayerNeeds,
-        ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, Result<Layer>> {
+        _ctx: &'a FetchContext,
+    ) -> BoxFuture<'a, Result<LayerBlob>> {
         Box::pin(async move {
-            let member = self.layers.get(layer.index).cloned().ok_or_else(|| {
+            let member = self.layers.get(layer.index).ok_or_else(|| {
                 Error::InvalidImage(format!(
                     "{}: no layer {} (the image has {})",
                     self.describe(),
@@ -206,20 +197,27 @@ impl Source for DockerArchiveSource {
                     self.layers.len()
                 ))
             })?;
-            let job = FetchJob {
-                path: self.path.clone(),
-                member,
-                info: layer.clone(),
-                needs,
-                temp_dir: ctx.temp_dir.clone(),
-                reporter: ctx.reporter.clone(),
-            };
-            match tokio::task::spawn_blocking(move || job.run()).await {
-                Ok(result) => result,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                // Only a shutting-down runtime cancels blocking tasks.
-                Err(_) => Err(Error::Interrupted),
-            }
+            let path: &Path = &self.path;
+            let mut file = crate::fsutil::open_regular(path)?
+                .ok_or_else(|| Error::io("opening", path, io::ErrorKind::NotFound.into()))?;
+            file.seek(SeekFrom::Start(member.offset))
+                .map_err(|e| Error::io("reading", path, e))?;
+            let mut blob = LayerBlob::new(layer, Box::new(file.take(member.size)));
+            blob.in_place = Some(FileSlice::range(
+                self.path.clone(),
+                member.offset,
+                member.size,
+            ));
+            // Known by its diff_id only: a compressed member's bytes say its
+            // blob digest and media type.
+            blob.digest_known = false;
+            blob.label = format!(
+                "layer {} ({}) of {}",
+                layer.index,
+                short(&member.name),
+                path.display()
+            );
+            Ok(blob)
         })
     }
 }
@@ -414,225 +412,12 @@ fn name_from_path(path: &Path) -> String {
     }
 }
 
-/// Everything one layer fetch needs, owned so it can move to a blocking thread.
-struct FetchJob {
-    path: Arc<PathBuf>,
-    member: Member,
-    info: LayerInfo,
-    needs: LayerNeeds,
-    temp_dir: PathBuf,
-    reporter: Arc<dyn Reporter>,
-}
-
-impl FetchJob {
-    fn run(self) -> Result<Layer> {
-        self.reporter.layer_started(&self.info);
-        let layer = self.read_and_verify()?;
-        self.reporter.layer_done(self.info.index);
-        Ok(layer)
-    }
-
-    fn read_error(&self, e: io::Error) -> Error {
-        Error::stream(
-            format!(
-                "reading layer {} ({}) of {}",
-                self.info.index,
-                short(&self.member.name),
-                self.path.display()
-            ),
-            e,
-        )
-    }
-
-    fn read_and_verify(&self) -> Result<Layer> {
-        let path: &Path = &self.path;
-        let mut file = crate::fsutil::open_regular(path)?
-            .ok_or_else(|| Error::io("opening", path, std::io::ErrorKind::NotFound.into()))?;
-        let compression = self.sniff(&mut file)?;
-        file.seek(SeekFrom::Start(self.member.offset))
-            .map_err(|e| self.read_error(e))?;
-
-        let progress = ProgressReader {
-            inner: file.take(self.member.size),
-            reporter: &*self.reporter,
-            index: self.info.index,
-            pending: 0,
-        };
-        // The stored bytes are hashed too: for a compressed member their
-        // digest is the blob digest a registry would know it by.
-        let mut stored = HashingReader::new(progress, Algorithm::Sha256);
-        let member_slice =
-            || FileSlice::range(self.path.clone(), self.member.offset, self.member.size);
-
-        let (diff_id, tar) = if compression == Compression::None {
-            self.discard(&mut stored)?;
-            let tar = self.needs.tar.then(member_slice);
-            (None, tar)
-        } else {
-            let decoded = compression
-                .decoder(BufReader::with_capacity(COPY_BUFFER, &mut stored))
-                .map_err(|e| self.read_error(e))?;
-            let mut decoded = HashingReader::new(decoded, Algorithm::Sha256);
-            let tar = if self.needs.tar {
-                Some(self.decompress_to_temp(&mut decoded)?)
-            } else {
-                self.discard(&mut decoded)?;
-                None
-            };
-            let diff_id = decoded.finish().0;
-            // Bytes after the end of the compressed stream still belong to the
-            // blob, so they count towards its size and digest.
-            self.discard(&mut stored)?;
-            (Some(diff_id), tar)
-        };
-
-        let (stored_digest, stored_len) = stored.finish();
-        if stored_len != self.member.size {
-            return Err(Error::SizeMismatch {
-                kind: crate::error::Mismatch::BlobSize,
-                what: format!("layer {} ({})", self.info.index, short(&self.member.name)),
-                expected: self.member.size,
-                found: stored_len,
-            });
-        }
-        let found = diff_id.clone().unwrap_or_else(|| stored_digest.clone());
-        if found != self.info.diff_id {
-            return Err(Error::DigestMismatch {
-                kind: crate::error::Mismatch::DiffId,
-                what: format!(
-                    "layer {} ({}) of {}",
-                    self.info.index,
-                    short(&self.member.name),
-                    path.display()
-                ),
-                expected: self.info.diff_id.clone(),
-                found,
-            });
-        }
-
-        let mut info = self.info.clone();
-        if diff_id.is_some() {
-            info.digest = stored_digest;
-            info.size = self.member.size;
-            info.media_type = match compression {
-                Compression::Zstd => media_type::OCI_LAYER_ZSTD,
-                _ => media_type::OCI_LAYER_GZIP,
-            }
-            .to_string();
-        }
-        Ok(Layer {
-            info,
-            tar,
-            blob: self.needs.blob.then(member_slice),
-            stream: None,
-        })
-    }
-
-    /// Reads `r` to the end for the hashes it feeds.
-    fn discard<R: Read>(&self, r: &mut R) -> Result<()> {
-        let mut buf = vec![0u8; COPY_BUFFER];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.read_error(e)),
-            }
-        }
-    }
-
-    /// Looks at the member's first bytes to tell how it is compressed.
-    fn sniff(&self, file: &mut File) -> Result<Compression> {
-        file.seek(SeekFrom::Start(self.member.offset))
-            .map_err(|e| self.read_error(e))?;
-        let mut head = [0u8; 4];
-        let want = head
-            .len()
-            .min(usize::try_from(self.member.size).unwrap_or(usize::MAX));
-        let mut got = 0;
-        while got < want {
-            match file.read(&mut head[got..want]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.read_error(e)),
-            }
-        }
-        Ok(Compression::sniff(&head[..got]))
-    }
-
-    /// Writes the decompressed tar to a temp file while it is being hashed.
-    fn decompress_to_temp<R: Read>(&self, decoded: &mut R) -> Result<FileSlice> {
-        let temp_dir = &self.temp_dir;
-        let mut temp = tempfile::Builder::new()
-            .prefix("layer-")
-            .suffix(".tar")
-            .tempfile_in(temp_dir)
-            .map_err(|e| Error::io("creating a temp file in", temp_dir, e))?;
-        let temp_path = temp.path().to_path_buf();
-        let mut out = BufWriter::with_capacity(COPY_BUFFER, temp.as_file_mut());
-        let len = pump(decoded, &mut out, COPY_BUFFER).map_err(|e| match e {
-            PumpError::Read(e) => self.read_error(e),
-            PumpError::Write(e) => Error::io("writing", &temp_path, e),
-        })?;
-        out.flush()
-            .map_err(|e| Error::io("writing", &temp_path, e))?;
-        drop(out);
-        Ok(FileSlice::temp(temp.into_temp_path(), len))
-    }
-}
-
-/// Which side of a copy failed.
-enum PumpError {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-/// Copies `r` into `w`, keeping read and write failures apart so each is
-/// reported against the right file.
-fn pump<R: Read + ?Sized, W: Write + ?Sized>(
-    r: &mut R,
-    w: &mut W,
-    buffer: usize,
-) -> std::result::Result<u64, PumpError> {
-    let mut buf = vec![0u8; buffer];
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(PumpError::Read(e)),
-        };
-        w.write_all(&buf[..n]).map_err(PumpError::Write)?;
-        total += n as u64;
-    }
-}
-
-/// Passes reads through and tells the reporter, in steps, how far it got.
-struct ProgressReader<'r, R> {
-    inner: R,
-    reporter: &'r dyn Reporter,
-    index: usize,
-    pending: u64,
-}
-
-impl<R: Read> Read for ProgressReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.pending += n as u64;
-        if self.pending >= PROGRESS_STEP || (n == 0 && self.pending > 0) {
-            self.reporter.layer_bytes(self.index, self.pending);
-            self.pending = 0;
-        }
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::image::LayerNeeds;
     use crate::progress::Silent;
+    use std::io::Write;
 
     pub(crate) const FIXTURES: [&str; 6] = [
         "hello-world-v25.tar",
@@ -697,7 +482,9 @@ pub(crate) mod tests {
         let image = rt.block_on(source.resolve(&ctx)).unwrap();
         let both = LayerNeeds::TAR.union(LayerNeeds::BLOB);
         for info in &image.layers {
-            let layer = rt.block_on(source.fetch(info, both, &ctx)).unwrap();
+            let layer = rt
+                .block_on(crate::pipeline::fetch_layer(source, info, both, &ctx))
+                .unwrap();
             let tar = read_slice(layer.tar.as_ref().unwrap());
             assert_eq!(Digest::sha256_of(&tar), info.diff_id);
             let blob = read_slice(layer.blob.as_ref().unwrap());
@@ -889,20 +676,35 @@ pub(crate) mod tests {
         let image = rt.block_on(source.resolve(&ctx)).unwrap();
         let both = LayerNeeds::TAR.union(LayerNeeds::BLOB);
         let l0 = rt
-            .block_on(source.fetch(&image.layers[0], both, &ctx))
+            .block_on(crate::pipeline::fetch_layer(
+                &source,
+                &image.layers[0],
+                both,
+                &ctx,
+            ))
             .unwrap();
         assert_eq!(l0.info.media_type, media_type::OCI_LAYER_GZIP);
         assert_eq!(l0.info.digest, Digest::sha256_of(&blob1));
         assert_eq!(read_slice(l0.tar.as_ref().unwrap()), layer1);
         assert_eq!(read_slice(l0.blob.as_ref().unwrap()), blob1);
         let l1 = rt
-            .block_on(source.fetch(&image.layers[1], LayerNeeds::TAR, &ctx))
+            .block_on(crate::pipeline::fetch_layer(
+                &source,
+                &image.layers[1],
+                LayerNeeds::TAR,
+                &ctx,
+            ))
             .unwrap();
         assert_eq!(l1.info.media_type, media_type::OCI_LAYER_ZSTD);
         assert_eq!(read_slice(l1.tar.as_ref().unwrap()), layer2);
         assert!(l1.blob.is_none());
         let l2 = rt
-            .block_on(source.fetch(&image.layers[2], both, &ctx))
+            .block_on(crate::pipeline::fetch_layer(
+                &source,
+                &image.layers[2],
+                both,
+                &ctx,
+            ))
             .unwrap();
         assert_eq!(l2.info.media_type, media_type::OCI_LAYER_TAR);
         assert_eq!(l2.tar.as_ref().unwrap().path(), path.as_path());
@@ -931,7 +733,12 @@ pub(crate) mod tests {
         let ctx = context(dir.path());
         let rt = runtime();
         let err = rt
-            .block_on(source.fetch(&source.image.layers[0], LayerNeeds::TAR, &ctx))
+            .block_on(crate::pipeline::fetch_layer(
+                &source,
+                &source.image.layers[0],
+                LayerNeeds::TAR,
+                &ctx,
+            ))
             .unwrap_err();
         assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
     }

@@ -1,15 +1,15 @@
 //! Sources: where an image comes from. One file per input format.
 
-use std::collections::HashMap;
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 use crate::error::Result;
-use crate::handoff::Handoff;
-use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
+use crate::image::{FileSlice, Image, LayerInfo};
 use crate::progress::Reporter;
+pub use crate::verify::Prehashed;
 
 pub mod dir;
 pub mod docker_archive;
@@ -19,48 +19,73 @@ pub mod registry;
 /// What a source needs from the run it is part of.
 #[derive(Clone)]
 pub struct FetchContext {
-    /// Directory for verified temp files (removed at the end of the run).
+    /// Directory for temp files (removed at the end of the run).
     pub temp_dir: PathBuf,
     /// Progress callbacks.
     pub reporter: Arc<dyn Reporter>,
-    /// Layers an ordered sink may take as streams, by layer index.
-    pub handoffs: Arc<HashMap<usize, Arc<Handoff>>>,
     /// How many layers the run fetches at once: a source may spread one
     /// layer's work over more threads when that leaves cores idle.
     pub layers_at_once: usize,
 }
 
 impl FetchContext {
-    /// A context with no streaming handoffs.
+    /// A context for one layer at a time.
     pub fn new(temp_dir: PathBuf, reporter: Arc<dyn Reporter>) -> Self {
         FetchContext {
             temp_dir,
             reporter,
-            handoffs: Arc::default(),
             layers_at_once: 1,
         }
     }
+}
 
-    /// The handoff for layer `index`, when it may be streamed.
-    pub fn handoff(&self, index: usize) -> Option<Arc<Handoff>> {
-        self.handoffs.get(&index).cloned()
+/// One layer's blob as a source hands it out: its bytes as stored, not yet
+/// verified. The pipeline reads them through [`crate::verify`], which checks
+/// size, digest and diff_id in the same pass.
+pub struct LayerBlob {
+    /// The descriptor to verify against (see `digest_known`).
+    pub info: LayerInfo,
+    /// The blob's bytes, start to end.
+    pub reader: Box<dyn Read + Send>,
+    /// Where the same bytes lie in a local file, if they do: a sink can then
+    /// be given the file itself once it is verified, with nothing copied.
+    pub in_place: Option<FileSlice>,
+    /// False when `info.digest` and `info.media_type` are placeholders that
+    /// the bytes decide (a docker-save member is known only by its diff_id).
+    pub digest_known: bool,
+    /// The blob's digest and size, when the source hashed the bytes itself.
+    pub prehashed: Option<Prehashed>,
+    /// Names the layer in errors (`layer 2 (sha256:…)`).
+    pub label: String,
+}
+
+impl LayerBlob {
+    /// A blob read from `reader`, known by its descriptor.
+    pub fn new(info: &LayerInfo, reader: Box<dyn Read + Send>) -> LayerBlob {
+        LayerBlob {
+            label: format!("layer {} ({})", info.index, info.digest),
+            info: info.clone(),
+            reader,
+            in_place: None,
+            digest_known: true,
+            prehashed: None,
+        }
     }
 }
 
-/// An image reader. `resolve` reads the metadata; `fetch` produces one layer
-/// in the forms asked for, verified against its digest and diff_id. Several
-/// `fetch` calls run at once.
+/// An image reader. `resolve` reads the metadata; `fetch` hands out one
+/// layer's blob as a reader. Several `fetch` calls run at once; the
+/// verification is the reader's (see [`LayerBlob`]).
 pub trait Source: Send + Sync {
     /// A short description for messages (`registry 127.0.0.1:5000/app:v1`).
     fn describe(&self) -> String;
     /// Reads manifest and config.
     fn resolve<'a>(&'a self, ctx: &'a FetchContext) -> BoxFuture<'a, Result<Image>>;
-    /// Fetches and verifies one layer. The returned `Layer.info` may refine the
-    /// descriptor (e.g. a docker-save layer whose blob turned out compressed).
+    /// Opens one layer's blob. Errors that come up while it is read (a
+    /// dropped connection) are errors of the reader.
     fn fetch<'a>(
         &'a self,
         layer: &'a LayerInfo,
-        needs: LayerNeeds,
         ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, Result<Layer>>;
+    ) -> BoxFuture<'a, Result<LayerBlob>>;
 }

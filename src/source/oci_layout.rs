@@ -16,17 +16,12 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::digest::HashingReader;
 use crate::error::{Error, Result};
 use crate::format::oci_layout::{CONTAINERD_NAME, REF_NAME, blob_rel, read_blob, read_index};
 use crate::fsutil::StoreRoot;
-use crate::image::{
-    FileSlice, Image, IndexInfo, Layer, LayerInfo, LayerNeeds, ManifestInfo, Platform,
-    media_type as mt,
-};
+use crate::image::{FileSlice, Image, IndexInfo, LayerInfo, ManifestInfo, Platform, media_type as mt};
 use crate::registry::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
-use crate::source::registry::write_layer;
-use crate::source::{FetchContext, Source};
+use crate::source::{FetchContext, LayerBlob, Source};
 use crate::wire::{Index, Manifest, choose_platform, media_type_of, parse_diff_ids};
 
 /// An image in an OCI image layout directory.
@@ -153,39 +148,6 @@ impl OciLayoutSource {
             },
         })
     }
-
-    fn fetch_blocking(
-        root: &StoreRoot,
-        layer: &LayerInfo,
-        needs: LayerNeeds,
-        temp_dir: &Path,
-        handoff: Option<&crate::handoff::Handoff>,
-    ) -> Result<Layer> {
-        let rel = blob_rel(&layer.digest);
-        let path = root.display(&rel);
-        let file = root
-            .open_file(&rel)?
-            .ok_or_else(|| Error::io("opening blob", &path, std::io::ErrorKind::NotFound.into()))?;
-        // One pass verifies the blob digest and the diff_id; the tar is kept
-        // only if asked for, and the blob is served where it lies.
-        let mut out = write_layer(
-            HashingReader::new(
-                std::io::BufReader::with_capacity(256 << 10, file),
-                layer.digest.algorithm(),
-            ),
-            layer,
-            LayerNeeds {
-                tar: needs.tar,
-                blob: false,
-            },
-            temp_dir,
-            handoff,
-        )?;
-        if needs.blob {
-            out.blob = Some(FileSlice::range(Arc::new(path), 0, layer.size));
-        }
-        Ok(out)
-    }
 }
 
 /// The repository name and tag outputs give the image a layout calls
@@ -266,25 +228,17 @@ impl Source for OciLayoutSource {
     fn fetch<'a>(
         &'a self,
         layer: &'a LayerInfo,
-        needs: LayerNeeds,
-        ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, Result<Layer>> {
-        let root = self.store.clone();
-        let info = layer.clone();
-        let ctx = ctx.clone();
+        _ctx: &'a FetchContext,
+    ) -> BoxFuture<'a, Result<LayerBlob>> {
         Box::pin(async move {
-            ctx.reporter.layer_started(&info);
-            let index = info.index;
-            let temp = ctx.temp_dir.clone();
-            let handoff = ctx.handoff(index);
-            let out = tokio::task::spawn_blocking(move || {
-                Self::fetch_blocking(&root, &info, needs, &temp, handoff.as_deref())
-            })
-            .await
-            .map_err(|e| Error::InvalidImage(format!("layer task failed: {e}")))??;
-            ctx.reporter.layer_bytes(index, out.info.size);
-            ctx.reporter.layer_done(index);
-            Ok(out)
+            let rel = blob_rel(&layer.digest);
+            let path = self.store.display(&rel);
+            let file = self.store.open_file(&rel)?.ok_or_else(|| {
+                Error::io("opening blob", &path, std::io::ErrorKind::NotFound.into())
+            })?;
+            let mut blob = LayerBlob::new(layer, Box::new(file));
+            blob.in_place = Some(FileSlice::range(Arc::new(path), 0, layer.size));
+            Ok(blob)
         })
     }
 }

@@ -1,21 +1,17 @@
 //! Pulls an image from a registry: manifest (through an index, if any),
-//! config, then layers streamed to disk and verified in one pass.
+//! config, then each layer's blob as a reader over its download.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use crate::digest::{Algorithm, BlobInput, Digest, Hasher, HashingReader, HashingWriter};
+use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
-use crate::handoff::{self, Handoff, LayerOut, Spooled};
-use crate::image::{
-    Compression, FileSlice, Image, IndexInfo, Layer, LayerInfo, LayerNeeds, ManifestInfo, Platform,
-    media_type as mt,
-};
+use crate::image::{Image, IndexInfo, LayerInfo, ManifestInfo, Platform, media_type as mt};
 use crate::reference::Reference;
 use crate::registry::{MAX_CONFIG_BYTES, Repository};
-use crate::source::{FetchContext, Source};
+use crate::source::{FetchContext, LayerBlob, Source};
 use crate::wire::{Index, Kind, Manifest, choose_platform, classify, parse_diff_ids};
 
 /// An image in a registry.
@@ -148,54 +144,33 @@ impl RegistrySource {
         })
     }
 
-    async fn fetch_inner(
-        &self,
-        layer: &LayerInfo,
-        needs: LayerNeeds,
-        ctx: &FetchContext,
-    ) -> Result<Layer> {
-        ctx.reporter.layer_started(layer);
-        let started = std::time::Instant::now();
+    /// Starts the download and returns its bytes as a reader; a failed
+    /// download is an error of the reader's last read.
+    fn fetch_blob(&self, layer: &LayerInfo, ctx: &FetchContext) -> LayerBlob {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-        let info = layer.clone();
-        let temp_dir = ctx.temp_dir.clone();
-        let handoff = ctx.handoff(layer.index);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let client = self.client.clone();
+        let (digest, size) = (layer.digest.clone(), layer.size);
+        // Progress is the verifier's, which counts what it reads.
+        let download = tokio::spawn(async move {
+            let r = client.stream_blob(&digest, size, tx, |_| {}).await;
+            let _ = done_tx.send(r);
+        });
         // A thread of its own for the blob's hash pays only when cores
         // would otherwise idle; with a layer per core it is just overhead.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let relay = ctx.layers_at_once * 2 <= cores;
-        let algorithm = layer.digest.algorithm();
-        let writer = tokio::task::spawn_blocking(move || {
-            if !relay {
-                let input = HashingReader::new(ChannelReader::new(rx), algorithm);
-                return write_layer(input, &info, needs, &temp_dir, handoff.as_deref());
-            }
-            std::thread::scope(|scope| {
-                let input = RelayReader::start(scope, rx, algorithm);
-                write_layer(input, &info, needs, &temp_dir, handoff.as_deref())
-            })
-        });
-        let reporter = ctx.reporter.clone();
-        let index = layer.index;
-        let download = self
-            .client
-            .stream_blob(&layer.digest, layer.size, tx, move |n| {
-                reporter.layer_bytes(index, n)
-            })
-            .await;
-        let written = writer
-            .await
-            .map_err(|e| Error::InvalidImage(format!("layer {index} writer failed: {e}")))?;
-        // A download error explains a writer that saw the stream end early.
-        download?;
-        let layer = written?;
-        tracing::debug!(
-            "layer {index}: {} bytes fetched and verified in {:.3}s",
-            layer.info.size,
-            started.elapsed().as_secs_f64()
-        );
-        ctx.reporter.layer_done(index);
-        Ok(layer)
+        let mut blob = if relay {
+            let (reader, hashed) = relay_hash(rx, layer.digest.algorithm());
+            let mut blob = LayerBlob::new(layer, Box::new(reader.finishing(done_rx, download)));
+            blob.prehashed = Some(hashed);
+            blob
+        } else {
+            let reader = ChannelReader::new(rx).finishing(done_rx, download);
+            LayerBlob::new(layer, Box::new(reader))
+        };
+        blob.label = format!("layer {} ({})", layer.index, layer.digest);
+        blob
     }
 }
 
@@ -203,6 +178,10 @@ impl RegistrySource {
 pub(crate) struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
     current: Bytes,
+    /// How the download that feeds the channel ended: checked when the
+    /// channel closes, so that a failed download is a read error.
+    done: Option<tokio::sync::oneshot::Receiver<Result<()>>>,
+    download: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ChannelReader {
@@ -211,6 +190,29 @@ impl ChannelReader {
         ChannelReader {
             rx,
             current: Bytes::new(),
+            done: None,
+            download: None,
+        }
+    }
+
+    /// Ends with the download's own error when it fails, and stops the
+    /// download when dropped.
+    fn finishing(
+        mut self,
+        done: tokio::sync::oneshot::Receiver<Result<()>>,
+        download: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        self.done = Some(done);
+        self.download = Some(download);
+        self
+    }
+}
+
+impl Drop for ChannelReader {
+    fn drop(&mut self) {
+        // Nobody reads the rest: stop downloading it.
+        if let Some(d) = &self.download {
+            d.abort();
         }
     }
 }
@@ -220,7 +222,13 @@ impl Read for ChannelReader {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(b) => self.current = b,
-                None => return Ok(0),
+                None => {
+                    return match self.done.take().map(|d| d.blocking_recv()) {
+                        None | Some(Ok(Ok(()))) => Ok(0),
+                        Some(Ok(Err(e))) => Err(crate::verify::into_io(e)),
+                        Some(Err(_)) => Err(io::Error::other("the download stopped")),
+                    };
+                }
             }
         }
         let n = buf.len().min(self.current.len());
@@ -232,226 +240,38 @@ impl Read for ChannelReader {
 
 /// A download's chunks, hashed on a thread of their own on their way to the
 /// reader, so that the blob's hash and the decompression take two cores.
-struct RelayReader<'s> {
-    reader: ChannelReader,
-    hasher: std::thread::ScopedJoinHandle<'s, (Digest, u64)>,
-}
-
-impl<'s> RelayReader<'s> {
-    fn start<'e>(
-        scope: &'s std::thread::Scope<'s, 'e>,
-        mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-        algorithm: Algorithm,
-    ) -> Self {
-        // Short: the download channel already absorbs network bursts.
-        let (tx, relayed) = tokio::sync::mpsc::channel::<Bytes>(2);
-        let hasher = scope.spawn(move || {
-            let mut h = Hasher::new(algorithm);
-            let mut n = 0u64;
-            let mut forward = true;
-            while let Some(b) = rx.blocking_recv() {
-                h.update(&b);
-                n += b.len() as u64;
-                // A reader that stopped early still gets the whole blob's
-                // digest, which says whether the blob was the problem.
-                forward = forward && tx.blocking_send(b).is_ok();
-            }
-            (h.finish(), n)
-        });
-        RelayReader {
-            reader: ChannelReader::new(relayed),
-            hasher,
+/// Returns the reader and what gives the digest once it was read.
+fn relay_hash(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+    algorithm: Algorithm,
+) -> (ChannelReader, crate::source::Prehashed) {
+    // Short: the download channel already absorbs network bursts.
+    let (tx, relayed) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let hasher = std::thread::spawn(move || {
+        let mut h = Hasher::new(algorithm);
+        let mut n = 0u64;
+        let mut forward = true;
+        while let Some(b) = rx.blocking_recv() {
+            h.update(&b);
+            n += b.len() as u64;
+            // A reader that stopped early still gets the whole blob's
+            // digest, which says whether the blob was the problem.
+            forward = forward && tx.blocking_send(b).is_ok();
         }
-    }
-}
-
-impl Read for RelayReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reader.read(buf)
-    }
-}
-
-impl BlobInput for RelayReader<'_> {
-    fn finish(self) -> (Digest, u64) {
-        // Unblocks the hasher if it is waiting to forward a chunk.
-        drop(self.reader);
-        self.hasher
+        (h.finish(), n)
+    });
+    let hashed = Box::new(move || {
+        hasher
             .join()
             .unwrap_or_else(|_| (Digest::sha256_of(b"hasher thread failed"), 0))
-    }
+    });
+    (ChannelReader::new(relayed), hashed)
 }
 
-/// Copies everything read into a second writer.
-struct Tee<R, W> {
-    inner: R,
-    copy: Option<W>,
-}
-
-impl<R: Read, W: Write> Read for Tee<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(w) = &mut self.copy {
-            w.write_all(&buf[..n])?;
-        }
-        Ok(n)
-    }
-}
-
-const BUF: usize = 256 << 10;
-
-/// Chunks in flight between a download and its writer. Network chunks can be
-/// a few hundred KiB, so this bounds memory per layer to a few MiB whatever
-/// the layer's size, while still absorbing bursts.
+/// Chunks in flight between a download and its reader. Network chunks can
+/// be a few hundred KiB, so this bounds memory per layer to a few MiB
+/// whatever the layer's size, while still absorbing bursts.
 const CHANNEL_CHUNKS: usize = 8;
-
-fn temp_file(dir: &std::path::Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("creating temp file in", dir, e))
-}
-
-/// One pass over a compressed layer stream: hash it, optionally keep it,
-/// decompress, hash the tar, keep that (or hand it to the sink through
-/// `handoff` as it arrives); then verify both digests. Shared by every
-/// source that reads compressed blobs.
-pub fn write_layer(
-    input: impl BlobInput,
-    info: &LayerInfo,
-    needs: LayerNeeds,
-    temp_dir: &std::path::Path,
-    handoff: Option<&Handoff>,
-) -> Result<Layer> {
-    let what = |s: &str| format!("layer {} ({}) {s}", info.index, info.digest);
-    let blob_file = needs
-        .blob
-        .then(|| temp_file(temp_dir, "blob-"))
-        .transpose()?;
-    // A sink that wants the blob too reads files, not a stream.
-    let handoff = handoff.filter(|_| !needs.blob);
-    let tee = Tee {
-        inner: input,
-        copy: blob_file
-            .as_ref()
-            .map(|f| {
-                f.as_file()
-                    .try_clone()
-                    .map(|f| io::BufWriter::with_capacity(BUF, f))
-            })
-            .transpose()
-            .map_err(|e| Error::stream(what("temp file"), e))?,
-    };
-    let mut buffered = BufReader::with_capacity(BUF, tee);
-    let head = buffered
-        .fill_buf()
-        .map_err(|e| Error::stream(what("read"), e))?;
-    let compression = Compression::sniff(head);
-    let out = LayerOut::new(needs.tar, handoff, info, temp_dir)
-        .map_err(|e| Error::io("creating temp file in", temp_dir, e))?;
-    let mut tar_hash = HashingWriter::new(out, Algorithm::Sha256);
-    let decoded = compression
-        .decoder(&mut buffered)
-        .and_then(|mut d| copy_large(&mut d, &mut tar_hash));
-    // Read whatever the decoder left so the blob digest covers every byte.
-    let drained = io::copy(&mut buffered, &mut io::sink());
-    let tee = buffered.into_inner();
-    let (blob_digest, blob_size) = tee.inner.finish();
-    let (diff_id, tar_size, out) = tar_hash.finish();
-    let (spooled, _) = out.finish().map_err(|e| Error::stream(what("write"), e))?;
-    let verified = (|| {
-        if let Some(mut w) = tee.copy {
-            w.flush().map_err(|e| Error::stream(what("write"), e))?;
-        }
-        // A wrong blob explains any decode error, so check it first.
-        check_blob(info, blob_size, blob_digest, what("blob"))?;
-        decoded.map_err(|e| Error::stream(what(&format!("decompressing ({compression:?})")), e))?;
-        drained.map_err(|e| Error::stream(what("read"), e))?;
-        check_diff_id(info, diff_id)
-    })();
-    // A streamed layer's tar has gone to the sink already; the sink took
-    // the Layer that carried its stream from the handoff.
-    let tar = match spooled {
-        Spooled::Streamed(tx) => {
-            handoff::end_stream(tx, verified.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            None
-        }
-        Spooled::File(path) => Some(FileSlice::temp(path, tar_size)),
-        Spooled::Nothing => None,
-        Spooled::Abandoned => {
-            verified?;
-            // BrokenPipe tells the pipeline to report the sink's own error.
-            return Err(Error::stream(
-                what("stream"),
-                io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the output stopped reading this layer",
-                ),
-            ));
-        }
-    };
-    verified?;
-    Ok(Layer {
-        info: info.clone(),
-        tar,
-        blob: blob_file.map(|f| FileSlice::temp(f.into_temp_path(), blob_size)),
-        stream: None,
-    })
-}
-
-/// Checks a blob's size and digest against its descriptor; `what` names it
-/// in the error.
-pub(crate) fn check_blob(info: &LayerInfo, size: u64, digest: Digest, what: String) -> Result<()> {
-    if size != info.size {
-        return Err(Error::SizeMismatch {
-            kind: crate::error::Mismatch::BlobSize,
-            what,
-            expected: info.size,
-            found: size,
-        });
-    }
-    if digest != info.digest {
-        return Err(Error::DigestMismatch {
-            kind: crate::error::Mismatch::BlobDigest,
-            what,
-            expected: info.digest.clone(),
-            found: digest,
-        });
-    }
-    Ok(())
-}
-
-/// Checks the sha256 of a layer's uncompressed tar against its diff_id.
-pub(crate) fn check_diff_id(info: &LayerInfo, diff_id: Digest) -> Result<()> {
-    if diff_id != info.diff_id {
-        return Err(Error::DigestMismatch {
-            kind: crate::error::Mismatch::DiffId,
-            what: format!(
-                "layer {} diff_id (sha256 of the uncompressed tar)",
-                info.index
-            ),
-            expected: info.diff_id.clone(),
-            found: diff_id,
-        });
-    }
-    Ok(())
-}
-
-/// `io::copy` with a buffer large enough that decompression runs in long
-/// stretches and each write reaches the hashers in big blocks.
-fn copy_large(r: &mut impl Read, w: &mut impl Write) -> io::Result<u64> {
-    let mut buf = vec![0u8; BUF];
-    let mut n = 0u64;
-    loop {
-        let k = match r.read(&mut buf) {
-            Ok(0) => return Ok(n),
-            Ok(k) => k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        w.write_all(&buf[..k])?;
-        n += k as u64;
-    }
-}
 
 impl Source for RegistrySource {
     fn describe(&self) -> String {
@@ -465,80 +285,8 @@ impl Source for RegistrySource {
     fn fetch<'a>(
         &'a self,
         layer: &'a LayerInfo,
-        needs: LayerNeeds,
         ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, Result<Layer>> {
-        Box::pin(self.fetch_inner(layer, needs, ctx))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_pass_verifies_gzip_layer() {
-        let tar = b"pretend this is a tar".to_vec();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&tar).unwrap();
-        let blob = gz.finish().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let info = LayerInfo {
-            index: 0,
-            digest: Digest::sha256_of(&blob),
-            size: blob.len() as u64,
-            media_type: mt::OCI_LAYER_GZIP.into(),
-            diff_id: Digest::sha256_of(&tar),
-        };
-        let both = LayerNeeds {
-            tar: true,
-            blob: true,
-        };
-        let l = write_layer(
-            HashingReader::new(&blob[..], Algorithm::Sha256),
-            &info,
-            both,
-            dir.path(),
-            None,
-        )
-        .unwrap();
-        assert_eq!(std::fs::read(l.tar.unwrap().path()).unwrap(), tar);
-        assert_eq!(std::fs::read(l.blob.unwrap().path()).unwrap(), blob);
-
-        let mut bad = info.clone();
-        bad.diff_id = Digest::sha256_of(b"other");
-        let e = write_layer(
-            HashingReader::new(&blob[..], Algorithm::Sha256),
-            &bad,
-            LayerNeeds::TAR,
-            dir.path(),
-            None,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("diff_id"), "{e}");
-
-        let mut corrupt = blob.clone();
-        let n = corrupt.len();
-        corrupt[n / 2] ^= 0xff;
-        let e = write_layer(
-            HashingReader::new(&corrupt[..], Algorithm::Sha256),
-            &info,
-            LayerNeeds::TAR,
-            dir.path(),
-            None,
-        )
-        .unwrap_err();
-        assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
-        let e = write_layer(
-            HashingReader::new(&blob[..n - 3], Algorithm::Sha256),
-            &info,
-            LayerNeeds::TAR,
-            dir.path(),
-            None,
-        )
-        .unwrap_err();
-        assert!(matches!(e, Error::SizeMismatch { .. }), "{e}");
-        // Nothing left behind by the failures.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    ) -> BoxFuture<'a, Result<LayerBlob>> {
+        Box::pin(async move { Ok(self.fetch_blob(layer, ctx)) })
     }
 }

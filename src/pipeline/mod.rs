@@ -1,11 +1,18 @@
 //! Wires a source to a sink: resolve, ask the sink which layers it wants,
 //! fetch those N at a time, hand them over in order, finish.
+//!
+//! The pipeline alone decides each layer's form: a source hands out the
+//! blob's bytes ([`crate::source::LayerBlob`]), [`crate::verify`] checks
+//! them as they are read, and the layer goes to the sink live (it is the one
+//! the sink waits for) or from a verified temp file (it finished early),
+//! or is served where it lies (a plain tar in a local file).
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -13,11 +20,17 @@ use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::filter::{Filter, FilterContext};
-use crate::handoff::Handoff;
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
-use crate::sink::Sink;
+use crate::sink::{AsyncSink, Blocking, Sink};
 use crate::source::{FetchContext, Source};
+
+mod deliver;
+mod handoff;
+#[cfg(test)]
+mod tests;
+
+use handoff::Handoff;
 
 /// How a run is carried out.
 #[derive(Clone)]
@@ -74,74 +87,111 @@ impl<T> Future for AbortOnDrop<T> {
     }
 }
 
-type SharedSink = Arc<Mutex<Box<dyn Sink>>>;
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::InvalidImage(format!("layer task failed: {e}"))
+}
 
-/// Runs `f` on the sink on a blocking thread.
-async fn with_sink<T: Send + 'static>(
-    sink: &SharedSink,
-    f: impl FnOnce(&mut dyn Sink) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let sink = sink.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut guard = sink
-            .lock()
-            .map_err(|_| Error::InvalidImage("sink failed earlier".into()))?;
-        f(guard.as_mut())
+/// Fetches one layer and verifies it into the forms `needs` asks for, as
+/// verified files. For callers outside a run (`search`, `check`, tests).
+pub async fn fetch_layer(
+    source: &dyn Source,
+    info: &LayerInfo,
+    needs: LayerNeeds,
+    ctx: &FetchContext,
+) -> Result<Layer> {
+    fetch_into(source, info, needs, ctx, None).await
+}
+
+/// Fetches one layer through the verifier; with a `handoff`, its tar may go
+/// to the sink live.
+async fn fetch_into(
+    source: &dyn Source,
+    info: &LayerInfo,
+    needs: LayerNeeds,
+    ctx: &FetchContext,
+    handoff: Option<Arc<Handoff>>,
+) -> Result<Layer> {
+    ctx.reporter.layer_started(info);
+    let started = Instant::now();
+    let blob = source.fetch(info, ctx).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = deliver::StopOnDrop(stop.clone());
+    let reporter = ctx.reporter.clone();
+    let temp = ctx.temp_dir.clone();
+    let layer = tokio::task::spawn_blocking(move || {
+        deliver::verify_layer(blob, needs, &temp, handoff.as_deref(), reporter, stop)
     })
     .await
-    .map_err(|e| Error::InvalidImage(format!("sink task failed: {e}")))?
+    .map_err(join_error)??;
+    tracing::debug!(
+        "layer {}: {} bytes fetched and verified in {:.3}s",
+        info.index,
+        layer.info.size,
+        started.elapsed().as_secs_f64()
+    );
+    ctx.reporter.layer_done(info.index);
+    Ok(layer)
+}
+
+/// Starts fetching a layer on its own task.
+fn spawn_fetch(
+    source: &Arc<dyn Source>,
+    info: LayerInfo,
+    needs: LayerNeeds,
+    ctx: &FetchContext,
+    handoff: Option<Arc<Handoff>>,
+) -> AbortOnDrop<Result<Layer>> {
+    let source = source.clone();
+    let ctx = ctx.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        fetch_into(&*source, &info, needs, &ctx, handoff).await
+    }))
 }
 
 /// Hands a layer to the sink. Its temp files are deleted on another thread
 /// afterwards (`reaper` collects those tasks), since unlinking a large file
 /// takes tens of milliseconds that the sink's next layer is waiting for.
 async fn give_layer(
-    sink: &SharedSink,
+    sink: &mut dyn AsyncSink,
     layer: Layer,
     reaper: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
     let keep = (layer.tar.clone(), layer.blob.clone());
-    let given = with_sink(sink, move |s| s.layer(layer)).await;
+    let given = sink.layer(layer).await;
     reaper.push(tokio::task::spawn_blocking(move || drop(keep)));
     given
 }
 
-fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::InvalidImage(format!("layer task failed: {e}"))
-}
-
-/// Gives the sink the layer it is waiting for: as a stream if the layer's
-/// writer hands one over, or as files if it finished first.
+/// Gives the sink the layer it is waiting for: live if the layer's writer
+/// hands it over, or as files if it finished first.
 async fn deliver_in_turn(
-    sink: &SharedSink,
+    sink: &mut dyn AsyncSink,
     mut task: AbortOnDrop<Result<Layer>>,
     mut rx: tokio::sync::oneshot::Receiver<Layer>,
     reaper: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
     enum Got {
-        Stream(Layer),
+        Live(Layer),
         Done(Result<Layer>),
     }
     let got = tokio::select! {
         biased;
         r = &mut rx => match r {
-            Ok(l) => Got::Stream(l),
+            Ok(l) => Got::Live(l),
             Err(_) => Got::Done((&mut task).await.map_err(join_error).and_then(|r| r)),
         },
         r = &mut task => Got::Done(r.map_err(join_error).and_then(|r| r)),
     };
     let (sink_result, fetched) = match got {
-        Got::Stream(layer) => {
-            let (s, t) = tokio::join!(with_sink(sink, move |s| s.layer(layer)), &mut task);
+        Got::Live(layer) => {
+            let (s, t) = tokio::join!(sink.layer(layer), &mut task);
             (s, t.map_err(join_error).and_then(|r| r))
         }
         // A small layer's writer can stream it whole and finish before the
         // stream is picked up.
         Got::Done(fetched) => match rx.try_recv() {
-            Ok(layer) => (with_sink(sink, move |s| s.layer(layer)).await, fetched),
-            Err(_) => {
-                return give_layer(sink, fetched?, reaper).await;
-            }
+            Ok(layer) => (sink.layer(layer).await, fetched),
+            Err(_) => return give_layer(sink, fetched?, reaper).await,
         },
     };
     match (sink_result, fetched) {
@@ -151,6 +201,13 @@ async fn deliver_in_turn(
             if source.kind() == std::io::ErrorKind::BrokenPipe =>
         {
             Err(e)
+        }
+        // A sink that finished without reading the rest: the layer was still
+        // verified to its end.
+        (Ok(()), Err(Error::Stream { source, .. }))
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(())
         }
         // Otherwise the fetch's error (a digest mismatch, a dropped
         // connection) explains why the sink's stream failed.
@@ -175,6 +232,30 @@ pub async fn run_filtered(
     sink: Box<dyn Sink>,
     options: RunOptions,
 ) -> Result<Report> {
+    run_async(source, filters, Box::new(Blocking::new(sink)), options).await
+}
+
+/// What a run decided before its first layer.
+struct Plan {
+    /// The forms fetched: the sink's, and the tar for filters.
+    needs: LayerNeeds,
+    /// The sink reads only the tar, in order, with no filter between: each
+    /// layer goes to it live once the layers below it are in.
+    streaming: bool,
+    ordered: bool,
+    filtering: bool,
+    rewriting: bool,
+    sink_needs: LayerNeeds,
+}
+
+/// Moves one image from `source` through `filters` to a sink that does its
+/// work asynchronously.
+pub async fn run_async(
+    source: Arc<dyn Source>,
+    filters: Vec<Box<dyn Filter>>,
+    mut sink: Box<dyn AsyncSink>,
+    options: RunOptions,
+) -> Result<Report> {
     let started = Instant::now();
     let temp_root = options.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let temp = tempfile::Builder::new()
@@ -188,14 +269,19 @@ pub async fn run_filtered(
     // A rewriting filter changes diff_ids, so the sink can only say what it
     // has once a layer has been through the chain.
     let rewriting = filters.iter().any(|f| f.rewrites());
-    let needs = if filtering {
-        sink_needs.union(LayerNeeds::TAR)
-    } else {
-        sink_needs
-    };
     let ordered = sink.ordered() || filtering;
-    let sink_takes_streams = sink.takes_streams();
-    let sink: SharedSink = Arc::new(Mutex::new(sink));
+    let plan = Plan {
+        needs: if filtering {
+            sink_needs.union(LayerNeeds::TAR)
+        } else {
+            sink_needs
+        },
+        streaming: ordered && !filtering && sink_needs == LayerNeeds::TAR,
+        ordered,
+        filtering,
+        rewriting,
+        sink_needs,
+    };
     let mut chain = FilterChain {
         filters,
         ctx: FilterContext {
@@ -204,136 +290,42 @@ pub async fn run_filtered(
     };
     chain = chain.run(&image, |f, img| f.begin(img)).await?;
 
-    let meta = image.clone();
-    let wanted: Vec<LayerInfo> = with_sink(&sink, move |s| {
-        s.begin(&meta)?;
-        Ok(meta
-            .layers
-            .iter()
-            .filter(|l| rewriting || s.wants_layer(l))
-            .cloned()
-            .collect())
-    })
-    .await?;
+    sink.begin(&image).await?;
+    let mut wanted = Vec::new();
     for l in &image.layers {
-        if !wanted.iter().any(|w| w.index == l.index) {
+        if rewriting || sink.wants_layer(l).await? {
+            wanted.push(l.clone());
+        } else {
             options.reporter.layer_skipped(l);
         }
     }
     options.reporter.begin(&image, &wanted);
     let bytes_fetched = wanted.iter().map(|l| l.size).sum::<u64>();
     let fetched = wanted.len();
-    let mut skipped_after_filters = 0;
-
     let parallel = options.parallel.max(1);
     ctx.layers_at_once = parallel.min(wanted.len()).max(1);
-    let mut rewritten = false;
     let mut reaper = Vec::new();
-    // Without filters, an ordered sink that reads streams takes each layer
-    // as it downloads once the layers below it are in (see `handoff`).
-    let streaming = ordered && !filtering && sink_needs == LayerNeeds::TAR && sink_takes_streams;
-    let mut receivers = HashMap::new();
-    if streaming {
-        let mut handoffs = HashMap::new();
-        for l in &wanted {
-            let (h, rx) = Handoff::new();
-            handoffs.insert(l.index, Arc::new(h));
-            receivers.insert(l.index, rx);
-        }
-        ctx.handoffs = Arc::new(handoffs);
-    }
-    let spawn = |layer: LayerInfo| {
-        let source = source.clone();
-        let ctx = ctx.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            source.fetch(&layer, needs, &ctx).await
-        }))
+    let mut layers = Layers {
+        source: &source,
+        ctx: &ctx,
+        sink: sink.as_mut(),
+        reaper: &mut reaper,
+        parallel,
+        started,
     };
-    if streaming {
-        let mut queue = std::collections::VecDeque::new();
-        let mut pending = wanted.into_iter();
-        loop {
-            while queue.len() < parallel {
-                match pending.next() {
-                    Some(l) => {
-                        let index = l.index;
-                        queue.push_back((index, spawn(l)));
-                    }
-                    None => break,
-                }
-            }
-            let Some((index, task)) = queue.pop_front() else {
-                break;
-            };
-            let rx = receivers.remove(&index).expect("one receiver per layer");
-            if let Some(h) = ctx.handoff(index) {
-                h.set_next();
-            }
-            deliver_in_turn(&sink, task, rx, &mut reaper).await?;
-            tracing::debug!(
-                "layer {index} handed to the sink at {:.3}s",
-                started.elapsed().as_secs_f64()
-            );
-        }
+    let (rewritten, skipped_after_filters) = if plan.streaming {
+        layers.streamed(wanted, plan.needs).await?;
+        (false, 0)
     } else {
-        let tasks = futures_util::stream::iter(wanted).map(spawn);
-        // Spawned fetches progress on their own while the sink writes; `buffered`
-        // keeps manifest order, `buffer_unordered` hands over whatever is ready.
-        let mut stream: Pin<Box<dyn futures_util::Stream<Item = _> + Send>> = if ordered {
-            Box::pin(tasks.buffered(parallel))
-        } else {
-            Box::pin(tasks.buffer_unordered(parallel))
-        };
-        while let Some(joined) = stream.next().await {
-            let mut layer = joined.map_err(join_error)??;
-            if filtering {
-                let (c, out) = chain.layer(layer).await?;
-                chain = c;
-                layer = out;
-                let slot = &mut image.layers[layer.info.index];
-                if layer.info.diff_id != slot.diff_id {
-                    rewritten = true;
-                    // A rewritten layer exists only as a tar; that is its blob too.
-                    layer.blob = layer.tar.clone();
-                    if let Some(t) = &layer.tar {
-                        layer.info.size = t.len();
-                    }
-                    layer.info.digest = layer.info.diff_id.clone();
-                    layer.info.media_type = crate::image::media_type::OCI_LAYER_TAR.to_string();
-                    *slot = layer.info.clone();
-                }
-                if !sink_needs.blob {
-                    layer.blob = None;
-                }
-                if rewriting {
-                    let info = layer.info.clone();
-                    if !with_sink(&sink, move |s| Ok(s.wants_layer(&info))).await? {
-                        skipped_after_filters += 1;
-                        continue;
-                    }
-                }
-            }
-            let index = layer.info.index;
-            give_layer(&sink, layer, &mut reaper).await?;
-            tracing::debug!(
-                "layer {index} handed to the sink at {:.3}s",
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
+        let (c, r, s) = layers.as_files(wanted, &plan, chain, &mut image).await?;
+        chain = c;
+        (r, s)
+    };
     if rewritten {
         rewrite_config(&mut image)?;
     }
     chain.run(&image, |f, img| f.finish(img)).await?;
-
-    let sink = Arc::try_unwrap(sink)
-        .map_err(|_| Error::InvalidImage("sink still in use".into()))?
-        .into_inner()
-        .map_err(|_| Error::InvalidImage("sink failed earlier".into()))?;
-    let meta = image.clone();
-    let sink_report = tokio::task::spawn_blocking(move || sink.finish(&meta))
-        .await
-        .map_err(|e| Error::InvalidImage(format!("sink task failed: {e}")))??;
+    let sink_report = sink.finish(image.clone()).await?;
     for r in reaper {
         // A failed deletion is the temp dir's to clean up below.
         let _ = r.await;
@@ -352,6 +344,103 @@ pub async fn run_filtered(
         elapsed: started.elapsed(),
         notes: sink_report.notes,
     })
+}
+
+/// The layer-moving part of a run.
+struct Layers<'r> {
+    source: &'r Arc<dyn Source>,
+    ctx: &'r FetchContext,
+    sink: &'r mut dyn AsyncSink,
+    reaper: &'r mut Vec<tokio::task::JoinHandle<()>>,
+    parallel: usize,
+    started: Instant,
+}
+
+impl Layers<'_> {
+    /// Fetches `parallel` layers at once and gives each to the sink in
+    /// order: live when it is the one the sink waits for, else from the file
+    /// it was spooled to (see [`handoff`]).
+    async fn streamed(&mut self, wanted: Vec<LayerInfo>, needs: LayerNeeds) -> Result<()> {
+        let mut queue = VecDeque::new();
+        let mut pending = wanted.into_iter();
+        loop {
+            while queue.len() < self.parallel {
+                let Some(l) = pending.next() else { break };
+                let (h, rx) = Handoff::new();
+                let h = Arc::new(h);
+                let index = l.index;
+                let task = spawn_fetch(self.source, l, needs, self.ctx, Some(h.clone()));
+                queue.push_back((index, task, h, rx));
+            }
+            let Some((index, task, handoff, rx)) = queue.pop_front() else {
+                return Ok(());
+            };
+            handoff.set_next();
+            deliver_in_turn(self.sink, task, rx, self.reaper).await?;
+            tracing::debug!(
+                "layer {index} handed to the sink at {:.3}s",
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Fetches layers to verified files, runs them through the filters and
+    /// gives them to the sink (in order when it or a filter asks). Returns
+    /// the chain, whether a layer was rewritten and how many the sink
+    /// skipped after the filters.
+    async fn as_files(
+        &mut self,
+        wanted: Vec<LayerInfo>,
+        plan: &Plan,
+        mut chain: FilterChain,
+        image: &mut Image,
+    ) -> Result<(FilterChain, bool, usize)> {
+        let (source, ctx, needs) = (self.source, self.ctx, plan.needs);
+        let tasks = futures_util::stream::iter(wanted)
+            .map(move |l| spawn_fetch(source, l, needs, ctx, None));
+        // Spawned fetches progress on their own while the sink writes; `buffered`
+        // keeps manifest order, `buffer_unordered` hands over whatever is ready.
+        let mut stream: Pin<Box<dyn futures_util::Stream<Item = _> + Send + '_>> = if plan.ordered {
+            Box::pin(tasks.buffered(self.parallel))
+        } else {
+            Box::pin(tasks.buffer_unordered(self.parallel))
+        };
+        let (mut rewritten, mut skipped) = (false, 0);
+        while let Some(joined) = stream.next().await {
+            let mut layer = joined.map_err(join_error)??;
+            if plan.filtering {
+                let (c, out) = chain.layer(layer).await?;
+                chain = c;
+                layer = out;
+                let slot = &mut image.layers[layer.info.index];
+                if layer.info.diff_id != slot.diff_id {
+                    rewritten = true;
+                    // A rewritten layer exists only as a tar; that is its blob too.
+                    layer.blob = layer.tar.clone();
+                    if let Some(t) = &layer.tar {
+                        layer.info.size = t.len();
+                    }
+                    layer.info.digest = layer.info.diff_id.clone();
+                    layer.info.media_type = crate::image::media_type::OCI_LAYER_TAR.to_string();
+                    *slot = layer.info.clone();
+                }
+                if !plan.sink_needs.blob {
+                    layer.blob = None;
+                }
+                if plan.rewriting && !self.sink.wants_layer(&layer.info).await? {
+                    skipped += 1;
+                    continue;
+                }
+            }
+            let index = layer.info.index;
+            give_layer(self.sink, layer, self.reaper).await?;
+            tracing::debug!(
+                "layer {index} handed to the sink at {:.3}s",
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+        Ok((chain, rewritten, skipped))
+    }
 }
 
 /// The filters, moved onto a blocking thread for each call since they read

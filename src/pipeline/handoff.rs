@@ -16,9 +16,13 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use crate::image::{Layer, LayerInfo};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use tokio::sync::mpsc::{Receiver, Sender, channel};
+
+use crate::error::Error;
+use crate::image::{Layer, LayerInfo, LiveTar};
 
 /// Chunks of decompressed tar in flight between a layer's writer and the
 /// sink: bounds memory to a few MiB per streamed layer.
@@ -27,7 +31,7 @@ const STREAM_CHUNKS: usize = 8;
 const CHUNK: usize = 256 << 10;
 
 /// The meeting point of one layer's writer and the pipeline.
-pub struct Handoff {
+pub(crate) struct Handoff {
     next: AtomicBool,
     deliver: Mutex<Option<tokio::sync::oneshot::Sender<Layer>>>,
 }
@@ -36,7 +40,7 @@ impl Handoff {
     /// A handoff and the receiver the pipeline waits on for the streamed
     /// layer. The receiver sees the sender dropped when the writer finished
     /// without streaming (the layer then comes back as a file, as usual).
-    pub fn new() -> (Handoff, tokio::sync::oneshot::Receiver<Layer>) {
+    pub(crate) fn new() -> (Handoff, tokio::sync::oneshot::Receiver<Layer>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (
             Handoff {
@@ -48,7 +52,7 @@ impl Handoff {
     }
 
     /// Says that the sink is now waiting for this layer.
-    pub fn set_next(&self) {
+    pub(crate) fn set_next(&self) {
         self.next.store(true, Ordering::Release);
     }
 
@@ -66,7 +70,7 @@ impl Handoff {
 
 /// A layer's uncompressed tar as it arrives. See the module documentation
 /// for when end-of-file is returned.
-pub struct TarStream {
+pub(crate) struct TarStream {
     /// What was spooled before the layer became the next one, and the temp
     /// file's owner (deleted when the stream is dropped).
     spooled: Option<(io::Take<File>, tempfile::TempPath)>,
@@ -88,27 +92,84 @@ impl TarStream {
         if self.done {
             return Ok(false);
         }
-        match self.rx.recv() {
-            Ok(Ok(v)) if v.is_empty() => {
+        let got = self.rx.blocking_recv();
+        self.take_chunk(got)
+    }
+
+    fn take_chunk(&mut self, got: Option<io::Result<Vec<u8>>>) -> io::Result<bool> {
+        match got {
+            Some(Ok(v)) if v.is_empty() => {
                 self.done = true;
                 Ok(false)
             }
-            Ok(Ok(v)) => {
+            Some(Ok(v)) => {
                 self.current = v;
                 self.pos = 0;
                 Ok(true)
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(io::Error::other(
+            Some(Err(e)) => Err(e),
+            None => Err(io::Error::other(
                 "layer stream ended before it was verified",
             )),
         }
     }
 
-    /// Copies the whole stream into `out`, the spooled part with the
-    /// kernel's file-to-file copy; returns the bytes copied. Errors when the
-    /// layer fails verification.
-    pub fn copy_to_file(&mut self, out: &mut File) -> io::Result<u64> {
+    /// The next bytes for an async reader: the spooled part read on a
+    /// blocking thread a chunk at a time, the live part as it arrives.
+    async fn next_async(mut self) -> Option<(io::Result<Bytes>, TarStream)> {
+        if let Some((mut head, path)) = self.spooled.take() {
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; CHUNK];
+                let n = head.read(&mut buf);
+                (
+                    n.map(|n| {
+                        buf.truncate(n);
+                        buf
+                    }),
+                    head,
+                    path,
+                )
+            })
+            .await;
+            match read {
+                Ok((Ok(buf), head, path)) if !buf.is_empty() => {
+                    self.spooled = Some((head, path));
+                    return Some((Ok(Bytes::from(buf)), self));
+                }
+                Ok((Ok(_), _, _)) => {}
+                Ok((Err(e), _, _)) => return Some((Err(e), self.failed())),
+                Err(e) => return Some((Err(io::Error::other(e)), self.failed())),
+            }
+        }
+        if self.pos < self.current.len() {
+            let rest = Bytes::from(std::mem::take(&mut self.current)).slice(self.pos..);
+            self.pos = 0;
+            return Some((Ok(rest), self));
+        }
+        if self.done {
+            return None;
+        }
+        let got = self.rx.recv().await;
+        match self.take_chunk(got) {
+            Ok(true) => {
+                let chunk = Bytes::from(std::mem::take(&mut self.current));
+                Some((Ok(chunk), self))
+            }
+            Ok(false) => None,
+            Err(e) => Some((Err(e), self.failed())),
+        }
+    }
+
+    fn failed(mut self) -> TarStream {
+        self.done = true;
+        self.current.clear();
+        self.pos = 0;
+        self
+    }
+}
+
+impl LiveTar for TarStream {
+    fn copy_to_file(&mut self, out: &mut File) -> io::Result<u64> {
         let mut n = 0;
         if let Some((mut head, path)) = self.spooled.take() {
             n += io::copy(&mut head, out)?;
@@ -124,6 +185,10 @@ impl TarStream {
                 return Ok(n);
             }
         }
+    }
+
+    fn into_chunks(self: Box<Self>) -> BoxStream<'static, io::Result<Bytes>> {
+        Box::pin(futures_util::stream::unfold(*self, TarStream::next_async))
     }
 }
 
@@ -154,7 +219,7 @@ pub(crate) struct LayerOut<'a> {
     handoff: Option<&'a Handoff>,
     info: &'a LayerInfo,
     spool: Option<io::BufWriter<tempfile::NamedTempFile>>,
-    live: Option<SyncSender<io::Result<Vec<u8>>>>,
+    live: Option<Sender<io::Result<Vec<u8>>>>,
     chunk: Vec<u8>,
     written: u64,
     /// The sink stopped reading: the rest is only hashed, so that a corrupt
@@ -167,7 +232,7 @@ pub(crate) enum Spooled {
     /// The whole tar, in a temp file.
     File(tempfile::TempPath),
     /// Handed to the sink as it arrived.
-    Streamed(SyncSender<io::Result<Vec<u8>>>),
+    Streamed(Sender<io::Result<Vec<u8>>>),
     /// Nothing was kept (the sink did not ask for the tar).
     Nothing,
     /// The sink stopped reading the stream partway.
@@ -225,19 +290,17 @@ impl<'a> LayerOut<'a> {
             }
             None => None,
         };
-        let (tx, rx) = sync_channel(STREAM_CHUNKS);
-        let layer = Layer {
-            info: self.info.clone(),
-            tar: None,
-            blob: None,
-            stream: Some(crate::image::SharedStream::new(TarStream {
+        let (tx, rx) = channel(STREAM_CHUNKS);
+        let layer = Layer::live(
+            self.info.clone(),
+            Box::new(TarStream {
                 spooled,
                 rx,
                 current: Vec::new(),
                 pos: 0,
                 done: false,
-            })),
-        };
+            }),
+        );
         // The pipeline may have gone (a failed run); then nobody reads.
         deliver
             .send(layer)
@@ -254,7 +317,7 @@ impl<'a> LayerOut<'a> {
         }
         let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
         if let Some(tx) = &self.live
-            && tx.send(Ok(full)).is_err()
+            && tx.blocking_send(Ok(full)).is_err()
         {
             self.live = None;
             self.abandoned = true;
@@ -324,13 +387,13 @@ impl Write for LayerOut<'_> {
     }
 }
 
-/// Ends a streamed layer: end-of-file when `verified` is Ok, the error
-/// otherwise.
-pub(crate) fn end_stream(tx: SyncSender<io::Result<Vec<u8>>>, verified: Result<(), String>) {
+/// Ends a streamed layer: end-of-file when `verified` is Ok, a copy of the
+/// error (the same [`Error`] variant and kind) otherwise.
+pub(crate) fn end_stream(tx: Sender<io::Result<Vec<u8>>>, verified: Result<(), &Error>) {
     // A sink that already stopped reading has its own error to report.
-    let _ = tx.send(match verified {
+    let _ = tx.blocking_send(match verified {
         Ok(()) => Ok(Vec::new()),
-        Err(e) => Err(io::Error::other(e)),
+        Err(e) => Err(crate::verify::duplicate(e)),
     });
 }
 
@@ -358,8 +421,8 @@ mod tests {
     fn promote_midway(
         before: usize,
         total: &[u8],
-        verified: Result<(), String>,
-    ) -> (TarStream, tempfile::TempDir) {
+        verified: Result<(), Error>,
+    ) -> (Box<dyn LiveTar>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (h, mut rx) = Handoff::new();
         let info = info();
@@ -373,10 +436,10 @@ mod tests {
         let Spooled::Streamed(tx) = spooled else {
             panic!("expected a streamed layer")
         };
-        end_stream(tx, verified);
+        end_stream(tx, verified.as_ref().map(|_| ()));
         let layer = rx.try_recv().expect("stream delivered");
         assert!(layer.tar.is_none());
-        (layer.stream.unwrap().take().unwrap(), dir)
+        (layer.take_live().unwrap(), dir)
     }
 
     #[test]
@@ -404,10 +467,25 @@ mod tests {
     #[test]
     fn failed_verification_is_an_error_at_the_end() {
         let total = data(10_000);
-        let (mut s, _dir) = promote_midway(0, &total, Err("digest mismatch".into()));
+        let mismatch = Error::DigestMismatch {
+            kind: crate::error::Mismatch::DiffId,
+            what: "layer 0".into(),
+            expected: Digest::sha256_of(b"a"),
+            found: Digest::sha256_of(b"b"),
+        };
+        let (mut s, _dir) = promote_midway(0, &total, Err(mismatch));
         let mut got = Vec::new();
-        let e = s.read_to_end(&mut got).unwrap_err();
-        assert!(e.to_string().contains("digest mismatch"), "{e}");
+        let e = Error::stream("reading", s.read_to_end(&mut got).unwrap_err());
+        assert!(
+            matches!(
+                e,
+                Error::DigestMismatch {
+                    kind: crate::error::Mismatch::DiffId,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -419,7 +497,7 @@ mod tests {
         let mut out = LayerOut::new(true, Some(&h), &info, dir.path()).unwrap();
         out.write_all(&data(1000)).unwrap();
         drop(out.finish().unwrap());
-        let mut s = rx.try_recv().unwrap().stream.unwrap().take().unwrap();
+        let mut s = rx.try_recv().unwrap().take_live().unwrap();
         let e = s.read_to_end(&mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("before it was verified"), "{e}");
     }

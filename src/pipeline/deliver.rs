@@ -1,0 +1,186 @@
+//! One layer's way from its source's bytes to a [`Layer`]: through the
+//! verifier, into a spooled temp file, to the sink live (see
+//! [`super::handoff`]), or served where it lies once read to its end.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{Error, Result};
+use crate::image::{Compression, FileSlice, Layer, LayerNeeds};
+use crate::progress::Reporter;
+use crate::source::LayerBlob;
+use crate::verify::{Expect, VerifiedTar};
+
+use super::handoff::{self, Handoff, LayerOut, Spooled};
+
+const BUF: usize = 256 << 10;
+
+/// Reads `blob` to its end through the verifier and returns the layer in
+/// the forms `needs` asks for. With a `handoff`, the tar goes to the sink
+/// live once the sink waits for this layer; the returned layer then has no
+/// tar (the sink took the live one from the handoff).
+pub(crate) fn verify_layer(
+    blob: LayerBlob,
+    needs: LayerNeeds,
+    temp_dir: &Path,
+    handoff: Option<&Handoff>,
+    reporter: Arc<dyn Reporter>,
+    stop: Arc<AtomicBool>,
+) -> Result<Layer> {
+    let LayerBlob {
+        info,
+        reader,
+        in_place,
+        digest_known,
+        prehashed,
+        label,
+    } = blob;
+    let reader: Box<dyn Read + Send> = Box::new(Stoppable {
+        inner: reader,
+        stop,
+    });
+    // The blob as stored, when asked for and not already in a file.
+    let blob_file = (needs.blob && in_place.is_none())
+        .then(|| temp_file(temp_dir, "blob-"))
+        .transpose()?;
+    let reader: Box<dyn Read + Send> = match &blob_file {
+        Some(f) => Box::new(Tee {
+            inner: reader,
+            copy: BufWriter::with_capacity(
+                BUF,
+                f.as_file()
+                    .try_clone()
+                    .map_err(|e| Error::io("writing", f.path(), e))?,
+            ),
+        }),
+        None => reader,
+    };
+    let expect = Expect {
+        info,
+        digest_known,
+        prehashed,
+    };
+    let mut verified = VerifiedTar::new(reader, expect, label.clone(), reporter)?;
+    // A plain tar in a local file is served where it lies once verified.
+    let tar_in_place = in_place
+        .as_ref()
+        .filter(|_| verified.compression() == Compression::None);
+    let keep_tar = needs.tar && tar_in_place.is_none();
+    // A reader of both forms reads files.
+    let handoff = handoff.filter(|_| keep_tar && !needs.blob);
+    let live_info = verified.info().clone();
+    let out = LayerOut::new(keep_tar, handoff, &live_info, temp_dir)
+        .map_err(|e| Error::io("creating temp file in", temp_dir, e))?;
+    let (pumped, out) = pump(&mut verified, out);
+    let (spooled, tar_size) = out
+        .finish()
+        .map_err(|e| Error::stream(format!("writing {label}"), e))?;
+    let result = pumped.map_err(|e| match e {
+        PumpError::Read(e) => Error::stream(format!("reading {label}"), e),
+        PumpError::Write(e) => Error::stream(format!("writing {label}"), e),
+    });
+    let tar = match spooled {
+        Spooled::Streamed(tx) => {
+            handoff::end_stream(tx, result.as_ref().map(|_| ()));
+            None
+        }
+        Spooled::File(path) => Some(FileSlice::temp(path, tar_size)),
+        Spooled::Nothing => tar_in_place.filter(|_| needs.tar).cloned(),
+        Spooled::Abandoned => {
+            result?;
+            // BrokenPipe tells the pipeline to report the sink's own error.
+            return Err(Error::stream(
+                format!("streaming {label}"),
+                io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the output stopped reading this layer",
+                ),
+            ));
+        }
+    };
+    result?;
+    let blob = match blob_file {
+        Some(f) => Some(FileSlice::temp(f.into_temp_path(), verified.info().size)),
+        None if needs.blob => in_place,
+        None => None,
+    };
+    Ok(Layer::files(verified.info().clone(), tar, blob))
+}
+
+fn temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("creating temp file in", dir, e))
+}
+
+/// Which side of a copy failed.
+enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies the verified tar into `out` in large blocks, so decompression
+/// runs in long stretches; keeps read and write failures apart.
+fn pump<'a>(r: &mut VerifiedTar, mut out: LayerOut<'a>) -> (Result<(), PumpError>, LayerOut<'a>) {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return (Ok(()), out),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return (Err(PumpError::Read(e)), out),
+        };
+        if let Err(e) = out.write_all(&buf[..n]) {
+            return (Err(PumpError::Write(e)), out);
+        }
+    }
+}
+
+/// Copies everything read into a file: the blob as stored, kept while it
+/// is verified.
+struct Tee<R> {
+    inner: R,
+    copy: BufWriter<File>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        if n == 0 {
+            self.copy.flush()?;
+        }
+        Ok(n)
+    }
+}
+
+/// Fails the next read once the run gave up on the layer, so that its
+/// blocking thread stops and drops the source's reader (and with it, a
+/// download).
+struct Stoppable {
+    inner: Box<dyn Read + Send>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Read for Stoppable {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the run stopped"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// Sets the stop flag when dropped: held by the task that waits for the
+/// layer, so that an aborted run stops reading.
+pub(crate) struct StopOnDrop(pub(crate) Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}

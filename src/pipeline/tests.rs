@@ -1,0 +1,329 @@
+//! The pipeline with an in-memory source and an async sink that hashes what
+//! it reads.
+
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+
+use super::*;
+use crate::digest::{Digest, Hasher};
+use crate::error::Mismatch;
+use crate::image::{Compression, media_type};
+use crate::sink::SinkReport;
+use crate::source::LayerBlob;
+
+/// Layers held in memory; each read waits `delay` first, so that the
+/// pipeline has made the layer the sink's next one before it ends.
+struct MemSource {
+    image: Image,
+    blobs: Vec<Vec<u8>>,
+    delay: Duration,
+}
+
+struct Slow {
+    inner: io::Cursor<Vec<u8>>,
+    delay: Duration,
+}
+
+impl Read for Slow {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        std::thread::sleep(self.delay);
+        // Small reads, so a layer arrives in many pieces.
+        let n = buf.len().min(64 << 10);
+        self.inner.read(&mut buf[..n])
+    }
+}
+
+impl Source for MemSource {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+    fn resolve<'a>(&'a self, _ctx: &'a FetchContext) -> BoxFuture<'a, Result<Image>> {
+        Box::pin(async move { Ok(self.image.clone()) })
+    }
+    fn fetch<'a>(
+        &'a self,
+        layer: &'a LayerInfo,
+        _ctx: &'a FetchContext,
+    ) -> BoxFuture<'a, Result<LayerBlob>> {
+        let reader = Slow {
+            inner: io::Cursor::new(self.blobs[layer.index].clone()),
+            delay: self.delay,
+        };
+        Box::pin(async move { Ok(LayerBlob::new(layer, Box::new(reader))) })
+    }
+}
+
+fn tar_of(seed: usize, n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 131 + seed * 7) % 251) as u8).collect()
+}
+
+fn compress(c: Compression, tar: &[u8]) -> Vec<u8> {
+    match c {
+        Compression::None => tar.to_vec(),
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(tar).unwrap();
+            gz.finish().unwrap()
+        }
+        Compression::Zstd => zstd::encode_all(tar, 1).unwrap(),
+    }
+}
+
+/// An image of three layers (gzip, zstd, plain) and their tars.
+fn source(delay: Duration) -> (MemSource, Vec<Vec<u8>>) {
+    let kinds = [Compression::Gzip, Compression::Zstd, Compression::None];
+    let tars: Vec<Vec<u8>> = (0..3).map(|i| tar_of(i, (300 + i * 200) << 10)).collect();
+    let blobs: Vec<Vec<u8>> = tars
+        .iter()
+        .zip(kinds)
+        .map(|(t, c)| compress(c, t))
+        .collect();
+    let layers = tars
+        .iter()
+        .zip(&blobs)
+        .enumerate()
+        .map(|(index, (t, b))| LayerInfo {
+            index,
+            digest: Digest::sha256_of(b),
+            size: b.len() as u64,
+            media_type: media_type::OCI_LAYER_GZIP.into(),
+            diff_id: Digest::sha256_of(t),
+        })
+        .collect();
+    let config = serde_json::to_vec(&serde_json::json!({"rootfs": {"type": "layers"}})).unwrap();
+    let image = Image {
+        name: "mem".into(),
+        tag: Some("1".into()),
+        manifest: None,
+        config_digest: Digest::sha256_of(&config),
+        config_raw: config,
+        config_media_type: media_type::OCI_CONFIG.into(),
+        layers,
+    };
+    (
+        MemSource {
+            image,
+            blobs,
+            delay,
+        },
+        tars,
+    )
+}
+
+/// What the sink saw of one layer.
+#[derive(Debug)]
+struct Seen {
+    index: usize,
+    bytes: u64,
+    digest: Digest,
+    error: Option<Mismatch>,
+}
+
+/// An async sink that reads each layer's chunks, counting and hashing them.
+struct Counting {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    ordered: bool,
+}
+
+impl AsyncSink for Counting {
+    fn ordered(&self) -> bool {
+        self.ordered
+    }
+    fn begin<'a>(&'a mut self, _image: &'a Image) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let index = layer.info.index;
+            let mut chunks = layer.into_tar_chunks().expect("a tar");
+            let mut h = Hasher::new(crate::digest::Algorithm::Sha256);
+            let mut bytes = 0u64;
+            let mut failed = None;
+            while let Some(c) = chunks.next().await {
+                match c {
+                    Ok(c) => {
+                        h.update(&c);
+                        bytes += c.len() as u64;
+                    }
+                    Err(e) => {
+                        failed = Some(Error::stream("reading", e));
+                        break;
+                    }
+                }
+            }
+            let error = failed.as_ref().map(|e| match e {
+                Error::DigestMismatch { kind, .. } | Error::SizeMismatch { kind, .. } => *kind,
+                other => panic!("the sink got an error that is not a mismatch: {other}"),
+            });
+            self.seen.lock().unwrap().push(Seen {
+                index,
+                bytes,
+                digest: h.finish(),
+                error,
+            });
+            failed.map_or(Ok(()), Err)
+        })
+    }
+    fn finish(self: Box<Self>, _image: Image) -> BoxFuture<'static, Result<SinkReport>> {
+        Box::pin(async {
+            Ok(SinkReport {
+                output: "counted".into(),
+                ..SinkReport::default()
+            })
+        })
+    }
+}
+
+fn options(parallel: usize) -> RunOptions {
+    RunOptions {
+        parallel,
+        temp_dir: None,
+        reporter: Arc::new(crate::progress::Silent),
+        cancel: crate::cancel::CancelToken::new(),
+    }
+}
+
+fn run_counting(source: MemSource, ordered: bool, parallel: usize) -> (Result<Report>, Vec<Seen>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Box::new(Counting {
+        seen: seen.clone(),
+        ordered,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(run_async(
+        Arc::new(source),
+        Vec::new(),
+        sink,
+        options(parallel),
+    ));
+    drop(rt);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    (r, seen)
+}
+
+#[test]
+fn async_sink_reads_every_layer_verified() {
+    for (ordered, parallel, delay) in [(true, 1, 0), (true, 3, 1), (false, 2, 0), (true, 2, 2)] {
+        let (src, tars) = source(Duration::from_millis(delay));
+        let (r, seen) = run_counting(src, ordered, parallel);
+        let report = r.unwrap();
+        assert_eq!(report.fetched, 3);
+        assert_eq!(seen.len(), 3);
+        if ordered {
+            let order: Vec<usize> = seen.iter().map(|s| s.index).collect();
+            assert_eq!(order, [0, 1, 2]);
+        }
+        for s in &seen {
+            assert_eq!(s.bytes, tars[s.index].len() as u64, "layer {}", s.index);
+            assert_eq!(s.digest, Digest::sha256_of(&tars[s.index]));
+            assert!(s.error.is_none());
+        }
+    }
+}
+
+#[test]
+fn verification_errors_reach_the_async_sink_with_their_kind() {
+    type Spoil = fn(&mut MemSource);
+    let cases: [(Spoil, Mismatch); 4] = [
+        (
+            |s| {
+                let b = &mut s.blobs[0];
+                let n = b.len();
+                b[n / 2] ^= 0x40;
+            },
+            Mismatch::BlobDigest,
+        ),
+        (
+            |s| s.image.layers[0].diff_id = Digest::sha256_of(b"no"),
+            Mismatch::DiffId,
+        ),
+        (
+            |s| {
+                s.blobs[0].extend_from_slice(b"more");
+            },
+            Mismatch::BlobSize,
+        ),
+        (
+            |s| {
+                let n = s.blobs[0].len();
+                s.blobs[0].truncate(n - 10);
+            },
+            Mismatch::BlobSize,
+        ),
+    ];
+    for (spoil, want) in cases {
+        // Slow enough that the sink is reading layer 0 live when it ends.
+        let (mut src, _) = source(Duration::from_millis(3));
+        spoil(&mut src);
+        let (r, seen) = run_counting(src, true, 1);
+        let e = r.unwrap_err();
+        let kind = match &e {
+            Error::DigestMismatch { kind, .. } | Error::SizeMismatch { kind, .. } => *kind,
+            other => panic!("not a mismatch: {other}"),
+        };
+        assert_eq!(kind, want, "{e}");
+        let first = seen.first().expect("the sink read layer 0");
+        assert_eq!(first.index, 0);
+        assert_eq!(first.error, Some(want), "{e}");
+        assert_eq!(seen.len(), 1, "nothing after the failed layer");
+    }
+}
+
+#[test]
+fn files_carry_both_forms_and_errors_are_typed() {
+    let (src, tars) = source(Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = FetchContext::new(dir.path().to_path_buf(), Arc::new(crate::progress::Silent));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let both = LayerNeeds::TAR.union(LayerNeeds::BLOB);
+    for (i, info) in src.image.layers.iter().enumerate() {
+        let l = rt.block_on(fetch_layer(&src, info, both, &ctx)).unwrap();
+        let mut tar = Vec::new();
+        l.tar
+            .as_ref()
+            .unwrap()
+            .open()
+            .unwrap()
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert!(tar == tars[i]);
+        let mut blob = Vec::new();
+        l.blob
+            .as_ref()
+            .unwrap()
+            .open()
+            .unwrap()
+            .read_to_end(&mut blob)
+            .unwrap();
+        assert!(blob == src.blobs[i]);
+    }
+    let mut bad = src.image.layers[1].clone();
+    bad.diff_id = Digest::sha256_of(b"x");
+    let e = rt
+        .block_on(fetch_layer(&src, &bad, both, &ctx))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DigestMismatch {
+                kind: Mismatch::DiffId,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Only the good layers' files were made, and they are gone with them.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
