@@ -16,8 +16,9 @@ use occystrap::escape::{self, TextOut};
 use occystrap::image::Image;
 use occystrap::inspect::check::CheckReport;
 use occystrap::inspect::info::ImageInfo;
-use occystrap::inspect::search::{LayerAccess, LayerMatches, Pattern, script_line};
-use occystrap::inspect::{EntryKind, WalkOptions, plural};
+use occystrap::inspect::search::{LayerMatches, Pattern, script_line};
+use occystrap::inspect::{EntryKind, plural};
+use occystrap::pipeline::RunOptions;
 use occystrap::progress::Silent;
 use occystrap::uri::{self, Settings, Uri};
 
@@ -61,20 +62,10 @@ pub async fn search(
 ) -> Result<i32> {
     let pattern = Arc::new(Pattern::new(pattern, regex)?);
     let (source, parallel) = uri::open_source(src, settings)?;
-    let options = WalkOptions {
+    let options = RunOptions {
         parallel,
         temp_dir: global.temp_dir.clone(),
         reporter: Arc::new(Silent),
-    };
-    // Registry blobs stream straight through the matcher, checked against
-    // their digest; other sources hand over verified files.
-    let access = if src.scheme == "registry" {
-        LayerAccess::Stream {
-            client: Arc::new(occystrap::inspect::registry_client(src, settings)?),
-            verify_diff_id: false,
-        }
-    } else {
-        LayerAccess::Fetch
     };
     let stdout = std::io::stdout();
     let mut first = true;
@@ -82,8 +73,7 @@ pub async fn search(
         source.clone(),
         pattern,
         options,
-        access,
-        |image, lm| {
+        move |image, lm| {
             let mut out = TextOut::new(stdout.lock());
             if first && style == SearchStyle::Text {
                 writeln!(
@@ -102,9 +92,11 @@ pub async fn search(
     )
     .await
     .with_context(|| source.describe())?;
+    let stdout = std::io::stdout();
     if style == SearchStyle::Text {
         let mut out = TextOut::new(stdout.lock());
-        if first {
+        // Every layer went through the callback, which wrote the header.
+        if summary.image.layers.is_empty() {
             writeln!(out, "{} (no layers)", display_name(&summary.image))?;
         }
         writeln!(
@@ -203,13 +195,12 @@ fn write_layer_matches(
 /// `occystrap info SOURCE`.
 pub async fn info(global: &Global, settings: &Settings, src: &Uri) -> Result<i32> {
     let (source, _) = uri::open_source(src, settings)?;
-    let info = occystrap::inspect::info::info(
-        source.clone(),
-        src,
-        settings,
-        global.temp_dir.as_ref(),
-        Arc::new(Silent),
-    )
+    let options = RunOptions {
+        parallel: 1,
+        temp_dir: global.temp_dir.clone(),
+        reporter: Arc::new(Silent),
+    };
+    let info = occystrap::inspect::info::info(source.clone(), src, settings, options)
     .await
     .with_context(|| source.describe())?;
     let mut out = std::io::stdout().lock();
@@ -394,7 +385,7 @@ pub async fn check(global: &Global, settings: &Settings, src: &Uri, fast: bool) 
     let report = match uri::open_source(src, settings) {
         Ok((source, parallel)) => {
             let bars = Arc::new(progress::Bars::new());
-            let options = WalkOptions {
+            let options = RunOptions {
                 parallel,
                 temp_dir: global.temp_dir.clone(),
                 reporter: bars.clone(),

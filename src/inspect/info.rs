@@ -1,5 +1,6 @@
 //! `info`: what an image's manifest and config say, read without fetching a
-//! single layer blob (only [`Source::resolve`] runs).
+//! single layer blob: a sink that wants no layer, so the pipeline only
+//! runs [`Source::resolve`].
 
 use std::sync::Arc;
 
@@ -8,10 +9,11 @@ use serde_json::Value;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Image, media_type as mt};
-use crate::inspect::RunDir;
-use crate::progress::Reporter;
-use crate::registry::MAX_MANIFEST_BYTES;
+use crate::image::{Image, Layer, LayerInfo, media_type as mt};
+use crate::inspect::{Slot, fill, run_sink};
+use crate::pipeline::RunOptions;
+use crate::registry::{Client, MAX_MANIFEST_BYTES};
+use crate::sink::{Sink, SinkReport};
 use crate::source::Source;
 use crate::uri::{Settings, Uri};
 
@@ -350,6 +352,34 @@ pub fn describe(source: &str, image: &Image) -> Result<ImageInfo> {
     })
 }
 
+/// The sink `info` runs: it takes the image's metadata and wants no layer,
+/// so the pipeline only resolves.
+struct MetadataSink {
+    slot: Slot<Image>,
+}
+
+impl Sink for MetadataSink {
+    fn begin(&mut self, image: &Image) -> Result<()> {
+        fill(&self.slot, image.clone());
+        Ok(())
+    }
+
+    fn wants_layer(&mut self, _layer: &LayerInfo) -> bool {
+        false
+    }
+
+    fn layer(&mut self, layer: Layer) -> Result<()> {
+        Err(Error::InvalidImage(format!(
+            "info: layer {} fetched though none was wanted",
+            layer.info.index
+        )))
+    }
+
+    fn finish(self: Box<Self>, _image: &Image) -> Result<SinkReport> {
+        Ok(SinkReport::default())
+    }
+}
+
 /// Resolves `source` (manifest and config only) and describes the image.
 /// For an image chosen from an index, the index is read again through `uri`
 /// to list the platforms it offers.
@@ -357,11 +387,11 @@ pub async fn info(
     source: Arc<dyn Source>,
     uri: &Uri,
     settings: &Settings,
-    temp_dir: Option<&std::path::PathBuf>,
-    reporter: Arc<dyn Reporter>,
+    options: RunOptions,
 ) -> Result<ImageInfo> {
-    let run = RunDir::new(temp_dir, reporter)?;
-    let image = source.resolve(&run.ctx).await?;
+    let slot = Slot::default();
+    let sink = MetadataSink { slot: slot.clone() };
+    let image = run_sink(source.clone(), Box::new(sink), &slot, options).await?;
     let mut info = describe(&source.describe(), &image)?;
     if let Some(index) = &mut info.index {
         let selected = image.manifest.as_ref().map(|m| m.digest.clone());
@@ -438,7 +468,8 @@ pub fn parse_index(raw: &[u8]) -> Result<Vec<IndexEntry>> {
 async fn index_entries(uri: &Uri, settings: &Settings, digest: &Digest) -> Result<Vec<IndexEntry>> {
     let raw = match uri.scheme.as_str() {
         "registry" => {
-            let client = crate::inspect::registry_client(uri, settings)?;
+            let (reference, options) = crate::uri::registry_options(uri, settings)?;
+            let client = Client::new(reference.registry_host(), &reference.path, options)?;
             client.get_manifest(&digest.to_string()).await?.0
         }
         "oci-layout" => {
