@@ -221,6 +221,15 @@ fn field(out: &mut impl Write, key: &str, value: impl std::fmt::Display) -> std:
 }
 
 fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
+    write_summary(out, i)?;
+    write_platforms(out, i)?;
+    write_layers(out, i)?;
+    write_history(out, i)?;
+    write_runtime(out, i)
+}
+
+/// The `KEY: value` lines at the top.
+fn write_summary(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
     field(out, "Image", &i.reference)?;
     field(out, "Source", &i.source)?;
     if let Some(m) = &i.manifest {
@@ -260,6 +269,11 @@ fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<(
         ),
     )?;
 
+    Ok(())
+}
+
+/// The platforms of the index the image was chosen from.
+fn write_platforms(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
     if let Some(x) = &i.index {
         writeln!(out)?;
         match (&x.platforms, &x.platforms_error) {
@@ -282,6 +296,11 @@ fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<(
         }
     }
 
+    Ok(())
+}
+
+/// One entry per layer: digest, size, media type, diff_id, created_by.
+fn write_layers(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(out, "Layers ({}):", i.layers.len())?;
     let size_width = i
@@ -307,6 +326,12 @@ fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<(
         }
     }
 
+    Ok(())
+}
+
+/// The history, each entry tagged with the layer it made (`-` for none).
+fn write_history(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
+    let index_width = i.layers.len().saturating_sub(1).to_string().len();
     writeln!(out)?;
     let empty = i.history.iter().filter(|h| h.empty_layer).count();
     writeln!(
@@ -336,6 +361,11 @@ fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<(
         )?;
     }
 
+    Ok(())
+}
+
+/// The config's `config` section.
+fn write_runtime(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
     let r = &i.runtime;
     writeln!(out)?;
     writeln!(out, "Container config:")?;
