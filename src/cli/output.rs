@@ -69,11 +69,8 @@ pub async fn search(
     };
     let stdout = std::io::stdout();
     let mut first = true;
-    let summary = occystrap::inspect::search::search(
-        source.clone(),
-        pattern,
-        options,
-        move |image, lm| {
+    let summary =
+        occystrap::inspect::search::search(source.clone(), pattern, options, move |image, lm| {
             let mut out = TextOut::new(stdout.lock());
             if first && style == SearchStyle::Text {
                 writeln!(
@@ -88,10 +85,9 @@ pub async fn search(
             write_layer_matches(&mut out, image, lm, style).map_err(out_err)?;
             // Flush per layer, so a pipe sees results as layers finish.
             out.flush().map_err(out_err)
-        },
-    )
-    .await
-    .with_context(|| source.describe())?;
+        })
+        .await
+        .with_context(|| source.describe())?;
     let stdout = std::io::stdout();
     if style == SearchStyle::Text {
         let mut out = TextOut::new(stdout.lock());
@@ -201,8 +197,8 @@ pub async fn info(global: &Global, settings: &Settings, src: &Uri) -> Result<i32
         reporter: Arc::new(Silent),
     };
     let info = occystrap::inspect::info::info(source.clone(), src, settings, options)
-    .await
-    .with_context(|| source.describe())?;
+        .await
+        .with_context(|| source.describe())?;
     let mut out = std::io::stdout().lock();
     match global.output_format {
         OutputFormat::Json => {

@@ -89,7 +89,8 @@ impl Filter for SearchFilter {
             .ok_or_else(|| {
                 Error::InvalidImage(format!("layer {}: no tar to search", layer.info.index))
             })?;
-        let (_, matches) = find_matches(tar, &self.pattern).map_err(|e| Error::stream(what(), e))?;
+        let (_, matches) =
+            find_matches(tar, &self.pattern).map_err(|e| Error::stream(what(), e))?;
         let mut out = TextOut::new(std::io::stdout().lock());
         if let Some(image) = &self.image {
             for m in &matches {
@@ -122,12 +123,25 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        for bad in ["search", "search:regex=true", "search:pattern=a[", "search:pattern=x,regex=maybe", "search:pattern=x,other=1"] {
+        for bad in [
+            "search",
+            "search:regex=true",
+            "search:pattern=a[",
+            "search:pattern=x,regex=maybe",
+            "search:pattern=x,other=1",
+        ] {
             let e = SearchFilter::from_spec(&FilterSpec::parse(bad).unwrap()).err();
             assert!(e.is_some_and(|e| e.is_usage()), "{bad}");
         }
-        for ok in ["search:pattern=*.conf", "search:pattern=^etc,regex=TRUE", "search:pattern=x,regex=no"] {
-            assert!(SearchFilter::from_spec(&FilterSpec::parse(ok).unwrap()).is_ok(), "{ok}");
+        for ok in [
+            "search:pattern=*.conf",
+            "search:pattern=^etc,regex=TRUE",
+            "search:pattern=x,regex=no",
+        ] {
+            assert!(
+                SearchFilter::from_spec(&FilterSpec::parse(ok).unwrap()).is_ok(),
+                "{ok}"
+            );
         }
     }
 }

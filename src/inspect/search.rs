@@ -36,9 +36,14 @@ pub struct LayerMatches {
 
 /// Searches one layer: walks its tar (from `tar`, read to its very end so
 /// that a streamed layer's verdict is seen) and returns its matches.
-pub fn search_layer(mut tar: impl Read, info: &LayerInfo, pattern: &Pattern) -> Result<LayerMatches> {
+pub fn search_layer(
+    mut tar: impl Read,
+    info: &LayerInfo,
+    pattern: &Pattern,
+) -> Result<LayerMatches> {
     let what = || format!("reading layer {} ({}) as a tar", info.index, info.digest);
-    let (entries, matches) = find_matches(&mut tar, pattern).map_err(|e| Error::stream(what(), e))?;
+    let (entries, matches) =
+        find_matches(&mut tar, pattern).map_err(|e| Error::stream(what(), e))?;
     // Padding after the end-of-archive blocks: the stream's last read is
     // the source's verdict on the layer.
     io::copy(&mut tar, &mut io::sink()).map_err(|e| Error::stream(what(), e))?;
@@ -63,10 +68,10 @@ pub struct Summary {
 }
 
 /// What `search` calls with each layer's matches, in layer order.
-pub type OnLayer = Box<dyn FnMut(&Image, &LayerMatches) -> Result<()> + Send>;
+pub(crate) type OnLayer = Box<dyn FnMut(&Image, &LayerMatches) -> Result<()> + Send>;
 
 /// The sink `search` runs: ordered, takes streams, reads only tars.
-pub struct SearchSink {
+pub(crate) struct SearchSink {
     pattern: Arc<Pattern>,
     on_layer: OnLayer,
     summary: Option<Summary>,
@@ -206,9 +211,8 @@ mod tests {
             file(b, "etc/motd", b"hi");
         });
         let info = layer_info(0, &bytes);
-        let search_tar = |p: &Pattern| {
-            search_layer(&bytes[..], &info, p).map(|lm| (lm.entries, lm.matches))
-        };
+        let search_tar =
+            |p: &Pattern| search_layer(&bytes[..], &info, p).map(|lm| (lm.entries, lm.matches));
 
         let (n, m) = search_tar(&Pattern::glob("*sh").unwrap()).unwrap();
         assert_eq!(n, 6);

@@ -202,7 +202,10 @@ pub struct Match {
 /// the shared reader, so names are the ones the extractor and the filters
 /// see, and hostile headers fail the same way. Member data is read (a
 /// stream cannot seek) and dropped.
-pub fn find_matches(tar: impl Read, pattern: &Pattern) -> std::io::Result<(u64, Vec<Match>)> {
+pub(crate) fn find_matches(
+    tar: impl Read,
+    pattern: &Pattern,
+) -> std::io::Result<(u64, Vec<Match>)> {
     let mut archive = Archive::new(Stream(tar));
     let mut entries = 0;
     let mut matches = Vec::new();

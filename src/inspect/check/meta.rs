@@ -242,7 +242,6 @@ fn check_config_descriptor(image: &Image, doc: &Value, out: &mut Vec<Finding>) {
             }
         }
     }
-
 }
 
 /// The manifest's layer descriptors: count, media types, sizes, duplicates.

@@ -54,7 +54,10 @@ pub async fn check(source: Arc<dyn Source>, fast: bool, options: RunOptions) -> 
         Err(e) => {
             let mut report = CheckReport::new(described, fast);
             let (check, message) = if tolerant.declared.get().is_none() {
-                ("resolve", format!("manifest and config do not resolve: {e}"))
+                (
+                    "resolve",
+                    format!("manifest and config do not resolve: {e}"),
+                )
             } else {
                 ("check", format!("the check did not complete: {e}"))
             };

@@ -43,7 +43,11 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub(crate) fn new(severity: Severity, check: &'static str, message: impl Into<String>) -> Finding {
+    pub(crate) fn new(
+        severity: Severity,
+        check: &'static str,
+        message: impl Into<String>,
+    ) -> Finding {
         Finding {
             severity,
             check,
@@ -155,7 +159,13 @@ impl LayerFindings {
     }
 
     /// Adds a finding, unless `MAX_PER_KIND` of its kind are in already.
-    pub(crate) fn push(&mut self, severity: Severity, check: &'static str, path: &str, message: String) {
+    pub(crate) fn push(
+        &mut self,
+        severity: Severity,
+        check: &'static str,
+        path: &str,
+        message: String,
+    ) {
         let n = self.counts.entry(check).or_insert(0);
         *n += 1;
         if *n <= MAX_PER_KIND {

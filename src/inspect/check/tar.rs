@@ -136,7 +136,6 @@ fn check_tar(tar: impl Read, f: &mut LayerFindings) {
             Err(e) => break Some(e),
         }
     };
-    drop(archive);
     // The rest (padding, or what follows a bad header) gives the length.
     let drained = io::copy(&mut counted, &mut io::sink());
     let len = counted.n;
@@ -497,15 +496,23 @@ mod tests {
             assert_eq!(tar.len(), 1, "{cut}: {found:?}");
             assert_eq!(
                 tar[0].message,
-                format!("layer 0 is truncated: its last member needs 6536 bytes, the tar has {cut}"),
+                format!(
+                    "layer 0 is truncated: its last member needs 6536 bytes, the tar has {cut}"
+                ),
             );
             // The layer's totals still follow.
-            assert!(found.iter().any(|f| f.check == "layer" && f.message.contains("2 entries")));
+            assert!(
+                found
+                    .iter()
+                    .any(|f| f.check == "layer" && f.message.contains("2 entries"))
+            );
         }
         // A header cut short is not a truncated member but a bad tar.
         let found = run_tar(&bytes[..1024 + 100]);
         assert!(
-            found.iter().any(|f| f.message.contains("is not a valid tar after 1 entries")),
+            found
+                .iter()
+                .any(|f| f.message.contains("is not a valid tar after 1 entries")),
             "{found:?}"
         );
         assert!(!found.iter().any(|f| f.check == "layer"), "{found:?}");
@@ -528,10 +535,16 @@ mod tests {
         // No blob head to hold it against: nothing said.
         assert!(checks(&layer_findings(&info, None, tar()), Severity::Error).is_empty());
         let unread = layer_findings(&info, Some(Err(io::ErrorKind::NotFound.into())), tar());
-        assert!(unread[0].message.contains("cannot read the blob"), "{unread:?}");
+        assert!(
+            unread[0].message.contains("cannot read the blob"),
+            "{unread:?}"
+        );
         for (given, says) in [
             (Ok(None), "the source gave no tar"),
-            (Err(io::ErrorKind::PermissionDenied.into()), "cannot open the tar"),
+            (
+                Err(io::ErrorKind::PermissionDenied.into()),
+                "cannot open the tar",
+            ),
         ] {
             let found = layer_findings(&info, None, given);
             assert_eq!(checks(&found, Severity::Error), vec!["tar"]);

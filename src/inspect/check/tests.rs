@@ -67,7 +67,10 @@ fn fast_fetches_nothing_and_blobs_are_asked_only_with_a_manifest() {
         assert_eq!(r.layers_checked, 2, "{r:?}");
         let asked = src.asked.lock().unwrap();
         assert_eq!(asked.len(), 2);
-        assert!(asked.values().all(|n| n.tar && n.blob == manifest), "{asked:?}");
+        assert!(
+            asked.values().all(|n| n.tar && n.blob == manifest),
+            "{asked:?}"
+        );
         // The layer summary of each layer is there.
         let infos = r.findings.iter().filter(|f| f.check == "layer").count();
         assert_eq!(infos, 2, "{r:?}");
