@@ -9,7 +9,7 @@
 //! unless it arrived ahead of its turn. The source verifies every layer;
 //! the sink reads each tar to its end, which is where a mismatch shows.
 
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -18,7 +18,8 @@ use crate::inspect::{Slot, fill, run_sink};
 use crate::pipeline::RunOptions;
 use crate::sink::{Sink, SinkReport};
 use crate::source::Source;
-use crate::tarfmt::matcher::find_matches;
+use crate::tarfmt::BufSeek;
+use crate::tarfmt::matcher::{find_matches, find_matches_in};
 
 pub use crate::filter::search::{SearchFilter, repository_path, script_line};
 pub use crate::tarfmt::matcher::{Match, Pattern};
@@ -53,6 +54,38 @@ pub fn search_layer(
         matches,
     })
 }
+
+/// The path of a layer's tar when it is a whole verified temp file of the
+/// run (not a stream, not a slice of an input): the walk may then seek.
+fn whole_temp_file(layer: &Layer) -> Option<&std::path::Path> {
+    match (&layer.stream, &layer.tar) {
+        (None, Some(t)) if t.is_temp() && t.offset() == 0 => Some(t.path()),
+        _ => None,
+    }
+}
+
+/// [`search_layer`] over a verified file of its own, passing over member
+/// data instead of reading it.
+fn search_file(
+    path: &std::path::Path,
+    info: &LayerInfo,
+    pattern: &Pattern,
+) -> Result<LayerMatches> {
+    let what = || format!("reading layer {} ({}) as a tar", info.index, info.digest);
+    let file = std::fs::File::open(path).map_err(|e| Error::stream(what(), e))?;
+    let input = BufSeek(BufReader::with_capacity(SEEK_BUF, file));
+    let (entries, matches) =
+        find_matches_in(input, pattern).map_err(|e| Error::stream(what(), e))?;
+    Ok(LayerMatches {
+        layer: info.clone(),
+        entries,
+        matches,
+    })
+}
+
+/// Read-ahead over a layer file: most members of a typical layer are
+/// smaller, so one read covers several headers and the data between them.
+const SEEK_BUF: usize = 64 << 10;
 
 /// Totals of a search.
 #[derive(Clone, Debug)]
@@ -94,18 +127,30 @@ impl Sink for SearchSink {
     }
 
     fn layer(&mut self, layer: Layer) -> Result<()> {
-        let info = &layer.info;
-        let tar = layer
-            .tar_reader()
-            .map_err(|e| Error::stream(format!("opening layer {}", info.index), e))?
-            .ok_or_else(|| {
-                Error::InvalidImage(format!("layer {}: the source gave no tar", info.index))
-            })?;
-        let found = search_layer(tar, info, &self.pattern)?;
         let summary = self
             .summary
             .as_mut()
             .ok_or_else(|| Error::InvalidImage("search: a layer before the image".into()))?;
+        // Matches name the layer as the image does: a source may refine the
+        // descriptor it fetched by (a docker-save blob found compressed).
+        let info = summary
+            .image
+            .layers
+            .get(layer.info.index)
+            .unwrap_or(&layer.info)
+            .clone();
+        let found = match whole_temp_file(&layer) {
+            Some(path) => search_file(path, &info, &self.pattern)?,
+            None => {
+                let tar = layer
+                    .tar_reader()
+                    .map_err(|e| Error::stream(format!("opening layer {}", info.index), e))?
+                    .ok_or_else(|| {
+                        Error::InvalidImage(format!("layer {}: the source gave no tar", info.index))
+                    })?;
+                search_layer(tar, &info, &self.pattern)?
+            }
+        };
         summary.entries += found.entries;
         summary.matches += found.matches.len() as u64;
         if !found.matches.is_empty() {
@@ -247,11 +292,15 @@ mod tests {
     /// Runs a search over `layers` and returns the layers the callback saw,
     /// in the order it saw them, with their match counts.
     fn run_search(layers: Vec<Serve>) -> (Result<Summary>, Vec<(usize, usize)>) {
+        run_over(FakeSource::new(layers, true))
+    }
+
+    fn run_over(source: Arc<FakeSource>) -> (Result<Summary>, Vec<(usize, usize)>) {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let result = rt.block_on(search(
-            FakeSource::new(layers, true),
+            source,
             Arc::new(Pattern::glob("*.conf").unwrap()),
             options(),
             move |_, lm| {
@@ -307,7 +356,12 @@ mod tests {
 
     #[test]
     fn a_layer_that_is_not_a_tar_is_a_one_line_error() {
-        for garbage in [vec![0x55u8; 1024], files(&["x.conf"])[..700].to_vec()] {
+        // A verified tar cut short is walked as far as it goes, as before.
+        for garbage in [
+            vec![0x55u8; 1024],
+            vec![0xffu8; 512],
+            b"not a tar".repeat(100),
+        ] {
             let layers = vec![Serve::Tar(files(&["a.conf"]), 0), Serve::Tar(garbage, 0)];
             let (result, seen) = run_search(layers);
             let e = result.unwrap_err().to_string();
@@ -315,5 +369,45 @@ mod tests {
             assert!(!e.contains('\n'), "{e}");
             assert_eq!(seen, vec![(0, 1)]);
         }
+    }
+
+    #[test]
+    fn matches_name_layers_as_the_image_does_and_slices_stay_bounded() {
+        let mut unterminated = files(&["etc/in-place.conf", "etc/x"]);
+        // No end-of-archive blocks: the slice's end is the tar's end, and
+        // what follows it in the file is no tar.
+        unterminated.truncate(unterminated.len() - 1024);
+        let layers = vec![
+            Serve::Tar(files(&["a.conf"]), 30),
+            Serve::InPlace(unterminated),
+            Serve::Tar(files(&["b.conf", "c.conf"]), 0),
+        ];
+        let src = FakeSource::refined(layers);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let summary = rt
+            .block_on(search(
+                src,
+                Arc::new(Pattern::glob("*.conf").unwrap()),
+                options(),
+                move |image, lm| {
+                    let declared = &image.layers[lm.layer.index];
+                    log.lock().unwrap().push((
+                        lm.layer.digest == declared.digest,
+                        lm.layer.media_type == declared.media_type,
+                        lm.matches.len(),
+                        lm.entries,
+                    ));
+                    Ok(())
+                },
+            ))
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![(true, true, 1, 1), (true, true, 1, 2), (true, true, 2, 2)]
+        );
+        assert_eq!((summary.matches, summary.entries), (4, 5));
     }
 }

@@ -19,6 +19,8 @@ use crate::source::{FetchContext, Source};
 pub(crate) enum Serve {
     /// The tar, after a delay in milliseconds.
     Tar(Vec<u8>, u64),
+    /// The tar as a slice of a larger file, between bytes that are no tar.
+    InPlace(Vec<u8>),
     /// A verification failure of this kind.
     Fail(Mismatch),
 }
@@ -26,6 +28,11 @@ pub(crate) enum Serve {
 pub(crate) struct FakeSource {
     layers: Vec<Serve>,
     manifest: bool,
+    /// Whether fetches refine the descriptor (as a docker-save source does
+    /// for a blob it finds compressed).
+    pub(crate) refine: bool,
+    /// Holds the files of `InPlace` layers.
+    dir: tempfile::TempDir,
     /// The needs each fetch was asked for, by layer.
     pub(crate) asked: Mutex<HashMap<usize, LayerNeeds>>,
 }
@@ -35,13 +42,22 @@ impl FakeSource {
         Arc::new(FakeSource {
             layers,
             manifest,
+            refine: false,
+            dir: tempfile::tempdir().unwrap(),
             asked: Mutex::default(),
         })
     }
 
+    /// A source whose fetches refine each layer's descriptor.
+    pub(crate) fn refined(layers: Vec<Serve>) -> Arc<FakeSource> {
+        let mut s = Arc::into_inner(FakeSource::new(layers, true)).unwrap();
+        s.refine = true;
+        Arc::new(s)
+    }
+
     fn info(&self, index: usize) -> LayerInfo {
         let tar = match &self.layers[index] {
-            Serve::Tar(t, _) => t.clone(),
+            Serve::Tar(t, _) | Serve::InPlace(t) => t.clone(),
             Serve::Fail(_) => format!("layer {index}").into_bytes(),
         };
         layer_info(index, &tar)
@@ -121,13 +137,27 @@ impl Source for FakeSource {
                     expected: layer.digest.clone(),
                     found: Digest::sha256_of(b"other"),
                 }),
+                Serve::InPlace(tar) => {
+                    let path = self.dir.path().join(format!("input-{}", layer.index));
+                    let mut bytes = vec![0x55u8; 1000];
+                    bytes.extend_from_slice(tar);
+                    bytes.extend_from_slice(&[0x55u8; 4096]);
+                    std::fs::write(&path, bytes).unwrap();
+                    let slice = FileSlice::range(Arc::new(path), 1000, tar.len() as u64);
+                    Ok(Layer::files(layer.clone(), Some(slice), None))
+                }
                 Serve::Tar(tar, delay) => {
                     tokio::time::sleep(Duration::from_millis(*delay)).await;
                     let file = tempfile::NamedTempFile::new_in(&ctx.temp_dir).unwrap();
                     std::fs::write(file.path(), tar).unwrap();
                     let slice = FileSlice::temp(file.into_temp_path(), tar.len() as u64);
                     let blob = needs.blob.then(|| slice.clone());
-                    Ok(Layer::files(layer.clone(), Some(slice), blob))
+                    let mut info = layer.clone();
+                    if self.refine {
+                        info.digest = Digest::sha256_of(b"refined");
+                        info.media_type = mt::OCI_LAYER_GZIP.into();
+                    }
+                    Ok(Layer::files(info, Some(slice), blob))
                 }
             }
         })

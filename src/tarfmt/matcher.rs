@@ -6,7 +6,7 @@ use std::io::Read;
 
 use serde::Serialize;
 
-use super::{Archive, Stream};
+use super::{Archive, Input, Stream};
 use crate::error::{Error, Result};
 
 /// What a layer entry is, as `search` and `check` name it.
@@ -206,7 +206,16 @@ pub(crate) fn find_matches(
     tar: impl Read,
     pattern: &Pattern,
 ) -> std::io::Result<(u64, Vec<Match>)> {
-    let mut archive = Archive::new(Stream(tar));
+    find_matches_in(Stream(tar), pattern)
+}
+
+/// [`find_matches`] over any input: a seekable one passes over member data
+/// without reading it.
+pub(crate) fn find_matches_in<S: Input>(
+    src: S,
+    pattern: &Pattern,
+) -> std::io::Result<(u64, Vec<Match>)> {
+    let mut archive = Archive::new(src);
     let mut entries = 0;
     let mut matches = Vec::new();
     while let Some(entry) = archive.next_entry()? {
