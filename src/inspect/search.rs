@@ -2,7 +2,7 @@
 //! image, as the layers stand (whiteouts and entries a later layer deletes
 //! included), without extracting anything.
 //!
-//! A [`SearchSink`] run by the pipeline: layers download in parallel, and
+//! A `SearchSink` run by the pipeline: layers download in parallel, and
 //! the sink takes them bottom to top, each as a stream while it downloads
 //! when the source can stream (a registry), so matches are printed before
 //! the largest layer has arrived and nothing the search reads is spooled

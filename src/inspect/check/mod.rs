@@ -4,8 +4,8 @@
 //!
 //! Problems are findings, not failures: a layer that does not verify is
 //! reported and the other layers are still checked. The check is a
-//! [`CheckSink`] run by the pipeline over the source wrapped in
-//! [`Tolerant`], which turns a layer's fetch failure into a finding for that
+//! `CheckSink` run by the pipeline over the source wrapped in
+//! `Tolerant`, which turns a layer's fetch failure into a finding for that
 //! layer instead of the end of the run.
 //!
 //! `report.rs` is the report model, `meta.rs` the metadata rules, `tar.rs`
