@@ -16,8 +16,9 @@ use occystrap::escape::{self, TextOut};
 use occystrap::image::Image;
 use occystrap::inspect::check::CheckReport;
 use occystrap::inspect::info::ImageInfo;
-use occystrap::inspect::search::{LayerAccess, LayerMatches, Pattern, script_line};
-use occystrap::inspect::{EntryKind, WalkOptions, plural};
+use occystrap::inspect::search::{LayerMatches, Pattern, script_line};
+use occystrap::inspect::{EntryKind, plural};
+use occystrap::pipeline::RunOptions;
 use occystrap::progress::Silent;
 use occystrap::uri::{self, Settings, Uri};
 
@@ -61,29 +62,16 @@ pub async fn search(
 ) -> Result<i32> {
     let pattern = Arc::new(Pattern::new(pattern, regex)?);
     let (source, parallel) = uri::open_source(src, settings)?;
-    let options = WalkOptions {
+    let options = RunOptions {
         parallel,
         temp_dir: global.temp_dir.clone(),
         reporter: Arc::new(Silent),
-    };
-    // Registry blobs stream straight through the matcher, checked against
-    // their digest; other sources hand over verified files.
-    let access = if src.scheme == "registry" {
-        LayerAccess::Stream {
-            client: Arc::new(occystrap::inspect::registry_client(src, settings)?),
-            verify_diff_id: false,
-        }
-    } else {
-        LayerAccess::Fetch
+        cancel: settings.cancel.clone(),
     };
     let stdout = std::io::stdout();
     let mut first = true;
-    let summary = occystrap::inspect::search::search(
-        source.clone(),
-        pattern,
-        options,
-        access,
-        |image, lm| {
+    let summary =
+        occystrap::inspect::search::search(source.clone(), pattern, options, move |image, lm| {
             let mut out = TextOut::new(stdout.lock());
             if first && style == SearchStyle::Text {
                 writeln!(
@@ -98,13 +86,14 @@ pub async fn search(
             write_layer_matches(&mut out, image, lm, style).map_err(out_err)?;
             // Flush per layer, so a pipe sees results as layers finish.
             out.flush().map_err(out_err)
-        },
-    )
-    .await
-    .with_context(|| source.describe())?;
+        })
+        .await
+        .with_context(|| source.describe())?;
+    let stdout = std::io::stdout();
     if style == SearchStyle::Text {
         let mut out = TextOut::new(stdout.lock());
-        if first {
+        // Every layer went through the callback, which wrote the header.
+        if summary.image.layers.is_empty() {
             writeln!(out, "{} (no layers)", display_name(&summary.image))?;
         }
         writeln!(
@@ -203,15 +192,15 @@ fn write_layer_matches(
 /// `occystrap info SOURCE`.
 pub async fn info(global: &Global, settings: &Settings, src: &Uri) -> Result<i32> {
     let (source, _) = uri::open_source(src, settings)?;
-    let info = occystrap::inspect::info::info(
-        source.clone(),
-        src,
-        settings,
-        global.temp_dir.as_ref(),
-        Arc::new(Silent),
-    )
-    .await
-    .with_context(|| source.describe())?;
+    let options = RunOptions {
+        parallel: 1,
+        temp_dir: global.temp_dir.clone(),
+        reporter: Arc::new(Silent),
+        cancel: settings.cancel.clone(),
+    };
+    let info = occystrap::inspect::info::info(source.clone(), options)
+        .await
+        .with_context(|| source.describe())?;
     let mut out = std::io::stdout().lock();
     match global.output_format {
         OutputFormat::Json => {
@@ -230,6 +219,15 @@ fn field(out: &mut impl Write, key: &str, value: impl std::fmt::Display) -> std:
 }
 
 fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
+    write_summary(out, i)?;
+    write_platforms(out, i)?;
+    write_layers(out, i)?;
+    write_history(out, i)?;
+    write_runtime(out, i)
+}
+
+/// The `KEY: value` lines at the top.
+fn write_summary(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
     field(out, "Image", &i.reference)?;
     field(out, "Source", &i.source)?;
     if let Some(m) = &i.manifest {
@@ -269,6 +267,11 @@ fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<(
         ),
     )?;
 
+    Ok(())
+}
+
+/// The platforms of the index the image was chosen from.
+fn write_platforms(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
     if let Some(x) = &i.index {
         writeln!(out)?;
         match (&x.platforms, &x.platforms_error) {
@@ -291,6 +294,11 @@ fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<(
         }
     }
 
+    Ok(())
+}
+
+/// One entry per layer: digest, size, media type, diff_id, created_by.
+fn write_layers(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(out, "Layers ({}):", i.layers.len())?;
     let size_width = i
@@ -316,6 +324,12 @@ fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<(
         }
     }
 
+    Ok(())
+}
+
+/// The history, each entry tagged with the layer it made (`-` for none).
+fn write_history(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
+    let index_width = i.layers.len().saturating_sub(1).to_string().len();
     writeln!(out)?;
     let empty = i.history.iter().filter(|h| h.empty_layer).count();
     writeln!(
@@ -345,6 +359,11 @@ fn write_info(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<(
         )?;
     }
 
+    Ok(())
+}
+
+/// The config's `config` section.
+fn write_runtime(out: &mut TextOut<impl Write>, i: &ImageInfo) -> std::io::Result<()> {
     let r = &i.runtime;
     writeln!(out)?;
     writeln!(out, "Container config:")?;
@@ -394,10 +413,11 @@ pub async fn check(global: &Global, settings: &Settings, src: &Uri, fast: bool) 
     let report = match uri::open_source(src, settings) {
         Ok((source, parallel)) => {
             let bars = Arc::new(progress::Bars::new());
-            let options = WalkOptions {
+            let options = RunOptions {
                 parallel,
                 temp_dir: global.temp_dir.clone(),
                 reporter: bars.clone(),
+                cancel: settings.cancel.clone(),
             };
             let report = occystrap::inspect::check::check(source, fast, options).await;
             bars.clear();

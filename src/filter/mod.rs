@@ -10,6 +10,7 @@ pub mod exclude;
 pub mod inspect;
 pub mod normalize;
 mod rewriting;
+pub mod search;
 
 /// What a filter gets besides the layer.
 #[derive(Clone, Debug)]
@@ -137,9 +138,7 @@ pub fn build(spec: &FilterSpec) -> Result<Box<dyn Filter>> {
         "normalize-timestamps" => Ok(Box::new(normalize::NormalizeTimestamps::from_spec(spec)?)),
         "exclude" => Ok(Box::new(exclude::Exclude::from_spec(spec)?)),
         "inspect" => Ok(Box::new(inspect::Inspect::from_spec(spec)?)),
-        "search" => Ok(Box::new(crate::inspect::search::SearchFilter::from_spec(
-            spec,
-        )?)),
+        "search" => Ok(Box::new(search::SearchFilter::from_spec(spec)?)),
         other => Err(Error::Usage(format!("unknown filter {other:?}"))),
     }
 }

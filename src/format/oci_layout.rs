@@ -211,7 +211,15 @@ mod tests {
         let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
         let add = |d: &Digest, tag: Option<&str>| {
             let e = index_entry(mt::OCI_MANIFEST, d, 1, tag);
-            add_to_index(&root, &e, tag, d, &crate::cancel::CancelToken::new(), || Ok(())).unwrap();
+            add_to_index(
+                &root,
+                &e,
+                tag,
+                d,
+                &crate::cancel::CancelToken::new(),
+                || Ok(()),
+            )
+            .unwrap();
         };
         add(&a, Some("v1"));
         add(&b, Some("v1"));
@@ -251,7 +259,14 @@ mod tests {
         std::fs::write(dir.path().join(INDEX), br#"{"manifests":5}"#).unwrap();
         let root = StoreRoot::open(dir.path()).unwrap();
         let e = index_entry(mt::OCI_MANIFEST, &Digest::sha256_of(b"a"), 1, None);
-        let r = add_to_index(&root, &e, None, &Digest::sha256_of(b"a"), &crate::cancel::CancelToken::new(), || Ok(()));
+        let r = add_to_index(
+            &root,
+            &e,
+            None,
+            &Digest::sha256_of(b"a"),
+            &crate::cancel::CancelToken::new(),
+            || Ok(()),
+        );
         assert!(r.unwrap_err().to_string().contains("no manifests array"));
     }
 }

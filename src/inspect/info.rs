@@ -1,5 +1,6 @@
 //! `info`: what an image's manifest and config say, read without fetching a
-//! single layer blob (only [`Source::resolve`] runs).
+//! single layer blob: a sink that wants no layer, so the pipeline only
+//! runs [`Source::resolve`].
 
 use std::sync::Arc;
 
@@ -8,12 +9,11 @@ use serde_json::Value;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Image, media_type as mt};
-use crate::inspect::RunDir;
-use crate::progress::Reporter;
-use crate::registry::MAX_MANIFEST_BYTES;
+use crate::image::{Image, Layer, LayerInfo, media_type as mt};
+use crate::inspect::{Slot, fill, run_sink};
+use crate::pipeline::RunOptions;
+use crate::sink::{Sink, SinkReport};
 use crate::source::Source;
-use crate::uri::{Settings, Uri};
 
 /// Everything `info` reports.
 #[derive(Clone, Debug, Serialize)]
@@ -349,22 +349,49 @@ pub fn describe(source: &str, image: &Image) -> Result<ImageInfo> {
     })
 }
 
+/// The sink `info` runs: it takes the image's metadata and wants no layer,
+/// so the pipeline only resolves.
+struct MetadataSink {
+    slot: Slot<Image>,
+}
+
+impl Sink for MetadataSink {
+    fn begin(&mut self, image: &Image) -> Result<()> {
+        fill(&self.slot, image.clone());
+        Ok(())
+    }
+
+    fn wants_layer(&mut self, _layer: &LayerInfo) -> bool {
+        false
+    }
+
+    fn layer(&mut self, layer: Layer) -> Result<()> {
+        Err(Error::InvalidImage(format!(
+            "info: layer {} fetched though none was wanted",
+            layer.info.index
+        )))
+    }
+
+    fn finish(self: Box<Self>, _image: &Image) -> Result<SinkReport> {
+        Ok(SinkReport::default())
+    }
+}
+
 /// Resolves `source` (manifest and config only) and describes the image.
-/// For an image chosen from an index, the index is read again through `uri`
-/// to list the platforms it offers.
-pub async fn info(
-    source: Arc<dyn Source>,
-    uri: &Uri,
-    settings: &Settings,
-    temp_dir: Option<&std::path::PathBuf>,
-    reporter: Arc<dyn Reporter>,
-) -> Result<ImageInfo> {
-    let run = RunDir::new(temp_dir, reporter)?;
-    let image = source.resolve(&run.ctx).await?;
+/// For an image chosen from an index, the platforms the index offers are
+/// listed from the index's bytes as the source read them.
+pub async fn info(source: Arc<dyn Source>, options: RunOptions) -> Result<ImageInfo> {
+    let slot = Slot::default();
+    let sink = MetadataSink { slot: slot.clone() };
+    let image = run_sink(source.clone(), Box::new(sink), &slot, options).await?;
     let mut info = describe(&source.describe(), &image)?;
     if let Some(index) = &mut info.index {
         let selected = image.manifest.as_ref().map(|m| m.digest.clone());
-        match index_entries(uri, settings, &index.digest).await {
+        let kept = image.manifest.as_ref().and_then(|m| m.index.as_ref());
+        match kept.map_or_else(
+            || Err(Error::InvalidImage("the source kept no index".into())),
+            index_entries,
+        ) {
             Ok(mut entries) => {
                 for e in &mut entries {
                     e.selected = Some(&e.digest) == selected.as_ref();
@@ -431,65 +458,19 @@ pub fn parse_index(raw: &[u8]) -> Result<Vec<IndexEntry>> {
         .collect())
 }
 
-/// Reads the index `digest` again from where `uri` points: the registry for
-/// `registry://`, the blob store for `oci-layout://`. Sources keep only the
-/// index's digest, so this is one extra small request.
-async fn index_entries(uri: &Uri, settings: &Settings, digest: &Digest) -> Result<Vec<IndexEntry>> {
-    let raw = match uri.scheme.as_str() {
-        "registry" => {
-            let client = crate::inspect::registry_client(uri, settings)?;
-            client.get_manifest(&digest.to_string()).await?.0
-        }
-        "oci-layout" => {
-            let root = layout_root(&uri.path);
-            let text = digest.to_string();
-            let algorithm = text.split(':').next().unwrap_or("sha256");
-            let rel = std::path::Path::new("blobs")
-                .join(algorithm)
-                .join(digest.hex());
-            // No link below the root followed, no FIFO blocked on.
-            let store = crate::fsutil::StoreRoot::open(&root)?;
-            let data = store
-                .read_small(&rel, MAX_MANIFEST_BYTES + 1)?
-                .ok_or_else(|| {
-                    Error::io(
-                        "reading",
-                        store.display(&rel),
-                        std::io::ErrorKind::NotFound.into(),
-                    )
-                })?;
-            if data.len() as u64 > MAX_MANIFEST_BYTES {
-                return Err(Error::InvalidImage(format!(
-                    "index {digest} is larger than {MAX_MANIFEST_BYTES} bytes"
-                )));
-            }
-            data
-        }
-        other => {
-            return Err(Error::Unsupported(format!(
-                "listing an index is not supported for {other}://"
-            )));
-        }
-    };
-    let found = Digest::sha256_of(&raw);
-    if &found != digest {
+/// The platforms an index offers, from the bytes the source kept (checked
+/// against the digest once more, since they are what is listed).
+fn index_entries(index: &crate::image::IndexInfo) -> Result<Vec<IndexEntry>> {
+    let found = Digest::sha256_of(&index.raw);
+    if found != index.digest {
         return Err(Error::DigestMismatch {
             kind: crate::error::Mismatch::Index,
             what: "image index".into(),
-            expected: digest.clone(),
+            expected: index.digest.clone(),
             found,
         });
     }
-    parse_index(&raw)
-}
-
-/// `PATH` of `oci-layout://PATH[:TAG]` (a colon after the last `/` starts the tag).
-fn layout_root(path: &str) -> std::path::PathBuf {
-    let last_slash = path.rfind('/').map_or(0, |i| i + 1);
-    match path[last_slash..].rfind(':') {
-        Some(i) => std::path::PathBuf::from(&path[..last_slash + i]),
-        None => std::path::PathBuf::from(path),
-    }
+    parse_index(&index.raw)
 }
 
 #[cfg(test)]
@@ -569,7 +550,7 @@ mod tests {
     }
 
     #[test]
-    fn index_parsing_and_layout_paths() {
+    fn index_parsing() {
         let raw = br#"{"schemaVersion":2,"manifests":[
             {"mediaType":"x","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":3,
              "platform":{"os":"linux","architecture":"arm","variant":"v7"}},
@@ -577,7 +558,5 @@ mod tests {
         let e = parse_index(raw).unwrap();
         assert_eq!(e[0].platform(), "linux/arm/v7");
         assert_eq!(e[1].os, "");
-        assert_eq!(layout_root("out/l:v1"), std::path::PathBuf::from("out/l"));
-        assert_eq!(layout_root("/a/b"), std::path::PathBuf::from("/a/b"));
     }
 }

@@ -264,6 +264,8 @@ pub async fn run_async(
         .map_err(|e| Error::io("creating temp dir in", &temp_root, e))?;
     let mut ctx = FetchContext::new(temp.path().to_path_buf(), options.reporter.clone());
     let mut image = source.resolve(&ctx).await?;
+    // Begun first, so that what a sink needs may depend on the image.
+    sink.begin(&image).await?;
     let sink_needs = sink.needs();
     let filtering = !filters.is_empty();
     // A rewriting filter changes diff_ids, so the sink can only say what it
@@ -290,7 +292,6 @@ pub async fn run_async(
     };
     chain = chain.run(&image, |f, img| f.begin(img)).await?;
 
-    sink.begin(&image).await?;
     let mut wanted = Vec::new();
     for l in &image.layers {
         if rewriting || sink.wants_layer(l).await? {
@@ -396,8 +397,11 @@ impl Layers<'_> {
         image: &mut Image,
     ) -> Result<(FilterChain, bool, usize)> {
         let (source, ctx, needs) = (self.source, self.ctx, plan.needs);
-        let tasks = futures_util::stream::iter(wanted)
-            .map(move |l| spawn_fetch(source, l, needs, ctx, None));
+        let tasks = futures_util::stream::iter(wanted).map(move |l| {
+            let info = l.clone();
+            let task = spawn_fetch(source, l, needs, ctx, None);
+            async move { (info, task.await.map_err(join_error).and_then(|r| r)) }
+        });
         // Spawned fetches progress on their own while the sink writes; `buffered`
         // keeps manifest order, `buffer_unordered` hands over whatever is ready.
         let mut stream: Pin<Box<dyn futures_util::Stream<Item = _> + Send + '_>> = if plan.ordered {
@@ -406,8 +410,14 @@ impl Layers<'_> {
             Box::pin(tasks.buffer_unordered(self.parallel))
         };
         let (mut rewritten, mut skipped) = (false, 0);
-        while let Some(joined) = stream.next().await {
-            let mut layer = joined.map_err(join_error)??;
+        while let Some((info, fetched)) = stream.next().await {
+            let mut layer = match fetched {
+                Ok(layer) => layer,
+                Err(e) => {
+                    self.sink.layer_failed(&info, e).await?;
+                    continue;
+                }
+            };
             if plan.filtering {
                 let (c, out) = chain.layer(layer).await?;
                 chain = c;

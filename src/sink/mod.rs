@@ -33,7 +33,7 @@ pub struct SinkReport {
 /// [`Layer::copy_tar_to`] serve either form): read it to its end before
 /// committing anything, since only the end says it was verified.
 pub trait Sink: Send {
-    /// Which forms of each layer this sink reads.
+    /// Which forms of each layer this sink reads; asked after `begin`.
     fn needs(&self) -> LayerNeeds {
         LayerNeeds::TAR
     }
@@ -50,6 +50,13 @@ pub trait Sink: Send {
     }
     /// One verified layer.
     fn layer(&mut self, layer: Layer) -> Result<()>;
+    /// A wanted layer that failed to fetch or verify before it reached the
+    /// sink. The run ends with the error unless the sink takes it (`check`
+    /// reports it and goes on). A layer fed live fails in the sink's own
+    /// reads instead.
+    fn layer_failed(&mut self, _layer: &LayerInfo, error: crate::Error) -> Result<()> {
+        Err(error)
+    }
     /// Called once after the last layer, with the metadata as filters left it.
     fn finish(self: Box<Self>, image: &Image) -> Result<SinkReport>;
 }
@@ -77,6 +84,14 @@ pub trait AsyncSink: Send {
     }
     /// One layer; its bytes are verified as they are read.
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>>;
+    /// As [`Sink::layer_failed`].
+    fn layer_failed<'a>(
+        &'a mut self,
+        _layer: &'a LayerInfo,
+        error: crate::Error,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { Err(error) })
+    }
     /// Called once after the last layer, with the metadata as filters left it.
     fn finish(self: Box<Self>, image: Image) -> BoxFuture<'static, Result<SinkReport>>;
 }
@@ -115,7 +130,8 @@ impl Blocking {
 
 impl AsyncSink for Blocking {
     fn needs(&self) -> LayerNeeds {
-        self.needs
+        // Asked again: a sink's needs may depend on the image it was begun with.
+        self.sink.lock().map_or(self.needs, |s| s.needs())
     }
     fn ordered(&self) -> bool {
         self.ordered
@@ -130,6 +146,14 @@ impl AsyncSink for Blocking {
     }
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.call(move |s| s.layer(layer)))
+    }
+    fn layer_failed<'a>(
+        &'a mut self,
+        layer: &'a LayerInfo,
+        error: crate::Error,
+    ) -> BoxFuture<'a, Result<()>> {
+        let layer = layer.clone();
+        Box::pin(self.call(move |s| s.layer_failed(&layer, error)))
     }
     fn finish(self: Box<Self>, image: Image) -> BoxFuture<'static, Result<SinkReport>> {
         Box::pin(async move {

@@ -19,7 +19,9 @@ use futures_util::future::BoxFuture;
 use crate::error::{Error, Result};
 use crate::format::oci_layout::{CONTAINERD_NAME, REF_NAME, blob_rel, read_blob, read_index};
 use crate::fsutil::StoreRoot;
-use crate::image::{FileSlice, Image, IndexInfo, LayerInfo, ManifestInfo, Platform, media_type as mt};
+use crate::image::{
+    FileSlice, Image, IndexInfo, LayerInfo, ManifestInfo, Platform, media_type as mt,
+};
 use crate::registry::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
 use crate::source::{FetchContext, LayerBlob, Source};
 use crate::wire::{Index, Manifest, choose_platform, media_type_of, parse_diff_ids};

@@ -14,6 +14,7 @@
 //! Extension headers are metadata, capped at [`META_LIMIT`] before anything
 //! is allocated; sparse maps are capped in segments and real size.
 
+pub mod matcher;
 mod names;
 mod reader;
 pub mod rewrite;
