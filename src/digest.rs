@@ -16,6 +16,7 @@ pub struct Digest {
 
 /// Hash algorithms a digest may name.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[non_exhaustive]
 pub enum Algorithm {
     /// SHA-256, the algorithm every registry uses.
     Sha256,

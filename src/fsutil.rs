@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 /// rename, so readers see the old content or the new, never a mix. The
 /// directory is the caller's choice (followed if a symlink); the final name
 /// is replaced, never followed.
+#[cfg(test)]
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
     let name = path
@@ -195,11 +196,6 @@ impl StoreRoot {
     /// The root's path, as given.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The root's directory fd.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.dir.as_fd()
     }
 
     /// How messages name `rel` inside the store.
@@ -699,6 +695,7 @@ impl DirLock {
     /// process holds it (and stopping once `cancel` is cancelled). The lock
     /// file must be a regular file: a symlink, FIFO or device there is
     /// refused.
+    #[cfg(test)]
     pub fn acquire(dir: &Path, name: &str, cancel: &CancelToken) -> Result<DirLock> {
         StoreRoot::open(dir)?.lock(name, cancel)
     }

@@ -28,6 +28,7 @@ pub use extract::extract_layer;
 
 /// What to do with whiteout entries (`.wh.NAME`, `.wh..wh..opq`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WhiteoutMode {
     /// Delete what they hide from lower layers already in the directory:
     /// for a merged root filesystem.

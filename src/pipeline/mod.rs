@@ -25,11 +25,13 @@ use crate::progress::Reporter;
 use crate::sink::{AsyncSink, Blocking, Sink};
 use crate::source::{FetchContext, Source};
 
+mod builder;
 mod deliver;
 mod handoff;
 #[cfg(test)]
 mod tests;
 
+pub use builder::Pipeline;
 use handoff::Handoff;
 
 /// How a run is carried out.
@@ -313,6 +315,7 @@ pub async fn run_async(
         reaper: &mut reaper,
         parallel,
         started,
+        cancel: &options.cancel,
     };
     let (rewritten, skipped_after_filters) = if plan.streaming {
         layers.streamed(wanted, plan.needs).await?;
@@ -355,6 +358,7 @@ struct Layers<'r> {
     reaper: &'r mut Vec<tokio::task::JoinHandle<()>>,
     parallel: usize,
     started: Instant,
+    cancel: &'r crate::cancel::CancelToken,
 }
 
 impl Layers<'_> {
@@ -376,6 +380,7 @@ impl Layers<'_> {
             let Some((index, task, handoff, rx)) = queue.pop_front() else {
                 return Ok(());
             };
+            self.cancel.check()?;
             handoff.set_next();
             deliver_in_turn(self.sink, task, rx, self.reaper).await?;
             tracing::debug!(
@@ -411,6 +416,7 @@ impl Layers<'_> {
         };
         let (mut rewritten, mut skipped) = (false, 0);
         while let Some((info, fetched)) = stream.next().await {
+            self.cancel.check()?;
             let mut layer = match fetched {
                 Ok(layer) => layer,
                 Err(e) => {

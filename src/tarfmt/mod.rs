@@ -83,6 +83,7 @@ pub(crate) const MAX_SPARSE_EXT_BLOCKS: usize = MAX_SPARSE_SEGMENTS / GNU_SPARSE
 
 /// Why a tar could not be read.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum TarError {
     /// Reading the input failed.
     Io(io::Error),
