@@ -2,7 +2,8 @@
 # The project's full check, locally and in CI (`.ci/run` calls this):
 #   1. system packages the integration tests drive (apt, only when missing)
 #   2. cargo fmt --check
-#   3. cargo clippy --all-targets -D warnings
+#   3. cargo clippy --all-targets -D warnings, and scripts/shape.py (no module
+#      cycle, no file over 1,000 lines)
 #   4. cargo test --no-fail-fast (unit, integration and doc tests)
 # Stops at the first failing step with a non-zero exit (within step 4 every
 # test binary still runs, so one report shows all failing tests).
@@ -66,6 +67,8 @@ cargo fmt --all -- --check || fail "cargo fmt"
 # --- 3. lint -----------------------------------------------------------------
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings || fail "cargo clippy"
+step "scripts/shape.py"
+python3 scripts/shape.py || fail "module shape"
 
 # --- 4. tests ----------------------------------------------------------------
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}

@@ -1,4 +1,50 @@
 //! Sinks: where an image goes. One file per output format.
+//!
+//! The smallest sink writes only the image's config: it wants no layer, so
+//! none is fetched, and it makes its file appear whole in `finish`.
+//!
+//! ```
+//! use std::path::PathBuf;
+//! use occystrap::sink::{Sink, SinkReport};
+//! use occystrap::source::docker_archive::DockerArchiveSource;
+//! use occystrap::{Error, Image, Layer, LayerInfo, Pipeline, Result};
+//!
+//! struct ConfigOnly(PathBuf);
+//!
+//! impl Sink for ConfigOnly {
+//!     fn begin(&mut self, _image: &Image) -> Result<()> {
+//!         Ok(())
+//!     }
+//!     fn wants_layer(&mut self, _layer: &LayerInfo) -> bool {
+//!         false
+//!     }
+//!     fn layer(&mut self, _layer: Layer) -> Result<()> {
+//!         unreachable!("no layer is wanted")
+//!     }
+//!     fn finish(self: Box<Self>, image: &Image) -> Result<SinkReport> {
+//!         let staged = self.0.with_extension("part");
+//!         std::fs::write(&staged, &image.config_raw)
+//!             .and_then(|()| std::fs::rename(&staged, &self.0))
+//!             .map_err(|e| Error::io("writing", &self.0, e))?;
+//!         Ok(SinkReport {
+//!             output: self.0.display().to_string(),
+//!             bytes_written: image.config_raw.len() as u64,
+//!             ..SinkReport::default()
+//!         })
+//!     }
+//! }
+//!
+//! # fn main() -> Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let out = dir.path().join("config.json");
+//! let source = DockerArchiveSource::open("examples/hello.tar".as_ref(), None)?;
+//! let run = Pipeline::new(source, ConfigOnly(out.clone())).run();
+//! let report = tokio::runtime::Runtime::new().unwrap().block_on(run)?;
+//! assert_eq!(report.fetched, 0);
+//! assert!(std::fs::read(&out).unwrap().starts_with(b"{"));
+//! # Ok(())
+//! # }
+//! ```
 
 use futures_util::future::BoxFuture;
 
