@@ -161,24 +161,9 @@ fn assert_mounted_view(env: &TestEnv, reg: &Registry, repo: &str, tag: &str, roo
     assert_same_tree(rootfs, &merged, "overlay mount", "dir://?expand=true");
 }
 
-#[test]
-fn mounts_layer_trees_hold_overlay_whiteouts() {
-    let env = TestEnv::new();
-    let reg = Registry::start();
-    let built = mounts_image().build();
-    push_built(&env, &reg, "team/ovl:v1", &built, PushFormat::Oci);
-    let dir = env.out("mounts");
-    env.occy()
-        .args([
-            "--insecure",
-            "process",
-            &reg.uri("team/ovl", "v1"),
-            &mounts_uri(&dir, ""),
-        ])
-        .ok();
-    let layers = layer_dirs(&dir, &built);
-
-    // manifest.json: the layers bottom first and the config, byte for byte.
+/// manifest.json of a `mounts://` output: the layers bottom first and the
+/// config, byte for byte.
+fn assert_mounts_manifest(dir: &Path, built: &BuiltImage) {
     let manifest: Value =
         serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     let listed: Vec<String> = built
@@ -190,7 +175,11 @@ fn mounts_layer_trees_hold_overlay_whiteouts() {
     let config_name = manifest[0]["Config"].as_str().unwrap();
     assert_eq!(config_name, format!("{}.json", &built.config_digest[7..]));
     assert_eq!(fs::read(dir.join(config_name)).unwrap(), built.config);
+}
 
+/// Nested whiteouts land where they were, and the opaque marker is on the
+/// opaque directory of its layer only.
+fn assert_whiteouts_in_place(layers: &[PathBuf]) {
     // Nested whiteouts land where they were: etc/.wh.x makes <layer>/etc/x,
     // never <layer>/x (the Python occystrap's bug).
     assert_whiteout(&layers[1].join("etc/x"));
@@ -211,6 +200,10 @@ fn mounts_layer_trees_hold_overlay_whiteouts() {
     ] {
         assert_eq!(opaque(&p), None, "{} is not opaque", p.display());
     }
+}
+
+/// Exactly what each layer holds.
+fn assert_layer_contents(layers: &[PathBuf]) {
     // Exactly what each layer holds: no whiteout file is materialized, and a
     // name whited out and re-added in one layer is the new file.
     let trees: Vec<Tree> = layers.iter().map(|l| Tree::scan(l)).collect();
@@ -247,7 +240,11 @@ fn mounts_layer_trees_hold_overlay_whiteouts() {
         trees[0].nodes["etc/xattr-file"].xattrs.get("user.foo"),
         Some(&b"bar".to_vec())
     );
+}
 
+/// mount-command names the layers topmost first, then delta and working,
+/// and nothing is mounted yet.
+fn assert_mount_command(dir: &Path, layers: &[PathBuf]) {
     // mount-command: the topmost layer first, then delta and working.
     let command = fs::read_to_string(dir.join("mount-command")).unwrap();
     let lower: Vec<String> = layers
@@ -269,7 +266,10 @@ fn mounts_layer_trees_hold_overlay_whiteouts() {
         !is_mount_point(&dir.join("rootfs")),
         "mounted without ?mount=true"
     );
+}
 
+/// Running mount-command mounts the image as its merged rootfs.
+fn assert_mount_command_mounts(env: &TestEnv, reg: &Registry, dir: &Path) {
     // The command mounts the image.
     let rootfs = dir.join("rootfs");
     let out = run(
@@ -278,9 +278,17 @@ fn mounts_layer_trees_hold_overlay_whiteouts() {
     );
     let mounted = Mounted::adopt(&rootfs);
     assert_eq!(out.code, Some(0), "running mount-command: {}", out.stderr);
-    assert_mounted_view(&env, &reg, "team/ovl", "v1", &rootfs);
+    assert_mounted_view(env, reg, "team/ovl", "v1", &rootfs);
     mounted.unmount();
+}
 
+/// The legacy `fetch-to-mounts` writes the same layer trees.
+fn assert_legacy_same_layers(
+    env: &TestEnv,
+    reg: &Registry,
+    built: &BuiltImage,
+    layers: &[PathBuf],
+) {
     // The legacy command writes the same layer trees.
     let legacy = env.out("legacy");
     env.occy()
@@ -289,7 +297,7 @@ fn mounts_layer_trees_hold_overlay_whiteouts() {
         .args(["team/ovl", "v1"])
         .arg(&legacy)
         .ok();
-    for (theirs, ours) in layer_dirs(&legacy, &built).iter().zip(&layers) {
+    for (theirs, ours) in layer_dirs(&legacy, built).iter().zip(layers) {
         let diff = without_whiteout_mtimes(Tree::scan(theirs)).diff(
             &without_whiteout_mtimes(Tree::scan(ours)),
             "fetch-to-mounts",
@@ -297,6 +305,31 @@ fn mounts_layer_trees_hold_overlay_whiteouts() {
         );
         assert!(diff.is_empty(), "{}", diff.join("\n"));
     }
+}
+
+#[test]
+fn mounts_layer_trees_hold_overlay_whiteouts() {
+    let env = TestEnv::new();
+    let reg = Registry::start();
+    let built = mounts_image().build();
+    push_built(&env, &reg, "team/ovl:v1", &built, PushFormat::Oci);
+    let dir = env.out("mounts");
+    env.occy()
+        .args([
+            "--insecure",
+            "process",
+            &reg.uri("team/ovl", "v1"),
+            &mounts_uri(&dir, ""),
+        ])
+        .ok();
+    let layers = layer_dirs(&dir, &built);
+
+    assert_mounts_manifest(&dir, &built);
+    assert_whiteouts_in_place(&layers);
+    assert_layer_contents(&layers);
+    assert_mount_command(&dir, &layers);
+    assert_mount_command_mounts(&env, &reg, &dir);
+    assert_legacy_same_layers(&env, &reg, &built, &layers);
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
 }
 

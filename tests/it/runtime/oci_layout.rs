@@ -18,8 +18,8 @@ use crate::support::push::{PushFormat, push_built};
 use crate::support::runtime::host_platform;
 use crate::support::tools::skopeo_ok;
 use crate::support::{
-    Compression, DockerSave, Registry, TestEnv, assert_clean_failure, run, sha256_hex, tar_uri,
-    verify_output,
+    Compression, DockerSave, Output, Registry, TestEnv, assert_clean_failure, run, sha256_hex,
+    tar_uri, verify_output,
 };
 
 use super::{TOOL_TIMEOUT, assert_same_tree, expand, leftovers, mounts_uri, oci_uri};
@@ -214,27 +214,62 @@ fn oci_layout_keeps_oci_manifest_and_raw_layers() {
     );
 }
 
+/// The second image of the shared-blob test: the first one's base layer,
+/// and a layer of its own.
+fn image_sharing_the_base() -> BuiltImage {
+    let base = TarBuilder::new()
+        .dir("etc", 0o755)
+        .file("etc/base.txt", 0o644, b"shared base layer\n")
+        .finish();
+    Image::new(host_platform())
+        .layer(base, Compression::Gzip)
+        .layer(
+            TarBuilder::new()
+                .dir("etc", 0o755)
+                .file("etc/b", 0o644, b"image b\n")
+                .finish(),
+            Compression::Gzip,
+        )
+        .build()
+}
+
+/// The names of the blobs in a layout.
+fn layout_blob_names(layout: &Path) -> BTreeSet<String> {
+    layout_blobs(layout).keys().cloned().collect()
+}
+
+/// Pulling a tag again replaces its entry; so does pointing it elsewhere.
+fn assert_tags_replaced(
+    pull: &dyn Fn(&str, &str) -> Output,
+    layout: &Path,
+    b_digest: &str,
+    expected_blobs: &BTreeSet<String>,
+) {
+    let out = pull("team/a", "a");
+    assert!(out.stderr.contains("2 already present"), "{}", out.stderr);
+    assert_eq!(read_index(layout)["manifests"].as_array().unwrap().len(), 2);
+    pull("team/b", "a");
+    let tags = index_tags(&read_index(layout));
+    assert_eq!(
+        tags,
+        BTreeMap::from([
+            ("a".into(), b_digest.to_string()),
+            ("b".into(), b_digest.to_string())
+        ])
+    );
+    assert_eq!(
+        layout_blob_names(layout),
+        *expected_blobs,
+        "blobs are kept (garbage collection is left to the user)"
+    );
+}
+
 #[test]
 fn oci_layout_shares_blobs_and_replaces_tags() {
     let env = TestEnv::new();
     let reg = Registry::start();
     let a = platform_image(host_platform(), Compression::Gzip).build();
-    let b = {
-        let base = TarBuilder::new()
-            .dir("etc", 0o755)
-            .file("etc/base.txt", 0o644, b"shared base layer\n")
-            .finish();
-        Image::new(host_platform())
-            .layer(base, Compression::Gzip)
-            .layer(
-                TarBuilder::new()
-                    .dir("etc", 0o755)
-                    .file("etc/b", 0o644, b"image b\n")
-                    .finish(),
-                Compression::Gzip,
-            )
-            .build()
-    };
+    let b = image_sharing_the_base();
     assert_eq!(
         a.layers[0].digest, b.layers[0].digest,
         "the images share their base layer blob"
@@ -261,20 +296,18 @@ fn oci_layout_shares_blobs_and_replaces_tags() {
         "the shared blob is not fetched again: {}",
         out.stderr
     );
-    let expected_blobs = || -> BTreeSet<String> {
-        [
-            &a.layers[0].digest,
-            &a.layers[1].digest,
-            &b.layers[1].digest,
-            &a.config_digest,
-            &b.config_digest,
-            &a_digest,
-            &b_digest,
-        ]
-        .iter()
-        .map(|d| d[7..].to_string())
-        .collect()
-    };
+    let expected_blobs: BTreeSet<String> = [
+        &a.layers[0].digest,
+        &a.layers[1].digest,
+        &b.layers[1].digest,
+        &a.config_digest,
+        &b.config_digest,
+        &a_digest,
+        &b_digest,
+    ]
+    .iter()
+    .map(|d| d[7..].to_string())
+    .collect();
     let tags = index_tags(&read_index(&layout));
     assert_eq!(
         tags,
@@ -283,38 +316,9 @@ fn oci_layout_shares_blobs_and_replaces_tags() {
             ("b".into(), b_digest.clone())
         ])
     );
-    assert_eq!(
-        layout_blobs(&layout)
-            .keys()
-            .cloned()
-            .collect::<BTreeSet<_>>(),
-        expected_blobs()
-    );
+    assert_eq!(layout_blob_names(&layout), expected_blobs);
 
-    // Pulling a tag again replaces its entry; so does pointing it elsewhere.
-    let out = pull("team/a", "a");
-    assert!(out.stderr.contains("2 already present"), "{}", out.stderr);
-    assert_eq!(
-        read_index(&layout)["manifests"].as_array().unwrap().len(),
-        2
-    );
-    pull("team/b", "a");
-    let tags = index_tags(&read_index(&layout));
-    assert_eq!(
-        tags,
-        BTreeMap::from([
-            ("a".into(), b_digest.clone()),
-            ("b".into(), b_digest.clone())
-        ])
-    );
-    assert_eq!(
-        layout_blobs(&layout)
-            .keys()
-            .cloned()
-            .collect::<BTreeSet<_>>(),
-        expected_blobs(),
-        "blobs are kept (garbage collection is left to the user)"
-    );
+    assert_tags_replaced(&pull, &layout, &b_digest, &expected_blobs);
     for tag in ["a", "b"] {
         skopeo_ok(
             &env.tool_tmp(),
