@@ -424,7 +424,7 @@ fn assert_wrong_names_list_the_catalog(env: &TestEnv, store: &Path) {
         .args(["team/app", "v9"])
         .arg(env.out("nope.tar"))
         .run();
-    let line = assert_clean_failure(&env, &bad, &["team/app:v9"]);
+    let line = assert_clean_failure(env, &bad, &["team/app:v9"]);
     assert!(
         line.contains("team/app:v1") && line.contains("team/other:v3"),
         "the error lists the catalog: {line}"
@@ -437,7 +437,7 @@ fn assert_wrong_names_list_the_catalog(env: &TestEnv, store: &Path) {
             &tar_uri(&env.out("nope.tar")),
         ])
         .run();
-    assert_clean_failure(&env, &bad, &["nobody/here:latest"]);
+    assert_clean_failure(env, &bad, &["nobody/here:latest"]);
 }
 
 /// A damaged layer in the store is caught, not passed on.
@@ -454,7 +454,7 @@ fn assert_damaged_layer_caught(env: &TestEnv, store: &Path, built: &BuiltImage) 
         .args(["team/app", "v1"])
         .arg(env.out("bad.tar"))
         .run();
-    assert_clean_failure(&env, &bad, &["digest mismatch"]);
+    assert_clean_failure(env, &bad, &["digest mismatch"]);
 }
 
 #[test]

@@ -590,7 +590,7 @@ fn chain_into_expanded_dir() {
 /// The expanded rootfs: the excluded files gone, mtimes zeroed, xattrs and
 /// hard links kept.
 fn assert_expanded_tree_filtered(root: &Path) {
-    let tree = Tree::scan(&root);
+    let tree = Tree::scan(root);
     let paths: Vec<&str> = tree.nodes.keys().map(String::as_str).collect();
     for p in [
         "usr/bin/ping",
