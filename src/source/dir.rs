@@ -96,30 +96,7 @@ impl DirSource {
                 diff_ids.len()
             )));
         }
-        let mut files = Vec::with_capacity(names.len());
-        let mut layers = Vec::with_capacity(names.len());
-        for (index, (name, diff_id)) in names.iter().zip(diff_ids).enumerate() {
-            let rel = checked_name(name).map_err(invalid)?;
-            let meta = store
-                .open_file(rel)?
-                .ok_or_else(|| {
-                    Error::io(
-                        "opening",
-                        store.display(rel),
-                        io::ErrorKind::NotFound.into(),
-                    )
-                })?
-                .metadata()
-                .map_err(|e| Error::io("opening", store.display(rel), e))?;
-            layers.push(LayerInfo {
-                index,
-                digest: diff_id.clone(),
-                size: meta.len(),
-                media_type: media_type::OCI_LAYER_TAR.to_string(),
-                diff_id,
-            });
-            files.push(rel.to_path_buf());
-        }
+        let (layers, files) = store_layers(&store, root, &names, diff_ids)?;
 
         let (name, image_tag) = match (repo_tag, &located.catalog_name) {
             // The manifest keeps the registry host the catalog drops.
@@ -149,6 +126,45 @@ impl DirSource {
             files,
         })
     }
+}
+
+/// The store's file for each layer `names` lists, checked to be a regular
+/// file in the store, with its layer's description.
+fn store_layers(
+    store: &StoreRoot,
+    root: &Path,
+    names: &[String],
+    diff_ids: Vec<Digest>,
+) -> Result<(Vec<LayerInfo>, Vec<PathBuf>)> {
+    let invalid = |message: String| Error::InvalidArchive {
+        path: root.to_path_buf(),
+        message,
+    };
+    let mut files = Vec::with_capacity(names.len());
+    let mut layers = Vec::with_capacity(names.len());
+    for (index, (name, diff_id)) in names.iter().zip(diff_ids).enumerate() {
+        let rel = checked_name(name).map_err(invalid)?;
+        let meta = store
+            .open_file(rel)?
+            .ok_or_else(|| {
+                Error::io(
+                    "opening",
+                    store.display(rel),
+                    io::ErrorKind::NotFound.into(),
+                )
+            })?
+            .metadata()
+            .map_err(|e| Error::io("opening", store.display(rel), e))?;
+        layers.push(LayerInfo {
+            index,
+            digest: diff_id.clone(),
+            size: meta.len(),
+            media_type: media_type::OCI_LAYER_TAR.to_string(),
+            diff_id,
+        });
+        files.push(rel.to_path_buf());
+    }
+    Ok((layers, files))
 }
 
 /// Reads a manifest or config of the store, refusing anything implausibly

@@ -78,23 +78,7 @@ impl DockerArchiveSource {
             .len();
         let index = index_members(&mut file, file_len).map_err(invalid)?;
 
-        let manifest = match lookup(&index, MANIFEST) {
-            Ok(m) => m,
-            Err(_) if index.contains_key(REPOSITORIES) => {
-                return Err(invalid(
-                    "legacy docker-save format (before Docker 1.10: `repositories` but no \
-                     manifest.json) is not supported; re-save the image with a current docker"
-                        .into(),
-                ));
-            }
-            Err(_) if index.contains_key(OCI_INDEX) => {
-                return Err(invalid(
-                    "no manifest.json: this is an OCI image layout, not a docker-save archive"
-                        .into(),
-                ));
-            }
-            Err(e) => return Err(invalid(format!("not a docker-save archive: {e}"))),
-        };
+        let manifest = manifest_member(&index).map_err(invalid)?;
         let raw = read_member(&mut file, &manifest).map_err(|e| match e {
             ReadError::Io(e) => Error::io("reading", path, e),
             ReadError::Invalid(m) => invalid(m),
@@ -166,6 +150,23 @@ impl DockerArchiveSource {
             image,
             layers,
         })
+    }
+}
+
+/// The tarball's manifest.json; without one, says what the tarball looks
+/// like instead (a pre-1.10 docker save, an OCI layout).
+fn manifest_member(index: &HashMap<String, IndexEntry>) -> std::result::Result<Member, String> {
+    match lookup(index, MANIFEST) {
+        Ok(m) => Ok(m),
+        Err(_) if index.contains_key(REPOSITORIES) => Err(
+            "legacy docker-save format (before Docker 1.10: `repositories` but no \
+             manifest.json) is not supported; re-save the image with a current docker"
+                .into(),
+        ),
+        Err(_) if index.contains_key(OCI_INDEX) => {
+            Err("no manifest.json: this is an OCI image layout, not a docker-save archive".into())
+        }
+        Err(e) => Err(format!("not a docker-save archive: {e}")),
     }
 }
 

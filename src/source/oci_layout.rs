@@ -17,7 +17,9 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::error::{Error, Result};
-use crate::format::oci_layout::{CONTAINERD_NAME, REF_NAME, blob_rel, read_blob, read_index};
+use crate::format::oci_layout::{
+    CONTAINERD_NAME, IndexEntry, REF_NAME, TopIndex, blob_rel, read_blob, read_index,
+};
 use crate::fsutil::StoreRoot;
 use crate::image::{
     FileSlice, Image, IndexInfo, LayerInfo, ManifestInfo, Platform, media_type as mt,
@@ -43,35 +45,7 @@ impl OciLayoutSource {
         };
         let store = StoreRoot::open(root)?;
         let index = read_index(&store)?;
-        let names: Vec<&str> = index
-            .manifests
-            .iter()
-            .filter_map(|m| m.annotations.get(REF_NAME).map(String::as_str))
-            .collect();
-        let entry = match tag {
-            Some(t) => index
-                .manifests
-                .iter()
-                .find(|m| m.annotations.get(REF_NAME).map(String::as_str) == Some(t))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "no image tagged {t:?}; the layout has: {}",
-                        if names.is_empty() {
-                            "no tagged images".into()
-                        } else {
-                            names.join(", ")
-                        }
-                    ))
-                })?,
-            None if index.manifests.len() == 1 => &index.manifests[0],
-            None => {
-                return Err(bad(format!(
-                    "the layout holds {} images: name one with oci-layout://PATH:TAG ({})",
-                    index.manifests.len(),
-                    names.join(", ")
-                )));
-            }
-        };
+        let entry = pick_entry(&index, tag, root)?;
         // Docker 25's `docker save` layouts carry the full name beside a
         // bare-tag ref.name.
         let name = entry
@@ -149,6 +123,42 @@ impl OciLayoutSource {
                 layers,
             },
         })
+    }
+}
+
+/// The entry of the layout's index that `tag` names (by its ref.name), or
+/// its only entry when no tag is given.
+fn pick_entry<'a>(index: &'a TopIndex, tag: Option<&str>, root: &Path) -> Result<&'a IndexEntry> {
+    let bad = |message: String| Error::InvalidArchive {
+        path: root.to_path_buf(),
+        message,
+    };
+    let names: Vec<&str> = index
+        .manifests
+        .iter()
+        .filter_map(|m| m.annotations.get(REF_NAME).map(String::as_str))
+        .collect();
+    match tag {
+        Some(t) => index
+            .manifests
+            .iter()
+            .find(|m| m.annotations.get(REF_NAME).map(String::as_str) == Some(t))
+            .ok_or_else(|| {
+                bad(format!(
+                    "no image tagged {t:?}; the layout has: {}",
+                    if names.is_empty() {
+                        "no tagged images".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            }),
+        None if index.manifests.len() == 1 => Ok(&index.manifests[0]),
+        None => Err(bad(format!(
+            "the layout holds {} images: name one with oci-layout://PATH:TAG ({})",
+            index.manifests.len(),
+            names.join(", ")
+        ))),
     }
 }
 

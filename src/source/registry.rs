@@ -14,6 +14,35 @@ use crate::registry::{MAX_CONFIG_BYTES, Repository};
 use crate::source::{FetchContext, LayerBlob, Source};
 use crate::wire::{Index, Kind, Manifest, choose_platform, classify, parse_diff_ids};
 
+/// The manifest's layers paired with the config's diff_ids; foreign
+/// (non-distributable) layers are refused.
+fn layer_infos(manifest: &Manifest, diff_ids: Vec<Digest>) -> Result<Vec<LayerInfo>> {
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(Error::InvalidImage(format!(
+            "manifest lists {} layers but the config has {} diff_ids",
+            manifest.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    let mut layers = Vec::with_capacity(diff_ids.len());
+    for (index, (d, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
+        let media_type = mt::essence(&d.media_type).to_string();
+        if media_type == mt::DOCKER_LAYER_FOREIGN || media_type.contains("nondistributable") {
+            return Err(Error::Unsupported(format!(
+                "layer {index} is a foreign (non-distributable) layer, which is not supported"
+            )));
+        }
+        layers.push(LayerInfo {
+            index,
+            digest: d.digest.clone(),
+            size: d.size,
+            media_type,
+            diff_id,
+        });
+    }
+    Ok(layers)
+}
+
 /// An image in a registry.
 pub struct RegistrySource {
     reference: Reference,
@@ -100,30 +129,7 @@ impl RegistrySource {
                 MAX_CONFIG_BYTES,
             )
             .await?;
-        let diff_ids = parse_diff_ids(&config_raw)?;
-        if diff_ids.len() != manifest.layers.len() {
-            return Err(Error::InvalidImage(format!(
-                "manifest lists {} layers but the config has {} diff_ids",
-                manifest.layers.len(),
-                diff_ids.len()
-            )));
-        }
-        let mut layers = Vec::with_capacity(diff_ids.len());
-        for (index, (d, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
-            let media_type = mt::essence(&d.media_type).to_string();
-            if media_type == mt::DOCKER_LAYER_FOREIGN || media_type.contains("nondistributable") {
-                return Err(Error::Unsupported(format!(
-                    "layer {index} is a foreign (non-distributable) layer, which is not supported"
-                )));
-            }
-            layers.push(LayerInfo {
-                index,
-                digest: d.digest.clone(),
-                size: d.size,
-                media_type,
-                diff_id,
-            });
-        }
+        let layers = layer_infos(&manifest, parse_diff_ids(&config_raw)?)?;
         let config_media_type = match mt::essence(&manifest.config.media_type) {
             "" => mt::OCI_CONFIG.to_string(),
             m => m.to_string(),

@@ -9,7 +9,9 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::support::archive::Expect;
-use crate::support::images::{Image, busybox_image, pseudo_random, registry_manifest, tiny_image};
+use crate::support::images::{
+    BuiltImage, Image, busybox_image, pseudo_random, registry_manifest, tiny_image,
+};
 use crate::support::layer_tar::TarBuilder;
 use crate::support::push::{PushFormat, push_image};
 use crate::support::{
@@ -104,6 +106,122 @@ fn assert_stored(store: &Path, manifest_file: &str, built: &crate::support::imag
     }
 }
 
+/// The first pull into the store fetches each of `digests` once.
+fn assert_first_pull_fetches_each_once(
+    env: &TestEnv,
+    reg: &Registry,
+    uri: &str,
+    digests: &[String],
+) {
+    let before = reg.log().len();
+    let out = env
+        .occy()
+        .args(["--insecure", "process", &reg.uri("team/app", "v1"), uri])
+        .ok();
+    let log = reg.log();
+    let gets = blob_gets(&log[before..]);
+    for d in digests {
+        assert_eq!(
+            gets.iter().filter(|g| g.ends_with(d.as_str())).count(),
+            1,
+            "first run fetches {d} once; GETs: {gets:?}"
+        );
+    }
+    assert!(summary(&out).contains("(4 fetched)"), "{}", summary(&out));
+}
+
+/// The second image through the legacy command: only its last layer is new.
+fn assert_legacy_fetches_only_the_new_layer(
+    env: &TestEnv,
+    reg: &Registry,
+    store: &Path,
+    b2: &BuiltImage,
+    d2: &[String],
+) {
+    let before = reg.log().len();
+    let out = env
+        .occy()
+        .args([
+            "--insecure",
+            "fetch-to-extracted",
+            "--use-unique-names",
+            &reg.host(),
+            "team/app",
+            "v2",
+        ])
+        .arg(store)
+        .ok();
+    let gets = blob_gets(&reg.log()[before..]);
+    let layer_gets: Vec<&String> = gets
+        .iter()
+        .filter(|g| !g.ends_with(&b2.config_digest))
+        .collect();
+    assert_eq!(
+        layer_gets.len(),
+        1,
+        "second run fetches one layer blob; GETs: {gets:?}"
+    );
+    assert!(layer_gets[0].ends_with(&d2[3]), "{layer_gets:?}");
+    let line = summary(&out);
+    assert!(
+        line.contains("1 fetched, 3 already present"),
+        "summary should count the shared layers: {line}"
+    );
+}
+
+/// Both images are in the catalog, each with its own manifest, and the five
+/// layers are stored once each.
+fn assert_store_holds_both(reg: &Registry, store: &Path, b1: &BuiltImage, b2: &BuiltImage) {
+    // Both images are in the catalog, each with its own manifest.
+    assert_eq!(
+        read_json(&store.join("catalog.json")),
+        json!({"team/app": {
+            "v1": "manifest-team_app-v1.json",
+            "v2": "manifest-team_app-v2.json"
+        }})
+    );
+    assert_stored(store, "manifest-team_app-v1.json", b1);
+    assert_stored(store, "manifest-team_app-v2.json", b2);
+    let m = read_json(&store.join("manifest-team_app-v2.json"));
+    assert_eq!(m[0]["ImageName"], "team/app");
+    assert_eq!(
+        m[0]["RepoTags"],
+        json!([format!("{}/team/app:v2", reg.host())])
+    );
+    // Five layers, stored once each; nothing half-written left about.
+    let mut names: Vec<String> = fs::read_dir(store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names.iter().filter(|n| n.len() == 64).count(),
+        5,
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("partial") || n.contains("tmp")),
+        "{names:?}"
+    );
+}
+
+/// The same image again: nothing is fetched.
+fn assert_repeat_fetches_nothing(env: &TestEnv, reg: &Registry, uri: &str, b1: &BuiltImage) {
+    let before = reg.log().len();
+    let out = env
+        .occy()
+        .args(["--insecure", "process", &reg.uri("team/app", "v1"), uri])
+        .ok();
+    let gets = blob_gets(&reg.log()[before..]);
+    assert!(
+        gets.iter().all(|g| g.ends_with(&b1.config_digest)),
+        "{gets:?}"
+    );
+    assert!(summary(&out).contains("0 fetched, 4 already present"));
+}
+
 #[test]
 fn second_image_fetches_only_its_new_layers() {
     let (env, reg) = start();
@@ -125,99 +243,10 @@ fn second_image_fetches_only_its_new_layers() {
 
     let store = env.out("store");
     let uri = format!("dir://{}?unique_names=true", store.display());
-    let before = reg.log().len();
-    let out = env
-        .occy()
-        .args(["--insecure", "process", &reg.uri("team/app", "v1"), &uri])
-        .ok();
-    let log = reg.log();
-    let gets = blob_gets(&log[before..]);
-    for d in &d1 {
-        assert_eq!(
-            gets.iter().filter(|g| g.ends_with(d.as_str())).count(),
-            1,
-            "first run fetches {d} once; GETs: {gets:?}"
-        );
-    }
-    assert!(summary(&out).contains("(4 fetched)"), "{}", summary(&out));
-
-    // The second image through the legacy command: only layer 4 is new.
-    let before = log.len();
-    let out = env
-        .occy()
-        .args([
-            "--insecure",
-            "fetch-to-extracted",
-            "--use-unique-names",
-            &reg.host(),
-            "team/app",
-            "v2",
-        ])
-        .arg(&store)
-        .ok();
-    let gets = blob_gets(&reg.log()[before..]);
-    let layer_gets: Vec<&String> = gets
-        .iter()
-        .filter(|g| !g.ends_with(&b2.config_digest))
-        .collect();
-    assert_eq!(
-        layer_gets.len(),
-        1,
-        "second run fetches one layer blob; GETs: {gets:?}"
-    );
-    assert!(layer_gets[0].ends_with(&d2[3]), "{layer_gets:?}");
-    let line = summary(&out);
-    assert!(
-        line.contains("1 fetched, 3 already present"),
-        "summary should count the shared layers: {line}"
-    );
-
-    // Both images are in the catalog, each with its own manifest.
-    assert_eq!(
-        read_json(&store.join("catalog.json")),
-        json!({"team/app": {
-            "v1": "manifest-team_app-v1.json",
-            "v2": "manifest-team_app-v2.json"
-        }})
-    );
-    assert_stored(&store, "manifest-team_app-v1.json", &b1);
-    assert_stored(&store, "manifest-team_app-v2.json", &b2);
-    let m = read_json(&store.join("manifest-team_app-v2.json"));
-    assert_eq!(m[0]["ImageName"], "team/app");
-    assert_eq!(
-        m[0]["RepoTags"],
-        json!([format!("{}/team/app:v2", reg.host())])
-    );
-    // Five layers, stored once each; nothing half-written left about.
-    let mut names: Vec<String> = fs::read_dir(&store)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names.iter().filter(|n| n.len() == 64).count(),
-        5,
-        "{names:?}"
-    );
-    assert!(
-        !names
-            .iter()
-            .any(|n| n.contains("partial") || n.contains("tmp")),
-        "{names:?}"
-    );
-
-    // The same image again: nothing is fetched.
-    let before = reg.log().len();
-    let out = env
-        .occy()
-        .args(["--insecure", "process", &reg.uri("team/app", "v1"), &uri])
-        .ok();
-    let gets = blob_gets(&reg.log()[before..]);
-    assert!(
-        gets.iter().all(|g| g.ends_with(&b1.config_digest)),
-        "{gets:?}"
-    );
-    assert!(summary(&out).contains("0 fetched, 4 already present"));
+    assert_first_pull_fetches_each_once(&env, &reg, &uri, &d1);
+    assert_legacy_fetches_only_the_new_layer(&env, &reg, &store, &b2, &d2);
+    assert_store_holds_both(&reg, &store, &b1, &b2);
+    assert_repeat_fetches_nothing(&env, &reg, &uri, &b1);
 }
 
 #[test]
@@ -328,6 +357,106 @@ fn concurrent_writers_keep_every_catalog_entry() {
     );
 }
 
+/// skopeo copies the recreated tarball into an OCI layout whose layers are
+/// the diff_ids.
+fn assert_skopeo_copy_keeps_diff_ids(env: &TestEnv, out: &Path, built: &BuiltImage) {
+    let oci = env.work("oci");
+    crate::support::tools::skopeo_ok(
+        &env.tool_tmp(),
+        &[
+            "copy",
+            "-q",
+            &format!("docker-archive:{}", out.display()),
+            &format!("oci:{}:x", oci.display()),
+        ],
+    );
+    let index = read_json(&oci.join("index.json"));
+    let mdigest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = read_json(&oci.join("blobs/sha256").join(&mdigest[7..]));
+    let cdigest = manifest["config"]["digest"].as_str().unwrap();
+    let config = read_json(&oci.join("blobs/sha256").join(&cdigest[7..]));
+    assert_eq!(
+        config["rootfs"]["diff_ids"],
+        json!(built.true_diff_ids()),
+        "config diff_ids"
+    );
+    for (i, l) in manifest["layers"].as_array().unwrap().iter().enumerate() {
+        let d = l["digest"].as_str().unwrap();
+        let blob = fs::read(oci.join("blobs/sha256").join(&d[7..])).unwrap();
+        let tar = if blob.starts_with(&[0x1f, 0x8b]) {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut v)
+                .unwrap();
+            v
+        } else {
+            blob
+        };
+        assert_eq!(sha256_digest(&tar), built.diff_ids[i], "layer {i}");
+    }
+}
+
+/// The URI form, naming the image with its registry host, gives the same
+/// bytes as `recreate-image` wrote to `out`.
+fn assert_uri_form_same_bytes(env: &TestEnv, reg: &Registry, store: &Path, out: &Path) {
+    let again = env.out("again.tar");
+    env.occy()
+        .args([
+            "process",
+            &format!(
+                "dir://{}?image={}/team/app&tag=v1",
+                store.display(),
+                reg.host()
+            ),
+            &tar_uri(&again),
+        ])
+        .ok();
+    assert_eq!(fs::read(&again).unwrap(), fs::read(out).unwrap());
+    fs::remove_file(&again).unwrap();
+    fs::remove_file(out).unwrap();
+}
+
+/// A wrong tag or image names what the catalog has.
+fn assert_wrong_names_list_the_catalog(env: &TestEnv, store: &Path) {
+    let bad = env
+        .occy()
+        .args(["recreate-image"])
+        .arg(store)
+        .args(["team/app", "v9"])
+        .arg(env.out("nope.tar"))
+        .run();
+    let line = assert_clean_failure(env, &bad, &["team/app:v9"]);
+    assert!(
+        line.contains("team/app:v1") && line.contains("team/other:v3"),
+        "the error lists the catalog: {line}"
+    );
+    let bad = env
+        .occy()
+        .args([
+            "process",
+            &format!("dir://{}?image=nobody/here", store.display()),
+            &tar_uri(&env.out("nope.tar")),
+        ])
+        .run();
+    assert_clean_failure(env, &bad, &["nobody/here:latest"]);
+}
+
+/// A damaged layer in the store is caught, not passed on.
+fn assert_damaged_layer_caught(env: &TestEnv, store: &Path, built: &BuiltImage) {
+    let victim = store.join(&built.diff_ids[1][7..]).join("layer.tar");
+    let mut data = fs::read(&victim).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    fs::write(&victim, data).unwrap();
+    let bad = env
+        .occy()
+        .args(["recreate-image"])
+        .arg(store)
+        .args(["team/app", "v1"])
+        .arg(env.out("bad.tar"))
+        .run();
+    assert_clean_failure(env, &bad, &["digest mismatch"]);
+}
+
 #[test]
 fn recreate_image_round_trips_through_skopeo() {
     let (env, reg) = start();
@@ -372,97 +501,11 @@ fn recreate_image_round_trips_through_skopeo() {
     for (i, l) in built.layers.iter().enumerate() {
         assert_eq!(ds.layer(0, i), l.tar.as_slice(), "layer {i} bytes");
     }
-    // skopeo copies it into an OCI layout whose layers are the diff_ids.
-    let oci = env.work("oci");
-    crate::support::tools::skopeo_ok(
-        &env.tool_tmp(),
-        &[
-            "copy",
-            "-q",
-            &format!("docker-archive:{}", out.display()),
-            &format!("oci:{}:x", oci.display()),
-        ],
-    );
-    let index = read_json(&oci.join("index.json"));
-    let mdigest = index["manifests"][0]["digest"].as_str().unwrap();
-    let manifest = read_json(&oci.join("blobs/sha256").join(&mdigest[7..]));
-    let cdigest = manifest["config"]["digest"].as_str().unwrap();
-    let config = read_json(&oci.join("blobs/sha256").join(&cdigest[7..]));
-    assert_eq!(
-        config["rootfs"]["diff_ids"],
-        json!(built.true_diff_ids()),
-        "config diff_ids"
-    );
-    for (i, l) in manifest["layers"].as_array().unwrap().iter().enumerate() {
-        let d = l["digest"].as_str().unwrap();
-        let blob = fs::read(oci.join("blobs/sha256").join(&d[7..])).unwrap();
-        let tar = if blob.starts_with(&[0x1f, 0x8b]) {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut v)
-                .unwrap();
-            v
-        } else {
-            blob
-        };
-        assert_eq!(sha256_digest(&tar), built.diff_ids[i], "layer {i}");
-    }
-
-    // The URI form, naming the image with its registry host, gives the
-    // same bytes.
-    let again = env.out("again.tar");
-    env.occy()
-        .args([
-            "process",
-            &format!(
-                "dir://{}?image={}/team/app&tag=v1",
-                store.display(),
-                reg.host()
-            ),
-            &tar_uri(&again),
-        ])
-        .ok();
-    assert_eq!(fs::read(&again).unwrap(), fs::read(&out).unwrap());
-    fs::remove_file(&again).unwrap();
-    fs::remove_file(&out).unwrap();
+    assert_skopeo_copy_keeps_diff_ids(&env, &out, &built);
+    assert_uri_form_same_bytes(&env, &reg, &store, &out);
     assert_eq!(other.layers.len(), 1);
-
-    // A wrong tag names what the catalog has.
-    let bad = env
-        .occy()
-        .args(["recreate-image"])
-        .arg(&store)
-        .args(["team/app", "v9"])
-        .arg(env.out("nope.tar"))
-        .run();
-    let line = assert_clean_failure(&env, &bad, &["team/app:v9"]);
-    assert!(
-        line.contains("team/app:v1") && line.contains("team/other:v3"),
-        "the error lists the catalog: {line}"
-    );
-    let bad = env
-        .occy()
-        .args([
-            "process",
-            &format!("dir://{}?image=nobody/here", store.display()),
-            &tar_uri(&env.out("nope.tar")),
-        ])
-        .run();
-    assert_clean_failure(&env, &bad, &["nobody/here:latest"]);
-
-    // A damaged layer in the store is caught, not passed on.
-    let victim = store.join(&built.diff_ids[1][7..]).join("layer.tar");
-    let mut data = fs::read(&victim).unwrap();
-    let mid = data.len() / 2;
-    data[mid] ^= 0xff;
-    fs::write(&victim, data).unwrap();
-    let bad = env
-        .occy()
-        .args(["recreate-image"])
-        .arg(&store)
-        .args(["team/app", "v1"])
-        .arg(env.out("bad.tar"))
-        .run();
-    assert_clean_failure(&env, &bad, &["digest mismatch"]);
+    assert_wrong_names_list_the_catalog(&env, &store);
+    assert_damaged_layer_caught(&env, &store, &built);
 }
 
 /// With the run's temp dir on the store's filesystem, verified layers are

@@ -386,10 +386,9 @@ fn expand_from_docker_save_equals_registry_expand() {
     assert!(diff.is_empty(), "{}", diff.join("\n"));
 }
 
-#[test]
-fn hostile_layer_fails_cleanly_unless_skipped() {
-    let env = TestEnv::new();
-    let reg = Registry::start();
+/// A good one-layer image, and an image whose second layer holds `../escape`
+/// between good entries.
+fn good_and_hostile_images() -> (Image, Image) {
     let good = Image::new("linux/amd64").layer(
         TarBuilder::new()
             .dir("etc", 0o755)
@@ -412,20 +411,15 @@ fn hostile_layer_fails_cleanly_unless_skipped() {
                 .finish(),
             Compression::Gzip,
         );
-    push(&env, &reg, "team/good:v1", &good);
-    push(&env, &reg, "team/evil:v1", &hostile);
-    let store = env.work("store");
-    let uri = format!("dir://{}?expand=true", store.display());
+    (good, hostile)
+}
 
-    // An earlier good tree is left alone by the failed run.
-    env.occy()
-        .args(["--insecure", "process", &reg.uri("team/good", "v1"), &uri])
-        .ok();
-    assert!(store.join("manifest/etc/good").is_file());
-
+/// The failed run into a store holding a good tree: one error line naming
+/// the layer and the entry, and the store as it was.
+fn assert_failed_run_leaves_the_store(env: &TestEnv, reg: &Registry, store: &Path, uri: &str) {
     let out = env
         .occy()
-        .args(["--insecure", "process", &reg.uri("team/evil", "v1"), &uri])
+        .args(["--insecure", "process", &reg.uri("team/evil", "v1"), uri])
         .run();
     assert_no_panic(&out);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
@@ -445,12 +439,13 @@ fn hostile_layer_fails_cleanly_unless_skipped() {
     assert!(store.join("manifest/etc/good").is_file());
     assert!(!store.join("manifest/etc/ok").exists());
     assert!(!store.join("escape").exists() && !env.work("escape").exists());
-    assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
+    assert!(leftovers(store).is_empty(), "{:?}", leftovers(store));
     let catalog = fs::read_to_string(store.join("catalog.json")).unwrap();
     assert!(!catalog.contains("team/evil"), "{catalog}");
+}
 
-    // Into a fresh directory: nothing is presented as a rootfs.
-    let fresh = env.work("fresh");
+/// Into a fresh directory: nothing is presented as a rootfs.
+fn assert_failed_run_leaves_no_rootfs(env: &TestEnv, reg: &Registry, fresh: &Path) {
     let out = env
         .occy()
         .args([
@@ -463,10 +458,12 @@ fn hostile_layer_fails_cleanly_unless_skipped() {
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(!fresh.join("manifest").exists());
     assert!(!fresh.join("manifest.json").exists());
-    assert!(leftovers(&fresh).is_empty(), "{:?}", leftovers(&fresh));
+    assert!(leftovers(fresh).is_empty(), "{:?}", leftovers(fresh));
+}
 
-    // With --skip-unsafe (a global flag, here after the command) the run
-    // succeeds without the entry and says what it skipped.
+/// With --skip-unsafe (a global flag, here after the command) the run
+/// succeeds without the entry and says what it skipped.
+fn assert_skip_unsafe_skips_the_entry(env: &TestEnv, reg: &Registry, fresh: &Path) {
     let out = env
         .occy()
         .args([
@@ -491,5 +488,27 @@ fn hostile_layer_fails_cleanly_unless_skipped() {
         "the skipped entry is reported: {}",
         out.stderr
     );
-    assert!(leftovers(&fresh).is_empty(), "{:?}", leftovers(&fresh));
+    assert!(leftovers(fresh).is_empty(), "{:?}", leftovers(fresh));
+}
+
+#[test]
+fn hostile_layer_fails_cleanly_unless_skipped() {
+    let env = TestEnv::new();
+    let reg = Registry::start();
+    let (good, hostile) = good_and_hostile_images();
+    push(&env, &reg, "team/good:v1", &good);
+    push(&env, &reg, "team/evil:v1", &hostile);
+    let store = env.work("store");
+    let uri = format!("dir://{}?expand=true", store.display());
+
+    // An earlier good tree is left alone by the failed run.
+    env.occy()
+        .args(["--insecure", "process", &reg.uri("team/good", "v1"), &uri])
+        .ok();
+    assert!(store.join("manifest/etc/good").is_file());
+
+    assert_failed_run_leaves_the_store(&env, &reg, &store, &uri);
+    let fresh = env.work("fresh");
+    assert_failed_run_leaves_no_rootfs(&env, &reg, &fresh);
+    assert_skip_unsafe_skips_the_entry(&env, &reg, &fresh);
 }

@@ -583,8 +583,14 @@ fn chain_into_expanded_dir() {
             &format!("inspect:file={}", jsonl.display()),
         ])
         .ok();
-    let root = store.join("manifest");
-    let tree = Tree::scan(&root);
+    assert_expanded_tree_filtered(&store.join("manifest"));
+    assert_inspect_saw_the_stored_image(&store, &jsonl, &built);
+}
+
+/// The expanded rootfs: the excluded files gone, mtimes zeroed, xattrs and
+/// hard links kept.
+fn assert_expanded_tree_filtered(root: &Path) {
+    let tree = Tree::scan(root);
     let paths: Vec<&str> = tree.nodes.keys().map(String::as_str).collect();
     for p in [
         "usr/bin/ping",
@@ -633,10 +639,12 @@ fn chain_into_expanded_dir() {
         "{:?}",
         tree.links
     );
+}
 
-    // inspect, last in the chain, saw the rewritten layers and config:
-    // the ones the store holds.
-    let text = fs::read_to_string(&jsonl).unwrap();
+/// inspect, last in the chain, saw the rewritten layers and config: the ones
+/// the store holds.
+fn assert_inspect_saw_the_stored_image(store: &Path, jsonl: &Path, built: &BuiltImage) {
+    let text = fs::read_to_string(jsonl).unwrap();
     let v: Value = serde_json::from_str(text.trim_end()).unwrap();
     assert_eq!(v["manifest_digest"], Value::Null);
     let cfg = v["config_digest"].as_str().unwrap();

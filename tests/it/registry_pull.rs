@@ -3,12 +3,13 @@
 //! `fetch-to-tarfile` command and the global flags.
 
 use std::fs;
+use std::path::Path;
 
 use serde_json::Value;
 
 use crate::support::archive::Expect;
 use crate::support::images::{
-    PLATFORMS, busybox_image, busybox_image_mixed, platform_image, registry_manifest,
+    BuiltImage, PLATFORMS, busybox_image, busybox_image_mixed, platform_image, registry_manifest,
 };
 use crate::support::push::{PushFormat, push_image, push_index};
 use crate::support::{
@@ -45,6 +46,92 @@ fn assert_no_secret(out: &crate::support::Output, secret: &str) {
 // ---------------------------------------------------------------------------
 // The harness itself (independent of occystrap)
 
+/// `os/architecture[/variant]` of each entry of a manifest list or index.
+fn platform_names(m: &Value) -> Vec<String> {
+    m["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let p = &d["platform"];
+            match p["variant"].as_str() {
+                Some(v) => format!(
+                    "{}/{}/{v}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                ),
+                None => format!(
+                    "{}/{}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The Docker v2 schema 2 manifest and its config, as pushed.
+fn assert_v2s2_served(reg: &Registry, built: &BuiltImage) {
+    let (ct, m) = served_manifest(reg, "h/img", "v2s2");
+    assert_eq!(ct, "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(m["config"]["digest"], built.config_digest.as_str());
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    let cfg = http::request(
+        &reg.host(),
+        "GET",
+        &format!("/v2/h/img/blobs/{}", built.config_digest),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(cfg.body, built.config, "skopeo keeps the config bytes");
+}
+
+/// The OCI manifest, the Docker manifest list and the OCI index.
+fn assert_oci_and_lists_served(reg: &Registry) {
+    let (ct, _) = served_manifest(reg, "h/img", "oci");
+    assert_eq!(ct, "application/vnd.oci.image.manifest.v1+json");
+
+    let (ct, m) = served_manifest(reg, "h/multi", "list");
+    assert_eq!(
+        ct,
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let plat_names = platform_names(&m);
+    assert_eq!(plat_names, PLATFORMS);
+
+    let (ct, m) = served_manifest(reg, "h/multi", "index");
+    assert_eq!(ct, "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        m["manifests"][1]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+}
+
+/// Images pushed with their digests preserved: uncompressed and zstd layers.
+fn assert_preserved_served(tmp: &Path, reg: &Registry, raw: &BuiltImage, zst: &BuiltImage) {
+    let (_, m) = served_manifest(reg, "h/img", "raw");
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    assert_eq!(m["layers"][0]["digest"], raw.diff_ids[0].as_str());
+    let (_, digest) = registry_manifest(tmp, reg, "h/img", "raw");
+    assert_eq!(
+        digest, raw.manifest_digest,
+        "--preserve-digests keeps the manifest"
+    );
+
+    let (_, m) = served_manifest(reg, "h/img", "zstd");
+    assert_eq!(
+        m["layers"][2]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    assert_eq!(m["layers"][2]["digest"], zst.layers[2].digest.as_str());
+}
+
 #[test]
 fn harness_registry_holds_each_manifest_format() {
     let (env, reg) = start();
@@ -73,77 +160,9 @@ fn harness_registry_holds_each_manifest_format() {
         PushFormat::Preserve,
     );
 
-    let (ct, m) = served_manifest(&reg, "h/img", "v2s2");
-    assert_eq!(ct, "application/vnd.docker.distribution.manifest.v2+json");
-    assert_eq!(m["config"]["digest"], built.config_digest.as_str());
-    assert_eq!(
-        m["layers"][0]["mediaType"],
-        "application/vnd.docker.image.rootfs.diff.tar.gzip"
-    );
-    let cfg = http::request(
-        &reg.host(),
-        "GET",
-        &format!("/v2/h/img/blobs/{}", built.config_digest),
-        &[],
-    )
-    .unwrap();
-    assert_eq!(cfg.body, built.config, "skopeo keeps the config bytes");
-
-    let (ct, _) = served_manifest(&reg, "h/img", "oci");
-    assert_eq!(ct, "application/vnd.oci.image.manifest.v1+json");
-
-    let (ct, m) = served_manifest(&reg, "h/multi", "list");
-    assert_eq!(
-        ct,
-        "application/vnd.docker.distribution.manifest.list.v2+json"
-    );
-    let plat_names: Vec<String> = m["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            let p = &d["platform"];
-            match p["variant"].as_str() {
-                Some(v) => format!(
-                    "{}/{}/{v}",
-                    p["os"].as_str().unwrap(),
-                    p["architecture"].as_str().unwrap()
-                ),
-                None => format!(
-                    "{}/{}",
-                    p["os"].as_str().unwrap(),
-                    p["architecture"].as_str().unwrap()
-                ),
-            }
-        })
-        .collect();
-    assert_eq!(plat_names, PLATFORMS);
-
-    let (ct, m) = served_manifest(&reg, "h/multi", "index");
-    assert_eq!(ct, "application/vnd.oci.image.index.v1+json");
-    assert_eq!(
-        m["manifests"][1]["mediaType"],
-        "application/vnd.oci.image.manifest.v1+json"
-    );
-
-    let (_, m) = served_manifest(&reg, "h/img", "raw");
-    assert_eq!(
-        m["layers"][0]["mediaType"],
-        "application/vnd.oci.image.layer.v1.tar"
-    );
-    assert_eq!(m["layers"][0]["digest"], raw.diff_ids[0].as_str());
-    let (_, digest) = registry_manifest(&tmp, &reg, "h/img", "raw");
-    assert_eq!(
-        digest, raw.manifest_digest,
-        "--preserve-digests keeps the manifest"
-    );
-
-    let (_, m) = served_manifest(&reg, "h/img", "zstd");
-    assert_eq!(
-        m["layers"][2]["mediaType"],
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-    );
-    assert_eq!(m["layers"][2]["digest"], zst.layers[2].digest.as_str());
+    assert_v2s2_served(&reg, &built);
+    assert_oci_and_lists_served(&reg);
+    assert_preserved_served(&tmp, &reg, &raw, &zst);
 
     // The blob path the corruption tests rely on.
     assert!(reg.blob_data_path(&built.layers[0].digest).is_file());

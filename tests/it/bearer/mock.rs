@@ -570,6 +570,72 @@ fn grants_pull(scopes: &HashSet<String>, repository: &str) -> bool {
     })
 }
 
+/// `NAME/manifests/REF` or `NAME/blobs/DIGEST` (NAME may contain slashes)
+/// as (name, kind, reference).
+fn split_v2_path(rest: &str) -> Option<(&str, &str, &str)> {
+    if let Some(i) = rest.rfind("/manifests/") {
+        Some((&rest[..i], "manifests", &rest[i + "/manifests/".len()..]))
+    } else if let Some(i) = rest.rfind("/blobs/") {
+        Some((&rest[..i], "blobs", &rest[i + "/blobs/".len()..]))
+    } else {
+        None
+    }
+}
+
+/// The 403 of a registry that denies the pull.
+fn denied(req: &Request, state: &State) -> Response {
+    let message = if state.config.echo_authorization {
+        format!(
+            "access denied for {}",
+            req.header("Authorization").unwrap_or("")
+        )
+    } else {
+        "requested access to the resource is denied".to_string()
+    };
+    Response::registry_error(403, "DENIED", &message)
+}
+
+/// GET or HEAD of the image's manifest, by tag or digest.
+fn serve_manifest(img: &MockImage, reference: &str) -> Response {
+    if reference == TAG || reference == img.manifest_digest {
+        Response::new(200)
+            .bytes(MANIFEST_MEDIA_TYPE, &img.manifest)
+            .header("Docker-Content-Digest", img.manifest_digest.clone())
+            .header("Etag", format!("\"{}\"", img.manifest_digest))
+    } else {
+        Response::new(404).json(&serde_json::json!({
+            "errors": [{
+                "code": "MANIFEST_UNKNOWN",
+                "message": "manifest unknown",
+                "detail": {"Tag": reference}
+            }]
+        }))
+    }
+}
+
+/// GET or HEAD of a blob, or a redirect to where it lives when one is set.
+fn serve_blob(state: &State, reference: &str) -> Response {
+    let img = &state.image;
+    if reference == img.layer_digest
+        && let Some(base) = lock(&state.blob_redirect).clone()
+    {
+        return Response::new(307).header("Location", format!("{base}/redirected/{reference}"));
+    }
+    let blob = if reference == img.config_digest {
+        Some(&img.config)
+    } else if reference == img.layer_digest {
+        Some(&img.layer_gz)
+    } else {
+        None
+    };
+    match blob {
+        Some(b) => Response::new(200)
+            .bytes("application/octet-stream", b)
+            .header("Docker-Content-Digest", reference.to_string()),
+        None => Response::registry_error(404, "BLOB_UNKNOWN", "blob unknown to registry"),
+    }
+}
+
 fn handle(req: &Request, state: &State) -> Response {
     let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
     if path == "/token" {
@@ -601,11 +667,7 @@ fn handle(req: &Request, state: &State) -> Response {
         return Response::registry_error(404, "NOT_FOUND", "no such endpoint");
     };
     // NAME/manifests/REF or NAME/blobs/DIGEST; NAME may contain slashes.
-    let (name, kind, reference) = if let Some(i) = rest.rfind("/manifests/") {
-        (&rest[..i], "manifests", &rest[i + "/manifests/".len()..])
-    } else if let Some(i) = rest.rfind("/blobs/") {
-        (&rest[..i], "blobs", &rest[i + "/blobs/".len()..])
-    } else {
+    let Some((name, kind, reference)) = split_v2_path(rest) else {
         return Response::registry_error(404, "NOT_FOUND", "no such endpoint");
     };
     let scope = format!("repository:{name}:pull");
@@ -616,15 +678,7 @@ fn handle(req: &Request, state: &State) -> Response {
         _ => return unauthorized(state, Some(&scope)),
     }
     if state.config.deny {
-        let message = if state.config.echo_authorization {
-            format!(
-                "access denied for {}",
-                req.header("Authorization").unwrap_or("")
-            )
-        } else {
-            "requested access to the resource is denied".to_string()
-        };
-        return Response::registry_error(403, "DENIED", &message);
+        return denied(req, state);
     }
     if name != REPOSITORY {
         return Response::registry_error(
@@ -633,45 +687,9 @@ fn handle(req: &Request, state: &State) -> Response {
             "repository name not known to registry",
         );
     }
-    let img = &state.image;
     match kind {
-        "manifests" => {
-            if reference == TAG || reference == img.manifest_digest {
-                Response::new(200)
-                    .bytes(MANIFEST_MEDIA_TYPE, &img.manifest)
-                    .header("Docker-Content-Digest", img.manifest_digest.clone())
-                    .header("Etag", format!("\"{}\"", img.manifest_digest))
-            } else {
-                Response::new(404).json(&serde_json::json!({
-                    "errors": [{
-                        "code": "MANIFEST_UNKNOWN",
-                        "message": "manifest unknown",
-                        "detail": {"Tag": reference}
-                    }]
-                }))
-            }
-        }
-        _ => {
-            if reference == img.layer_digest
-                && let Some(base) = lock(&state.blob_redirect).clone()
-            {
-                return Response::new(307)
-                    .header("Location", format!("{base}/redirected/{reference}"));
-            }
-            let blob = if reference == img.config_digest {
-                Some(&img.config)
-            } else if reference == img.layer_digest {
-                Some(&img.layer_gz)
-            } else {
-                None
-            };
-            match blob {
-                Some(b) => Response::new(200)
-                    .bytes("application/octet-stream", b)
-                    .header("Docker-Content-Digest", reference.to_string()),
-                None => Response::registry_error(404, "BLOB_UNKNOWN", "blob unknown to registry"),
-            }
-        }
+        "manifests" => serve_manifest(&state.image, reference),
+        _ => serve_blob(state, reference),
     }
 }
 

@@ -78,6 +78,115 @@ fn challenge_params(header: &str) -> HashMap<String, String> {
     out
 }
 
+/// Unauthenticated requests are challenged, with the scope once a
+/// repository is named.
+fn assert_challenges(c: &mut Conn, mock: &MockRegistry) {
+    let r = raw_request(c, "GET", "/v2/", None);
+    assert_eq!(r.status, 401);
+    let p = challenge_params(r.header("WWW-Authenticate").unwrap());
+    assert_eq!(p["realm"], format!("{}/token", mock.base_url()));
+    assert_eq!(p["service"], "mock-registry");
+    assert!(!p.contains_key("scope"));
+
+    // Same connection: keep-alive works.
+    let r = raw_request(c, "HEAD", "/v2/team/app/manifests/v1", None);
+    assert_eq!(r.status, 401);
+    let p = challenge_params(r.header("WWW-Authenticate").unwrap());
+    assert_eq!(p["scope"], "repository:team/app:pull");
+    let r = raw_request(c, "GET", "/v2/team/app/manifests/v1", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["errors"][0]["code"], "UNAUTHORIZED");
+    assert_eq!(r.json()["errors"][0]["message"], "authentication required");
+}
+
+/// Asks the token endpoint for a pull token.
+fn fetch_token(c: &mut Conn) -> String {
+    let r = raw_request(
+        c,
+        "GET",
+        "/token?service=mock-registry&scope=repository%3Ateam%2Fapp%3Apull",
+        None,
+    );
+    assert_eq!(r.status, 200);
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+/// With the token: the ping, and the manifest by tag (HEAD and GET) and by
+/// digest.
+fn assert_manifest_served(c: &mut Conn, img: &mock::MockImage, bearer: &str) {
+    let r = raw_request(c, "GET", "/v2/", Some(bearer));
+    assert_eq!(r.status, 200);
+    let r = raw_request(c, "HEAD", "/v2/team/app/manifests/v1", Some(bearer));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("Docker-Content-Digest"),
+        Some(&*img.manifest_digest)
+    );
+    assert_eq!(
+        r.header("Content-Length").unwrap(),
+        img.manifest.len().to_string()
+    );
+    let r = raw_request(c, "GET", "/v2/team/app/manifests/v1", Some(bearer));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some(mock::MANIFEST_MEDIA_TYPE));
+    assert_eq!(r.body, img.manifest);
+    let m = r.json();
+    assert_eq!(m["config"]["digest"], img.config_digest.as_str());
+    assert_eq!(m["layers"][0]["digest"], img.layer_digest.as_str());
+    let by_digest = format!("/v2/team/app/manifests/{}", img.manifest_digest);
+    let r = raw_request(c, "GET", &by_digest, Some(bearer));
+    assert_eq!(r.status, 200);
+    assert_eq!(format!("sha256:{}", sha256(&r.body)), img.manifest_digest);
+}
+
+/// With the token: the config and the layer blob, down to the layer's files.
+fn assert_blobs_served(c: &mut Conn, img: &mock::MockImage, bearer: &str) {
+    let r = raw_request(
+        c,
+        "GET",
+        &format!("/v2/team/app/blobs/{}", img.config_digest),
+        Some(bearer),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(format!("sha256:{}", sha256(&r.body)), img.config_digest);
+    let cfg = r.json();
+    assert_eq!(cfg["rootfs"]["diff_ids"][0], img.diff_id.as_str());
+
+    let r = raw_request(
+        c,
+        "GET",
+        &format!("/v2/team/app/blobs/{}", img.layer_digest),
+        Some(bearer),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(format!("sha256:{}", sha256(&r.body)), img.layer_digest);
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(&r.body[..])
+        .read_to_end(&mut tar)
+        .unwrap();
+    assert_eq!(format!("sha256:{}", sha256(&tar)), img.diff_id);
+    let mut files = Vec::new();
+    for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.header().entry_type() == tar::EntryType::Regular {
+            let name = e.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            files.push((name, data));
+        }
+    }
+    assert_eq!(files, img.files);
+}
+
+/// An unknown tag is a 404; a forged token is challenged again.
+fn assert_unknown_and_forged_refused(c: &mut Conn, bearer: &str) {
+    let r = raw_request(c, "GET", "/v2/team/app/manifests/v2", Some(bearer));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["errors"][0]["code"], "MANIFEST_UNKNOWN");
+    let r = raw_request(c, "GET", "/v2/team/app/manifests/v1", Some("Bearer forged"));
+    assert_eq!(r.status, 401);
+}
+
 #[test]
 fn mock_speaks_the_bearer_flow_to_a_raw_client() {
     for style in [
@@ -92,103 +201,12 @@ fn mock_speaks_the_bearer_flow_to_a_raw_client() {
         let img = mock.image().clone();
         let mut c = connect(&mock);
 
-        let r = raw_request(&mut c, "GET", "/v2/", None);
-        assert_eq!(r.status, 401);
-        let p = challenge_params(r.header("WWW-Authenticate").unwrap());
-        assert_eq!(p["realm"], format!("{}/token", mock.base_url()));
-        assert_eq!(p["service"], "mock-registry");
-        assert!(!p.contains_key("scope"));
-
-        // Same connection: keep-alive works.
-        let r = raw_request(&mut c, "HEAD", "/v2/team/app/manifests/v1", None);
-        assert_eq!(r.status, 401);
-        let p = challenge_params(r.header("WWW-Authenticate").unwrap());
-        assert_eq!(p["scope"], "repository:team/app:pull");
-        let r = raw_request(&mut c, "GET", "/v2/team/app/manifests/v1", None);
-        assert_eq!(r.status, 401);
-        assert_eq!(r.json()["errors"][0]["code"], "UNAUTHORIZED");
-        assert_eq!(r.json()["errors"][0]["message"], "authentication required");
-
-        let r = raw_request(
-            &mut c,
-            "GET",
-            "/token?service=mock-registry&scope=repository%3Ateam%2Fapp%3Apull",
-            None,
-        );
-        assert_eq!(r.status, 200);
-        let token = r.json()["token"].as_str().unwrap().to_string();
+        assert_challenges(&mut c, &mock);
+        let token = fetch_token(&mut c);
         let bearer = format!("Bearer {token}");
-
-        let r = raw_request(&mut c, "GET", "/v2/", Some(&bearer));
-        assert_eq!(r.status, 200);
-        let r = raw_request(&mut c, "HEAD", "/v2/team/app/manifests/v1", Some(&bearer));
-        assert_eq!(r.status, 200);
-        assert_eq!(
-            r.header("Docker-Content-Digest"),
-            Some(&*img.manifest_digest)
-        );
-        assert_eq!(
-            r.header("Content-Length").unwrap(),
-            img.manifest.len().to_string()
-        );
-        let r = raw_request(&mut c, "GET", "/v2/team/app/manifests/v1", Some(&bearer));
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("Content-Type"), Some(mock::MANIFEST_MEDIA_TYPE));
-        assert_eq!(r.body, img.manifest);
-        let m = r.json();
-        assert_eq!(m["config"]["digest"], img.config_digest.as_str());
-        assert_eq!(m["layers"][0]["digest"], img.layer_digest.as_str());
-        let by_digest = format!("/v2/team/app/manifests/{}", img.manifest_digest);
-        let r = raw_request(&mut c, "GET", &by_digest, Some(&bearer));
-        assert_eq!(r.status, 200);
-        assert_eq!(format!("sha256:{}", sha256(&r.body)), img.manifest_digest);
-
-        let r = raw_request(
-            &mut c,
-            "GET",
-            &format!("/v2/team/app/blobs/{}", img.config_digest),
-            Some(&bearer),
-        );
-        assert_eq!(r.status, 200);
-        assert_eq!(format!("sha256:{}", sha256(&r.body)), img.config_digest);
-        let cfg = r.json();
-        assert_eq!(cfg["rootfs"]["diff_ids"][0], img.diff_id.as_str());
-
-        let r = raw_request(
-            &mut c,
-            "GET",
-            &format!("/v2/team/app/blobs/{}", img.layer_digest),
-            Some(&bearer),
-        );
-        assert_eq!(r.status, 200);
-        assert_eq!(format!("sha256:{}", sha256(&r.body)), img.layer_digest);
-        let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(&r.body[..])
-            .read_to_end(&mut tar)
-            .unwrap();
-        assert_eq!(format!("sha256:{}", sha256(&tar)), img.diff_id);
-        let mut files = Vec::new();
-        for e in tar::Archive::new(&tar[..]).entries().unwrap() {
-            let mut e = e.unwrap();
-            if e.header().entry_type() == tar::EntryType::Regular {
-                let name = e.path().unwrap().display().to_string();
-                let mut data = Vec::new();
-                e.read_to_end(&mut data).unwrap();
-                files.push((name, data));
-            }
-        }
-        assert_eq!(files, img.files);
-
-        let r = raw_request(&mut c, "GET", "/v2/team/app/manifests/v2", Some(&bearer));
-        assert_eq!(r.status, 404);
-        assert_eq!(r.json()["errors"][0]["code"], "MANIFEST_UNKNOWN");
-        let r = raw_request(
-            &mut c,
-            "GET",
-            "/v2/team/app/manifests/v1",
-            Some("Bearer forged"),
-        );
-        assert_eq!(r.status, 401);
+        assert_manifest_served(&mut c, &img, &bearer);
+        assert_blobs_served(&mut c, &img, &bearer);
+        assert_unknown_and_forged_refused(&mut c, &bearer);
 
         assert_eq!(mock.token_requests(), 1);
         let log = mock.requests();

@@ -511,6 +511,116 @@ pub enum ManifestPos {
     Last,
 }
 
+/// The members of a docker-save tarball: name -> bytes (None for a directory).
+type Members = BTreeMap<String, Option<Vec<u8>>>;
+
+/// Adds one image's members in the legacy layout (`<id>/layer.tar` with v1
+/// json, config at the top); returns its config name, layer names and top
+/// layer id.
+fn add_legacy_image(members: &mut Members, img: &BuiltImage) -> (String, Vec<String>, String) {
+    let mut parent: Option<String> = None;
+    let mut names = Vec::new();
+    for (i, l) in img.layers.iter().enumerate() {
+        let id =
+            sha256_hex(format!("{}+{}", parent.clone().unwrap_or_default(), l.diff_id).as_bytes());
+        let mut v1 = json!({"id": id, "created": CREATED, "os": "linux"});
+        if let Some(p) = &parent {
+            v1["parent"] = json!(p);
+        }
+        if i + 1 == img.layers.len() {
+            v1["architecture"] = json!(img.platform.architecture);
+            v1["config"] = json!({"Cmd": ["sh"]});
+        }
+        members.insert(format!("{id}/"), None);
+        members.insert(format!("{id}/VERSION"), Some(b"1.0".to_vec()));
+        members.insert(format!("{id}/json"), Some(serde_json::to_vec(&v1).unwrap()));
+        members.insert(format!("{id}/layer.tar"), Some(l.tar.clone()));
+        names.push(format!("{id}/layer.tar"));
+        parent = Some(id);
+    }
+    let cfg = format!("{}.json", &img.config_digest[7..]);
+    members.insert(cfg.clone(), Some(img.config.clone()));
+    (cfg, names, parent.unwrap_or_default())
+}
+
+/// Adds one image's members in the Docker 25 layout (an OCI layout inside);
+/// pushes its index entry; returns its config name, layer names and top
+/// layer id.
+fn add_docker25_image(
+    members: &mut Members,
+    index_entries: &mut Vec<Value>,
+    img: &BuiltImage,
+    tags: &[String],
+) -> (String, Vec<String>, String) {
+    members.insert("blobs/".into(), None);
+    members.insert("blobs/sha256/".into(), None);
+    let mut names = Vec::new();
+    let mut descs = Vec::new();
+    for l in &img.layers {
+        let hex = &l.diff_id[7..];
+        members.insert(format!("blobs/sha256/{hex}"), Some(l.tar.clone()));
+        names.push(format!("blobs/sha256/{hex}"));
+        descs.push(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": l.diff_id,
+            "size": l.tar.len(),
+        }));
+    }
+    let cfg = format!("blobs/sha256/{}", &img.config_digest[7..]);
+    members.insert(cfg.clone(), Some(img.config.clone()));
+    let man = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": img.config_digest, "size": img.config.len()},
+        "layers": descs,
+    }))
+    .unwrap();
+    let man_hex = sha256_hex(&man);
+    members.insert(format!("blobs/sha256/{man_hex}"), Some(man.clone()));
+    let mut desc = json!({
+        "mediaType": OCI_MANIFEST,
+        "digest": format!("sha256:{man_hex}"),
+        "size": man.len(),
+    });
+    if let Some(t) = tags.first() {
+        let (_, tag) = split_repo_tag(t);
+        desc["annotations"] = json!({
+            "io.containerd.image.name": t,
+            "org.opencontainers.image.ref.name": tag,
+        });
+    }
+    index_entries.push(desc);
+    let top = img
+        .layers
+        .last()
+        .map(|l| l.diff_id[7..].to_string())
+        .unwrap_or_default();
+    (cfg, names, top)
+}
+
+/// The members in tar order, with manifest.json placed as `pos` says.
+fn order_members(
+    members: Members,
+    manifest_bytes: Vec<u8>,
+    pos: ManifestPos,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut ordered: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let man = ("manifest.json".to_string(), Some(manifest_bytes));
+    if pos == ManifestPos::First {
+        ordered.push(man.clone());
+    }
+    let mut rest: Vec<(String, Option<Vec<u8>>)> = members.into_iter().collect();
+    if pos == ManifestPos::Sorted {
+        rest.push(man.clone());
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    ordered.extend(rest);
+    if pos == ManifestPos::Last {
+        ordered.push(man);
+    }
+    ordered
+}
+
 /// Writes a docker-save tarball holding `images`, each with its RepoTags.
 /// Layers are stored uncompressed. Shared layers are stored once.
 pub fn write_docker_save(
@@ -519,84 +629,14 @@ pub fn write_docker_save(
     style: SaveStyle,
     pos: ManifestPos,
 ) {
-    let mut members: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new(); // None = dir
+    let mut members: Members = BTreeMap::new();
     let mut manifest = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut index_entries = Vec::new();
     for (img, tags) in images {
         let (config_name, layer_names, top) = match style {
-            SaveStyle::Legacy => {
-                let mut parent: Option<String> = None;
-                let mut names = Vec::new();
-                for (i, l) in img.layers.iter().enumerate() {
-                    let id = sha256_hex(
-                        format!("{}+{}", parent.clone().unwrap_or_default(), l.diff_id).as_bytes(),
-                    );
-                    let mut v1 = json!({"id": id, "created": CREATED, "os": "linux"});
-                    if let Some(p) = &parent {
-                        v1["parent"] = json!(p);
-                    }
-                    if i + 1 == img.layers.len() {
-                        v1["architecture"] = json!(img.platform.architecture);
-                        v1["config"] = json!({"Cmd": ["sh"]});
-                    }
-                    members.insert(format!("{id}/"), None);
-                    members.insert(format!("{id}/VERSION"), Some(b"1.0".to_vec()));
-                    members.insert(format!("{id}/json"), Some(serde_json::to_vec(&v1).unwrap()));
-                    members.insert(format!("{id}/layer.tar"), Some(l.tar.clone()));
-                    names.push(format!("{id}/layer.tar"));
-                    parent = Some(id);
-                }
-                let cfg = format!("{}.json", &img.config_digest[7..]);
-                members.insert(cfg.clone(), Some(img.config.clone()));
-                (cfg, names, parent.unwrap_or_default())
-            }
-            SaveStyle::Docker25 => {
-                members.insert("blobs/".into(), None);
-                members.insert("blobs/sha256/".into(), None);
-                let mut names = Vec::new();
-                let mut descs = Vec::new();
-                for l in &img.layers {
-                    let hex = &l.diff_id[7..];
-                    members.insert(format!("blobs/sha256/{hex}"), Some(l.tar.clone()));
-                    names.push(format!("blobs/sha256/{hex}"));
-                    descs.push(json!({
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": l.diff_id,
-                        "size": l.tar.len(),
-                    }));
-                }
-                let cfg = format!("blobs/sha256/{}", &img.config_digest[7..]);
-                members.insert(cfg.clone(), Some(img.config.clone()));
-                let man = serde_json::to_vec(&json!({
-                    "schemaVersion": 2,
-                    "mediaType": OCI_MANIFEST,
-                    "config": {"mediaType": OCI_CONFIG, "digest": img.config_digest, "size": img.config.len()},
-                    "layers": descs,
-                }))
-                .unwrap();
-                let man_hex = sha256_hex(&man);
-                members.insert(format!("blobs/sha256/{man_hex}"), Some(man.clone()));
-                let mut desc = json!({
-                    "mediaType": OCI_MANIFEST,
-                    "digest": format!("sha256:{man_hex}"),
-                    "size": man.len(),
-                });
-                if let Some(t) = tags.first() {
-                    let (_, tag) = split_repo_tag(t);
-                    desc["annotations"] = json!({
-                        "io.containerd.image.name": t,
-                        "org.opencontainers.image.ref.name": tag,
-                    });
-                }
-                index_entries.push(desc);
-                let top = img
-                    .layers
-                    .last()
-                    .map(|l| l.diff_id[7..].to_string())
-                    .unwrap_or_default();
-                (cfg, names, top)
-            }
+            SaveStyle::Legacy => add_legacy_image(&mut members, img),
+            SaveStyle::Docker25 => add_docker25_image(&mut members, &mut index_entries, img, tags),
         };
         for t in tags {
             let (repo, tag) = split_repo_tag(t);
@@ -630,21 +670,7 @@ pub fn write_docker_save(
     );
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
 
-    let mut ordered: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-    let man = ("manifest.json".to_string(), Some(manifest_bytes));
-    if pos == ManifestPos::First {
-        ordered.push(man.clone());
-    }
-    let mut rest: Vec<(String, Option<Vec<u8>>)> = members.into_iter().collect();
-    if pos == ManifestPos::Sorted {
-        rest.push(man.clone());
-        rest.sort_by(|a, b| a.0.cmp(&b.0));
-    }
-    ordered.extend(rest);
-    if pos == ManifestPos::Last {
-        ordered.push(man);
-    }
-    write_tar(path, &ordered);
+    write_tar(path, &order_members(members, manifest_bytes, pos));
 }
 
 /// Writes a plain tar of `(name, Some(data) | None for a directory)`.
