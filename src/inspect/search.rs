@@ -9,14 +9,15 @@
 //! unless it arrived ahead of its turn. The source verifies every layer;
 //! the sink reads each tar to its end, which is where a mismatch shows.
 
+use std::collections::HashMap;
 use std::io::{self, BufReader, Read};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::image::{Image, Layer, LayerInfo};
 use crate::inspect::{Slot, fill, run_sink};
 use crate::pipeline::RunOptions;
-use crate::sink::{Sink, SinkReport};
+use crate::sink::{LayerWork, Sink, SinkReport};
 use crate::source::Source;
 use crate::tarfmt::BufSeek;
 use crate::tarfmt::matcher::{find_matches, find_matches_in};
@@ -107,12 +108,26 @@ pub(crate) type OnLayer = Box<dyn FnMut(&Image, &LayerMatches) -> Result<()> + S
 /// the next one, so a registry layer is searched as it downloads).
 pub(crate) struct SearchSink {
     pattern: Arc<Pattern>,
+    /// What `layer_work` found, by layer, until `layer` reports it in order.
+    found: Arc<Mutex<HashMap<usize, LayerMatches>>>,
     on_layer: OnLayer,
     summary: Option<Summary>,
     slot: Slot<Summary>,
 }
 
 impl Sink for SearchSink {
+    fn layer_work(&self) -> Option<LayerWork> {
+        let (pattern, found) = (self.pattern.clone(), self.found.clone());
+        Some(Arc::new(move |tar, info| {
+            let matches = search_layer(tar, info, &pattern)?;
+            found
+                .lock()
+                .map_err(|_| Error::InvalidImage("search: a layer's walk failed".into()))?
+                .insert(info.index, matches);
+            Ok(())
+        }))
+    }
+
     fn begin(&mut self, image: &Image) -> Result<()> {
         self.summary = Some(Summary {
             image: image.clone(),
@@ -136,9 +151,15 @@ impl Sink for SearchSink {
             .get(layer.info.index)
             .unwrap_or(&layer.info)
             .clone();
-        let found = match whole_temp_file(&layer) {
-            Some(path) => search_file(path, &info, &self.pattern)?,
-            None => {
+        let walked = self
+            .found
+            .lock()
+            .ok()
+            .and_then(|mut f| f.remove(&info.index));
+        let found = match (walked, whole_temp_file(&layer)) {
+            (Some(found), _) => found,
+            (None, Some(path)) => search_file(path, &info, &self.pattern)?,
+            (None, None) => {
                 let tar = layer
                     .tar_reader()
                     .map_err(|e| Error::stream(format!("opening layer {}", info.index), e))?
@@ -176,6 +197,7 @@ pub async fn search(
 ) -> Result<Summary> {
     let slot = Slot::default();
     let sink = SearchSink {
+        found: Arc::default(),
         pattern,
         on_layer: Box::new(on_layer),
         summary: None,

@@ -18,6 +18,40 @@ use super::handoff::{self, Handoff, LayerOut, Spooled};
 
 const BUF: usize = 256 << 10;
 
+/// Runs a sink's per-layer `work` over `blob`'s verified tar as it arrives,
+/// then reads the rest: the layer's verdict is the last read. `info` is the
+/// image's descriptor, which the work names the layer by.
+pub(crate) fn work_layer(
+    blob: LayerBlob,
+    info: &crate::image::LayerInfo,
+    work: &crate::sink::LayerWork,
+    reporter: Arc<dyn Reporter>,
+    stop: Arc<AtomicBool>,
+) -> Result<Layer> {
+    let LayerBlob {
+        info: declared,
+        reader,
+        digest_known,
+        prehashed,
+        label,
+        ..
+    } = blob;
+    let reader: Box<dyn Read + Send> = Box::new(Stoppable {
+        inner: reader,
+        stop,
+    });
+    let expect = Expect {
+        info: declared,
+        digest_known,
+        prehashed,
+    };
+    let mut verified = VerifiedTar::new(reader, expect, label.clone(), reporter)?;
+    work(&mut verified, info)?;
+    io::copy(&mut verified, &mut io::sink())
+        .map_err(|e| Error::stream(format!("reading {label}"), e))?;
+    Ok(Layer::files(verified.info().clone(), None, None))
+}
+
 /// Reads `blob` to its end through the verifier and returns the layer in
 /// the forms `needs` asks for. With a `handoff`, the tar goes to the sink
 /// live once the sink waits for this layer; the returned layer then has no

@@ -135,6 +135,29 @@ async fn fetch_into(
     Ok(layer)
 }
 
+/// Fetches one layer and runs a sink's per-layer `work` over it on its own
+/// thread, as it arrives.
+async fn work_into(
+    source: &dyn Source,
+    info: &LayerInfo,
+    work: crate::sink::LayerWork,
+    ctx: &FetchContext,
+) -> Result<Layer> {
+    ctx.reporter.layer_started(info);
+    let blob = source.fetch(info, ctx).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = deliver::StopOnDrop(stop.clone());
+    let reporter = ctx.reporter.clone();
+    let image_info = info.clone();
+    let layer = tokio::task::spawn_blocking(move || {
+        deliver::work_layer(blob, &image_info, &work, reporter, stop)
+    })
+    .await
+    .map_err(join_error)??;
+    ctx.reporter.layer_done(info.index);
+    Ok(layer)
+}
+
 /// Starts fetching a layer on its own task.
 fn spawn_fetch(
     source: &Arc<dyn Source>,
@@ -308,6 +331,7 @@ pub async fn run_async(
     let parallel = options.parallel.max(1);
     ctx.layers_at_once = parallel.min(wanted.len()).max(1);
     let mut reaper = Vec::new();
+    let work = sink.layer_work().filter(|_| !plan.filtering);
     let mut layers = Layers {
         source: &source,
         ctx: &ctx,
@@ -317,7 +341,10 @@ pub async fn run_async(
         started,
         cancel: &options.cancel,
     };
-    let (rewritten, skipped_after_filters) = if plan.streaming {
+    let (rewritten, skipped_after_filters) = if let Some(work) = work {
+        layers.worked(wanted, work, plan.ordered).await?;
+        (false, 0)
+    } else if plan.streaming {
         layers.streamed(wanted, plan.needs).await?;
         (false, 0)
     } else {
@@ -388,6 +415,40 @@ impl Layers<'_> {
                 self.started.elapsed().as_secs_f64()
             );
         }
+    }
+
+    /// Runs the sink's per-layer `work` on each layer as it downloads,
+    /// `parallel` at once, and then gives the sink each layer that passed
+    /// (in order when it asks); nothing is spooled.
+    async fn worked(
+        &mut self,
+        wanted: Vec<LayerInfo>,
+        work: crate::sink::LayerWork,
+        ordered: bool,
+    ) -> Result<()> {
+        let (source, ctx) = (self.source, self.ctx);
+        let tasks = futures_util::stream::iter(wanted).map(move |l| {
+            let (source, ctx, work) = (source.clone(), ctx.clone(), work.clone());
+            let task = AbortOnDrop(tokio::spawn(async move {
+                let r = work_into(&*source, &l, work, &ctx).await;
+                (l, r)
+            }));
+            async move { task.await.map_err(join_error) }
+        });
+        let mut stream: Pin<Box<dyn futures_util::Stream<Item = _> + Send + '_>> = if ordered {
+            Box::pin(tasks.buffered(self.parallel))
+        } else {
+            Box::pin(tasks.buffer_unordered(self.parallel))
+        };
+        while let Some(joined) = stream.next().await {
+            self.cancel.check()?;
+            let (info, done) = joined?;
+            match done {
+                Ok(layer) => give_layer(self.sink, layer, self.reaper).await?,
+                Err(e) => self.sink.layer_failed(&info, e).await?,
+            }
+        }
+        Ok(())
     }
 
     /// Fetches layers to verified files, runs them through the filters and

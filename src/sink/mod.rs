@@ -58,6 +58,12 @@ pub mod mounts;
 pub mod oci_layout;
 pub mod staging;
 
+/// Per-layer work a sink lets run on several layers at once, each on the
+/// thread that verifies the layer, reading its tar as it arrives (see
+/// [`Sink::layer_work`]). It gets the image's descriptor of the layer.
+pub type LayerWork =
+    std::sync::Arc<dyn Fn(&mut dyn std::io::Read, &LayerInfo) -> Result<()> + Send + Sync>;
+
 /// What a sink reports when it has written everything.
 #[derive(Clone, Debug, Default)]
 pub struct SinkReport {
@@ -94,6 +100,14 @@ pub trait Sink: Send {
     fn wants_layer(&mut self, _layer: &LayerInfo) -> bool {
         true
     }
+    /// Work that reads a layer's tar and may run on several layers at once
+    /// (a search). When given, and no filter is in the run, the pipeline runs
+    /// it on every wanted layer as it downloads, nothing spooled, and then
+    /// calls `layer` with each layer (no tar, no blob; in order when
+    /// `ordered`) once its work and its verification have both succeeded.
+    fn layer_work(&self) -> Option<LayerWork> {
+        None
+    }
     /// One verified layer.
     fn layer(&mut self, layer: Layer) -> Result<()>;
     /// A wanted layer that failed to fetch or verify before it reached the
@@ -127,6 +141,10 @@ pub trait AsyncSink: Send {
     /// the blob says no).
     fn wants_layer<'a>(&'a mut self, _layer: &'a LayerInfo) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async { Ok(true) })
+    }
+    /// As [`Sink::layer_work`].
+    fn layer_work(&self) -> Option<LayerWork> {
+        None
     }
     /// One layer; its bytes are verified as they are read.
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>>;
@@ -189,6 +207,9 @@ impl AsyncSink for Blocking {
     fn wants_layer<'a>(&'a mut self, layer: &'a LayerInfo) -> BoxFuture<'a, Result<bool>> {
         let layer = layer.clone();
         Box::pin(self.call(move |s| Ok(s.wants_layer(&layer))))
+    }
+    fn layer_work(&self) -> Option<LayerWork> {
+        self.sink.lock().ok().and_then(|s| s.layer_work())
     }
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.call(move |s| s.layer(layer)))
