@@ -18,6 +18,34 @@ use super::handoff::{self, Handoff, LayerOut, Spooled};
 
 const BUF: usize = 256 << 10;
 
+/// The verifier over `blob`'s bytes, stoppable through `stop`; with where
+/// the bytes lie locally and the layer's label.
+fn open(
+    blob: LayerBlob,
+    reporter: Arc<dyn Reporter>,
+    stop: Arc<AtomicBool>,
+) -> Result<(VerifiedTar, Option<FileSlice>, String)> {
+    let LayerBlob {
+        info,
+        reader,
+        in_place,
+        digest_known,
+        prehashed,
+        label,
+    } = blob;
+    let reader: Box<dyn Read + Send> = Box::new(Stoppable {
+        inner: reader,
+        stop,
+    });
+    let expect = Expect {
+        info,
+        digest_known,
+        prehashed,
+    };
+    let verified = VerifiedTar::new(reader, expect, label.clone(), reporter)?;
+    Ok((verified, in_place, label))
+}
+
 /// Runs a sink's per-layer `work` over `blob`'s verified tar as it arrives,
 /// then reads the rest: the layer's verdict is the last read. `info` is the
 /// image's descriptor, which the work names the layer by.
@@ -28,24 +56,7 @@ pub(crate) fn work_layer(
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
 ) -> Result<Layer> {
-    let LayerBlob {
-        info: declared,
-        reader,
-        digest_known,
-        prehashed,
-        label,
-        ..
-    } = blob;
-    let reader: Box<dyn Read + Send> = Box::new(Stoppable {
-        inner: reader,
-        stop,
-    });
-    let expect = Expect {
-        info: declared,
-        digest_known,
-        prehashed,
-    };
-    let mut verified = VerifiedTar::new(reader, expect, label.clone(), reporter)?;
+    let (mut verified, _, label) = open(blob, reporter, stop)?;
     work(&mut verified, info)?;
     io::copy(&mut verified, &mut io::sink())
         .map_err(|e| Error::stream(format!("reading {label}"), e))?;
@@ -64,40 +75,25 @@ pub(crate) fn verify_layer(
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
 ) -> Result<Layer> {
-    let LayerBlob {
-        info,
-        reader,
-        in_place,
-        digest_known,
-        prehashed,
-        label,
-    } = blob;
-    let reader: Box<dyn Read + Send> = Box::new(Stoppable {
-        inner: reader,
-        stop,
-    });
     // The blob as stored, when asked for and not already in a file.
-    let blob_file = (needs.blob && in_place.is_none())
+    let blob_file = (needs.blob && blob.in_place.is_none())
         .then(|| temp_file(temp_dir, "blob-"))
         .transpose()?;
-    let reader: Box<dyn Read + Send> = match &blob_file {
-        Some(f) => Box::new(Tee {
-            inner: reader,
-            copy: BufWriter::with_capacity(
-                BUF,
-                f.as_file()
-                    .try_clone()
-                    .map_err(|e| Error::io("writing", f.path(), e))?,
-            ),
-        }),
-        None => reader,
+    let blob = match &blob_file {
+        Some(f) => blob.map_reader(|reader| -> Result<Box<dyn Read + Send>> {
+            Ok(Box::new(Tee {
+                inner: reader,
+                copy: BufWriter::with_capacity(
+                    BUF,
+                    f.as_file()
+                        .try_clone()
+                        .map_err(|e| Error::io("writing", f.path(), e))?,
+                ),
+            }))
+        })?,
+        None => blob,
     };
-    let expect = Expect {
-        info,
-        digest_known,
-        prehashed,
-    };
-    let mut verified = VerifiedTar::new(reader, expect, label.clone(), reporter)?;
+    let (mut verified, in_place, label) = open(blob, reporter, stop)?;
     // A plain tar in a local file is served where it lies once verified.
     let tar_in_place = in_place
         .as_ref()

@@ -101,17 +101,32 @@ pub async fn fetch_layer(
     needs: LayerNeeds,
     ctx: &FetchContext,
 ) -> Result<Layer> {
-    fetch_into(source, info, needs, ctx, None).await
+    let delivery = Delivery::Files {
+        needs,
+        handoff: None,
+    };
+    fetch_into(source, info, ctx, delivery).await
 }
 
-/// Fetches one layer through the verifier; with a `handoff`, its tar may go
-/// to the sink live.
+/// What a fetched layer is made into.
+#[derive(Clone)]
+enum Delivery {
+    /// The forms `needs` asks for, as verified files; with a `handoff`, its
+    /// tar may go to the sink live.
+    Files {
+        needs: LayerNeeds,
+        handoff: Option<Arc<Handoff>>,
+    },
+    /// A sink's per-layer work, run over the tar as it arrives.
+    Work(crate::sink::LayerWork),
+}
+
+/// Fetches one layer through the verifier, on a blocking thread.
 async fn fetch_into(
     source: &dyn Source,
     info: &LayerInfo,
-    needs: LayerNeeds,
     ctx: &FetchContext,
-    handoff: Option<Arc<Handoff>>,
+    delivery: Delivery,
 ) -> Result<Layer> {
     ctx.reporter.layer_started(info);
     let started = Instant::now();
@@ -120,8 +135,12 @@ async fn fetch_into(
     let _stop = deliver::StopOnDrop(stop.clone());
     let reporter = ctx.reporter.clone();
     let temp = ctx.temp_dir.clone();
-    let layer = tokio::task::spawn_blocking(move || {
-        deliver::verify_layer(blob, needs, &temp, handoff.as_deref(), reporter, stop)
+    let image_info = info.clone();
+    let layer = tokio::task::spawn_blocking(move || match delivery {
+        Delivery::Files { needs, handoff } => {
+            deliver::verify_layer(blob, needs, &temp, handoff.as_deref(), reporter, stop)
+        }
+        Delivery::Work(work) => deliver::work_layer(blob, &image_info, &work, reporter, stop),
     })
     .await
     .map_err(join_error)??;
@@ -135,41 +154,17 @@ async fn fetch_into(
     Ok(layer)
 }
 
-/// Fetches one layer and runs a sink's per-layer `work` over it on its own
-/// thread, as it arrives.
-async fn work_into(
-    source: &dyn Source,
-    info: &LayerInfo,
-    work: crate::sink::LayerWork,
-    ctx: &FetchContext,
-) -> Result<Layer> {
-    ctx.reporter.layer_started(info);
-    let blob = source.fetch(info, ctx).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop = deliver::StopOnDrop(stop.clone());
-    let reporter = ctx.reporter.clone();
-    let image_info = info.clone();
-    let layer = tokio::task::spawn_blocking(move || {
-        deliver::work_layer(blob, &image_info, &work, reporter, stop)
-    })
-    .await
-    .map_err(join_error)??;
-    ctx.reporter.layer_done(info.index);
-    Ok(layer)
-}
-
 /// Starts fetching a layer on its own task.
 fn spawn_fetch(
     source: &Arc<dyn Source>,
     info: LayerInfo,
-    needs: LayerNeeds,
     ctx: &FetchContext,
-    handoff: Option<Arc<Handoff>>,
+    delivery: Delivery,
 ) -> AbortOnDrop<Result<Layer>> {
     let source = source.clone();
     let ctx = ctx.clone();
     AbortOnDrop(tokio::spawn(async move {
-        fetch_into(&*source, &info, needs, &ctx, handoff).await
+        fetch_into(&*source, &info, &ctx, delivery).await
     }))
 }
 
@@ -341,14 +336,22 @@ pub async fn run_async(
         started,
         cancel: &options.cancel,
     };
-    let (rewritten, skipped_after_filters) = if let Some(work) = work {
-        layers.worked(wanted, work, plan.ordered).await?;
-        (false, 0)
-    } else if plan.streaming {
+    let (rewritten, skipped_after_filters) = if plan.streaming && work.is_none() {
         layers.streamed(wanted, plan.needs).await?;
         (false, 0)
     } else {
-        let (c, r, s) = layers.as_files(wanted, &plan, chain, &mut image).await?;
+        // A sink's per-layer work runs as each layer downloads, nothing
+        // spooled; the sink then gets the layers without their bytes.
+        let delivery = match work {
+            Some(work) => Delivery::Work(work),
+            None => Delivery::Files {
+                needs: plan.needs,
+                handoff: None,
+            },
+        };
+        let (c, r, s) = layers
+            .as_files(wanted, &plan, delivery, chain, &mut image)
+            .await?;
         chain = c;
         (r, s)
     };
@@ -401,7 +404,11 @@ impl Layers<'_> {
                 let (h, rx) = Handoff::new();
                 let h = Arc::new(h);
                 let index = l.index;
-                let task = spawn_fetch(self.source, l, needs, self.ctx, Some(h.clone()));
+                let delivery = Delivery::Files {
+                    needs,
+                    handoff: Some(h.clone()),
+                };
+                let task = spawn_fetch(self.source, l, self.ctx, delivery);
                 queue.push_back((index, task, h, rx));
             }
             let Some((index, task, handoff, rx)) = queue.pop_front() else {
@@ -417,55 +424,23 @@ impl Layers<'_> {
         }
     }
 
-    /// Runs the sink's per-layer `work` on each layer as it downloads,
-    /// `parallel` at once, and then gives the sink each layer that passed
-    /// (in order when it asks); nothing is spooled.
-    async fn worked(
-        &mut self,
-        wanted: Vec<LayerInfo>,
-        work: crate::sink::LayerWork,
-        ordered: bool,
-    ) -> Result<()> {
-        let (source, ctx) = (self.source, self.ctx);
-        let tasks = futures_util::stream::iter(wanted).map(move |l| {
-            let (source, ctx, work) = (source.clone(), ctx.clone(), work.clone());
-            let task = AbortOnDrop(tokio::spawn(async move {
-                let r = work_into(&*source, &l, work, &ctx).await;
-                (l, r)
-            }));
-            async move { task.await.map_err(join_error) }
-        });
-        let mut stream: Pin<Box<dyn futures_util::Stream<Item = _> + Send + '_>> = if ordered {
-            Box::pin(tasks.buffered(self.parallel))
-        } else {
-            Box::pin(tasks.buffer_unordered(self.parallel))
-        };
-        while let Some(joined) = stream.next().await {
-            self.cancel.check()?;
-            let (info, done) = joined?;
-            match done {
-                Ok(layer) => give_layer(self.sink, layer, self.reaper).await?,
-                Err(e) => self.sink.layer_failed(&info, e).await?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Fetches layers to verified files, runs them through the filters and
-    /// gives them to the sink (in order when it or a filter asks). Returns
+    /// Fetches layers as `delivery` says (verified files, or through the
+    /// sink's per-layer work), runs them through the filters and gives them
+    /// to the sink (in order when it or a filter asks). Returns
     /// the chain, whether a layer was rewritten and how many the sink
     /// skipped after the filters.
     async fn as_files(
         &mut self,
         wanted: Vec<LayerInfo>,
         plan: &Plan,
+        delivery: Delivery,
         mut chain: FilterChain,
         image: &mut Image,
     ) -> Result<(FilterChain, bool, usize)> {
-        let (source, ctx, needs) = (self.source, self.ctx, plan.needs);
+        let (source, ctx) = (self.source, self.ctx);
         let tasks = futures_util::stream::iter(wanted).map(move |l| {
             let info = l.clone();
-            let task = spawn_fetch(source, l, needs, ctx, None);
+            let task = spawn_fetch(source, l, ctx, delivery.clone());
             async move { (info, task.await.map_err(join_error).and_then(|r| r)) }
         });
         // Spawned fetches progress on their own while the sink writes; `buffered`

@@ -60,6 +60,15 @@ pub struct LayerBlob {
 }
 
 impl LayerBlob {
+    /// The same blob read through `wrap` (a tee, a counter).
+    pub(crate) fn map_reader(
+        mut self,
+        wrap: impl FnOnce(Box<dyn Read + Send>) -> Result<Box<dyn Read + Send>>,
+    ) -> Result<LayerBlob> {
+        self.reader = wrap(self.reader)?;
+        Ok(self)
+    }
+
     /// A blob read from `reader`, known by its descriptor.
     pub fn new(info: &LayerInfo, reader: Box<dyn Read + Send>) -> LayerBlob {
         LayerBlob {
