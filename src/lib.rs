@@ -35,6 +35,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod cancel;
+pub mod compress;
 pub mod digest;
 pub mod error;
 pub mod escape;
