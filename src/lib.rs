@@ -46,6 +46,7 @@ pub(crate) mod gzip;
 pub mod image;
 pub mod inspect;
 pub mod layer;
+pub mod layer_cache;
 pub mod pipeline;
 pub mod progress;
 pub mod reference;
