@@ -177,11 +177,6 @@ mod tests {
             key(&a),
             r#"[["normalize-timestamps",[["ts","0"]]],["exclude",[["pattern","*.pyc"],["pattern","a/*"]]]]"#
         );
-        // Keys are trimmed by parsing, so these are the same arguments.
-        assert_eq!(
-            key(&["exclude:pattern=x, pattern=y"]),
-            key(&["exclude:pattern=x,pattern=y"])
-        );
         let different: [&[&str]; 8] = [
             &[],
             &["normalize-timestamps"],
