@@ -9,9 +9,14 @@
 //! {"version": 1, "layers": [
 //!   {"source": "sha256:…", "chain": "[[\"normalize-timestamps\",[]]]",
 //!    "compression": "gzip:6", "digest": "sha256:…", "size": 1234,
-//!    "diff_id": "sha256:…", "media_type": "application/vnd.oci.image.layer.v1.tar+gzip"}
+//!    "diff_id": "sha256:…", "media_type": "application/vnd.oci.image.layer.v1.tar+gzip",
+//!    "repositories": ["registry.example:5000/team/app"]}
 //! ]}
 //! ```
+//!
+//! `repositories` (optional) are where the blob was last pushed, newest
+//! last: candidates to cross-mount it from in another repository of the
+//! same registry.
 //!
 //! Entries are kept oldest first; past [`MAX_ENTRIES`] the oldest are
 //! dropped when saving.
@@ -58,6 +63,9 @@ pub const MAX_ENTRIES: usize = 32_768;
 pub const MAX_CHAIN_BYTES: usize = 1024;
 /// Longest compression string stored.
 const MAX_COMPRESSION_BYTES: usize = 64;
+/// Most repositories kept per entry (the newest), and the longest name.
+pub const MAX_REPOSITORIES: usize = 8;
+const MAX_REPOSITORY_BYTES: usize = 512;
 /// The file format this code writes and reads.
 const VERSION: u32 = 1;
 
@@ -102,6 +110,9 @@ pub struct CachedLayer {
     pub diff_id: Digest,
     /// Its layer media type.
     pub media_type: String,
+    /// Where it was pushed (`host[:port]/repository`), newest last, at most
+    /// [`MAX_REPOSITORIES`]: where to cross-mount it from.
+    pub repositories: Vec<String>,
 }
 
 impl CachedLayer {
@@ -112,7 +123,33 @@ impl CachedLayer {
             size: encoded.size,
             diff_id: encoded.diff_id.clone(),
             media_type: media_type.to_string(),
+            repositories: Vec::new(),
         }
+    }
+
+    /// Notes that the blob is in `repository` (`host[:port]/name`): moved
+    /// to the newest place if already listed, the oldest dropped past
+    /// [`MAX_REPOSITORIES`].
+    pub fn add_repository(&mut self, repository: &str) {
+        self.repositories.retain(|r| r != repository);
+        self.repositories.push(repository.to_string());
+        if self.repositories.len() > MAX_REPOSITORIES {
+            let extra = self.repositories.len() - MAX_REPOSITORIES;
+            self.repositories.drain(..extra);
+        }
+    }
+
+    /// This entry with `older`'s repositories before its own, when both
+    /// name the same blob; a later entry for another blob replaces it.
+    fn merged_over(mut self, older: &CachedLayer) -> CachedLayer {
+        if older.digest != self.digest {
+            return self;
+        }
+        let mine = std::mem::replace(&mut self.repositories, older.repositories.clone());
+        for r in &mine {
+            self.add_repository(r);
+        }
+        self
     }
 
     /// The descriptor of this blob as layer `index` of an image.
@@ -138,6 +175,8 @@ struct Entry {
     size: u64,
     diff_id: Digest,
     media_type: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    repositories: Vec<String>,
 }
 
 /// The whole file.
@@ -157,6 +196,7 @@ impl Entry {
             size: layer.size,
             diff_id: layer.diff_id.clone(),
             media_type: layer.media_type.clone(),
+            repositories: layer.repositories.clone(),
         }
     }
     fn split(self) -> (CacheKey, CachedLayer) {
@@ -171,6 +211,7 @@ impl Entry {
                 size: self.size,
                 diff_id: self.diff_id,
                 media_type: self.media_type,
+                repositories: self.repositories,
             },
         )
     }
@@ -198,6 +239,18 @@ fn check_entry(key: &CacheKey, layer: &CachedLayer) -> std::result::Result<(), S
             "media type {:?} is not a compressed layer type",
             crate::digest::truncate_for_error(&layer.media_type)
         ));
+    }
+    if layer.repositories.len() > MAX_REPOSITORIES {
+        return Err(format!("more than {MAX_REPOSITORIES} repositories"));
+    }
+    for r in &layer.repositories {
+        let printable = r.bytes().all(|b| b.is_ascii_graphic());
+        if r.is_empty() || r.len() > MAX_REPOSITORY_BYTES || !printable {
+            return Err(format!(
+                "repository {:?} is not a registry repository name",
+                crate::digest::truncate_for_error(r)
+            ));
+        }
     }
     Ok(())
 }
@@ -316,8 +369,21 @@ impl LayerCache {
         let _lock = self.dir.lock(&lock_name, &self.cancel)?;
         let mut merged = self.read()?;
         let ours: std::collections::HashSet<&CacheKey> = pending.iter().map(|(k, _)| k).collect();
+        // What another run wrote for one of our keys: its repositories are
+        // kept if it names the same blob.
+        let theirs: HashMap<CacheKey, CachedLayer> = merged
+            .iter()
+            .filter(|(k, _)| ours.contains(k))
+            .map(|(k, l)| (k.clone(), l.clone()))
+            .collect();
         merged.retain(|(k, _)| !ours.contains(k));
-        merged.extend(pending.iter().cloned());
+        merged.extend(pending.iter().map(|(k, l)| {
+            let layer = match theirs.get(k) {
+                Some(older) => l.clone().merged_over(older),
+                None => l.clone(),
+            };
+            (k.clone(), layer)
+        }));
         if merged.len() > MAX_ENTRIES {
             merged.drain(..merged.len() - MAX_ENTRIES);
         }

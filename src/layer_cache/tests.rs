@@ -17,6 +17,7 @@ fn layer(n: u32) -> CachedLayer {
         size: u64::from(n) + 10,
         diff_id: digest(n + 2_000_000),
         media_type: Encoding::Gzip.media_type(true).to_string(),
+        repositories: Vec::new(),
     }
 }
 
@@ -219,6 +220,13 @@ fn refuses_bad_files() {
     long_chain["layers"][0]["chain"] = "x".repeat(MAX_CHAIN_BYTES + 1).into();
     let mut newer = good.clone();
     newer["version"] = 2.into();
+    let mut bad_repo = good.clone();
+    bad_repo["layers"][0]["repositories"] = serde_json::json!(["host/app\u{1b}[2J"]);
+    let mut many_repos = good.clone();
+    many_repos["layers"][0]["repositories"] = (0..=MAX_REPOSITORIES)
+        .map(|i| format!("h/r{i}"))
+        .collect::<Vec<_>>()
+        .into();
     let mut extra = good.clone();
     extra["layers"][0]["surprise"] = 1.into();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -314,4 +322,48 @@ fn layer_info_from_an_entry() {
     assert_eq!(info.size, e.size);
     assert_eq!(info.diff_id, e.diff_id);
     assert_eq!(info.media_type, media_type::OCI_LAYER_ZSTD);
+}
+
+#[test]
+fn repositories_are_kept_and_merged() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("cache.json");
+    let one = LayerCache::open(&path).unwrap();
+    let two = LayerCache::open(&path).unwrap();
+    let mut a = layer(1);
+    a.add_repository("reg:5000/team/a");
+    let mut b = layer(1);
+    b.add_repository("reg:5000/team/b");
+    one.insert(key(1), a);
+    two.insert(key(1), b);
+    one.save().unwrap();
+    two.save().unwrap();
+    // Same blob from both runs: both places are remembered, newest last.
+    let got = LayerCache::open(&path).unwrap().lookup(&key(1)).unwrap();
+    assert_eq!(got.repositories, ["reg:5000/team/a", "reg:5000/team/b"]);
+    assert_eq!(two.lookup(&key(1)).unwrap().repositories, got.repositories);
+    // Another blob for the key replaces the entry, places and all.
+    let mut c = layer(5);
+    c.add_repository("reg:5000/team/c");
+    one.insert(key(1), c.clone());
+    one.save().unwrap();
+    assert_eq!(LayerCache::open(&path).unwrap().lookup(&key(1)), Some(c));
+    // An entry without repositories is written without the field.
+    one.insert(key(2), layer(2));
+    one.save().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(json["layers"][1].get("repositories").is_none());
+}
+
+#[test]
+fn add_repository_keeps_the_newest() {
+    let mut l = layer(1);
+    for i in 0..MAX_REPOSITORIES + 3 {
+        l.add_repository(&format!("h/r{i}"));
+    }
+    l.add_repository("h/r5");
+    assert_eq!(l.repositories.len(), MAX_REPOSITORIES);
+    assert_eq!(l.repositories.last().unwrap(), "h/r5");
+    assert_eq!(l.repositories[0], "h/r3");
+    assert_eq!(l.repositories.iter().filter(|r| *r == "h/r5").count(), 1);
 }
