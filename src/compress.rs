@@ -310,6 +310,30 @@ mod tests {
         );
     }
 
+    /// Other clients check what ours skip: gzip's CRC-32 and ISIZE, and a
+    /// well-formed zstd frame.
+    #[test]
+    fn strict_decoders_accept_it() {
+        let tar = sample(500_000);
+        let (gz, _) = encoded(&tar, Encoding::Gzip, None);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, tar);
+        let mut spoiled = gz.clone();
+        let n = spoiled.len();
+        spoiled[n - 8] ^= 1; // the CRC
+        let mut sink = Vec::new();
+        assert!(
+            flate2::read::GzDecoder::new(&spoiled[..])
+                .read_to_end(&mut sink)
+                .is_err()
+        );
+        let (zs, _) = encoded(&tar, Encoding::Zstd, None);
+        assert_eq!(zstd::decode_all(&zs[..]).unwrap(), tar);
+    }
+
     #[test]
     fn gzip_header_is_fixed() {
         let (blob, _) = encoded(b"hello", Encoding::Gzip, None);
