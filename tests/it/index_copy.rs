@@ -226,21 +226,16 @@ fn a_failing_child_stops_the_copy() {
     let fetch = ctx(&env);
     let result = runtime().block_on({
         let calls = calls.clone();
-        copy_index(
-            open_layout(&dir),
-            &fetch,
-            &Selection::All,
-            move |_, d| {
-                let calls = calls.clone();
-                async move {
-                    *calls.lock().unwrap() += 1;
-                    if *calls.lock().unwrap() == 2 {
-                        return Err(Error::Unsupported("push refused".into()));
-                    }
-                    Ok(d)
+        copy_index(open_layout(&dir), &fetch, &Selection::All, move |_, d| {
+            let calls = calls.clone();
+            async move {
+                *calls.lock().unwrap() += 1;
+                if *calls.lock().unwrap() == 2 {
+                    return Err(Error::Unsupported("push refused".into()));
                 }
-            },
-        )
+                Ok(d)
+            }
+        })
     });
     assert!(result.unwrap_err().to_string().contains("push refused"));
     assert_eq!(*calls.lock().unwrap(), 2, "no child after the failed one");
@@ -376,4 +371,42 @@ fn registry_index_and_children() {
         want,
         "each child is its platform's image"
     );
+}
+
+/// The flags parse, conflict, and refuse any destination but a registry
+/// (usage errors: exit 2, one line, nothing written).
+#[test]
+fn platform_flags_need_a_registry_destination() {
+    let env = TestEnv::new();
+    let (dir, _, _) = layout_with_index(&env, &THREE);
+    let src = format!("oci-layout://{}:t", dir.display());
+    let out = env.out("x.tar");
+    let dst = format!("tar://{}", out.display());
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--all-platforms"],
+            "--all-platforms needs a registry:// destination",
+        ),
+        (
+            &["--platforms", "linux/amd64,linux/arm64/v8"],
+            "--platforms needs a registry:// destination",
+        ),
+        (&["--platforms", "linux"], "is not a platform"),
+        (
+            &["--platforms", "linux/amd64", "--all-platforms"],
+            "cannot be used with",
+        ),
+        (&["--platforms", "linux/amd64/v1/x"], "is not a platform"),
+    ];
+    for (flags, want) in cases {
+        let run = env.occy().args(flags).args(["process", &src, &dst]).run();
+        assert_eq!(run.code, Some(2), "{flags:?}: {}", run.stderr);
+        assert!(run.stderr.contains(want), "{flags:?}: {}", run.stderr);
+        assert!(!out.exists(), "{flags:?} wrote the output");
+    }
+    let run = env.occy().args(["--all-platforms", "info", &src]).run();
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    // Without the flags the same copy runs.
+    env.occy().args(["process", &src, &dst]).ok();
+    assert!(out.exists());
 }
