@@ -306,3 +306,35 @@ fn rebuild_refuses_what_is_not_in_the_index() {
     let d = descriptors(&raw).remove(0);
     assert!(rebuild(&raw, mt::OCI_MANIFEST, &[(d.clone(), d)]).is_err());
 }
+
+/// Bytes of a valid index cut, flipped and overwritten at random places:
+/// planning and rebuilding return, whatever they return, and what they
+/// accept still plans to children of the index.
+#[test]
+fn mangled_indexes_never_panic() {
+    let raw = index();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let selections = [Selection::All, platforms("linux/arm64,linux/amd64")];
+    for round in 0..2000 {
+        let mut bad = raw.clone();
+        let at = (next() as usize) % bad.len();
+        match round % 3 {
+            0 => bad.truncate(at),
+            1 => bad[at] ^= 1 << (next() % 8),
+            _ => bad[at] = b"{}[]\":,0-9ez "[(next() % 13) as usize],
+        }
+        for selection in &selections {
+            if let Ok(children) = plan(&bad, selection) {
+                assert!(!children.is_empty());
+                let pushed: Vec<_> = children.iter().map(|d| (d.clone(), d.clone())).collect();
+                let _ = rebuild(&bad, mt::OCI_INDEX, &pushed);
+            }
+        }
+    }
+}
