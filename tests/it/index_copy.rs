@@ -323,13 +323,28 @@ fn a_layout_child_is_checked_against_its_descriptor() {
 fn registry_index_and_children() {
     let env = TestEnv::new();
     let reg = Registry::start();
+    registry_copy(
+        &env,
+        &reg,
+        PushFormat::Oci,
+        "application/vnd.oci.image.index.v1+json",
+    );
+    registry_copy(
+        &env,
+        &reg,
+        PushFormat::Docker,
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    );
+}
+
+fn registry_copy(env: &TestEnv, reg: &Registry, format: PushFormat, media_type: &str) {
     let imgs: Vec<_> = THREE
         .iter()
         .map(|p| platform_image(p, Compression::Gzip))
         .collect();
-    let built = push_index(&env, &reg, "team/multi:v1", &imgs, PushFormat::Oci);
+    let built = push_index(env, reg, "team/multi:v1", &imgs, format);
     let (served, _) =
-        crate::support::images::registry_manifest(&env.tool_tmp(), &reg, "team/multi", "v1");
+        crate::support::images::registry_manifest(&env.tool_tmp(), reg, "team/multi", "v1");
     let rt = runtime();
     let configs = Arc::new(Mutex::new(Vec::new()));
     let copy = rt.block_on(async {
@@ -346,11 +361,11 @@ fn registry_index_and_children() {
             lib_platform("linux/amd64"),
             client.repo("team/multi"),
         ));
-        let info = source.index(&ctx(&env)).await.unwrap().unwrap();
+        let info = source.index(&ctx(env)).await.unwrap().unwrap();
         assert_eq!(info.raw, served);
         assert_eq!(info.digest, Digest::sha256_of(&served));
         let configs = configs.clone();
-        copy_index(source, &ctx(&env), &Selection::All, move |child, d| {
+        copy_index(source, &ctx(env), &Selection::All, move |child, d| {
             let configs = configs.clone();
             async move {
                 let image = child.resolve(&ctx(&TestEnv::new())).await?;
@@ -365,6 +380,11 @@ fn registry_index_and_children() {
     let copy = copied(copy.unwrap());
     assert!(copy.unchanged);
     assert_eq!(copy.raw, served);
+    assert_eq!(copy.media_type, media_type);
+    assert_eq!(copy.children.len(), 3);
+    if format == PushFormat::Docker {
+        return;
+    }
     let want: Vec<Vec<u8>> = built.iter().map(|b| b.config.clone()).collect();
     assert_eq!(
         *configs.lock().unwrap(),
