@@ -161,6 +161,9 @@ pub struct Settings {
     /// The run's cancellation, handed to the sinks that extract layers or
     /// wait for a store's lock.
     pub cancel: crate::cancel::CancelToken,
+    /// Which platforms of an index to copy (`--all-platforms`,
+    /// `--platforms LIST`); `None`: the one `platform` names.
+    pub selection: Option<crate::wire::index_plan::Selection>,
 }
 
 /// The reference and client options a `registry://` URI stands for:
@@ -450,6 +453,7 @@ mod tests {
             min_speed: None,
             min_speed_window: None,
             cancel: Default::default(),
+            selection: None,
         }
     }
 

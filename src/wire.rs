@@ -17,6 +17,8 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Platform, media_type as mt};
 
+pub mod index_plan;
+
 /// A content descriptor as manifests carry it.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(rename_all = "camelCase")]

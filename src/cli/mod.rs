@@ -18,6 +18,7 @@ use occystrap::pipeline::{self, Report, RunOptions};
 use occystrap::reference::Reference;
 use occystrap::registry::Credentials;
 use occystrap::uri::{self, Settings, Uri};
+use occystrap::wire::index_plan::Selection;
 
 /// Move container images between registries, tarballs and directories without a Docker daemon.
 #[derive(Parser, Debug)]
@@ -121,6 +122,15 @@ pub struct Global {
     /// the summary.
     #[arg(long, global = true)]
     pub skip_unsafe: bool,
+    /// Copy every platform of an index, then the index itself, its digest
+    /// kept when nothing changed (registry:// destinations).
+    #[arg(long, global = true, conflicts_with = "platforms")]
+    pub all_platforms: bool,
+    /// Copy only these platforms of an index (os/arch[/variant],
+    /// comma-separated), and a new index of just them (registry://
+    /// destinations).
+    #[arg(long, global = true, value_name = "LIST", value_parser = platform_list)]
+    pub platforms: Option<Selection>,
     /// Output format for commands that print results.
     #[arg(short = 'O', long = "output-format", global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output_format: OutputFormat,
@@ -432,8 +442,36 @@ impl Global {
                 .or_else(|| env::byte_rate(env::ENV_MIN_SPEED)),
             min_speed_window: secs(self.min_speed_window, env::ENV_MIN_SPEED_WINDOW),
             cancel,
+            selection: match &self.platforms {
+                Some(list) => Some(list.clone()),
+                None => self.all_platforms.then_some(Selection::All),
+            },
         }
     }
+}
+
+/// A `--platforms` list: `linux/amd64,linux/arm64/v8`.
+fn platform_list(s: &str) -> std::result::Result<Selection, String> {
+    Selection::parse_platforms(s).map_err(|e| e.to_string())
+}
+
+/// Refuses `--all-platforms`/`--platforms` where the run cannot honour
+/// them: for now only a copy to a registry:// destination can (`dst` is
+/// the run's destination, `None` for commands without one).
+fn check_selection(settings: &Settings, dst: Option<&Uri>) -> occystrap::Result<()> {
+    let Some(selection) = &settings.selection else {
+        return Ok(());
+    };
+    if dst.is_some_and(|d| d.scheme == "registry") {
+        return Ok(());
+    }
+    let flag = match selection {
+        Selection::All => "--all-platforms",
+        Selection::Platforms(_) => "--platforms",
+    };
+    Err(occystrap::Error::Usage(format!(
+        "{flag} needs a registry:// destination"
+    )))
 }
 
 /// A `--insecure-host` entry: HOST or HOST:PORT.
@@ -461,7 +499,13 @@ fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
 pub async fn run(cli: Cli, cancel: CancelToken) -> Result<i32> {
     let settings = cli.global.settings(cancel);
     let global = &cli.global;
-    match cli.command.job()? {
+    let job = cli.command.job()?;
+    let dst = match &job {
+        Job::Process { dst, .. } => Some(dst),
+        _ => None,
+    };
+    check_selection(&settings, dst)?;
+    match job {
         Job::Process { src, dst, filters } => {
             process_filtered(global, &settings, &src, &dst, filters).await
         }

@@ -28,6 +28,7 @@ use crate::source::{FetchContext, Source};
 mod builder;
 mod deliver;
 mod handoff;
+pub mod index;
 #[cfg(test)]
 mod tests;
 

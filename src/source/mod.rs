@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::error::Result;
-use crate::image::{FileSlice, Image, LayerInfo};
+use crate::error::{Error, Result};
+use crate::image::{FileSlice, Image, IndexInfo, LayerInfo, media_type as mt};
 use crate::progress::Reporter;
 pub use crate::verify::Prehashed;
+use crate::wire::Descriptor;
 
 pub mod dir;
 pub mod docker_archive;
@@ -97,4 +98,31 @@ pub trait Source: Send + Sync {
         layer: &'a LayerInfo,
         ctx: &'a FetchContext,
     ) -> BoxFuture<'a, Result<LayerBlob>>;
+    /// The index the reference names, as it is, without choosing a
+    /// platform; `None` when it names a single manifest (the default: a
+    /// source without indexes).
+    fn index<'a>(&'a self, _ctx: &'a FetchContext) -> BoxFuture<'a, Result<Option<IndexInfo>>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// A source of one child manifest of that index, by its digest, from
+    /// the same place (the same repository, the same layout). Sources
+    /// without indexes refuse.
+    fn child(&self, descriptor: &Descriptor) -> Result<Arc<dyn Source>> {
+        Err(Error::Unsupported(format!(
+            "{} cannot open manifest {} of an index",
+            self.describe(),
+            descriptor.digest
+        )))
+    }
+}
+
+/// A child source is of one image: an index inside the index is refused.
+pub(crate) fn refuse_nested(descriptor: &Descriptor) -> Result<()> {
+    match mt::essence(&descriptor.media_type) {
+        mt::OCI_INDEX | mt::DOCKER_MANIFEST_LIST => Err(Error::Unsupported(format!(
+            "{} is an index inside the index, which is not supported",
+            descriptor.digest
+        ))),
+        _ => Ok(()),
+    }
 }

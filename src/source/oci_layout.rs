@@ -26,23 +26,27 @@ use crate::image::{
 };
 use crate::registry::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
 use crate::source::{FetchContext, LayerBlob, Source};
-use crate::wire::{Index, Manifest, choose_platform, media_type_of, parse_diff_ids};
+use crate::wire::{Descriptor, Index, Manifest, choose_platform, media_type_of, parse_diff_ids};
 
 /// An image in an OCI image layout directory.
 pub struct OciLayoutSource {
     root: PathBuf,
     store: Arc<StoreRoot>,
-    image: Image,
+    /// The image's name as the layout gives it (see the module docs).
+    name: Option<String>,
+    /// The manifest or index the source stands for.
+    entry: Descriptor,
+    platform: Platform,
+    /// The image, read when the source was opened; `None` when the entry is
+    /// an index it could not be read through (`resolve` then gives the
+    /// error, while the index itself can still be copied whole).
+    image: Option<Image>,
 }
 
 impl OciLayoutSource {
     /// Opens the layout at `root` and resolves the image tagged `tag` (the
     /// only image, when no tag is given), choosing `platform` from an index.
     pub fn open(root: &Path, tag: Option<&str>, platform: &Platform) -> Result<Self> {
-        let bad = |message: String| Error::InvalidArchive {
-            path: root.to_path_buf(),
-            message,
-        };
         let store = StoreRoot::open(root)?;
         let index = read_index(&store)?;
         let entry = pick_entry(&index, tag, root)?;
@@ -55,20 +59,62 @@ impl OciLayoutSource {
             .cloned()
             .or_else(|| tag.map(str::to_string))
             .or_else(|| entry.annotations.get(REF_NAME).cloned());
-        let mut descriptor = entry.descriptor.clone();
+        let mut source = OciLayoutSource {
+            root: root.to_path_buf(),
+            store: Arc::new(store),
+            name,
+            entry: entry.descriptor.clone(),
+            platform: platform.clone(),
+            image: None,
+        };
+        match source.load() {
+            Ok(image) => source.image = Some(image),
+            // An index without the platform asked for (or with a broken
+            // child) may still be copied platform by platform.
+            Err(e) if source.top_index()?.is_none() => return Err(e),
+            Err(_) => {}
+        }
+        Ok(source)
+    }
+
+    /// The entry's index, when it is one.
+    fn top_index(&self) -> Result<Option<IndexInfo>> {
+        let body = read_blob(&self.store, &self.entry, MAX_MANIFEST_BYTES)?;
+        let media_type = media_type_of(&self.entry, &body);
+        Ok(
+            (media_type == mt::OCI_INDEX || media_type == mt::DOCKER_MANIFEST_LIST).then(|| {
+                IndexInfo {
+                    digest: self.entry.digest.clone(),
+                    media_type,
+                    raw: body,
+                }
+            }),
+        )
+    }
+
+    /// Reads the image the entry stands for, through an index to the
+    /// platform asked for.
+    fn load(&self) -> Result<Image> {
+        let root = &self.root;
+        let store = &self.store;
+        let bad = |message: String| Error::InvalidArchive {
+            path: root.to_path_buf(),
+            message,
+        };
+        let mut descriptor = self.entry.clone();
         let mut from_index = None;
-        let mut body = read_blob(&store, &descriptor, MAX_MANIFEST_BYTES)?;
+        let mut body = read_blob(store, &descriptor, MAX_MANIFEST_BYTES)?;
         let mut media = media_type_of(&descriptor, &body);
         if media == mt::OCI_INDEX || media == mt::DOCKER_MANIFEST_LIST {
             let nested: Index = serde_json::from_slice(&body)
                 .map_err(|e| bad(format!("invalid image index {}: {e}", descriptor.digest)))?;
-            let chosen = choose_platform(&nested, platform)?.clone();
+            let chosen = choose_platform(&nested, &self.platform)?.clone();
             from_index = Some(IndexInfo {
                 digest: descriptor.digest.clone(),
                 media_type: media,
                 raw: body,
             });
-            body = read_blob(&store, &chosen, MAX_MANIFEST_BYTES)?;
+            body = read_blob(store, &chosen, MAX_MANIFEST_BYTES)?;
             media = media_type_of(&chosen, &body);
             descriptor = chosen;
         }
@@ -79,7 +125,7 @@ impl OciLayoutSource {
         }
         let manifest: Manifest = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("invalid manifest {}: {e}", descriptor.digest)))?;
-        let config_raw = read_blob(&store, &manifest.config, MAX_CONFIG_BYTES)?;
+        let config_raw = read_blob(store, &manifest.config, MAX_CONFIG_BYTES)?;
         let diff_ids = parse_diff_ids(&config_raw)?;
         if diff_ids.len() != manifest.layers.len() {
             return Err(Error::InvalidImage(format!(
@@ -101,27 +147,23 @@ impl OciLayoutSource {
                 diff_id,
             })
             .collect();
-        let (image_name, image_tag) = name_and_tag(name.as_deref(), root);
-        Ok(OciLayoutSource {
-            root: root.to_path_buf(),
-            store: Arc::new(store),
-            image: Image {
-                name: image_name,
-                tag: image_tag,
-                manifest: Some(ManifestInfo {
-                    digest: descriptor.digest.clone(),
-                    media_type: media,
-                    raw: body,
-                    index: from_index,
-                }),
-                config_digest: manifest.config.digest.clone(),
-                config_media_type: match mt::essence(&manifest.config.media_type) {
-                    "" => mt::OCI_CONFIG.to_string(),
-                    m => m.to_string(),
-                },
-                config_raw,
-                layers,
+        let (image_name, image_tag) = name_and_tag(self.name.as_deref(), root);
+        Ok(Image {
+            name: image_name,
+            tag: image_tag,
+            manifest: Some(ManifestInfo {
+                digest: descriptor.digest.clone(),
+                media_type: media,
+                raw: body,
+                index: from_index,
+            }),
+            config_digest: manifest.config.digest.clone(),
+            config_media_type: match mt::essence(&manifest.config.media_type) {
+                "" => mt::OCI_CONFIG.to_string(),
+                m => m.to_string(),
             },
+            config_raw,
+            layers,
         })
     }
 }
@@ -234,7 +276,33 @@ impl Source for OciLayoutSource {
     }
 
     fn resolve<'a>(&'a self, _ctx: &'a FetchContext) -> BoxFuture<'a, Result<Image>> {
-        Box::pin(async move { Ok(self.image.clone()) })
+        Box::pin(async move {
+            match &self.image {
+                Some(image) => Ok(image.clone()),
+                // Gives the error `open` put off.
+                None => self.load(),
+            }
+        })
+    }
+
+    fn index<'a>(&'a self, _ctx: &'a FetchContext) -> BoxFuture<'a, Result<Option<IndexInfo>>> {
+        Box::pin(async move { self.top_index() })
+    }
+
+    /// The child by digest in the same layout, under the same name; its
+    /// manifest is read (and its digest checked) here.
+    fn child(&self, descriptor: &Descriptor) -> Result<Arc<dyn Source>> {
+        crate::source::refuse_nested(descriptor)?;
+        let mut child = OciLayoutSource {
+            root: self.root.clone(),
+            store: self.store.clone(),
+            name: self.name.clone(),
+            entry: descriptor.clone(),
+            platform: self.platform.clone(),
+            image: None,
+        };
+        child.image = Some(child.load()?);
+        Ok(Arc::new(child))
     }
 
     fn fetch<'a>(
@@ -338,7 +406,7 @@ mod tests {
             variant: None,
         };
         let source = OciLayoutSource::open(dir.path(), Some("v1"), &platform).unwrap();
-        let got = source.image.manifest.as_ref().unwrap();
+        let got = source.image.as_ref().unwrap().manifest.as_ref().unwrap();
         assert_eq!(got.raw, manifest.as_bytes());
         assert_eq!(got.digest, m);
         let ix = got.index.as_ref().unwrap();

@@ -2,6 +2,7 @@
 //! config, then each layer's blob as a reader over its download.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -12,7 +13,7 @@ use crate::image::{Image, IndexInfo, LayerInfo, ManifestInfo, Platform, media_ty
 use crate::reference::Reference;
 use crate::registry::{MAX_CONFIG_BYTES, Repository};
 use crate::source::{FetchContext, LayerBlob, Source};
-use crate::wire::{Index, Kind, Manifest, choose_platform, classify, parse_diff_ids};
+use crate::wire::{Descriptor, Index, Kind, Manifest, choose_platform, classify, parse_diff_ids};
 
 /// The manifest's layers paired with the config's diff_ids; foreign
 /// (non-distributable) layers are refused.
@@ -61,7 +62,9 @@ impl RegistrySource {
         }
     }
 
-    async fn resolve_inner(&self) -> Result<Image> {
+    /// The document the reference names: its bytes, digest, kind and media
+    /// type, checked against a pinned digest.
+    async fn top(&self) -> Result<(Vec<u8>, Digest, Kind, String)> {
         let wanted = self.reference.manifest_ref();
         let (body, ct) = self.client.get_manifest(&wanted).await?;
         let digest = Digest::sha256_of(&body);
@@ -75,7 +78,12 @@ impl RegistrySource {
                 found: digest,
             });
         }
-        let (mut kind, mut media) = classify(ct.as_deref(), &body)?;
+        let (kind, media) = classify(ct.as_deref(), &body)?;
+        Ok((body, digest, kind, media))
+    }
+
+    async fn resolve_inner(&self) -> Result<Image> {
+        let (body, digest, mut kind, mut media) = self.top().await?;
         let (mut body, mut digest, mut index_info) = (body, digest, None);
         if kind == Kind::Index {
             let index: Index = serde_json::from_slice(&body)
@@ -294,5 +302,31 @@ impl Source for RegistrySource {
         ctx: &'a FetchContext,
     ) -> BoxFuture<'a, Result<LayerBlob>> {
         Box::pin(async move { Ok(self.fetch_blob(layer, ctx)) })
+    }
+
+    fn index<'a>(&'a self, _ctx: &'a FetchContext) -> BoxFuture<'a, Result<Option<IndexInfo>>> {
+        Box::pin(async move {
+            let (raw, digest, kind, media_type) = self.top().await?;
+            Ok((kind == Kind::Index).then_some(IndexInfo {
+                digest,
+                media_type,
+                raw,
+            }))
+        })
+    }
+
+    /// The child by digest in the same repository, keeping the tag for
+    /// outputs that name the image.
+    fn child(&self, descriptor: &Descriptor) -> Result<Arc<dyn Source>> {
+        crate::source::refuse_nested(descriptor)?;
+        let reference = Reference {
+            digest: Some(descriptor.digest.clone()),
+            ..self.reference.clone()
+        };
+        Ok(Arc::new(RegistrySource::new(
+            reference,
+            self.platform.clone(),
+            self.client.clone(),
+        )))
     }
 }

@@ -17,6 +17,7 @@ mod faults;
 mod filters;
 mod harness;
 mod hostile_stores;
+mod index_copy;
 mod info_check;
 mod registry_client;
 mod registry_pull;
