@@ -399,10 +399,90 @@ pub fn open_sink(uri: &Uri, settings: &Settings) -> Result<Box<dyn Sink>> {
                 settings.cancel.clone(),
             )?))
         }
+        "registry" => Err(Error::Usage(
+            "registry:// is written asynchronously: open it with uri::open_any_sink".into(),
+        )),
         other => Err(Error::Usage(format!(
-            "unknown destination scheme {other}:// (supported: tar://, dir://, oci://, mounts://, oci-layout://)"
+            "unknown destination scheme {other}:// (supported: registry://, tar://, dir://, oci://, mounts://, oci-layout://)"
         ))),
     }
+}
+
+/// What a `registry://` destination needs beyond [`Settings`].
+#[derive(Clone, Debug, Default)]
+pub struct PushSettings {
+    /// Credentials for the destination (`--dest-username`/`--dest-password`);
+    /// `user:pass@` in the URI wins, and without either the source's flags
+    /// and then Docker's config apply.
+    pub credentials: Option<Credentials>,
+    /// Compression for tar-only layers (`--compression`); the URI's
+    /// `compression=` wins.
+    pub compression: crate::sink::registry::LayerCompression,
+    /// No filter rewrites layers: an up-to-date destination is left alone.
+    pub exact: bool,
+    /// The source's reference, when it is a registry: its repository is a
+    /// mount candidate when it is on the destination's registry.
+    pub source: Option<Reference>,
+    /// Where compressed layers are written.
+    pub temp_dir: Option<PathBuf>,
+}
+
+/// A sink as [`open_any_sink`] builds it: one that works on blocking
+/// threads, or one that works asynchronously (a registry).
+pub enum AnySink {
+    /// A [`Sink`] (files, trees).
+    Blocking(Box<dyn Sink>),
+    /// An [`crate::sink::AsyncSink`] (`registry://`).
+    Async(Box<dyn crate::sink::AsyncSink>),
+}
+
+/// Builds the sink a URI names, `registry://` included.
+pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Result<AnySink> {
+    if uri.scheme != "registry" {
+        return open_sink(uri, settings).map(AnySink::Blocking);
+    }
+    uri.check_options(&["insecure", "compression", "max_workers", "format"])?;
+    let mut settings = settings.clone();
+    if push.credentials.is_some() {
+        settings.credentials = push.credentials.clone();
+    }
+    let (reference, repo) = registry_repository(uri, &settings)?;
+    let compression = match uri.get("compression") {
+        None => push.compression,
+        Some(c) => crate::sink::registry::LayerCompression::parse(c).ok_or_else(|| {
+            Error::Usage(format!("compression={c} must be gzip or zstd"))
+        })?,
+    };
+    let format = match uri.get("format") {
+        None => None,
+        Some(f) => Some(crate::sink::registry::ManifestFormat::parse(f).ok_or_else(|| {
+            Error::Usage(format!("format={f} must be oci or docker"))
+        })?),
+    };
+    let max_workers = match uri.get("max_workers") {
+        Some(n) => parse_workers(n)?,
+        None => settings.parallel,
+    };
+    // The source's repository, when it is on this registry, may hold every
+    // blob: mount from it rather than upload.
+    let mount_from = push
+        .source
+        .as_ref()
+        .filter(|s| s.registry_host() == reference.registry_host() && s.path != reference.path)
+        .map(|s| vec![s.path.clone()])
+        .unwrap_or_default();
+    let options = crate::sink::registry::RegistrySinkOptions {
+        compression,
+        format,
+        max_workers,
+        exact: push.exact,
+        mount_from,
+        by_digest: false,
+        temp_dir: push.temp_dir.clone(),
+    };
+    Ok(AnySink::Async(Box::new(
+        crate::sink::registry::RegistrySink::new(repo, reference, options),
+    )))
 }
 
 #[cfg(test)]
