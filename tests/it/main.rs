@@ -20,6 +20,7 @@ mod hostile_stores;
 mod info_check;
 mod registry_client;
 mod registry_pull;
+mod registry_push;
 mod runtime;
 mod search;
 mod signals;
