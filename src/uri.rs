@@ -449,15 +449,15 @@ pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Res
     let (reference, repo) = registry_repository(uri, &settings)?;
     let compression = match uri.get("compression") {
         None => push.compression,
-        Some(c) => crate::sink::registry::LayerCompression::parse(c).ok_or_else(|| {
-            Error::Usage(format!("compression={c} must be gzip or zstd"))
-        })?,
+        Some(c) => crate::sink::registry::LayerCompression::parse(c)
+            .ok_or_else(|| Error::Usage(format!("compression={c} must be gzip or zstd")))?,
     };
     let format = match uri.get("format") {
         None => None,
-        Some(f) => Some(crate::sink::registry::ManifestFormat::parse(f).ok_or_else(|| {
-            Error::Usage(format!("format={f} must be oci or docker"))
-        })?),
+        Some(f) => Some(
+            crate::sink::registry::ManifestFormat::parse(f)
+                .ok_or_else(|| Error::Usage(format!("format={f} must be oci or docker")))?,
+        ),
     };
     let max_workers = match uri.get("max_workers") {
         Some(n) => parse_workers(n)?,

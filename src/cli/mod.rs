@@ -69,7 +69,12 @@ pub struct Global {
     )]
     pub password: Option<String>,
     /// User name for a registry:// destination (default: --username).
-    #[arg(long, global = true, env = "OCCYSTRAP_DEST_USERNAME", value_name = "USER")]
+    #[arg(
+        long,
+        global = true,
+        env = "OCCYSTRAP_DEST_USERNAME",
+        value_name = "USER"
+    )]
     pub dest_username: Option<String>,
     /// Password or token for a registry:// destination.
     #[arg(
@@ -579,7 +584,9 @@ async fn process_filtered(
         uri::AnySink::Blocking(sink) => {
             pipeline::run_filtered(source.clone(), filters, sink, options).await
         }
-        uri::AnySink::Async(sink) => pipeline::run_async(source.clone(), filters, sink, options).await,
+        uri::AnySink::Async(sink) => {
+            pipeline::run_async(source.clone(), filters, sink, options).await
+        }
     }
     .with_context(|| source.describe());
     reporter.clear();

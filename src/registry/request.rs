@@ -184,7 +184,8 @@ impl Client {
             r = r.body(make()?);
         }
         tracing::debug!("{} {}", req.method, req.url);
-        let deadline = tokio::time::Instant::now() + self.options.request_timeout + self.send_time(req);
+        let deadline =
+            tokio::time::Instant::now() + self.options.request_timeout + self.send_time(req);
         match tokio::time::timeout_at(deadline, r.send()).await {
             Ok(Ok(resp)) => Ok(Ok((resp, deadline))),
             // A refused redirect is a decision, not a glitch.
@@ -198,11 +199,11 @@ impl Client {
     /// floor (a day without a floor).
     fn send_time(&self, req: &Request<'_>) -> Duration {
         if req.body_len == 0 {
-            Duration::ZERO
-        } else if self.options.min_speed == 0 {
-            Duration::from_secs(86_400)
-        } else {
-            Duration::from_secs(req.body_len / self.options.min_speed + 1)
+            return Duration::ZERO;
+        }
+        match req.body_len.checked_div(self.options.min_speed) {
+            Some(secs) => Duration::from_secs(secs + 1),
+            None => Duration::from_secs(86_400),
         }
     }
 

@@ -192,7 +192,10 @@ impl Client {
             .and_then(|v| v.trim().parse::<Digest>().ok())
             && theirs != digest
         {
-            tracing::warn!("{}: {op}: registry says {theirs}, we sent {digest}", self.host);
+            tracing::warn!(
+                "{}: {op}: registry says {theirs}, we sent {digest}",
+                self.host
+            );
         }
         Ok(digest)
     }
@@ -205,13 +208,7 @@ fn sep(reference: &str) -> char {
 
 /// A header's value as a number.
 fn header_u64(resp: &reqwest::Response, name: HeaderName) -> Option<u64> {
-    resp.headers()
-        .get(name)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    resp.headers().get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 impl Repository {

@@ -9,8 +9,8 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::Method;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 
 use super::super::client::Client;
 use super::super::request::{Request, backoff};
@@ -308,8 +308,14 @@ mod tests {
         };
         assert!(restartable(&reg(503, vec![])));
         assert!(restartable(&reg(429, vec![])));
-        assert!(restartable(&reg(404, vec![RegistryErrorCode::BlobUploadUnknown])));
+        assert!(restartable(&reg(
+            404,
+            vec![RegistryErrorCode::BlobUploadUnknown]
+        )));
         assert!(!restartable(&reg(403, vec![RegistryErrorCode::Denied])));
-        assert!(!restartable(&reg(400, vec![RegistryErrorCode::DigestInvalid])));
+        assert!(!restartable(&reg(
+            400,
+            vec![RegistryErrorCode::DigestInvalid]
+        )));
     }
 }

@@ -83,7 +83,10 @@ mod tests {
             let (a, da, sa) = compress_tar(&slice, dir.path(), how).unwrap();
             let (b, db, sb) = compress_tar(&slice, dir.path(), how).unwrap();
             assert_eq!((da, sa), (db, sb));
-            assert_eq!(std::fs::read(a.path()).unwrap(), std::fs::read(b.path()).unwrap());
+            assert_eq!(
+                std::fs::read(a.path()).unwrap(),
+                std::fs::read(b.path()).unwrap()
+            );
             assert!(sa < 100_000);
         }
     }

@@ -137,10 +137,22 @@ mod tests {
     #[test]
     fn layer_types_per_format() {
         let t = |m, f| layer_type(m, f).unwrap();
-        assert_eq!(t(mt::DOCKER_LAYER_GZIP, ManifestFormat::Oci), mt::OCI_LAYER_GZIP);
-        assert_eq!(t(mt::OCI_LAYER_GZIP, ManifestFormat::Docker), mt::DOCKER_LAYER_GZIP);
-        assert_eq!(t(mt::OCI_LAYER_TAR, ManifestFormat::Docker), DOCKER_LAYER_TAR);
-        assert_eq!(t(mt::OCI_LAYER_ZSTD, ManifestFormat::Oci), mt::OCI_LAYER_ZSTD);
+        assert_eq!(
+            t(mt::DOCKER_LAYER_GZIP, ManifestFormat::Oci),
+            mt::OCI_LAYER_GZIP
+        );
+        assert_eq!(
+            t(mt::OCI_LAYER_GZIP, ManifestFormat::Docker),
+            mt::DOCKER_LAYER_GZIP
+        );
+        assert_eq!(
+            t(mt::OCI_LAYER_TAR, ManifestFormat::Docker),
+            DOCKER_LAYER_TAR
+        );
+        assert_eq!(
+            t(mt::OCI_LAYER_ZSTD, ManifestFormat::Oci),
+            mt::OCI_LAYER_ZSTD
+        );
         assert!(layer_type(mt::OCI_LAYER_ZSTD, ManifestFormat::Docker).is_err());
     }
 }

@@ -105,9 +105,7 @@ impl RegistrySink {
     /// Where the manifest goes: the reference's tag, else its digest.
     fn target(&self) -> String {
         match (&self.reference.tag, &self.reference.digest) {
-            (_, Some(d)) if self.options.by_digest || self.reference.tag.is_none() => {
-                d.to_string()
-            }
+            (_, Some(d)) if self.options.by_digest || self.reference.tag.is_none() => d.to_string(),
             (Some(t), _) => t.clone(),
             _ => self.reference.manifest_ref(),
         }
@@ -141,14 +139,14 @@ impl RegistrySink {
             .unwrap_or_else(std::env::temp_dir)
     }
 
-    /// HEAD, then mounts: whether the destination has (or now has) `info`.
-    async fn present(&self, info: &LayerInfo) -> Result<bool> {
-        if self.repo.blob_exists(&info.digest).await?.is_some() {
+    /// HEAD, then mounts: whether the destination has (or now has) `digest`.
+    async fn present(&self, digest: &Digest) -> Result<bool> {
+        if self.repo.blob_exists(digest).await?.is_some() {
             return Ok(true);
         }
         for from in &self.options.mount_from {
-            if from != self.repo.name() && self.repo.mount_blob(&info.digest, from).await? {
-                tracing::debug!("mounted {} from {from}", info.digest);
+            if from != self.repo.name() && self.repo.mount_blob(digest, from).await? {
+                tracing::debug!("mounted {digest} from {from}");
                 return Ok(true);
             }
         }
@@ -194,16 +192,17 @@ impl RegistrySink {
         Ok(sent)
     }
 
-    /// The config blob, unless the destination has it.
+    /// The config blob, unless the destination has it or can mount it.
     async fn push_config(&self, image: &Image) -> Result<u64> {
         let digest = &image.config_digest;
-        if self.repo.blob_exists(digest).await?.is_some() {
+        if self.present(digest).await? {
             return Ok(0);
         }
         let bytes = Arc::new(image.config_raw.clone());
         let len = bytes.len() as u64;
         let open: BlobOpener = Arc::new(move || {
-            Ok(Box::new(std::io::Cursor::new(bytes.clone().to_vec())) as Box<dyn std::io::Read + Send>)
+            Ok(Box::new(std::io::Cursor::new(bytes.clone().to_vec()))
+                as Box<dyn std::io::Read + Send>)
         });
         self.repo.upload_blob(digest, len, open).await?;
         Ok(len)
@@ -364,10 +363,17 @@ impl Upload {
                     tokio::task::spawn_blocking(move || compress_tar(&file, &dir, how))
                         .await
                         .map_err(|e| Error::InvalidImage(format!("compress task failed: {e}")))?
-                        .map_err(|e| Error::stream(format!("compressing layer {}", info.index), e))?;
+                        .map_err(|e| {
+                            Error::stream(format!("compressing layer {}", info.index), e)
+                        })?;
                 (out, digest, size, how.media_type().to_string())
             }
-            None => (file, info.digest.clone(), info.size, info.media_type.clone()),
+            None => (
+                file,
+                info.digest.clone(),
+                info.size,
+                info.media_type.clone(),
+            ),
         };
         let pushed = Pushed {
             digest: digest.clone(),
@@ -430,7 +436,7 @@ impl AsyncSink for RegistrySink {
             if self.must_compress(layer) {
                 return Ok(true);
             }
-            if self.present(layer).await? {
+            if self.present(&layer.digest).await? {
                 self.record(
                     layer.index,
                     Pushed {

@@ -247,6 +247,12 @@ impl Proxy {
         self.rule(None, path_contains, None, fault);
     }
 
+    /// Applies `fault` to the next `times` `method` requests whose path
+    /// contains `path_contains` (`None`: every one).
+    pub fn method(&self, method: &str, times: Option<usize>, path_contains: &str, fault: Fault) {
+        self.rule(Some(method), path_contains, times, fault);
+    }
+
     fn rule(&self, method: Option<&str>, path: &str, remaining: Option<usize>, fault: Fault) {
         lock(&self.state.rules).push(Rule {
             method: method.map(str::to_string),
