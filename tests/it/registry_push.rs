@@ -477,3 +477,45 @@ fn registry_push_filtered_copy_rebuilds_the_manifest() {
     assert_ne!(a["layers"], b["layers"]);
     read_back(&env, &dst.host(), REPO, "v1", false);
 }
+
+#[test]
+fn registry_push_bearer_tokens_ask_for_push_and_the_mount_source() {
+    let env = TestEnv::new();
+    let dst = Registry::start();
+    push_image(&env, &dst, "team/app:v1", &busybox_image(Compression::Gzip), PushFormat::Oci);
+    let (_, want) = registry_manifest(&env.tool_tmp(), &dst, REPO, "v1");
+    let proxy = Proxy::start(&dst.host());
+    proxy.require_bearer(1000);
+    let out = process(&env, &proxy.uri(REPO, "v1"), &proxy.uri("other/app", "v1"), &[]);
+    assert!(out.code == Some(0), "{}", out.stderr);
+    assert_eq!(registry_manifest(&env.tool_tmp(), &dst, "other/app", "v1").1, want);
+    let scopes: Vec<Vec<String>> = proxy
+        .requests_to("/token")
+        .iter()
+        .map(|r| {
+            url::form_urlencoded::parse(r.query.as_deref().unwrap_or("").as_bytes())
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.into_owned())
+                .collect()
+        })
+        .collect();
+    let push = |s: &String| s.split(' ').any(|s| s == "repository:other/app:push,pull");
+    assert!(
+        scopes.iter().any(|s| s.iter().any(push)),
+        "no token asked to push: {scopes:?}"
+    );
+    // The mount's token: push on the destination, pull on the source, as
+    // two parameters.
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s.len() == 2 && push(&s[0]) && s[1] == "repository:team/app:pull"),
+        "no mount token: {scopes:?}"
+    );
+    let mounted = proxy
+        .requests_to("/v2/other/app/blobs/uploads/")
+        .iter()
+        .filter(|r| r.status == 201 && r.query.as_deref().is_some_and(|q| q.contains("mount=")))
+        .count();
+    assert_eq!(mounted, 4, "{}", proxy.describe());
+}
