@@ -89,6 +89,28 @@ fn registry_push_exact_copy_keeps_the_digest_and_a_repeat_uploads_nothing() {
         again.iter().all(|r| !r.path.contains("/blobs/")),
         "a repeat copy touched blobs: {again:?}"
     );
+
+    // A digest destination pushes by digest only; a wrong digest is refused
+    // before any manifest goes up.
+    let by_digest = format!("registry://{}/pinned/app@{want}", dst.host());
+    let out = process(&env, &src.uri(REPO, "v1"), &by_digest, &[]);
+    assert!(out.code == Some(0), "{}", out.stderr);
+    let r = http::get_manifest(&dst.host(), "pinned/app", &want).unwrap();
+    assert_eq!(r.status, 200);
+    assert_no_manifest(&dst.host(), "pinned/app", "latest");
+    let wrong = format!(
+        "registry://{}/wrong/app@sha256:{}",
+        dst.host(),
+        "0".repeat(64)
+    );
+    let out = process(&env, &src.uri(REPO, "v1"), &wrong, &[]);
+    assert_clean_failure(&env, &out, &["not the"]);
+    assert_eq!(
+        http::get_manifest(&dst.host(), "wrong/app", &want)
+            .unwrap()
+            .status,
+        404
+    );
 }
 
 #[test]
@@ -482,13 +504,27 @@ fn registry_push_filtered_copy_rebuilds_the_manifest() {
 fn registry_push_bearer_tokens_ask_for_push_and_the_mount_source() {
     let env = TestEnv::new();
     let dst = Registry::start();
-    push_image(&env, &dst, "team/app:v1", &busybox_image(Compression::Gzip), PushFormat::Oci);
+    push_image(
+        &env,
+        &dst,
+        "team/app:v1",
+        &busybox_image(Compression::Gzip),
+        PushFormat::Oci,
+    );
     let (_, want) = registry_manifest(&env.tool_tmp(), &dst, REPO, "v1");
     let proxy = Proxy::start(&dst.host());
     proxy.require_bearer(1000);
-    let out = process(&env, &proxy.uri(REPO, "v1"), &proxy.uri("other/app", "v1"), &[]);
+    let out = process(
+        &env,
+        &proxy.uri(REPO, "v1"),
+        &proxy.uri("other/app", "v1"),
+        &[],
+    );
     assert!(out.code == Some(0), "{}", out.stderr);
-    assert_eq!(registry_manifest(&env.tool_tmp(), &dst, "other/app", "v1").1, want);
+    assert_eq!(
+        registry_manifest(&env.tool_tmp(), &dst, "other/app", "v1").1,
+        want
+    );
     let scopes: Vec<Vec<String>> = proxy
         .requests_to("/token")
         .iter()
