@@ -212,6 +212,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The layer cache file (`--layer-cache`) is not one we can use.
+    #[error("layer cache {path}: {message}")]
+    LayerCache {
+        /// The cache file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The run was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,

@@ -35,6 +35,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod cancel;
+pub mod compress;
 pub mod digest;
 pub mod error;
 pub mod escape;
@@ -45,6 +46,7 @@ pub(crate) mod gzip;
 pub mod image;
 pub mod inspect;
 pub mod layer;
+pub mod layer_cache;
 pub mod pipeline;
 pub mod progress;
 pub mod reference;

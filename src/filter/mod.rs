@@ -132,6 +132,20 @@ fn split_options(rest: &str) -> Vec<&str> {
     out
 }
 
+/// A canonical string for a filter chain with its options, in order: the
+/// same `-f` arguments give the same string and any difference in a name,
+/// a key, a value or their order gives another. It is JSON (an array of
+/// `[name, [[key, value], ...]]`), so no choice of names or values can make
+/// two chains collide. Used as part of the layer cache's key.
+pub fn chain_key(specs: &[FilterSpec]) -> String {
+    let chain: Vec<(&str, &[(String, String)])> = specs
+        .iter()
+        .map(|s| (s.name.as_str(), s.options.as_slice()))
+        .collect();
+    // Serialising strings and tuples cannot fail.
+    serde_json::to_string(&chain).unwrap_or_default()
+}
+
 /// Builds the filter a `-f` argument names.
 pub fn build(spec: &FilterSpec) -> Result<Box<dyn Filter>> {
     match spec.name.as_str() {
@@ -146,6 +160,52 @@ pub fn build(spec: &FilterSpec) -> Result<Box<dyn Filter>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(args: &[&str]) -> String {
+        let specs: Vec<FilterSpec> = args.iter().map(|a| FilterSpec::parse(a).unwrap()).collect();
+        chain_key(&specs)
+    }
+
+    #[test]
+    fn chain_keys() {
+        let a = [
+            "normalize-timestamps:ts=0",
+            "exclude:pattern=*.pyc,pattern=a/*",
+        ];
+        assert_eq!(key(&a), key(&a));
+        assert_eq!(
+            key(&a),
+            r#"[["normalize-timestamps",[["ts","0"]]],["exclude",[["pattern","*.pyc"],["pattern","a/*"]]]]"#
+        );
+        let different: [&[&str]; 8] = [
+            &[],
+            &["normalize-timestamps"],
+            &["normalize-timestamps:ts=1"],
+            &[
+                "exclude:pattern=*.pyc,pattern=a/*",
+                "normalize-timestamps:ts=0",
+            ],
+            &[
+                "normalize-timestamps:ts=0",
+                "exclude:pattern=a/*,pattern=*.pyc",
+            ],
+            &["normalize-timestamps:ts=0", "exclude:pattern=*.pyc"],
+            // A value that holds what a naive join would use as separators.
+            &[
+                "normalize-timestamps:ts=0",
+                r#"exclude:pattern=*.pyc,pattern=a/*"],["x",[]]"#,
+            ],
+            &[
+                "normalize-timestamps:ts=0,pattern=*.pyc",
+                "exclude:pattern=a/*",
+            ],
+        ];
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(key(&a));
+        for d in different {
+            assert!(seen.insert(key(d)), "{d:?} collides");
+        }
+    }
 
     #[test]
     fn specs() {

@@ -312,13 +312,16 @@ pub async fn run_async(
     };
     chain = chain.run(&image, |f, img| f.begin(img)).await?;
 
-    let mut wanted = Vec::new();
-    for l in &image.layers {
-        if rewriting || sink.wants_layer(l).await? {
-            wanted.push(l.clone());
-        } else {
-            options.reporter.layer_skipped(l);
-        }
+    // Only when every filter rewrites: an observing filter (`inspect`,
+    // `search`) must still see every layer.
+    let reuse_rewrites = rewriting && chain.filters.iter().all(|f| f.rewrites());
+    let (wanted, known) = plan_layers(sink.as_mut(), &mut image, &plan, reuse_rewrites).await?;
+    for l in image
+        .layers
+        .iter()
+        .filter(|l| !wanted.iter().any(|w| w.index == l.index))
+    {
+        options.reporter.layer_skipped(l);
     }
     options.reporter.begin(&image, &wanted);
     let bytes_fetched = wanted.iter().map(|l| l.size).sum::<u64>();
@@ -355,7 +358,7 @@ pub async fn run_async(
         chain = c;
         (r, s)
     };
-    if rewritten {
+    if rewritten || known {
         rewrite_config(&mut image)?;
     }
     chain.run(&image, |f, img| f.finish(img)).await?;
@@ -378,6 +381,35 @@ pub async fn run_async(
         elapsed: started.elapsed(),
         notes: sink_report.notes,
     })
+}
+
+/// Which layers to fetch, and whether the sink knew what some became
+/// ([`AsyncSink::known_rewrite`], asked only with `reuse_rewrites`): those
+/// take their place in `image.layers` and are not fetched. Without
+/// rewriting filters the sink says which layers it wants; with them it can
+/// only tell once a layer has been through the chain.
+async fn plan_layers(
+    sink: &mut dyn AsyncSink,
+    image: &mut Image,
+    plan: &Plan,
+    reuse_rewrites: bool,
+) -> Result<(Vec<LayerInfo>, bool)> {
+    let (mut wanted, mut known) = (Vec::new(), false);
+    for i in 0..image.layers.len() {
+        let l = &image.layers[i];
+        if reuse_rewrites {
+            if let Some(mut new) = sink.known_rewrite(l).await? {
+                new.index = l.index;
+                image.layers[i] = new;
+                known = true;
+                continue;
+            }
+        }
+        if plan.rewriting || sink.wants_layer(l).await? {
+            wanted.push(l.clone());
+        }
+    }
+    Ok((wanted, known))
 }
 
 /// The layer-moving part of a run.

@@ -21,6 +21,8 @@ struct MemSource {
     image: Image,
     blobs: Vec<Vec<u8>>,
     delay: Duration,
+    /// The index of every layer fetched, in order.
+    fetches: Arc<Mutex<Vec<usize>>>,
 }
 
 struct Slow {
@@ -49,6 +51,7 @@ impl Source for MemSource {
         layer: &'a LayerInfo,
         _ctx: &'a FetchContext,
     ) -> BoxFuture<'a, Result<LayerBlob>> {
+        self.fetches.lock().unwrap().push(layer.index);
         let reader = Slow {
             inner: io::Cursor::new(self.blobs[layer.index].clone()),
             delay: self.delay,
@@ -109,6 +112,7 @@ fn source(delay: Duration) -> (MemSource, Vec<Vec<u8>>) {
             image,
             blobs,
             delay,
+            fetches: Arc::default(),
         },
         tars,
     )
@@ -326,4 +330,189 @@ fn files_carry_both_forms_and_errors_are_typed() {
     );
     // Only the good layers' files were made, and they are gone with them.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// A sink that knows what layer 1 became in an earlier run.
+struct Knows {
+    given: Arc<Mutex<Vec<usize>>>,
+    asked: Arc<Mutex<Vec<usize>>>,
+    finished: Arc<Mutex<Option<Image>>>,
+    answer: LayerInfo,
+}
+
+impl AsyncSink for Knows {
+    fn begin<'a>(&'a mut self, _image: &'a Image) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn known_rewrite<'a>(
+        &'a mut self,
+        layer: &'a LayerInfo,
+    ) -> BoxFuture<'a, Result<Option<LayerInfo>>> {
+        self.asked.lock().unwrap().push(layer.index);
+        let answer = (layer.index == 1).then(|| self.answer.clone());
+        Box::pin(async move { Ok(answer) })
+    }
+    fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.given.lock().unwrap().push(layer.info.index);
+            let mut chunks = layer.into_tar_chunks().expect("a tar");
+            while let Some(c) = chunks.next().await {
+                c.map_err(|e| Error::stream("reading", e))?;
+            }
+            Ok(())
+        })
+    }
+    fn finish(self: Box<Self>, image: Image) -> BoxFuture<'static, Result<SinkReport>> {
+        *self.finished.lock().unwrap() = Some(image);
+        Box::pin(async { Ok(SinkReport::default()) })
+    }
+}
+
+/// A filter that says it rewrites but leaves every layer as it is, or
+/// (`rewrites: false`) only watches; both record what they saw.
+struct Pass {
+    rewrites: bool,
+    seen: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Filter for Pass {
+    fn name(&self) -> &'static str {
+        "pass"
+    }
+    fn rewrites(&self) -> bool {
+        self.rewrites
+    }
+    fn layer(&mut self, layer: Layer, _ctx: &FilterContext) -> Result<Layer> {
+        self.seen.lock().unwrap().push(layer.info.index);
+        Ok(layer)
+    }
+}
+
+/// What a run with [`Knows`] and the given filters did.
+struct KnownRun {
+    report: Report,
+    fetches: Vec<usize>,
+    given: Vec<usize>,
+    asked: Vec<usize>,
+    filtered: Vec<usize>,
+    image: Image,
+}
+
+fn run_knows(watch_too: bool, answer: &LayerInfo) -> KnownRun {
+    let (src, _) = source(Duration::ZERO);
+    let fetches = src.fetches.clone();
+    let filtered = Arc::new(Mutex::new(Vec::new()));
+    let mut filters: Vec<Box<dyn Filter>> = vec![Box::new(Pass {
+        rewrites: true,
+        seen: filtered.clone(),
+    })];
+    if watch_too {
+        filters.push(Box::new(Pass {
+            rewrites: false,
+            seen: Arc::default(),
+        }));
+    }
+    let sink = Knows {
+        given: Arc::default(),
+        asked: Arc::default(),
+        finished: Arc::default(),
+        answer: answer.clone(),
+    };
+    let (given, asked, finished) = (
+        sink.given.clone(),
+        sink.asked.clone(),
+        sink.finished.clone(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt
+        .block_on(run_async(
+            Arc::new(src),
+            filters,
+            Box::new(sink),
+            options(2),
+        ))
+        .unwrap();
+    drop(rt);
+    let take = |v: &Arc<Mutex<Vec<usize>>>| std::mem::take(&mut *v.lock().unwrap());
+    KnownRun {
+        report,
+        fetches: take(&fetches),
+        given: take(&given),
+        asked: take(&asked),
+        filtered: take(&filtered),
+        image: finished.lock().unwrap().take().expect("finished"),
+    }
+}
+
+#[test]
+fn a_known_rewrite_is_neither_fetched_nor_filtered_nor_given() {
+    let answer = LayerInfo {
+        // The pipeline sets the index; the sink's is ignored.
+        index: 99,
+        digest: Digest::sha256_of(b"cached blob"),
+        size: 1234,
+        media_type: media_type::OCI_LAYER_ZSTD.into(),
+        diff_id: Digest::sha256_of(b"cached tar"),
+    };
+    let (original, _) = source(Duration::ZERO);
+    let run = run_knows(false, &answer);
+    assert_eq!(run.asked, [0, 1, 2]);
+    let mut fetches = run.fetches.clone();
+    fetches.sort();
+    assert_eq!(fetches, [0, 2], "layer 1 was fetched");
+    assert_eq!(run.filtered, [0, 2]);
+    assert_eq!(run.given, [0, 2]);
+    assert_eq!(run.report.fetched, 2);
+    assert_eq!(run.report.skipped, 1);
+    // The image the sink finishes holds the known layer in its place.
+    let layer1 = &run.image.layers[1];
+    assert_eq!(layer1.index, 1);
+    assert_eq!(layer1.digest, answer.digest);
+    assert_eq!(layer1.size, 1234);
+    assert_eq!(layer1.media_type, media_type::OCI_LAYER_ZSTD);
+    assert_eq!(
+        run.image.layers[0].diff_id,
+        original.image.layers[0].diff_id
+    );
+    // And its diff_id went into the config, which has a new digest.
+    let config: serde_json::Value = serde_json::from_slice(&run.image.config_raw).unwrap();
+    let ids: Vec<String> = original
+        .image
+        .layers
+        .iter()
+        .map(|l| l.diff_id.to_string())
+        .collect();
+    assert_eq!(
+        config["rootfs"]["diff_ids"],
+        serde_json::json!([ids[0], answer.diff_id.to_string(), ids[2]])
+    );
+    assert_eq!(
+        run.image.config_digest,
+        Digest::sha256_of(&run.image.config_raw)
+    );
+    assert_ne!(run.image.config_digest, original.image.config_digest);
+    assert!(run.image.manifest.is_none());
+}
+
+#[test]
+fn an_observing_filter_sees_every_layer() {
+    let answer = LayerInfo {
+        index: 1,
+        digest: Digest::sha256_of(b"cached blob"),
+        size: 1,
+        media_type: media_type::OCI_LAYER_GZIP.into(),
+        diff_id: Digest::sha256_of(b"cached tar"),
+    };
+    // A filter that only watches would miss a skipped layer: the sink is
+    // not asked, and every layer is fetched.
+    let run = run_knows(true, &answer);
+    assert!(run.asked.is_empty());
+    let mut fetches = run.fetches;
+    fetches.sort();
+    assert_eq!(fetches, [0, 1, 2]);
+    assert_eq!(run.given, [0, 1, 2]);
 }

@@ -150,6 +150,20 @@ pub trait AsyncSink: Send {
     fn layer_work(&self) -> Option<LayerWork> {
         None
     }
+    /// Asked before fetching each layer when every filter of the run
+    /// rewrites: what this layer became in an earlier run under the same
+    /// filters, if the sink still has that result (a layer cache entry whose
+    /// blob the destination still holds). On `Some(info)` the pipeline
+    /// neither fetches nor filters the layer, puts `info` in its place in
+    /// the image (its `index` is set to the layer's) and its diff_id into
+    /// the config, and never gives the layer to [`layer`](Self::layer);
+    /// `finish` sees it in `image.layers`.
+    fn known_rewrite<'a>(
+        &'a mut self,
+        _layer: &'a LayerInfo,
+    ) -> BoxFuture<'a, Result<Option<LayerInfo>>> {
+        Box::pin(async { Ok(None) })
+    }
     /// One layer; its bytes are verified as they are read.
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>>;
     /// As [`Sink::layer_failed`].
