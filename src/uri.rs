@@ -417,7 +417,7 @@ pub struct PushSettings {
     pub credentials: Option<Credentials>,
     /// Compression for tar-only layers (`--compression`); the URI's
     /// `compression=` wins.
-    pub compression: crate::sink::registry::LayerCompression,
+    pub compression: crate::compress::Encoding,
     /// No filter rewrites layers: an up-to-date destination is left alone.
     pub exact: bool,
     /// The source's reference, when it is a registry: its repository is a
@@ -449,8 +449,7 @@ pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Res
     let (reference, repo) = registry_repository(uri, &settings)?;
     let compression = match uri.get("compression") {
         None => push.compression,
-        Some(c) => crate::sink::registry::LayerCompression::parse(c)
-            .ok_or_else(|| Error::Usage(format!("compression={c} must be gzip or zstd")))?,
+        Some(c) => c.parse::<crate::compress::Encoding>()?,
     };
     let format = match uri.get("format") {
         None => None,

@@ -415,8 +415,8 @@ impl Global {
             password: self.dest_password.clone().unwrap_or_default(),
         });
         let compression = match self.compression.as_deref() {
-            Some("zstd") => occystrap::sink::registry::LayerCompression::Zstd,
-            _ => occystrap::sink::registry::LayerCompression::Gzip,
+            Some("zstd") => occystrap::compress::Encoding::Zstd,
+            _ => occystrap::compress::Encoding::Gzip,
         };
         let source = match src.scheme.as_str() {
             "registry" => Some(uri::registry_options(src, settings)?.0),

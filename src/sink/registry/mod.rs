@@ -26,14 +26,15 @@ use crate::sink::{AsyncSink, SinkReport};
 mod compress;
 mod manifest;
 
-pub use compress::{LayerCompression, compress_tar};
+pub use crate::compress::Encoding;
+pub use compress::compress_tar;
 pub use manifest::{ManifestFormat, Pushed};
 
 /// How a [`RegistrySink`] pushes.
 #[derive(Clone, Debug)]
 pub struct RegistrySinkOptions {
     /// Compression for layers that exist only as a tar.
-    pub compression: LayerCompression,
+    pub compression: Encoding,
     /// The manifest schema to write when a new manifest is needed (default:
     /// the source's; Docker schema2 for a source without a manifest, OCI
     /// when layers are zstd).
@@ -56,7 +57,7 @@ pub struct RegistrySinkOptions {
 impl Default for RegistrySinkOptions {
     fn default() -> Self {
         RegistrySinkOptions {
-            compression: LayerCompression::Gzip,
+            compression: Encoding::Gzip,
             format: None,
             max_workers: 4,
             exact: true,
@@ -209,15 +210,23 @@ impl RegistrySink {
     }
 
     /// The layers as the destination holds them, in manifest order.
-    fn layers_pushed(&self, image: &Image) -> Result<Vec<Pushed>> {
+    fn layers_pushed(&self, image: &Image) -> Vec<Pushed> {
         let pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
         image
             .layers
             .iter()
             .map(|l| {
-                pushed.get(l.index).cloned().flatten().ok_or_else(|| {
-                    Error::InvalidImage(format!("layer {} was never pushed", l.index))
-                })
+                // Not given to `layer`: the destination had it, or a known
+                // rewrite put the blob it has into the image.
+                pushed
+                    .get(l.index)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| Pushed {
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        media_type: l.media_type.clone(),
+                    })
             })
             .collect()
     }
@@ -256,7 +265,7 @@ impl RegistrySink {
         }
         let mut written = self.await_uploads().await?;
         written += self.push_config(&image).await?;
-        let layers = self.layers_pushed(&image)?;
+        let layers = self.layers_pushed(&image);
         let (bytes, media_type) = self.manifest(&image, &layers)?;
         let digest = Digest::sha256_of(&bytes);
         if let Some(want) = &self.reference.digest
@@ -331,7 +340,7 @@ struct Upload {
     workers: Arc<tokio::sync::Semaphore>,
     pushed: Arc<Mutex<Vec<Option<Pushed>>>>,
     failed: Arc<Mutex<Option<Error>>>,
-    compression: Option<LayerCompression>,
+    compression: Option<Encoding>,
     temp_dir: PathBuf,
     /// HEAD the blob first (its digest was not known before).
     check_first: bool,
@@ -359,14 +368,16 @@ impl Upload {
         let (file, digest, size, media_type) = match self.compression {
             Some(how) => {
                 let dir = self.temp_dir.clone();
-                let (out, digest, size) =
-                    tokio::task::spawn_blocking(move || compress_tar(&file, &dir, how))
+                let diff_id = info.diff_id.clone();
+                let (out, encoded) =
+                    tokio::task::spawn_blocking(move || compress_tar(&file, &dir, how, &diff_id))
                         .await
                         .map_err(|e| Error::InvalidImage(format!("compress task failed: {e}")))?
                         .map_err(|e| {
                             Error::stream(format!("compressing layer {}", info.index), e)
                         })?;
-                (out, digest, size, how.media_type().to_string())
+                let media_type = how.media_type(true).to_string();
+                (out, encoded.digest, encoded.size, media_type)
             }
             None => (
                 file,
