@@ -555,3 +555,47 @@ fn registry_push_bearer_tokens_ask_for_push_and_the_mount_source() {
         .count();
     assert_eq!(mounted, 4, "{}", proxy.describe());
 }
+
+/// Peak RSS of a registry-to-registry copy of an image whose one layer is
+/// `mib` MiB (kept as stored: an uncompressed tar).
+fn copy_rss(env: &TestEnv, src: &Registry, dst: &Registry, mib: usize) -> u64 {
+    use crate::support::images::pseudo_random;
+    use crate::support::layer_tar::TarBuilder;
+    use crate::support::limits::run_measured;
+    let tag = format!("m{mib}");
+    let tar = TarBuilder::new()
+        .file("blob.bin", 0o644, &pseudo_random(mib << 20, mib as u64))
+        .finish();
+    let img = crate::support::Image::new("linux/amd64").layer(tar, Compression::None);
+    push_image(
+        env,
+        src,
+        &format!("team/big:{tag}"),
+        &img,
+        PushFormat::Preserve,
+    );
+    let occy = env.occy().args([
+        "--insecure".to_string(),
+        "process".into(),
+        src.uri("team/big", &tag),
+        dst.uri("team/big", &tag),
+    ]);
+    let m = run_measured(occy);
+    assert!(m.out.code == Some(0), "{}", m.out.stderr);
+    eprintln!("[{}] peak RSS {} MB", m.out.cmdline, m.peak_rss >> 20);
+    m.peak_rss
+}
+
+#[test]
+fn registry_push_memory_stays_flat_as_layers_grow() {
+    let env = TestEnv::new();
+    let (src, dst) = (Registry::start(), Registry::start());
+    let small = copy_rss(&env, &src, &dst, 2);
+    let large = copy_rss(&env, &src, &dst, 48);
+    assert!(
+        large < small + (16 << 20),
+        "peak RSS grew with the layer: {} MB for 2 MiB, {} MB for 48 MiB",
+        small >> 20,
+        large >> 20
+    );
+}
