@@ -601,4 +601,32 @@ mod tests {
         assert!(c.is_none());
         assert_eq!(rest, "host/a/b@sha256:00");
     }
+
+    #[test]
+    fn registry_destination_options() {
+        let open = |u: &str| {
+            open_any_sink(
+                &Uri::parse(u).unwrap(),
+                &settings(),
+                &PushSettings::default(),
+            )
+        };
+        let ok = "registry://h:5000/a/b:v1?compression=zstd&format=oci&max_workers=2&insecure=true";
+        assert!(matches!(open(ok), Ok(AnySink::Async(_))));
+        for bad in [
+            "registry://h/a:v1?compression=lz4",
+            "registry://h/a:v1?format=v1",
+            "registry://h/a:v1?max_workers=0",
+            "registry://h/a:v1?tag=x",
+        ] {
+            assert!(matches!(open(bad), Err(Error::Usage(_))), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tar = format!("tar://{}", dir.path().join("x.tar").display());
+        assert!(matches!(open(&tar), Ok(AnySink::Blocking(_))));
+        assert!(matches!(
+            open_sink(&Uri::parse("registry://h/a:v1").unwrap(), &settings()),
+            Err(Error::Usage(_))
+        ));
+    }
 }
