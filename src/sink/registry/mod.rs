@@ -129,6 +129,11 @@ impl RegistrySink {
                 .is_none_or(|l| l.digest != info.digest)
     }
 
+    /// The first upload failure, if one happened.
+    fn take_failure(&self) -> Option<Error> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     fn record(&self, index: usize, pushed: Pushed) {
         record(&self.pushed, index, pushed);
     }
@@ -185,10 +190,14 @@ impl RegistrySink {
     async fn await_uploads(&mut self) -> Result<u64> {
         let mut sent = 0;
         for task in std::mem::take(&mut self.uploads) {
-            sent += task
+            let done = task
                 .join()
                 .await
-                .map_err(|e| Error::InvalidImage(format!("upload task failed: {e}")))??;
+                .map_err(|e| Error::InvalidImage(format!("upload task failed: {e}")))?;
+            match done {
+                Ok(n) => sent += n,
+                Err(e) => return Err(self.take_failure().unwrap_or(e)),
+            }
         }
         Ok(sent)
     }
@@ -347,16 +356,24 @@ struct Upload {
 }
 
 impl Upload {
+    /// Pushes the layer; a failure is kept for the sink to report (the
+    /// first one, as the registry worded it), the task's own result then
+    /// only says that it failed.
     async fn run(self, info: LayerInfo, file: FileSlice) -> Result<u64> {
         let failed = self.failed.clone();
-        let done = self.push(info, file).await;
-        if let Err(e) = &done {
-            let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-            if f.is_none() {
-                *f = Some(Error::InvalidImage(e.to_string()));
+        let index = info.index;
+        match self.push(info, file).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                if f.is_none() {
+                    *f = Some(e);
+                }
+                Err(Error::InvalidImage(format!(
+                    "upload of layer {index} failed"
+                )))
             }
         }
-        done
     }
 
     async fn push(self, info: LayerInfo, file: FileSlice) -> Result<u64> {
@@ -464,7 +481,7 @@ impl AsyncSink for RegistrySink {
 
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if let Some(e) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(e) = self.take_failure() {
                 return Err(e);
             }
             let compress = self.must_compress(&layer.info);
