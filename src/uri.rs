@@ -458,6 +458,13 @@ pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Res
                 .ok_or_else(|| Error::Usage(format!("format={f} must be oci or docker")))?,
         ),
     };
+    if format == Some(crate::sink::registry::ManifestFormat::Docker)
+        && compression == crate::compress::Encoding::Zstd
+    {
+        return Err(Error::Usage(
+            "format=docker cannot hold zstd layers: use format=oci or compression=gzip".into(),
+        ));
+    }
     let max_workers = match uri.get("max_workers") {
         Some(n) => parse_workers(n)?,
         None => settings.parallel,
@@ -618,6 +625,7 @@ mod tests {
             "registry://h/a:v1?format=v1",
             "registry://h/a:v1?max_workers=0",
             "registry://h/a:v1?tag=x",
+            "registry://h/a:v1?compression=zstd&format=docker",
         ] {
             assert!(matches!(open(bad), Err(Error::Usage(_))), "{bad}");
         }

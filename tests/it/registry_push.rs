@@ -78,6 +78,12 @@ fn registry_push_exact_copy_keeps_the_digest_and_a_repeat_uploads_nothing() {
     let (_, got) = registry_manifest(&env.tool_tmp(), &dst, "mirror/app", "v1");
     assert_eq!(got, want, "the copy has another manifest digest");
     assert!(!blob_writes(&proxy).is_empty());
+    assert!(
+        out.stderr
+            .contains("blobs: 4 uploaded, 0 mounted, 0 already there"),
+        "{}",
+        out.stderr
+    );
     read_back(&env, &dst.host(), "mirror/app", "v1", false);
 
     // The repeat: the manifest HEAD says it is there; nothing else moves.
@@ -144,6 +150,11 @@ fn registry_push_mounts_within_a_registry_and_uploads_when_declined() {
     assert!(
         blob_writes(&proxy).is_empty(),
         "mounted blobs were uploaded"
+    );
+    assert!(
+        out.stderr.contains("blobs: 0 uploaded, 4 mounted"),
+        "{}",
+        out.stderr
     );
     assert_eq!(
         registry_manifest(&env.tool_tmp(), &dst, "other/app", "v1").1,
@@ -244,6 +255,13 @@ fn registry_push_zstd_from_a_docker_save_and_from_a_layer_store() {
         );
     }
     read_back(&env, &dst.host(), "team/z", "v1", true);
+    let bad = format!(
+        "{}?compression=zstd&format=docker",
+        dst.uri("team/zd", "v1")
+    );
+    let out = process(&env, &tar, &bad, &[]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("format=oci"), "{}", out.stderr);
 
     // dir:// keeps layers as tars; they go up gzipped (--compression).
     let store = env.work("store");
@@ -495,6 +513,17 @@ fn registry_push_filtered_copy_rebuilds_the_manifest() {
         b["mediaType"], a["mediaType"],
         "the source's format is kept"
     );
+    let to_oci = format!("{}?format=oci", dst.uri("team/oci", "v1"));
+    let out = process(&env, &src.uri(REPO, "v1"), &to_oci, &[]);
+    assert!(out.code == Some(0), "{}", out.stderr);
+    let (raw, _) = registry_manifest(&env.tool_tmp(), &dst, "team/oci", "v1");
+    let m: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    read_back(&env, &dst.host(), "team/oci", "v1", false);
     assert_ne!(a["config"]["digest"], b["config"]["digest"]);
     assert_ne!(a["layers"], b["layers"]);
     read_back(&env, &dst.host(), REPO, "v1", false);

@@ -12,6 +12,7 @@
 //! already has the source's manifest fetches and uploads nothing.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
@@ -84,6 +85,31 @@ pub struct RegistrySink {
     workers: Arc<tokio::sync::Semaphore>,
     /// The first upload that failed, to stop the run at the next layer.
     failed: Arc<Mutex<Option<Error>>>,
+    counts: Arc<Counts>,
+}
+
+/// What happened to the blobs, for the report.
+#[derive(Default, Debug)]
+struct Counts {
+    present: AtomicUsize,
+    mounted: AtomicUsize,
+    uploaded: AtomicUsize,
+}
+
+impl Counts {
+    fn add(n: &AtomicUsize) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `blobs: 2 uploaded, 1 mounted, 1 already there`.
+    fn note(&self) -> String {
+        format!(
+            "blobs: {} uploaded, {} mounted, {} already there",
+            self.uploaded.load(Ordering::Relaxed),
+            self.mounted.load(Ordering::Relaxed),
+            self.present.load(Ordering::Relaxed)
+        )
+    }
 }
 
 impl RegistrySink {
@@ -100,6 +126,7 @@ impl RegistrySink {
             uploads: Vec::new(),
             workers,
             failed: Arc::new(Mutex::new(None)),
+            counts: Arc::default(),
         }
     }
 
@@ -148,11 +175,13 @@ impl RegistrySink {
     /// HEAD, then mounts: whether the destination has (or now has) `digest`.
     async fn present(&self, digest: &Digest) -> Result<bool> {
         if self.repo.blob_exists(digest).await?.is_some() {
+            Counts::add(&self.counts.present);
             return Ok(true);
         }
         for from in &self.options.mount_from {
             if from != self.repo.name() && self.repo.mount_blob(digest, from).await? {
                 tracing::debug!("mounted {digest} from {from}");
+                Counts::add(&self.counts.mounted);
                 return Ok(true);
             }
         }
@@ -177,6 +206,7 @@ impl RegistrySink {
             workers: self.workers.clone(),
             pushed: self.pushed.clone(),
             failed: self.failed.clone(),
+            counts: self.counts.clone(),
             compression: compress.then_some(self.options.compression),
             temp_dir: self.temp_dir(),
             check_first: late || compress,
@@ -273,7 +303,11 @@ impl RegistrySink {
             });
         }
         let mut written = self.await_uploads().await?;
-        written += self.push_config(&image).await?;
+        let config_sent = self.push_config(&image).await?;
+        if config_sent > 0 {
+            Counts::add(&self.counts.uploaded);
+        }
+        written += config_sent;
         let layers = self.layers_pushed(&image);
         let (bytes, media_type) = self.manifest(&image, &layers)?;
         let digest = Digest::sha256_of(&bytes);
@@ -296,6 +330,7 @@ impl RegistrySink {
         Ok(SinkReport {
             output: format!("{output}:{target}@{digest}").replace(":sha256:", "@sha256:"),
             bytes_written: written,
+            notes: vec![self.counts.note()],
             pushed: Some(descriptor(&media_type, &digest, len)),
             ..SinkReport::default()
         })
@@ -349,6 +384,7 @@ struct Upload {
     workers: Arc<tokio::sync::Semaphore>,
     pushed: Arc<Mutex<Vec<Option<Pushed>>>>,
     failed: Arc<Mutex<Option<Error>>>,
+    counts: Arc<Counts>,
     compression: Option<Encoding>,
     temp_dir: PathBuf,
     /// HEAD the blob first (its digest was not known before).
@@ -409,12 +445,15 @@ impl Upload {
             media_type,
         };
         let mut sent = 0;
-        if !(self.check_first && self.repo.blob_exists(&digest).await?.is_some()) {
+        if self.check_first && self.repo.blob_exists(&digest).await?.is_some() {
+            Counts::add(&self.counts.present);
+        } else {
             let open: BlobOpener = Arc::new(move || {
                 file.open()
                     .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>)
             });
             self.repo.upload_blob(&digest, size, open).await?;
+            Counts::add(&self.counts.uploaded);
             sent = size;
         }
         record(&self.pushed, info.index, pushed);
