@@ -327,12 +327,16 @@ impl RegistrySink {
         let len = bytes.len();
         self.repo.put_manifest(&target, &media_type, bytes).await?;
         written += len as u64;
+        let output = if target == digest.to_string() {
+            format!("{output}@{digest}")
+        } else {
+            format!("{output}:{target}@{digest}")
+        };
         Ok(SinkReport {
-            output: format!("{output}:{target}@{digest}").replace(":sha256:", "@sha256:"),
+            output,
             bytes_written: written,
             notes: vec![self.counts.note()],
             pushed: Some(descriptor(&media_type, &digest, len)),
-            ..SinkReport::default()
         })
     }
 }
