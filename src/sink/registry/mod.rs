@@ -296,7 +296,11 @@ impl RegistrySink {
         if self.up_to_date {
             let m = image.manifest.as_ref();
             return Ok(SinkReport {
-                output: format!("{output}:{} (up to date)", self.target()),
+                output: format!(
+                    "{output}{}{} (up to date)",
+                    sep(&self.target()),
+                    self.target()
+                ),
                 notes: vec!["the destination already has this manifest; nothing copied".into()],
                 pushed: m.map(|m| descriptor(&m.media_type, &m.digest, m.raw.len())),
                 ..SinkReport::default()
@@ -356,6 +360,11 @@ impl<T> AbortOnDrop<T> {
     async fn join(mut self) -> std::result::Result<T, tokio::task::JoinError> {
         (&mut self.0).await
     }
+}
+
+/// `@` before a digest, `:` before a tag.
+fn sep(reference: &str) -> char {
+    if reference.contains(':') { '@' } else { ':' }
 }
 
 /// A descriptor of what was pushed.
