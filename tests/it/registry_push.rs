@@ -402,6 +402,12 @@ fn registry_push_faults_on_the_upload_side_end_exact() {
     };
     proxy.method("PUT", Some(1), session, retry_now);
     proxy.method("POST", Some(1), session, Fault::status(500));
+    let lost = Fault::Status {
+        status: 404,
+        retry_after: None,
+        code: Some("BLOB_UPLOAD_UNKNOWN".into()),
+    };
+    proxy.method("PUT", Some(1), session, lost);
     let fast = [
         "--request-timeout",
         "2",
@@ -418,7 +424,7 @@ fn registry_push_faults_on_the_upload_side_end_exact() {
         .iter()
         .filter(|r| r.fault.is_some())
         .count();
-    assert_eq!(faulted, 4, "{}", proxy.describe());
+    assert_eq!(faulted, 5, "{}", proxy.describe());
 }
 
 #[test]
