@@ -425,6 +425,8 @@ pub struct PushSettings {
     pub source: Option<Reference>,
     /// Where compressed layers are written.
     pub temp_dir: Option<PathBuf>,
+    /// Read back what was pushed (`--verify`).
+    pub verify: bool,
 }
 
 /// A sink as [`open_any_sink`] builds it: one that works on blocking
@@ -485,6 +487,7 @@ pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Res
         mount_from,
         by_digest: false,
         temp_dir: push.temp_dir.clone(),
+        verify: push.verify,
     };
     Ok(AnySink::Async(Box::new(
         crate::sink::registry::RegistrySink::new(repo, reference, options),

@@ -90,6 +90,10 @@ pub struct Global {
     #[arg(long, global = true, env = "OCCYSTRAP_COMPRESSION", value_name = "ALG",
           value_parser = ["gzip", "zstd"])]
     pub compression: Option<String>,
+    /// After pushing to a registry, read back what was written (the
+    /// manifest, a HEAD of every blob) and fail if anything is missing.
+    #[arg(long, global = true)]
+    pub verify: bool,
     /// Talk to registries over plain HTTP, and allow plain HTTP to any
     /// token realm or redirect target they name.
     #[arg(long, global = true)]
@@ -428,6 +432,7 @@ impl Global {
             exact: !filters.iter().any(|f| f.rewrites()),
             source,
             temp_dir: self.temp_dir.clone(),
+            verify: self.verify,
         })
     }
 

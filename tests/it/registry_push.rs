@@ -634,3 +634,43 @@ fn registry_push_memory_stays_flat_as_layers_grow() {
         large >> 20
     );
 }
+
+#[test]
+fn registry_push_verify_reads_back_what_was_written() {
+    let env = TestEnv::new();
+    let (src, dst) = (Registry::start(), Registry::start());
+    push_image(
+        &env,
+        &src,
+        "team/app:v1",
+        &busybox_image(Compression::Gzip),
+        PushFormat::Oci,
+    );
+    let proxy = Proxy::start(&dst.host());
+    let out = process(
+        &env,
+        &src.uri(REPO, "v1"),
+        &proxy.uri(REPO, "v1"),
+        &["--verify"],
+    );
+    assert!(out.code == Some(0), "{}", out.stderr);
+    let heads = |p: &Proxy| {
+        p.requests_to("/blobs/sha256:")
+            .iter()
+            .filter(|r| r.method == "HEAD")
+            .count()
+    };
+    // Before the upload (3 layers, the config) and after it.
+    assert_eq!(heads(&proxy), 8, "{}", proxy.describe());
+
+    // A registry that loses blobs: every HEAD says 404, so --verify fails.
+    let proxy = Proxy::start(&dst.host());
+    proxy.method("HEAD", None, "/blobs/", Fault::status(404));
+    let out = process(
+        &env,
+        &src.uri(REPO, "v1"),
+        &proxy.uri("team/lossy", "v1"),
+        &["--verify"],
+    );
+    assert_clean_failure(&env, &out, &["verify: blob"]);
+}

@@ -53,6 +53,9 @@ pub struct RegistrySinkOptions {
     pub by_digest: bool,
     /// Where compressed layers are written (default: the system temp dir).
     pub temp_dir: Option<PathBuf>,
+    /// Once the manifest is in, read back what was written (the manifest's
+    /// digest, a HEAD of every blob) and fail if anything is missing.
+    pub verify: bool,
 }
 
 impl Default for RegistrySinkOptions {
@@ -65,6 +68,7 @@ impl Default for RegistrySinkOptions {
             mount_from: Vec::new(),
             by_digest: false,
             temp_dir: None,
+            verify: false,
         }
     }
 }
@@ -290,6 +294,43 @@ impl RegistrySink {
         Ok((bytes, format.media_type().to_string()))
     }
 
+    /// Reads back what was pushed: the manifest at `target` is `digest`,
+    /// and the registry has every blob it names, at its size.
+    async fn verify(
+        &self,
+        target: &str,
+        digest: &Digest,
+        image: &Image,
+        layers: &[Pushed],
+    ) -> Result<()> {
+        let failed = |what: String| {
+            Error::InvalidImage(format!(
+                "verify: {what} in {}/{}",
+                self.reference.host, self.reference.path
+            ))
+        };
+        let theirs = self.repo.manifest_digest(target).await?;
+        if theirs.as_ref() != Some(digest) {
+            return Err(failed(match theirs {
+                None => format!("no manifest at {target}"),
+                Some(d) => format!("the manifest at {target} is {d}, not the {digest} pushed"),
+            }));
+        }
+        let config = (&image.config_digest, image.config_raw.len() as u64);
+        let blobs = layers.iter().map(|l| (&l.digest, l.size));
+        for (blob, size) in std::iter::once(config).chain(blobs) {
+            match self.repo.blob_exists(blob).await? {
+                None => return Err(failed(format!("blob {blob} is missing"))),
+                // A registry may leave the length out of a HEAD (0).
+                Some(n) if n != size && n != 0 => {
+                    return Err(failed(format!("blob {blob} is {n} bytes, not {size}")));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Pushes the manifest last, once every blob is in.
     async fn finish_push(mut self, image: Image) -> Result<SinkReport> {
         let output = format!("{}/{}", self.reference.host, self.reference.path);
@@ -331,6 +372,9 @@ impl RegistrySink {
         let len = bytes.len();
         self.repo.put_manifest(&target, &media_type, bytes).await?;
         written += len as u64;
+        if self.options.verify {
+            self.verify(&target, &digest, &image, &layers).await?;
+        }
         let output = if target == digest.to_string() {
             format!("{output}@{digest}")
         } else {
