@@ -402,10 +402,99 @@ pub fn open_sink(uri: &Uri, settings: &Settings) -> Result<Box<dyn Sink>> {
                 settings.cancel.clone(),
             )?))
         }
+        "registry" => Err(Error::Usage(
+            "registry:// is written asynchronously: open it with uri::open_any_sink".into(),
+        )),
         other => Err(Error::Usage(format!(
-            "unknown destination scheme {other}:// (supported: tar://, dir://, oci://, mounts://, oci-layout://)"
+            "unknown destination scheme {other}:// (supported: registry://, tar://, dir://, oci://, mounts://, oci-layout://)"
         ))),
     }
+}
+
+/// What a `registry://` destination needs beyond [`Settings`].
+#[derive(Clone, Debug, Default)]
+pub struct PushSettings {
+    /// Credentials for the destination (`--dest-username`/`--dest-password`);
+    /// `user:pass@` in the URI wins, and without either the source's flags
+    /// and then Docker's config apply.
+    pub credentials: Option<Credentials>,
+    /// Compression for tar-only layers (`--compression`); the URI's
+    /// `compression=` wins.
+    pub compression: crate::compress::Encoding,
+    /// No filter rewrites layers: an up-to-date destination is left alone.
+    pub exact: bool,
+    /// The source's reference, when it is a registry: its repository is a
+    /// mount candidate when it is on the destination's registry.
+    pub source: Option<Reference>,
+    /// Where compressed layers are written.
+    pub temp_dir: Option<PathBuf>,
+    /// Read back what was pushed (`--verify`).
+    pub verify: bool,
+}
+
+/// A sink as [`open_any_sink`] builds it: one that works on blocking
+/// threads, or one that works asynchronously (a registry).
+pub enum AnySink {
+    /// A [`Sink`] (files, trees).
+    Blocking(Box<dyn Sink>),
+    /// An [`crate::sink::AsyncSink`] (`registry://`).
+    Async(Box<dyn crate::sink::AsyncSink>),
+}
+
+/// Builds the sink a URI names, `registry://` included.
+pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Result<AnySink> {
+    if uri.scheme != "registry" {
+        return open_sink(uri, settings).map(AnySink::Blocking);
+    }
+    uri.check_options(&["insecure", "compression", "max_workers", "format"])?;
+    let mut settings = settings.clone();
+    if push.credentials.is_some() {
+        settings.credentials = push.credentials.clone();
+    }
+    let (reference, repo) = registry_repository(uri, &settings)?;
+    let compression = match uri.get("compression") {
+        None => push.compression,
+        Some(c) => c.parse::<crate::compress::Encoding>()?,
+    };
+    let format = match uri.get("format") {
+        None => None,
+        Some(f) => Some(
+            crate::sink::registry::ManifestFormat::parse(f)
+                .ok_or_else(|| Error::Usage(format!("format={f} must be oci or docker")))?,
+        ),
+    };
+    if format == Some(crate::sink::registry::ManifestFormat::Docker)
+        && compression == crate::compress::Encoding::Zstd
+    {
+        return Err(Error::Usage(
+            "format=docker cannot hold zstd layers: use format=oci or compression=gzip".into(),
+        ));
+    }
+    let max_workers = match uri.get("max_workers") {
+        Some(n) => parse_workers(n)?,
+        None => settings.parallel,
+    };
+    // The source's repository, when it is on this registry, may hold every
+    // blob: mount from it rather than upload.
+    let mount_from = push
+        .source
+        .as_ref()
+        .filter(|s| s.registry_host() == reference.registry_host() && s.path != reference.path)
+        .map(|s| vec![s.path.clone()])
+        .unwrap_or_default();
+    let options = crate::sink::registry::RegistrySinkOptions {
+        compression,
+        format,
+        max_workers,
+        exact: push.exact,
+        mount_from,
+        by_digest: false,
+        temp_dir: push.temp_dir.clone(),
+        verify: push.verify,
+    };
+    Ok(AnySink::Async(Box::new(
+        crate::sink::registry::RegistrySink::new(repo, reference, options),
+    )))
 }
 
 #[cfg(test)]
@@ -525,5 +614,34 @@ mod tests {
         let (c, rest) = split_userinfo("host/a/b@sha256:00");
         assert!(c.is_none());
         assert_eq!(rest, "host/a/b@sha256:00");
+    }
+
+    #[test]
+    fn registry_destination_options() {
+        let open = |u: &str| {
+            open_any_sink(
+                &Uri::parse(u).unwrap(),
+                &settings(),
+                &PushSettings::default(),
+            )
+        };
+        let ok = "registry://h:5000/a/b:v1?compression=zstd&format=oci&max_workers=2&insecure=true";
+        assert!(matches!(open(ok), Ok(AnySink::Async(_))));
+        for bad in [
+            "registry://h/a:v1?compression=lz4",
+            "registry://h/a:v1?format=v1",
+            "registry://h/a:v1?max_workers=0",
+            "registry://h/a:v1?tag=x",
+            "registry://h/a:v1?compression=zstd&format=docker",
+        ] {
+            assert!(matches!(open(bad), Err(Error::Usage(_))), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tar = format!("tar://{}", dir.path().join("x.tar").display());
+        assert!(matches!(open(&tar), Ok(AnySink::Blocking(_))));
+        assert!(matches!(
+            open_sink(&Uri::parse("registry://h/a:v1").unwrap(), &settings()),
+            Err(Error::Usage(_))
+        ));
     }
 }

@@ -69,6 +69,32 @@ pub struct Global {
         value_name = "PASS"
     )]
     pub password: Option<String>,
+    /// User name for a registry:// destination (default: --username).
+    #[arg(
+        long,
+        global = true,
+        env = "OCCYSTRAP_DEST_USERNAME",
+        value_name = "USER"
+    )]
+    pub dest_username: Option<String>,
+    /// Password or token for a registry:// destination.
+    #[arg(
+        long,
+        global = true,
+        env = "OCCYSTRAP_DEST_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASS"
+    )]
+    pub dest_password: Option<String>,
+    /// Compression for layers pushed to a registry that exist only as a tar
+    /// (docker-save members, rewritten layers); the URI's ?compression= wins.
+    #[arg(long, global = true, env = "OCCYSTRAP_COMPRESSION", value_name = "ALG",
+          value_parser = ["gzip", "zstd"])]
+    pub compression: Option<String>,
+    /// After pushing to a registry, read back what was written (the
+    /// manifest, a HEAD of every blob) and fail if anything is missing.
+    #[arg(long, global = true)]
+    pub verify: bool,
     /// Talk to registries over plain HTTP, and allow plain HTTP to any
     /// token realm or redirect target they name.
     #[arg(long, global = true)]
@@ -391,6 +417,35 @@ impl Command {
 }
 
 impl Global {
+    /// What a registry:// destination needs from the flags and the run.
+    fn push_settings(
+        &self,
+        src: &Uri,
+        settings: &Settings,
+        filters: &[Box<dyn occystrap::filter::Filter>],
+    ) -> occystrap::Result<uri::PushSettings> {
+        let credentials = self.dest_username.as_ref().map(|u| Credentials {
+            username: u.clone(),
+            password: self.dest_password.clone().unwrap_or_default(),
+        });
+        let compression = match self.compression.as_deref() {
+            Some("zstd") => occystrap::compress::Encoding::Zstd,
+            _ => occystrap::compress::Encoding::Gzip,
+        };
+        let source = match src.scheme.as_str() {
+            "registry" => Some(uri::registry_options(src, settings)?.0),
+            _ => None,
+        };
+        Ok(uri::PushSettings {
+            credentials,
+            compression,
+            exact: !filters.iter().any(|f| f.rewrites()),
+            source,
+            temp_dir: self.temp_dir.clone(),
+            verify: self.verify,
+        })
+    }
+
     fn settings(&self, cancel: CancelToken) -> Settings {
         let mut platform = Platform::host();
         platform.os = self.os.clone();
@@ -565,7 +620,8 @@ async fn process_filtered(
         .map(|f| occystrap::filter::FilterSpec::parse(f).and_then(|s| occystrap::filter::build(&s)))
         .collect::<occystrap::Result<Vec<_>>>()?;
     let (source, parallel) = uri::open_source(src, settings)?;
-    let sink = uri::open_sink(dst, settings)?;
+    let push = global.push_settings(src, settings, &filters)?;
+    let sink = uri::open_any_sink(dst, settings, &push)?;
     let reporter = Arc::new(progress::Bars::new());
     let options = RunOptions {
         parallel,
@@ -573,9 +629,15 @@ async fn process_filtered(
         reporter: reporter.clone(),
         cancel: settings.cancel.clone(),
     };
-    let report = pipeline::run_filtered(source.clone(), filters, sink, options)
-        .await
-        .with_context(|| source.describe());
+    let report = match sink {
+        uri::AnySink::Blocking(sink) => {
+            pipeline::run_filtered(source.clone(), filters, sink, options).await
+        }
+        uri::AnySink::Async(sink) => {
+            pipeline::run_async(source.clone(), filters, sink, options).await
+        }
+    }
+    .with_context(|| source.describe());
     reporter.clear();
     let report = report?;
     // Image names, output paths and skipped entry names: escaped.

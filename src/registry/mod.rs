@@ -26,6 +26,7 @@ mod context;
 mod errors;
 mod options;
 mod pull;
+mod push;
 mod repository;
 mod request;
 mod tokens;
@@ -41,6 +42,7 @@ pub use options::{
     DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, MAX_CONFIG_BYTES,
     MAX_MANIFEST_BYTES, parse_byte_rate,
 };
+pub use push::BlobOpener;
 pub use repository::Repository;
 pub use tokens::Actions;
 

@@ -16,7 +16,7 @@ use crate::error::{Error, Mismatch, Result};
 
 /// Accept header for manifest requests: every type we understand, plus
 /// schema1 so that we can name it in the error instead of getting a 404.
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+pub(super) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json;q=0.9, \
@@ -105,12 +105,8 @@ impl Client {
         loop {
             let range = (received > 0).then(|| format!("bytes={received}-"));
             let req = Request {
-                op: &op,
-                scope: &scope,
-                method: Method::GET,
-                url: &url,
-                accept: None,
                 range: range.as_deref(),
+                ..Request::new(&op, &scope, Method::GET, &url)
             };
             let (resp, _) = self.send(&req).await?;
             // A server that ignores Range replays from byte 0: skip what we have.

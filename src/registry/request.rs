@@ -27,6 +27,40 @@ pub(super) struct Request<'a> {
     pub(super) url: &'a str,
     pub(super) accept: Option<&'a str>,
     pub(super) range: Option<&'a str>,
+    /// More headers (`Content-Type`, `Content-Length` of an upload).
+    pub(super) headers: &'a [(reqwest::header::HeaderName, String)],
+    /// Makes the body afresh for each attempt (a stream cannot be resent).
+    pub(super) body: Option<&'a BodyMaker<'a>>,
+    /// Statuses besides 2xx handed back as they are (404 for a HEAD).
+    pub(super) pass: &'a [StatusCode],
+    /// Whether failures are retried here; an upload session's requests are
+    /// not (their caller restarts the whole blob).
+    pub(super) retry: bool,
+    /// Bytes of body sent: the deadline for the response grows by the time
+    /// they take at the speed floor.
+    pub(super) body_len: u64,
+}
+
+/// Makes a request body; called once per attempt.
+pub(super) type BodyMaker<'a> = dyn Fn() -> Result<reqwest::Body> + Send + Sync + 'a;
+
+impl<'a> Request<'a> {
+    /// A request with no body, no extra header, retried.
+    pub(super) fn new(op: &'a str, scope: &'a Scope, method: Method, url: &'a str) -> Self {
+        Request {
+            op,
+            scope,
+            method,
+            url,
+            accept: None,
+            range: None,
+            headers: &[],
+            body: None,
+            pass: &[],
+            retry: true,
+            body_len: 0,
+        }
+    }
 }
 
 impl Client {
@@ -44,12 +78,8 @@ impl Client {
         let mut attempt = 0u32;
         loop {
             let req = Request {
-                op,
-                scope,
-                method: Method::GET,
-                url,
                 accept,
-                range: None,
+                ..Request::new(op, scope, Method::GET, url)
             };
             let (resp, deadline) = self.send(&req).await?;
             let ct = resp
@@ -147,14 +177,33 @@ impl Client {
         if let Some(h) = &auth_header {
             r = r.header(AUTHORIZATION, h);
         }
+        for (name, value) in req.headers {
+            r = r.header(name, value);
+        }
+        if let Some(make) = req.body {
+            r = r.body(make()?);
+        }
         tracing::debug!("{} {}", req.method, req.url);
-        let deadline = tokio::time::Instant::now() + self.options.request_timeout;
+        let deadline =
+            tokio::time::Instant::now() + self.options.request_timeout + self.send_time(req);
         match tokio::time::timeout_at(deadline, r.send()).await {
             Ok(Ok(resp)) => Ok(Ok((resp, deadline))),
             // A refused redirect is a decision, not a glitch.
             Ok(Err(e)) if e.is_redirect() => Err(self.network_error(req.op, &e)),
             Ok(Err(e)) => Ok(Err(self.network_error(req.op, &e))),
             Err(_) => Ok(Err(self.deadline_error(req.op, None))),
+        }
+    }
+
+    /// How long sending a request's body may take: its length at the speed
+    /// floor (a day without a floor).
+    fn send_time(&self, req: &Request<'_>) -> Duration {
+        if req.body_len == 0 {
+            return Duration::ZERO;
+        }
+        match req.body_len.checked_div(self.options.min_speed) {
+            Some(secs) => Duration::from_secs(secs + 1),
+            None => Duration::from_secs(86_400),
         }
     }
 
@@ -173,7 +222,7 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     attempt += 1;
-                    if attempt > self.options.retries {
+                    if !req.retry || attempt > self.options.retries {
                         return Err(e);
                     }
                     tracing::warn!("{e}; retrying");
@@ -182,7 +231,7 @@ impl Client {
                 }
             };
             let status = resp.status();
-            if status.is_success() {
+            if status.is_success() || req.pass.contains(&status) {
                 return Ok((resp, deadline));
             }
             if status == StatusCode::UNAUTHORIZED && !answered_challenge {
@@ -201,6 +250,7 @@ impl Client {
             if (status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::REQUEST_TIMEOUT
                 || status.is_server_error())
+                && req.retry
                 && attempt < self.options.retries
             {
                 attempt += 1;
@@ -331,8 +381,9 @@ impl Client {
                 scope: theirs,
             } => {
                 let wanted = requested_scope(&scope.to_scope_string(), theirs.as_deref());
+                let extra = scope.extra_scope_string();
                 let (token, ttl) = self
-                    .fetch_token(op, realm, service.as_deref(), &wanted)
+                    .fetch_token(op, realm, service.as_deref(), &wanted, extra.as_deref())
                     .await?;
                 self.ctx
                     .tokens
@@ -395,6 +446,7 @@ impl Client {
         realm: &str,
         service: Option<&str>,
         scope: &str,
+        extra: Option<&str>,
     ) -> Result<url::Url> {
         let mut url = url::Url::parse(realm).map_err(|_| {
             // Up to any query, which could carry something secret.
@@ -414,6 +466,11 @@ impl Client {
                 q.append_pair("service", s);
             }
             q.append_pair("scope", scope);
+            // A mount's second scope is a parameter of its own, as the
+            // token spec writes several scopes.
+            if let Some(extra) = extra {
+                q.append_pair("scope", extra);
+            }
         }
         Ok(url)
     }
@@ -424,8 +481,9 @@ impl Client {
         realm: &str,
         service: Option<&str>,
         scope: &str,
+        extra: Option<&str>,
     ) -> Result<(String, Duration)> {
-        let url = self.token_url(op, realm, service, scope)?;
+        let url = self.token_url(op, realm, service, scope, extra)?;
         let top = format!("GET token for {scope}");
         let body = self.get_token_body(&top, &url).await?;
         parse_token_reply(&body).map_err(|m| self.token_error(&top, m.into()))

@@ -409,3 +409,20 @@ fn clients_with_equal_transport_share_a_pool() {
     Client::new(&ctx, "a.example", slow).unwrap();
     assert_eq!(ctx.pool_count(), 2);
 }
+
+#[tokio::test]
+async fn an_upload_location_on_another_host_is_refused() {
+    let head = "HTTP/1.1 202 Accepted\r\nLocation: http://elsewhere.example:5000/v2/a/b/blobs/uploads/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let host = drip_server(head, Vec::new(), 1, Duration::ZERO);
+    let client = Client::standalone(&host, quick_options()).unwrap();
+    let open: BlobOpener = std::sync::Arc::new(|| {
+        Ok(Box::new(std::io::Cursor::new(b"abc".to_vec())) as Box<dyn std::io::Read + Send>)
+    });
+    let digest = Digest::sha256_of(b"abc");
+    let e = client
+        .upload_blob("a/b", &digest, 3, open)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another host"), "{e}");
+}

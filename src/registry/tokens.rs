@@ -33,6 +33,9 @@ impl Actions {
 pub(crate) struct Scope {
     pub(crate) repository: String,
     pub(crate) actions: Actions,
+    /// For a cross-repository mount: the repository the blob comes from,
+    /// which the token must also let us pull.
+    pub(crate) mount_from: Option<String>,
 }
 
 impl Scope {
@@ -40,7 +43,23 @@ impl Scope {
         Scope {
             repository: repository.to_string(),
             actions,
+            mount_from: None,
         }
+    }
+
+    /// `push,pull` on `repository` and `pull` on `from`, for a mount.
+    pub(crate) fn mount(repository: &str, from: &str) -> Self {
+        Scope {
+            mount_from: Some(from.to_string()),
+            ..Scope::new(repository, Actions::PushPull)
+        }
+    }
+
+    /// The second scope a mount's token request carries, if any.
+    pub(crate) fn extra_scope_string(&self) -> Option<String> {
+        self.mount_from
+            .as_ref()
+            .map(|from| format!("repository:{from}:pull"))
     }
 
     /// `repository:NAME:ACTIONS`, as a token request asks for it.

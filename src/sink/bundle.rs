@@ -104,6 +104,7 @@ impl Sink for BundleSink {
             output: target.display().to_string(),
             bytes_written: 0,
             notes: self.notes,
+            ..SinkReport::default()
         })
     }
 }

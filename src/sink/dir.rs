@@ -573,6 +573,7 @@ impl Sink for DirSink {
             output,
             bytes_written: self.bytes_written,
             notes: std::mem::take(&mut self.notes),
+            ..SinkReport::default()
         })
     }
 }

@@ -56,6 +56,7 @@ pub mod dir;
 pub mod docker_archive;
 pub mod mounts;
 pub mod oci_layout;
+pub mod registry;
 pub mod staging;
 
 /// Per-layer work a sink lets run on several layers at once, each on the
@@ -73,6 +74,9 @@ pub struct SinkReport {
     pub bytes_written: u64,
     /// Things the user should know (skipped entries, warnings), one line each.
     pub notes: Vec<String>,
+    /// The manifest a registry sink pushed (digest, size, media type), for a
+    /// caller that puts it into an index.
+    pub pushed: Option<crate::wire::Descriptor>,
 }
 
 /// An image writer that works on blocking threads (files, trees). The

@@ -353,6 +353,7 @@ impl Sink for MountsSink {
             output: self.root.display().to_string(),
             bytes_written: 0,
             notes: self.notes,
+            ..SinkReport::default()
         })
     }
 }

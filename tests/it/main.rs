@@ -21,6 +21,7 @@ mod index_copy;
 mod info_check;
 mod registry_client;
 mod registry_pull;
+mod registry_push;
 mod runtime;
 mod search;
 mod signals;

@@ -156,6 +156,8 @@ pub struct Record {
     pub method: String,
     /// Path without the query.
     pub path: String,
+    /// The query (`mount=...&from=...`), if any.
+    pub query: Option<String>,
     /// The client's `Range` header.
     pub range: Option<String>,
     /// Status sent to the client (0: none yet, or the answer failed).
@@ -243,6 +245,12 @@ impl Proxy {
     /// Applies `fault` to every request whose path contains `path_contains`.
     pub fn always(&self, path_contains: &str, fault: Fault) {
         self.rule(None, path_contains, None, fault);
+    }
+
+    /// Applies `fault` to the next `times` `method` requests whose path
+    /// contains `path_contains` (`None`: every one).
+    pub fn method(&self, method: &str, times: Option<usize>, path_contains: &str, fault: Fault) {
+        self.rule(Some(method), path_contains, times, fault);
     }
 
     fn rule(&self, method: Option<&str>, path: &str, remaining: Option<usize>, fault: Fault) {
@@ -347,6 +355,7 @@ impl Slot {
         log.push(Record {
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
+            query: req.uri().query().map(str::to_string),
             range: req
                 .headers()
                 .get(header::RANGE)
@@ -772,6 +781,14 @@ async fn forward(
         headers.remove(h);
     }
     headers.remove("keep-alive");
+    // Upload sessions name the registry's own address; point them back at
+    // the proxy, as a reverse proxy in front of a registry does.
+    if let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+        let ours = loc.replace(&format!("//{}/", st.upstream), &format!("//{}/", st.me));
+        if let Ok(v) = HeaderValue::from_str(&ours) {
+            headers.insert(header::LOCATION, v);
+        }
+    }
     let mut answer = Answer {
         status,
         headers,
