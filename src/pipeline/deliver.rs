@@ -16,7 +16,7 @@ use crate::verify::{Expect, VerifiedTar};
 
 use super::handoff::{self, Handoff, LayerOut, Spooled};
 
-const BUF: usize = 256 << 10;
+pub(super) const BUF: usize = 256 << 10;
 
 /// The verifier over `blob`'s bytes, stoppable through `stop`; with where
 /// the bytes lie locally and the layer's label.
@@ -66,12 +66,14 @@ pub(crate) fn work_layer(
 /// Reads `blob` to its end through the verifier and returns the layer in
 /// the forms `needs` asks for. With a `handoff`, the tar goes to the sink
 /// live once the sink waits for this layer; the returned layer then has no
-/// tar (the sink took the live one from the handoff).
+/// tar (the sink took the live one from the handoff). `observe` are the
+/// filters' observers, fed the same tar (see [`super::observe`]).
 pub(crate) fn verify_layer(
     blob: LayerBlob,
     needs: LayerNeeds,
     temp_dir: &Path,
     handoff: Option<&Handoff>,
+    observe: &super::Observe,
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
 ) -> Result<Layer> {
@@ -104,14 +106,22 @@ pub(crate) fn verify_layer(
     let live_info = verified.info().clone();
     let out = LayerOut::new(keep_tar, handoff, &live_info, temp_dir)
         .map_err(|e| Error::io("creating temp file in", temp_dir, e))?;
-    let (pumped, out) = pump(&mut verified, out);
+    let (pumped, out, observed) = if !observe.observers.is_empty() {
+        super::observe::pump_observed(&mut verified, out, &observe.observers, &observe.info)
+    } else {
+        let (pumped, out) = pump(&mut verified, out);
+        (pumped, out, Ok(()))
+    };
     let (spooled, tar_size) = out
         .finish()
         .map_err(|e| Error::stream(format!("writing {label}"), e))?;
-    let result = pumped.map_err(|e| match e {
-        PumpError::Read(e) => Error::stream(format!("reading {label}"), e),
-        PumpError::Write(e) => Error::stream(format!("writing {label}"), e),
-    });
+    // An observer's error fails the layer before a live sink sees its end.
+    let result = pumped
+        .map_err(|e| match e {
+            PumpError::Read(e) => Error::stream(format!("reading {label}"), e),
+            PumpError::Write(e) => Error::stream(format!("writing {label}"), e),
+        })
+        .and(observed);
     let tar = match spooled {
         Spooled::Streamed(tx) => {
             handoff::end_stream(tx, result.as_ref().map(|_| ()));
@@ -148,7 +158,7 @@ fn temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
 }
 
 /// Which side of a copy failed.
-enum PumpError {
+pub(super) enum PumpError {
     Read(io::Error),
     Write(io::Error),
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::filter::{Filter, FilterContext};
+use crate::filter::{Filter, FilterContext, LayerObserver};
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 use crate::sink::{AsyncSink, Blocking, Sink};
@@ -28,6 +28,7 @@ use crate::source::{FetchContext, Source};
 mod builder;
 mod deliver;
 mod handoff;
+mod observe;
 #[cfg(test)]
 mod tests;
 
@@ -104,6 +105,7 @@ pub async fn fetch_layer(
     let delivery = Delivery::Files {
         needs,
         handoff: None,
+        observers: Arc::new([]),
     };
     fetch_into(source, info, ctx, delivery).await
 }
@@ -112,10 +114,12 @@ pub async fn fetch_layer(
 #[derive(Clone)]
 enum Delivery {
     /// The forms `needs` asks for, as verified files; with a `handoff`, its
-    /// tar may go to the sink live.
+    /// tar may go to the sink live. `observers` (the filters') see the tar
+    /// as it passes.
     Files {
         needs: LayerNeeds,
         handoff: Option<Arc<Handoff>>,
+        observers: Arc<[LayerObserver]>,
     },
     /// A sink's per-layer work, run over the tar as it arrives.
     Work(crate::sink::LayerWork),
@@ -137,8 +141,17 @@ async fn fetch_into(
     let temp = ctx.temp_dir.clone();
     let image_info = info.clone();
     let layer = tokio::task::spawn_blocking(move || match delivery {
-        Delivery::Files { needs, handoff } => {
-            deliver::verify_layer(blob, needs, &temp, handoff.as_deref(), reporter, stop)
+        Delivery::Files {
+            needs,
+            handoff,
+            observers,
+        } => {
+            let observe = Observe {
+                observers,
+                info: image_info,
+            };
+            let handoff = handoff.as_deref();
+            deliver::verify_layer(blob, needs, &temp, handoff, &observe, reporter, stop)
         }
         Delivery::Work(work) => deliver::work_layer(blob, &image_info, &work, reporter, stop),
     })
@@ -152,6 +165,23 @@ async fn fetch_into(
     );
     ctx.reporter.layer_done(info.index);
     Ok(layer)
+}
+
+/// The filters' observers of one layer, and the image's descriptor of it,
+/// which they name the layer by.
+pub(crate) struct Observe {
+    observers: Arc<[LayerObserver]>,
+    info: LayerInfo,
+}
+
+/// The filters' observers, when every filter gives one and none rewrites:
+/// then the layers may stream past the filters (see [`observe`]).
+fn observers(filters: &[Box<dyn Filter>]) -> Option<Arc<[LayerObserver]>> {
+    filters
+        .iter()
+        .map(|f| f.observer().filter(|_| !f.rewrites()))
+        .collect::<Option<Vec<_>>>()
+        .map(Arc::from)
 }
 
 /// Starts fetching a layer on its own task.
@@ -183,13 +213,14 @@ async fn give_layer(
 }
 
 /// Gives the sink the layer it is waiting for: live if the layer's writer
-/// hands it over, or as files if it finished first.
+/// hands it over, or as files if it finished first. Returns the layer's
+/// descriptor as verification left it (a docker-save member's digest).
 async fn deliver_in_turn(
     sink: &mut dyn AsyncSink,
     mut task: AbortOnDrop<Result<Layer>>,
     mut rx: tokio::sync::oneshot::Receiver<Layer>,
     reaper: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<()> {
+) -> Result<LayerInfo> {
     enum Got {
         Live(Layer),
         Done(Result<Layer>),
@@ -202,20 +233,28 @@ async fn deliver_in_turn(
         },
         r = &mut task => Got::Done(r.map_err(join_error).and_then(|r| r)),
     };
-    let (sink_result, fetched) = match got {
+    let (sink_result, fetched, live_info) = match got {
         Got::Live(layer) => {
+            let info = layer.info.clone();
             let (s, t) = tokio::join!(sink.layer(layer), &mut task);
-            (s, t.map_err(join_error).and_then(|r| r))
+            (s, t.map_err(join_error).and_then(|r| r), info)
         }
         // A small layer's writer can stream it whole and finish before the
         // stream is picked up.
         Got::Done(fetched) => match rx.try_recv() {
-            Ok(layer) => (sink.layer(layer).await, fetched),
-            Err(_) => return give_layer(sink, fetched?, reaper).await,
+            Ok(layer) => {
+                let info = layer.info.clone();
+                (sink.layer(layer).await, fetched, info)
+            }
+            Err(_) => {
+                let layer = fetched?;
+                let info = layer.info.clone();
+                return give_layer(sink, layer, reaper).await.map(|()| info);
+            }
         },
     };
     match (sink_result, fetched) {
-        (Ok(()), Ok(_)) => Ok(()),
+        (Ok(()), Ok(layer)) => Ok(layer.info),
         // The writer failed only because the sink stopped reading.
         (Err(e), Err(Error::Stream { source, .. }))
             if source.kind() == std::io::ErrorKind::BrokenPipe =>
@@ -227,7 +266,7 @@ async fn deliver_in_turn(
         (Ok(()), Err(Error::Stream { source, .. }))
             if source.kind() == std::io::ErrorKind::BrokenPipe =>
         {
-            Ok(())
+            Ok(live_info)
         }
         // Otherwise the fetch's error (a digest mismatch, a dropped
         // connection) explains why the sink's stream failed.
@@ -259,9 +298,13 @@ pub async fn run_filtered(
 struct Plan {
     /// The forms fetched: the sink's, and the tar for filters.
     needs: LayerNeeds,
-    /// The sink reads only the tar, in order, with no filter between: each
-    /// layer goes to it live once the layers below it are in.
+    /// The sink reads only the tar, in order, with no filter between that
+    /// needs files: each layer goes to it live once the layers below it are
+    /// in.
     streaming: bool,
+    /// The filters' observers, when they all observe (empty without
+    /// filters); `None` when the filters read files.
+    observers: Option<Arc<[LayerObserver]>>,
     ordered: bool,
     filtering: bool,
     rewriting: bool,
@@ -292,13 +335,16 @@ pub async fn run_async(
     // has once a layer has been through the chain.
     let rewriting = filters.iter().any(|f| f.rewrites());
     let ordered = sink.ordered() || filtering;
+    // Filters that only observe see the tar as it passes: no files for them.
+    let observers = observers(&filters);
     let plan = Plan {
-        needs: if filtering {
+        needs: if observers.is_none() {
             sink_needs.union(LayerNeeds::TAR)
         } else {
             sink_needs
         },
-        streaming: ordered && !filtering && sink_needs == LayerNeeds::TAR,
+        streaming: ordered && observers.is_some() && sink_needs == LayerNeeds::TAR,
+        observers,
         ordered,
         filtering,
         rewriting,
@@ -337,7 +383,7 @@ pub async fn run_async(
         cancel: &options.cancel,
     };
     let (rewritten, skipped_after_filters) = if plan.streaming && work.is_none() {
-        layers.streamed(wanted, plan.needs).await?;
+        chain = layers.streamed(wanted, &plan, chain).await?;
         (false, 0)
     } else {
         // A sink's per-layer work runs as each layer downloads, nothing
@@ -347,6 +393,7 @@ pub async fn run_async(
             None => Delivery::Files {
                 needs: plan.needs,
                 handoff: None,
+                observers: plan.observers.clone().unwrap_or_else(|| Arc::new([])),
             },
         };
         let (c, r, s) = layers
@@ -394,8 +441,16 @@ struct Layers<'r> {
 impl Layers<'_> {
     /// Fetches `parallel` layers at once and gives each to the sink in
     /// order: live when it is the one the sink waits for, else from the file
-    /// it was spooled to (see [`handoff`]).
-    async fn streamed(&mut self, wanted: Vec<LayerInfo>, needs: LayerNeeds) -> Result<()> {
+    /// it was spooled to (see [`handoff`]). The filters, which only observe,
+    /// see each layer as it passes and then get it, without its bytes, once
+    /// the sink took it; returns their chain.
+    async fn streamed(
+        &mut self,
+        wanted: Vec<LayerInfo>,
+        plan: &Plan,
+        mut chain: FilterChain,
+    ) -> Result<FilterChain> {
+        let (needs, observers) = (plan.needs, plan.observers.clone().unwrap_or_default());
         let mut queue = VecDeque::new();
         let mut pending = wanted.into_iter();
         loop {
@@ -407,16 +462,20 @@ impl Layers<'_> {
                 let delivery = Delivery::Files {
                     needs,
                     handoff: Some(h.clone()),
+                    observers: observers.clone(),
                 };
                 let task = spawn_fetch(self.source, l, self.ctx, delivery);
                 queue.push_back((index, task, h, rx));
             }
             let Some((index, task, handoff, rx)) = queue.pop_front() else {
-                return Ok(());
+                return Ok(chain);
             };
             self.cancel.check()?;
             handoff.set_next();
-            deliver_in_turn(self.sink, task, rx, self.reaper).await?;
+            let info = deliver_in_turn(self.sink, task, rx, self.reaper).await?;
+            if plan.filtering {
+                chain = chain.layer(Layer::files(info, None, None)).await?.0;
+            }
             tracing::debug!(
                 "layer {index} handed to the sink at {:.3}s",
                 self.started.elapsed().as_secs_f64()
