@@ -24,7 +24,8 @@ pub struct FilterContext {
 /// descriptor of the layer; see [`Filter::observer`]. The reader ends only
 /// once the layer is verified, and fails if the layer did; an error fails
 /// the layer (and the run).
-pub type LayerObserver = std::sync::Arc<dyn Fn(&mut dyn Read, &LayerInfo) -> Result<()> + Send + Sync>;
+pub type LayerObserver =
+    std::sync::Arc<dyn Fn(&mut dyn Read, &LayerInfo) -> Result<()> + Send + Sync>;
 
 /// A step in the chain. The pipeline calls `begin`, then `layer` for every
 /// layer bottom to top, then `finish` with the metadata as the whole chain

@@ -351,7 +351,10 @@ impl Sink for LiveSink {
     }
     fn layer(&mut self, layer: Layer) -> Result<()> {
         let live = layer.is_live();
-        let mut r = layer.tar_reader().map_err(|e| Error::stream("t", e))?.unwrap();
+        let mut r = layer
+            .tar_reader()
+            .map_err(|e| Error::stream("t", e))?
+            .unwrap();
         let mut h = Hasher::new(crate::digest::Algorithm::Sha256);
         let mut buf = vec![0u8; 64 << 10];
         let read = loop {
