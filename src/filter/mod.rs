@@ -27,6 +27,10 @@ pub struct FilterContext {
 pub type LayerObserver =
     std::sync::Arc<dyn Fn(&mut dyn Read, &LayerInfo) -> Result<()> + Send + Sync>;
 
+/// Makes one layer's rewrite; see [`Filter::stream_rewrite`].
+pub type RewriteFactory =
+    std::sync::Arc<dyn Fn() -> Box<dyn crate::tarfmt::rewrite::Rewrite + Send> + Send + Sync>;
+
 /// A step in the chain. The pipeline calls `begin`, then `layer` for every
 /// layer bottom to top, then `finish` with the metadata as the whole chain
 /// left it.
@@ -54,6 +58,16 @@ pub trait Filter: Send {
     /// observer is not used and `layer` gets the verified files as usual.
     /// `None` (the default): `layer` always gets the files.
     fn observer(&self) -> Option<LayerObserver> {
+        None
+    }
+    /// For a rewriting filter whose rewrite reads a tar front to back only
+    /// (it never materializes a hard link, which reads back): a fresh
+    /// rewrite per layer. When it is the run's only filter and the sink
+    /// takes rewritten layers live (`takes_rewritten_live`: `oci://`), the
+    /// pipeline runs it over each layer as it arrives
+    /// (`tarfmt::rewrite::rewrite_forward`) and `layer` is not called.
+    /// `None` (the default): `layer` gets verified files.
+    fn stream_rewrite(&self) -> Option<RewriteFactory> {
         None
     }
     /// One verified layer (with its tar, unless the layer was observed:

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::filter::{Filter, FilterContext, LayerObserver};
+use crate::filter::{Filter, FilterContext, LayerObserver, RewriteFactory};
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 use crate::sink::{AsyncSink, Blocking, Sink};
@@ -29,6 +29,7 @@ mod builder;
 mod deliver;
 mod handoff;
 mod observe;
+mod rewrite;
 #[cfg(test)]
 mod tests;
 
@@ -106,6 +107,7 @@ pub async fn fetch_layer(
         needs,
         handoff: None,
         observers: Arc::new([]),
+        rewrite: None,
     };
     fetch_into(source, info, ctx, delivery).await
 }
@@ -115,11 +117,12 @@ pub async fn fetch_layer(
 enum Delivery {
     /// The forms `needs` asks for, as verified files; with a `handoff`, its
     /// tar may go to the sink live. `observers` (the filters') see the tar
-    /// as it passes.
+    /// as it passes; `rewrite` rewrites it as it passes.
     Files {
         needs: LayerNeeds,
         handoff: Option<Arc<Handoff>>,
         observers: Arc<[LayerObserver]>,
+        rewrite: Option<RewriteFactory>,
     },
     /// A sink's per-layer work, run over the tar as it arrives.
     Work(crate::sink::LayerWork),
@@ -145,13 +148,15 @@ async fn fetch_into(
             needs,
             handoff,
             observers,
+            rewrite,
         } => {
-            let observe = Observe {
+            let passing = Passing {
                 observers,
+                rewrite,
                 info: image_info,
             };
             let handoff = handoff.as_deref();
-            deliver::verify_layer(blob, needs, &temp, handoff, &observe, reporter, stop)
+            deliver::verify_layer(blob, needs, &temp, handoff, &passing, reporter, stop)
         }
         Delivery::Work(work) => deliver::work_layer(blob, &image_info, &work, reporter, stop),
     })
@@ -167,11 +172,29 @@ async fn fetch_into(
     Ok(layer)
 }
 
-/// The filters' observers of one layer, and the image's descriptor of it,
-/// which they name the layer by.
-pub(crate) struct Observe {
+/// What the filters do to one layer's tar as it passes: observe it, or
+/// rewrite it; and the image's descriptor of it, which observers name the
+/// layer by.
+pub(crate) struct Passing {
     observers: Arc<[LayerObserver]>,
+    rewrite: Option<RewriteFactory>,
     info: LayerInfo,
+}
+
+/// The rewrite to run over each layer as it streams: when the run's one
+/// filter can (`Filter::stream_rewrite`) and the sink, ordered and reading
+/// only the tar, takes rewritten layers live (see [`rewrite`]).
+fn stream_rewrite(
+    filters: &[Box<dyn Filter>],
+    sink: &dyn AsyncSink,
+    sink_needs: LayerNeeds,
+) -> Option<RewriteFactory> {
+    match filters {
+        [only] if sink.ordered() && sink_needs == LayerNeeds::TAR => only
+            .stream_rewrite()
+            .filter(|_| only.rewrites() && sink.takes_rewritten_live()),
+        _ => None,
+    }
 }
 
 /// The filters' observers, when every filter gives one and none rewrites:
@@ -305,6 +328,9 @@ struct Plan {
     /// The filters' observers, when they all observe (empty without
     /// filters); `None` when the filters read files.
     observers: Option<Arc<[LayerObserver]>>,
+    /// The rewrite run over each layer as it streams, instead of the
+    /// filter's `layer`.
+    stream_rewrite: Option<RewriteFactory>,
     ordered: bool,
     filtering: bool,
     rewriting: bool,
@@ -337,14 +363,17 @@ pub async fn run_async(
     let ordered = sink.ordered() || filtering;
     // Filters that only observe see the tar as it passes: no files for them.
     let observers = observers(&filters);
+    let stream_rewrite = stream_rewrite(&filters, sink.as_ref(), sink_needs);
+    let passes = observers.is_some() || stream_rewrite.is_some();
     let plan = Plan {
-        needs: if observers.is_none() {
-            sink_needs.union(LayerNeeds::TAR)
-        } else {
+        needs: if passes {
             sink_needs
+        } else {
+            sink_needs.union(LayerNeeds::TAR)
         },
-        streaming: ordered && observers.is_some() && sink_needs == LayerNeeds::TAR,
+        streaming: ordered && passes && sink_needs == LayerNeeds::TAR,
         observers,
+        stream_rewrite,
         ordered,
         filtering,
         rewriting,
@@ -383,8 +412,9 @@ pub async fn run_async(
         cancel: &options.cancel,
     };
     let (rewritten, skipped_after_filters) = if plan.streaming && work.is_none() {
-        chain = layers.streamed(wanted, &plan, chain).await?;
-        (false, 0)
+        let (c, r) = layers.streamed(wanted, &plan, chain, &mut image).await?;
+        chain = c;
+        (r, 0)
     } else {
         // A sink's per-layer work runs as each layer downloads, nothing
         // spooled; the sink then gets the layers without their bytes.
@@ -394,6 +424,7 @@ pub async fn run_async(
                 needs: plan.needs,
                 handoff: None,
                 observers: plan.observers.clone().unwrap_or_else(|| Arc::new([])),
+                rewrite: None,
             },
         };
         let (c, r, s) = layers
@@ -443,14 +474,17 @@ impl Layers<'_> {
     /// order: live when it is the one the sink waits for, else from the file
     /// it was spooled to (see [`handoff`]). The filters, which only observe,
     /// see each layer as it passes and then get it, without its bytes, once
-    /// the sink took it; returns their chain.
+    /// the sink took it; or the plan's rewrite rewrites it as it passes.
+    /// Returns the chain and whether a layer was rewritten.
     async fn streamed(
         &mut self,
         wanted: Vec<LayerInfo>,
         plan: &Plan,
         mut chain: FilterChain,
-    ) -> Result<FilterChain> {
+        image: &mut Image,
+    ) -> Result<(FilterChain, bool)> {
         let (needs, observers) = (plan.needs, plan.observers.clone().unwrap_or_default());
+        let mut rewritten = false;
         let mut queue = VecDeque::new();
         let mut pending = wanted.into_iter();
         loop {
@@ -463,17 +497,25 @@ impl Layers<'_> {
                     needs,
                     handoff: Some(h.clone()),
                     observers: observers.clone(),
+                    rewrite: plan.stream_rewrite.clone(),
                 };
                 let task = spawn_fetch(self.source, l, self.ctx, delivery);
                 queue.push_back((index, task, h, rx));
             }
             let Some((index, task, handoff, rx)) = queue.pop_front() else {
-                return Ok(chain);
+                return Ok((chain, rewritten));
             };
             self.cancel.check()?;
             handoff.set_next();
             let info = deliver_in_turn(self.sink, task, rx, self.reaper).await?;
-            if plan.filtering {
+            if plan.stream_rewrite.is_some() {
+                if let Some(slot) = image.layers.get_mut(info.index)
+                    && info.diff_id != slot.diff_id
+                {
+                    rewritten = true;
+                    *slot = info;
+                }
+            } else if plan.filtering {
                 chain = chain.layer(Layer::files(info, None, None)).await?.0;
             }
             tracing::debug!(

@@ -340,6 +340,8 @@ struct SeenLive {
 struct LiveSink {
     seen: Arc<Mutex<Vec<SeenLive>>>,
     finished: Arc<Mutex<bool>>,
+    /// Says it takes rewritten layers live; records the final diff_ids.
+    rewritten_live: Option<Arc<Mutex<Vec<Digest>>>>,
 }
 
 impl Sink for LiveSink {
@@ -348,6 +350,9 @@ impl Sink for LiveSink {
     }
     fn wants_layer(&mut self, _layer: &LayerInfo) -> bool {
         true
+    }
+    fn takes_rewritten_live(&self) -> bool {
+        self.rewritten_live.is_some()
     }
     fn layer(&mut self, layer: Layer) -> Result<()> {
         let live = layer.is_live();
@@ -371,7 +376,10 @@ impl Sink for LiveSink {
         });
         read
     }
-    fn finish(self: Box<Self>, _image: &Image) -> Result<SinkReport> {
+    fn finish(self: Box<Self>, image: &Image) -> Result<SinkReport> {
+        if let Some(ids) = &self.rewritten_live {
+            *ids.lock().unwrap() = image.layers.iter().map(|l| l.diff_id.clone()).collect();
+        }
         *self.finished.lock().unwrap() = true;
         Ok(SinkReport::default())
     }
@@ -439,6 +447,7 @@ fn run_watched(src: MemSource, fail: Option<(usize, u64)>, parallel: usize) -> W
     let sink = LiveSink {
         seen: seen.clone(),
         finished: finished.clone(),
+        rewritten_live: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -526,4 +535,88 @@ fn a_verification_failure_reaches_the_observer_as_an_error() {
     assert!(w.hashes.iter().all(|h| h.0 != 0), "{:?}", w.hashes);
     assert!(w.calls.is_empty());
     assert!(!w.finished);
+}
+
+/// A one-layer source of `tar` (gzip), read slowly.
+fn tar_source(tar: &[u8]) -> MemSource {
+    let (mut src, _) = source(Duration::from_millis(2));
+    let blob = compress(Compression::Gzip, tar);
+    src.image.layers.truncate(1);
+    src.image.layers[0].digest = Digest::sha256_of(&blob);
+    src.image.layers[0].size = blob.len() as u64;
+    src.image.layers[0].diff_id = Digest::sha256_of(tar);
+    src.blobs = vec![blob];
+    src
+}
+
+/// A tar of one 1 MiB file and one small one, both with mtime 5.
+fn timed_tar() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, len) in [("big.bin", 1usize << 20), ("after", 10)] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(len as u64);
+        h.set_mode(0o644);
+        h.set_mtime(5);
+        h.set_cksum();
+        b.append_data(&mut h, name, &tar_of(3, len)[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn run_rewritten(src: MemSource) -> (Result<Report>, Vec<SeenLive>, bool, Vec<Digest>) {
+    let (seen, finished, ids) = Default::default();
+    let sink = LiveSink {
+        seen: Arc::clone(&seen),
+        finished: Arc::clone(&finished),
+        rewritten_live: Some(Arc::clone(&ids)),
+    };
+    let filter = crate::filter::normalize::NormalizeTimestamps::new(0).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(run_filtered(
+        Arc::new(src),
+        vec![Box::new(filter)],
+        Box::new(sink),
+        options(1),
+    ));
+    drop(rt);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let ids = std::mem::take(&mut *ids.lock().unwrap());
+    let finished = *finished.lock().unwrap();
+    (r, seen, finished, ids)
+}
+
+#[test]
+fn a_stream_rewrite_reaches_a_sink_that_takes_it_live() {
+    let tar = timed_tar();
+    let filter = crate::filter::normalize::NormalizeTimestamps::new(0).unwrap();
+    let mut rw = filter.stream_rewrite().expect("normalize streams")();
+    let (want, stats) = crate::tarfmt::rewrite::testutil::rewrite_bytes(&tar, &mut *rw).unwrap();
+    assert!(stats.edited);
+    let (r, seen, finished, ids) = run_rewritten(tar_source(&tar));
+    r.unwrap();
+    assert!(finished);
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].live, "the rewritten layer went to the sink live");
+    assert_eq!(seen[0].digest, Some(Digest::sha256_of(&want)));
+    // The image the sink finishes with names the rewritten tar.
+    assert_eq!(ids, [Digest::sha256_of(&want)]);
+}
+
+#[test]
+fn a_stream_rewrite_failing_midstream_fails_the_run_before_the_sink_commits() {
+    let mut tar = timed_tar();
+    // Spoil the second header's checksum, past the 1 MiB file.
+    let second = 512 + (1 << 20);
+    tar[second + 148] ^= 0x01;
+    let (r, seen, finished, _) = run_rewritten(tar_source(&tar));
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+    assert!(!finished);
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].live);
+    assert_eq!(seen[0].digest, None, "the stream ended in an error");
 }

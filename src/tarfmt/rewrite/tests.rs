@@ -542,7 +542,7 @@ impl Rewrite for SetTimes {
 
 fn forward(tar: &[u8], rw: &mut dyn Rewrite) -> Result<(Vec<u8>, Stats)> {
     let mut out = Vec::new();
-    let stats = rewrite_forward(&tar[..], &mut out, "test layer", rw)?;
+    let stats = rewrite_forward(tar, &mut out, "test layer", rw)?;
     Ok((out, stats))
 }
 
