@@ -122,6 +122,12 @@ impl Filter for Inspect {
         Ok(())
     }
 
+    /// Reads no layer's bytes: an observer that looks at nothing lets
+    /// layers stream past it.
+    fn observer(&self) -> Option<crate::filter::LayerObserver> {
+        Some(std::sync::Arc::new(|_, _| Ok(())))
+    }
+
     fn layer(&mut self, layer: Layer, _ctx: &FilterContext) -> Result<Layer> {
         Ok(layer)
     }

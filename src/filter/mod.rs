@@ -1,10 +1,11 @@
 //! Filters: steps between a source and a sink that observe or rewrite
 //! layers (`-f NAME[:KEY=VALUE[,KEY=VALUE...]]`). One file per filter.
 
+use std::io::Read;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::image::{Image, Layer};
+use crate::image::{Image, Layer, LayerInfo};
 
 pub mod exclude;
 pub mod inspect;
@@ -18,6 +19,17 @@ pub struct FilterContext {
     /// Directory for rewritten layers (removed at the end of the run).
     pub temp_dir: PathBuf,
 }
+
+/// A look at one layer's uncompressed tar as it arrives, given the image's
+/// descriptor of the layer; see [`Filter::observer`]. The reader ends only
+/// once the layer is verified, and fails if the layer did; an error fails
+/// the layer (and the run).
+pub type LayerObserver =
+    std::sync::Arc<dyn Fn(&mut dyn Read, &LayerInfo) -> Result<()> + Send + Sync>;
+
+/// Makes one layer's rewrite; see [`Filter::stream_rewrite`].
+pub type RewriteFactory =
+    std::sync::Arc<dyn Fn() -> Box<dyn crate::tarfmt::rewrite::Rewrite + Send> + Send + Sync>;
 
 /// A step in the chain. The pipeline calls `begin`, then `layer` for every
 /// layer bottom to top, then `finish` with the metadata as the whole chain
@@ -35,7 +47,31 @@ pub trait Filter: Send {
     fn begin(&mut self, _image: &Image) -> Result<()> {
         Ok(())
     }
-    /// One verified layer (with its tar), in manifest order.
+    /// For a filter that does not rewrite: its look at each layer, which
+    /// the pipeline runs over the tar as the layer arrives (on a thread of
+    /// its own, several layers at once), so that the layer can still
+    /// stream to the sink instead of being spooled for the filter. When
+    /// every filter of a run gives one and none rewrites, `layer` is then
+    /// called in order once the layer's observation and verification both
+    /// passed, with the layer in whatever form the sink takes (possibly
+    /// neither tar nor blob), and must not read its bytes; otherwise the
+    /// observer is not used and `layer` gets the verified files as usual.
+    /// `None` (the default): `layer` always gets the files.
+    fn observer(&self) -> Option<LayerObserver> {
+        None
+    }
+    /// For a rewriting filter whose rewrite reads a tar front to back only
+    /// (it never materializes a hard link, which reads back): a fresh
+    /// rewrite per layer. When it is the run's only filter and the sink
+    /// takes rewritten layers live (`takes_rewritten_live`: `oci://`), the
+    /// pipeline runs it over each layer as it arrives
+    /// (`tarfmt::rewrite::rewrite_forward`) and `layer` is not called.
+    /// `None` (the default): `layer` gets verified files.
+    fn stream_rewrite(&self) -> Option<RewriteFactory> {
+        None
+    }
+    /// One verified layer (with its tar, unless the layer was observed:
+    /// see [`Filter::observer`]), in manifest order.
     fn layer(&mut self, layer: Layer, ctx: &FilterContext) -> Result<Layer>;
     /// Called once after the last layer.
     fn finish(&mut self, _image: &Image) -> Result<()> {

@@ -80,6 +80,12 @@ impl Filter for NormalizeTimestamps {
         true
     }
 
+    /// Never materializes: it can rewrite a layer as it streams.
+    fn stream_rewrite(&self) -> Option<crate::filter::RewriteFactory> {
+        let ts = self.ts;
+        Some(std::sync::Arc::new(move || Box::new(Pass { ts })))
+    }
+
     fn layer(&mut self, mut layer: Layer, ctx: &FilterContext) -> Result<Layer> {
         let (label, tar) = layer_tar(&layer, self.name())?;
         let out = rewrite::rewrite_layer(&tar, &ctx.temp_dir, &label, &mut Pass { ts: self.ts })?;

@@ -2,11 +2,13 @@
 //! on stdout as the layer passes, in the `--script-friendly` form of the
 //! `search` command, and leaves the layer as it is.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::escape::{Escaped, TextOut};
-use crate::filter::{Filter, FilterContext, FilterSpec};
+use crate::filter::{Filter, FilterContext, FilterSpec, LayerObserver};
 use crate::image::{Image, Layer, LayerInfo};
 use crate::tarfmt::matcher::{Match, Pattern, find_matches};
 
@@ -39,10 +41,16 @@ pub fn script_line(image: &Image, layer: &LayerInfo, m: &Match) -> String {
     )
 }
 
-/// The `search` filter: observes only.
+/// Each observed layer's matches, by layer index, until `layer` prints them.
+type Found = Arc<Mutex<HashMap<usize, Vec<Match>>>>;
+
+/// The `search` filter: observes only. Layers are searched as they arrive
+/// (its [`Filter::observer`]), several at once, and each layer's matches
+/// printed in manifest order by `layer`.
 pub struct SearchFilter {
-    pattern: Pattern,
+    pattern: Arc<Pattern>,
     image: Option<Image>,
+    found: Found,
 }
 
 impl SearchFilter {
@@ -65,8 +73,9 @@ impl SearchFilter {
             },
         };
         Ok(SearchFilter {
-            pattern: Pattern::new(pattern, regex)?,
+            pattern: Arc::new(Pattern::new(pattern, regex)?),
             image: None,
+            found: Found::default(),
         })
     }
 }
@@ -81,16 +90,29 @@ impl Filter for SearchFilter {
         Ok(())
     }
 
+    fn observer(&self) -> Option<LayerObserver> {
+        let (pattern, found) = (self.pattern.clone(), self.found.clone());
+        Some(Arc::new(move |tar, info| {
+            let (_, matches) = find_matches(tar, &pattern)
+                .map_err(|e| Error::stream(format!("searching layer {}", info.index), e))?;
+            found
+                .lock()
+                .map_err(|_| Error::InvalidImage("search: a layer's search failed".into()))?
+                .insert(info.index, matches);
+            Ok(())
+        }))
+    }
+
     fn layer(&mut self, layer: Layer, _ctx: &FilterContext) -> Result<Layer> {
-        let what = || format!("searching layer {}", layer.info.index);
-        let tar = layer
-            .tar_reader()
-            .map_err(|e| Error::stream(what(), e))?
-            .ok_or_else(|| {
-                Error::InvalidImage(format!("layer {}: no tar to search", layer.info.index))
-            })?;
-        let (_, matches) =
-            find_matches(tar, &self.pattern).map_err(|e| Error::stream(what(), e))?;
+        let observed = self
+            .found
+            .lock()
+            .ok()
+            .and_then(|mut f| f.remove(&layer.info.index));
+        let matches = match observed {
+            Some(m) => m,
+            None => search_files(&layer, &self.pattern)?,
+        };
         let mut out = TextOut::new(std::io::stdout().lock());
         if let Some(image) = &self.image {
             for m in &matches {
@@ -106,6 +128,19 @@ impl Filter for SearchFilter {
             .flush()
             .map_err(|e| Error::stream("writing search results", e))
     }
+}
+
+/// Searches a layer's verified tar file (when it was not observed).
+fn search_files(layer: &Layer, pattern: &Pattern) -> Result<Vec<Match>> {
+    let what = || format!("searching layer {}", layer.info.index);
+    let tar = layer
+        .tar_reader()
+        .map_err(|e| Error::stream(what(), e))?
+        .ok_or_else(|| {
+            Error::InvalidImage(format!("layer {}: no tar to search", layer.info.index))
+        })?;
+    let (_, matches) = find_matches(tar, pattern).map_err(|e| Error::stream(what(), e))?;
+    Ok(matches)
 }
 
 #[cfg(test)]

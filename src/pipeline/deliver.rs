@@ -16,7 +16,7 @@ use crate::verify::{Expect, VerifiedTar};
 
 use super::handoff::{self, Handoff, LayerOut, Spooled};
 
-const BUF: usize = 256 << 10;
+pub(super) const BUF: usize = 256 << 10;
 
 /// The verifier over `blob`'s bytes, stoppable through `stop`; with where
 /// the bytes lie locally and the layer's label.
@@ -66,12 +66,15 @@ pub(crate) fn work_layer(
 /// Reads `blob` to its end through the verifier and returns the layer in
 /// the forms `needs` asks for. With a `handoff`, the tar goes to the sink
 /// live once the sink waits for this layer; the returned layer then has no
-/// tar (the sink took the live one from the handoff).
+/// tar (the sink took the live one from the handoff). `passing` is what
+/// the filters do to the tar on its way: observe it (see
+/// [`super::observe`]) or rewrite it (see [`super::rewrite`]).
 pub(crate) fn verify_layer(
     blob: LayerBlob,
     needs: LayerNeeds,
     temp_dir: &Path,
     handoff: Option<&Handoff>,
+    passing: &super::Passing,
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
 ) -> Result<Layer> {
@@ -98,20 +101,17 @@ pub(crate) fn verify_layer(
     let tar_in_place = in_place
         .as_ref()
         .filter(|_| verified.compression() == Compression::None);
-    let keep_tar = needs.tar && tar_in_place.is_none();
+    // A rewritten tar is a new file, wherever the source's lies.
+    let keep_tar = needs.tar && (tar_in_place.is_none() || passing.rewrite.is_some());
     // A reader of both forms reads files.
     let handoff = handoff.filter(|_| keep_tar && !needs.blob);
     let live_info = verified.info().clone();
     let out = LayerOut::new(keep_tar, handoff, &live_info, temp_dir)
         .map_err(|e| Error::io("creating temp file in", temp_dir, e))?;
-    let (pumped, out) = pump(&mut verified, out);
+    let (result, out, rewritten) = pass(&mut verified, out, passing, &label);
     let (spooled, tar_size) = out
         .finish()
         .map_err(|e| Error::stream(format!("writing {label}"), e))?;
-    let result = pumped.map_err(|e| match e {
-        PumpError::Read(e) => Error::stream(format!("reading {label}"), e),
-        PumpError::Write(e) => Error::stream(format!("writing {label}"), e),
-    });
     let tar = match spooled {
         Spooled::Streamed(tx) => {
             handoff::end_stream(tx, result.as_ref().map(|_| ()));
@@ -137,7 +137,47 @@ pub(crate) fn verify_layer(
         None if needs.blob => in_place,
         None => None,
     };
-    Ok(Layer::files(verified.info().clone(), tar, blob))
+    let mut info = verified.info().clone();
+    if let Some((diff_id, size)) = rewritten {
+        // A rewritten layer exists only as a tar; that is its blob too.
+        info.digest = diff_id.clone();
+        info.diff_id = diff_id;
+        info.size = size;
+        info.media_type = crate::image::media_type::OCI_LAYER_TAR.to_string();
+    }
+    Ok(Layer::files(info, tar, blob))
+}
+
+/// Takes the verified tar through what the filters do on its way into
+/// `out`: returns the result (an observer's or the rewrite's error, which
+/// fails the layer before a live sink sees its end), the output, and the
+/// rewritten tar's diff_id and size if it was changed.
+fn pass<'a>(
+    verified: &mut VerifiedTar,
+    out: LayerOut<'a>,
+    passing: &super::Passing,
+    label: &str,
+) -> (
+    Result<()>,
+    LayerOut<'a>,
+    Option<(crate::digest::Digest, u64)>,
+) {
+    if let Some(make) = &passing.rewrite {
+        return super::rewrite::pump_rewritten(verified, out, make, label);
+    }
+    let (pumped, out, observed) = if passing.observers.is_empty() {
+        let (pumped, out) = pump(verified, out);
+        (pumped, out, Ok(()))
+    } else {
+        super::observe::pump_observed(verified, out, &passing.observers, &passing.info)
+    };
+    let result = pumped
+        .map_err(|e| match e {
+            PumpError::Read(e) => Error::stream(format!("reading {label}"), e),
+            PumpError::Write(e) => Error::stream(format!("writing {label}"), e),
+        })
+        .and(observed);
+    (result, out, None)
 }
 
 fn temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
@@ -148,7 +188,7 @@ fn temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
 }
 
 /// Which side of a copy failed.
-enum PumpError {
+pub(super) enum PumpError {
     Read(io::Error),
     Write(io::Error),
 }

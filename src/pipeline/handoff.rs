@@ -78,6 +78,10 @@ pub(crate) struct TarStream {
     current: Vec<u8>,
     pos: usize,
     done: bool,
+    /// Read chunks go back to the writer to be filled again: a fresh 256 KiB
+    /// buffer per chunk, freed on another thread, makes the allocator hand
+    /// pages back and fault them in again (some 100,000 page faults per GiB).
+    used: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for TarStream {
@@ -103,7 +107,13 @@ impl TarStream {
                 Ok(false)
             }
             Some(Ok(v)) => {
-                self.current = v;
+                let read = std::mem::replace(&mut self.current, v);
+                if let Some(back) = &self.used
+                    && read.capacity() == CHUNK
+                {
+                    // A writer that is done or has enough spares drops it.
+                    let _ = back.try_send(read);
+                }
                 self.pos = 0;
                 Ok(true)
             }
@@ -220,6 +230,8 @@ pub(crate) struct LayerOut<'a> {
     info: &'a LayerInfo,
     spool: Option<io::BufWriter<tempfile::NamedTempFile>>,
     live: Option<Sender<io::Result<Vec<u8>>>>,
+    /// Chunks the reader is done with, to fill again.
+    spare: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
     chunk: Vec<u8>,
     written: u64,
     /// The sink stopped reading: the rest is only hashed, so that a corrupt
@@ -253,6 +265,7 @@ impl<'a> LayerOut<'a> {
             info,
             spool: None,
             live: None,
+            spare: None,
             chunk: Vec::new(),
             written: 0,
             abandoned: false,
@@ -291,6 +304,7 @@ impl<'a> LayerOut<'a> {
             None => None,
         };
         let (tx, rx) = channel(STREAM_CHUNKS);
+        let (used, spare) = std::sync::mpsc::sync_channel(STREAM_CHUNKS);
         let layer = Layer::live(
             self.info.clone(),
             Box::new(TarStream {
@@ -299,6 +313,7 @@ impl<'a> LayerOut<'a> {
                 current: Vec::new(),
                 pos: 0,
                 done: false,
+                used: Some(used),
             }),
         );
         // The pipeline may have gone (a failed run); then nobody reads.
@@ -307,6 +322,7 @@ impl<'a> LayerOut<'a> {
             .map_err(|_| io::Error::other("the run stopped waiting for this layer"))?;
         self.chunk = Vec::with_capacity(CHUNK);
         self.live = Some(tx);
+        self.spare = Some(spare);
         self.handoff = None;
         Ok(true)
     }
@@ -315,7 +331,16 @@ impl<'a> LayerOut<'a> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        let next = self
+            .spare
+            .as_ref()
+            .and_then(|s| s.try_recv().ok())
+            .map(|mut v| {
+                v.clear();
+                v
+            })
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+        let full = std::mem::replace(&mut self.chunk, next);
         if let Some(tx) = &self.live
             && tx.blocking_send(Ok(full)).is_err()
         {

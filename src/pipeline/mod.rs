@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::filter::{Filter, FilterContext};
+use crate::filter::{Filter, FilterContext, LayerObserver, RewriteFactory};
 use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 use crate::sink::{AsyncSink, Blocking, Sink};
@@ -29,6 +29,8 @@ mod builder;
 mod deliver;
 mod handoff;
 pub mod index;
+mod observe;
+mod rewrite;
 #[cfg(test)]
 mod tests;
 
@@ -105,6 +107,8 @@ pub async fn fetch_layer(
     let delivery = Delivery::Files {
         needs,
         handoff: None,
+        observers: Arc::new([]),
+        rewrite: None,
     };
     fetch_into(source, info, ctx, delivery).await
 }
@@ -113,10 +117,13 @@ pub async fn fetch_layer(
 #[derive(Clone)]
 enum Delivery {
     /// The forms `needs` asks for, as verified files; with a `handoff`, its
-    /// tar may go to the sink live.
+    /// tar may go to the sink live. `observers` (the filters') see the tar
+    /// as it passes; `rewrite` rewrites it as it passes.
     Files {
         needs: LayerNeeds,
         handoff: Option<Arc<Handoff>>,
+        observers: Arc<[LayerObserver]>,
+        rewrite: Option<RewriteFactory>,
     },
     /// A sink's per-layer work, run over the tar as it arrives.
     Work(crate::sink::LayerWork),
@@ -138,8 +145,19 @@ async fn fetch_into(
     let temp = ctx.temp_dir.clone();
     let image_info = info.clone();
     let layer = tokio::task::spawn_blocking(move || match delivery {
-        Delivery::Files { needs, handoff } => {
-            deliver::verify_layer(blob, needs, &temp, handoff.as_deref(), reporter, stop)
+        Delivery::Files {
+            needs,
+            handoff,
+            observers,
+            rewrite,
+        } => {
+            let passing = Passing {
+                observers,
+                rewrite,
+                info: image_info,
+            };
+            let handoff = handoff.as_deref();
+            deliver::verify_layer(blob, needs, &temp, handoff, &passing, reporter, stop)
         }
         Delivery::Work(work) => deliver::work_layer(blob, &image_info, &work, reporter, stop),
     })
@@ -153,6 +171,41 @@ async fn fetch_into(
     );
     ctx.reporter.layer_done(info.index);
     Ok(layer)
+}
+
+/// What the filters do to one layer's tar as it passes: observe it, or
+/// rewrite it; and the image's descriptor of it, which observers name the
+/// layer by.
+pub(crate) struct Passing {
+    observers: Arc<[LayerObserver]>,
+    rewrite: Option<RewriteFactory>,
+    info: LayerInfo,
+}
+
+/// The rewrite to run over each layer as it streams: when the run's one
+/// filter can (`Filter::stream_rewrite`) and the sink, ordered and reading
+/// only the tar, takes rewritten layers live (see [`rewrite`]).
+fn stream_rewrite(
+    filters: &[Box<dyn Filter>],
+    sink: &dyn AsyncSink,
+    sink_needs: LayerNeeds,
+) -> Option<RewriteFactory> {
+    match filters {
+        [only] if sink.ordered() && sink_needs == LayerNeeds::TAR => only
+            .stream_rewrite()
+            .filter(|_| only.rewrites() && sink.takes_rewritten_live()),
+        _ => None,
+    }
+}
+
+/// The filters' observers, when every filter gives one and none rewrites:
+/// then the layers may stream past the filters (see [`observe`]).
+fn observers(filters: &[Box<dyn Filter>]) -> Option<Arc<[LayerObserver]>> {
+    filters
+        .iter()
+        .map(|f| f.observer().filter(|_| !f.rewrites()))
+        .collect::<Option<Vec<_>>>()
+        .map(Arc::from)
 }
 
 /// Starts fetching a layer on its own task.
@@ -184,13 +237,14 @@ async fn give_layer(
 }
 
 /// Gives the sink the layer it is waiting for: live if the layer's writer
-/// hands it over, or as files if it finished first.
+/// hands it over, or as files if it finished first. Returns the layer's
+/// descriptor as verification left it (a docker-save member's digest).
 async fn deliver_in_turn(
     sink: &mut dyn AsyncSink,
     mut task: AbortOnDrop<Result<Layer>>,
     mut rx: tokio::sync::oneshot::Receiver<Layer>,
     reaper: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<()> {
+) -> Result<LayerInfo> {
     enum Got {
         Live(Layer),
         Done(Result<Layer>),
@@ -203,20 +257,28 @@ async fn deliver_in_turn(
         },
         r = &mut task => Got::Done(r.map_err(join_error).and_then(|r| r)),
     };
-    let (sink_result, fetched) = match got {
+    let (sink_result, fetched, live_info) = match got {
         Got::Live(layer) => {
+            let info = layer.info.clone();
             let (s, t) = tokio::join!(sink.layer(layer), &mut task);
-            (s, t.map_err(join_error).and_then(|r| r))
+            (s, t.map_err(join_error).and_then(|r| r), info)
         }
         // A small layer's writer can stream it whole and finish before the
         // stream is picked up.
         Got::Done(fetched) => match rx.try_recv() {
-            Ok(layer) => (sink.layer(layer).await, fetched),
-            Err(_) => return give_layer(sink, fetched?, reaper).await,
+            Ok(layer) => {
+                let info = layer.info.clone();
+                (sink.layer(layer).await, fetched, info)
+            }
+            Err(_) => {
+                let layer = fetched?;
+                let info = layer.info.clone();
+                return give_layer(sink, layer, reaper).await.map(|()| info);
+            }
         },
     };
     match (sink_result, fetched) {
-        (Ok(()), Ok(_)) => Ok(()),
+        (Ok(()), Ok(layer)) => Ok(layer.info),
         // The writer failed only because the sink stopped reading.
         (Err(e), Err(Error::Stream { source, .. }))
             if source.kind() == std::io::ErrorKind::BrokenPipe =>
@@ -228,7 +290,7 @@ async fn deliver_in_turn(
         (Ok(()), Err(Error::Stream { source, .. }))
             if source.kind() == std::io::ErrorKind::BrokenPipe =>
         {
-            Ok(())
+            Ok(live_info)
         }
         // Otherwise the fetch's error (a digest mismatch, a dropped
         // connection) explains why the sink's stream failed.
@@ -260,9 +322,16 @@ pub async fn run_filtered(
 struct Plan {
     /// The forms fetched: the sink's, and the tar for filters.
     needs: LayerNeeds,
-    /// The sink reads only the tar, in order, with no filter between: each
-    /// layer goes to it live once the layers below it are in.
+    /// The sink reads only the tar, in order, with no filter between that
+    /// needs files: each layer goes to it live once the layers below it are
+    /// in.
     streaming: bool,
+    /// The filters' observers, when they all observe (empty without
+    /// filters); `None` when the filters read files.
+    observers: Option<Arc<[LayerObserver]>>,
+    /// The rewrite run over each layer as it streams, instead of the
+    /// filter's `layer`.
+    stream_rewrite: Option<RewriteFactory>,
     ordered: bool,
     filtering: bool,
     rewriting: bool,
@@ -293,13 +362,19 @@ pub async fn run_async(
     // has once a layer has been through the chain.
     let rewriting = filters.iter().any(|f| f.rewrites());
     let ordered = sink.ordered() || filtering;
+    // Filters that only observe see the tar as it passes: no files for them.
+    let observers = observers(&filters);
+    let stream_rewrite = stream_rewrite(&filters, sink.as_ref(), sink_needs);
+    let passes = observers.is_some() || stream_rewrite.is_some();
     let plan = Plan {
-        needs: if filtering {
-            sink_needs.union(LayerNeeds::TAR)
-        } else {
+        needs: if passes {
             sink_needs
+        } else {
+            sink_needs.union(LayerNeeds::TAR)
         },
-        streaming: ordered && !filtering && sink_needs == LayerNeeds::TAR,
+        streaming: ordered && passes && sink_needs == LayerNeeds::TAR,
+        observers,
+        stream_rewrite,
         ordered,
         filtering,
         rewriting,
@@ -341,8 +416,9 @@ pub async fn run_async(
         cancel: &options.cancel,
     };
     let (rewritten, skipped_after_filters) = if plan.streaming && work.is_none() {
-        layers.streamed(wanted, plan.needs).await?;
-        (false, 0)
+        let (c, r) = layers.streamed(wanted, &plan, chain, &mut image).await?;
+        chain = c;
+        (r, 0)
     } else {
         // A sink's per-layer work runs as each layer downloads, nothing
         // spooled; the sink then gets the layers without their bytes.
@@ -351,6 +427,8 @@ pub async fn run_async(
             None => Delivery::Files {
                 needs: plan.needs,
                 handoff: None,
+                observers: plan.observers.clone().unwrap_or_else(|| Arc::new([])),
+                rewrite: None,
             },
         };
         let (c, r, s) = layers
@@ -427,8 +505,19 @@ struct Layers<'r> {
 impl Layers<'_> {
     /// Fetches `parallel` layers at once and gives each to the sink in
     /// order: live when it is the one the sink waits for, else from the file
-    /// it was spooled to (see [`handoff`]).
-    async fn streamed(&mut self, wanted: Vec<LayerInfo>, needs: LayerNeeds) -> Result<()> {
+    /// it was spooled to (see [`handoff`]). The filters, which only observe,
+    /// see each layer as it passes and then get it, without its bytes, once
+    /// the sink took it; or the plan's rewrite rewrites it as it passes.
+    /// Returns the chain and whether a layer was rewritten.
+    async fn streamed(
+        &mut self,
+        wanted: Vec<LayerInfo>,
+        plan: &Plan,
+        mut chain: FilterChain,
+        image: &mut Image,
+    ) -> Result<(FilterChain, bool)> {
+        let (needs, observers) = (plan.needs, plan.observers.clone().unwrap_or_default());
+        let mut rewritten = false;
         let mut queue = VecDeque::new();
         let mut pending = wanted.into_iter();
         loop {
@@ -440,16 +529,28 @@ impl Layers<'_> {
                 let delivery = Delivery::Files {
                     needs,
                     handoff: Some(h.clone()),
+                    observers: observers.clone(),
+                    rewrite: plan.stream_rewrite.clone(),
                 };
                 let task = spawn_fetch(self.source, l, self.ctx, delivery);
                 queue.push_back((index, task, h, rx));
             }
             let Some((index, task, handoff, rx)) = queue.pop_front() else {
-                return Ok(());
+                return Ok((chain, rewritten));
             };
             self.cancel.check()?;
             handoff.set_next();
-            deliver_in_turn(self.sink, task, rx, self.reaper).await?;
+            let info = deliver_in_turn(self.sink, task, rx, self.reaper).await?;
+            if plan.stream_rewrite.is_some() {
+                if let Some(slot) = image.layers.get_mut(info.index)
+                    && info.diff_id != slot.diff_id
+                {
+                    rewritten = true;
+                    *slot = info;
+                }
+            } else if plan.filtering {
+                chain = chain.layer(Layer::files(info, None, None)).await?.0;
+            }
             tracing::debug!(
                 "layer {index} handed to the sink at {:.3}s",
                 self.started.elapsed().as_secs_f64()

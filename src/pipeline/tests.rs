@@ -516,3 +516,296 @@ fn an_observing_filter_sees_every_layer() {
     assert_eq!(fetches, [0, 1, 2]);
     assert_eq!(run.given, [0, 1, 2]);
 }
+
+/// What the observing sink saw of one layer.
+#[derive(Debug)]
+struct SeenLive {
+    index: usize,
+    live: bool,
+    digest: Option<Digest>,
+}
+
+/// A blocking sink that records whether each layer came live, and reads it.
+struct LiveSink {
+    seen: Arc<Mutex<Vec<SeenLive>>>,
+    finished: Arc<Mutex<bool>>,
+    /// Says it takes rewritten layers live; records the final diff_ids.
+    rewritten_live: Option<Arc<Mutex<Vec<Digest>>>>,
+}
+
+impl Sink for LiveSink {
+    fn begin(&mut self, _image: &Image) -> Result<()> {
+        Ok(())
+    }
+    fn wants_layer(&mut self, _layer: &LayerInfo) -> bool {
+        true
+    }
+    fn takes_rewritten_live(&self) -> bool {
+        self.rewritten_live.is_some()
+    }
+    fn layer(&mut self, layer: Layer) -> Result<()> {
+        let live = layer.is_live();
+        let mut r = layer
+            .tar_reader()
+            .map_err(|e| Error::stream("t", e))?
+            .unwrap();
+        let mut h = Hasher::new(crate::digest::Algorithm::Sha256);
+        let mut buf = vec![0u8; 64 << 10];
+        let read = loop {
+            match r.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => h.update(&buf[..n]),
+                Err(e) => break Err(Error::stream("reading", e)),
+            }
+        };
+        self.seen.lock().unwrap().push(SeenLive {
+            index: layer.info.index,
+            live,
+            digest: read.is_ok().then(|| h.finish()),
+        });
+        read
+    }
+    fn finish(self: Box<Self>, image: &Image) -> Result<SinkReport> {
+        if let Some(ids) = &self.rewritten_live {
+            *ids.lock().unwrap() = image.layers.iter().map(|l| l.diff_id.clone()).collect();
+        }
+        *self.finished.lock().unwrap() = true;
+        Ok(SinkReport::default())
+    }
+}
+
+/// A filter that only observes: hashes each layer's tar as it passes, or
+/// fails after `fail_after` bytes of layer `fail_layer`. Records the order
+/// of its `layer` calls and whether they carried a tar.
+struct Watching {
+    hashes: Arc<Mutex<Vec<(usize, Digest)>>>,
+    calls: Arc<Mutex<Vec<(usize, bool)>>>,
+    fail: Option<(usize, u64)>,
+}
+
+impl Filter for Watching {
+    fn name(&self) -> &'static str {
+        "watching"
+    }
+    fn observer(&self) -> Option<LayerObserver> {
+        let (hashes, fail) = (self.hashes.clone(), self.fail);
+        Some(Arc::new(move |tar, info| {
+            let mut h = Hasher::new(crate::digest::Algorithm::Sha256);
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0u64;
+            loop {
+                let got = tar.read(&mut buf).map_err(|e| Error::stream("watch", e))?;
+                if got == 0 {
+                    break;
+                }
+                h.update(&buf[..got]);
+                n += got as u64;
+                if fail.is_some_and(|(l, after)| l == info.index && n >= after) {
+                    return Err(Error::InvalidImage("watching: this layer is bad".into()));
+                }
+            }
+            hashes.lock().unwrap().push((info.index, h.finish()));
+            Ok(())
+        }))
+    }
+    fn layer(&mut self, layer: Layer, _ctx: &FilterContext) -> Result<Layer> {
+        let has_tar = layer.tar.is_some() || layer.is_live();
+        self.calls.lock().unwrap().push((layer.info.index, has_tar));
+        Ok(layer)
+    }
+}
+
+struct Watched {
+    result: Result<Report>,
+    seen: Vec<SeenLive>,
+    finished: bool,
+    hashes: Vec<(usize, Digest)>,
+    calls: Vec<(usize, bool)>,
+}
+
+fn run_watched(src: MemSource, fail: Option<(usize, u64)>, parallel: usize) -> Watched {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let finished = Arc::new(Mutex::new(false));
+    let hashes = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let filter = Watching {
+        hashes: hashes.clone(),
+        calls: calls.clone(),
+        fail,
+    };
+    let sink = LiveSink {
+        seen: seen.clone(),
+        finished: finished.clone(),
+        rewritten_live: None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(run_filtered(
+        Arc::new(src),
+        vec![Box::new(filter)],
+        Box::new(sink),
+        options(parallel),
+    ));
+    drop(rt);
+    Watched {
+        result,
+        seen: std::mem::take(&mut *seen.lock().unwrap()),
+        finished: *finished.lock().unwrap(),
+        hashes: std::mem::take(&mut *hashes.lock().unwrap()),
+        calls: std::mem::take(&mut *calls.lock().unwrap()),
+    }
+}
+
+#[test]
+fn an_observing_filter_keeps_layers_streaming() {
+    for parallel in [1, 3] {
+        let (src, tars) = source(Duration::from_millis(2));
+        let w = run_watched(src, None, parallel);
+        w.result.unwrap();
+        assert!(w.finished);
+        let order: Vec<usize> = w.seen.iter().map(|s| s.index).collect();
+        assert_eq!(order, [0, 1, 2]);
+        // The sink waits for layer 0 from the start: it is never spooled.
+        assert!(w.seen[0].live, "layer 0 reached the sink live");
+        for s in &w.seen {
+            assert_eq!(s.digest, Some(Digest::sha256_of(&tars[s.index])));
+        }
+        // The filter saw every layer's bytes, and was called in order
+        // without them.
+        let mut hashes = w.hashes.clone();
+        hashes.sort_by_key(|h| h.0);
+        let want: Vec<(usize, Digest)> = tars
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i, Digest::sha256_of(t)))
+            .collect();
+        assert_eq!(hashes, want);
+        assert_eq!(w.calls, [(0, false), (1, false), (2, false)]);
+    }
+}
+
+#[test]
+fn an_observer_failing_midstream_fails_the_run_before_the_sink_commits() {
+    let (src, _) = source(Duration::from_millis(2));
+    let w = run_watched(src, Some((1, 100 << 10)), 1);
+    let e = w.result.unwrap_err();
+    assert!(e.to_string().contains("this layer is bad"), "{e}");
+    assert!(!w.finished, "the sink was not finished");
+    // Layer 1 reached the sink live and its stream ended in an error, not
+    // in end-of-file; nothing came after it.
+    assert_eq!(w.seen.len(), 2, "{:?}", w.seen);
+    assert!(w.seen[0].digest.is_some());
+    assert_eq!(w.seen[1].index, 1);
+    assert!(w.seen[1].live);
+    assert_eq!(w.seen[1].digest, None);
+    assert_eq!(w.calls, [(0, false)]);
+}
+
+#[test]
+fn a_verification_failure_reaches_the_observer_as_an_error() {
+    let (mut src, _) = source(Duration::from_millis(1));
+    src.image.layers[0].diff_id = Digest::sha256_of(b"no");
+    let w = run_watched(src, None, 2);
+    let e = w.result.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DigestMismatch {
+                kind: Mismatch::DiffId,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The observer read layer 0 to its end and was told it failed.
+    assert!(w.hashes.iter().all(|h| h.0 != 0), "{:?}", w.hashes);
+    assert!(w.calls.is_empty());
+    assert!(!w.finished);
+}
+
+/// A one-layer source of `tar` (gzip), read slowly.
+fn tar_source(tar: &[u8]) -> MemSource {
+    let (mut src, _) = source(Duration::from_millis(2));
+    let blob = compress(Compression::Gzip, tar);
+    src.image.layers.truncate(1);
+    src.image.layers[0].digest = Digest::sha256_of(&blob);
+    src.image.layers[0].size = blob.len() as u64;
+    src.image.layers[0].diff_id = Digest::sha256_of(tar);
+    src.blobs = vec![blob];
+    src
+}
+
+/// A tar of one 1 MiB file and one small one, both with mtime 5.
+fn timed_tar() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, len) in [("big.bin", 1usize << 20), ("after", 10)] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(len as u64);
+        h.set_mode(0o644);
+        h.set_mtime(5);
+        h.set_cksum();
+        b.append_data(&mut h, name, &tar_of(3, len)[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn run_rewritten(src: MemSource) -> (Result<Report>, Vec<SeenLive>, bool, Vec<Digest>) {
+    let (seen, finished, ids) = Default::default();
+    let sink = LiveSink {
+        seen: Arc::clone(&seen),
+        finished: Arc::clone(&finished),
+        rewritten_live: Some(Arc::clone(&ids)),
+    };
+    let filter = crate::filter::normalize::NormalizeTimestamps::new(0).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(run_filtered(
+        Arc::new(src),
+        vec![Box::new(filter)],
+        Box::new(sink),
+        options(1),
+    ));
+    drop(rt);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let ids = std::mem::take(&mut *ids.lock().unwrap());
+    let finished = *finished.lock().unwrap();
+    (r, seen, finished, ids)
+}
+
+#[test]
+fn a_stream_rewrite_reaches_a_sink_that_takes_it_live() {
+    let tar = timed_tar();
+    let filter = crate::filter::normalize::NormalizeTimestamps::new(0).unwrap();
+    let mut rw = filter.stream_rewrite().expect("normalize streams")();
+    let (want, stats) = crate::tarfmt::rewrite::testutil::rewrite_bytes(&tar, &mut *rw).unwrap();
+    assert!(stats.edited);
+    let (r, seen, finished, ids) = run_rewritten(tar_source(&tar));
+    r.unwrap();
+    assert!(finished);
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].live, "the rewritten layer went to the sink live");
+    assert_eq!(seen[0].digest, Some(Digest::sha256_of(&want)));
+    // The image the sink finishes with names the rewritten tar.
+    assert_eq!(ids, [Digest::sha256_of(&want)]);
+}
+
+#[test]
+fn a_stream_rewrite_failing_midstream_fails_the_run_before_the_sink_commits() {
+    let mut tar = timed_tar();
+    // Spoil the second header's checksum, past the 1 MiB file.
+    let second = 512 + (1 << 20);
+    tar[second + 148] ^= 0x01;
+    let (r, seen, finished, _) = run_rewritten(tar_source(&tar));
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+    assert!(!finished);
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].live);
+    assert_eq!(seen[0].digest, None, "the stream ended in an error");
+}

@@ -75,6 +75,11 @@ impl Sink for BundleSink {
         Ok(())
     }
 
+    /// Layers are applied to the one rootfs, named by nothing.
+    fn takes_rewritten_live(&self) -> bool {
+        true
+    }
+
     fn layer(&mut self, layer: Layer) -> Result<()> {
         let rootfs = self.staged.path().join("rootfs");
         apply_layer(

@@ -112,6 +112,14 @@ pub trait Sink: Send {
     fn layer_work(&self) -> Option<LayerWork> {
         None
     }
+    /// Whether a layer a filter rewrites on its way in may reach `layer`
+    /// live, before its new diff_id is known: true for a sink that does not
+    /// use the layer's diff_id, digest or size in `layer` (only, from the
+    /// image, in `finish`). The layer's `info` then still describes the
+    /// source's layer. Default false: rewritten layers come as files.
+    fn takes_rewritten_live(&self) -> bool {
+        false
+    }
     /// One verified layer.
     fn layer(&mut self, layer: Layer) -> Result<()>;
     /// A wanted layer that failed to fetch or verify before it reached the
@@ -163,6 +171,14 @@ pub trait AsyncSink: Send {
         _layer: &'a LayerInfo,
     ) -> BoxFuture<'a, Result<Option<LayerInfo>>> {
         Box::pin(async { Ok(None) })
+    }
+    /// Whether a layer a filter rewrites on its way in may reach `layer`
+    /// live, before its new diff_id is known: true for a sink that does not
+    /// use the layer's diff_id, digest or size in `layer` (only, from the
+    /// image, in `finish`). The layer's `info` then still describes the
+    /// source's layer. Default false: rewritten layers come as files.
+    fn takes_rewritten_live(&self) -> bool {
+        false
     }
     /// One layer; its bytes are verified as they are read.
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>>;
@@ -228,6 +244,9 @@ impl AsyncSink for Blocking {
     }
     fn layer_work(&self) -> Option<LayerWork> {
         self.sink.lock().ok().and_then(|s| s.layer_work())
+    }
+    fn takes_rewritten_live(&self) -> bool {
+        self.sink.lock().is_ok_and(|s| s.takes_rewritten_live())
     }
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.call(move |s| s.layer(layer)))

@@ -714,3 +714,57 @@ fn bad_filter_arguments_are_usage_errors() {
         .run();
     assert_clean_failure(&env, &r, &["x.jsonl"]);
 }
+
+/// `normalize-timestamps` into `oci://` rewrites each layer as it streams
+/// into the bundle, with no file for the filter: the bundle gets the config
+/// the tarball output (which takes the files path) gets, new diff_ids and
+/// all, and its files the time.
+#[test]
+fn normalize_timestamps_streams_into_a_bundle() {
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::new();
+    let reg = Registry::start();
+    push_image(
+        &env,
+        &reg,
+        &format!("{REPO}:v1"),
+        &image(&env),
+        PushFormat::Oci,
+    );
+    let filter = format!("normalize-timestamps:ts={TS}");
+    let tarball = env.out("norm.tar");
+    let bundle = env.out("bundle");
+    for dest in [tar_uri(&tarball), format!("oci://{}", bundle.display())] {
+        env.occy()
+            .args([
+                "--insecure",
+                "process",
+                &reg.uri(REPO, "v1"),
+                &dest,
+                "-f",
+                &filter,
+            ])
+            .ok();
+    }
+    let tag = format!("{}/{REPO}:v1", reg.host());
+    let ds = verify_output(&env, &tarball, &Expect::default().tags(&[&tag]), Some(&tag));
+    assert!(
+        fs::read(bundle.join("container-config.json")).unwrap() == ds.config_bytes(0),
+        "the bundle's config is the rewritten one"
+    );
+    let mut files = 0;
+    let mut dirs = vec![bundle.join("rootfs")];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else if m.is_file() {
+                files += 1;
+                assert_eq!(m.mtime() as u64, TS, "{}", e.path().display());
+            }
+        }
+    }
+    assert!(files > 3, "{files} files");
+}

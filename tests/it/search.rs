@@ -527,3 +527,56 @@ fn search_filter_during_process() {
     );
     assert!(dest.is_file());
 }
+
+/// The search filter reads each layer as it streams to the sink: a layer
+/// whose tar is bad past its first megabytes (the blob and diff_id check
+/// out) fails the run, and no output or temp file is left.
+#[test]
+fn search_filter_failing_midstream_leaves_nothing() {
+    let env = TestEnv::new();
+    let reg = Registry::start();
+    let big = crate::support::images::pseudo_random(4 << 20, 7);
+    let mut middle = TarBuilder::new()
+        .file("srv/big.bin", 0o644, &big)
+        .file("srv/after", 0o644, b"x")
+        .finish();
+    // Spoil the checksum of the header after the big file.
+    let name = b"srv/after\0";
+    let at = middle
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the header of srv/after");
+    let header = at - at % 512;
+    middle[header + 148] ^= 0x01;
+    let image = Image::new("linux/amd64")
+        .layer(
+            TarBuilder::new().file("bin/sh", 0o755, b"sh").finish(),
+            Compression::Gzip,
+        )
+        .layer(middle, Compression::Gzip);
+    push_image(
+        &env,
+        &reg,
+        &format!("{REPO}:bad"),
+        &image,
+        PushFormat::Docker,
+    );
+    let dest = env.out("copy.tar");
+    let out = env
+        .occy()
+        .args([
+            "--insecure",
+            "process",
+            &reg.uri(REPO, "bad"),
+            &tar_uri(&dest),
+            "-f",
+            "search:pattern=bin/*",
+        ])
+        .run();
+    assert_no_panic(&out);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("searching layer 1"), "{}", out.stderr);
+    assert!(!dest.exists());
+    assert_eq!(std::fs::read_dir(env.out_dir()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(env.tmp_dir()).unwrap().count(), 0);
+}

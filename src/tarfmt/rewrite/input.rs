@@ -1,4 +1,5 @@
-//! The reading side of a rewrite: bounded, position-aware, seekable.
+//! The reading side of a rewrite: bounded, position-aware, seekable (a
+//! file) or forward-only (a stream, through [`Forward`]).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -69,7 +70,7 @@ impl<R: Read + Seek> Input<R> {
     pub(super) fn skip(&mut self, n: u64) -> std::result::Result<(), Fail> {
         self.need(n)?;
         let delta = i64::try_from(n).map_err(|_| self.truncated())?;
-        self.r.seek_relative(delta).map_err(Fail::Read)?;
+        self.r.seek_relative(delta).map_err(|e| self.read_fail(e))?;
         self.pos += n;
         Ok(())
     }
@@ -100,6 +101,27 @@ impl<R: Read + Seek> Input<R> {
         copy_exact(&mut self.r, n, out).map_err(|e| self.read_fail_or(e))?;
         self.r.seek(SeekFrom::Start(back)).map_err(Fail::Read)?;
         Ok(())
+    }
+
+    /// Reads the rest of the input, into `out` if given.
+    pub(super) fn copy_rest<W: Write>(
+        &mut self,
+        mut out: Option<&mut W>,
+    ) -> std::result::Result<(), Fail> {
+        loop {
+            let buf = match self.r.fill_buf() {
+                Ok([]) => return Ok(()),
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Fail::Read(e)),
+            };
+            if let Some(out) = &mut out {
+                out.write_all(buf).map_err(Fail::Write)?;
+            }
+            let n = buf.len();
+            self.r.consume(n);
+            self.pos += n as u64;
+        }
     }
 
     fn read_fail(&self, e: io::Error) -> Fail {
@@ -194,5 +216,38 @@ impl Seek for Window {
         self.file.seek(SeekFrom::Start(abs))?;
         self.pos = target;
         Ok(target)
+    }
+}
+
+/// A forward-only reader as the rewriter's input: moving ahead reads and
+/// drops the bytes; moving back fails. Only [`super::Action::Materialize`]
+/// moves back (the content of a hard link's target lies earlier in the
+/// tar), so a rewrite that never materializes runs over a stream.
+pub(super) struct Forward<R>(pub(super) R);
+
+impl<R: Read> Read for Forward<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> Seek for Forward<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        match to {
+            SeekFrom::Current(n) if n >= 0 => {
+                let n = n as u64;
+                let got = io::copy(&mut (&mut self.0).take(n), &mut io::sink())?;
+                if got < n {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                // Positions are the Input's to keep.
+                Ok(0)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a streamed layer cannot be read backwards (a hard link whose target \
+                 was dropped needs the target's content from earlier in the tar)",
+            )),
+        }
     }
 }

@@ -35,7 +35,7 @@ use crate::image::FileSlice;
 
 pub use super::names::clean_path;
 pub use entry::{Entry, ExtHeader};
-use input::{Fail, Input, Window};
+use input::{Fail, Forward, Input, Window};
 
 /// The largest time a ustar header holds as 11 octal digits (year 2242).
 pub const MAX_USTAR_TIME: u64 = 0o777_7777_7777;
@@ -147,12 +147,38 @@ pub fn rewrite_stream<R: Read + Seek, W: Write>(
         pos: 0,
         len,
     };
-    walk::walk(&mut input, out, rewrite).map_err(|f| match f {
+    walk::walk(&mut input, out, rewrite, false).map_err(|f| labelled(f, label))
+}
+
+/// Rewrites a tar read front to back from a stream into `out`, reading the
+/// stream to its end (so that a verifying reader gives its verdict, as the
+/// last read's error). When nothing was edited (`Stats::edited` false) the
+/// output is the input byte for byte, end-of-archive padding included, so
+/// it has the input's digest. A rewrite that materializes a hard link
+/// fails: that reads content from earlier in the tar.
+pub fn rewrite_forward<R: Read, W: Write>(
+    input: R,
+    out: &mut W,
+    label: &str,
+    rewrite: &mut dyn Rewrite,
+) -> Result<Stats> {
+    let mut input = Input {
+        r: BufReader::with_capacity(256 << 10, Forward(input)),
+        pos: 0,
+        // Unknown: a size past the end shows as the stream ending early.
+        len: u64::MAX,
+    };
+    walk::walk(&mut input, out, rewrite, true).map_err(|f| labelled(f, label))
+}
+
+/// A rewrite's failure as an error naming the layer.
+fn labelled(f: Fail, label: &str) -> Error {
+    match f {
         Fail::Read(e) => Error::stream(format!("reading {label}"), e),
         Fail::Write(e) => Error::stream(format!("writing the rewritten {label}"), e),
         Fail::Bad { offset, what } => {
             Error::InvalidImage(format!("{label}: {what} (tar header at byte {offset})"))
         }
         Fail::Filter(e) => e,
-    })
+    }
 }

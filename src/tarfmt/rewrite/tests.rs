@@ -529,3 +529,77 @@ fn numeric_fields() {
     assert_eq!(clean_path(b"./"), b"");
     assert_eq!(clean_path(b"."), b"");
 }
+
+/// Sets every entry's mtime, as `normalize-timestamps` does.
+struct SetTimes(u64);
+
+impl Rewrite for SetTimes {
+    fn entry(&mut self, e: &mut Entry) -> Result<Action> {
+        e.set_mtime(self.0);
+        Ok(Action::Keep)
+    }
+}
+
+fn forward(tar: &[u8], rw: &mut dyn Rewrite) -> Result<(Vec<u8>, Stats)> {
+    let mut out = Vec::new();
+    let stats = rewrite_forward(tar, &mut out, "test layer", rw)?;
+    Ok((out, stats))
+}
+
+#[test]
+fn forward_rewrite_writes_what_the_file_rewrite_writes() {
+    let mut tar = tar_crate_tar();
+    // Padding to a 10 KiB record and bytes after it: read, not kept.
+    tar.extend_from_slice(&[0u8; 8 * BLOCK]);
+    tar.extend_from_slice(b"trailing");
+    let (from_file, s1) = rewrite_bytes(&tar, &mut SetTimes(7)).unwrap();
+    let (streamed, s2) = forward(&tar, &mut SetTimes(7)).unwrap();
+    assert!(s1.edited);
+    assert_eq!(s1, s2);
+    assert!(streamed == from_file, "the two rewrites differ");
+}
+
+#[test]
+fn forward_rewrite_that_edits_nothing_gives_the_input_back() {
+    let base = tar_crate_tar();
+    let mut padded = base.clone();
+    padded.extend_from_slice(&[0u8; 8 * BLOCK]);
+    let mut trailing = padded.clone();
+    trailing.extend_from_slice(b"after the end");
+    // No end-of-archive blocks at all.
+    let end = base.len() - 2 * BLOCK;
+    let unterminated = base[..end].to_vec();
+    for tar in [base, padded, trailing, unterminated] {
+        let (out, stats) = forward(&tar, &mut KeepAll::default()).unwrap();
+        assert!(!stats.edited);
+        assert!(out == tar, "{} bytes in, {} out", tar.len(), out.len());
+    }
+}
+
+#[test]
+fn forward_rewrite_fails_on_what_needs_reading_back_or_is_cut_short() {
+    struct MaterializeSecond(u32);
+    impl Rewrite for MaterializeSecond {
+        fn entry(&mut self, _e: &mut Entry) -> Result<Action> {
+            self.0 += 1;
+            Ok(match self.0 {
+                2 => Action::Materialize {
+                    data_offset: BLOCK as u64,
+                    size: 1,
+                },
+                _ => Action::Keep,
+            })
+        }
+    }
+    let tar = tar_crate_tar();
+    let e = forward(&tar, &mut MaterializeSecond(0)).unwrap_err();
+    let why = std::error::Error::source(&e).map(|s| s.to_string());
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("backwards")),
+        "{e}: {why:?}"
+    );
+    // The same rewrite over the file works.
+    rewrite_bytes(&tar, &mut MaterializeSecond(0)).unwrap();
+    let e = forward(&tar[..tar.len() / 2 + 100], &mut KeepAll::default()).unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
+}

@@ -32,11 +32,14 @@ struct Walk<'a, R, W> {
     group_bytes: u64,
 }
 
-/// Rewrites the whole tar; the output ends with two zero blocks.
+/// Rewrites the whole tar; the output ends with two zero blocks. With
+/// `stream`, the input is read to its very end, and when nothing was edited
+/// the output is the input, end-of-archive padding and all.
 pub(super) fn walk<R: Read + Seek, W: Write>(
     input: &mut Input<R>,
     out: &mut W,
     rewrite: &mut dyn Rewrite,
+    stream: bool,
 ) -> Result<Stats, Fail> {
     let mut w = Walk {
         input,
@@ -46,15 +49,15 @@ pub(super) fn walk<R: Read + Seek, W: Write>(
         group: Vec::new(),
         group_bytes: 0,
     };
-    loop {
+    let at_zero = loop {
         let at = w.input.pos;
         let mut block = [0u8; BLOCK];
         if !w.input.block(&mut block)? {
             // No end-of-archive blocks: readers accept that, and so do we.
-            break;
+            break false;
         }
         if block == ZEROS {
-            break;
+            break true;
         }
         if !checksum_ok(&block) {
             return Err(bad(at, "bad header checksum"));
@@ -64,8 +67,8 @@ pub(super) fn walk<R: Read + Seek, W: Write>(
             b'x' | b'g' | b'L' | b'K' => w.ext_header(at, block, size)?,
             _ => w.entry(at, block)?,
         }
-    }
-    w.finish()
+    };
+    w.finish(stream, at_zero)
 }
 
 impl<R: Read + Seek, W: Write> Walk<'_, R, W> {
@@ -182,12 +185,24 @@ impl<R: Read + Seek, W: Write> Walk<'_, R, W> {
         Ok(())
     }
 
-    /// Writes what is left and the end-of-archive blocks.
-    fn finish(mut self) -> Result<Stats, Fail> {
+    /// Writes what is left and the end-of-archive blocks; for a `stream`,
+    /// reads the input to its end (the zero block the walk stopped at, if
+    /// `at_zero`, and what follows it), kept as it was if nothing was edited.
+    fn finish(mut self, stream: bool, at_zero: bool) -> Result<Stats, Fail> {
         // Extension headers with no entry after them: kept as they were found.
         for h in &mut self.group {
             self.stats.edited |= h.edited();
             h.write_to(self.out).map_err(Fail::Write)?;
+        }
+        if stream {
+            let unchanged = !self.stats.edited;
+            if unchanged && at_zero {
+                self.out.write_all(&ZEROS).map_err(Fail::Write)?;
+            }
+            self.input.copy_rest(unchanged.then_some(&mut *self.out))?;
+            if unchanged {
+                return Ok(self.stats);
+            }
         }
         self.out.write_all(&ZEROS).map_err(Fail::Write)?;
         self.out.write_all(&ZEROS).map_err(Fail::Write)?;
