@@ -278,7 +278,7 @@ probe_push() {  # probe_push BIN SUFFIX
     if [[ -z $probed ]]; then
       probed=1
       "$1" --insecure process "$src" "registry://$dst/bench/probe:layered" > "$W/probe.log" 2>&1 ||
-        why="skipped: occystrap process registry:// -> registry:// failed: $(grep -m1 -v '^\s*$' "$W/probe.log" | tr -d '|' | cut -c1-160)"
+        why="skipped, this build cannot copy to a registry: $(grep -m1 -v '^\s*$' "$W/probe.log" | tr -d '|' | cut -c1-100)"
       [[ -n $why ]] && echo "$n and the other copy rows of $1: $why" >&2
     fi
     [[ -n $why ]] && skip[$n]=$why
