@@ -7,6 +7,7 @@
 #   bench/run.sh                # RUNS=3 PORT=5123 BENCH_DIR=/dev/shm/occy-bench
 #   BASE=origin/main bench/run.sh   # also time an earlier build (a git revision,
 #                                   # built into BASE_BUILD_DIR, or a binary path)
+#   OURS=/path/to/occystrap bench/run.sh   # time that binary as "ours"
 #
 # Uses bench/registry.sh and bench/make-images.sh (a loopback registry and the 4-layer benchmark image
 # bench/debian:layered); installs docker-registry, skopeo, umoci, pigz, jq,
@@ -29,6 +30,8 @@
 #             source's manifest);
 #   tar2reg   a docker-save tarball (made once with skopeo) -> an emptied
 #             destination.
+# Their floor: copy1st.floor-curl PUTs the image's blobs from local disk with
+# curl, all at once (what the destination registry itself costs).
 # After each copy the destination is checked: its manifest and every blob it
 # names must be there, or the run's exit code is recorded as 97. The Python
 # tool takes ~30 s a copy, so its copy rows run only in the first PY_COPY_RUNS
@@ -69,8 +72,9 @@ if ((${#need[@]})); then
 fi
 [[ -x $venv/bin/occystrap ]] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q occystrap==0.4.17; }
 py=$venv/bin/occystrap
-(cd "$repo" && cargo build --release -q)
-ours=$repo/target/release/occystrap
+# OURS=<binary> times that build as ours instead of this checkout's release build.
+if [[ -n ${OURS:-} ]]; then ours=$(readlink -f "$OURS")
+else (cd "$repo" && cargo build --release -q); ours=$repo/target/release/occystrap; fi
 base=${BASE:-}; basebin=
 if [[ -n $base && -x $base ]]; then
   basebin=$(readlink -f "$base"); base_desc="binary $base"
@@ -179,10 +183,36 @@ urls=$(for d in $blobs; do printf 'http://%s/v2/bench/debian/blobs/%s ' "$reg" "
 fi
 
 # Copy rows: the destination registry, and the docker-save tarball tar2reg pushes.
-srctar=$W/image-src.tar
+# Floor (copy1st.floor-curl): the image's blobs, on local disk, PUT with curl
+# all at once: what the destination registry itself costs.
+srctar=$W/image-src.tar; pushfloor=$W/push-floor.sh
+v2accept='application/vnd.docker.distribution.manifest.v2+json'
 if uses copy1st || uses copy2nd || uses tar2reg; then
   "$shared/registry.sh" start "$dregdir" "$port2" >/dev/null
   skopeo copy -q --src-tls-verify=false "docker://$reg/$img" "docker-archive:$srctar:$img"
+  mkdir -p "$W/blobs"
+  curl -fs -H "Accept: $v2accept" -o "$W/blobs/manifest" "http://$reg/v2/bench/debian/manifests/layered"
+  for d in $(jq -r '.config.digest, .layers[].digest' "$W/blobs/manifest"); do
+    curl -fs -o "$W/blobs/$d" "http://$reg/v2/bench/debian/blobs/$d"
+  done
+  cat > "$pushfloor" <<'SH'
+#!/usr/bin/env bash
+# push-floor.sh HOST REPO TAG DIR: every sha256:* blob file in DIR uploaded at
+# once (a POST, then one PUT of the whole file), then DIR/manifest.
+set -euo pipefail
+h=$1 r=$2 t=$3 d=$4; pids=()
+for f in "$d"/sha256:*; do
+  ( loc=$(curl -fsS -o /dev/null -D - -X POST "http://$h/v2/$r/blobs/uploads/" | tr -d '\r' \
+          | awk 'tolower($1)=="location:"{print $2}')
+    [[ $loc == /* ]] && loc="http://$h$loc"
+    if [[ $loc == *\?* ]]; then sep='&'; else sep='?'; fi
+    curl -fsS -o /dev/null -H 'Expect:' -T "$f" "$loc${sep}digest=${f##*/}" ) & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+curl -fsS -o /dev/null -X PUT -H "Content-Type: application/vnd.docker.distribution.manifest.v2+json" \
+  --data-binary @"$d/manifest" "http://$h/v2/$r/manifests/$t"
+SH
+  chmod +x "$pushfloor"
 fi
 
 # name|command run in an emptied $W/out (the command may use $OUT)
@@ -207,6 +237,7 @@ tasks=(
   "copy1st.ours|$ours --insecure process $src registry://$dst/bench/copy1st:layered"
   "copy1st.skopeo|skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://$reg/$img docker://$dst/bench/copy1st:layered"
   "copy1st.python|$py --insecure process $src registry://$dst/bench/copy1st:layered"
+  "copy1st.floor-curl|$pushfloor $dst bench/copy1st layered $W/blobs"
   "copy2nd.ours|$ours --insecure process $src registry://$dst/bench/copy2nd:layered"
   "copy2nd.skopeo|skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://$reg/$img docker://$dst/bench/copy2nd:layered"
   "copy2nd.python|$py --insecure process $src registry://$dst/bench/copy2nd:layered"
@@ -234,7 +265,6 @@ if [[ -n $basebin ]]; then
 fi
 
 # --- copy rows: the destination's state before a run, and the check after it
-v2accept='application/vnd.docker.distribution.manifest.v2+json'
 accept="$v2accept,application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.list.v2+json,application/vnd.oci.image.index.v1+json"
 # The destination emptied, so that a "first" copy finds no blob of the image
 # anywhere in it (not even under another repository to mount from).
@@ -262,7 +292,7 @@ prepare() {
 # and every blob that manifest names? (No check for the other rows.)
 landed() {
   local g=${1%%.*} m d
-  case $g in copy1st|copy2nd|tar2reg) ;; *) return 0 ;; esac
+  [[ $1 =~ ^(copy1st|copy2nd|tar2reg)\.(ours|base|skopeo|python|floor-curl)$ ]] || return 0
   m=$(curl -fs -H "Accept: $accept" "http://$dst/v2/bench/$g/manifests/layered") || return 1
   for d in $(jq -r '(.config.digest // empty), (.layers // [] | .[].digest)' <<<"$m"); do
     curl -fsI "http://$dst/v2/bench/$g/blobs/$d" >/dev/null || return 1
@@ -315,6 +345,7 @@ rcs() { awk -v n="$1" '$1==n {print $4}' "$W/res" | sort -u | paste -sd,; }
 ratio() { awk -v a="$(med "$1" 2)" -v b="$(med "$2" 2)" 'BEGIN{ if (a+0>0 && b+0>0) printf "%.2fx", a/b; else print "-" }'; }
 row() {
   if [[ -n ${skip[$1]:-} ]]; then printf '| %s | %s | - | - |\n' "$1" "${skip[$1]}"
+  elif [[ $(med "$1" 2) == - ]]; then printf '| %s | not run | - | - |\n' "$1"
   else printf '| %s | %s | %s | %s |\n' "$1" "$(med "$1" 2)" "$(rss "$1")" "$(rcs "$1")"; fi
 }
 has() { local t; for t in "${tasks[@]}"; do [[ ${t%%|*} == "$1" ]] && return 0; done; return 1; }
@@ -325,7 +356,7 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   echo "# occystrap benchmark ($(date -u +%FT%TZ))"
   echo
   echo "Host: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo). Image \`$img\` on a loopback registry."
-  echo "Tools: occystrap $(cd "$repo" && git rev-parse --short HEAD), Python occystrap 0.4.17, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')."
+  echo "Tools: occystrap ${OURS:+binary $OURS, not }$(cd "$repo" && git rev-parse --short HEAD), Python occystrap 0.4.17, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')."
   [[ -n $basebin ]] && echo "Earlier build (the .base rows): $base_desc."
   echo "Outputs on $W. $runs interleaved runs, medians."
   if uses copy1st || uses copy2nd || uses tar2reg; then
@@ -359,6 +390,7 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   rl "registry -> registry, repeat copy: Python occystrap / ours" copy2nd.python copy2nd.ours
   rl "docker-save tar -> registry: skopeo / ours (target >= 3)" tar2reg.skopeo tar2reg.ours
   rl "docker-save tar -> registry: Python occystrap / ours" tar2reg.python tar2reg.ours
+  rl "first copy: curl PUT of the blobs from local disk / ours (the registry's own cost; <= 1)" copy1st.floor-curl copy1st.ours
   for n in copy1st copy2nd tar2reg; do
     if has $n.ours; then echo "| peak RSS of ours, $n (target < 64 MB) | $(rss $n.ours) MB |"; fi
   done
@@ -369,7 +401,7 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
     for t in "${tasks[@]}"; do
       n=${t%%|*}; [[ $n == *.ours ]] || continue
       printf '| %s | %s | %s |\n' "${n%.ours}" "$(ratio "${n%.ours}.base" "$n")" \
-        "$(awk -v a="$(med "$n" 3)" -v b="$(med "${n%.ours}.base" 3)" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-" }')"
+        "$(awk -v a="$(med "$n" 3)" -v b="$(med "${n%.ours}.base" 3)" 'BEGIN{ if (a+0>0 && b+0>0) printf "%.2f", a/b; else print "-" }')"
     done
   fi
 } > "$md"
