@@ -7,6 +7,7 @@
 #   bench/run.sh                # RUNS=3 PORT=5123 BENCH_DIR=/dev/shm/occy-bench
 #   BASE=origin/main bench/run.sh   # also time an earlier build (a git revision,
 #                                   # built into BASE_BUILD_DIR, or a binary path)
+#   OURS=/path/to/occystrap bench/run.sh   # time that binary as "ours"
 #
 # Uses bench/registry.sh and bench/make-images.sh (a loopback registry and the 4-layer benchmark image
 # bench/debian:layered); installs docker-registry, skopeo, umoci, pigz, jq,
@@ -14,11 +15,51 @@
 # Outputs go to tmpfs by default: on ext4, deleting the previous run's tree
 # slows the next extraction 5-20x, which would swamp the tools' own cost.
 # Writes the table to bench/results.md (BENCH_MD= to change).
+#
+#   TASKS=copy1st,copy2nd,tar2reg bench/run.sh   # only these rows (task names
+#       or their groups, the part before the dot); skips the set-up of images
+#       no selected row reads, and writes /tmp/occy-bench-results.md instead
+#       of bench/results.md unless BENCH_MD says otherwise.
+#
+# The copy rows push to a second loopback registry (PORT2, default PORT+1):
+#   copy1st   registry -> registry into a destination emptied before every run
+#             (registry stopped, its storage deleted, started again), so every
+#             blob is uploaded;
+#   copy2nd   the same copy into a repository that already holds the image
+#             (seeded with skopeo, untimed, whenever its tag does not name the
+#             source's manifest);
+#   tar2reg   a docker-save tarball (made once with skopeo) -> an emptied
+#             destination.
+# Their floor: copy1st.floor-curl PUTs the image's blobs from local disk with
+# curl, all at once (what the destination registry itself costs).
+# After each copy the destination is checked: its manifest and every blob it
+# names must be there, or the run's exit code is recorded as 97. The Python
+# tool takes ~30 s a copy, so its copy rows run only in the first PY_COPY_RUNS
+# (default 1) runs. When this build (or BASE) cannot push to a registry, its
+# copy rows are skipped with the reason in the table.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 shared=$repo/bench
 runs=${RUNS:-3}; port=${PORT:-5123}; reg=127.0.0.1:$port
-W=${BENCH_DIR:-/dev/shm/occy-bench}; md=${BENCH_MD:-$repo/bench/results.md}
+port2=${PORT2:-$((port + 1))}; dst=127.0.0.1:$port2; pyruns=${PY_COPY_RUNS:-1}
+sel=${TASKS:-}
+W=${BENCH_DIR:-/dev/shm/occy-bench}
+if [[ -n $sel ]]; then md=${BENCH_MD:-/tmp/occy-bench-results.md}; else md=${BENCH_MD:-$repo/bench/results.md}; fi
+IFS=, read -ra picked <<<"$sel"
+groups=" tar expand oci search floor single10m single1g store1st store2nd copy1st copy2nd tar2reg "
+for t in "${picked[@]}"; do
+  [[ $groups == *" ${t%%.*} "* ]] || { echo "TASKS: no group '${t%%.*}'; groups:$groups" >&2; exit 2; }
+done
+# uses GROUP: is a row of GROUP (the part of a task name before the dot) selected?
+uses() {
+  [[ -z $sel ]] && return 0
+  local t; for t in "${picked[@]}"; do [[ ${t%%.*} == "$1" ]] && return 0; done; return 1
+}
+# selected NAME: does TASKS name this task or its group?
+selected() {
+  [[ -z $sel ]] && return 0
+  local t; for t in "${picked[@]}"; do [[ $t == "$1" || $t == "${1%%.*}" ]] && return 0; done; return 1
+}
 img=bench/debian:layered; src="registry://$reg/$img"
 venv=${PY_VENV:-/tmp/bench-venv}
 
@@ -31,8 +72,9 @@ if ((${#need[@]})); then
 fi
 [[ -x $venv/bin/occystrap ]] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q occystrap==0.4.17; }
 py=$venv/bin/occystrap
-(cd "$repo" && cargo build --release -q)
-ours=$repo/target/release/occystrap
+# OURS=<binary> times that build as ours instead of this checkout's release build.
+if [[ -n ${OURS:-} ]]; then ours=$(readlink -f "$OURS")
+else (cd "$repo" && cargo build --release -q); ours=$repo/target/release/occystrap; fi
 base=${BASE:-}; basebin=
 if [[ -n $base && -x $base ]]; then
   basebin=$(readlink -f "$base"); base_desc="binary $base"
@@ -48,10 +90,14 @@ elif [[ -n $base ]]; then
 fi
 
 rm -rf "$W"; mkdir -p "$W"
-regdir=$W/registry
+regdir=$W/registry; dregdir=$W/registry2
 "$shared/registry.sh" start "$regdir" "$port" >/dev/null
-trap '"$shared/registry.sh" stop "$regdir" "$port" >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
+trap '"$shared/registry.sh" stop "$regdir" "$port" >/dev/null 2>&1 || true
+      "$shared/registry.sh" stop "$dregdir" "$port2" >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 "$shared/make-images.sh" "$port" >/dev/null
+urls=; big=
+
+if uses single10m || uses single1g; then
 
 # Extra images for the scaling rows: one incompressible layer of 10 MiB and
 # of 1 GiB, and a second tag sharing 3 of the 4 layers of the main image.
@@ -97,6 +143,10 @@ for s in 10m 1g; do
   skopeo copy -q --dest-tls-verify=false "oci:$W/img/$s:$s" "docker://$reg/bench/single:$s"
 done
 rm -rf "$W/img"
+big=$(curl -fs -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$reg/v2/bench/single/manifests/1g" | jq -r '.layers[0].digest')
+fi
+
+if uses store2nd; then
 # v2 = the main image with its top layer replaced (3 of 4 layers shared).
 skopeo copy -q --src-tls-verify=false "docker://$reg/$img" "oci:$W/v2:v2"
 python3 - "$W/v2" <<'PY'
@@ -121,14 +171,49 @@ json.dump(idx, open(f"{d}/index.json", "w"))
 PY
 skopeo copy -q --dest-tls-verify=false "oci:$W/v2:v2" "docker://$reg/bench/debian:v2"
 rm -rf "$W/v2"
+fi
 
 # Floors: the same bytes through curl, pigz and tar alone.
+if uses floor; then
 man=$(curl -fs -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' "http://$reg/v2/bench/debian/manifests/layered")
 blobs=$(jq -r '.layers[].digest' <<<"$man")
 mkdir -p "$W/raw"; i=0
 for d in $blobs; do i=$((i+1)); curl -fs "http://$reg/v2/bench/debian/blobs/$d" | pigz -dc > "$W/raw/$i.tar"; done
 urls=$(for d in $blobs; do printf 'http://%s/v2/bench/debian/blobs/%s ' "$reg" "$d"; done)
-big=$(curl -fs -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$reg/v2/bench/single/manifests/1g" | jq -r '.layers[0].digest')
+fi
+
+# Copy rows: the destination registry, and the docker-save tarball tar2reg pushes.
+# Floor (copy1st.floor-curl): the image's blobs, on local disk, PUT with curl
+# all at once: what the destination registry itself costs.
+srctar=$W/image-src.tar; pushfloor=$W/push-floor.sh
+v2accept='application/vnd.docker.distribution.manifest.v2+json'
+if uses copy1st || uses copy2nd || uses tar2reg; then
+  "$shared/registry.sh" start "$dregdir" "$port2" >/dev/null
+  skopeo copy -q --src-tls-verify=false "docker://$reg/$img" "docker-archive:$srctar:$img"
+  mkdir -p "$W/blobs"
+  curl -fs -H "Accept: $v2accept" -o "$W/blobs/manifest" "http://$reg/v2/bench/debian/manifests/layered"
+  for d in $(jq -r '.config.digest, .layers[].digest' "$W/blobs/manifest"); do
+    curl -fs -o "$W/blobs/$d" "http://$reg/v2/bench/debian/blobs/$d"
+  done
+  cat > "$pushfloor" <<'SH'
+#!/usr/bin/env bash
+# push-floor.sh HOST REPO TAG DIR: every sha256:* blob file in DIR uploaded at
+# once (a POST, then one PUT of the whole file), then DIR/manifest.
+set -euo pipefail
+h=$1 r=$2 t=$3 d=$4; pids=()
+for f in "$d"/sha256:*; do
+  ( loc=$(curl -fsS -o /dev/null -D - -X POST "http://$h/v2/$r/blobs/uploads/" | tr -d '\r' \
+          | awk 'tolower($1)=="location:"{print $2}')
+    [[ $loc == /* ]] && loc="http://$h$loc"
+    if [[ $loc == *\?* ]]; then sep='&'; else sep='?'; fi
+    curl -fsS -o /dev/null -H 'Expect:' -T "$f" "$loc${sep}digest=${f##*/}" ) & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+curl -fsS -o /dev/null -X PUT -H "Content-Type: application/vnd.docker.distribution.manifest.v2+json" \
+  --data-binary @"$d/manifest" "http://$h/v2/$r/manifests/$t"
+SH
+  chmod +x "$pushfloor"
+fi
 
 # name|command run in an emptied $W/out (the command may use $OUT)
 tasks=(
@@ -149,7 +234,26 @@ tasks=(
   "single1g.floor|sh -c 'curl -fs http://$reg/v2/bench/single/blobs/$big | pigz -dc | sha256sum >/dev/null'"
   "store1st.ours|$ours --insecure process $src 'dir://store?unique_names=true'"
   "store2nd.ours|sh -c '$ours --insecure process $src dir://store?unique_names=true >/dev/null 2>&1; /usr/bin/time -f \"%e %M\" -o $W/t2 $ours --insecure process registry://$reg/bench/debian:v2 dir://store?unique_names=true'"
+  "copy1st.ours|$ours --insecure process $src registry://$dst/bench/copy1st:layered"
+  "copy1st.skopeo|skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://$reg/$img docker://$dst/bench/copy1st:layered"
+  "copy1st.python|$py --insecure process $src registry://$dst/bench/copy1st:layered"
+  "copy1st.floor-curl|$pushfloor $dst bench/copy1st layered $W/blobs"
+  "copy2nd.ours|$ours --insecure process $src registry://$dst/bench/copy2nd:layered"
+  "copy2nd.skopeo|skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://$reg/$img docker://$dst/bench/copy2nd:layered"
+  "copy2nd.python|$py --insecure process $src registry://$dst/bench/copy2nd:layered"
+  "tar2reg.ours|$ours --insecure process tar://$srctar registry://$dst/bench/tar2reg:layered"
+  "tar2reg.skopeo|skopeo copy -q --dest-tls-verify=false docker-archive:$srctar docker://$dst/bench/tar2reg:layered"
+  "tar2reg.python|$py --insecure process tar://$srctar registry://$dst/bench/tar2reg:layered"
 )
+if [[ -n $sel ]]; then
+  kept=()
+  for t in "${tasks[@]}"; do selected "${t%%|*}" && kept+=("$t"); done
+  for p in "${picked[@]}"; do
+    hit=; for t in "${tasks[@]}"; do n=${t%%|*}; [[ $p == "$n" || $p == "${n%%.*}" ]] && hit=1; done
+    [[ -n $hit ]] || { echo "TASKS: no task or group named '$p'; tasks: $(for t in "${tasks[@]}"; do printf '%s ' "${t%%|*}"; done)" >&2; exit 2; }
+  done
+  tasks=("${kept[@]}")
+fi
 # With BASE, each of our rows gets a twin run by the earlier build, right after it.
 if [[ -n $basebin ]]; then
   twinned=()
@@ -159,17 +263,79 @@ if [[ -n $basebin ]]; then
   done
   tasks=("${twinned[@]}")
 fi
+
+# --- copy rows: the destination's state before a run, and the check after it
+accept="$v2accept,application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.list.v2+json,application/vnd.oci.image.index.v1+json"
+# The destination emptied, so that a "first" copy finds no blob of the image
+# anywhere in it (not even under another repository to mount from).
+wipe_dst() {
+  "$shared/registry.sh" stop "$dregdir" "$port2" >/dev/null
+  rm -rf "$dregdir/storage"
+  "$shared/registry.sh" start "$dregdir" "$port2" >/dev/null
+}
+# digest_of HOST REPO TAG: the manifest digest the tag names (empty if none).
+digest_of() {
+  curl -fsI -H "Accept: $v2accept" "http://$1/v2/$2/manifests/$3" 2>/dev/null \
+    | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'
+}
+srcdigest=$(digest_of "$reg" bench/debian layered)
+# prepare NAME: untimed set-up before a run of the task.
+prepare() {
+  case ${1%%.*} in
+    copy1st|tar2reg) wipe_dst ;;
+    copy2nd)
+      [[ $(digest_of "$dst" bench/copy2nd layered) == "$srcdigest" ]] ||
+        skopeo copy -q --src-tls-verify=false --dest-tls-verify=false "docker://$reg/$img" "docker://$dst/bench/copy2nd:layered" ;;
+  esac
+}
+# landed NAME: after a copy row, does the destination hold its tag's manifest
+# and every blob that manifest names? (No check for the other rows.)
+landed() {
+  local g=${1%%.*} m d
+  [[ $1 =~ ^(copy1st|copy2nd|tar2reg)\.(ours|base|skopeo|python|floor-curl)$ ]] || return 0
+  m=$(curl -fs -H "Accept: $accept" "http://$dst/v2/bench/$g/manifests/layered") || return 1
+  for d in $(jq -r '(.config.digest // empty), (.layers // [] | .[].digest)' <<<"$m"); do
+    curl -fsI "http://$dst/v2/bench/$g/blobs/$d" >/dev/null || return 1
+  done
+}
+# A build that cannot push to a registry (before registry:// was a
+# destination) gets its copy rows skipped, with the reason in the table.
+declare -A skip=()
+probe_push() {  # probe_push BIN SUFFIX
+  local why= probed= t n
+  for t in "${tasks[@]}"; do
+    n=${t%%|*}; case $n in copy1st.$2|copy2nd.$2|tar2reg.$2) ;; *) continue ;; esac
+    if [[ -z $probed ]]; then
+      probed=1
+      "$1" --insecure process "$src" "registry://$dst/bench/probe:layered" > "$W/probe.log" 2>&1 ||
+        why="skipped, this build cannot copy to a registry: $(grep -m1 -v '^\s*$' "$W/probe.log" | tr -d '|' | cut -c1-100)"
+      [[ -n $why ]] && echo "$n and the other copy rows of $1: $why" >&2
+    fi
+    [[ -n $why ]] && skip[$n]=$why
+  done
+  return 0
+}
+if uses copy1st || uses copy2nd || uses tar2reg; then
+  probe_push "$ours" ours
+  [[ -n $basebin ]] && probe_push "$basebin" base
+fi
+
 : > "$W/res"
 for r in $(seq "$runs"); do
   for t in "${tasks[@]}"; do
     name=${t%%|*}; cmd=${t#*|}
-    rm -rf "$W/out" "$W/t2"; mkdir -p "$W/out"; sync
+    [[ -n ${skip[$name]:-} ]] && continue
+    [[ $name =~ ^(copy1st|copy2nd|tar2reg)\.python$ ]] && ((r > pyruns)) && continue
+    rm -rf "$W/out" "$W/t2"; mkdir -p "$W/out"; prepare "$name"; sync
     [[ $name == *.base ]] && cmd=${cmd//$ours/$basebin}
     rc=0; (cd "$W/out" && /usr/bin/time -f '%e %M' -o "$W/t" bash -c "$cmd" > "$W/last.log" 2>&1) || rc=$?
+    # A copy that exits 0 without the image in the destination is a failure.
+    ((rc == 0)) && ! landed "$name" && rc=97
     # For the second-tag row only the second pull counts.
     [[ -f $W/t2 ]] && cp "$W/t2" "$W/t"
     echo "$name $(tail -n1 "$W/t") $rc" >> "$W/res"
     echo "run $r: $name $(tail -n1 "$W/t") rc=$rc" >&2
+    ((rc == 0)) || echo "  $(tail -n3 "$W/last.log" | cut -c1-200)" >&2
   done
 done
 
@@ -177,15 +343,25 @@ med() { awk -v n="$1" -v f="$2" '$1==n {print $f}' "$W/res" | sort -n | awk '{a[
 rss() { local k; k=$(med "$1" 3); [[ $k == - ]] && echo - || awk -v k="$k" 'BEGIN{printf "%.0f", k/1024}'; }
 rcs() { awk -v n="$1" '$1==n {print $4}' "$W/res" | sort -u | paste -sd,; }
 ratio() { awk -v a="$(med "$1" 2)" -v b="$(med "$2" 2)" 'BEGIN{ if (a+0>0 && b+0>0) printf "%.2fx", a/b; else print "-" }'; }
-row() { printf '| %s | %s | %s | %s |\n' "$1" "$(med "$1" 2)" "$(rss "$1")" "$(rcs "$1")"; }
+row() {
+  if [[ -n ${skip[$1]:-} ]]; then printf '| %s | %s | - | - |\n' "$1" "${skip[$1]}"
+  elif [[ $(med "$1" 2) == - ]]; then printf '| %s | not run | - | - |\n' "$1"
+  else printf '| %s | %s | %s | %s |\n' "$1" "$(med "$1" 2)" "$(rss "$1")" "$(rcs "$1")"; fi
+}
+has() { local t; for t in "${tasks[@]}"; do [[ ${t%%|*} == "$1" ]] && return 0; done; return 1; }
+# rl LABEL OTHER OURS: a ratio line, when both rows were selected.
+rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
 
 {
   echo "# occystrap benchmark ($(date -u +%FT%TZ))"
   echo
   echo "Host: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo). Image \`$img\` on a loopback registry."
-  echo "Tools: occystrap $(cd "$repo" && git rev-parse --short HEAD), Python occystrap 0.4.17, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')."
+  echo "Tools: occystrap ${OURS:+binary $OURS, not }$(cd "$repo" && git rev-parse --short HEAD), Python occystrap 0.4.17, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')."
   [[ -n $basebin ]] && echo "Earlier build (the .base rows): $base_desc."
   echo "Outputs on $W. $runs interleaved runs, medians."
+  if uses copy1st || uses copy2nd || uses tar2reg; then
+    echo "Copy rows: to a second loopback registry, emptied (stopped, storage deleted, restarted) before every copy1st and tar2reg run; copy2nd into a repository already holding the image. Python copy rows: $((pyruns < runs ? pyruns : runs)) run(s) (PY_COPY_RUNS). Exit code 97: the tool exited 0 but the destination lacks the manifest or a blob."
+  fi
   echo
   echo "| task | median wall s | median peak RSS MB | exit codes |"
   echo "|---|---|---|---|"
@@ -193,17 +369,31 @@ row() { printf '| %s | %s | %s | %s |\n' "$1" "$(med "$1" 2)" "$(rss "$1")" "$(r
   echo
   echo "| ratio (time of the other / ours; >1 means we are faster) | value |"
   echo "|---|---|"
-  echo "| registry -> tar: skopeo / ours | $(ratio tar.skopeo tar.ours) |"
-  echo "| registry -> tar: Python occystrap / ours | $(ratio tar.python tar.ours) |"
-  echo "| registry -> rootfs: skopeo + umoci / ours dir://?expand=true | $(ratio expand.skopeo+umoci expand.ours) |"
-  echo "| registry -> rootfs: skopeo + umoci / ours oci:// | $(ratio expand.skopeo+umoci oci.ours) |"
-  echo "| registry -> rootfs: Python dir://?expand=true / ours | $(ratio expand.python expand.ours) |"
-  echo "| ours dir://?expand=true / tar -x of decompressed layers (target <= 2.5) | $(ratio expand.ours floor.tar-x) |"
-  echo "| ours oci:// / tar -x of decompressed layers (target <= 2.5) | $(ratio oci.ours floor.tar-x) |"
-  echo "| search: Python / ours | $(ratio search.python search.ours) |"
-  echo "| 1 GiB layer: ours / curl + pigz -dc + sha256sum (target <= 1.5) | $(ratio single1g.ours single1g.floor) |"
-  echo "| peak RSS 1 GiB layer / 10 MiB layer | $(awk -v a="$(med single1g.ours 3)" -v b="$(med single10m.ours 3)" 'BEGIN{printf "%.2f", a/b}') |"
-  echo "| second tag into a store sharing 3 of 4 layers / first pull into an empty store | $(awk -v a="$(med store2nd.ours 2)" -v b="$(med store1st.ours 2)" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-" }') |"
+  rl "registry -> tar: skopeo / ours" tar.skopeo tar.ours
+  rl "registry -> tar: Python occystrap / ours" tar.python tar.ours
+  rl "registry -> rootfs: skopeo + umoci / ours dir://?expand=true" expand.skopeo+umoci expand.ours
+  rl "registry -> rootfs: skopeo + umoci / ours oci://" expand.skopeo+umoci oci.ours
+  rl "registry -> rootfs: Python dir://?expand=true / ours" expand.python expand.ours
+  rl "ours dir://?expand=true / tar -x of decompressed layers (target <= 2.5)" expand.ours floor.tar-x
+  rl "ours oci:// / tar -x of decompressed layers (target <= 2.5)" oci.ours floor.tar-x
+  rl "search: Python / ours" search.python search.ours
+  rl "1 GiB layer: ours / curl + pigz -dc + sha256sum (target <= 1.5)" single1g.ours single1g.floor
+  if has single1g.ours && has single10m.ours; then
+    echo "| peak RSS 1 GiB layer / 10 MiB layer | $(awk -v a="$(med single1g.ours 3)" -v b="$(med single10m.ours 3)" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-" }') |"
+  fi
+  if has store2nd.ours && has store1st.ours; then
+    echo "| second tag into a store sharing 3 of 4 layers / first pull into an empty store | $(awk -v a="$(med store2nd.ours 2)" -v b="$(med store1st.ours 2)" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-" }') |"
+  fi
+  rl "registry -> registry, first copy: skopeo / ours (target >= 3)" copy1st.skopeo copy1st.ours
+  rl "registry -> registry, first copy: Python occystrap / ours" copy1st.python copy1st.ours
+  rl "registry -> registry, repeat copy: skopeo / ours (target >= 1)" copy2nd.skopeo copy2nd.ours
+  rl "registry -> registry, repeat copy: Python occystrap / ours" copy2nd.python copy2nd.ours
+  rl "docker-save tar -> registry: skopeo / ours (target >= 3)" tar2reg.skopeo tar2reg.ours
+  rl "docker-save tar -> registry: Python occystrap / ours" tar2reg.python tar2reg.ours
+  rl "first copy: curl PUT of the blobs from local disk / ours (the registry's own cost; <= 1)" copy1st.floor-curl copy1st.ours
+  for n in copy1st copy2nd tar2reg; do
+    if has $n.ours; then echo "| peak RSS of ours, $n (target < 64 MB) | $(rss $n.ours) MB |"; fi
+  done
   if [[ -n $basebin ]]; then
     echo
     echo "| this build against the earlier one (time of earlier / this; >1 means faster now) | time | peak RSS this / earlier |"
@@ -211,7 +401,7 @@ row() { printf '| %s | %s | %s | %s |\n' "$1" "$(med "$1" 2)" "$(rss "$1")" "$(r
     for t in "${tasks[@]}"; do
       n=${t%%|*}; [[ $n == *.ours ]] || continue
       printf '| %s | %s | %s |\n' "${n%.ours}" "$(ratio "${n%.ours}.base" "$n")" \
-        "$(awk -v a="$(med "$n" 3)" -v b="$(med "${n%.ours}.base" 3)" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-" }')"
+        "$(awk -v a="$(med "$n" 3)" -v b="$(med "${n%.ours}.base" 3)" 'BEGIN{ if (a+0>0 && b+0>0) printf "%.2f", a/b; else print "-" }')"
     done
   fi
 } > "$md"
