@@ -19,10 +19,29 @@ const FILTER: [&str; 2] = ["-f", "normalize-timestamps"];
 
 /// `occystrap --insecure --layer-cache CACHE process SRC DST -f normalize-timestamps`.
 fn cached_copy(env: &TestEnv, cache: &Path, src: &str, dst: &str) -> Output {
+    copy_with(env, cache, src, dst, &FILTER)
+}
+
+/// `occystrap --insecure --layer-cache CACHE process SRC DST FILTER_ARGS...`.
+fn copy_with(env: &TestEnv, cache: &Path, src: &str, dst: &str, filters: &[&str]) -> Output {
     let cache = cache.to_string_lossy().into_owned();
     let mut args = vec!["--insecure", "--layer-cache", &cache, "process", src, dst];
-    args.extend(FILTER);
+    args.extend_from_slice(filters);
     env.occy().args(&args).run()
+}
+
+/// Mount requests (`?mount=&from=FROM`) since request `since`.
+fn mounts_from(p: &Proxy, since: usize, from: &str) -> Vec<Record> {
+    let (plain, escaped) = (format!("from={from}"), format!("from={}", from.replace('/', "%2F")));
+    p.requests()
+        .into_iter()
+        .skip(since)
+        .filter(|r| {
+            r.query.as_deref().is_some_and(|q| {
+                q.contains("mount=") && (q.contains(&plain) || q.contains(&escaped))
+            })
+        })
+        .collect()
 }
 
 /// The layer digests of `repo:tag` in `reg`, from its manifest.
@@ -208,26 +227,69 @@ fn layer_cache_mounts_from_the_entrys_repository_on_the_same_registry() {
     );
     assert_ok(&out);
     assert!(layer_fetches(&s.src_proxy, src_before, &s.layers).is_empty());
-    let mounts: Vec<Record> = s
-        .dst_proxy
-        .requests()
-        .into_iter()
-        .skip(dst_before)
-        .filter(|r| {
-            r.query
-                .as_deref()
-                .is_some_and(|q| {
-                    q.contains("mount=")
-                        && (q.contains("from=team%2Fapp") || q.contains("from=team/app"))
-                })
-        })
-        .collect();
+    let mounts = mounts_from(&s.dst_proxy, dst_before, REPO);
     // Three layers and the config, from the repository the entries name.
     assert_eq!(mounts.len(), 4, "{mounts:?}");
     assert!(uploads(&s.dst_proxy, dst_before).is_empty());
     assert!(out.stderr.contains("0 uploaded, 4 mounted"), "{}", out.stderr);
     let (_, got) = registry_manifest(&s.env.tool_tmp(), &s.dst, "mirror/app", "v1");
     assert_eq!(got, s.digest);
+}
+
+#[test]
+fn layer_cache_with_an_observing_filter_still_spares_the_upload() {
+    let s = Setup::new();
+    let (src_before, dst_before) = (s.src_proxy.requests().len(), s.dst_proxy.requests().len());
+    // `search` must see every layer, so each is fetched and rewritten; the
+    // rewrite's blob is then found in the cache (the key leaves the
+    // observer out) and mounted rather than compressed and uploaded.
+    let out = copy_with(
+        &s.env,
+        &s.cache,
+        &s.src_proxy.uri(REPO, "v1"),
+        &s.dst_proxy.uri("seen/app", "v1"),
+        &["-f", "normalize-timestamps", "-f", "search:pattern=no-such-file"],
+    );
+    assert_ok(&out);
+    assert_eq!(layer_fetches(&s.src_proxy, src_before, &s.layers).len(), 3);
+    assert_eq!(mounts_from(&s.dst_proxy, dst_before, REPO).len(), 4);
+    assert!(uploads(&s.dst_proxy, dst_before).is_empty());
+    let (_, got) = registry_manifest(&s.env.tool_tmp(), &s.dst, "seen/app", "v1");
+    assert_eq!(got, s.digest);
+}
+
+#[test]
+fn layer_cache_remembers_compressed_docker_save_layers() {
+    use crate::support::images::{ManifestPos, SaveStyle, write_docker_save};
+    let env = TestEnv::new();
+    let dst = Registry::start();
+    let proxy = Proxy::start(&dst.host());
+    let built = busybox_image(Compression::None).build();
+    let path = env.work("app.tar");
+    write_docker_save(
+        &path,
+        &[(&built, vec!["app:v1".into()])],
+        SaveStyle::Legacy,
+        ManifestPos::Sorted,
+    );
+    let tar = format!("tar://{}", path.display());
+    let cache = env.work("saved.json");
+    let out = copy_with(&env, &cache, &tar, &proxy.uri("team/a", "v1"), &[]);
+    assert_ok(&out);
+    let got = entries(&cache);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|e| e["chain"] == "[]"), "{got:?}");
+    // Into another repository: every layer (and then the config) is
+    // mounted from the first, none compressed or uploaded again.
+    let before = proxy.requests().len();
+    let out = copy_with(&env, &cache, &tar, &proxy.uri("team/b", "v1"), &[]);
+    assert_ok(&out);
+    assert_eq!(mounts_from(&proxy, before, "team/a").len(), 4);
+    assert!(uploads(&proxy, before).is_empty());
+    assert_eq!(
+        registry_manifest(&env.tool_tmp(), &dst, "team/b", "v1").1,
+        registry_manifest(&env.tool_tmp(), &dst, "team/a", "v1").1
+    );
 }
 
 #[test]
