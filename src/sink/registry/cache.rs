@@ -33,9 +33,14 @@ use crate::error::Result;
 use crate::filter::FilterSpec;
 use crate::image::{Image, LayerInfo};
 use crate::layer_cache::{CacheKey, CachedLayer, LayerCache};
+use crate::reference::Reference;
 use crate::sink::SinkReport;
 
 use super::{Counts, Pushed, RegistrySink};
+
+/// Most mount candidates a sink keeps (the source's and the cache's): each
+/// costs a request for every blob the destination lacks.
+const MAX_MOUNT_CANDIDATES: usize = 8;
 
 /// A layer cache and the filters whose results it is asked about.
 #[derive(Clone, Debug)]
@@ -79,16 +84,18 @@ impl RegistrySink {
     }
 
     /// The entry's repositories on the destination's registry, newest
-    /// first, other than the destination itself.
+    /// first, other than the destination itself. Each is parsed as an image
+    /// reference, so only a well-formed repository name reaches a mount
+    /// request or a token scope.
     fn mountable(&self, entry: &CachedLayer) -> Vec<String> {
-        let prefix = format!("{}/", self.reference.registry_host());
+        let host = self.reference.registry_host();
         entry
             .repositories
             .iter()
             .rev()
-            .filter_map(|r| r.strip_prefix(&prefix))
-            .filter(|r| !r.is_empty() && *r != self.repo.name())
-            .map(str::to_string)
+            .filter_map(|r| Reference::parse(r).ok())
+            .filter(|r| r.registry_host() == host && r.path != self.repo.name())
+            .map(|r| r.path)
             .collect()
     }
 
@@ -98,25 +105,32 @@ impl RegistrySink {
     async fn holds(&mut self, entry: &CachedLayer) -> Result<bool> {
         let from = self.mountable(entry);
         for r in &from {
-            if !self.options.mount_from.contains(r) {
+            if self.options.mount_from.len() < MAX_MOUNT_CANDIDATES
+                && !self.options.mount_from.contains(r)
+            {
                 self.options.mount_from.push(r.clone());
             }
         }
-        if self.repo.blob_exists(&entry.digest).await?.is_some() {
-            Counts::add(&self.counts.present);
-            return Ok(true);
+        match self.repo.blob_exists(&entry.digest).await? {
+            // A registry may leave the length out of a HEAD (0); another
+            // length is another blob than the entry says: not trusted.
+            Some(n) if n == entry.size || n == 0 => {
+                Counts::add(&self.counts.present);
+                return Ok(true);
+            }
+            Some(n) => {
+                tracing::debug!("cached {} is {n} bytes here, not {}", entry.digest, entry.size);
+                return Ok(false);
+            }
+            None => {}
         }
+        // A stale hint (the repository is gone, or not ours to read) is
+        // declined by the registry: a miss, and the layer is pushed as usual.
         for r in &from {
-            // A stale hint (the repository is gone, or not ours to read) is
-            // a miss, not a failure: the layer is then pushed as usual.
-            match self.repo.mount_blob(&entry.digest, r).await {
-                Ok(true) => {
-                    tracing::debug!("mounted cached {} from {r}", entry.digest);
-                    Counts::add(&self.counts.mounted);
-                    return Ok(true);
-                }
-                Ok(false) => {}
-                Err(e) => tracing::debug!("mounting cached {} from {r}: {e}", entry.digest),
+            if self.repo.mount_blob(&entry.digest, r).await? {
+                tracing::debug!("mounted cached {} from {r}", entry.digest);
+                Counts::add(&self.counts.mounted);
+                return Ok(true);
             }
         }
         Ok(false)
