@@ -216,6 +216,35 @@ fn layer_cache_entry_for_another_registry_is_not_trusted() {
 }
 
 #[test]
+fn layer_cache_entry_whose_size_disagrees_is_not_trusted() {
+    let s = Setup::new();
+    // An edited entry: the destination's blob is not the one it describes.
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&s.cache).unwrap()).unwrap();
+    for e in file["layers"].as_array_mut().unwrap() {
+        e["size"] = Value::from(e["size"].as_u64().unwrap() + 1);
+    }
+    std::fs::write(&s.cache, serde_json::to_vec(&file).unwrap()).unwrap();
+    let src_before = s.src_proxy.requests().len();
+    let out = cached_copy(
+        &s.env,
+        &s.cache,
+        &s.src_proxy.uri(REPO, "v1"),
+        &s.dst_proxy.uri(REPO, "v1"),
+    );
+    assert_ok(&out);
+    assert_eq!(layer_fetches(&s.src_proxy, src_before, &s.layers).len(), 3);
+    let (_, got) = registry_manifest(&s.env.tool_tmp(), &s.dst, REPO, "v1");
+    assert_eq!(got, s.digest);
+    // What the run found replaces the wrong sizes.
+    let (raw, _) = registry_manifest(&s.env.tool_tmp(), &s.dst, REPO, "v1");
+    let m: Value = serde_json::from_slice(&raw).unwrap();
+    for e in entries(&s.cache) {
+        let l = m["layers"].as_array().unwrap().iter().find(|l| l["digest"] == e["digest"]);
+        assert_eq!(l.unwrap()["size"], e["size"], "{e}");
+    }
+}
+
+#[test]
 fn layer_cache_mounts_from_the_entrys_repository_on_the_same_registry() {
     let s = Setup::new();
     let (src_before, dst_before) = (s.src_proxy.requests().len(), s.dst_proxy.requests().len());

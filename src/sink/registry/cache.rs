@@ -195,16 +195,21 @@ impl RegistrySink {
             if using.specs.is_empty() && pushed.digest == key.source_digest {
                 continue;
             }
-            let mut entry = cache
-                .lookup(&key)
-                .filter(|e| e.digest == pushed.digest)
-                .unwrap_or_else(|| CachedLayer {
-                    digest: pushed.digest.clone(),
-                    size: pushed.size,
-                    diff_id: now.diff_id.clone(),
-                    media_type: pushed.media_type.clone(),
-                    repositories: Vec::new(),
-                });
+            let mut entry = CachedLayer {
+                digest: pushed.digest.clone(),
+                size: pushed.size,
+                diff_id: now.diff_id.clone(),
+                media_type: pushed.media_type.clone(),
+                repositories: Vec::new(),
+            };
+            // The places an entry for the same blob names stay candidates;
+            // an entry that disagrees is replaced whole.
+            if let Some(old) = cache.lookup(&key)
+                && (&old.digest, old.size, &old.diff_id, &old.media_type)
+                    == (&entry.digest, entry.size, &entry.diff_id, &entry.media_type)
+            {
+                entry.repositories = old.repositories;
+            }
             entry.add_repository(&repository);
             // An entry the file cannot hold (an uncompressed layer) is not
             // kept: insert says so, and nothing depends on it.
