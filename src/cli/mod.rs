@@ -161,7 +161,12 @@ pub struct Global {
     /// became under the rewriting filters and the compression, so that a
     /// later run skips the rewrite and the upload when the destination
     /// still has the result. Created if missing; shared safely by runs.
-    #[arg(long, global = true, env = "OCCYSTRAP_LAYER_CACHE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "OCCYSTRAP_LAYER_CACHE",
+        value_name = "FILE"
+    )]
     pub layer_cache: Option<PathBuf>,
     /// Output format for commands that print results.
     #[arg(short = 'O', long = "output-format", global = true, value_enum, default_value_t = OutputFormat::Text)]
@@ -676,7 +681,8 @@ fn layer_cache(
     if dst.scheme != "registry" {
         return Ok(None);
     }
-    let cache = occystrap::layer_cache::LayerCache::open(path)?.with_cancel(settings.cancel.clone());
+    let cache =
+        occystrap::layer_cache::LayerCache::open(path)?.with_cancel(settings.cancel.clone());
     let specs = specs
         .iter()
         .zip(filters)

@@ -32,7 +32,10 @@ fn copy_with(env: &TestEnv, cache: &Path, src: &str, dst: &str, filters: &[&str]
 
 /// Mount requests (`?mount=&from=FROM`) since request `since`.
 fn mounts_from(p: &Proxy, since: usize, from: &str) -> Vec<Record> {
-    let (plain, escaped) = (format!("from={from}"), format!("from={}", from.replace('/', "%2F")));
+    let (plain, escaped) = (
+        format!("from={from}"),
+        format!("from={}", from.replace('/', "%2F")),
+    );
     p.requests()
         .into_iter()
         .skip(since)
@@ -239,7 +242,11 @@ fn layer_cache_entry_whose_size_disagrees_is_not_trusted() {
     let (raw, _) = registry_manifest(&s.env.tool_tmp(), &s.dst, REPO, "v1");
     let m: Value = serde_json::from_slice(&raw).unwrap();
     for e in entries(&s.cache) {
-        let l = m["layers"].as_array().unwrap().iter().find(|l| l["digest"] == e["digest"]);
+        let l = m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["digest"] == e["digest"]);
         assert_eq!(l.unwrap()["size"], e["size"], "{e}");
     }
 }
@@ -260,7 +267,11 @@ fn layer_cache_mounts_from_the_entrys_repository_on_the_same_registry() {
     // Three layers and the config, from the repository the entries name.
     assert_eq!(mounts.len(), 4, "{mounts:?}");
     assert!(uploads(&s.dst_proxy, dst_before).is_empty());
-    assert!(out.stderr.contains("0 uploaded, 4 mounted"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("0 uploaded, 4 mounted"),
+        "{}",
+        out.stderr
+    );
     let (_, got) = registry_manifest(&s.env.tool_tmp(), &s.dst, "mirror/app", "v1");
     assert_eq!(got, s.digest);
 }
@@ -277,7 +288,12 @@ fn layer_cache_with_an_observing_filter_still_spares_the_upload() {
         &s.cache,
         &s.src_proxy.uri(REPO, "v1"),
         &s.dst_proxy.uri("seen/app", "v1"),
-        &["-f", "normalize-timestamps", "-f", "search:pattern=no-such-file"],
+        &[
+            "-f",
+            "normalize-timestamps",
+            "-f",
+            "search:pattern=no-such-file",
+        ],
     );
     assert_ok(&out);
     assert_eq!(layer_fetches(&s.src_proxy, src_before, &s.layers).len(), 3);

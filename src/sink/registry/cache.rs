@@ -63,11 +63,7 @@ pub(super) struct SinkCache {
 impl RegistrySink {
     /// `host[:port]/repository` of the destination, as entries name it.
     fn cache_repository(&self) -> String {
-        format!(
-            "{}/{}",
-            self.reference.registry_host(),
-            self.reference.path
-        )
+        format!("{}/{}", self.reference.registry_host(), self.reference.path)
     }
 
     /// The key for layer `index` of the source's image.
@@ -119,7 +115,11 @@ impl RegistrySink {
                 return Ok(true);
             }
             Some(n) => {
-                tracing::debug!("cached {} is {n} bytes here, not {}", entry.digest, entry.size);
+                tracing::debug!(
+                    "cached {} is {n} bytes here, not {}",
+                    entry.digest,
+                    entry.size
+                );
                 return Ok(false);
             }
             None => {}
