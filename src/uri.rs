@@ -430,6 +430,8 @@ pub struct PushSettings {
     pub temp_dir: Option<PathBuf>,
     /// Read back what was pushed (`--verify`).
     pub verify: bool,
+    /// The layer cache (`--layer-cache`) and the run's rewriting filters.
+    pub layer_cache: Option<crate::sink::registry::LayerCacheUse>,
 }
 
 /// A sink as [`open_any_sink`] builds it: one that works on blocking
@@ -491,6 +493,7 @@ pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Res
         by_digest: false,
         temp_dir: push.temp_dir.clone(),
         verify: push.verify,
+        layer_cache: push.layer_cache.clone(),
     };
     Ok(AnySink::Async(Box::new(
         crate::sink::registry::RegistrySink::new(repo, reference, options),

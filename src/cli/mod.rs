@@ -157,6 +157,17 @@ pub struct Global {
     /// destinations).
     #[arg(long, global = true, value_name = "LIST", value_parser = platform_list)]
     pub platforms: Option<Selection>,
+    /// Layer cache file for registry:// destinations: what each layer
+    /// became under the rewriting filters and the compression, so that a
+    /// later run skips the rewrite and the upload when the destination
+    /// still has the result. Created if missing; shared safely by runs.
+    #[arg(
+        long,
+        global = true,
+        env = "OCCYSTRAP_LAYER_CACHE",
+        value_name = "FILE"
+    )]
+    pub layer_cache: Option<PathBuf>,
     /// Output format for commands that print results.
     #[arg(short = 'O', long = "output-format", global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output_format: OutputFormat,
@@ -443,6 +454,7 @@ impl Global {
             source,
             temp_dir: self.temp_dir.clone(),
             verify: self.verify,
+            layer_cache: None,
         })
     }
 
@@ -615,12 +627,17 @@ async fn process_filtered(
     dst: &Uri,
     filter_args: &[String],
 ) -> Result<i32> {
-    let filters = filter_args
+    let specs = filter_args
         .iter()
-        .map(|f| occystrap::filter::FilterSpec::parse(f).and_then(|s| occystrap::filter::build(&s)))
+        .map(|f| occystrap::filter::FilterSpec::parse(f))
+        .collect::<occystrap::Result<Vec<_>>>()?;
+    let filters = specs
+        .iter()
+        .map(occystrap::filter::build)
         .collect::<occystrap::Result<Vec<_>>>()?;
     let (source, parallel) = uri::open_source(src, settings)?;
-    let push = global.push_settings(src, settings, &filters)?;
+    let mut push = global.push_settings(src, settings, &filters)?;
+    push.layer_cache = layer_cache(global, settings, dst, &specs, &filters)?;
     let sink = uri::open_any_sink(dst, settings, &push)?;
     let reporter = Arc::new(progress::Bars::new());
     let options = RunOptions {
@@ -647,6 +664,35 @@ async fn process_filtered(
         let _ = writeln!(err, "note: {note}");
     }
     Ok(0)
+}
+
+/// The layer cache a registry:// destination uses, opened (and checked)
+/// before any work; other destinations take none.
+fn layer_cache(
+    global: &Global,
+    settings: &Settings,
+    dst: &Uri,
+    specs: &[occystrap::filter::FilterSpec],
+    filters: &[Box<dyn occystrap::filter::Filter>],
+) -> occystrap::Result<Option<occystrap::sink::registry::LayerCacheUse>> {
+    let Some(path) = &global.layer_cache else {
+        return Ok(None);
+    };
+    if dst.scheme != "registry" {
+        return Ok(None);
+    }
+    let cache =
+        occystrap::layer_cache::LayerCache::open(path)?.with_cancel(settings.cancel.clone());
+    let specs = specs
+        .iter()
+        .zip(filters)
+        .filter(|(_, f)| f.rewrites())
+        .map(|(s, _)| s.clone())
+        .collect();
+    Ok(Some(occystrap::sink::registry::LayerCacheUse {
+        cache: Arc::new(cache),
+        specs,
+    }))
 }
 
 fn summary(r: &Report) -> String {

@@ -19,6 +19,7 @@ mod harness;
 mod hostile_stores;
 mod index_copy;
 mod info_check;
+mod layer_cache;
 mod registry_client;
 mod registry_pull;
 mod registry_push;

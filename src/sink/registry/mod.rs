@@ -24,10 +24,12 @@ use crate::reference::Reference;
 use crate::registry::{BlobOpener, Repository};
 use crate::sink::{AsyncSink, SinkReport};
 
+mod cache;
 mod compress;
 mod manifest;
 
 pub use crate::compress::Encoding;
+pub use cache::LayerCacheUse;
 pub use compress::compress_tar;
 pub use manifest::{ManifestFormat, Pushed};
 
@@ -56,6 +58,9 @@ pub struct RegistrySinkOptions {
     /// Once the manifest is in, read back what was written (the manifest's
     /// digest, a HEAD of every blob) and fail if anything is missing.
     pub verify: bool,
+    /// The layer cache to reuse earlier rewrites from and record this
+    /// run's in (`--layer-cache`).
+    pub layer_cache: Option<LayerCacheUse>,
 }
 
 impl Default for RegistrySinkOptions {
@@ -69,6 +74,7 @@ impl Default for RegistrySinkOptions {
             by_digest: false,
             temp_dir: None,
             verify: false,
+            layer_cache: None,
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct RegistrySink {
     /// The first upload that failed, to stop the run at the next layer.
     failed: Arc<Mutex<Option<Error>>>,
     counts: Arc<Counts>,
+    /// What the layer cache told this run.
+    cache: cache::SinkCache,
 }
 
 /// What happened to the blobs, for the report.
@@ -131,6 +139,7 @@ impl RegistrySink {
             workers,
             failed: Arc::new(Mutex::new(None)),
             counts: Arc::default(),
+            cache: cache::SinkCache::default(),
         }
     }
 
@@ -354,6 +363,7 @@ impl RegistrySink {
         }
         written += config_sent;
         let layers = self.layers_pushed(&image);
+        self.cache_record(&image, &layers);
         let (bytes, media_type) = self.manifest(&image, &layers)?;
         let digest = Digest::sha256_of(&bytes);
         if let Some(want) = &self.reference.digest
@@ -558,7 +568,7 @@ impl AsyncSink for RegistrySink {
                 return Ok(false);
             }
             if self.must_compress(layer) {
-                return Ok(true);
+                return Ok(!self.cached_blob(layer).await?);
             }
             if self.present(&layer.digest).await? {
                 self.record(
@@ -586,6 +596,14 @@ impl AsyncSink for RegistrySink {
     }
 
     fn finish(self: Box<Self>, image: Image) -> BoxFuture<'static, Result<SinkReport>> {
-        Box::pin(self.finish_push(image))
+        let cache = self.options.layer_cache.clone();
+        Box::pin(async move { cache::save(cache, self.finish_push(image).await).await })
+    }
+
+    fn known_rewrite<'a>(
+        &'a mut self,
+        layer: &'a LayerInfo,
+    ) -> BoxFuture<'a, Result<Option<LayerInfo>>> {
+        Box::pin(self.cached_rewrite(layer))
     }
 }
