@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions, the legacy command aliases,
 //! and the progress display.
 
+mod copy;
 mod env;
 mod output;
 mod progress;
@@ -443,6 +444,7 @@ impl Global {
             source,
             temp_dir: self.temp_dir.clone(),
             verify: self.verify,
+            by_digest: false,
         })
     }
 
@@ -562,6 +564,13 @@ pub async fn run(cli: Cli, cancel: CancelToken) -> Result<i32> {
     check_selection(&settings, dst)?;
     match job {
         Job::Process { src, dst, filters } => {
+            if let Some(selection) = &settings.selection
+                && dst.scheme == "registry"
+                && let Some(code) =
+                    copy::process_index(global, &settings, &src, &dst, filters, selection).await?
+            {
+                return Ok(code);
+            }
             process_filtered(global, &settings, &src, &dst, filters).await
         }
         Job::Search { src, how, pattern } => {
@@ -615,10 +624,7 @@ async fn process_filtered(
     dst: &Uri,
     filter_args: &[String],
 ) -> Result<i32> {
-    let filters = filter_args
-        .iter()
-        .map(|f| occystrap::filter::FilterSpec::parse(f).and_then(|s| occystrap::filter::build(&s)))
-        .collect::<occystrap::Result<Vec<_>>>()?;
+    let filters = copy::build_filters(filter_args)?;
     let (source, parallel) = uri::open_source(src, settings)?;
     let push = global.push_settings(src, settings, &filters)?;
     let sink = uri::open_any_sink(dst, settings, &push)?;
