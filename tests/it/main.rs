@@ -23,6 +23,7 @@ mod registry_client;
 mod registry_index;
 mod registry_pull;
 mod registry_push;
+mod registry_repeat;
 mod runtime;
 mod search;
 mod signals;
