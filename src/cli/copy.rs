@@ -59,7 +59,36 @@ pub(super) async fn process_index(
         temp.path().to_path_buf(),
         Arc::new(occystrap::progress::Silent),
     );
-    refuse_early(&source, &ctx, selection, &reference, &push, dst).await?;
+    let output = format!("{}/{}", reference.host, reference.path);
+    // An exact copy's index is known now: a destination that names another
+    // digest is refused before anything is pushed, and one whose tag holds
+    // it already is up to date (as for one image, the tag is compared
+    // first: one HEAD instead of one per child).
+    let predicted = predict(&source, &ctx, selection, &push, dst)
+        .await
+        .map_err(|e| about(&source, e))?;
+    if let Some((digest, children)) = &predicted {
+        if let Some(want) = &reference.digest
+            && want != digest
+        {
+            bail!(
+                "{}: the index to push is {digest}, not the {want} the destination names",
+                source.describe()
+            );
+        }
+        let target = index_target(&reference, digest);
+        if repo.manifest_digest(&target).await? == Some(digest.clone()) {
+            let mut err = occystrap::escape::TextOut::new(std::io::stderr().lock());
+            let _ = writeln!(
+                err,
+                "{} -> {} (up to date): index of {}",
+                source.describe(),
+                index_output(&output, &target, digest),
+                manifests(*children)
+            );
+            return Ok(Some(0));
+        }
+    }
     let job = Child {
         global,
         settings,
@@ -68,26 +97,23 @@ pub(super) async fn process_index(
         filter_args,
         parallel,
         repo: &repo,
-        output: format!("{}/{}", reference.host, reference.path),
+        output,
     };
     let outcome = copy_index(source.clone(), &ctx, selection, |s, d| {
         let job = &job;
         async move { job.run(s, d).await }
     })
     .await
-    .with_context(|| source.describe())?;
+    .map_err(|e| about(&source, e))?;
     let copy = match outcome {
         IndexOutcome::NotAnIndex => return Ok(None),
         IndexOutcome::Copied(c) => c,
     };
     let target = push_index(global, &repo, &reference, &copy, &job.output)
         .await
-        .with_context(|| source.describe())?;
+        .map_err(|e| about(&source, e))?;
     let mut err = occystrap::escape::TextOut::new(std::io::stderr().lock());
-    let to = match target == copy.digest.to_string() {
-        true => format!("{}@{target}", job.output),
-        false => format!("{}:{target}@{}", job.output, copy.digest),
-    };
+    let to = index_output(&job.output, &target, &copy.digest);
     let _ = writeln!(err, "{}", index_summary(&source.describe(), &to, &copy));
     for skipped in &copy.skipped {
         let _ = writeln!(
@@ -97,6 +123,17 @@ pub(super) async fn process_index(
         );
     }
     Ok(Some(0))
+}
+
+/// `e`, prefixed with the source unless its message names it already.
+fn about(source: &Arc<dyn Source>, e: impl Into<anyhow::Error>) -> anyhow::Error {
+    let e = e.into();
+    let describe = source.describe();
+    if e.to_string().contains(&describe) {
+        e
+    } else {
+        e.context(describe)
+    }
 }
 
 /// The destination's reference and repository, with the destination's
@@ -113,29 +150,24 @@ fn dest_repository(
     uri::registry_repository(dst, &settings)
 }
 
-/// For a destination given by digest, refuses before anything is pushed
-/// when an exact copy's index would be another: unfiltered children keep
-/// their digests, so the index to push is known from the source's alone.
-/// (A filtered copy learns its index only at the end, checked there.)
-async fn refuse_early(
+/// The index an exact copy will push, known before any child runs:
+/// unfiltered children keep their digests, so it follows from the source's
+/// index and the selection alone. `None` for a copy that rewrites (its
+/// index is known only at the end) and for a source without an index.
+async fn predict(
     source: &Arc<dyn Source>,
     ctx: &FetchContext,
     selection: &Selection,
-    reference: &Reference,
     push: &PushSettings,
     dst: &Uri,
-) -> Result<()> {
-    let Some(want) = &reference.digest else {
-        return Ok(());
-    };
+) -> occystrap::Result<Option<(Digest, usize)>> {
     if !push.exact || dst.get("format").is_some() {
-        return Ok(());
+        return Ok(None);
     }
-    let Some(index) = source.index(ctx).await.with_context(|| source.describe())? else {
-        return Ok(());
+    let Some(index) = source.index(ctx).await? else {
+        return Ok(None);
     };
-    let kept: Vec<(Descriptor, Descriptor)> = plan_children(&index.raw, selection)
-        .with_context(|| source.describe())?
+    let kept: Vec<(Descriptor, Descriptor)> = plan_children(&index.raw, selection)?
         .into_iter()
         .map(|c| (c.descriptor.clone(), c.descriptor))
         .collect();
@@ -143,13 +175,24 @@ async fn refuse_early(
         None => index.digest,
         Some(new) => Digest::sha256_of(&new.raw),
     };
-    if &digest != want {
-        bail!(
-            "{}: the index to push is {digest}, not the {want} the destination names",
-            source.describe()
-        );
+    Ok(Some((digest, kept.len())))
+}
+
+/// Where the index goes: the destination's tag, else its digest.
+fn index_target(reference: &Reference, digest: &Digest) -> String {
+    match &reference.tag {
+        Some(tag) => tag.clone(),
+        None => digest.to_string(),
     }
-    Ok(())
+}
+
+/// `HOST/REPO:TAG@DIGEST`, or `HOST/REPO@DIGEST` when pushed by digest.
+fn index_output(output: &str, target: &str, digest: &Digest) -> String {
+    if target == digest.to_string() {
+        format!("{output}@{target}")
+    } else {
+        format!("{output}:{target}@{digest}")
+    }
 }
 
 /// PUTs the index by the destination's tag (or, for a destination given by
@@ -175,10 +218,7 @@ async fn push_index(
             }
         );
     }
-    let target = match (&reference.tag, &reference.digest) {
-        (Some(tag), _) => tag.clone(),
-        (None, _) => copy.digest.to_string(),
-    };
+    let target = index_target(reference, &copy.digest);
     repo.put_manifest(&target, &copy.media_type, copy.raw.clone())
         .await?;
     if global.verify {
@@ -198,14 +238,19 @@ async fn push_index(
 /// `SRC -> HOST/REPO:TAG@DIGEST: index of 3 manifests (...)`.
 fn index_summary(source: &str, to: &str, copy: &IndexCopy) -> String {
     format!(
-        "{source} -> {to}: index of {} manifests ({})",
-        copy.children.len(),
+        "{source} -> {to}: index of {} ({})",
+        manifests(copy.children.len()),
         if copy.unchanged {
             "the source's index, digest kept"
         } else {
             "a new index"
         }
     )
+}
+
+/// `1 manifest`, `3 manifests`.
+fn manifests(n: usize) -> String {
+    format!("{n} manifest{}", if n == 1 { "" } else { "s" })
 }
 
 /// What every child's run shares.
@@ -245,8 +290,13 @@ impl Child<'_> {
             );
             return Ok(desc);
         }
+        // Asked just now: the sink need not HEAD the same digest again.
+        let push = PushSettings {
+            exact: false,
+            ..self.push.clone()
+        };
         let filters = build_filters(self.filter_args)?;
-        let AnySink::Async(sink) = uri::open_any_sink(self.dst, self.settings, self.push)? else {
+        let AnySink::Async(sink) = uri::open_any_sink(self.dst, self.settings, &push)? else {
             return Err(occystrap::Error::Usage(
                 "an index can only be copied to a registry:// destination".into(),
             ));

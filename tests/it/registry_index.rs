@@ -124,8 +124,8 @@ fn registry_index_all_platforms_keeps_the_digest_and_a_repeat_uploads_nothing() 
     assert!(puts[3].path.ends_with("/manifests/v1"), "{puts:?}");
     assert!(puts[..3].iter().all(|r| r.path.contains("sha256:")));
 
-    // The repeat: each child's HEAD says it is there; no blob is touched
-    // and no child manifest is read from the source.
+    // The repeat: the tag already holds the index, which one HEAD shows;
+    // no child is looked at, no blob touched.
     let before = proxy.requests().len();
     let out = process(
         &env,
@@ -135,17 +135,50 @@ fn registry_index_all_platforms_keeps_the_digest_and_a_repeat_uploads_nothing() 
         &[],
     );
     ok(&out);
-    let again: Vec<Record> = proxy.requests().into_iter().skip(before).collect();
-    assert!(
-        again.iter().all(|r| !r.path.contains("/blobs/")),
-        "a repeat copy touched blobs: {again:?}"
-    );
+    let again: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .skip(before)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
     assert_eq!(
-        out.stderr.matches("up to date").count(),
-        3,
+        again,
+        ["HEAD /v2/mirror/multi/manifests/v1"],
+        "{}",
+        proxy.describe()
+    );
+    assert!(
+        out.stderr.contains("(up to date): index of 3 manifests"),
         "{}",
         out.stderr
     );
+
+    // A tag that lost one child's manifest is not up to date: the children
+    // present are HEADed, and only then is the index pushed again.
+    let other = proxy.uri("mirror/other", "v1");
+    ok(&process(
+        &env,
+        &["--platforms", "linux/amd64"],
+        &src.uri(SRC_REPO, "v1"),
+        &other,
+        &[],
+    ));
+    let before = proxy.requests().len();
+    ok(&process(
+        &env,
+        &["--all-platforms"],
+        &src.uri(SRC_REPO, "v1"),
+        &other,
+        &[],
+    ));
+    let again: Vec<Record> = proxy.requests().into_iter().skip(before).collect();
+    let heads = again
+        .iter()
+        .filter(|r| r.method == "HEAD" && r.path.contains("/manifests/sha256:"))
+        .count();
+    assert_eq!(heads, 3, "{}", proxy.describe());
+    let (_, got) = registry_manifest(&env.tool_tmp(), &dst, "mirror/other", "v1");
+    assert_eq!(got, want);
     let (_, got) = registry_manifest(&env.tool_tmp(), &dst, "mirror/multi", "v1");
     assert_eq!(got, want);
 }
