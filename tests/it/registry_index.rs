@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::support::images::{platform_image, registry_manifest};
-use crate::support::proxy::{Proxy, Record};
+use crate::support::proxy::{Fault, Proxy, Record};
 use crate::support::push::{PushFormat, push_index};
 use crate::support::tools::skopeo_ok;
 use crate::support::{Compression, Output, Registry, TestEnv, assert_clean_failure, http};
@@ -321,4 +321,48 @@ fn registry_index_destination_by_digest_must_be_the_index() {
     assert!(line.contains(&want), "{line}");
     let r = http::get_manifest(&dst.host(), "wrong/multi", &want).unwrap();
     assert_eq!(r.status, 404);
+}
+
+#[test]
+fn registry_index_a_child_that_fails_leaves_no_index() {
+    let env = TestEnv::new();
+    let (src, index, _) = source_index(&env, PushFormat::Oci);
+    let dst = Registry::start();
+    let proxy = Proxy::start(&dst.host());
+    // The registry refuses the second child's manifest.
+    let (_, second) = &children(&index)[1];
+    proxy.method(
+        "PUT",
+        None,
+        &format!("/manifests/{second}"),
+        Fault::Status {
+            status: 400,
+            retry_after: None,
+            code: Some("MANIFEST_INVALID".into()),
+        },
+    );
+    let out = process(
+        &env,
+        &["--all-platforms"],
+        &src.uri(SRC_REPO, "v1"),
+        &proxy.uri("mirror/broken", "v1"),
+        &[],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("MANIFEST_INVALID"),
+        "{}",
+        out.stderr
+    );
+    let r = http::get_manifest(&dst.host(), "mirror/broken", "v1").unwrap();
+    assert_eq!(r.status, 404, "an index went up without its children");
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .all(|r| !(r.method == "PUT" && r.path.ends_with("/manifests/v1"))),
+        "{}",
+        proxy.describe()
+    );
 }
