@@ -54,3 +54,49 @@ fn registry_repeat_copy_makes_three_requests() {
     );
     assert_eq!(lines(&dp, d0), ["HEAD manifests"], "{}", dp.describe());
 }
+
+#[test]
+fn registry_repeat_copy_with_basic_auth_is_one_challenge_and_one_head() {
+    let env = TestEnv::new();
+    let src = Registry::start();
+    let dst = Registry::start_with_htpasswd("pusher", "s3cret-push");
+    push_image(
+        &env,
+        &src,
+        "team/app:v1",
+        &busybox_image(Compression::Gzip),
+        PushFormat::Docker,
+    );
+    let dp = Proxy::start(&dst.host());
+    let run = || {
+        let from = src.uri("team/app", "v1");
+        let to = dp.uri("mirror/app", "v1");
+        let out = env
+            .occy()
+            .args([
+                "--insecure",
+                "--dest-username",
+                "pusher",
+                "--dest-password",
+                "s3cret-push",
+                "process",
+                &from,
+                &to,
+            ])
+            .run();
+        assert!(out.code == Some(0), "{}\n{}", out.cmdline, out.stderr);
+    };
+    run();
+    let d0 = dp.requests().len();
+    run();
+    let again: Vec<String> = dp
+        .requests()
+        .into_iter()
+        .skip(d0)
+        .map(|r| format!("{} {}", r.method, r.status))
+        .collect();
+    // One challenge (credentials are sent only once the registry asks for
+    // them, since a bearer registry's realm may be another host), then the
+    // HEAD with Basic: nothing else.
+    assert_eq!(again, ["HEAD 401", "HEAD 200"], "{}", dp.describe());
+}
