@@ -6,11 +6,13 @@
 
 use serde_json::Value;
 
-use crate::support::images::{platform_image, registry_manifest};
+use crate::support::images::{platform_image, registry_manifest, unique_dir};
 use crate::support::proxy::{Fault, Proxy, Record};
 use crate::support::push::{PushFormat, push_index};
 use crate::support::tools::skopeo_ok;
-use crate::support::{Compression, Output, Registry, TestEnv, assert_clean_failure, http};
+use crate::support::{
+    Compression, OciLayout, Output, Registry, TestEnv, assert_clean_failure, http,
+};
 
 const SRC_REPO: &str = "team/multi";
 const THREE: [&str; 3] = ["linux/amd64", "linux/arm64", "linux/arm/v7"];
@@ -365,4 +367,35 @@ fn registry_index_a_child_that_fails_leaves_no_index() {
         "{}",
         proxy.describe()
     );
+}
+
+#[test]
+fn registry_index_from_an_oci_layout_keeps_the_digest() {
+    let env = TestEnv::new();
+    let built: Vec<_> = THREE
+        .iter()
+        .map(|p| platform_image(p, Compression::Gzip).build())
+        .collect();
+    let dir = unique_dir(&env.work(""), "src-layout");
+    let index = OciLayout::create(&dir).add_index("t", &built);
+    let dst = Registry::start();
+    let out = process(
+        &env,
+        &["--all-platforms"],
+        &format!("oci-layout://{}:t", dir.display()),
+        &format!("registry://{}/from/layout:v1", dst.host()),
+        &[],
+    );
+    ok(&out);
+    let (raw, _) = registry_manifest(&env.tool_tmp(), &dst, "from/layout", "v1");
+    assert_eq!(
+        raw, index,
+        "the layout's index was not pushed byte for byte"
+    );
+    for img in &built {
+        assert_eq!(
+            manifest_bytes(&dst.host(), "from/layout", &img.manifest_digest),
+            img.manifest
+        );
+    }
 }
