@@ -5,17 +5,19 @@
 //! therefore never sees an index whose children are missing.
 
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result, bail};
 
+use futures_util::future::BoxFuture;
 use occystrap::digest::Digest;
 use occystrap::filter::Filter;
+use occystrap::image::{Image, IndexInfo, LayerInfo};
 use occystrap::pipeline::index::{IndexCopy, IndexOutcome, copy_index};
 use occystrap::pipeline::{self, RunOptions};
 use occystrap::reference::Reference;
 use occystrap::registry::Repository;
-use occystrap::source::{FetchContext, Source};
+use occystrap::source::{FetchContext, LayerBlob, Source};
 use occystrap::uri::{self, AnySink, PushSettings, Settings, Uri};
 use occystrap::wire::Descriptor;
 use occystrap::wire::index_plan::{Selection, plan_children, rebuild};
@@ -45,6 +47,10 @@ pub(super) async fn process_index(
     let (source, parallel) = uri::open_source(src, settings)?;
     let push = global.push_settings(src, settings, &filters)?;
     drop(filters);
+    let source: Arc<dyn Source> = Arc::new(IndexOnce {
+        inner: source,
+        index: Mutex::new(None),
+    });
     let (reference, repo) = dest_repository(dst, settings, &push)?;
     let child_push = PushSettings {
         by_digest: true,
@@ -123,6 +129,50 @@ pub(super) async fn process_index(
         );
     }
     Ok(Some(0))
+}
+
+/// The source, with its index read once: [`predict`] and `copy_index`
+/// both ask for it.
+struct IndexOnce {
+    inner: Arc<dyn Source>,
+    index: Mutex<Option<Option<IndexInfo>>>,
+}
+
+impl Source for IndexOnce {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn resolve<'a>(&'a self, ctx: &'a FetchContext) -> BoxFuture<'a, occystrap::Result<Image>> {
+        self.inner.resolve(ctx)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        layer: &'a LayerInfo,
+        ctx: &'a FetchContext,
+    ) -> BoxFuture<'a, occystrap::Result<LayerBlob>> {
+        self.inner.fetch(layer, ctx)
+    }
+
+    fn index<'a>(
+        &'a self,
+        ctx: &'a FetchContext,
+    ) -> BoxFuture<'a, occystrap::Result<Option<IndexInfo>>> {
+        Box::pin(async move {
+            let cached = self.index.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(index) = cached {
+                return Ok(index);
+            }
+            let index = self.inner.index(ctx).await?;
+            *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
+            Ok(index)
+        })
+    }
+
+    fn child(&self, descriptor: &Descriptor) -> occystrap::Result<Arc<dyn Source>> {
+        self.inner.child(descriptor)
+    }
 }
 
 /// `e`, prefixed with the source unless its message names it already.

@@ -90,17 +90,20 @@ fn registry_index_all_platforms_keeps_the_digest_and_a_repeat_uploads_nothing() 
     let (src, index, want) = source_index(&env, PushFormat::Docker);
     let dst = Registry::start();
     let proxy = Proxy::start(&dst.host());
+    let sp = Proxy::start(&src.host());
+    let from = sp.uri(SRC_REPO, "v1");
     let to = proxy.uri("mirror/multi", "v1");
-    let out = process(
-        &env,
-        &["--all-platforms"],
-        &src.uri(SRC_REPO, "v1"),
-        &to,
-        &[],
-    );
+    let out = process(&env, &["--all-platforms"], &from, &to, &[]);
     ok(&out);
     let (_, got) = registry_manifest(&env.tool_tmp(), &dst, "mirror/multi", "v1");
     assert_eq!(got, want, "the copied index has another digest");
+    // The source's index is read once.
+    assert_eq!(
+        sp.requests_to("/manifests/v1").len(),
+        1,
+        "{}",
+        sp.describe()
+    );
     for (_, digest) in children(&index) {
         assert_eq!(
             manifest_bytes(&dst.host(), "mirror/multi", &digest),
@@ -129,14 +132,16 @@ fn registry_index_all_platforms_keeps_the_digest_and_a_repeat_uploads_nothing() 
     // The repeat: the tag already holds the index, which one HEAD shows;
     // no child is looked at, no blob touched.
     let before = proxy.requests().len();
-    let out = process(
-        &env,
-        &["--all-platforms"],
-        &src.uri(SRC_REPO, "v1"),
-        &to,
-        &[],
-    );
+    let src_before = sp.requests().len();
+    let out = process(&env, &["--all-platforms"], &from, &to, &[]);
     ok(&out);
+    let src_again: Vec<String> = sp
+        .requests()
+        .into_iter()
+        .skip(src_before)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(src_again, ["GET /v2/team/multi/manifests/v1"]);
     let again: Vec<String> = proxy
         .requests()
         .into_iter()
