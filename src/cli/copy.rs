@@ -298,6 +298,17 @@ fn index_summary(source: &str, to: &str, copy: &IndexCopy) -> String {
     )
 }
 
+/// `linux/arm/v7: ` for a child the index gives a platform, else nothing.
+fn platform(desc: &Descriptor) -> String {
+    let Some(p) = &desc.platform else {
+        return String::new();
+    };
+    match p.variant.as_deref().filter(|v| !v.is_empty()) {
+        Some(v) => format!("{}/{}/{v}: ", p.os, p.architecture),
+        None => format!("{}/{}: ", p.os, p.architecture),
+    }
+}
+
 /// `1 manifest`, `3 manifests`.
 fn manifests(n: usize) -> String {
     format!("{n} manifest{}", if n == 1 { "" } else { "s" })
@@ -333,7 +344,8 @@ impl Child<'_> {
         {
             let _ = writeln!(
                 err(),
-                "{} -> {}@{}: up to date",
+                "{}{} -> {}@{}: up to date",
+                platform(&desc),
                 source.describe(),
                 self.output,
                 desc.digest
@@ -362,7 +374,7 @@ impl Child<'_> {
         reporter.clear();
         let report = report?;
         let mut out = err();
-        let _ = writeln!(out, "{}", summary(&report));
+        let _ = writeln!(out, "{}{}", platform(&desc), summary(&report));
         for note in &report.notes {
             let _ = writeln!(out, "note: {note}");
         }
