@@ -26,7 +26,7 @@ use super::{Global, progress, summary};
 
 /// The run's filters, built anew from the command line: each child gets
 /// instances of its own (a filter keeps state across one image).
-pub(super) fn build_filters(args: &[String]) -> occystrap::Result<Vec<Box<dyn Filter>>> {
+fn build_filters(args: &[String]) -> occystrap::Result<Vec<Box<dyn Filter>>> {
     args.iter()
         .map(|f| occystrap::filter::FilterSpec::parse(f).and_then(|s| occystrap::filter::build(&s)))
         .collect()

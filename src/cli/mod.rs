@@ -624,7 +624,10 @@ async fn process_filtered(
     dst: &Uri,
     filter_args: &[String],
 ) -> Result<i32> {
-    let filters = copy::build_filters(filter_args)?;
+    let filters = filter_args
+        .iter()
+        .map(|f| occystrap::filter::FilterSpec::parse(f).and_then(|s| occystrap::filter::build(&s)))
+        .collect::<occystrap::Result<Vec<_>>>()?;
     let (source, parallel) = uri::open_source(src, settings)?;
     let push = global.push_settings(src, settings, &filters)?;
     let sink = uri::open_any_sink(dst, settings, &push)?;
