@@ -432,6 +432,9 @@ pub struct PushSettings {
     pub verify: bool,
     /// The layer cache (`--layer-cache`) and the run's rewriting filters.
     pub layer_cache: Option<crate::sink::registry::LayerCacheUse>,
+    /// Push the manifest by its own digest only, tagging nothing (the
+    /// children of an index); a digest in the URI is then not checked.
+    pub by_digest: bool,
 }
 
 /// A sink as [`open_any_sink`] builds it: one that works on blocking
@@ -453,7 +456,11 @@ pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Res
     if push.credentials.is_some() {
         settings.credentials = push.credentials.clone();
     }
-    let (reference, repo) = registry_repository(uri, &settings)?;
+    let (mut reference, repo) = registry_repository(uri, &settings)?;
+    if push.by_digest {
+        // The URI's digest names the index, not this child.
+        reference.digest = None;
+    }
     let compression = match uri.get("compression") {
         None => push.compression,
         Some(c) => c.parse::<crate::compress::Encoding>()?,
@@ -490,7 +497,7 @@ pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Res
         max_workers,
         exact: push.exact,
         mount_from,
-        by_digest: false,
+        by_digest: push.by_digest,
         temp_dir: push.temp_dir.clone(),
         verify: push.verify,
         layer_cache: push.layer_cache.clone(),

@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions, the legacy command aliases,
 //! and the progress display.
 
+mod copy;
 mod env;
 mod output;
 mod progress;
@@ -110,6 +111,11 @@ pub struct Global {
     #[arg(short = 'j', long = "parallel", global = true, env = "OCCYSTRAP_PARALLEL", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub parallel: u16,
+    /// Images copied at once: the platforms of an index with
+    /// --all-platforms or --platforms (each still fetches -j layers at once).
+    #[arg(short = 'J', long = "image-parallel", global = true, env = "OCCYSTRAP_IMAGE_PARALLEL",
+          default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32), value_name = "N")]
+    pub image_parallel: u16,
     /// Directory for temporary files (default: the system temp dir).
     #[arg(long, global = true, env = "OCCYSTRAP_TEMP_DIR", value_name = "PATH")]
     pub temp_dir: Option<PathBuf>,
@@ -455,6 +461,7 @@ impl Global {
             temp_dir: self.temp_dir.clone(),
             verify: self.verify,
             layer_cache: None,
+            by_digest: false,
         })
     }
 
@@ -574,6 +581,13 @@ pub async fn run(cli: Cli, cancel: CancelToken) -> Result<i32> {
     check_selection(&settings, dst)?;
     match job {
         Job::Process { src, dst, filters } => {
+            if let Some(selection) = &settings.selection
+                && dst.scheme == "registry"
+                && let Some(code) =
+                    copy::process_index(global, &settings, &src, &dst, filters, selection).await?
+            {
+                return Ok(code);
+            }
             process_filtered(global, &settings, &src, &dst, filters).await
         }
         Job::Search { src, how, pattern } => {

@@ -4,13 +4,15 @@
 //!
 //! The driver knows nothing of where the children go: the caller's closure
 //! runs one child (a pipeline into a sink that pushes by digest) and says
-//! what it pushed. Children run one at a time, in index order with
-//! attestations last; `-j` still fetches each child's layers in parallel.
+//! what it pushed. Children run one at a time (or `-J` at once), in
+//! index order with attestations last; `-j` still fetches each child's layers in parallel.
 //! An attestation is not run when the image it attests got a new digest
 //! (it speaks of other bytes; see [`crate::wire::index_plan`]).
 
 use std::future::Future;
 use std::sync::Arc;
+
+use futures_util::StreamExt;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -55,6 +57,23 @@ pub async fn copy_index<F, Fut>(
     source: Arc<dyn Source>,
     ctx: &FetchContext,
     selection: &Selection,
+    run_child: F,
+) -> Result<IndexOutcome>
+where
+    F: FnMut(Arc<dyn Source>, Descriptor) -> Fut,
+    Fut: Future<Output = Result<Descriptor>>,
+{
+    copy_index_parallel(source, ctx, selection, 1, run_child).await
+}
+
+/// As [`copy_index`], with up to `images` children running at once
+/// (`-J`); they are still recorded, and the index rebuilt, in index order.
+/// The first failure stops the rest.
+pub async fn copy_index_parallel<F, Fut>(
+    source: Arc<dyn Source>,
+    ctx: &FetchContext,
+    selection: &Selection,
+    parallel: usize,
     mut run_child: F,
 ) -> Result<IndexOutcome>
 where
@@ -76,10 +95,20 @@ where
     let (images, attestations): (Vec<_>, Vec<_>) = planned
         .into_iter()
         .partition(|c| c.kind != ChildKind::Attestation);
-    for child in images {
-        let pushed = run_child(source.child(&child.descriptor)?, child.descriptor.clone()).await?;
-        children.push((child.descriptor, pushed));
+    let mut runs = Vec::with_capacity(images.len());
+    for child in &images {
+        runs.push((source.child(&child.descriptor)?, child.descriptor.clone()));
     }
+    let mut pushed = futures_util::stream::iter(runs)
+        .map(|(s, d)| run_child(s, d))
+        .buffered(parallel.max(1));
+    for child in images {
+        let Some(done) = pushed.next().await else {
+            break;
+        };
+        children.push((child.descriptor, done?));
+    }
+    drop(pushed);
     for child in attestations {
         let changed = children.iter().any(|(old, new)| {
             child.attests.as_ref() == Some(&old.digest) && old.digest != new.digest

@@ -73,6 +73,8 @@ pub struct Report {
     pub elapsed: Duration,
     /// What the sink wants the user to know (skipped entries, warnings).
     pub notes: Vec<String>,
+    /// The manifest a registry sink pushed ([`crate::sink::SinkReport::pushed`]).
+    pub pushed: Option<crate::wire::Descriptor>,
 }
 
 /// Aborts a spawned task when dropped, so a failed run (or search) stops its
@@ -459,6 +461,7 @@ pub async fn run_async(
         output: sink_report.output,
         elapsed: started.elapsed(),
         notes: sink_report.notes,
+        pushed: sink_report.pushed,
     })
 }
 

@@ -41,8 +41,11 @@ impl Client {
         let base = format!("{scheme}://{host}");
         // The registry itself, when the user asked for it in clear, and the
         // hosts named by --insecure-host: nothing else hears plain HTTP.
+        // Under `any` the host adds nothing, and leaving it out keeps one
+        // pool (one load of the system's roots) for every registry.
         let mut allowed = options.insecure_hosts.clone();
         if options.insecure
+            && !allowed.allows_any()
             && let Ok(u) = url::Url::parse(&base)
             && let Some(h) = u.host_str()
         {

@@ -410,6 +410,29 @@ fn clients_with_equal_transport_share_a_pool() {
     assert_eq!(ctx.pool_count(), 2);
 }
 
+#[test]
+fn insecure_registries_under_any_share_a_pool() {
+    // --insecure: every host may hear plain HTTP already; naming each
+    // registry too would split the pools (and load the roots per host).
+    let ctx = Context::new(ContextOptions::default());
+    let o = ClientOptions {
+        insecure: true,
+        insecure_hosts: crate::registry::transport::InsecureHosts::any(),
+        ..ClientOptions::default()
+    };
+    Client::new(&ctx, "127.0.0.1:5000", o.clone()).unwrap();
+    Client::new(&ctx, "127.0.0.1:5001", o).unwrap();
+    assert_eq!(ctx.pool_count(), 1);
+    // Without `any`, each insecure registry is allowed alone.
+    let only = ClientOptions {
+        insecure: true,
+        ..ClientOptions::default()
+    };
+    let a = Client::new(&ctx, "127.0.0.1:5002", only.clone()).unwrap();
+    assert!(a.allowed.allows("127.0.0.1", Some(5002)));
+    assert!(!a.allowed.allows("127.0.0.1", Some(5003)));
+}
+
 #[tokio::test]
 async fn an_upload_location_on_another_host_is_refused() {
     let head = "HTTP/1.1 202 Accepted\r\nLocation: http://elsewhere.example:5000/v2/a/b/blobs/uploads/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
