@@ -102,6 +102,9 @@ pub struct VerifiedTar {
     expect: Expect,
     label: String,
     state: State,
+    /// Only the blob's size and digest are checked; the reads give the blob
+    /// as stored, not decompressed (see [`VerifiedTar::blob_only`]).
+    blob_only: bool,
 }
 
 impl VerifiedTar {
@@ -110,10 +113,21 @@ impl VerifiedTar {
     /// compression.
     pub(crate) fn new(
         blob: Box<dyn Read + Send>,
-        mut expect: Expect,
+        expect: Expect,
         label: String,
         reporter: Arc<dyn Reporter>,
     ) -> Result<VerifiedTar> {
+        VerifiedTar::open(blob, expect, label, reporter, false)
+    }
+
+    fn open(
+        blob: Box<dyn Read + Send>,
+        mut expect: Expect,
+        label: String,
+        reporter: Arc<dyn Reporter>,
+        blob_only: bool,
+    ) -> Result<VerifiedTar> {
+        let blob_only = blob_only && expect.digest_known;
         let hasher = expect
             .prehashed
             .is_none()
@@ -140,6 +154,7 @@ impl VerifiedTar {
         };
         let compression = Compression::sniff(head);
         let decoder: Box<dyn Read + Send> = match compression {
+            _ if blob_only => Box::new(buffered),
             Compression::None => Box::new(buffered),
             Compression::Gzip => Box::new(crate::gzip::GzipReader::new(buffered)),
             Compression::Zstd => Box::new(
@@ -148,8 +163,10 @@ impl VerifiedTar {
             ),
         };
         let same_algorithm = expect.info.diff_id.algorithm() == expect.info.digest.algorithm();
-        let reuse_blob_hash =
-            compression == Compression::None && same_algorithm && expect.prehashed.is_none();
+        let reuse_blob_hash = compression == Compression::None
+            && same_algorithm
+            && expect.prehashed.is_none()
+            && !blob_only;
         if !expect.digest_known && compression != Compression::None {
             expect.info.media_type = match compression {
                 Compression::Zstd => media_type::OCI_LAYER_ZSTD,
@@ -160,13 +177,28 @@ impl VerifiedTar {
         Ok(VerifiedTar {
             raw,
             decoder,
-            tar_hash: (!reuse_blob_hash).then(|| Hasher::new(Algorithm::Sha256)),
+            tar_hash: (!reuse_blob_hash && !blob_only).then(|| Hasher::new(Algorithm::Sha256)),
             reuse_blob_hash,
             compression,
             expect,
             label,
             state: State::Reading,
+            blob_only,
         })
+    }
+
+    /// Verifies only the blob's size and digest, for a reader that wants the
+    /// blob as stored (a copy): nothing is decompressed, so the diff_id is
+    /// not checked, and the reads give the blob's own bytes. A blob whose
+    /// digest is not known (a docker-save member) has only its diff_id to be
+    /// checked by, so it is verified in full.
+    pub(crate) fn blob_only(
+        blob: Box<dyn Read + Send>,
+        expect: Expect,
+        label: String,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<VerifiedTar> {
+        VerifiedTar::open(blob, expect, label, reporter, true)
     }
 
     /// How the blob is compressed.
@@ -237,6 +269,9 @@ impl VerifiedTar {
             digest,
             format!("{} blob", self.label),
         )?;
+        if self.blob_only {
+            return Ok(());
+        }
         check_diff_id(&self.expect.info, diff_id)
     }
 

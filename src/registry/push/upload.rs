@@ -31,6 +31,10 @@ const QUEUED: usize = 4;
 
 const OCTET_STREAM: &str = "application/octet-stream";
 
+/// A blob's bytes as they arrive; the last item is the verdict (the end
+/// once verified, else an error).
+pub type LiveChunks = futures_util::stream::BoxStream<'static, io::Result<Bytes>>;
+
 /// What was read and sent of a blob: its digest and length.
 type Sent = io::Result<(Digest, u64)>;
 
@@ -58,6 +62,137 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Uploads a blob that is still arriving: `chunks` are sent as they
+    /// come, in one PATCH (POST before it, the closing PUT only once the
+    /// stream ended, which it does only once its producer verified the
+    /// blob). If that session fails for a reason other than the registry's
+    /// refusal, the blob is uploaded again, with the usual restarts, from
+    /// what `fallback` opens once the whole blob is there (a spooled file;
+    /// its error, such as a digest mismatch, is the blob's). A small blob
+    /// goes whole from `fallback`.
+    pub async fn upload_blob_live(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        chunks: LiveChunks,
+        fallback: futures_util::future::BoxFuture<'static, Result<BlobOpener>>,
+    ) -> Result<()> {
+        if size > MONOLITHIC_MAX {
+            match self.upload_live_once(repository, digest, size, chunks).await {
+                Ok(()) => return Ok(()),
+                Err(e @ Error::Registry { .. }) if !restartable(&e) => return Err(e),
+                Err(e) => tracing::debug!("{e}; uploading {digest} again from its spooled copy"),
+            }
+        } else {
+            drop(chunks);
+        }
+        let open = fallback.await?;
+        self.upload_blob(repository, digest, size, open).await
+    }
+
+    /// One session of a live upload: POST, the streamed PATCH, then the PUT
+    /// once the stream ended with the promised number of bytes.
+    async fn upload_live_once(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        chunks: LiveChunks,
+    ) -> Result<()> {
+        let _slot = self.ctx.slot().await;
+        let scope = Scope::new(repository, Actions::PushPull);
+        let op = format!("POST blob upload {digest}");
+        let url = self.v2_url(repository, "blobs/uploads/");
+        let (resp, _) = self
+            .send(&Request::new(&op, &scope, Method::POST, &url))
+            .await?;
+        let location = self.upload_location(&op, &resp)?;
+        let done = self
+            .patch_live(&scope, location.clone(), digest, size, chunks)
+            .await;
+        if done.is_err() {
+            self.cancel_upload(repository, &location).await;
+        }
+        done
+    }
+
+    async fn patch_live(
+        &self,
+        scope: &Scope,
+        location: url::Url,
+        digest: &Digest,
+        size: u64,
+        chunks: LiveChunks,
+    ) -> Result<()> {
+        let op = format!("PATCH blob {digest}");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<io::Result<u64>>();
+        // The producer verified these bytes (the stream ends only then), so
+        // they are counted here, not hashed a second time.
+        let counted = futures_util::stream::unfold(
+            (chunks, 0u64, Some(done_tx)),
+            |(mut chunks, count, mut done)| async move {
+                use futures_util::StreamExt;
+                match chunks.next().await {
+                    Some(Ok(b)) => {
+                        let count = count + b.len() as u64;
+                        Some((Ok(b), (chunks, count, done)))
+                    }
+                    Some(Err(e)) => {
+                        // The connection gets a copy; the verdict the cause.
+                        let copy = io::Error::new(e.kind(), e.to_string());
+                        if let Some(tx) = done.take() {
+                            let _ = tx.send(Err(e));
+                        }
+                        Some((Err(copy), (chunks, count, None)))
+                    }
+                    None => {
+                        if let Some(tx) = done.take() {
+                            let _ = tx.send(Ok(count));
+                        }
+                        None
+                    }
+                }
+            },
+        );
+        let body = Mutex::new(Some(reqwest::Body::wrap_stream(counted)));
+        let make = || -> Result<reqwest::Body> {
+            body.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .ok_or_else(|| Error::InvalidImage(format!("{op}: a live blob is sent only once")))
+        };
+        let headers = [
+            (CONTENT_TYPE, OCTET_STREAM.to_string()),
+            (CONTENT_LENGTH, size.to_string()),
+        ];
+        let req = Request {
+            headers: &headers,
+            body: Some(&make),
+            retry: false,
+            body_len: size,
+            ..Request::new(&op, scope, Method::PATCH, location.as_str())
+        };
+        let sent = self.send(&req).await;
+        // The stream's own failure (the blob failed verification) explains
+        // a broken request best.
+        let verdict = done_rx.await.unwrap_or_else(|_| {
+            Err(io::Error::other("the blob stream stopped before its end"))
+        });
+        let count = verdict.map_err(|e| Error::stream(format!("reading blob {digest}"), e))?;
+        let (resp, _) = sent?;
+        if count != size {
+            return Err(Error::SizeMismatch {
+                kind: Mismatch::BlobSize,
+                what: format!("blob {digest} to upload"),
+                expected: size,
+                found: count,
+            });
+        }
+        let next = self.upload_location(&op, &resp)?;
+        self.close_upload(scope, next, digest, size, None).await
     }
 
     /// One upload session, from POST to the closing PUT.
