@@ -582,4 +582,43 @@ mod tests {
             assert_eq!(r.is_ok(), ok);
         }
     }
+
+    fn read_blob_only(blob: Vec<u8>, info: LayerInfo, digest_known: bool) -> Result<Vec<u8>> {
+        let expect = Expect {
+            info,
+            digest_known,
+            prehashed: None,
+        };
+        let mut v = VerifiedTar::blob_only(
+            Box::new(io::Cursor::new(blob)),
+            expect,
+            "layer 0".into(),
+            Arc::new(crate::progress::Silent),
+        )?;
+        let mut out = Vec::new();
+        v.read_to_end(&mut out)
+            .map_err(|e| Error::stream("reading", e))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn blob_only_gives_the_blob_and_checks_its_digest_and_size_only() {
+        let tar = tar_of(50_000);
+        let blob = gzip(&tar);
+        let info = info_for(&blob, &tar);
+        assert!(read_blob_only(blob.clone(), info.clone(), true).unwrap() == blob);
+        // Nothing is decompressed, so a wrong diff_id goes unseen.
+        let mut other_tar = info.clone();
+        other_tar.diff_id = Digest::sha256_of(b"other");
+        assert!(read_blob_only(blob.clone(), other_tar.clone(), true).is_ok());
+        // ...unless the digest is unknown: then the diff_id is all there is.
+        let e = read_blob_only(blob.clone(), other_tar, false).unwrap_err();
+        assert_eq!(kind(&e), Mismatch::DiffId);
+        let mut corrupt = blob.clone();
+        corrupt[blob.len() / 2] ^= 1;
+        let e = read_blob_only(corrupt, info.clone(), true).unwrap_err();
+        assert_eq!(kind(&e), Mismatch::BlobDigest);
+        let e = read_blob_only(blob[..blob.len() - 1].to_vec(), info, true).unwrap_err();
+        assert_eq!(kind(&e), Mismatch::BlobSize);
+    }
 }
