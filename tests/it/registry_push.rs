@@ -721,7 +721,10 @@ fn registry_push_uploads_a_layer_while_it_downloads() {
         "the upload began {started_after:?} after the download, which takes {download:?}\n{}",
         to.describe()
     );
-    // One session for the layer: the live one went through.
+    // One PATCH for the layer: the live session went through, with no
+    // second upload from the spooled copy.
+    let patches = blob_writes(&to).iter().filter(|r| r.method == "PATCH").count();
+    assert_eq!(patches, 1, "{}", to.describe());
     let puts = blob_writes(&to)
         .into_iter()
         .filter(|r| r.method == "PUT" && r.query.as_deref().is_some_and(|q| q.contains("digest=")))

@@ -65,13 +65,13 @@ impl Client {
     }
 
     /// Uploads a blob that is still arriving: `chunks` are sent as they
-    /// come, in one PATCH (POST before it, the closing PUT only once the
-    /// stream ended, which it does only once its producer verified the
-    /// blob). If that session fails for a reason other than the registry's
-    /// refusal, the blob is uploaded again, with the usual restarts, from
-    /// what `fallback` opens once the whole blob is there (a spooled file;
-    /// its error, such as a digest mismatch, is the blob's). A small blob
-    /// goes whole from `fallback`.
+    /// come, in one PATCH after the POST; the closing PUT goes only once
+    /// `fallback` resolved, which it does once its producer verified the
+    /// whole blob (its error, such as a digest mismatch, is the blob's). If
+    /// that session fails for a reason other than the registry's refusal,
+    /// the blob is uploaded again, with the usual restarts, from what
+    /// `fallback` opens (a spooled file). A small blob goes whole from
+    /// `fallback`.
     pub async fn upload_blob_live(
         &self,
         repository: &str,
@@ -80,27 +80,41 @@ impl Client {
         chunks: LiveChunks,
         fallback: futures_util::future::BoxFuture<'static, Result<BlobOpener>>,
     ) -> Result<()> {
+        let mut fallback = Some(fallback);
+        let mut opened = None;
         if size > MONOLITHIC_MAX {
-            match self.upload_live_once(repository, digest, size, chunks).await {
+            let live = self
+                .upload_live_once(repository, digest, size, chunks, &mut fallback, &mut opened)
+                .await;
+            match live {
                 Ok(()) => return Ok(()),
                 Err(e @ Error::Registry { .. }) if !restartable(&e) => return Err(e),
+                // The blob failed verification: nothing to upload again.
+                Err(e) if opened.is_none() && fallback.is_none() => return Err(e),
                 Err(e) => tracing::debug!("{e}; uploading {digest} again from its spooled copy"),
             }
         } else {
             drop(chunks);
         }
-        let open = fallback.await?;
+        let open = match (opened, fallback) {
+            (Some(open), _) => open,
+            (None, Some(f)) => f.await?,
+            (None, None) => return Err(Error::InvalidImage(format!("blob {digest} is gone"))),
+        };
         self.upload_blob(repository, digest, size, open).await
     }
 
     /// One session of a live upload: POST, the streamed PATCH, then the PUT
-    /// once the stream ended with the promised number of bytes.
+    /// once `fallback` says the blob verified (what it opens goes into
+    /// `opened`, for a retry).
     async fn upload_live_once(
         &self,
         repository: &str,
         digest: &Digest,
         size: u64,
         chunks: LiveChunks,
+        fallback: &mut Option<futures_util::future::BoxFuture<'static, Result<BlobOpener>>>,
+        opened: &mut Option<BlobOpener>,
     ) -> Result<()> {
         let _slot = self.ctx.slot().await;
         let scope = Scope::new(repository, Actions::PushPull);
@@ -110,15 +124,27 @@ impl Client {
             .send(&Request::new(&op, &scope, Method::POST, &url))
             .await?;
         let location = self.upload_location(&op, &resp)?;
-        let done = self
-            .patch_live(&scope, location.clone(), digest, size, chunks)
-            .await;
+        let done = match self.patch_live(&scope, location.clone(), digest, size, chunks).await {
+            Ok(next) => match fallback.take() {
+                // The closing PUT only once the producer verified the blob.
+                Some(verified) => match verified.await {
+                    Ok(open) => {
+                        *opened = Some(open);
+                        self.close_upload(&scope, next, digest, size, None).await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Err(Error::InvalidImage(format!("blob {digest} is gone"))),
+            },
+            Err(e) => Err(e),
+        };
         if done.is_err() {
             self.cancel_upload(repository, &location).await;
         }
         done
     }
 
+    /// The PATCH carrying a live blob's chunks; the next location.
     async fn patch_live(
         &self,
         scope: &Scope,
@@ -126,38 +152,9 @@ impl Client {
         digest: &Digest,
         size: u64,
         chunks: LiveChunks,
-    ) -> Result<()> {
+    ) -> Result<url::Url> {
         let op = format!("PATCH blob {digest}");
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<io::Result<u64>>();
-        // The producer verified these bytes (the stream ends only then), so
-        // they are counted here, not hashed a second time.
-        let counted = futures_util::stream::unfold(
-            (chunks, 0u64, Some(done_tx)),
-            |(mut chunks, count, mut done)| async move {
-                use futures_util::StreamExt;
-                match chunks.next().await {
-                    Some(Ok(b)) => {
-                        let count = count + b.len() as u64;
-                        Some((Ok(b), (chunks, count, done)))
-                    }
-                    Some(Err(e)) => {
-                        // The connection gets a copy; the verdict the cause.
-                        let copy = io::Error::new(e.kind(), e.to_string());
-                        if let Some(tx) = done.take() {
-                            let _ = tx.send(Err(e));
-                        }
-                        Some((Err(copy), (chunks, count, None)))
-                    }
-                    None => {
-                        if let Some(tx) = done.take() {
-                            let _ = tx.send(Ok(count));
-                        }
-                        None
-                    }
-                }
-            },
-        );
-        let body = Mutex::new(Some(reqwest::Body::wrap_stream(counted)));
+        let body = Mutex::new(Some(reqwest::Body::wrap_stream(chunks)));
         let make = || -> Result<reqwest::Body> {
             body.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -175,24 +172,8 @@ impl Client {
             body_len: size,
             ..Request::new(&op, scope, Method::PATCH, location.as_str())
         };
-        let sent = self.send(&req).await;
-        // The stream's own failure (the blob failed verification) explains
-        // a broken request best.
-        let verdict = done_rx.await.unwrap_or_else(|_| {
-            Err(io::Error::other("the blob stream stopped before its end"))
-        });
-        let count = verdict.map_err(|e| Error::stream(format!("reading blob {digest}"), e))?;
-        let (resp, _) = sent?;
-        if count != size {
-            return Err(Error::SizeMismatch {
-                kind: Mismatch::BlobSize,
-                what: format!("blob {digest} to upload"),
-                expected: size,
-                found: count,
-            });
-        }
-        let next = self.upload_location(&op, &resp)?;
-        self.close_upload(scope, next, digest, size, None).await
+        let (resp, _) = self.send(&req).await?;
+        self.upload_location(&op, &resp)
     }
 
     /// One upload session, from POST to the closing PUT.
