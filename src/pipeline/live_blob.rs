@@ -207,7 +207,10 @@ fn spool_and_verify(
     let (mut verified, _, label) = deliver::open(blob, reporter, stop, true)?;
     io::copy(&mut verified, &mut io::sink())
         .map_err(|e| Error::stream(format!("reading {label}"), e))?;
-    Ok(FileSlice::temp(spool.into_temp_path(), verified.info().size))
+    Ok(FileSlice::temp(
+        spool.into_temp_path(),
+        verified.info().size,
+    ))
 }
 
 /// Copies what it reads into the spool file, a step at a time, and says

@@ -172,7 +172,8 @@ async fn fetch_into(
             deliver::verify_layer(blob, needs, &temp, handoff, &passing, reporter, stop)
         }
         Delivery::Work(work) => deliver::work_layer(blob, &image_info, &work, reporter, stop),
-        Delivery::LiveBlob(_) => unreachable!("live blobs are fetched above"),
+        // Fetched above, never here.
+        Delivery::LiveBlob(_) => Err(Error::InvalidImage("live blob fetched as a file".into())),
     })
     .await
     .map_err(join_error)??;

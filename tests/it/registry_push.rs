@@ -723,7 +723,10 @@ fn registry_push_uploads_a_layer_while_it_downloads() {
     );
     // One PATCH for the layer: the live session went through, with no
     // second upload from the spooled copy.
-    let patches = blob_writes(&to).iter().filter(|r| r.method == "PATCH").count();
+    let patches = blob_writes(&to)
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
     assert_eq!(patches, 1, "{}", to.describe());
     let puts = blob_writes(&to)
         .into_iter()
@@ -745,11 +748,14 @@ fn registry_push_a_lying_source_fails_the_layer_before_its_put() {
     assert_clean_failure(&env, &out, &["digest"]);
     let closed = blob_writes(&to).into_iter().any(|r| {
         r.method == "PUT"
-            && r
-                .query
+            && r.query
                 .as_deref()
                 .is_some_and(|q| q.contains(&digest.replace(':', "%3A")) || q.contains(&digest))
     });
-    assert!(!closed, "the corrupt layer was committed\n{}", to.describe());
+    assert!(
+        !closed,
+        "the corrupt layer was committed\n{}",
+        to.describe()
+    );
     assert_no_manifest(&dst.host(), REPO, "v1");
 }

@@ -124,7 +124,10 @@ impl Client {
             .send(&Request::new(&op, &scope, Method::POST, &url))
             .await?;
         let location = self.upload_location(&op, &resp)?;
-        let done = match self.patch_live(&scope, location.clone(), digest, size, chunks).await {
+        let done = match self
+            .patch_live(&scope, location.clone(), digest, size, chunks)
+            .await
+        {
             Ok(next) => match fallback.take() {
                 // The closing PUT only once the producer verified the blob.
                 Some(verified) => match verified.await {

@@ -3,7 +3,10 @@
 //! Blobs the destination repository has are skipped (HEAD), blobs in
 //! another repository of the same registry are mounted, and the rest are
 //! uploaded as tokio tasks, at most `max_workers` at once, while the
-//! pipeline downloads the next layers. Layers keep their bytes as stored;
+//! pipeline downloads the next layers. A layer comes live
+//! ([`AsyncSink::takes_live_blob`]): its upload sends the blob as it
+//! downloads and closes the session only once the layer verified, and
+//! starts again from the pipeline's spooled copy if the live session broke. Layers keep their bytes as stored;
 //! only a layer that exists as a tar alone (a docker-save member, a store's
 //! `layer.tar`, a layer a filter rewrote) is compressed, deterministically,
 //! into a temp file first. The manifest goes last, once every blob it names
