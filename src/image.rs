@@ -227,6 +227,28 @@ pub trait LiveTar: Read + Send {
     fn into_chunks(self: Box<Self>) -> BoxStream<'static, io::Result<Bytes>>;
 }
 
+/// A layer's blob as stored, still arriving, for a sink that takes it live
+/// (`AsyncSink::takes_live_blob`). The pipeline spools the bytes to a file
+/// as they arrive, so that a sink whose use of the stream failed part-way
+/// can start again from `file`.
+pub struct LiveBlob {
+    /// The blob's bytes as they arrive. The last item is the verdict: the
+    /// stream ends only once the blob's size and digest checked out, and
+    /// its last item is an error (wrapping the [`crate::Error`] mismatch)
+    /// otherwise.
+    pub chunks: BoxStream<'static, io::Result<Bytes>>,
+    /// The whole verified blob in a file, once the layer was read to its
+    /// end; the layer's error if it failed. Dropping both this and
+    /// `chunks` stops the layer's download.
+    pub file: futures_util::future::BoxFuture<'static, crate::error::Result<FileSlice>>,
+}
+
+impl std::fmt::Debug for LiveBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveBlob").finish_non_exhaustive()
+    }
+}
+
 /// One verified layer as it reaches a filter or sink. The pipeline chooses
 /// its form: verified files (`tar`, `blob`), or, for an ordered sink that
 /// reads only the tar, the tar as it arrives. Read the tar through
@@ -241,6 +263,7 @@ pub struct Layer {
     /// the reader asked for it.
     pub blob: Option<FileSlice>,
     live: std::sync::Mutex<Option<Box<dyn LiveTar>>>,
+    live_blob: std::sync::Mutex<Option<LiveBlob>>,
 }
 
 /// A clone has the file forms only: a live tar has one reader.
@@ -268,7 +291,25 @@ impl Layer {
             tar,
             blob,
             live: std::sync::Mutex::new(None),
+            live_blob: std::sync::Mutex::new(None),
         }
+    }
+
+    /// A layer whose blob is still arriving (see [`LiveBlob`]).
+    pub fn live_blob(info: LayerInfo, blob: LiveBlob) -> Layer {
+        Layer {
+            info,
+            tar: None,
+            blob: None,
+            live: std::sync::Mutex::new(None),
+            live_blob: std::sync::Mutex::new(Some(blob)),
+        }
+    }
+
+    /// Takes the live blob, if the layer's blob is arriving live and nobody
+    /// took it.
+    pub fn take_live_blob(&self) -> Option<LiveBlob> {
+        self.live_blob.lock().ok().and_then(|mut l| l.take())
     }
 
     /// A layer whose tar is still arriving.
@@ -278,6 +319,7 @@ impl Layer {
             tar: None,
             blob: None,
             live: std::sync::Mutex::new(Some(tar)),
+            live_blob: std::sync::Mutex::new(None),
         }
     }
 
@@ -332,8 +374,12 @@ impl Layer {
         self.tar.map(file_chunks)
     }
 
-    /// The blob as stored, as chunks, for an async sink that asked for it.
+    /// The blob as stored, as chunks, for an async sink that asked for it:
+    /// live (its last item the verdict) or from the verified file.
     pub fn into_blob_chunks(self) -> Option<BoxStream<'static, io::Result<Bytes>>> {
+        if let Some(b) = self.take_live_blob() {
+            return Some(b.chunks);
+        }
         self.blob.map(file_chunks)
     }
 }

@@ -102,6 +102,9 @@ pub struct VerifiedTar {
     expect: Expect,
     label: String,
     state: State,
+    /// Only the blob's size and digest are checked; the reads give the blob
+    /// as stored, not decompressed (see [`VerifiedTar::blob_only`]).
+    blob_only: bool,
 }
 
 impl VerifiedTar {
@@ -110,10 +113,21 @@ impl VerifiedTar {
     /// compression.
     pub(crate) fn new(
         blob: Box<dyn Read + Send>,
-        mut expect: Expect,
+        expect: Expect,
         label: String,
         reporter: Arc<dyn Reporter>,
     ) -> Result<VerifiedTar> {
+        VerifiedTar::open(blob, expect, label, reporter, false)
+    }
+
+    fn open(
+        blob: Box<dyn Read + Send>,
+        mut expect: Expect,
+        label: String,
+        reporter: Arc<dyn Reporter>,
+        blob_only: bool,
+    ) -> Result<VerifiedTar> {
+        let blob_only = blob_only && expect.digest_known;
         let hasher = expect
             .prehashed
             .is_none()
@@ -140,6 +154,7 @@ impl VerifiedTar {
         };
         let compression = Compression::sniff(head);
         let decoder: Box<dyn Read + Send> = match compression {
+            _ if blob_only => Box::new(buffered),
             Compression::None => Box::new(buffered),
             Compression::Gzip => Box::new(crate::gzip::GzipReader::new(buffered)),
             Compression::Zstd => Box::new(
@@ -148,8 +163,10 @@ impl VerifiedTar {
             ),
         };
         let same_algorithm = expect.info.diff_id.algorithm() == expect.info.digest.algorithm();
-        let reuse_blob_hash =
-            compression == Compression::None && same_algorithm && expect.prehashed.is_none();
+        let reuse_blob_hash = compression == Compression::None
+            && same_algorithm
+            && expect.prehashed.is_none()
+            && !blob_only;
         if !expect.digest_known && compression != Compression::None {
             expect.info.media_type = match compression {
                 Compression::Zstd => media_type::OCI_LAYER_ZSTD,
@@ -160,13 +177,28 @@ impl VerifiedTar {
         Ok(VerifiedTar {
             raw,
             decoder,
-            tar_hash: (!reuse_blob_hash).then(|| Hasher::new(Algorithm::Sha256)),
+            tar_hash: (!reuse_blob_hash && !blob_only).then(|| Hasher::new(Algorithm::Sha256)),
             reuse_blob_hash,
             compression,
             expect,
             label,
             state: State::Reading,
+            blob_only,
         })
+    }
+
+    /// Verifies only the blob's size and digest, for a reader that wants the
+    /// blob as stored (a copy): nothing is decompressed, so the diff_id is
+    /// not checked, and the reads give the blob's own bytes. A blob whose
+    /// digest is not known (a docker-save member) has only its diff_id to be
+    /// checked by, so it is verified in full.
+    pub(crate) fn blob_only(
+        blob: Box<dyn Read + Send>,
+        expect: Expect,
+        label: String,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<VerifiedTar> {
+        VerifiedTar::open(blob, expect, label, reporter, true)
     }
 
     /// How the blob is compressed.
@@ -237,6 +269,9 @@ impl VerifiedTar {
             digest,
             format!("{} blob", self.label),
         )?;
+        if self.blob_only {
+            return Ok(());
+        }
         check_diff_id(&self.expect.info, diff_id)
     }
 
@@ -546,5 +581,44 @@ mod tests {
             let r = v.read_to_end(&mut Vec::new());
             assert_eq!(r.is_ok(), ok);
         }
+    }
+
+    fn read_blob_only(blob: Vec<u8>, info: LayerInfo, digest_known: bool) -> Result<Vec<u8>> {
+        let expect = Expect {
+            info,
+            digest_known,
+            prehashed: None,
+        };
+        let mut v = VerifiedTar::blob_only(
+            Box::new(io::Cursor::new(blob)),
+            expect,
+            "layer 0".into(),
+            Arc::new(crate::progress::Silent),
+        )?;
+        let mut out = Vec::new();
+        v.read_to_end(&mut out)
+            .map_err(|e| Error::stream("reading", e))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn blob_only_gives_the_blob_and_checks_its_digest_and_size_only() {
+        let tar = tar_of(50_000);
+        let blob = gzip(&tar);
+        let info = info_for(&blob, &tar);
+        assert!(read_blob_only(blob.clone(), info.clone(), true).unwrap() == blob);
+        // Nothing is decompressed, so a wrong diff_id goes unseen.
+        let mut other_tar = info.clone();
+        other_tar.diff_id = Digest::sha256_of(b"other");
+        assert!(read_blob_only(blob.clone(), other_tar.clone(), true).is_ok());
+        // ...unless the digest is unknown: then the diff_id is all there is.
+        let e = read_blob_only(blob.clone(), other_tar, false).unwrap_err();
+        assert_eq!(kind(&e), Mismatch::DiffId);
+        let mut corrupt = blob.clone();
+        corrupt[blob.len() / 2] ^= 1;
+        let e = read_blob_only(corrupt, info.clone(), true).unwrap_err();
+        assert_eq!(kind(&e), Mismatch::BlobDigest);
+        let e = read_blob_only(blob[..blob.len() - 1].to_vec(), info, true).unwrap_err();
+        assert_eq!(kind(&e), Mismatch::BlobSize);
     }
 }

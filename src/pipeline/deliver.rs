@@ -19,11 +19,13 @@ use super::handoff::{self, Handoff, LayerOut, Spooled};
 pub(super) const BUF: usize = 256 << 10;
 
 /// The verifier over `blob`'s bytes, stoppable through `stop`; with where
-/// the bytes lie locally and the layer's label.
-fn open(
+/// the bytes lie locally and the layer's label. `blob_only`: the blob's
+/// size and digest only, nothing decompressed ([`VerifiedTar::blob_only`]).
+pub(super) fn open(
     blob: LayerBlob,
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
+    blob_only: bool,
 ) -> Result<(VerifiedTar, Option<FileSlice>, String)> {
     let LayerBlob {
         info,
@@ -42,7 +44,11 @@ fn open(
         digest_known,
         prehashed,
     };
-    let verified = VerifiedTar::new(reader, expect, label.clone(), reporter)?;
+    let verified = if blob_only {
+        VerifiedTar::blob_only(reader, expect, label.clone(), reporter)?
+    } else {
+        VerifiedTar::new(reader, expect, label.clone(), reporter)?
+    };
     Ok((verified, in_place, label))
 }
 
@@ -56,7 +62,7 @@ pub(crate) fn work_layer(
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
 ) -> Result<Layer> {
-    let (mut verified, _, label) = open(blob, reporter, stop)?;
+    let (mut verified, _, label) = open(blob, reporter, stop, false)?;
     work(&mut verified, info)?;
     io::copy(&mut verified, &mut io::sink())
         .map_err(|e| Error::stream(format!("reading {label}"), e))?;
@@ -78,6 +84,58 @@ pub(crate) fn verify_layer(
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
 ) -> Result<Layer> {
+    let how = How {
+        needs,
+        handoff,
+        passing,
+        blob_only: false,
+    };
+    verify(blob, how, temp_dir, reporter, stop)
+}
+
+/// A blob for a sink that reads only the blob, with no filter: verified by
+/// its size and digest, as a file (the source's own, or a temp file).
+pub(super) fn verify_blob_only(
+    blob: LayerBlob,
+    temp_dir: &Path,
+    reporter: Arc<dyn Reporter>,
+    stop: Arc<AtomicBool>,
+) -> Result<Layer> {
+    let passing = super::Passing {
+        observers: Arc::new([]),
+        rewrite: None,
+        info: blob.info.clone(),
+    };
+    let how = How {
+        needs: LayerNeeds::BLOB,
+        handoff: None,
+        passing: &passing,
+        blob_only: true,
+    };
+    verify(blob, how, temp_dir, reporter, stop)
+}
+
+/// What [`verify`] makes of a layer.
+struct How<'a> {
+    needs: LayerNeeds,
+    handoff: Option<&'a Handoff>,
+    passing: &'a super::Passing,
+    blob_only: bool,
+}
+
+fn verify(
+    blob: LayerBlob,
+    how: How<'_>,
+    temp_dir: &Path,
+    reporter: Arc<dyn Reporter>,
+    stop: Arc<AtomicBool>,
+) -> Result<Layer> {
+    let How {
+        needs,
+        handoff,
+        passing,
+        blob_only,
+    } = how;
     // The blob as stored, when asked for and not already in a file.
     let blob_file = (needs.blob && blob.in_place.is_none())
         .then(|| temp_file(temp_dir, "blob-"))
@@ -96,7 +154,7 @@ pub(crate) fn verify_layer(
         })?,
         None => blob,
     };
-    let (mut verified, in_place, label) = open(blob, reporter, stop)?;
+    let (mut verified, in_place, label) = open(blob, reporter, stop, blob_only)?;
     // A plain tar in a local file is served where it lies once verified.
     let tar_in_place = in_place
         .as_ref()

@@ -29,6 +29,7 @@ mod builder;
 mod deliver;
 mod handoff;
 pub mod index;
+mod live_blob;
 mod observe;
 mod rewrite;
 #[cfg(test)]
@@ -129,6 +130,9 @@ enum Delivery {
     },
     /// A sink's per-layer work, run over the tar as it arrives.
     Work(crate::sink::LayerWork),
+    /// The blob, live, to a sink that takes it so (see [`live_blob`]); each
+    /// layer holds one of `slots` while it downloads.
+    LiveBlob(Arc<tokio::sync::Semaphore>),
 }
 
 /// Fetches one layer through the verifier, on a blocking thread.
@@ -138,6 +142,14 @@ async fn fetch_into(
     ctx: &FetchContext,
     delivery: Delivery,
 ) -> Result<Layer> {
+    if let Delivery::LiveBlob(slots) = &delivery {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::InvalidImage("download slots closed".into()))?;
+        return live_blob::fetch(source, info, ctx, permit).await;
+    }
     ctx.reporter.layer_started(info);
     let started = Instant::now();
     let blob = source.fetch(info, ctx).await?;
@@ -162,6 +174,8 @@ async fn fetch_into(
             deliver::verify_layer(blob, needs, &temp, handoff, &passing, reporter, stop)
         }
         Delivery::Work(work) => deliver::work_layer(blob, &image_info, &work, reporter, stop),
+        // Fetched above, never here.
+        Delivery::LiveBlob(_) => Err(Error::InvalidImage("live blob fetched as a file".into())),
     })
     .await
     .map_err(join_error)??;
@@ -408,6 +422,8 @@ pub async fn run_async(
     ctx.layers_at_once = parallel.min(wanted.len()).max(1);
     let mut reaper = Vec::new();
     let work = sink.layer_work().filter(|_| !plan.filtering);
+    // A sink that reads only the blob may take it as it downloads.
+    let live_blob = !plan.filtering && sink_needs == LayerNeeds::BLOB && sink.takes_live_blob();
     let mut layers = Layers {
         source: &source,
         ctx: &ctx,
@@ -426,6 +442,9 @@ pub async fn run_async(
         // spooled; the sink then gets the layers without their bytes.
         let delivery = match work {
             Some(work) => Delivery::Work(work),
+            None if live_blob => {
+                Delivery::LiveBlob(Arc::new(tokio::sync::Semaphore::new(parallel)))
+            }
             None => Delivery::Files {
                 needs: plan.needs,
                 handoff: None,

@@ -809,3 +809,96 @@ fn a_stream_rewrite_failing_midstream_fails_the_run_before_the_sink_commits() {
     assert!(seen[0].live);
     assert_eq!(seen[0].digest, None, "the stream ended in an error");
 }
+
+/// What a live-blob sink saw of one layer: the chunks' bytes, or the
+/// mismatch they ended with, and whether the verified file matched.
+type BlobSeen = (usize, std::result::Result<Vec<u8>, Mismatch>, bool);
+
+/// An async sink that takes blobs live, reads the chunks to their verdict,
+/// then the verified file.
+struct LiveBlobs {
+    seen: Arc<Mutex<Vec<BlobSeen>>>,
+}
+
+impl AsyncSink for LiveBlobs {
+    fn needs(&self) -> LayerNeeds {
+        LayerNeeds::BLOB
+    }
+    fn takes_live_blob(&self) -> bool {
+        true
+    }
+    fn begin<'a>(&'a mut self, _image: &'a Image) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let index = layer.info.index;
+            let live = layer.take_live_blob().expect("the blob arrives live");
+            let mut chunks = live.chunks;
+            let mut got = Vec::new();
+            let mut verdict = Ok(());
+            while let Some(c) = chunks.next().await {
+                match c {
+                    Ok(c) => got.extend_from_slice(&c),
+                    Err(e) => {
+                        verdict = Err(Error::stream("reading", e));
+                        break;
+                    }
+                }
+            }
+            let file = live.file.await;
+            let same = match &file {
+                Ok(f) => std::fs::read(f.path()).unwrap() == got,
+                Err(_) => false,
+            };
+            let kind = |e: &Error| match e {
+                Error::DigestMismatch { kind, .. } | Error::SizeMismatch { kind, .. } => *kind,
+                other => panic!("not a mismatch: {other}"),
+            };
+            let seen = verdict.as_ref().map(|()| got).map_err(kind);
+            self.seen.lock().unwrap().push((index, seen, same));
+            verdict.and(file.map(|_| ()))
+        })
+    }
+    fn finish(self: Box<Self>, _image: Image) -> BoxFuture<'static, Result<SinkReport>> {
+        Box::pin(async { Ok(SinkReport::default()) })
+    }
+}
+
+fn run_live_blobs(source: MemSource) -> (Result<Report>, Vec<BlobSeen>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Box::new(LiveBlobs { seen: seen.clone() });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(run_async(Arc::new(source), Vec::new(), sink, options(2)));
+    drop(rt);
+    let mut seen = std::mem::take(&mut *seen.lock().unwrap());
+    seen.sort_by_key(|s| s.0);
+    (r, seen)
+}
+
+#[test]
+fn live_blobs_arrive_as_stored_and_are_checked_by_digest_and_size_only() {
+    let (mut src, _) = source(Duration::from_millis(1));
+    // Nothing is decompressed: a wrong diff_id goes unseen by a copy.
+    src.image.layers[1].diff_id = Digest::sha256_of(b"not this tar");
+    let blobs = src.blobs.clone();
+    let (r, seen) = run_live_blobs(src);
+    r.unwrap();
+    assert_eq!(seen.len(), 3);
+    for (index, got, same) in seen {
+        assert!(got.unwrap() == blobs[index], "layer {index}");
+        assert!(same, "layer {index}: the verified file differs");
+    }
+}
+
+#[test]
+fn a_corrupt_live_blob_ends_with_its_mismatch() {
+    let (mut src, _) = source(Duration::from_millis(1));
+    let at = src.blobs[0].len() / 2;
+    src.blobs[0][at] ^= 1;
+    let (r, seen) = run_live_blobs(src);
+    assert!(r.is_err());
+    let first = seen.iter().find(|s| s.0 == 0).expect("layer 0 was given");
+    assert_eq!(first.1.as_ref().err(), Some(&Mismatch::BlobDigest));
+    assert!(!first.2, "no verified file for a corrupt blob");
+}

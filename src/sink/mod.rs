@@ -180,6 +180,15 @@ pub trait AsyncSink: Send {
     fn takes_rewritten_live(&self) -> bool {
         false
     }
+    /// Whether the sink, reading only the blob, takes it live
+    /// ([`crate::image::LiveBlob`], from `Layer::take_live_blob`): then,
+    /// with no filter, `layer` gets each layer as soon as its download
+    /// starts, and the blob is checked by its size and digest only (a copy
+    /// does not use the diff_id, so nothing is decompressed). Default
+    /// false: blobs come as verified files.
+    fn takes_live_blob(&self) -> bool {
+        false
+    }
     /// One layer; its bytes are verified as they are read.
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>>;
     /// As [`Sink::layer_failed`].

@@ -674,3 +674,88 @@ fn registry_push_verify_reads_back_what_was_written() {
     );
     assert_clean_failure(&env, &out, &["verify: blob"]);
 }
+
+/// The largest layer of `repo:v1` in `reg`: its digest and size.
+fn largest_layer(env: &TestEnv, reg: &Registry) -> (String, u64) {
+    let (raw, _) = registry_manifest(&env.tool_tmp(), reg, REPO, "v1");
+    let m: Value = serde_json::from_slice(&raw).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let digest = l["digest"].as_str().unwrap().to_string();
+            (digest, l["size"].as_u64().unwrap())
+        })
+        .max_by_key(|(_, size)| *size)
+        .unwrap()
+}
+
+#[test]
+fn registry_push_uploads_a_layer_while_it_downloads() {
+    let env = TestEnv::new();
+    let (src, dst) = (Registry::start(), Registry::start());
+    push_image(&env, &src, "team/app:v1", &big_image(), PushFormat::Oci);
+    let (_, want) = registry_manifest(&env.tool_tmp(), &src, REPO, "v1");
+    let (digest, size) = largest_layer(&env, &src);
+    let (from, to) = (Proxy::start(&src.host()), Proxy::start(&dst.host()));
+    let rate = 1 << 20;
+    from.throttle(rate);
+    let out = process(&env, &from.uri(REPO, "v1"), &to.uri(REPO, "v1"), &[]);
+    assert!(out.code == Some(0), "{}\n{}", out.stderr, to.describe());
+    assert_eq!(registry_manifest(&env.tool_tmp(), &dst, REPO, "v1").1, want);
+    let get = from
+        .requests_to(&format!("/blobs/{digest}"))
+        .into_iter()
+        .find(|r| r.method == "GET")
+        .expect("the layer was downloaded");
+    // The big layer's session is the one whose PATCH carries its bytes.
+    let patch = blob_writes(&to)
+        .into_iter()
+        .find(|r| r.method == "PATCH")
+        .expect("the layer was streamed in a PATCH");
+    let download = std::time::Duration::from_secs_f64(size as f64 / rate as f64);
+    let started_after = patch.at.saturating_duration_since(get.at);
+    assert!(
+        started_after < download / 2,
+        "the upload began {started_after:?} after the download, which takes {download:?}\n{}",
+        to.describe()
+    );
+    // One PATCH for the layer: the live session went through, with no
+    // second upload from the spooled copy.
+    let patches = blob_writes(&to)
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(patches, 1, "{}", to.describe());
+    let puts = blob_writes(&to)
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.query.as_deref().is_some_and(|q| q.contains("digest=")))
+        .count();
+    assert_eq!(puts, 3, "two layers and the config\n{}", to.describe());
+}
+
+#[test]
+fn registry_push_a_lying_source_fails_the_layer_before_its_put() {
+    let env = TestEnv::new();
+    let (src, dst) = (Registry::start(), Registry::start());
+    push_image(&env, &src, "team/app:v1", &big_image(), PushFormat::Oci);
+    let (digest, _) = largest_layer(&env, &src);
+    let (from, to) = (Proxy::start(&src.host()), Proxy::start(&dst.host()));
+    // Past the gzip header: the blob still looks like a layer.
+    from.always(&format!("/blobs/{digest}"), Fault::Corrupt(2 << 20));
+    let out = process(&env, &from.uri(REPO, "v1"), &to.uri(REPO, "v1"), &[]);
+    assert_clean_failure(&env, &out, &["digest"]);
+    let closed = blob_writes(&to).into_iter().any(|r| {
+        r.method == "PUT"
+            && r.query
+                .as_deref()
+                .is_some_and(|q| q.contains(&digest.replace(':', "%3A")) || q.contains(&digest))
+    });
+    assert!(
+        !closed,
+        "the corrupt layer was committed\n{}",
+        to.describe()
+    );
+    assert_no_manifest(&dst.host(), REPO, "v1");
+}

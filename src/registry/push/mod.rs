@@ -229,6 +229,19 @@ impl Repository {
             .await
     }
 
+    /// [`Client::upload_blob_live`] into this repository.
+    pub async fn upload_blob_live(
+        &self,
+        digest: &Digest,
+        size: u64,
+        chunks: upload::LiveChunks,
+        fallback: futures_util::future::BoxFuture<'static, Result<BlobOpener>>,
+    ) -> Result<()> {
+        self.client()
+            .upload_blob_live(self.name(), digest, size, chunks, fallback)
+            .await
+    }
+
     /// [`Client::manifest_digest`] in this repository.
     pub async fn manifest_digest(&self, reference: &str) -> Result<Option<Digest>> {
         self.client().manifest_digest(self.name(), reference).await

@@ -31,6 +31,10 @@ const QUEUED: usize = 4;
 
 const OCTET_STREAM: &str = "application/octet-stream";
 
+/// A blob's bytes as they arrive; the last item is the verdict (the end
+/// once verified, else an error).
+pub type LiveChunks = futures_util::stream::BoxStream<'static, io::Result<Bytes>>;
+
 /// What was read and sent of a blob: its digest and length.
 type Sent = io::Result<(Digest, u64)>;
 
@@ -58,6 +62,121 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Uploads a blob that is still arriving: `chunks` are sent as they
+    /// come, in one PATCH after the POST; the closing PUT goes only once
+    /// `fallback` resolved, which it does once its producer verified the
+    /// whole blob (its error, such as a digest mismatch, is the blob's). If
+    /// that session fails for a reason other than the registry's refusal,
+    /// the blob is uploaded again, with the usual restarts, from what
+    /// `fallback` opens (a spooled file). A small blob goes whole from
+    /// `fallback`.
+    pub async fn upload_blob_live(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        chunks: LiveChunks,
+        fallback: futures_util::future::BoxFuture<'static, Result<BlobOpener>>,
+    ) -> Result<()> {
+        let mut fallback = Some(fallback);
+        let mut opened = None;
+        if size > MONOLITHIC_MAX {
+            let live = self
+                .upload_live_once(repository, digest, size, chunks, &mut fallback, &mut opened)
+                .await;
+            match live {
+                Ok(()) => return Ok(()),
+                Err(e @ Error::Registry { .. }) if !restartable(&e) => return Err(e),
+                // The blob failed verification: nothing to upload again.
+                Err(e) if opened.is_none() && fallback.is_none() => return Err(e),
+                Err(e) => tracing::debug!("{e}; uploading {digest} again from its spooled copy"),
+            }
+        } else {
+            drop(chunks);
+        }
+        let open = match (opened, fallback) {
+            (Some(open), _) => open,
+            (None, Some(f)) => f.await?,
+            (None, None) => return Err(Error::InvalidImage(format!("blob {digest} is gone"))),
+        };
+        self.upload_blob(repository, digest, size, open).await
+    }
+
+    /// One session of a live upload: POST, the streamed PATCH, then the PUT
+    /// once `fallback` says the blob verified (what it opens goes into
+    /// `opened`, for a retry).
+    async fn upload_live_once(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        chunks: LiveChunks,
+        fallback: &mut Option<futures_util::future::BoxFuture<'static, Result<BlobOpener>>>,
+        opened: &mut Option<BlobOpener>,
+    ) -> Result<()> {
+        let _slot = self.ctx.slot().await;
+        let scope = Scope::new(repository, Actions::PushPull);
+        let op = format!("POST blob upload {digest}");
+        let url = self.v2_url(repository, "blobs/uploads/");
+        let (resp, _) = self
+            .send(&Request::new(&op, &scope, Method::POST, &url))
+            .await?;
+        let location = self.upload_location(&op, &resp)?;
+        let done = match self
+            .patch_live(&scope, location.clone(), digest, size, chunks)
+            .await
+        {
+            Ok(next) => match fallback.take() {
+                // The closing PUT only once the producer verified the blob.
+                Some(verified) => match verified.await {
+                    Ok(open) => {
+                        *opened = Some(open);
+                        self.close_upload(&scope, next, digest, size, None).await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Err(Error::InvalidImage(format!("blob {digest} is gone"))),
+            },
+            Err(e) => Err(e),
+        };
+        if done.is_err() {
+            self.cancel_upload(repository, &location).await;
+        }
+        done
+    }
+
+    /// The PATCH carrying a live blob's chunks; the next location.
+    async fn patch_live(
+        &self,
+        scope: &Scope,
+        location: url::Url,
+        digest: &Digest,
+        size: u64,
+        chunks: LiveChunks,
+    ) -> Result<url::Url> {
+        let op = format!("PATCH blob {digest}");
+        let body = Mutex::new(Some(reqwest::Body::wrap_stream(chunks)));
+        let make = || -> Result<reqwest::Body> {
+            body.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .ok_or_else(|| Error::InvalidImage(format!("{op}: a live blob is sent only once")))
+        };
+        let headers = [
+            (CONTENT_TYPE, OCTET_STREAM.to_string()),
+            (CONTENT_LENGTH, size.to_string()),
+        ];
+        let req = Request {
+            headers: &headers,
+            body: Some(&make),
+            retry: false,
+            body_len: size,
+            ..Request::new(&op, scope, Method::PATCH, location.as_str())
+        };
+        let (resp, _) = self.send(&req).await?;
+        self.upload_location(&op, &resp)
     }
 
     /// One upload session, from POST to the closing PUT.

@@ -3,7 +3,10 @@
 //! Blobs the destination repository has are skipped (HEAD), blobs in
 //! another repository of the same registry are mounted, and the rest are
 //! uploaded as tokio tasks, at most `max_workers` at once, while the
-//! pipeline downloads the next layers. Layers keep their bytes as stored;
+//! pipeline downloads the next layers. A layer comes live
+//! ([`AsyncSink::takes_live_blob`]): its upload sends the blob as it
+//! downloads and closes the session only once the layer verified, and
+//! starts again from the pipeline's spooled copy if the live session broke. Layers keep their bytes as stored;
 //! only a layer that exists as a tar alone (a docker-save member, a store's
 //! `layer.tar`, a layer a filter rewrote) is compressed, deterministically,
 //! into a temp file first. The manifest goes last, once every blob it names
@@ -201,12 +204,16 @@ impl RegistrySink {
         Ok(false)
     }
 
-    /// Starts the upload of one layer on its own task.
+    /// Starts the upload of one layer on its own task: from its file, or as
+    /// its blob arrives.
     fn spawn_upload(&mut self, layer: Layer, compress: bool) -> Result<()> {
         let info = layer.info.clone();
-        let file = layer.blob.clone().or(layer.tar.clone()).ok_or_else(|| {
-            Error::InvalidImage(format!("layer {} arrived without its blob", info.index))
-        })?;
+        let blob = match layer.take_live_blob() {
+            Some(live) => BlobIn::Live(live),
+            None => BlobIn::File(layer.blob.clone().or(layer.tar.clone()).ok_or_else(|| {
+                Error::InvalidImage(format!("layer {} arrived without its blob", info.index))
+            })?),
+        };
         // A digest learnt only from the bytes (a docker-save member) was not
         // asked about before the fetch.
         let late = self
@@ -225,7 +232,7 @@ impl RegistrySink {
             check_first: late || compress,
         };
         self.uploads
-            .push(AbortOnDrop(tokio::spawn(job.run(info, file))));
+            .push(AbortOnDrop(tokio::spawn(job.run(info, blob))));
         Ok(())
     }
 
@@ -445,6 +452,32 @@ fn is_tar(media_type: &str) -> bool {
     media_type == mt::OCI_LAYER_TAR || media_type == "application/vnd.docker.image.rootfs.diff.tar"
 }
 
+/// A layer's blob as the upload gets it.
+enum BlobIn {
+    /// A verified file.
+    File(FileSlice),
+    /// Still arriving (the pipeline spools it too).
+    Live(crate::image::LiveBlob),
+}
+
+impl BlobIn {
+    /// The whole verified blob, waiting for a live one to end.
+    async fn file(self) -> Result<FileSlice> {
+        match self {
+            BlobIn::File(f) => Ok(f),
+            BlobIn::Live(live) => live.file.await,
+        }
+    }
+}
+
+/// Opens a verified file's bytes for each upload attempt.
+fn opener(file: FileSlice) -> BlobOpener {
+    Arc::new(move || {
+        file.open()
+            .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>)
+    })
+}
+
 /// One layer's upload, on its own task.
 struct Upload {
     repo: Repository,
@@ -462,10 +495,10 @@ impl Upload {
     /// Pushes the layer; a failure is kept for the sink to report (the
     /// first one, as the registry worded it), the task's own result then
     /// only says that it failed.
-    async fn run(self, info: LayerInfo, file: FileSlice) -> Result<u64> {
+    async fn run(self, info: LayerInfo, blob: BlobIn) -> Result<u64> {
         let failed = self.failed.clone();
         let index = info.index;
-        match self.push(info, file).await {
+        match self.push(info, blob).await {
             Ok(n) => Ok(n),
             Err(e) => {
                 let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
@@ -479,14 +512,15 @@ impl Upload {
         }
     }
 
-    async fn push(self, info: LayerInfo, file: FileSlice) -> Result<u64> {
+    async fn push(self, info: LayerInfo, blob: BlobIn) -> Result<u64> {
         let _permit = self
             .workers
             .acquire()
             .await
             .map_err(|_| Error::InvalidImage("upload workers closed".into()))?;
-        let (file, digest, size, media_type) = match self.compression {
+        let (blob, digest, size, media_type) = match self.compression {
             Some(how) => {
+                let file = blob.file().await?;
                 let dir = self.temp_dir.clone();
                 let diff_id = info.diff_id.clone();
                 let (out, encoded) =
@@ -497,10 +531,10 @@ impl Upload {
                             Error::stream(format!("compressing layer {}", info.index), e)
                         })?;
                 let media_type = how.media_type(true).to_string();
-                (out, encoded.digest, encoded.size, media_type)
+                (BlobIn::File(out), encoded.digest, encoded.size, media_type)
             }
             None => (
-                file,
+                blob,
                 info.digest.clone(),
                 info.size,
                 info.media_type.clone(),
@@ -515,11 +549,16 @@ impl Upload {
         if self.check_first && self.repo.blob_exists(&digest).await?.is_some() {
             Counts::add(&self.counts.present);
         } else {
-            let open: BlobOpener = Arc::new(move || {
-                file.open()
-                    .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>)
-            });
-            self.repo.upload_blob(&digest, size, open).await?;
+            match blob {
+                BlobIn::File(file) => self.repo.upload_blob(&digest, size, opener(file)).await?,
+                BlobIn::Live(live) => {
+                    let file = live.file;
+                    let fallback = Box::pin(async move { file.await.map(opener) });
+                    self.repo
+                        .upload_blob_live(&digest, size, live.chunks, fallback)
+                        .await?
+                }
+            }
             Counts::add(&self.counts.uploaded);
             sent = size;
         }
@@ -536,6 +575,10 @@ impl AsyncSink for RegistrySink {
 
     fn ordered(&self) -> bool {
         false
+    }
+
+    fn takes_live_blob(&self) -> bool {
+        true
     }
 
     fn begin<'a>(&'a mut self, image: &'a Image) -> BoxFuture<'a, Result<()>> {
