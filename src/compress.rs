@@ -44,8 +44,10 @@ const BUF: usize = 256 << 10;
 /// zstd's job size in multi-threaded mode. Fixed, so that the output does
 /// not depend on anything but the input and the level; small, so that the
 /// jobs in flight stay a few MiB (zstd's default is 4 windows, 8 MiB at
-/// level 3). Each job still sees the end of the one before.
-const ZSTD_JOB: u32 = 2 << 20;
+/// level 3). Each job still sees the end of the one before. Measured on a
+/// Debian rootfs tar at level 3: 1 MiB jobs cost 1.7% in size against
+/// 2 MiB ones and save about 10 MiB of peak memory with 2 workers.
+const ZSTD_JOB: u32 = 1 << 20;
 
 /// At most this many compression threads per stream by default: several
 /// layers are compressed at once anyway, and each thread holds a few
@@ -382,7 +384,7 @@ mod tests {
         );
         assert_eq!(
             zs_jobs.digest.to_string(),
-            "sha256:8e0755c6d77e43f9e3b1d7923dd0797da7c9048cbdf30562fdd8e8c0671b3150"
+            "sha256:927f0f8a199e5ab2bc99b86495855300df88052d71dc4730de167867911fde74"
         );
         assert_eq!(
             gz.digest.to_string(),
