@@ -173,14 +173,15 @@ impl<W: Write> Encoder<W> {
     }
 
     /// [`Encoder::new`] with up to `threads` compression threads (0 counts
-    /// as 1). The bytes written are the same for any number.
+    /// as 1, more than 64 as 64, which bounds the blocks held in flight).
+    /// The bytes written are the same for any number.
     pub fn with_threads(
         out: W,
         encoding: Encoding,
         level: Option<i32>,
         threads: usize,
     ) -> io::Result<Self> {
-        let threads = threads.max(1);
+        let threads = threads.clamp(1, 64);
         let level = level.unwrap_or(encoding.default_level());
         if !encoding.levels().contains(&level) {
             return Err(io::Error::new(
