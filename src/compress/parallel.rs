@@ -19,10 +19,15 @@
 //! bytes and uses integer arithmetic, so it is as deterministic as the rest.
 //!
 //! Memory: at most `threads` blocks in flight, each its input, its output
-//! and one deflate state, plus the block being filled.
+//! and one deflate state, plus the block being filled. Worker threads are
+//! also counted across all streams in the process: several layers are
+//! often compressed at once, and once the cores are busy another worker
+//! would only add memory, so a stream that finds none free compresses its
+//! next block on its own thread (which changes nothing in the output).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
@@ -37,6 +42,30 @@ const WINDOW: usize = 32 << 10;
 
 /// gzip OS byte "unknown" (RFC 1952), the same on every platform.
 pub(super) const GZIP_OS_UNKNOWN: u8 = 255;
+
+/// Worker threads running now, over every stream in the process.
+static WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes one of the process's worker slots (as many as cores), if one is
+/// free; the slot is given back when the guard drops.
+fn worker_slot() -> Option<SlotGuard> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    WORKERS
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cores).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| SlotGuard)
+}
+
+/// A taken worker slot.
+struct SlotGuard;
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        WORKERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// One block of input on its way through a worker.
 struct Block {
@@ -189,15 +218,27 @@ impl<W: Write> ParallelGzip<W> {
             result: Ok(()),
         };
         let level = self.level;
-        if self.threads == 1 {
-            return self.emit(block.run(level));
-        }
         while self.running.len() >= self.threads {
             self.wait_oldest()?;
         }
+        let slot = if self.threads > 1 {
+            worker_slot()
+        } else {
+            None
+        };
+        let Some(slot) = slot else {
+            // Here, then, after the blocks before it.
+            while !self.running.is_empty() {
+                self.wait_oldest()?;
+            }
+            return self.emit(block.run(level));
+        };
         let handle = std::thread::Builder::new()
             .name("gzip".into())
-            .spawn(move || block.run(level))?;
+            .spawn(move || {
+                let _slot = slot;
+                block.run(level)
+            })?;
         self.running.push_back(handle);
         Ok(())
     }
@@ -286,6 +327,8 @@ impl<W: Write> Drop for ParallelGzip<W> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     #[test]
@@ -312,6 +355,33 @@ mod tests {
             .collect();
         assert!(!looks_incompressible(&skewed));
         assert!(!looks_incompressible(&noise[..100]));
+    }
+
+    /// Every block through the stream, `threads` at once.
+    fn gzip(input: &[u8], threads: usize) -> Vec<u8> {
+        let mut g = ParallelGzip::new(Vec::new(), 6, threads).unwrap();
+        g.write_all(input).unwrap();
+        g.finish().unwrap()
+    }
+
+    /// With every worker slot taken (other streams busy), blocks are
+    /// compressed on the caller's thread, in order, to the same bytes.
+    #[test]
+    fn busy_workers_change_nothing() {
+        let input: Vec<u8> = (0..3 * BLOCK + 123).map(|i| (i % 241) as u8).collect();
+        let alone = gzip(&input, 1);
+        let mut held = Vec::new();
+        while let Some(slot) = worker_slot() {
+            held.push(slot);
+        }
+        assert_eq!(gzip(&input, 4), alone);
+        drop(held);
+        assert_eq!(gzip(&input, 4), alone);
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&alone[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == input);
     }
 
     #[test]
