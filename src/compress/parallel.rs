@@ -33,9 +33,11 @@ use std::thread::JoinHandle;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
 /// Input bytes per block. Large enough that the per-block costs (a fresh
-/// deflate state, the dictionary, the 5-byte sync marker) vanish, small
-/// enough to keep memory at a few MiB.
-pub(super) const BLOCK: usize = 1 << 20;
+/// deflate state, the dictionary, the 5-byte sync marker, a thread) vanish:
+/// on a Debian rootfs tar, 512 KiB and 1 MiB blocks give the same ratio
+/// (0.458 at level 6); small enough that a stream holds a few MiB (half
+/// the peak memory of 1 MiB blocks when several layers compress at once).
+pub(super) const BLOCK: usize = 512 << 10;
 
 /// Deflate's window: how much of the previous block primes the next.
 const WINDOW: usize = 32 << 10;
