@@ -223,26 +223,30 @@ impl<W: Write> ParallelGzip<W> {
         while self.running.len() >= self.threads {
             self.wait_oldest()?;
         }
-        let slot = if self.threads > 1 {
-            worker_slot()
-        } else {
-            None
-        };
-        let Some(slot) = slot else {
-            // Here, then, after the blocks before it.
-            while !self.running.is_empty() {
-                self.wait_oldest()?;
+        loop {
+            let slot = if self.threads > 1 {
+                worker_slot()
+            } else {
+                None
+            };
+            if let Some(slot) = slot {
+                let handle = std::thread::Builder::new()
+                    .name("gzip".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        block.run(level)
+                    })?;
+                self.running.push_back(handle);
+                return Ok(());
             }
-            return self.emit(block.run(level));
-        };
-        let handle = std::thread::Builder::new()
-            .name("gzip".into())
-            .spawn(move || {
-                let _slot = slot;
-                block.run(level)
-            })?;
-        self.running.push_back(handle);
-        Ok(())
+            if self.running.is_empty() {
+                // No worker free and none of ours to wait for: here,
+                // after the blocks before it.
+                return self.emit(block.run(level));
+            }
+            // Our oldest worker gives its slot back as it ends.
+            self.wait_oldest()?;
+        }
     }
 
     /// Waits for the oldest block in flight and writes it out.
