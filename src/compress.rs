@@ -2,22 +2,27 @@
 //!
 //! A layer that a filter rewrote, or that arrived as a plain tar (a
 //! docker-save member), is compressed on its way to a registry. The same
-//! tar, encoding and level always give the same bytes, so that a repeat
-//! run produces the same blob digest (and the layer cache and the
-//! destination's "already have it" check keep working):
+//! tar, encoding and level always give the same bytes, whatever the number
+//! of threads, so that a repeat run produces the same blob digest (and the
+//! layer cache and the destination's "already have it" check keep working):
 //!
 //! - gzip: the header has mtime 0, no file name, no comment, no extra
-//!   field, and OS byte 255 ("unknown"); the deflate stream depends only on
-//!   the input and the level. Default level 6 (zlib's own default).
-//! - zstd: single-threaded (a multi-threaded encoder cuts its jobs by
-//!   timing), no content checksum (the blob digest and diff_id already
-//!   cover the bytes), no pledged content size (the tar's size is not known
-//!   up front). Default level 3 (zstd's own default).
+//!   field, and OS byte 255 ("unknown"). The deflate stream is made of
+//!   512 KiB blocks compressed in parallel, each primed with the 32 KiB before
+//!   it (pigz's scheme, see `compress/parallel.rs`), so it depends only on the input
+//!   and the level. Default level 6, zlib's own (and Docker's and skopeo's
+//!   choice).
+//! - zstd: zstd's own multi-threaded mode, always with at least one worker
+//!   and a fixed job size: its output then does not depend on the number of
+//!   workers (zstd documents this for streaming compression; only the
+//!   single-threaded mode, with no workers, gives different bytes). No
+//!   content checksum (the blob digest and diff_id already cover the
+//!   bytes), no pledged content size (the tar's size is not known up
+//!   front). Default level 3 (zstd's own default).
 //!
 //! One pass does everything: the tar is hashed (diff_id) and counted as it
 //! goes in, and the output is hashed (blob digest) and counted as it comes
-//! out. Memory use is the encoder's window plus one fixed buffer, whatever
-//! the layer's size.
+//! out. Memory use is a few blocks per thread, whatever the layer's size.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -27,11 +32,36 @@ use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
 use crate::error::Error;
 use crate::image::media_type;
 
+mod parallel;
+
+#[cfg(test)]
+use parallel::GZIP_OS_UNKNOWN;
+use parallel::ParallelGzip;
+
 /// Read size from the tar into the encoder.
 const BUF: usize = 256 << 10;
 
-/// gzip OS byte "unknown" (RFC 1952), the same on every platform.
-const GZIP_OS_UNKNOWN: u8 = 255;
+/// zstd's job size in multi-threaded mode. Fixed, so that the output does
+/// not depend on anything but the input and the level; small, so that the
+/// jobs in flight stay a few MiB (zstd's default is 4 windows, 8 MiB at
+/// level 3). Each job still sees the end of the one before. Measured on a
+/// Debian rootfs tar at level 3: 1 MiB jobs cost 1.7% in size against
+/// 2 MiB ones and save about 10 MiB of peak memory with 2 workers.
+const ZSTD_JOB: u32 = 1 << 20;
+
+/// At most this many compression threads per stream by default: several
+/// layers are compressed at once anyway, and each thread holds a few
+/// blocks.
+const MAX_THREADS: usize = 4;
+
+/// The number of compression threads [`Encoder::new`] and [`encode`] use:
+/// the machine's parallelism, at most 4. The output is the same for any.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, MAX_THREADS)
+}
 
 /// A compression to write layers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -120,7 +150,7 @@ pub struct Encoded {
 
 /// The encoder proper, writing into the hashing writer.
 enum Inner<W: Write> {
-    Gzip(flate2::write::GzEncoder<HashingWriter<W>>),
+    Gzip(ParallelGzip<HashingWriter<W>>),
     Zstd(zstd::stream::write::Encoder<'static, HashingWriter<W>>),
 }
 
@@ -135,10 +165,23 @@ pub struct Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    /// Starts a stream into `out`. `level` defaults to
-    /// [`Encoding::default_level`]; one outside [`Encoding::levels`] is an
-    /// `InvalidInput` error.
+    /// Starts a stream into `out` on [`default_threads`] threads. `level`
+    /// defaults to [`Encoding::default_level`]; one outside
+    /// [`Encoding::levels`] is an `InvalidInput` error.
     pub fn new(out: W, encoding: Encoding, level: Option<i32>) -> io::Result<Self> {
+        Self::with_threads(out, encoding, level, default_threads())
+    }
+
+    /// [`Encoder::new`] with up to `threads` compression threads (0 counts
+    /// as 1, more than 64 as 64, which bounds the blocks held in flight).
+    /// The bytes written are the same for any number.
+    pub fn with_threads(
+        out: W,
+        encoding: Encoding,
+        level: Option<i32>,
+        threads: usize,
+    ) -> io::Result<Self> {
+        let threads = threads.clamp(1, 64);
         let level = level.unwrap_or(encoding.default_level());
         if !encoding.levels().contains(&level) {
             return Err(io::Error::new(
@@ -153,16 +196,14 @@ impl<W: Write> Encoder<W> {
         let inner = match encoding {
             Encoding::Gzip => {
                 // `levels()` keeps this in 0..=9.
-                let level = flate2::Compression::new(level.unsigned_abs());
-                Inner::Gzip(
-                    flate2::GzBuilder::new()
-                        .mtime(0)
-                        .operating_system(GZIP_OS_UNKNOWN)
-                        .write(out, level),
-                )
+                Inner::Gzip(ParallelGzip::new(out, level.unsigned_abs(), threads)?)
             }
             Encoding::Zstd => {
                 let mut z = zstd::stream::write::Encoder::new(out, level)?;
+                // One worker or many give the same bytes; none (zstd's
+                // default) would give others.
+                z.multithread(u32::try_from(threads).unwrap_or(u32::MAX))?;
+                z.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
                 z.include_checksum(false)?;
                 z.include_contentsize(false)?;
                 z.include_dictid(false)?;
@@ -206,25 +247,39 @@ impl<W: Write> Write for Encoder<W> {
         self.tar_size += n as u64;
         Ok(n)
     }
+    /// Passes on what is compressed so far and flushes `out`. It never
+    /// cuts the stream, so the bytes do not depend on when it is called.
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.inner {
             Inner::Gzip(g) => g.flush(),
-            Inner::Zstd(z) => z.flush(),
+            Inner::Zstd(z) => z.get_mut().flush(),
         }
     }
 }
 
 /// Compresses `tar` into `out` deterministically (see the module docs),
 /// giving the output's digest and size and the input's diff_id and size,
-/// all from the same pass. Reads with one fixed buffer; `out` is flushed at
-/// the end.
+/// all from the same pass, on [`default_threads`] threads. Reads with one
+/// fixed buffer; `out` is flushed at the end.
 pub fn encode(
-    mut tar: impl Read,
+    tar: impl Read,
     out: impl Write,
     encoding: Encoding,
     level: Option<i32>,
 ) -> io::Result<Encoded> {
-    let mut encoder = Encoder::new(out, encoding, level)?;
+    encode_with_threads(tar, out, encoding, level, default_threads())
+}
+
+/// [`encode`] with up to `threads` compression threads; the bytes are the
+/// same for any number.
+pub fn encode_with_threads(
+    mut tar: impl Read,
+    out: impl Write,
+    encoding: Encoding,
+    level: Option<i32>,
+    threads: usize,
+) -> io::Result<Encoded> {
+    let mut encoder = Encoder::with_threads(out, encoding, level, threads)?;
     let mut buf = vec![0u8; BUF];
     loop {
         let n = match tar.read(&mut buf) {
@@ -249,6 +304,28 @@ mod tests {
     /// A fixed, mildly compressible input: a counter pattern.
     fn sample(len: usize) -> Vec<u8> {
         (0..len).map(|i| ((i / 7) % 251) as u8).collect()
+    }
+
+    /// Deterministic noise (xorshift64), which no level can shrink.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    /// Several gzip blocks and zstd jobs of both kinds, with block edges
+    /// inside each kind: text, noise, then text again.
+    fn mixed() -> Vec<u8> {
+        let mut v = sample(2_500_000);
+        v.extend(noise(1_700_000));
+        v.extend(sample(1_300_001));
+        v
     }
 
     fn decode(blob: &[u8]) -> Vec<u8> {
@@ -300,6 +377,16 @@ mod tests {
         let tar = sample(64 << 10);
         let (_, gz) = encoded(&tar, Encoding::Gzip, None);
         let (_, zs) = encoded(&tar, Encoding::Zstd, None);
+        let (_, gz_blocks) = encoded(&mixed(), Encoding::Gzip, None);
+        let (_, zs_jobs) = encoded(&mixed(), Encoding::Zstd, None);
+        assert_eq!(
+            gz_blocks.digest.to_string(),
+            "sha256:eef2d76caac1194d6c5ac955fda54a0dfbf34650aa3bba2756ffd939c62e43eb"
+        );
+        assert_eq!(
+            zs_jobs.digest.to_string(),
+            "sha256:927f0f8a199e5ab2bc99b86495855300df88052d71dc4730de167867911fde74"
+        );
         assert_eq!(
             gz.digest.to_string(),
             "sha256:c654652874308e812fd2fb8e4f5c2676ba3c01003d990c2edd1081dbd2441275"
@@ -314,7 +401,7 @@ mod tests {
     /// well-formed zstd frame.
     #[test]
     fn strict_decoders_accept_it() {
-        let tar = sample(500_000);
+        let tar = mixed();
         let (gz, _) = encoded(&tar, Encoding::Gzip, None);
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&gz[..])
@@ -364,7 +451,7 @@ mod tests {
 
     #[test]
     fn writer_matches_reader() {
-        let tar = sample(700_000);
+        let tar = mixed();
         for encoding in [Encoding::Gzip, Encoding::Zstd] {
             let (blob, e) = encoded(&tar, encoding, Some(2));
             let mut enc = Encoder::new(Vec::new(), encoding, Some(2)).unwrap();
@@ -427,6 +514,72 @@ mod tests {
         }
     }
 
+    /// The promise that makes parallel compression safe for digests: the
+    /// bytes do not depend on the number of threads.
+    #[test]
+    fn same_bytes_for_any_thread_count() {
+        let tar = mixed();
+        for encoding in [Encoding::Gzip, Encoding::Zstd] {
+            for level in [None, Some(1)] {
+                let one = {
+                    let mut out = Vec::new();
+                    encode_with_threads(&tar[..], &mut out, encoding, level, 1).unwrap();
+                    out
+                };
+                assert_eq!(decode(&one), tar, "{encoding} {level:?}");
+                for threads in [0, 2, 3, 8] {
+                    let mut out = Vec::new();
+                    let e =
+                        encode_with_threads(&tar[..], &mut out, encoding, level, threads).unwrap();
+                    assert!(out == one, "{encoding} {level:?}: {threads} threads differ");
+                    assert_eq!(e.digest, Digest::sha256_of(&one));
+                }
+            }
+        }
+    }
+
+    /// gzip(1) checks the CRC and length of what we wrote, across blocks.
+    #[test]
+    fn gzip_tool_accepts_it() {
+        use std::process::{Command, Stdio};
+        let (blob, _) = encoded(&mixed(), Encoding::Gzip, None);
+        let mut child = match Command::new("gzip")
+            .args(["-t", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => panic!("gzip: {e}"),
+        };
+        child.stdin.take().unwrap().write_all(&blob).unwrap();
+        assert!(child.wait().unwrap().success(), "gzip -t refused it");
+    }
+
+    /// Noise is stored rather than searched: no level makes it grow by more
+    /// than the stored blocks' headers.
+    #[test]
+    fn noise_is_stored_at_every_level() {
+        let tar = noise(3 << 20);
+        for level in [1, 6, 9] {
+            let (blob, e) = encoded(&tar, Encoding::Gzip, Some(level));
+            assert!(
+                e.size < e.tar_size + e.tar_size / 1000 + 64,
+                "level {level}"
+            );
+            assert_eq!(decode(&blob), tar);
+        }
+    }
+
+    #[test]
+    fn dropping_an_unfinished_encoder_is_clean() {
+        let tar = mixed();
+        let mut enc = Encoder::with_threads(Vec::new(), Encoding::Gzip, None, 4).unwrap();
+        enc.write_all(&tar).unwrap();
+        enc.flush().unwrap();
+        drop(enc);
+    }
+
     fn verify(blob: Vec<u8>, info: LayerInfo) -> io::Result<Vec<u8>> {
         let expect = Expect {
             info,
@@ -448,7 +601,7 @@ mod tests {
 
     #[test]
     fn verifier_accepts_what_was_encoded() {
-        let tar = sample(2 << 20);
+        let tar = mixed();
         for encoding in [Encoding::Gzip, Encoding::Zstd] {
             let (blob, e) = encoded(&tar, encoding, None);
             let info = LayerInfo {

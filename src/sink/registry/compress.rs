@@ -1,6 +1,7 @@
 //! Compressing a layer that exists only as a tar (a docker-save member, a
 //! store's `layer.tar`, a layer a filter rewrote) before it is pushed, into
-//! a temp file with [`crate::compress::encode`]: deterministic, the blob's
+//! a temp file with [`crate::compress::encode`]: deterministic (the same
+//! bytes on any number of compression threads), the blob's
 //! digest and the tar's diff_id from the same pass.
 
 use std::io::{self, BufWriter};
