@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -213,24 +212,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// Lift the soft fd limit to the hard one: parallel layers hold temp files
 /// and sockets. (Removing or walking a deep tree needs only a few fds at
 /// any depth: see `occystrap::rmtree`.)
-/// Keeps freed buffers of up to a few MiB in the allocator for the next
-/// chunk instead of handing their pages back to the kernel. Layer bytes
-/// move in chunks of a few hundred KiB that are allocated on one thread and
-/// freed on another; with glibc's default thresholds each freed stretch at
-/// the top of a thread's heap is returned (`madvise`) and faulted in again
-/// for the next chunk: about 500 MiB of pages and 50,000 to 100,000 page
-/// faults per GiB pulled, some 0.2 s of system time. Peak memory grows by
-/// about 1 MiB.
-fn tune_allocator() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets malloc's parameters (under its own lock),
-    // and is called first thing, before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-    }
-}
-
 fn raise_fd_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
