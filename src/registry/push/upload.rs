@@ -147,6 +147,30 @@ impl Client {
         done
     }
 
+    /// One PATCH of `size` bytes from the body `make` gives, not retried
+    /// here (the caller restarts the blob).
+    async fn send_patch(
+        &self,
+        op: &str,
+        scope: &Scope,
+        location: &url::Url,
+        size: u64,
+        make: &crate::registry::request::BodyMaker<'_>,
+    ) -> Result<reqwest::Response> {
+        let headers = [
+            (CONTENT_TYPE, OCTET_STREAM.to_string()),
+            (CONTENT_LENGTH, size.to_string()),
+        ];
+        let req = Request {
+            headers: &headers,
+            body: Some(make),
+            retry: false,
+            body_len: size,
+            ..Request::new(op, scope, Method::PATCH, location.as_str())
+        };
+        Ok(self.send(&req).await?.0)
+    }
+
     /// The PATCH carrying a live blob's chunks; the next location.
     async fn patch_live(
         &self,
@@ -164,18 +188,7 @@ impl Client {
                 .take()
                 .ok_or_else(|| Error::InvalidImage(format!("{op}: a live blob is sent only once")))
         };
-        let headers = [
-            (CONTENT_TYPE, OCTET_STREAM.to_string()),
-            (CONTENT_LENGTH, size.to_string()),
-        ];
-        let req = Request {
-            headers: &headers,
-            body: Some(&make),
-            retry: false,
-            body_len: size,
-            ..Request::new(&op, scope, Method::PATCH, location.as_str())
-        };
-        let (resp, _) = self.send(&req).await?;
+        let resp = self.send_patch(&op, scope, &location, size, &make).await?;
         self.upload_location(&op, &resp)
     }
 
@@ -262,18 +275,7 @@ impl Client {
             });
             Ok(reqwest::Body::wrap_stream(chunks))
         };
-        let headers = [
-            (CONTENT_TYPE, OCTET_STREAM.to_string()),
-            (CONTENT_LENGTH, size.to_string()),
-        ];
-        let req = Request {
-            headers: &headers,
-            body: Some(&make),
-            retry: false,
-            body_len: size,
-            ..Request::new(&op, scope, Method::PATCH, location.as_str())
-        };
-        let (resp, _) = self.send(&req).await?;
+        let resp = self.send_patch(&op, scope, &location, size, &make).await?;
         let next = self.upload_location(&op, &resp)?;
         let verdict = sent.lock().unwrap_or_else(|p| p.into_inner()).take();
         let verdict = match verdict {
