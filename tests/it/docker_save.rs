@@ -8,7 +8,7 @@ use crate::support::archive::Expect;
 use crate::support::images::{
     BuiltImage, ManifestPos, SaveStyle, busybox_image, tiny_image, unique_dir, write_docker_save,
 };
-use crate::support::push::{PushFormat, push_image};
+use crate::support::push::{PushFormat, push_busybox};
 use crate::support::tools::{podman_load, skopeo_inspect_archive, skopeo_ok};
 use crate::support::{
     Compression, DockerSave, OciLayout, Registry, TestEnv, assert_clean_failure, fixtures_dir,
@@ -176,13 +176,7 @@ fn own_output_round_trips() {
     // registry -> tar -> tar: the second conversion changes nothing.
     let env = TestEnv::new();
     let reg = Registry::start();
-    push_image(
-        &env,
-        &reg,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
+    push_busybox(&env, &reg, PushFormat::Docker);
     let first = env.out("first.tar");
     env.occy()
         .args([

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::support::images::{busybox_image, platform_image, registry_manifest, tiny_image};
 use crate::support::proxy::{Proxy, Record};
-use crate::support::push::{PushFormat, push_image};
+use crate::support::push::{PushFormat, push_busybox, push_image};
 use crate::support::{Compression, Output, Registry, TestEnv, assert_clean_failure, http};
 
 const REPO: &str = "team/app";
@@ -109,13 +109,7 @@ impl Setup {
     fn new() -> Setup {
         let env = TestEnv::new();
         let (src, dst) = (Registry::start(), Registry::start());
-        push_image(
-            &env,
-            &src,
-            "team/app:v1",
-            &busybox_image(Compression::Gzip),
-            PushFormat::Docker,
-        );
+        push_busybox(&env, &src, PushFormat::Docker);
         let layers = layer_digests(&env, &src, REPO, "v1");
         let (src_proxy, dst_proxy) = (Proxy::start(&src.host()), Proxy::start(&dst.host()));
         let cache = env.work("layers.json");

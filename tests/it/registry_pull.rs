@@ -11,7 +11,7 @@ use crate::support::archive::Expect;
 use crate::support::images::{
     BuiltImage, PLATFORMS, busybox_image, busybox_image_mixed, platform_image, registry_manifest,
 };
-use crate::support::push::{PushFormat, push_image, push_index};
+use crate::support::push::{PushFormat, push_busybox, push_image, push_index};
 use crate::support::{
     Compression, DockerSave, Registry, TestEnv, assert_clean_failure, http, tar_uri, verify_output,
 };
@@ -381,13 +381,7 @@ fn unavailable_platform_lists_offered_platforms() {
 #[test]
 fn pull_by_manifest_digest() {
     let (env, reg) = start();
-    let built = push_image(
-        &env,
-        &reg,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
+    let built = push_busybox(&env, &reg, PushFormat::Docker);
     let (_, digest) = registry_manifest(&env.tool_tmp(), &reg, REPO, "v1");
     let out = env.out("by-digest.tar");
     env.occy()
@@ -447,13 +441,7 @@ fn pull_index_by_digest_with_platform() {
 #[test]
 fn fetch_to_tarfile_matches_process() {
     let (env, reg) = start();
-    push_image(
-        &env,
-        &reg,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
+    push_busybox(&env, &reg, PushFormat::Docker);
     let a = env.out("process.tar");
     let b = env.out("legacy.tar");
     env.occy()
@@ -481,13 +469,7 @@ fn fetch_to_tarfile_matches_process() {
 #[test]
 fn scheme_colon_form_and_insecure_query() {
     let (env, reg) = start();
-    let built = push_image(
-        &env,
-        &reg,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Oci,
-    );
+    let built = push_busybox(&env, &reg, PushFormat::Oci);
     let out = env.out("colon.tar");
     // `scheme:path` and `?insecure=true` instead of --insecure.
     env.occy()
@@ -509,13 +491,7 @@ fn scheme_colon_form_and_insecure_query() {
 #[test]
 fn parallel_retries_and_temp_dir_flags() {
     let (env, reg) = start();
-    let built = push_image(
-        &env,
-        &reg,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
+    let built = push_busybox(&env, &reg, PushFormat::Docker);
     let scratch = env.path().join("scratch");
     fs::create_dir_all(&scratch).unwrap();
     for j in ["1", "8"] {
@@ -565,13 +541,7 @@ fn parallel_retries_and_temp_dir_flags() {
 fn auth_setup() -> (TestEnv, Registry, crate::support::images::BuiltImage) {
     let env = TestEnv::new();
     let reg = Registry::start_with_htpasswd(USER, PASS);
-    let built = push_image(
-        &env,
-        &reg,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
+    let built = push_busybox(&env, &reg, PushFormat::Docker);
     (env, reg, built)
 }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::support::images::{busybox_image, registry_manifest};
 use crate::support::proxy::{Fault, Proxy, Record};
-use crate::support::push::{PushFormat, push_image};
+use crate::support::push::{PushFormat, push_busybox, push_image};
 use crate::support::tools::{podman_load, skopeo_ok};
 use crate::support::{Compression, Output, Registry, TestEnv, assert_clean_failure, http};
 
@@ -63,13 +63,7 @@ fn assert_no_manifest(host: &str, repo: &str, tag: &str) {
 fn registry_push_exact_copy_keeps_the_digest_and_a_repeat_uploads_nothing() {
     let env = TestEnv::new();
     let (src, dst) = (Registry::start(), Registry::start());
-    push_image(
-        &env,
-        &src,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
+    push_busybox(&env, &src, PushFormat::Docker);
     let (_, want) = registry_manifest(&env.tool_tmp(), &src, REPO, "v1");
     let proxy = Proxy::start(&dst.host());
     let to = proxy.uri("mirror/app", "v1");
@@ -123,13 +117,7 @@ fn registry_push_exact_copy_keeps_the_digest_and_a_repeat_uploads_nothing() {
 fn registry_push_mounts_within_a_registry_and_uploads_when_declined() {
     let env = TestEnv::new();
     let dst = Registry::start();
-    push_image(
-        &env,
-        &dst,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Oci,
-    );
+    push_busybox(&env, &dst, PushFormat::Oci);
     let (_, want) = registry_manifest(&env.tool_tmp(), &dst, REPO, "v1");
     let proxy = Proxy::start(&dst.host());
     let out = process(
@@ -305,13 +293,7 @@ fn registry_push_basic_auth_with_other_credentials_than_the_source() {
     let env = TestEnv::new();
     let src = Registry::start_with_htpasswd("puller", "src-Secret-1");
     let dst = Registry::start_with_htpasswd("pusher", "dst-Secret-2");
-    push_image(
-        &env,
-        &src,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Oci,
-    );
+    push_busybox(&env, &src, PushFormat::Oci);
     let (_, want) = registry_manifest(&env.tool_tmp(), &src, REPO, "v1");
     let args = [
         "--username",
@@ -448,13 +430,7 @@ fn registry_push_failing_uploads_push_no_manifest() {
 fn registry_push_refusals_are_one_line_naming_the_code() {
     let env = TestEnv::new();
     let (src, dst) = (Registry::start(), Registry::start());
-    push_image(
-        &env,
-        &src,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Oci,
-    );
+    push_busybox(&env, &src, PushFormat::Oci);
     for (status, code) in [(403, "DENIED"), (400, "MANIFEST_INVALID")] {
         let proxy = Proxy::start(&dst.host());
         let refuse = Fault::Status {
@@ -494,13 +470,7 @@ fn registry_push_refusals_are_one_line_naming_the_code() {
 fn registry_push_filtered_copy_rebuilds_the_manifest() {
     let env = TestEnv::new();
     let (src, dst) = (Registry::start(), Registry::start());
-    push_image(
-        &env,
-        &src,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
+    push_busybox(&env, &src, PushFormat::Docker);
     let (src_raw, want) = registry_manifest(&env.tool_tmp(), &src, REPO, "v1");
     let out = process(
         &env,
@@ -539,13 +509,7 @@ fn registry_push_filtered_copy_rebuilds_the_manifest() {
 fn registry_push_bearer_tokens_ask_for_push_and_the_mount_source() {
     let env = TestEnv::new();
     let dst = Registry::start();
-    push_image(
-        &env,
-        &dst,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Oci,
-    );
+    push_busybox(&env, &dst, PushFormat::Oci);
     let (_, want) = registry_manifest(&env.tool_tmp(), &dst, REPO, "v1");
     let proxy = Proxy::start(&dst.host());
     proxy.require_bearer(1000);
@@ -639,13 +603,7 @@ fn registry_push_memory_stays_flat_as_layers_grow() {
 fn registry_push_verify_reads_back_what_was_written() {
     let env = TestEnv::new();
     let (src, dst) = (Registry::start(), Registry::start());
-    push_image(
-        &env,
-        &src,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Oci,
-    );
+    push_busybox(&env, &src, PushFormat::Oci);
     let proxy = Proxy::start(&dst.host());
     let out = process(
         &env,

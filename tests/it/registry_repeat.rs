@@ -3,22 +3,15 @@
 //! registries through the recording proxy. Pinned, so that a change that
 //! adds a request to the up-to-date path shows here.
 
-use crate::support::images::busybox_image;
 use crate::support::proxy::Proxy;
-use crate::support::push::{PushFormat, push_image};
-use crate::support::{Compression, Registry, TestEnv};
+use crate::support::push::{PushFormat, push_busybox};
+use crate::support::{Registry, TestEnv};
 
 #[test]
 fn registry_repeat_copy_makes_three_requests() {
     let env = TestEnv::new();
     let (src, dst) = (Registry::start(), Registry::start());
-    push_image(
-        &env,
-        &src,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
+    push_busybox(&env, &src, PushFormat::Docker);
     let (sp, dp) = (Proxy::start(&src.host()), Proxy::start(&dst.host()));
     let run = || {
         let from = sp.uri("team/app", "v1");
@@ -60,13 +53,7 @@ fn registry_repeat_copy_with_basic_auth_is_one_challenge_and_one_head() {
     let env = TestEnv::new();
     let src = Registry::start();
     let dst = Registry::start_with_htpasswd("pusher", "s3cret-push");
-    push_image(
-        &env,
-        &src,
-        "team/app:v1",
-        &busybox_image(Compression::Gzip),
-        PushFormat::Docker,
-    );
+    push_busybox(&env, &src, PushFormat::Docker);
     let dp = Proxy::start(&dst.host());
     let run = || {
         let from = src.uri("team/app", "v1");

@@ -36,6 +36,13 @@ pub fn push_image(
     built
 }
 
+/// The copy tests' source image: busybox with gzip layers, pushed as
+/// `team/app:v1`.
+pub fn push_busybox(env: &TestEnv, reg: &Registry, format: PushFormat) -> BuiltImage {
+    let img = crate::support::images::busybox_image(crate::support::images::Compression::Gzip);
+    push_image(env, reg, "team/app:v1", &img, format)
+}
+
 /// Pushes an image built already (perhaps tampered with) as `dest`; returns
 /// the layout it was pushed from (tag `t`).
 pub fn push_built(
