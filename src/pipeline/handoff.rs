@@ -362,8 +362,11 @@ impl<'a> LayerOut<'a> {
         }
         if self.live.is_some() {
             self.send_chunk()?;
-            let tx = self.live.take().expect("live");
-            return Ok((Spooled::Streamed(tx), written));
+            // The last chunk can find the sink gone (an interrupted run).
+            return Ok(match self.live.take() {
+                Some(tx) => (Spooled::Streamed(tx), written),
+                None => (Spooled::Abandoned, written),
+            });
         }
         match self.spool.take() {
             Some(w) => {
@@ -465,6 +468,21 @@ mod tests {
         let layer = rx.try_recv().expect("stream delivered");
         assert!(layer.tar.is_none());
         (layer.take_live().unwrap(), dir)
+    }
+
+    #[test]
+    fn a_sink_gone_before_the_last_chunk_abandons_the_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, mut rx) = Handoff::new();
+        let info = info();
+        let mut out = LayerOut::new(true, Some(&h), &info, dir.path()).unwrap();
+        h.set_next();
+        out.write_all(&data(4 << 10)).unwrap();
+        // The sink took the live layer and went away (an interrupted run).
+        drop(rx.try_recv().expect("the layer went live"));
+        let (spooled, n) = out.finish().unwrap();
+        assert_eq!(n, 4 << 10);
+        assert!(matches!(spooled, Spooled::Abandoned));
     }
 
     #[test]
