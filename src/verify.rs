@@ -441,12 +441,30 @@ mod tests {
     }
 
     fn read(blob: Vec<u8>, info: LayerInfo, digest_known: bool) -> Result<(Vec<u8>, LayerInfo)> {
+        read_through(VerifiedTar::new, blob, info, digest_known)
+    }
+
+    /// `VerifiedTar::new` or `VerifiedTar::blob_only`.
+    type Open = fn(
+        Box<dyn Read + Send>,
+        Expect,
+        String,
+        Arc<dyn crate::progress::Reporter>,
+    ) -> Result<VerifiedTar>;
+
+    /// `blob` read to its end through the verifier `open` builds.
+    fn read_through(
+        open: Open,
+        blob: Vec<u8>,
+        info: LayerInfo,
+        digest_known: bool,
+    ) -> Result<(Vec<u8>, LayerInfo)> {
         let expect = Expect {
             info,
             digest_known,
             prehashed: None,
         };
-        let mut v = VerifiedTar::new(
+        let mut v = open(
             Box::new(io::Cursor::new(blob)),
             expect,
             "layer 0".into(),
@@ -584,21 +602,7 @@ mod tests {
     }
 
     fn read_blob_only(blob: Vec<u8>, info: LayerInfo, digest_known: bool) -> Result<Vec<u8>> {
-        let expect = Expect {
-            info,
-            digest_known,
-            prehashed: None,
-        };
-        let mut v = VerifiedTar::blob_only(
-            Box::new(io::Cursor::new(blob)),
-            expect,
-            "layer 0".into(),
-            Arc::new(crate::progress::Silent),
-        )?;
-        let mut out = Vec::new();
-        v.read_to_end(&mut out)
-            .map_err(|e| Error::stream("reading", e))?;
-        Ok(out)
+        read_through(VerifiedTar::blob_only, blob, info, digest_known).map(|(out, _)| out)
     }
 
     #[test]
