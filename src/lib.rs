@@ -49,6 +49,7 @@ pub mod layer;
 pub mod layer_cache;
 pub mod pipeline;
 pub mod progress;
+pub mod proxy;
 pub mod reference;
 pub mod registry;
 pub mod rmtree;

@@ -20,7 +20,11 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    init_logging(cli.global.verbose, cli.global.debug);
+    let server = match &cli.command {
+        cli::Command::Proxy(args) => Some(args.log_format),
+        _ => None,
+    };
+    init_logging(cli.global.verbose, cli.global.debug, server);
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -68,6 +72,14 @@ fn main() -> ExitCode {
     occystrap::cancel::forced_cleanup();
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        // A server's SIGINT/SIGTERM is how it is stopped, not a failure.
+        Err(e)
+            if server.is_some()
+                && matches!(e.downcast_ref(), Some(occystrap::Error::Interrupted)) =>
+        {
+            let _ = writeln!(std::io::stderr(), "proxy: stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(&e),
     }
 }
@@ -221,12 +233,15 @@ fn raise_fd_limit() {
     }
 }
 
-fn init_logging(verbose: bool, debug: bool) {
+fn init_logging(verbose: bool, debug: bool, server: Option<cli::proxy::LogFormat>) {
     use tracing_subscriber::EnvFilter;
     let default = if debug {
         "debug"
     } else if verbose {
         "occystrap=debug,warn"
+    } else if server.is_some() {
+        // A server's access log, and the warnings of its long life.
+        "occystrap::access=info,occystrap=warn,error"
     } else {
         // Retries and other recoverable events stay quiet unless asked for:
         // a failed run's stderr is exactly one error line.
@@ -234,6 +249,19 @@ fn init_logging(verbose: bool, debug: bool) {
     };
     let filter =
         EnvFilter::try_from_env("OCCYSTRAP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    if let Some(format) = server {
+        let writer = || occystrap::escape::TextOut::new(std::io::stderr());
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_ansi(false);
+        match format {
+            // One object per line: the fields, the time, the level.
+            cli::proxy::LogFormat::Json => builder.json().flatten_event(true).init(),
+            cli::proxy::LogFormat::Text => builder.with_target(false).init(),
+        }
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Log fields carry image-derived text: each event is one write,

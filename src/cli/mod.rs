@@ -5,6 +5,7 @@ mod copy;
 mod env;
 mod output;
 mod progress;
+pub mod proxy;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -341,6 +342,10 @@ pub enum Command {
         /// The image (same URIs as `process`).
         source: String,
     },
+    /// Run a registry server that filters every image pushed to it and
+    /// pushes the result downstream; with --upstream, also a pull-through
+    /// cache that keeps its copies downstream.
+    Proxy(Box<proxy::ProxyArgs>),
     /// Write an image from a layer store directory as a docker-loadable
     /// tarball (same as `process "dir://DIR?image=IMAGE&tag=TAG" tar://FILE`).
     RecreateImage {
@@ -370,6 +375,7 @@ enum Job<'a> {
     },
     Info(Uri),
     Check(Uri, bool),
+    Proxy(&'a proxy::ProxyArgs),
 }
 
 impl Command {
@@ -429,6 +435,7 @@ impl Command {
             },
             Command::Info { source } => Job::Info(Uri::parse(source)?),
             Command::Check { fast, source } => Job::Check(Uri::parse(source)?, *fast),
+            Command::Proxy(args) => Job::Proxy(args),
         })
     }
 }
@@ -578,7 +585,9 @@ pub async fn run(cli: Cli, cancel: CancelToken) -> Result<i32> {
         Job::Process { dst, .. } => Some(dst),
         _ => None,
     };
-    check_selection(&settings, dst)?;
+    if !matches!(job, Job::Proxy(_)) {
+        check_selection(&settings, dst)?;
+    }
     match job {
         Job::Process { src, dst, filters } => {
             if let Some(selection) = &settings.selection
@@ -596,6 +605,7 @@ pub async fn run(cli: Cli, cancel: CancelToken) -> Result<i32> {
         }
         Job::Info(src) => output::info(global, &settings, &src).await,
         Job::Check(src, fast) => output::check(global, &settings, &src, fast).await,
+        Job::Proxy(args) => proxy::run(global, &settings, args).await,
     }
 }
 
