@@ -49,7 +49,9 @@ pub async fn blob(
     }
     let repo = proxy.config.downstream.repo(name);
     let Some(size) = repo.blob_exists(digest).await? else {
-        return Err(ApiError::blob_unknown(format!("{name} has no blob {digest}")));
+        return Err(ApiError::blob_unknown(format!(
+            "{name} has no blob {digest}"
+        )));
     };
     let body = if head {
         empty()
@@ -178,7 +180,10 @@ impl Download {
         if found == self.digest {
             Ok(())
         } else {
-            Err(format!("downstream's blob {} hashes to {found}", self.digest))
+            Err(format!(
+                "downstream's blob {} hashes to {found}",
+                self.digest
+            ))
         }
     }
 }
@@ -274,7 +279,12 @@ pub(super) async fn downstream_manifest(
 }
 
 /// A manifest answer: its bytes (none for HEAD), type, digest and length.
-fn manifest_response(bytes: Vec<u8>, media_type: &str, digest: &Digest, head: bool) -> Response<Body> {
+fn manifest_response(
+    bytes: Vec<u8>,
+    media_type: &str,
+    digest: &Digest,
+    head: bool,
+) -> Response<Body> {
     let len = bytes.len();
     let mut resp = Response::new(if head { empty() } else { full(bytes) });
     let h = resp.headers_mut();
@@ -294,20 +304,33 @@ pub async fn tags(
 ) -> ApiResult<http::Response<Body>> {
     let (n, last) = page(query)?;
     let repo = proxy.config.downstream.repo(name);
-    let body = repo.tags_list(n, last.as_deref(), MAX_TAGS_BYTES).await?;
+    // One more than asked for tells whether there is a next page.
+    let body = repo
+        .tags_list(n.map(|n| n + 1), last.as_deref(), MAX_TAGS_BYTES)
+        .await?;
     #[derive(serde::Deserialize)]
     struct Listed {
         tags: Option<Vec<String>>,
     }
     let listed: Listed = serde_json::from_slice(&body)
         .map_err(|e| ApiError::upstream(format!("downstream's tag list of {name}: {e}")))?;
-    let tags = listed.tags.unwrap_or_default();
+    // Paged here as well: a registry that ignores `n` and `last` (as
+    // distribution 2.x does for tags) sends the whole list.
+    let mut tags = listed.tags.unwrap_or_default();
+    tags.sort();
+    tags.dedup();
+    if let Some(last) = &last {
+        tags.retain(|t| t > last);
+    }
+    let more = n.is_some_and(|n| tags.len() > n);
+    if let Some(n) = n {
+        tags.truncate(n);
+    }
     let doc = serde_json::json!({ "name": name, "tags": tags });
     let mut resp = Response::new(full(serde_json::to_vec(&doc).unwrap_or_default()));
     set(resp.headers_mut(), "content-type", "application/json");
-    // A full page may have a next one: the spec's Link to it.
-    if let (Some(n), Some(last)) = (n, tags.last())
-        && tags.len() >= n
+    // The spec's Link to the next page.
+    if let (true, Some(n), Some(last)) = (more, n, tags.last())
         && route::manifest_ref(last).is_ok_and(|r| matches!(r, ManifestRef::Tag(_)))
     {
         set(
@@ -404,8 +427,14 @@ mod tests {
             page(Some("n=5&last=v1.0")).unwrap(),
             (Some(5), Some("v1.0".to_string()))
         );
-        assert_eq!(page(Some("n=x")).unwrap_err().code, "PAGINATION_NUMBER_INVALID");
-        assert_eq!(page(Some("n=10001")).unwrap_err().code, "PAGINATION_NUMBER_INVALID");
+        assert_eq!(
+            page(Some("n=x")).unwrap_err().code,
+            "PAGINATION_NUMBER_INVALID"
+        );
+        assert_eq!(
+            page(Some("n=10001")).unwrap_err().code,
+            "PAGINATION_NUMBER_INVALID"
+        );
         assert!(page(Some("last=..%2F")).is_err());
         assert!(page(Some("last=sha256:0000")).is_err());
     }
