@@ -439,8 +439,7 @@ async fn copy_from_upstream(
         Some(t) => Target::Tag(t.to_string()),
         None => Target::Digest,
     };
-    let copied = match copy_boxed(proxy, source.clone(), name, &target, &config.platforms).await
-    {
+    let copied = match copy_boxed(proxy, source.clone(), name, &target, &config.platforms).await {
         // A platform list asked of a single image: there is just it to copy.
         Err(Error::Usage(_)) if matches!(config.platforms, Selection::Platforms(_)) => {
             copy_boxed(proxy, source, name, &target, &Selection::All).await
@@ -545,7 +544,14 @@ mod tests {
     #[test]
     fn purge_refuses_what_is_not_a_tag() {
         let dir = tempfile::tempdir().unwrap();
-        for bad in ["team/app", "../x:v1", "team/app:", "a:b/c", "Team/App:v1", "a:-x"] {
+        for bad in [
+            "team/app",
+            "../x:v1",
+            "team/app:",
+            "a:b/c",
+            "Team/App:v1",
+            "a:-x",
+        ] {
             let e = purge(dir.path(), bad).unwrap_err();
             assert!(matches!(e, Error::Usage(_)), "{bad}: {e}");
         }
@@ -574,8 +580,8 @@ mod tests {
         }
         // Every task joined before the work may finish.
         while lock(&st.flights)
-                .get("a:v1")
-                .is_none_or(|f| Arc::strong_count(f) < 6)
+            .get("a:v1")
+            .is_none_or(|f| Arc::strong_count(f) < 6)
         {
             tokio::task::yield_now().await;
         }

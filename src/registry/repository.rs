@@ -61,7 +61,12 @@ impl Repository {
     }
 
     /// [`Client::tags_list`] for this repository.
-    pub async fn tags_list(&self, n: Option<usize>, last: Option<&str>, max: u64) -> Result<Vec<u8>> {
+    pub async fn tags_list(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+        max: u64,
+    ) -> Result<Vec<u8>> {
         self.client.tags_list(&self.name, n, last, max).await
     }
 
