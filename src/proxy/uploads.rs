@@ -435,9 +435,7 @@ impl Staging {
                     "the body is shorter than its Content-Range",
                 ));
             }
-            file.flush()
-                .await
-                .map_err(|e| internal("writing", path, e))
+            file.flush().await.map_err(|e| internal("writing", path, e))
         }
         .await;
         if let Err(e) = written {

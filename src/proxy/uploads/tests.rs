@@ -113,11 +113,16 @@ async fn monolithic_upload() {
     let blob = pattern(100_000);
     let digest = Digest::sha256_of(&blob);
     let id = s.start(NAME).unwrap();
-    assert_eq!(s.put(NAME, &id, &digest, body(&blob)).await.unwrap(), 100_000);
+    assert_eq!(
+        s.put(NAME, &id, &digest, body(&blob)).await.unwrap(),
+        100_000
+    );
     assert!(read_blob(&s, &digest) == blob);
     // The same blob again: the staged copy stays, the session's goes.
     let id = s.start("other/repo").unwrap();
-    s.put("other/repo", &id, &digest, body(&blob)).await.unwrap();
+    s.put("other/repo", &id, &digest, body(&blob))
+        .await
+        .unwrap();
     assert!(files_in(&dir.path().join("uploads")).is_empty());
     assert_eq!(used(&s), 100_000);
     // An empty blob is a blob too.
@@ -152,8 +157,19 @@ async fn a_chunk_not_at_the_offset_is_416() {
     let dir = tempfile::tempdir().unwrap();
     let s = staging(dir.path(), Limits::default());
     let id = s.start(NAME).unwrap();
-    s.patch(NAME, &id, Some("0-9"), body(&[1; 10])).await.unwrap();
-    for range in ["5-14", "11-20", "0-9", "10-5", "ten-20", "bytes:10-19", "-", ""] {
+    s.patch(NAME, &id, Some("0-9"), body(&[1; 10]))
+        .await
+        .unwrap();
+    for range in [
+        "5-14",
+        "11-20",
+        "0-9",
+        "10-5",
+        "ten-20",
+        "bytes:10-19",
+        "-",
+        "",
+    ] {
         let err = s
             .patch(NAME, &id, Some(range), body(&[2; 10]))
             .await
@@ -191,14 +207,23 @@ async fn a_session_belongs_to_its_repository() {
     let id = s.start(NAME).unwrap();
     let d = Digest::sha256_of(b"x");
     let other = "team/other";
-    assert_eq!(s.offset(other, &id).unwrap_err().code, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(
+        s.offset(other, &id).unwrap_err().code,
+        "BLOB_UPLOAD_UNKNOWN"
+    );
     let err = s.patch(other, &id, None, body(b"x")).await.unwrap_err();
     assert_eq!(err.code, "BLOB_UPLOAD_UNKNOWN");
     let err = s.put(other, &id, &d, body(b"x")).await.unwrap_err();
     assert_eq!(err.code, "BLOB_UPLOAD_UNKNOWN");
-    assert_eq!(s.cancel(other, &id).unwrap_err().code, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(
+        s.cancel(other, &id).unwrap_err().code,
+        "BLOB_UPLOAD_UNKNOWN"
+    );
     let missing = "0".repeat(32);
-    assert_eq!(s.offset(NAME, &missing).unwrap_err().code, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(
+        s.offset(NAME, &missing).unwrap_err().code,
+        "BLOB_UPLOAD_UNKNOWN"
+    );
     // None of that touched the owner's session.
     assert_eq!(s.offset(NAME, &id).unwrap(), 0);
     assert_eq!(s.put(NAME, &id, &d, body(b"x")).await.unwrap(), 1);
@@ -358,7 +383,10 @@ async fn one_request_at_a_time_per_session() {
     let err = s.patch(NAME, &id, None, body(b"second")).await.unwrap_err();
     assert_eq!(err.code, "BLOB_UPLOAD_INVALID");
     let d = Digest::sha256_of(b"first");
-    assert_eq!(s.put(NAME, &id, &d, body(b"")).await.unwrap_err().code, "BLOB_UPLOAD_INVALID");
+    assert_eq!(
+        s.put(NAME, &id, &d, body(b"")).await.unwrap_err().code,
+        "BLOB_UPLOAD_INVALID"
+    );
     drop(tx);
     assert_eq!(first.await.unwrap().unwrap(), 5);
     assert_eq!(s.put(NAME, &id, &d, body(b"")).await.unwrap(), 5);
@@ -411,7 +439,10 @@ async fn sweep_drops_idle_sessions_and_old_blobs() {
     s.offset(NAME, &busy).unwrap();
     assert!(s.open_blob(&kept).is_some());
     s.sweep();
-    assert_eq!(s.offset(NAME, &idle).unwrap_err().code, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(
+        s.offset(NAME, &idle).unwrap_err().code,
+        "BLOB_UPLOAD_UNKNOWN"
+    );
     assert_eq!(s.offset(NAME, &busy).unwrap(), 300);
     assert_eq!(files_in(&dir.path().join("uploads")), vec![busy.clone()]);
     assert_eq!(s.blob_size(&old), None);
@@ -430,7 +461,9 @@ async fn drop_removes_sessions_and_temp_files() {
     s.start(NAME).unwrap();
     let staged = s.start(NAME).unwrap();
     let digest = Digest::sha256_of(b"staged");
-    s.put(NAME, &staged, &digest, body(b"staged")).await.unwrap();
+    s.put(NAME, &staged, &digest, body(b"staged"))
+        .await
+        .unwrap();
     std::fs::create_dir(s.temp_dir().join("work")).unwrap();
     std::fs::write(s.temp_dir().join("work/file"), b"x").unwrap();
     assert_eq!(files_in(&dir.path().join("uploads")).len(), 2);
@@ -466,7 +499,10 @@ async fn new_cleans_leftovers_and_keeps_blobs() {
     assert!(files_in(&root.join("tmp")).is_empty());
     assert!(outside.path().join("keep").is_file());
     assert_eq!(files_in(&root.join("blobs")), vec!["sha256".to_string()]);
-    assert_eq!(files_in(&root.join("blobs/sha256")), vec![digest.hex().to_string()]);
+    assert_eq!(
+        files_in(&root.join("blobs/sha256")),
+        vec![digest.hex().to_string()]
+    );
     assert_eq!(s.blob_size(&digest), Some(4096));
     assert!(read_blob(&s, &digest) == blob);
     assert_eq!(used(&s), 4096);
@@ -502,7 +538,18 @@ fn content_ranges() {
     assert_eq!(parse_range("bytes 10-19/20"), Some((10, 19)));
     assert_eq!(parse_range("10-19/*"), Some((10, 19)));
     for bad in [
-        "", "-", "5-", "-5", "9-3", "+1-2", "1-+2", "bytes", "bytes5-6", "a-b", "1-2/x", "1-2-3",
+        "",
+        "-",
+        "5-",
+        "-5",
+        "9-3",
+        "+1-2",
+        "1-+2",
+        "bytes",
+        "bytes5-6",
+        "a-b",
+        "1-2/x",
+        "1-2-3",
         "99999999999999999999-1",
     ] {
         assert_eq!(parse_range(bad), None, "{bad:?}");
