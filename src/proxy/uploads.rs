@@ -342,7 +342,10 @@ impl Staging {
             None => None,
             Some(value) => {
                 let (first, last) = parse_range(value).ok_or_else(|| {
-                    ApiError::range_invalid(format!("invalid Content-Range {value:?}"))
+                    ApiError::range_invalid(format!(
+                        "invalid Content-Range {:?}",
+                        crate::digest::truncate_for_error(value)
+                    ))
                 })?;
                 if first != start {
                     return Err(ApiError::range_invalid(format!(
