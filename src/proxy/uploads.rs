@@ -119,9 +119,8 @@ impl Drop for Reservation<'_> {
 struct Session {
     name: String,
     path: PathBuf,
-    /// The running SHA-256 of the committed bytes. Holding this lock is
-    /// owning the file: one request at a time writes to a session.
-    hash: tokio::sync::Mutex<Hasher>,
+    /// Its file and hash; one request at a time holds them.
+    io: tokio::sync::Mutex<Upload>,
     /// Bytes received and committed (counted in the usage).
     received: AtomicU64,
     touched: Mutex<Instant>,
@@ -155,6 +154,17 @@ impl Drop for Session {
         let _ = std::fs::remove_file(&self.path);
         self.usage.release(self.received());
     }
+}
+
+/// What the request holding a session writes with.
+struct Upload {
+    /// The session's one handle on its file. A request dropped mid-write
+    /// (its client gone) may leave a write in flight; tokio completes it
+    /// before this handle's next operation, so it cannot land on top of
+    /// the next request's bytes, as it could through a second handle.
+    file: tokio::fs::File,
+    /// The running SHA-256 of the committed bytes.
+    hash: Hasher,
 }
 
 /// A staged blob.
@@ -275,13 +285,16 @@ impl Staging {
             }
         };
         let path = self.uploads.join(&id);
-        std::fs::File::create_new(&path).map_err(|e| internal("creating", &path, e))?;
+        let file = std::fs::File::create_new(&path).map_err(|e| internal("creating", &path, e))?;
         sessions.insert(
             id.clone(),
             Arc::new(Session {
                 name: name.to_string(),
                 path,
-                hash: tokio::sync::Mutex::new(Hasher::new(Algorithm::Sha256)),
+                io: tokio::sync::Mutex::new(Upload {
+                    file: tokio::fs::File::from_std(file),
+                    hash: Hasher::new(Algorithm::Sha256),
+                }),
                 received: AtomicU64::new(0),
                 touched: Mutex::new(Instant::now()),
                 dead: AtomicBool::new(false),
@@ -320,7 +333,7 @@ impl Staging {
         body: ReqBody,
     ) -> ApiResult<u64> {
         let session = self.session(name, id)?;
-        let mut hash = session.hash.try_lock().map_err(|_| busy())?;
+        let mut io = session.io.try_lock().map_err(|_| busy())?;
         if session.is_dead() {
             return Err(unknown());
         }
@@ -329,7 +342,10 @@ impl Staging {
             None => None,
             Some(value) => {
                 let (first, last) = parse_range(value).ok_or_else(|| {
-                    ApiError::range_invalid(format!("invalid Content-Range {value:?}"))
+                    ApiError::range_invalid(format!(
+                        "invalid Content-Range {:?}",
+                        crate::digest::truncate_for_error(value)
+                    ))
                 })?;
                 if first != start {
                     return Err(ApiError::range_invalid(format!(
@@ -345,7 +361,7 @@ impl Staging {
                 Some(len)
             }
         };
-        let n = self.append(&session, &mut hash, body, expect).await?;
+        let n = self.append(&session, &mut io, body, expect).await?;
         Ok(start + n)
     }
 
@@ -366,17 +382,13 @@ impl Staging {
     async fn append(
         &self,
         session: &Session,
-        hash: &mut Hasher,
+        io: &mut Upload,
         mut body: ReqBody,
         expect: Option<u64>,
     ) -> ApiResult<u64> {
         let start = session.received();
         let path = &session.path;
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .await
-            .map_err(|e| internal("opening", path, e))?;
+        let file = &mut io.file;
         // A request dropped mid-write (its client gone) may have left bytes
         // past the committed end; they are cut here.
         file.set_len(start)
@@ -385,7 +397,7 @@ impl Staging {
         file.seek(SeekFrom::Start(start))
             .await
             .map_err(|e| internal("seeking", path, e))?;
-        let mut running = hash.clone();
+        let mut running = io.hash.clone();
         let mut reserved = Reservation {
             usage: &self.usage,
             bytes: 0,
@@ -449,7 +461,7 @@ impl Staging {
         }
         reserved.commit();
         session.received.fetch_add(n, Ordering::AcqRel);
-        *hash = running;
+        io.hash = running;
         session.touch();
         Ok(n)
     }
@@ -471,12 +483,12 @@ impl Staging {
         body: ReqBody,
     ) -> ApiResult<u64> {
         let session = self.session(name, id)?;
-        let mut hash = session.hash.try_lock().map_err(|_| busy())?;
+        let mut io = session.io.try_lock().map_err(|_| busy())?;
         if session.is_dead() {
             return Err(unknown());
         }
-        let result = self.close(&session, &mut hash, digest, body).await;
-        drop(hash);
+        let result = self.close(&session, &mut io, digest, body).await;
+        drop(io);
         self.forget(id);
         result
     }
@@ -484,14 +496,14 @@ impl Staging {
     async fn close(
         &self,
         session: &Session,
-        hash: &mut Hasher,
+        io: &mut Upload,
         digest: &Digest,
         body: ReqBody,
     ) -> ApiResult<u64> {
-        self.append(session, hash, body, None).await?;
+        self.append(session, io, body, None).await?;
         let size = session.received();
         let actual = match digest.algorithm() {
-            Algorithm::Sha256 => hash.clone().finish(),
+            Algorithm::Sha256 => io.hash.clone().finish(),
             _ => {
                 let path = session.path.clone();
                 let algorithm = digest.algorithm();
@@ -555,7 +567,7 @@ impl Staging {
             let mut sessions = lock(&self.sessions);
             let ids: Vec<String> = sessions
                 .iter()
-                .filter(|(_, s)| s.idle(now) > self.limits.upload_idle && s.hash.try_lock().is_ok())
+                .filter(|(_, s)| s.idle(now) > self.limits.upload_idle && s.io.try_lock().is_ok())
                 .map(|(id, _)| id.clone())
                 .collect();
             ids.iter().filter_map(|id| sessions.remove(id)).collect()

@@ -555,3 +555,33 @@ fn content_ranges() {
         assert_eq!(parse_range(bad), None, "{bad:?}");
     }
 }
+
+#[tokio::test]
+async fn a_request_dropped_mid_body_leaves_the_session_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(staging(dir.path(), Limits::default()));
+    let blob = pattern(200_000);
+    let id = s.start(NAME).unwrap();
+    s.patch(NAME, &id, None, body(&blob[..1000])).await.unwrap();
+    // The client goes away part-way: hyper drops the handler's future.
+    let (tx, req) = channel_body();
+    let dropped = {
+        let (s, id) = (s.clone(), id.clone());
+        tokio::spawn(async move { s.patch(NAME, &id, None, req).await })
+    };
+    assert!(data(&tx, &[0xee; 150_000]).await);
+    assert!(data(&tx, &[0xee; 150_000]).await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    dropped.abort();
+    assert!(dropped.await.unwrap_err().is_cancelled());
+    assert_eq!(s.offset(NAME, &id).unwrap(), 1000);
+    assert_eq!(used(&s), 1000);
+    // The retry from the offset: the stray bytes are gone from the file,
+    // not just from the count.
+    s.patch(NAME, &id, Some("1000-199999"), body(&blob[1000..]))
+        .await
+        .unwrap();
+    let digest = Digest::sha256_of(&blob);
+    assert_eq!(s.put(NAME, &id, &digest, body(b"")).await.unwrap(), 200_000);
+    assert!(read_blob(&s, &digest) == blob);
+}
