@@ -421,10 +421,6 @@ async fn copy_from_upstream(
     digest: &Digest,
 ) -> ApiResult<Stored> {
     let config = &proxy.config;
-    // The pipeline's temp files go there; the staging area may not have
-    // made it yet.
-    let temp = proxy.staging.temp_dir();
-    std::fs::create_dir_all(&temp).map_err(|e| Error::io("creating", &temp, e))?;
     let repo = upstream.repo(name);
     // Pinned to the digest just seen: a tag moved meanwhile is not copied
     // under the old digest's record.

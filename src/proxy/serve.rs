@@ -162,7 +162,11 @@ impl Download {
             }
         };
         Some(result.map_err(|failure| {
-            tracing::warn!("serving blob {}: {failure}", self.digest);
+            tracing::warn!(
+                "serving blob {}: {}",
+                self.digest,
+                crate::escape::escape(&failure)
+            );
             self.failed = true;
             if let Some(t) = self.task.take() {
                 t.abort();

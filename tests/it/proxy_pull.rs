@@ -604,3 +604,41 @@ fn proxy_serves_downstream_without_an_upstream() {
     assert_eq!(none.status, 404);
     assert!(String::from_utf8_lossy(&none.body).contains("MANIFEST_UNKNOWN"));
 }
+
+#[test]
+fn proxy_serves_a_blob_a_client_staged() {
+    let env = TestEnv::new();
+    let downstream = Registry::start();
+    let d = format!("registry://{}", downstream.host());
+    let proxy = OccyProxy::start(&env, &env.path().join("state"), &["-d", &d]);
+    let data = crate::support::images::pseudo_random(300 << 10, 7);
+    let digest = sha256_digest(&data);
+    let file = env.work("blob");
+    std::fs::write(&file, &data).unwrap();
+    let upload = format!(
+        "http://{}/v2/team/staged/blobs/uploads/?digest={digest}",
+        proxy.host
+    );
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(&upload);
+    let out = run(&mut curl, Duration::from_secs(60)).expect_ok();
+    assert_eq!(out.stdout, "201", "{}", proxy.log());
+    // Not downstream (no manifest came), yet the client that pushed it
+    // can read it back.
+    let path = format!("/v2/team/staged/blobs/{digest}");
+    let down = http::request(&downstream.host(), "HEAD", &path, &[]).unwrap();
+    assert_eq!(down.status, 404);
+    let head = http::request(&proxy.host, "HEAD", &path, &[]).unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(data.len().to_string().as_str())
+    );
+    let get = http::request(&proxy.host, "GET", &path, &[]).unwrap();
+    assert_eq!(get.status, 200);
+    assert!(get.body == data, "the staged bytes");
+}
