@@ -53,6 +53,12 @@ pub struct PullState {
     tags: PathBuf,
     /// Upstream work in progress, by `name:tag` or `name@digest`.
     flights: Mutex<HashMap<String, Flight>>,
+    /// A turn to copy into each repository. Copies of one image into one
+    /// repository at the same time (under two tags, or a tag and a digest)
+    /// were seen to fail downstream's manifest check (four at once, in a
+    /// test without the flights: blobs another copy was uploading counted
+    /// as missing); one at a time, the later ones find the blobs there.
+    copies: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What a tag was last copied as, and when upstream was last asked.
@@ -104,6 +110,7 @@ impl PullState {
         Ok(PullState {
             tags,
             flights: Mutex::new(HashMap::new()),
+            copies: Mutex::new(HashMap::new()),
         })
     }
 
@@ -171,6 +178,44 @@ impl PullState {
         // If the request running `work` is dropped (its client went away),
         // a waiting one takes over.
         leave.flight.get_or_init(|| work).await.clone()
+    }
+}
+
+impl PullState {
+    /// Waits for the turn to copy into `name`; the turn lasts as long as
+    /// the value returned.
+    async fn turn(&self, name: &str) -> Turn<'_> {
+        let repo = {
+            let mut copies = lock(&self.copies);
+            // Turns a cancelled waiter left behind, held by nobody.
+            copies.retain(|_, m| Arc::strong_count(m) > 1);
+            copies.entry(name.to_string()).or_default().clone()
+        };
+        Turn {
+            copies: &self.copies,
+            name: name.to_string(),
+            guard: Some(repo.lock_owned().await),
+        }
+    }
+}
+
+/// A repository's turn to be copied into.
+struct Turn<'a> {
+    copies: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    name: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut copies = lock(self.copies);
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        // The map's reference and the guard's: nobody waits.
+        if Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(&guard)) <= 2 {
+            copies.remove(&self.name);
+        }
     }
 }
 
@@ -350,7 +395,7 @@ async fn refresh_tag(
         pull.write(&r)?;
         return Ok(r.downstream);
     }
-    let stored = copy_from_upstream(proxy, upstream, name, Some(tag), &up).await?;
+    let stored = copy_from_upstream(proxy, pull, upstream, name, Some(tag), &up).await?;
     pull.write(&TagRecord {
         name: name.to_string(),
         tag: tag.to_string(),
@@ -383,7 +428,7 @@ async fn by_digest(
     let key = format!("{name}@{digest}");
     pull.join(key, async {
         let upstream = upstream(&proxy.config)?;
-        let stored = copy_from_upstream(proxy, upstream, name, None, digest).await?;
+        let stored = copy_from_upstream(proxy, pull, upstream, name, None, digest).await?;
         if stored.digest != *digest {
             // Only a platform selection changes an unfiltered copy.
             return Err(ApiError::manifest_unknown(format!(
@@ -415,6 +460,7 @@ struct Stored {
 /// when given (else by its digest), through the filters.
 async fn copy_from_upstream(
     proxy: &Proxy,
+    pull: &PullState,
     upstream: &Endpoint,
     name: &str,
     tag: Option<&str>,
@@ -435,6 +481,7 @@ async fn copy_from_upstream(
         Some(t) => Target::Tag(t.to_string()),
         None => Target::Digest,
     };
+    let _turn = pull.turn(name).await;
     let copied = match copy_boxed(proxy, source.clone(), name, &target, &config.platforms).await {
         // A platform list asked of a single image: there is just it to copy.
         Err(Error::Usage(_)) if matches!(config.platforms, Selection::Platforms(_)) => {
@@ -496,6 +543,7 @@ mod tests {
         PullState {
             tags,
             flights: Mutex::new(HashMap::new()),
+            copies: Mutex::new(HashMap::new()),
         }
     }
 
@@ -613,6 +661,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(d, Digest::sha256_of(b"x"));
+    }
+
+    #[tokio::test]
+    async fn copies_into_one_repository_take_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Arc::new(state(dir.path()));
+        let first = st.turn("a").await;
+        // Another repository goes at once; the same one waits.
+        drop(st.turn("b").await);
+        let waiting = {
+            let st = st.clone();
+            tokio::spawn(async move {
+                let _t = st.turn("a").await;
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "two turns at once");
+        drop(first);
+        waiting.await.unwrap();
+        assert!(lock(&st.copies).is_empty(), "turns left behind");
     }
 
     #[test]

@@ -81,6 +81,20 @@ impl OccyProxy {
     fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
+
+    /// Whether the log comes to hold `needle` within 5 s (the reader
+    /// thread may not have seen a line the proxy wrote just before
+    /// answering).
+    fn logs(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log().contains(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
 }
 
 impl Drop for OccyProxy {
@@ -323,7 +337,7 @@ fn proxy_pull_serves_the_stale_copy_when_upstream_fails() {
         Some(built.manifest_digest.as_str())
     );
     assert!(
-        proxy.log().contains("cached before"),
+        proxy.logs("cached before"),
         "a warning says so:\n{}",
         proxy.log()
     );
