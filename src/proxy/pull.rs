@@ -136,6 +136,19 @@ impl PullState {
         Ok(())
     }
 
+    /// [`PullState::write`], a failure only logged: what was copied is
+    /// served all the same, and the next request asks upstream again.
+    fn keep(&self, record: &TagRecord) {
+        if let Err(e) = self.write(record) {
+            tracing::warn!(
+                "recording {}:{}: {}",
+                record.name,
+                record.tag,
+                super::error::chain(&e)
+            );
+        }
+    }
+
     /// Forgets `name:tag` (upstream no longer has it).
     fn forget(&self, name: &str, tag: &str) {
         let path = record_path(&self.tags, name, tag);
@@ -390,21 +403,30 @@ async fn refresh_tag(
     if let Some(mut r) = record
         && !lacking
         && r.upstream == up
+        && still_downstream(config, name, &r.downstream).await
     {
         r.checked = now();
-        pull.write(&r)?;
+        pull.keep(&r);
         return Ok(r.downstream);
     }
     let stored = copy_from_upstream(proxy, pull, upstream, name, Some(tag), &up).await?;
-    pull.write(&TagRecord {
+    pull.keep(&TagRecord {
         name: name.to_string(),
         tag: tag.to_string(),
         upstream: up,
         downstream: stored.digest.clone(),
         media_type: stored.media_type,
         checked: now(),
-    })?;
+    });
     Ok(stored.digest)
+}
+
+/// Whether downstream still has manifest `digest` in `name` (someone may
+/// have deleted it there); unsure (downstream failed) counts as yes, and
+/// serving it will say what is wrong.
+async fn still_downstream(config: &ProxyConfig, name: &str, digest: &Digest) -> bool {
+    let repo = config.downstream.repo(name);
+    !matches!(repo.manifest_digest(&digest.to_string()).await, Ok(None))
 }
 
 async fn by_digest(

@@ -271,6 +271,17 @@ fn proxy_pull_miss_then_hit() {
     // The record is on disk, under a name no client text makes.
     let tags: Vec<_> = std::fs::read_dir(s.state.join("tags")).unwrap().collect();
     assert_eq!(tags.len(), 1);
+    // Deleted downstream behind the proxy's back: copied again.
+    let path = format!("/v2/team/app/manifests/{}", built.manifest_digest);
+    let del = http::request(&s.downstream.host(), "DELETE", &path, &[]).unwrap();
+    assert_eq!(del.status, 202);
+    let third = pull(&s.env, &proxy.host, "team/app:v1", false);
+    assert_eq!(layout_manifest(&third).0, built.manifest_digest);
+    let again = s.upstream_requests();
+    let heads = new_requests(&after, &again, "HEAD", "/v2/team/app/manifests/v1");
+    assert_eq!(heads.len(), 1, "{}", s.counter.describe());
+    let (_, down) = raw_manifest(&s.env, &s.downstream.host(), "team/app", "v1");
+    assert_eq!(down, built.manifest_digest, "downstream has it again");
     let log = proxy.log();
     assert!(!log.contains("panicked"), "{log}");
 }
