@@ -107,10 +107,7 @@ impl PushState {
 
     /// How many pushes are remembered.
     pub fn len(&self) -> usize {
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether none is.
@@ -205,7 +202,11 @@ pub(crate) fn check_body(
     let (kind, media_type) = classify(content_type, body).map_err(|e| invalid(&e))?;
     let declared: Option<String> = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string));
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        });
     if let Some(declared) = declared
         && mt::essence(&declared) != media_type
     {
@@ -308,14 +309,14 @@ pub async fn put_manifest(
             // future is provably Send.
             let copy: futures_util::future::BoxFuture<'_, Result<copy::Copied>> =
                 Box::pin(copy::copy_any(
-                proxy,
-                Arc::new(source),
-                name,
-                &target,
-                &Selection::All,
-                mount_from,
-                &lookup,
-            ));
+                    proxy,
+                    Arc::new(source),
+                    name,
+                    &target,
+                    &Selection::All,
+                    mount_from,
+                    &lookup,
+                ));
             let copied = copy.await?;
             (doc, copied.descriptor)
         }
@@ -437,3 +438,226 @@ async fn index_source(
     Ok((source, mapped))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> String {
+        format!("sha256:{}", hex::encode([n; 32]))
+    }
+
+    fn manifest_json(media: Option<&str>) -> Vec<u8> {
+        let mut v = serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": mt::OCI_CONFIG, "digest": digest(1), "size": 10},
+            "layers": [{"mediaType": mt::OCI_LAYER_GZIP, "digest": digest(2), "size": 20}],
+        });
+        if let Some(m) = media {
+            v["mediaType"] = m.into();
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn tag() -> ManifestRef {
+        ManifestRef::Tag("v1".into())
+    }
+
+    fn code(r: ApiResult<Checked>) -> &'static str {
+        r.map(|_| ()).unwrap_err().code
+    }
+
+    #[test]
+    fn a_manifest_is_known_by_its_content_type_or_its_media_type() {
+        let body = manifest_json(None);
+        match check_body(&tag(), Some(mt::OCI_MANIFEST), &body).unwrap() {
+            Checked::Image(doc, m) => {
+                assert_eq!(doc.media_type, mt::OCI_MANIFEST);
+                assert_eq!(doc.digest, Digest::sha256_of(&body));
+                assert_eq!(m.layers.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = manifest_json(Some(mt::DOCKER_MANIFEST));
+        let checked = check_body(&tag(), Some("application/json"), &body).unwrap();
+        assert!(matches!(checked, Checked::Image(d, _) if d.media_type == mt::DOCKER_MANIFEST));
+        // Parameters on the Content-Type are not part of the type.
+        let ct = format!("{}; charset=utf-8", mt::OCI_MANIFEST);
+        assert!(check_body(&tag(), Some(&ct), &manifest_json(None)).is_ok());
+    }
+
+    #[test]
+    fn bad_bodies_are_manifest_invalid() {
+        assert_eq!(
+            code(check_body(&tag(), None, b"{not json")),
+            "MANIFEST_INVALID"
+        );
+        assert_eq!(code(check_body(&tag(), None, b"")), "MANIFEST_INVALID");
+        assert_eq!(code(check_body(&tag(), None, b"{}")), "MANIFEST_INVALID");
+        // A type we do not take, and a Content-Type the body contradicts.
+        let body = manifest_json(None);
+        let r = check_body(&tag(), Some("application/vnd.example+json"), &body);
+        assert_eq!(code(r), "MANIFEST_INVALID");
+        let body = manifest_json(Some(mt::DOCKER_MANIFEST));
+        let r = check_body(&tag(), Some(mt::OCI_MANIFEST), &body);
+        assert_eq!(code(r), "MANIFEST_INVALID");
+        // Shaped as a manifest, but missing its layers.
+        let r = check_body(
+            &tag(),
+            Some(mt::OCI_MANIFEST),
+            br#"{"schemaVersion":2,"config":{}}"#,
+        );
+        assert_eq!(code(r), "MANIFEST_INVALID");
+        let schema1 = br#"{"schemaVersion":1,"name":"a","tag":"b","fsLayers":[]}"#;
+        assert_eq!(code(check_body(&tag(), None, schema1)), "MANIFEST_INVALID");
+    }
+
+    #[test]
+    fn a_digest_reference_must_be_the_body_digest() {
+        let body = manifest_json(None);
+        let right = ManifestRef::Digest(Digest::sha256_of(&body));
+        assert!(check_body(&right, Some(mt::OCI_MANIFEST), &body).is_ok());
+        let wrong = ManifestRef::Digest(digest(9).parse().unwrap());
+        let err = check_body(&wrong, Some(mt::OCI_MANIFEST), &body)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.code, "DIGEST_INVALID");
+        assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn too_many_blobs_or_children_and_nested_indexes_are_refused() {
+        let layer =
+            serde_json::json!({"mediaType": mt::OCI_LAYER_GZIP, "digest": digest(2), "size": 1});
+        let body = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": mt::OCI_MANIFEST,
+            "config": {"mediaType": mt::OCI_CONFIG, "digest": digest(1), "size": 1},
+            "layers": vec![layer; MAX_BLOBS],
+        }))
+        .unwrap();
+        assert_eq!(code(check_body(&tag(), None, &body)), "MANIFEST_INVALID");
+        let child =
+            serde_json::json!({"mediaType": mt::OCI_MANIFEST, "digest": digest(3), "size": 1});
+        let index = |children: Vec<serde_json::Value>| {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2, "mediaType": mt::OCI_INDEX, "manifests": children,
+            }))
+            .unwrap()
+        };
+        assert!(matches!(
+            check_body(&tag(), None, &index(vec![child.clone(); 3])).unwrap(),
+            Checked::Index(d, i) if d.is_index() && i.manifests.len() == 3
+        ));
+        let many = index(vec![child; MAX_CHILDREN + 1]);
+        assert_eq!(code(check_body(&tag(), None, &many)), "MANIFEST_INVALID");
+        let nested =
+            serde_json::json!({"mediaType": mt::OCI_INDEX, "digest": digest(4), "size": 1});
+        assert_eq!(
+            code(check_body(&tag(), None, &index(vec![nested]))),
+            "MANIFEST_INVALID"
+        );
+    }
+
+    fn pushed(name: &str, raw: Vec<u8>) -> Pushed {
+        let doc = Doc::new(Arc::new(raw), mt::OCI_MANIFEST);
+        Pushed {
+            name: name.into(),
+            stored: Descriptor {
+                media_type: mt::OCI_MANIFEST.into(),
+                digest: digest(7).parse().unwrap(),
+                size: 1,
+                platform: None,
+                urls: None,
+            },
+            doc,
+        }
+    }
+
+    #[test]
+    fn records_are_per_repository_and_bounded() {
+        let state = PushState::default();
+        let p = pushed("team/app", b"one".to_vec());
+        let d = p.doc.digest.clone();
+        state.record(p.clone());
+        state.record(p);
+        assert_eq!(state.len(), 1, "the same push twice is one record");
+        assert!(state.lookup("team/app", &d).is_some());
+        assert!(state.lookup("team/other", &d).is_none());
+        for i in 0..MAX_RECORDS + 10 {
+            state.record(pushed("team/many", i.to_string().into_bytes()));
+        }
+        assert_eq!(state.len(), MAX_RECORDS);
+        assert!(
+            state.lookup("team/app", &d).is_none(),
+            "the oldest went first"
+        );
+        assert!(
+            state
+                .lookup("team/many", &Digest::sha256_of(b"0"))
+                .is_none()
+        );
+        let last = (MAX_RECORDS + 9).to_string();
+        assert!(
+            state
+                .lookup("team/many", &Digest::sha256_of(last.as_bytes()))
+                .is_some()
+        );
+        // Bytes bound too: big documents push the small ones out.
+        let big = vec![b' '; MAX_RECORD_BYTES / 4];
+        for i in 0..5u8 {
+            let mut raw = big.clone();
+            raw[0] = i;
+            state.record(pushed("team/big", raw));
+        }
+        assert!(state.len() <= 4, "{} records", state.len());
+        // One over a quarter of the budget is not kept at all.
+        state.record(pushed("team/huge", vec![0; MAX_RECORD_BYTES / 4 + 1]));
+        assert!(state.recent_names("x", 9).iter().all(|n| n != "team/huge"));
+        assert_eq!(state.recent_names("team/big", 3), Vec::<String>::new());
+    }
+
+    #[test]
+    fn recent_names_are_newest_first_without_the_asker() {
+        let state = PushState::default();
+        for (i, n) in ["a", "b", "a", "c", "d"].iter().enumerate() {
+            state.record(pushed(n, vec![i as u8]));
+        }
+        assert_eq!(state.recent_names("c", 3), vec!["d", "a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn puts_of_one_reference_take_turns_and_leave_no_lock_behind() {
+        let state = Arc::new(PushState::default());
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (state, running) = (state.clone(), running.clone());
+            tasks.push(tokio::spawn(async move {
+                let _g = state.lock("team/app\nv1".into()).await;
+                let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                assert_eq!(now, 0, "two PUTs of one reference at once");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }));
+        }
+        // Another reference is not held up by them.
+        let other = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            state.lock("team/app\nv2".into()),
+        )
+        .await;
+        assert!(other.is_ok());
+        drop(other);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(state.locks_held(), 0);
+        // A PUT dropped while waiting leaves nothing either.
+        let held = state.lock("k".into()).await;
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(10), state.lock("k".into()))
+                .await;
+        assert!(waiting.is_err());
+        drop(held);
+        assert_eq!(state.locks_held(), 0);
+    }
+}
