@@ -398,11 +398,13 @@ async fn index_source(
 ) -> ApiResult<(StagedSource, HashMap<Digest, Descriptor>)> {
     let mut source = StagedSource::new(proxy, name, tag, doc);
     let mut mapped = HashMap::new();
+    let mut seen: Vec<&Digest> = Vec::new();
     let repo = proxy.config.downstream.repo(name);
     for d in &index.manifests {
-        if mapped.contains_key(&d.digest) {
+        if seen.contains(&&d.digest) {
             continue;
         }
+        seen.push(&d.digest);
         let child = match proxy.pushes.lookup(name, &d.digest) {
             Some(p) => {
                 mapped.insert(d.digest.clone(), p.stored.clone());

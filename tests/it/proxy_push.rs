@@ -201,9 +201,10 @@ fn an_unfiltered_push_keeps_the_manifest_digest() {
 fn a_three_platform_index_arrives_filtered_with_new_children() {
     let env = TestEnv::new();
     let dst = Registry::start();
+    let counting = Counting::start(&dst.host());
     let proxy = OccyProxy::start(&[
         "-d",
-        &format!("registry://{}", dst.host()),
+        &format!("registry://{}", counting.host()),
         "-f",
         "normalize-timestamps",
     ]);
@@ -236,6 +237,16 @@ fn a_three_platform_index_arrives_filtered_with_new_children() {
         let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(m["layers"].as_array().unwrap().len(), 2);
     }
+    // Each child was copied once, on its own PUT; the index's PUT reused
+    // them and stored only the index.
+    let puts: Vec<String> = counting
+        .requests_to("/manifests/")
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(puts.len(), 4, "{puts:?}");
+    assert!(puts[3].ends_with("/manifests/v1"), "{puts:?}");
 }
 
 /// A podman command on private vfs storage under `state`.
@@ -511,6 +522,47 @@ fn bad_manifests_get_the_spec_errors_and_leave_nothing_downstream() {
     assert_eq!(error_code(&body), "DIGEST_INVALID", "{body}");
 
     let (status, body) = put_manifest(&host, "v1", b"{\"schemaVersion\": 2, ", &env);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "MANIFEST_INVALID", "{body}");
+
+    // An index naming a manifest that was never pushed.
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": missing, "size": 100,
+                       "platform": {"os": "linux", "architecture": "amd64"}}],
+    }))
+    .unwrap();
+    let oci_index = "application/vnd.oci.image.index.v1+json";
+    let (status, _, body) = put(&host, "team/bad", "v1", oci_index, &index, &env);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "MANIFEST_BLOB_UNKNOWN", "{body}");
+
+    // A staged blob whose size the manifest misstates.
+    let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = sha256_digest(config);
+    let file = env.work("config.json");
+    std::fs::write(&file, config).unwrap();
+    let (status, _, body) = curl(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        "-H",
+        "Content-Type: application/octet-stream",
+        &format!("http://{host}/v2/team/bad/blobs/uploads/?digest={config_digest}"),
+    ]);
+    assert_eq!(status, 201, "{body}");
+    let lying = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len() + 1},
+        "layers": [],
+    }))
+    .unwrap();
+    let (status, body) = put_manifest(&host, "v1", &lying, &env);
     assert_eq!(status, 400, "{body}");
     assert_eq!(error_code(&body), "MANIFEST_INVALID", "{body}");
 
