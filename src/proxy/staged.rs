@@ -305,3 +305,79 @@ impl Source for StagedSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opened(bytes: &[u8]) -> (tempfile::NamedTempFile, Opened) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        let file = File::open(f.path()).unwrap();
+        let o = Opened {
+            file: Arc::new(file),
+            size: bytes.len() as u64,
+        };
+        (f, o)
+    }
+
+    #[test]
+    fn readers_of_one_blob_do_not_share_an_offset() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let (_f, o) = opened(&data);
+        let (mut a, mut b) = (At::new(o.clone()), At::new(o));
+        let mut first = vec![0; 1000];
+        a.read_exact(&mut first).unwrap();
+        let mut all_b = Vec::new();
+        b.read_to_end(&mut all_b).unwrap();
+        let mut rest_a = Vec::new();
+        a.read_to_end(&mut rest_a).unwrap();
+        first.extend(rest_a);
+        assert_eq!(first, data);
+        assert_eq!(all_b, data);
+    }
+
+    #[test]
+    fn a_reader_stops_at_the_staged_size() {
+        let (_f, mut o) = opened(b"0123456789");
+        o.size = 4;
+        let mut out = Vec::new();
+        At::new(o).read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"0123");
+    }
+
+    #[test]
+    fn a_staged_config_is_bounded_sized_and_hashed() {
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let (_f, o) = opened(config);
+        let n = config.len() as u64;
+        assert_eq!(read_small(&o, n, 1 << 20).unwrap(), config);
+        assert!(matches!(
+            read_small(&o, n + 1, 1 << 20),
+            Err(Error::SizeMismatch { .. })
+        ));
+        assert!(matches!(
+            read_small(&o, n, n - 1),
+            Err(Error::InvalidImage(_))
+        ));
+        assert!(check_digest(config, &Digest::sha256_of(config), "config").is_ok());
+        assert!(matches!(
+            check_digest(config, &Digest::sha256_of(b"other"), "config"),
+            Err(Error::DigestMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_doc_knows_an_index_by_its_media_type() {
+        let raw = Arc::new(b"{}".to_vec());
+        let index = Doc::new(raw.clone(), &format!("{}; charset=utf-8", mt::OCI_INDEX));
+        assert!(index.is_index());
+        assert_eq!(index.media_type, mt::OCI_INDEX);
+        assert!(Doc::new(raw.clone(), mt::DOCKER_MANIFEST_LIST).is_index());
+        assert!(!Doc::new(raw.clone(), mt::OCI_MANIFEST).is_index());
+        assert_eq!(
+            Doc::new(raw, mt::OCI_MANIFEST).digest,
+            Digest::sha256_of(b"{}")
+        );
+    }
+}
