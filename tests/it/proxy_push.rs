@@ -573,3 +573,51 @@ fn bad_manifests_get_the_spec_errors_and_leave_nothing_downstream() {
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn blobs_only_downstream_has_are_read_from_there_and_filtered() {
+    let env = TestEnv::new();
+    let dst = Registry::start();
+    let (layout, _) = layout_of(&env, &python_image(), "app");
+    let from = format!("oci:{}:app", layout.display());
+    // The original, unfiltered, is downstream already.
+    skopeo_ok(
+        &env.tool_tmp(),
+        &[
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            &from,
+            &format!("docker://{}/team/app:orig", dst.host()),
+        ],
+    );
+    let proxy = OccyProxy::start(&[
+        "-d",
+        &format!("registry://{}", dst.host()),
+        "-f",
+        "normalize-timestamps",
+        "-f",
+        "exclude:pattern=**/*.pyc",
+    ]);
+    push(
+        &env,
+        &from,
+        &format!("docker://{}/team/app:v1", proxy.host()),
+        &[],
+    );
+    let log = proxy.stderr();
+    assert!(
+        !log.lines().any(|l| l.contains("/blobs/uploads/")),
+        "skopeo uploaded what downstream has:\n{log}"
+    );
+    let entries = downstream_entries(&env, &dst, "team/app", "v1");
+    assert!(
+        entries.iter().any(|(p, _)| p == "app/main.py"),
+        "{entries:?}"
+    );
+    assert!(
+        !entries.iter().any(|(p, _)| p.ends_with(".pyc")),
+        "{entries:?}"
+    );
+    assert!(entries.iter().all(|(_, m)| *m == 0), "{entries:?}");
+}
