@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::support::images::{OciLayout, PLATFORMS, platform_image};
 use crate::support::layer_tar::TarBuilder;
 use crate::support::occy_proxy::OccyProxy;
-use crate::support::proxy::Proxy as Counting;
+use crate::support::proxy::{Fault, Proxy as Counting};
 use crate::support::tools::{run, skopeo, skopeo_ok};
 use crate::support::{Compression, Image, Registry, TestEnv, sha256_digest};
 
@@ -620,4 +620,53 @@ fn blobs_only_downstream_has_are_read_from_there_and_filtered() {
         "{entries:?}"
     );
     assert!(entries.iter().all(|(_, m)| *m == 0), "{entries:?}");
+}
+
+#[test]
+fn a_downstream_that_refuses_the_manifest_is_a_clean_502() {
+    let env = TestEnv::new();
+    let dst = Registry::start();
+    let counting = Counting::start(&dst.host());
+    counting.method("PUT", None, "/manifests/", Fault::status(500));
+    let proxy = OccyProxy::start(&["-d", &format!("registry://{}", counting.host())]);
+    let host = proxy.host();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = sha256_digest(config);
+    let file = env.work("config.json");
+    std::fs::write(&file, config).unwrap();
+    let (status, _, body) = curl(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        "-H",
+        "Content-Type: application/octet-stream",
+        &format!("http://{host}/v2/team/app/blobs/uploads/?digest={config_digest}"),
+    ]);
+    assert_eq!(status, 201, "{body}");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [],
+    }))
+    .unwrap();
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let (status, _, body) = put(&host, "team/app", "v1", oci, &manifest, &env);
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(error_code(&body), "UNAVAILABLE", "{body}");
+    // The config was uploaded downstream; the manifest never landed.
+    assert!(
+        counting
+            .requests_to("/manifests/")
+            .iter()
+            .any(|r| r.method == "PUT")
+    );
+    let (status, _, _) = curl(&[&format!("http://{}/v2/team/app/manifests/v1", dst.host())]);
+    assert_eq!(status, 404);
+    let (code, log) = proxy.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
 }
