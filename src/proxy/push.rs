@@ -31,10 +31,13 @@ use super::{Proxy, ProxyConfig};
 const MAX_RECORDS: usize = 512;
 /// Bytes of remembered manifests at most.
 const MAX_RECORD_BYTES: usize = 32 << 20;
-/// Blobs (config and layers) one manifest may name.
-pub const MAX_BLOBS: usize = 1024;
+/// Blobs (config and layers) one manifest may name: each staged one is
+/// held open while its image is copied.
+pub const MAX_BLOBS: usize = 256;
 /// Manifests one index may name.
 pub const MAX_CHILDREN: usize = 256;
+/// Bytes of an index's children read from downstream at most.
+const MAX_CHILD_BYTES: usize = 64 << 20;
 /// Blob checks against downstream at once.
 const CHECKS_AT_ONCE: usize = 8;
 /// Other repositories offered to the sink to mount blobs from.
@@ -399,6 +402,7 @@ async fn index_source(
     let mut source = StagedSource::new(proxy, name, tag, doc);
     let mut mapped = HashMap::new();
     let mut seen: Vec<&Digest> = Vec::new();
+    let mut fetched = 0usize;
     let repo = proxy.config.downstream.repo(name);
     for d in &index.manifests {
         if seen.contains(&&d.digest) {
@@ -423,6 +427,12 @@ async fn index_source(
                     }
                     Err(e) => return Err(e.into()),
                 };
+                fetched += raw.len();
+                if fetched > MAX_CHILD_BYTES {
+                    return Err(ApiError::manifest_invalid(format!(
+                        "the index's manifests are over {MAX_CHILD_BYTES} bytes"
+                    )));
+                }
                 let declared = Some(d.media_type.as_str()).filter(|m| !m.is_empty());
                 let (_, media_type) = classify(ct.as_deref().or(declared), &raw)?;
                 let doc = Doc::new(Arc::new(raw), &media_type);
@@ -435,7 +445,7 @@ async fn index_source(
                 doc
             }
         };
-        source = source.with_child(StagedSource::new(proxy, name, None, child));
+        source = source.with_child(StagedSource::unopened(proxy, name, None, child));
     }
     Ok((source, mapped))
 }

@@ -86,11 +86,11 @@ impl StagedSource {
     /// blobs it names are opened now; an unparseable manifest opens none
     /// (`resolve` then gives the error).
     pub fn new(proxy: &Proxy, name: &str, tag: Option<&str>, doc: Doc) -> StagedSource {
-        let repo = proxy.config.downstream.repo(name);
-        let mut staged = HashMap::new();
-        if !doc.is_index()
-            && let Ok(m) = serde_json::from_slice::<Manifest>(&doc.raw)
+        let mut source = StagedSource::unopened(proxy, name, tag, doc);
+        if !source.doc.is_index()
+            && let Ok(m) = serde_json::from_slice::<Manifest>(&source.doc.raw)
         {
+            let staged = &mut source.staged;
             for d in std::iter::once(&m.config).chain(&m.layers) {
                 if staged.contains_key(&d.digest) {
                     continue;
@@ -106,13 +106,21 @@ impl StagedSource {
                 }
             }
         }
+        source
+    }
+
+    /// A source of `doc` that reads every blob from downstream: an index's
+    /// child, which is either copied already (and never read) or a
+    /// manifest downstream has, with its blobs.
+    pub fn unopened(proxy: &Proxy, name: &str, tag: Option<&str>, doc: Doc) -> StagedSource {
+        let repo = proxy.config.downstream.repo(name);
         StagedSource {
             name: name.to_string(),
             tag: tag.map(str::to_string),
             downstream: downstream_source(&repo, &doc.digest),
             repo,
             doc,
-            staged,
+            staged: HashMap::new(),
             children: HashMap::new(),
         }
     }
