@@ -308,19 +308,16 @@ pub async fn put_manifest(
         Checked::Index(doc, index) => {
             let (source, mapped) = index_source(proxy, name, tag, doc.clone(), &index).await?;
             let lookup = |d: &Descriptor| mapped.get(&d.digest).cloned();
-            // Boxed here, with the lifetimes known, so that the server's
-            // future is provably Send.
-            let copy: futures_util::future::BoxFuture<'_, Result<copy::Copied>> =
-                Box::pin(copy::copy_any(
-                    proxy,
-                    Arc::new(source),
-                    name,
-                    &target,
-                    &Selection::All,
-                    mount_from,
-                    &lookup,
-                ));
-            let copied = copy.await?;
+            let copied = copy::copy_any(
+                proxy,
+                Arc::new(source),
+                name,
+                &target,
+                &Selection::All,
+                mount_from,
+                &lookup,
+            )
+            .await?;
             (doc, copied.descriptor)
         }
     };
@@ -352,17 +349,15 @@ async fn require_blobs(
     }
     let mut remote: Vec<Digest> = Vec::new();
     for d in wanted {
-        if !source.is_staged(&d.digest) {
-            remote.push(d.digest.clone());
-            continue;
-        }
-        if let Some(n) = proxy.staging.blob_size(&d.digest)
-            && n != d.size
-        {
-            return Err(ApiError::manifest_invalid(format!(
-                "blob {} is {n} bytes, not the {} the manifest says",
-                d.digest, d.size
-            )));
+        match source.staged_size(&d.digest) {
+            None => remote.push(d.digest.clone()),
+            Some(n) if n != d.size => {
+                return Err(ApiError::manifest_invalid(format!(
+                    "blob {} is {n} bytes, not the {} the manifest says",
+                    d.digest, d.size
+                )));
+            }
+            Some(_) => {}
         }
     }
     let repo = proxy.config.downstream.repo(name);

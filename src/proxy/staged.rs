@@ -138,9 +138,10 @@ impl StagedSource {
         &self.doc
     }
 
-    /// Whether blob `digest` was staged (and is held open by this source).
-    pub fn is_staged(&self, digest: &Digest) -> bool {
-        self.staged.contains_key(digest)
+    /// The size of blob `digest` if it was staged (and is held open by
+    /// this source).
+    pub fn staged_size(&self, digest: &Digest) -> Option<u64> {
+        self.staged.get(digest).map(|o| o.size)
     }
 
     async fn resolve_inner(&self) -> Result<Image> {
