@@ -99,9 +99,9 @@ where
     for child in &images {
         runs.push((source.child(&child.descriptor)?, child.descriptor.clone()));
     }
-    // The futures are made here, not by a closure in the stream: a closure
-    // held across the awaits below keeps the compiler from proving this
-    // future `Send` (rust-lang/rust#102211), which the proxy needs.
+    // The futures are made first (they are lazy) rather than in a `map`
+    // over the stream: a closure in the stream's type makes rustc unable to
+    // prove a caller's future `Send` (the proxy spawns this).
     let runs: Vec<Fut> = runs.into_iter().map(|(s, d)| run_child(s, d)).collect();
     let mut pushed = futures_util::stream::iter(runs).buffered(parallel.max(1));
     for child in images {

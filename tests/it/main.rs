@@ -21,6 +21,7 @@ mod index_copy;
 mod info_check;
 mod layer_cache;
 mod proxy_pull;
+mod proxy_push;
 mod proxy_uploads;
 mod registry_client;
 mod registry_index;
