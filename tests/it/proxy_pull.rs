@@ -4,104 +4,32 @@
 //! the pull endpoints without an upstream (manifests, blobs, tag lists
 //! straight from downstream).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::support::http;
 use crate::support::images::{MTIME, PLATFORMS, platform_image, tiny_image, unique_dir};
+use crate::support::occy_proxy::OccyProxy;
 use crate::support::proxy::{Fault, Proxy as FaultProxy};
 use crate::support::push::{PushFormat, push_busybox, push_image, push_index};
-use crate::support::registry::free_port;
 use crate::support::tools::{run, skopeo_ok};
 use crate::support::{Compression, Registry, TestEnv, occy_bin, sha256_digest};
 
-/// A running `occystrap proxy` (a private starter until the shared one in
-/// `support/` lands). Killed when dropped.
-struct OccyProxy {
-    child: Child,
-    host: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl OccyProxy {
-    /// `occystrap --insecure proxy -l 127.0.0.1:PORT --state-dir STATE ARGS`,
-    /// once it says it listens.
-    fn start(env: &TestEnv, state: &Path, args: &[&str]) -> OccyProxy {
-        for _attempt in 0..5 {
-            let host = format!("127.0.0.1:{}", free_port());
-            let mut cmd = occy_command(env);
-            cmd.args(["--insecure", "proxy", "-l", &host, "--state-dir"])
-                .arg(state)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let mut child = cmd.spawn().expect("start occystrap proxy");
-            let stderr = Arc::new(Mutex::new(String::new()));
-            let (tx, rx) = std::sync::mpsc::channel();
-            let pipe = child.stderr.take().unwrap();
-            let log = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    if line.contains("proxy: listening on") {
-                        let _ = tx.send(());
-                    }
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
-                    return OccyProxy {
-                        child,
-                        host,
-                        stderr,
-                    };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    // The port was taken meanwhile: another one.
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("proxy did not start:\n{}", stderr.lock().unwrap());
-                }
-            }
+/// Whether the proxy's stderr comes to hold `needle` within 5 s (the
+/// reader thread may not have seen a line written just before an answer).
+fn logs(proxy: &OccyProxy, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proxy.stderr().contains(needle) {
+        if Instant::now() > deadline {
+            return false;
         }
-        panic!("the proxy could not start on any port");
+        std::thread::sleep(Duration::from_millis(20));
     }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Whether the log comes to hold `needle` within 5 s (the reader
-    /// thread may not have seen a line the proxy wrote just before
-    /// answering).
-    fn logs(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.log().contains(needle) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    }
-}
-
-impl Drop for OccyProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    true
 }
 
 /// The binary, with the test's isolated environment.
@@ -137,7 +65,6 @@ struct Setup {
     upstream: Registry,
     counter: FaultProxy,
     downstream: Registry,
-    state: PathBuf,
 }
 
 impl Setup {
@@ -146,13 +73,11 @@ impl Setup {
         let upstream = Registry::start();
         let counter = FaultProxy::start(&upstream.host());
         let downstream = Registry::start();
-        let state = env.path().join("state");
         Setup {
             env,
             upstream,
             counter,
             downstream,
-            state,
         }
     }
 
@@ -162,7 +87,7 @@ impl Setup {
         let u = format!("registry://{}", self.counter.host());
         let mut all = vec!["-d", &d, "-u", &u];
         all.extend_from_slice(args);
-        OccyProxy::start(&self.env, &self.state, &all)
+        OccyProxy::start(&all)
     }
 
     /// Upstream requests so far (method, path), for deltas.
@@ -239,7 +164,7 @@ fn proxy_pull_miss_then_hit() {
     let s = Setup::new();
     let built = push_busybox(&s.env, &s.upstream, PushFormat::Preserve);
     let proxy = s.proxy(&["--cache-ttl", "1h"]);
-    let first = pull(&s.env, &proxy.host, "team/app:v1", false);
+    let first = pull(&s.env, &proxy.host(), "team/app:v1", false);
     // Unfiltered: digest-exact, what upstream has, now downstream too.
     let (digest, manifest) = layout_manifest(&first);
     assert_eq!(digest, built.manifest_digest);
@@ -259,7 +184,7 @@ fn proxy_pull_miss_then_hit() {
             s.counter.describe()
         );
     }
-    let second = pull(&s.env, &proxy.host, "team/app:v1", false);
+    let second = pull(&s.env, &proxy.host(), "team/app:v1", false);
     assert_eq!(layout_manifest(&second).0, built.manifest_digest);
     let after = s.upstream_requests();
     assert_eq!(
@@ -269,20 +194,22 @@ fn proxy_pull_miss_then_hit() {
         s.counter.describe()
     );
     // The record is on disk, under a name no client text makes.
-    let tags: Vec<_> = std::fs::read_dir(s.state.join("tags")).unwrap().collect();
+    let tags: Vec<_> = std::fs::read_dir(proxy.state_dir().join("tags"))
+        .unwrap()
+        .collect();
     assert_eq!(tags.len(), 1);
     // Deleted downstream behind the proxy's back: copied again.
     let path = format!("/v2/team/app/manifests/{}", built.manifest_digest);
     let del = http::request(&s.downstream.host(), "DELETE", &path, &[]).unwrap();
     assert_eq!(del.status, 202);
-    let third = pull(&s.env, &proxy.host, "team/app:v1", false);
+    let third = pull(&s.env, &proxy.host(), "team/app:v1", false);
     assert_eq!(layout_manifest(&third).0, built.manifest_digest);
     let again = s.upstream_requests();
     let heads = new_requests(&after, &again, "HEAD", "/v2/team/app/manifests/v1");
     assert_eq!(heads.len(), 1, "{}", s.counter.describe());
     let (_, down) = raw_manifest(&s.env, &s.downstream.host(), "team/app", "v1");
     assert_eq!(down, built.manifest_digest, "downstream has it again");
-    let log = proxy.log();
+    let log = proxy.stderr();
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -291,10 +218,10 @@ fn proxy_pull_ttl_expiry_checks_upstream_once_and_follows_a_moved_tag() {
     let s = Setup::new();
     let built = push_busybox(&s.env, &s.upstream, PushFormat::Preserve);
     let proxy = s.proxy(&["--cache-ttl", "1s"]);
-    pull(&s.env, &proxy.host, "team/app:v1", false);
+    pull(&s.env, &proxy.host(), "team/app:v1", false);
     std::thread::sleep(Duration::from_secs(2));
     let before = s.upstream_requests();
-    let again = pull(&s.env, &proxy.host, "team/app:v1", false);
+    let again = pull(&s.env, &proxy.host(), "team/app:v1", false);
     assert_eq!(layout_manifest(&again).0, built.manifest_digest);
     let after = s.upstream_requests();
     let heads = new_requests(&before, &after, "HEAD", "/v2/team/app/manifests/v1");
@@ -313,7 +240,7 @@ fn proxy_pull_ttl_expiry_checks_upstream_once_and_follows_a_moved_tag() {
         PushFormat::Preserve,
     );
     std::thread::sleep(Duration::from_secs(2));
-    let newer = pull(&s.env, &proxy.host, "team/app:v1", false);
+    let newer = pull(&s.env, &proxy.host(), "team/app:v1", false);
     let (digest, manifest) = layout_manifest(&newer);
     assert_eq!(digest, moved.manifest_digest);
     assert_eq!(manifest["layers"][0]["digest"], moved.layers[0].digest);
@@ -333,30 +260,35 @@ fn proxy_pull_serves_the_stale_copy_when_upstream_fails() {
         PushFormat::Preserve,
     );
     let proxy = s.proxy(&["--cache-ttl", "1s"]);
-    pull(&s.env, &proxy.host, "team/app:v1", false);
-    pull(&s.env, &proxy.host, "team/app:v2", false);
+    pull(&s.env, &proxy.host(), "team/app:v1", false);
+    pull(&s.env, &proxy.host(), "team/app:v2", false);
     // v1: upstream fails; v2: upstream says the tag is gone.
     s.counter
         .always("/v2/team/app/manifests/v1", Fault::status(503));
     s.counter
         .always("/v2/team/app/manifests/v2", Fault::status(404));
     std::thread::sleep(Duration::from_secs(2));
-    let r = http::get_manifest(&proxy.host, "team/app", "v1").unwrap();
+    let r = http::get_manifest(&proxy.host(), "team/app", "v1").unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(
         r.header("docker-content-digest"),
         Some(built.manifest_digest.as_str())
     );
     assert!(
-        proxy.logs("cached before"),
+        logs(&proxy, "cached before"),
         "a warning says so:\n{}",
-        proxy.log()
+        proxy.stderr()
     );
-    let r = http::get_manifest(&proxy.host, "team/app", "v2").unwrap();
+    let r = http::get_manifest(&proxy.host(), "team/app", "v2").unwrap();
     assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     assert!(String::from_utf8_lossy(&r.body).contains("MANIFEST_UNKNOWN"));
     // And the record went with it.
-    assert_eq!(std::fs::read_dir(s.state.join("tags")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(proxy.state_dir().join("tags"))
+            .unwrap()
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -365,7 +297,7 @@ fn proxy_pull_concurrent_misses_fetch_each_blob_once() {
     let built = push_busybox(&s.env, &s.upstream, PushFormat::Preserve);
     let proxy = s.proxy(&["--cache-ttl", "1h"]);
     let env = &s.env;
-    let host = proxy.host.clone();
+    let host = proxy.host();
     let layouts: Vec<PathBuf> = std::thread::scope(|scope| {
         let runs: Vec<_> = (0..4)
             .map(|_| scope.spawn(|| pull(env, &host, "team/app:v1", false)))
@@ -389,10 +321,10 @@ fn proxy_pull_purge_makes_the_next_pull_ask_upstream() {
     let s = Setup::new();
     push_busybox(&s.env, &s.upstream, PushFormat::Preserve);
     let proxy = s.proxy(&["--cache-ttl", "1h"]);
-    pull(&s.env, &proxy.host, "team/app:v1", false);
+    pull(&s.env, &proxy.host(), "team/app:v1", false);
     let purge = |what: &str| {
         let mut cmd = occy_command(&s.env);
-        cmd.arg("proxy").arg("--state-dir").arg(&s.state);
+        cmd.arg("proxy").arg("--state-dir").arg(proxy.state_dir());
         cmd.args(["--purge", what]);
         run(&mut cmd, Duration::from_secs(60)).expect_ok()
     };
@@ -405,13 +337,13 @@ fn proxy_pull_purge_makes_the_next_pull_ask_upstream() {
     let out = purge("team/app:v1");
     assert!(out.stderr.contains("was not cached"), "{}", out.stderr);
     let before = s.upstream_requests();
-    pull(&s.env, &proxy.host, "team/app:v1", false);
+    pull(&s.env, &proxy.host(), "team/app:v1", false);
     let after = s.upstream_requests();
     let asked = new_requests(&before, &after, "HEAD", "/v2/team/app/manifests/v1");
     assert_eq!(asked.len(), 1, "{}", s.counter.describe());
     // A purge that names no tag is refused.
     let mut cmd = occy_command(&s.env);
-    cmd.arg("proxy").arg("--state-dir").arg(&s.state);
+    cmd.arg("proxy").arg("--state-dir").arg(proxy.state_dir());
     cmd.args(["--purge", "../../etc"]);
     let out = run(&mut cmd, Duration::from_secs(60));
     assert_ne!(out.code, Some(0));
@@ -440,7 +372,7 @@ fn proxy_pull_filtered_normalizes_and_refuses_upstream_digests() {
     let s = Setup::new();
     let built = push_busybox(&s.env, &s.upstream, PushFormat::Preserve);
     let proxy = s.proxy(&["-f", "normalize-timestamps"]);
-    let dir = pull(&s.env, &proxy.host, "team/app:v1", false);
+    let dir = pull(&s.env, &proxy.host(), "team/app:v1", false);
     let (digest, manifest) = layout_manifest(&dir);
     assert_ne!(digest, built.manifest_digest, "a filtered image is another");
     // Upstream's layers have other times.
@@ -458,10 +390,10 @@ fn proxy_pull_filtered_normalizes_and_refuses_upstream_digests() {
         }
     }
     // The filtered image's own digest is served; upstream's is not.
-    let r = http::get_manifest(&proxy.host, "team/app", &digest).unwrap();
+    let r = http::get_manifest(&proxy.host(), "team/app", &digest).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
-    let r = http::get_manifest(&proxy.host, "team/app", &built.manifest_digest).unwrap();
+    let r = http::get_manifest(&proxy.host(), "team/app", &built.manifest_digest).unwrap();
     assert_eq!(r.status, 404);
     let body = String::from_utf8_lossy(&r.body);
     assert!(
@@ -476,11 +408,11 @@ fn proxy_pull_unfiltered_by_digest_copies_from_upstream() {
     let built = push_busybox(&s.env, &s.upstream, PushFormat::Preserve);
     let proxy = s.proxy(&[]);
     let r = format!("team/app@{}", built.manifest_digest);
-    let dir = pull(&s.env, &proxy.host, &r, false);
+    let dir = pull(&s.env, &proxy.host(), &r, false);
     assert_eq!(layout_manifest(&dir).0, built.manifest_digest);
     // HEAD answers the same headers, no body.
     let r = http::request(
-        &proxy.host,
+        &proxy.host(),
         "HEAD",
         &format!("/v2/team/app/manifests/{}", built.manifest_digest),
         &[],
@@ -497,7 +429,7 @@ fn proxy_pull_unfiltered_by_digest_copies_from_upstream() {
     );
     assert!(r.body.is_empty());
     // Unknown upstream too: MANIFEST_UNKNOWN, not an error of ours.
-    let r = http::get_manifest(&proxy.host, "team/app", "nosuchtag").unwrap();
+    let r = http::get_manifest(&proxy.host(), "team/app", "nosuchtag").unwrap();
     assert_eq!(r.status, 404);
     assert!(String::from_utf8_lossy(&r.body).contains("MANIFEST_UNKNOWN"));
 }
@@ -512,7 +444,7 @@ fn proxy_pull_podman() {
     for d in [&root, &runroot, &tmp] {
         std::fs::create_dir_all(d).unwrap();
     }
-    let image = format!("{}/team/app:v1", proxy.host);
+    let image = format!("{}/team/app:v1", proxy.host());
     let podman = |args: &[&str]| {
         let mut c = Command::new("podman");
         c.env("TMPDIR", &tmp)
@@ -543,7 +475,7 @@ fn proxy_pull_an_index_arrives_downstream_as_an_index() {
         .collect();
     let built = push_index(&s.env, &s.upstream, "team/multi:v1", &imgs, PushFormat::Oci);
     let proxy = s.proxy(&[]);
-    let dir = pull(&s.env, &proxy.host, "team/multi:v1", true);
+    let dir = pull(&s.env, &proxy.host(), "team/multi:v1", true);
     let (up_index, up_digest) = raw_manifest(&s.env, &s.upstream.host(), "team/multi", "v1");
     let (index, digest) = raw_manifest(&s.env, &s.downstream.host(), "team/multi", "v1");
     assert_eq!(digest, up_digest, "unfiltered: the same index");
@@ -572,13 +504,13 @@ fn proxy_serves_downstream_without_an_upstream() {
         PushFormat::Preserve,
     );
     let d = format!("registry://{}", downstream.host());
-    let proxy = OccyProxy::start(&env, &env.path().join("state"), &["-d", &d]);
-    let dir = pull(&env, &proxy.host, "team/app:v1", false);
+    let proxy = OccyProxy::start(&["-d", &d]);
+    let dir = pull(&env, &proxy.host(), "team/app:v1", false);
     assert_eq!(layout_manifest(&dir).0, built.manifest_digest);
     // A blob: HEAD then GET.
     let l = &built.layers[1];
     let path = format!("/v2/team/app/blobs/{}", l.digest);
-    let head = http::request(&proxy.host, "HEAD", &path, &[]).unwrap();
+    let head = http::request(&proxy.host(), "HEAD", &path, &[]).unwrap();
     assert_eq!(head.status, 200);
     assert_eq!(
         head.header("content-length"),
@@ -588,10 +520,10 @@ fn proxy_serves_downstream_without_an_upstream() {
         head.header("docker-content-digest"),
         Some(l.digest.as_str())
     );
-    let get = http::request(&proxy.host, "GET", &path, &[]).unwrap();
+    let get = http::request(&proxy.host(), "GET", &path, &[]).unwrap();
     assert_eq!(get.body, l.blob);
     let missing = http::request(
-        &proxy.host,
+        &proxy.host(),
         "GET",
         &format!("/v2/team/app/blobs/{}", sha256_digest(b"nothing")),
         &[],
@@ -600,20 +532,20 @@ fn proxy_serves_downstream_without_an_upstream() {
     assert_eq!(missing.status, 404);
     assert!(String::from_utf8_lossy(&missing.body).contains("BLOB_UNKNOWN"));
     // Tags, whole and paged.
-    let tags = http::request(&proxy.host, "GET", "/v2/team/app/tags/list", &[]).unwrap();
+    let tags = http::request(&proxy.host(), "GET", "/v2/team/app/tags/list", &[]).unwrap();
     assert_eq!(tags.status, 200);
     assert_eq!(
         tags.json(),
         serde_json::json!({"name": "team/app", "tags": ["v1", "v2"]})
     );
-    let page = http::request(&proxy.host, "GET", "/v2/team/app/tags/list?n=1", &[]).unwrap();
+    let page = http::request(&proxy.host(), "GET", "/v2/team/app/tags/list?n=1", &[]).unwrap();
     assert_eq!(page.json()["tags"], serde_json::json!(["v1"]));
     assert_eq!(
         page.header("link"),
         Some("</v2/team/app/tags/list?n=1&last=v1>; rel=\"next\"")
     );
     let rest = http::request(
-        &proxy.host,
+        &proxy.host(),
         "GET",
         "/v2/team/app/tags/list?n=1&last=v1",
         &[],
@@ -621,11 +553,11 @@ fn proxy_serves_downstream_without_an_upstream() {
     .unwrap();
     assert_eq!(rest.json()["tags"], serde_json::json!(["v2"]));
     assert_eq!(rest.header("link"), None, "the last page");
-    let bad = http::request(&proxy.host, "GET", "/v2/team/app/tags/list?n=x", &[]).unwrap();
+    let bad = http::request(&proxy.host(), "GET", "/v2/team/app/tags/list?n=x", &[]).unwrap();
     assert_eq!(bad.status, 400);
-    let unknown = http::request(&proxy.host, "GET", "/v2/team/none/tags/list", &[]).unwrap();
+    let unknown = http::request(&proxy.host(), "GET", "/v2/team/none/tags/list", &[]).unwrap();
     assert_eq!(unknown.status, 404);
-    let none = http::get_manifest(&proxy.host, "team/app", "v3").unwrap();
+    let none = http::get_manifest(&proxy.host(), "team/app", "v3").unwrap();
     assert_eq!(none.status, 404);
     assert!(String::from_utf8_lossy(&none.body).contains("MANIFEST_UNKNOWN"));
 }
@@ -635,14 +567,14 @@ fn proxy_serves_a_blob_a_client_staged() {
     let env = TestEnv::new();
     let downstream = Registry::start();
     let d = format!("registry://{}", downstream.host());
-    let proxy = OccyProxy::start(&env, &env.path().join("state"), &["-d", &d]);
+    let proxy = OccyProxy::start(&["-d", &d]);
     let data = crate::support::images::pseudo_random(300 << 10, 7);
     let digest = sha256_digest(&data);
     let file = env.work("blob");
     std::fs::write(&file, &data).unwrap();
     let upload = format!(
         "http://{}/v2/team/staged/blobs/uploads/?digest={digest}",
-        proxy.host
+        proxy.host()
     );
     let mut curl = Command::new("curl");
     curl.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
@@ -651,19 +583,19 @@ fn proxy_serves_a_blob_a_client_staged() {
         .arg(format!("@{}", file.display()))
         .arg(&upload);
     let out = run(&mut curl, Duration::from_secs(60)).expect_ok();
-    assert_eq!(out.stdout, "201", "{}", proxy.log());
+    assert_eq!(out.stdout, "201", "{}", proxy.stderr());
     // Not downstream (no manifest came), yet the client that pushed it
     // can read it back.
     let path = format!("/v2/team/staged/blobs/{digest}");
     let down = http::request(&downstream.host(), "HEAD", &path, &[]).unwrap();
     assert_eq!(down.status, 404);
-    let head = http::request(&proxy.host, "HEAD", &path, &[]).unwrap();
+    let head = http::request(&proxy.host(), "HEAD", &path, &[]).unwrap();
     assert_eq!(head.status, 200);
     assert_eq!(
         head.header("content-length"),
         Some(data.len().to_string().as_str())
     );
-    let get = http::request(&proxy.host, "GET", &path, &[]).unwrap();
+    let get = http::request(&proxy.host(), "GET", &path, &[]).unwrap();
     assert_eq!(get.status, 200);
     assert!(get.body == data, "the staged bytes");
 }
