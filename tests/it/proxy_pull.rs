@@ -557,6 +557,18 @@ fn proxy_serves_downstream_without_an_upstream() {
     assert_eq!(bad.status, 400);
     let unknown = http::request(&proxy.host(), "GET", "/v2/team/none/tags/list", &[]).unwrap();
     assert_eq!(unknown.status, 404);
+    // A blob rotted in downstream's storage (same size, other bytes): the
+    // body breaks off instead of ending as if it were whole.
+    let rotted = &built.layers[2];
+    let data = downstream.blob_data_path(&rotted.digest);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+    let path = format!("/v2/team/app/blobs/{}", rotted.digest);
+    let broken = http::request(&proxy.host(), "GET", &path, &[]);
+    assert!(broken.is_err(), "a corrupt blob was served whole");
+    assert!(logs(&proxy, "hashes to"), "{}", proxy.stderr());
     let none = http::get_manifest(&proxy.host(), "team/app", "v3").unwrap();
     assert_eq!(none.status, 404);
     assert!(String::from_utf8_lossy(&none.body).contains("MANIFEST_UNKNOWN"));
