@@ -42,6 +42,31 @@ impl Client {
         Ok((body, ct))
     }
 
+    /// Lists the tags of `repository` (`GET /v2/REPO/tags/list`), one page
+    /// when `n` is given, starting after `last`: the response body whole,
+    /// at most `max` bytes. The caller parses it.
+    pub async fn tags_list(
+        &self,
+        repository: &str,
+        n: Option<usize>,
+        last: Option<&str>,
+        max: u64,
+    ) -> Result<Vec<u8>> {
+        let _slot = self.ctx.slot().await;
+        let op = format!("GET tags of {repository}");
+        let mut url = url::Url::parse(&format!("{}/v2/{repository}/tags/list", self.base))
+            .map_err(|e| Error::InvalidImage(format!("bad repository URL: {e}")))?;
+        if let Some(n) = n {
+            url.query_pairs_mut().append_pair("n", &n.to_string());
+        }
+        if let Some(last) = last {
+            url.query_pairs_mut().append_pair("last", last);
+        }
+        let scope = Scope::new(repository, Actions::Pull);
+        let (body, _) = self.get_whole(&op, &scope, url.as_str(), None, max).await?;
+        Ok(body)
+    }
+
     /// Fetches a small blob (a config) of `repository` whole, verifying
     /// digest and size.
     pub async fn get_small_blob(

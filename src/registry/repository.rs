@@ -60,6 +60,16 @@ impl Repository {
             .await
     }
 
+    /// [`Client::tags_list`] for this repository.
+    pub async fn tags_list(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+        max: u64,
+    ) -> Result<Vec<u8>> {
+        self.client.tags_list(&self.name, n, last, max).await
+    }
+
     /// [`Client::stream_blob`] for this repository.
     pub async fn stream_blob(
         &self,

@@ -124,6 +124,12 @@ impl OccyProxy {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Its `--state-dir` (staged uploads, the pull-through cache's tag
+    /// records), for a test that runs `proxy --purge` over it.
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self._state.path().join("state")
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
