@@ -143,7 +143,7 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>, remote: SocketAddr) -> Re
     let path = req.uri().path().to_string();
     let (parts, body) = req.into_parts();
     let body: ReqBody = body.map_err(std::io::Error::other).boxed_unsync();
-    let user = authorized(proxy, &parts.headers);
+    let user = authorized(proxy, &parts.headers).await;
     let mut resp = match user {
         Err(e) => e.into_response(),
         Ok(()) => match dispatch(proxy, &parts, body).await {
@@ -171,15 +171,16 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>, remote: SocketAddr) -> Re
     resp
 }
 
-/// The client's credentials, when the proxy asks for them.
-fn authorized(proxy: &Proxy, headers: &HeaderMap) -> ApiResult<()> {
+/// The client's credentials, when the proxy asks for them (a bcrypt runs
+/// off the runtime's workers).
+async fn authorized(proxy: &Proxy, headers: &HeaderMap) -> ApiResult<()> {
     let Some(users) = &proxy.config.htpasswd else {
         return Ok(());
     };
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if users.check(value) {
+    if users.check_async(value).await {
         Ok(())
     } else {
         Err(ApiError::unauthorized("authentication required"))
