@@ -22,7 +22,7 @@ use super::route::{self, ManifestRef, Route};
 use super::{Body, Proxy, ReqBody, empty, full};
 
 /// How long a client may take to send its request headers, or to finish a
-/// TLS handshake.
+/// TLS handshake, unless [`ServeOptions::header_timeout`] says otherwise.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shutdown waits for requests in progress.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -34,6 +34,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub struct ServeOptions {
     /// TLS (`--tls-cert/--tls-key`); `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a client may take to send its request headers or finish a
+    /// TLS handshake; `None`: 30 s. (Shorter only for tests.)
+    pub header_timeout: Option<Duration>,
 }
 
 /// Serves `proxy` on `listener` until `shutdown` resolves, then stops
@@ -50,6 +53,7 @@ pub async fn serve(
         proxy.config.limits.max_connections.max(1),
     ));
     let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    let header_timeout = options.header_timeout.unwrap_or(HEADER_TIMEOUT);
     let sweeper = {
         let proxy = proxy.clone();
         tokio::spawn(async move {
@@ -86,7 +90,7 @@ pub async fn serve(
             let proxy = proxy.clone();
             async move { Ok::<_, std::convert::Infallible>(handle(&proxy, req, remote).await) }
         });
-        let builder = builder();
+        let builder = builder(header_timeout);
         match &tls {
             None => {
                 let conn = builder
@@ -102,7 +106,7 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await;
+                    let tls = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
                     let Ok(Ok(tls)) = tls else {
                         tracing::debug!("TLS handshake with {remote} failed");
                         return;
@@ -123,11 +127,11 @@ pub async fn serve(
 }
 
 /// hyper's connection builder: HTTP/1.1 with a header deadline, and HTTP/2.
-fn builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+fn builder(header_timeout: Duration) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(64 << 10);
     b.http2()
         .timer(TokioTimer::new())

@@ -20,6 +20,7 @@ mod hostile_stores;
 mod index_copy;
 mod info_check;
 mod layer_cache;
+mod proxy_server;
 mod registry_client;
 mod registry_index;
 mod registry_pull;
