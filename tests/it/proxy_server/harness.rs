@@ -74,12 +74,15 @@ impl Served {
         let stderr_done = thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
+                {
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+                // After the line is kept: the caller may look for it.
                 if let Some(rest) = line.strip_prefix("proxy: listening on ") {
                     let _ = tx.send(rest.to_string());
                 }
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
             }
         });
         let listening = match rx.recv_timeout(Duration::from_secs(30)) {

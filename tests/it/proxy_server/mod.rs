@@ -52,6 +52,12 @@ fn proxy_server_base_endpoint_names_the_api_version() {
         r.header("docker-distribution-api-version"),
         Some("registry/2.0")
     );
+    // HTTP/2 without TLS, by prior knowledge.
+    let h2c = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://{}/v2/", proxy.host),
+    ]);
+    assert_eq!((h2c.version.as_str(), h2c.status), ("HTTP/2", 200));
 }
 
 // ---------------------------------------------------------------------------
@@ -102,6 +108,64 @@ fn proxy_server_htpasswd_challenges_refuses_and_admits() {
     let url = format!("http://{}/v2/", proxy.host);
     assert_eq!(curl(&["-u", "user:pass", &url]).status, 200);
     assert_eq!(curl(&["-u", "user:nope", &url]).status, 401);
+}
+
+#[test]
+fn proxy_server_wrong_guesses_do_not_stall_admitted_clients() {
+    let env = TestEnv::new();
+    let reg = Registry::start();
+    // Cost 12: a bcrypt takes a good fraction of a second.
+    let out = tools::run(
+        Command::new("htpasswd").args(["-Bbn", "-C", "12", "user", "pass"]),
+        TOOL_TIMEOUT,
+    )
+    .expect_ok();
+    let file = env.work("htpasswd");
+    fs::write(&file, out.stdout.trim_end().to_string() + "\n").unwrap();
+    let proxy = Served::start(&env, &reg, &["--htpasswd", file.to_str().unwrap()], &[]);
+    let good = basic("user:pass");
+    let mut conn = http::Conn::connect(&proxy.host).unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        conn.send("GET", "/v2/", &[("Authorization", &good)])
+            .unwrap()
+            .status,
+        200
+    );
+    let one_bcrypt = t.elapsed();
+    // Wrong guesses from six clients at once: each costs a bcrypt, two at
+    // a time, off the server's two runtime workers.
+    let flood: Vec<_> = (0..6)
+        .map(|i| {
+            let host = proxy.host.clone();
+            thread::spawn(move || {
+                let wrong = basic(&format!("user:guess{i}"));
+                http::request(&host, "GET", "/v2/", &[("Authorization", &wrong)])
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(50));
+    // Meanwhile the admitted client's requests are answered from the
+    // remembered success, without waiting for the guesses.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = conn
+            .send("GET", "/v2/", &[("Authorization", &good)])
+            .unwrap();
+        assert_eq!(r.status, 200);
+        slowest = slowest.max(t.elapsed());
+    }
+    for f in flood {
+        assert_eq!(f.join().unwrap(), 401);
+    }
+    eprintln!("one bcrypt {one_bcrypt:?}, slowest remembered {slowest:?}");
+    assert!(
+        slowest * 3 < one_bcrypt,
+        "a remembered credential took {slowest:?} during the guesses; one bcrypt takes {one_bcrypt:?}"
+    );
 }
 
 #[test]
@@ -191,7 +255,7 @@ fn proxy_server_tls_http1_and_http2() {
             "--tls-key",
             key.to_str().unwrap(),
         ],
-        &[],
+        &[("OCCYSTRAP_PROXY_HEADER_TIMEOUT", "2")],
     );
     assert!(
         proxy.stderr().contains("listening on https://"),
@@ -237,6 +301,19 @@ fn proxy_server_tls_http1_and_http2() {
     assert!(!out.stdout.contains("{}"), "{}", out.stdout);
     // ... and the server goes on serving.
     assert_eq!(curl(&["--cacert", ca, &url]).status, 200);
+    // A client that never finishes its handshake is cut off at the header
+    // deadline (2 s here).
+    let mut tcp = TcpStream::connect(&proxy.host).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let r = tcp.read(&mut buf);
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "cut off after {took:?}"
+    );
 }
 
 #[test]
