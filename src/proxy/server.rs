@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -86,10 +87,15 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&proxy, req, remote).await) }
-        });
+        let asked = Arc::new(AtomicBool::new(false));
+        let service = {
+            let asked = asked.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                asked.store(true, Ordering::Relaxed);
+                let proxy = proxy.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&proxy, req, remote).await) }
+            })
+        };
         let builder = builder(header_timeout);
         match &tls {
             None => {
@@ -98,7 +104,10 @@ pub async fn serve(
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = no_request_within(header_timeout, &asked) => {}
+                    }
                     drop(slot);
                 });
             }
@@ -114,7 +123,10 @@ pub async fn serve(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    tokio::select! {
+                        _ = watcher.watch(conn) => {}
+                        _ = no_request_within(header_timeout, &asked) => {}
+                    }
                     drop(slot);
                 });
             }
@@ -124,6 +136,17 @@ pub async fn serve(
     drop(listener);
     let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
     Ok(())
+}
+
+/// Resolves when a connection has sent no request within `deadline`:
+/// hyper's header deadline does not cover the first bytes, which the
+/// HTTP/1-or-2 detection reads, so a client that connects and sends
+/// nothing (or one byte) would otherwise hold its connection slot forever.
+async fn no_request_within(deadline: Duration, asked: &AtomicBool) {
+    tokio::time::sleep(deadline).await;
+    if asked.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// hyper's connection builder: HTTP/1.1 with a header deadline, and HTTP/2.

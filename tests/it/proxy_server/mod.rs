@@ -588,6 +588,51 @@ fn proxy_server_cuts_off_a_slow_client() {
     // Others are served meanwhile and after.
     let r = http::request(&proxy.host, "GET", "/v2/", &[]).unwrap();
     assert_eq!(r.status, 200);
+    // Clients that connect and then stop: before the HTTP version is told
+    // (nothing, or one byte of either), after HTTP/2's preface, and idle
+    // after a first request. All of them at once.
+    let stalled: Vec<_> = [
+        &b""[..],
+        b"P",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    .into_iter()
+    .map(|sent| {
+        let host = proxy.host.clone();
+        thread::spawn(move || (sent, closed_after(&host, sent)))
+    })
+    .collect();
+    for t in stalled {
+        let (sent, took) = t.join().unwrap();
+        let sent = String::from_utf8_lossy(sent);
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+            "{sent:?}: closed after {took:?}"
+        );
+    }
+}
+
+/// Connects, sends `sent`, then waits (reading whatever comes) until the
+/// server closes the connection; how long that took.
+fn closed_after(host: &str, sent: &[u8]) -> Duration {
+    let mut tcp = TcpStream::connect(host).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    tcp.write_all(sent).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return t.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return t.elapsed(),
+            Err(e) => panic!(
+                "{:?}: {e} after {:?}",
+                String::from_utf8_lossy(sent),
+                t.elapsed()
+            ),
+        }
+    }
 }
 
 #[test]
