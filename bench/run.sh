@@ -37,6 +37,15 @@
 # tool takes ~30 s a copy, so its copy rows run only in the first PY_COPY_RUNS
 # (default 1) runs. When this build (or BASE) cannot push to a registry, its
 # copy rows are skipped with the reason in the table.
+#
+# The proxy rows run `occystrap proxy` (this build) on PORT+2 and PORT+3:
+#   proxypush.skopeo-via-proxy  skopeo copies the image into a proxy with
+#             -f normalize-timestamps in front of the emptied second registry;
+#   proxypush.process           the same filtered copy by `occystrap process`;
+#   proxyhit.via-proxy          occystrap pulls a tag the pull-through proxy
+#             (-u first registry, -d second registry's cache/ namespace) holds;
+#   proxyhit.direct             the same pull straight from the second registry.
+# The proxies' own peak RSS is read from /proc at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 shared=$repo/bench
@@ -46,7 +55,7 @@ sel=${TASKS:-}
 W=${BENCH_DIR:-/dev/shm/occy-bench}
 if [[ -n $sel ]]; then md=${BENCH_MD:-/tmp/occy-bench-results.md}; else md=${BENCH_MD:-$repo/bench/results.md}; fi
 IFS=, read -ra picked <<<"$sel"
-groups=" tar expand oci search floor single10m single1g store1st store2nd copy1st copy2nd tar2reg "
+groups=" tar expand oci search floor single10m single1g store1st store2nd copy1st copy2nd tar2reg proxypush proxyhit "
 for t in "${picked[@]}"; do
   [[ $groups == *" ${t%%.*} "* ]] || { echo "TASKS: no group '${t%%.*}'; groups:$groups" >&2; exit 2; }
 done
@@ -89,10 +98,11 @@ elif [[ -n $base ]]; then
   basebin=$bdir/target/release/occystrap; base_desc="$(git -C "$repo" rev-parse --short "$rev")"
 fi
 
-rm -rf "$W"; mkdir -p "$W"
+rm -rf "$W"; mkdir -p "$W"; pxpids=()
 regdir=$W/registry; dregdir=$W/registry2
 "$shared/registry.sh" start "$regdir" "$port" >/dev/null
-trap '"$shared/registry.sh" stop "$regdir" "$port" >/dev/null 2>&1 || true
+trap 'for p in "${pxpids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null
+      "$shared/registry.sh" stop "$regdir" "$port" >/dev/null 2>&1 || true
       "$shared/registry.sh" stop "$dregdir" "$port2" >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 "$shared/make-images.sh" "$port" >/dev/null
 urls=; big=
@@ -187,7 +197,7 @@ fi
 # all at once: what the destination registry itself costs.
 srctar=$W/image-src.tar; pushfloor=$W/push-floor.sh
 v2accept='application/vnd.docker.distribution.manifest.v2+json'
-if uses copy1st || uses copy2nd || uses tar2reg; then
+if uses copy1st || uses copy2nd || uses tar2reg || uses proxypush || uses proxyhit; then
   "$shared/registry.sh" start "$dregdir" "$port2" >/dev/null
   skopeo copy -q --src-tls-verify=false "docker://$reg/$img" "docker-archive:$srctar:$img"
   mkdir -p "$W/blobs"
@@ -214,6 +224,23 @@ curl -fsS -o /dev/null -X PUT -H "Content-Type: application/vnd.docker.distribut
 SH
   chmod +x "$pushfloor"
 fi
+
+# The proxies of the proxy rows (this build), their state on tmpfs.
+pxpush=127.0.0.1:$((port + 2)); pxpull=127.0.0.1:$((port + 3)); pushpid=; pullpid=
+if uses proxypush; then
+  "$ours" --insecure proxy -l "$pxpush" --state-dir "$W/pxpush" -d "registry://$dst" \
+    -f normalize-timestamps 2> "$W/pxpush.log" & pxpids+=($!); pushpid=$!
+fi
+if uses proxyhit; then
+  "$ours" --insecure proxy -l "$pxpull" --state-dir "$W/pxpull" -d "registry://$dst/cache" \
+    -u "registry://$reg" --cache-ttl 1d 2> "$W/pxpull.log" & pxpids+=($!); pullpid=$!
+fi
+for _ in $(seq 100); do
+  ok=1; for h in ${pushpid:+$pxpush} ${pullpid:+$pxpull}; do curl -fs "http://$h/v2/" >/dev/null || ok=; done
+  [[ -n $ok ]] && break; sleep 0.1
+done
+# The proxies' peak RSS (VmHWM), MB, before they are stopped.
+proxy_rss() { [[ -n ${1:-} && -r /proc/$1/status ]] && awk '/VmHWM/{printf "%.0f", $2/1024}' "/proc/$1/status" || echo -; }
 
 # name|command run in an emptied $W/out (the command may use $OUT)
 tasks=(
@@ -244,6 +271,10 @@ tasks=(
   "tar2reg.ours|$ours --insecure process tar://$srctar registry://$dst/bench/tar2reg:layered"
   "tar2reg.skopeo|skopeo copy -q --dest-tls-verify=false docker-archive:$srctar docker://$dst/bench/tar2reg:layered"
   "tar2reg.python|$py --insecure process tar://$srctar registry://$dst/bench/tar2reg:layered"
+  "proxypush.skopeo-via-proxy|skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://$reg/$img docker://$pxpush/bench/proxypush:layered"
+  "proxypush.process|$ours --insecure process $src registry://$dst/bench/proxypush:layered -f normalize-timestamps"
+  "proxyhit.via-proxy|$ours --insecure process registry://$pxpull/$img tar://image.tar"
+  "proxyhit.direct|$ours --insecure process registry://$dst/cache/$img tar://image.tar"
 )
 if [[ -n $sel ]]; then
   kept=()
@@ -282,7 +313,13 @@ srcdigest=$(digest_of "$reg" bench/debian layered)
 # prepare NAME: untimed set-up before a run of the task.
 prepare() {
   case ${1%%.*} in
-    copy1st|tar2reg) wipe_dst ;;
+    copy1st|tar2reg|proxypush) wipe_dst ;;
+    # A hit: the proxy holds the tag (a pull through it, untimed, if a wipe
+    # emptied the cache).
+    proxyhit)
+      [[ -n $(digest_of "$dst" cache/bench/debian layered) ]] ||
+        "$ours" --insecure process "registry://$pxpull/$img" tar://"$W/warm.tar" >/dev/null 2>&1
+      rm -f "$W/warm.tar" ;;
     copy2nd)
       [[ $(digest_of "$dst" bench/copy2nd layered) == "$srcdigest" ]] ||
         skopeo copy -q --src-tls-verify=false --dest-tls-verify=false "docker://$reg/$img" "docker://$dst/bench/copy2nd:layered" ;;
@@ -292,7 +329,7 @@ prepare() {
 # and every blob that manifest names? (No check for the other rows.)
 landed() {
   local g=${1%%.*} m d
-  [[ $1 =~ ^(copy1st|copy2nd|tar2reg)\.(ours|base|skopeo|python|floor-curl)$ ]] || return 0
+  [[ $1 =~ ^(copy1st|copy2nd|tar2reg|proxypush)\.(ours|base|skopeo|python|floor-curl|skopeo-via-proxy|process)$ ]] || return 0
   m=$(curl -fs -H "Accept: $accept" "http://$dst/v2/bench/$g/manifests/layered") || return 1
   for d in $(jq -r '(.config.digest // empty), (.layers // [] | .[].digest)' <<<"$m"); do
     curl -fsI "http://$dst/v2/bench/$g/blobs/$d" >/dev/null || return 1
@@ -394,6 +431,10 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   for n in copy1st copy2nd tar2reg; do
     if has $n.ours; then echo "| peak RSS of ours, $n (target < 64 MB) | $(rss $n.ours) MB |"; fi
   done
+  rl "skopeo push through the filtering proxy / occystrap process with the same filter (target <= 1.5)" proxypush.skopeo-via-proxy proxypush.process
+  rl "pull-through hit / the same pull from downstream directly (target <= 1.2)" proxyhit.via-proxy proxyhit.direct
+  if uses proxypush; then echo "| peak RSS of the push proxy | $(proxy_rss "$pushpid") MB |"; fi
+  if uses proxyhit; then echo "| peak RSS of the pull-through proxy | $(proxy_rss "$pullpid") MB |"; fi
   if [[ -n $basebin ]]; then
     echo
     echo "| this build against the earlier one (time of earlier / this; >1 means faster now) | time | peak RSS this / earlier |"

@@ -99,9 +99,11 @@ where
     for child in &images {
         runs.push((source.child(&child.descriptor)?, child.descriptor.clone()));
     }
-    let mut pushed = futures_util::stream::iter(runs)
-        .map(|(s, d)| run_child(s, d))
-        .buffered(parallel.max(1));
+    // The futures are made first (they are lazy) rather than in a `map`
+    // over the stream: a closure in the stream's type makes rustc unable to
+    // prove a caller's future `Send` (the proxy spawns this).
+    let runs: Vec<Fut> = runs.into_iter().map(|(s, d)| run_child(s, d)).collect();
+    let mut pushed = futures_util::stream::iter(runs).buffered(parallel.max(1));
     for child in images {
         let Some(done) = pushed.next().await else {
             break;

@@ -17,7 +17,7 @@ use crate::wire::{Descriptor, Index, Kind, Manifest, choose_platform, classify, 
 
 /// The manifest's layers paired with the config's diff_ids; foreign
 /// (non-distributable) layers are refused.
-fn layer_infos(manifest: &Manifest, diff_ids: Vec<Digest>) -> Result<Vec<LayerInfo>> {
+pub(crate) fn layer_infos(manifest: &Manifest, diff_ids: Vec<Digest>) -> Result<Vec<LayerInfo>> {
     if diff_ids.len() != manifest.layers.len() {
         return Err(Error::InvalidImage(format!(
             "manifest lists {} layers but the config has {} diff_ids",
