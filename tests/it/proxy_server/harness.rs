@@ -1,19 +1,16 @@
-//! The harness of the proxy server tests: `occystrap proxy` as a
-//! subprocess, a curl runner that parses responses, the spec's error
+//! The harness of the proxy server tests: `occystrap proxy` in front of a
+//! test registry, a curl runner that parses responses, the spec's error
 //! checks, htpasswd files and a test CA.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::http;
+use crate::support::occy_proxy::OccyProxy;
 use crate::support::tools::{self, Output};
-use crate::support::{Registry, TestEnv, dir_entries, occy_bin};
+use crate::support::{Registry, TestEnv, dir_entries};
 
 /// How long any one tool run may take.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -22,98 +19,34 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 // The proxy as a subprocess
 // ---------------------------------------------------------------------------
 
-/// A running `occystrap proxy`. Dropping it kills the process.
+/// A running `occystrap proxy` ([`OccyProxy`]) in front of a downstream
+/// registry. Dropping it kills the process.
 pub(super) struct Served {
-    child: Child,
+    inner: OccyProxy,
     /// `127.0.0.1:PORT`.
     pub(super) host: String,
     /// The `--state-dir`.
     pub(super) state: PathBuf,
-    stderr: Arc<Mutex<String>>,
-    stderr_done: Option<thread::JoinHandle<()>>,
 }
 
 impl Served {
-    /// `occystrap --insecure proxy -l 127.0.0.1:0 --state-dir ENV/state -d
-    /// registry://DOWN EXTRA...`, with `vars` in its environment; returns
-    /// once it says where it listens.
-    pub(super) fn start(
-        env: &TestEnv,
-        down: &Registry,
-        extra: &[&str],
-        vars: &[(&str, &str)],
-    ) -> Served {
-        let state = env.path().join("state");
-        let mut cmd = Command::new(occy_bin());
-        cmd.current_dir(env.work(""))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", env.path().join("home"))
-            .env("DOCKER_CONFIG", env.docker_config_dir())
-            .env("XDG_RUNTIME_DIR", env.path().join("xdg"))
-            .env("XDG_CONFIG_HOME", env.path().join("xdg"))
-            .env("TMPDIR", env.tmp_dir())
-            .env("NO_COLOR", "1")
-            .env("RUST_BACKTRACE", "1")
-            .args(["--insecure", "proxy", "-l", "127.0.0.1:0", "--state-dir"])
-            .arg(&state)
-            .arg("-d")
-            .arg(format!("registry://{}", down.host()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start occystrap proxy");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        let stderr_done = thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                {
-                    let mut s = sink.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-                // After the line is kept: the caller may look for it.
-                if let Some(rest) = line.strip_prefix("proxy: listening on ") {
-                    let _ = tx.send(rest.to_string());
-                }
-            }
-        });
-        let listening = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the proxy did not say it listens:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-        };
-        // `http://127.0.0.1:PORT, downstream ...`
-        let host = listening
-            .split_once("://")
-            .and_then(|(_, r)| r.split(',').next())
-            .expect("address in the listening line")
-            .to_string();
+    /// `occystrap --insecure proxy ... -d registry://DOWN EXTRA...`, with
+    /// `vars` in its environment; returns once it listens.
+    pub(super) fn start(down: &Registry, extra: &[&str], vars: &[(&str, &str)]) -> Served {
+        let down = format!("registry://{}", down.host());
+        let mut args = vec!["-d", down.as_str()];
+        args.extend(extra);
+        let inner = OccyProxy::start_with_env(&args, vars);
         Served {
-            child,
-            host,
-            state,
-            stderr,
-            stderr_done: Some(stderr_done),
+            host: inner.host(),
+            state: inner.state_dir(),
+            inner,
         }
     }
 
     /// What it printed on stderr so far.
     pub(super) fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.inner.stderr()
     }
 
     /// What is left in the staging area's upload sessions (nothing when
@@ -122,34 +55,12 @@ impl Served {
         dir_entries(&self.state.join("staging/uploads"))
     }
 
-    /// Sends `signal` and waits (bounded) for the exit: the exit code, the
-    /// time it took, and all of stderr.
-    pub(super) fn stop(mut self, signal: i32) -> (Option<i32>, Duration, String) {
-        let pid = i32::try_from(self.child.id()).unwrap();
+    /// Sends SIGTERM and waits for the exit: the exit code, the time it
+    /// took, and all of stderr.
+    pub(super) fn stop(self) -> (Option<i32>, Duration, String) {
         let sent = Instant::now();
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-        let status = loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                break st;
-            }
-            if sent.elapsed() > Duration::from_secs(30) {
-                panic!("the proxy did not exit within 30 s of signal {signal}");
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
-        let took = sent.elapsed();
-        if let Some(t) = self.stderr_done.take() {
-            let _ = t.join();
-        }
-        (status.code(), took, self.stderr())
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let (code, stderr) = self.inner.stop();
+        (code, sent.elapsed(), stderr)
     }
 }
 

@@ -34,9 +34,8 @@ const EXIT_WITHIN: Duration = Duration::from_secs(3);
 
 #[test]
 fn proxy_server_base_endpoint_names_the_api_version() {
-    let env = TestEnv::new();
     let reg = Registry::start();
-    let proxy = Served::start(&env, &reg, &[], &[]);
+    let proxy = Served::start(&reg, &[], &[]);
     for method in ["GET", "HEAD"] {
         let r = http::request(&proxy.host, method, "/v2/", &[]).unwrap();
         assert_eq!(r.status, 200, "{method}");
@@ -69,7 +68,7 @@ fn proxy_server_htpasswd_challenges_refuses_and_admits() {
     let env = TestEnv::new();
     let reg = Registry::start();
     let file = htpasswd_file(&env, "user", "pass");
-    let proxy = Served::start(&env, &reg, &["--htpasswd", file.to_str().unwrap()], &[]);
+    let proxy = Served::start(&reg, &["--htpasswd", file.to_str().unwrap()], &[]);
     let cases: [(&str, Option<String>); 6] = [
         ("no credentials", None),
         ("wrong password", Some(basic("user:wrong"))),
@@ -122,7 +121,7 @@ fn proxy_server_wrong_guesses_do_not_stall_admitted_clients() {
     .expect_ok();
     let file = env.work("htpasswd");
     fs::write(&file, out.stdout.trim_end().to_string() + "\n").unwrap();
-    let proxy = Served::start(&env, &reg, &["--htpasswd", file.to_str().unwrap()], &[]);
+    let proxy = Served::start(&reg, &["--htpasswd", file.to_str().unwrap()], &[]);
     let good = basic("user:pass");
     let mut conn = http::Conn::connect(&proxy.host).unwrap();
     let t = Instant::now();
@@ -174,7 +173,7 @@ fn proxy_server_htpasswd_with_skopeo() {
     let reg = Registry::start();
     push_busybox(&env, &reg, PushFormat::Docker);
     let file = htpasswd_file(&env, "user", "pass");
-    let proxy = Served::start(&env, &reg, &["--htpasswd", file.to_str().unwrap()], &[]);
+    let proxy = Served::start(&reg, &["--htpasswd", file.to_str().unwrap()], &[]);
     let ok = skopeo_inspect(
         &env,
         &proxy.host,
@@ -247,7 +246,6 @@ fn proxy_server_tls_http1_and_http2() {
     let reg = Registry::start();
     let (ca, cert, key) = test_certs(&env.work("tls"));
     let proxy = Served::start(
-        &env,
         &reg,
         &[
             "--tls-cert",
@@ -327,7 +325,6 @@ fn proxy_server_tls_with_skopeo() {
     fs::create_dir_all(&certs).unwrap();
     fs::copy(&ca, certs.join("ca.crt")).unwrap();
     let proxy = Served::start(
-        &env,
         &reg,
         &[
             "--tls-cert",
@@ -361,9 +358,8 @@ const ZERO: &str = "sha256:00000000000000000000000000000000000000000000000000000
 
 #[test]
 fn proxy_server_refuses_hostile_paths() {
-    let env = TestEnv::new();
     let reg = Registry::start();
-    let proxy = Served::start(&env, &reg, &[], &[]);
+    let proxy = Served::start(&reg, &[], &[]);
     let cases: Vec<(String, &str, u16, &str)> = vec![
         ("/v2/../x/manifests/y".into(), "GET", 400, "NAME_INVALID"),
         (
@@ -494,16 +490,15 @@ fn proxy_server_refuses_hostile_paths() {
         "{:?}",
         proxy.uploads_left()
     );
-    let (code, _, stderr) = proxy.stop(libc::SIGTERM);
+    let (code, _, stderr) = proxy.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn proxy_server_unknown_upload_sessions() {
-    let env = TestEnv::new();
     let reg = Registry::start();
-    let proxy = Served::start(&env, &reg, &[], &[]);
+    let proxy = Served::start(&reg, &[], &[]);
     let id = "0123456789abcdef0123456789abcdef";
     let path = format!("/v2/team/app/blobs/uploads/{id}");
     for method in ["GET", "PATCH", "DELETE"] {
@@ -536,9 +531,8 @@ fn proxy_server_unknown_upload_sessions() {
 
 #[test]
 fn proxy_server_cuts_off_a_slow_client() {
-    let env = TestEnv::new();
     let reg = Registry::start();
-    let proxy = Served::start(&env, &reg, &[], &[("OCCYSTRAP_PROXY_HEADER_TIMEOUT", "2")]);
+    let proxy = Served::start(&reg, &[], &[("OCCYSTRAP_PROXY_HEADER_TIMEOUT", "2")]);
     let mut tcp = TcpStream::connect(&proxy.host).unwrap();
     tcp.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -639,7 +633,7 @@ fn closed_after(host: &str, sent: &[u8]) -> Duration {
 fn proxy_server_refuses_an_oversized_manifest() {
     let env = TestEnv::new();
     let reg = Registry::start();
-    let proxy = Served::start(&env, &reg, &["--max-manifest-size", "1024"], &[]);
+    let proxy = Served::start(&reg, &["--max-manifest-size", "1024"], &[]);
     let big = env.work("manifest.json");
     let doc = format!(
         "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"annotations\":{{\"x\":\"{}\"}}}}",
@@ -679,9 +673,8 @@ fn proxy_server_refuses_an_oversized_manifest() {
 
 #[test]
 fn proxy_server_sigterm_during_an_upload() {
-    let env = TestEnv::new();
     let reg = Registry::start();
-    let proxy = Served::start(&env, &reg, &[], &[]);
+    let proxy = Served::start(&reg, &[], &[]);
     let start = curl(&[
         "-X",
         "POST",
@@ -731,7 +724,7 @@ fn proxy_server_sigterm_during_an_upload() {
         "the upload never reached staging/uploads"
     );
     let state = proxy.state.clone();
-    let (code, took, stderr) = proxy.stop(libc::SIGTERM);
+    let (code, took, stderr) = proxy.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(took < EXIT_WITHIN, "exit took {took:?}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -752,7 +745,6 @@ fn proxy_server_json_access_log() {
     let reg = Registry::start();
     let file = htpasswd_file(&env, "user", "s3cret-pass");
     let proxy = Served::start(
-        &env,
         &reg,
         &["--log-format", "json", "--htpasswd", file.to_str().unwrap()],
         &[],
@@ -770,7 +762,7 @@ fn proxy_server_json_access_log() {
         let r = http::request(&proxy.host, method, path, &headers).unwrap();
         assert_eq!(r.status, status, "{method} {path}");
     }
-    let (code, _, stderr) = proxy.stop(libc::SIGTERM);
+    let (code, _, stderr) = proxy.stop();
     assert_eq!(code, Some(0), "{stderr}");
     let events: Vec<serde_json::Value> = stderr
         .lines()
