@@ -13,7 +13,7 @@ use crate::support::tools::{self, Output};
 use crate::support::{Registry, TestEnv, dir_entries};
 
 /// How long any one tool run may take.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------
 // The proxy as a subprocess

@@ -20,11 +20,10 @@ use crate::support::tools;
 use crate::support::{Registry, TestEnv, dir_entries};
 
 use harness::{
-    Served, assert_api_error, basic, curl, error_code, htpasswd_file, skopeo_inspect, test_certs,
+    Served, TOOL_TIMEOUT, assert_api_error, basic, curl, error_code, htpasswd_file, skopeo_inspect,
+    test_certs,
 };
 
-/// How long any one tool run may take.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a proxy stopped by SIGTERM may take to exit.
 const EXIT_WITHIN: Duration = Duration::from_secs(3);
 
