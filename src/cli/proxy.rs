@@ -316,9 +316,23 @@ pub(super) async fn run(global: &Global, settings: &Settings, args: &ProxyArgs) 
     proxy::server::serve(
         proxy,
         listener,
-        proxy::server::ServeOptions { tls },
+        proxy::server::ServeOptions {
+            tls,
+            header_timeout: header_timeout_override(),
+        },
         std::future::pending(),
     )
     .await?;
     Ok(0)
+}
+
+/// `OCCYSTRAP_PROXY_HEADER_TIMEOUT` (seconds): a hidden override of the
+/// 30 s request-header deadline, so that tests of slow clients run fast.
+fn header_timeout_override() -> Option<Duration> {
+    std::env::var("OCCYSTRAP_PROXY_HEADER_TIMEOUT")
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)
 }

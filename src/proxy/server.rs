@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -22,7 +23,7 @@ use super::route::{self, ManifestRef, Route};
 use super::{Body, Proxy, ReqBody, empty, full};
 
 /// How long a client may take to send its request headers, or to finish a
-/// TLS handshake.
+/// TLS handshake, unless [`ServeOptions::header_timeout`] says otherwise.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shutdown waits for requests in progress.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -34,6 +35,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub struct ServeOptions {
     /// TLS (`--tls-cert/--tls-key`); `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a client may take to send its request headers or finish a
+    /// TLS handshake; `None`: 30 s. (Shorter only for tests.)
+    pub header_timeout: Option<Duration>,
 }
 
 /// Serves `proxy` on `listener` until `shutdown` resolves, then stops
@@ -50,6 +54,7 @@ pub async fn serve(
         proxy.config.limits.max_connections.max(1),
     ));
     let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    let header_timeout = options.header_timeout.unwrap_or(HEADER_TIMEOUT);
     let sweeper = {
         let proxy = proxy.clone();
         tokio::spawn(async move {
@@ -82,11 +87,16 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&proxy, req, remote).await) }
-        });
-        let builder = builder();
+        let asked = Arc::new(AtomicBool::new(false));
+        let service = {
+            let asked = asked.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                asked.store(true, Ordering::Relaxed);
+                let proxy = proxy.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&proxy, req, remote).await) }
+            })
+        };
+        let builder = builder(header_timeout);
         match &tls {
             None => {
                 let conn = builder
@@ -94,7 +104,10 @@ pub async fn serve(
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = no_request_within(header_timeout, &asked) => {}
+                    }
                     drop(slot);
                 });
             }
@@ -102,7 +115,7 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await;
+                    let tls = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
                     let Ok(Ok(tls)) = tls else {
                         tracing::debug!("TLS handshake with {remote} failed");
                         return;
@@ -110,7 +123,10 @@ pub async fn serve(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    tokio::select! {
+                        _ = watcher.watch(conn) => {}
+                        _ = no_request_within(header_timeout, &asked) => {}
+                    }
                     drop(slot);
                 });
             }
@@ -122,12 +138,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// Resolves when a connection has sent no request within `deadline`:
+/// hyper's header deadline does not cover the first bytes, which the
+/// HTTP/1-or-2 detection reads, so a client that connects and sends
+/// nothing (or one byte) would otherwise hold its connection slot forever.
+async fn no_request_within(deadline: Duration, asked: &AtomicBool) {
+    tokio::time::sleep(deadline).await;
+    if asked.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// hyper's connection builder: HTTP/1.1 with a header deadline, and HTTP/2.
-fn builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+fn builder(header_timeout: Duration) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(64 << 10);
     b.http2()
         .timer(TokioTimer::new())
@@ -143,7 +170,7 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>, remote: SocketAddr) -> Re
     let path = req.uri().path().to_string();
     let (parts, body) = req.into_parts();
     let body: ReqBody = body.map_err(std::io::Error::other).boxed_unsync();
-    let user = authorized(proxy, &parts.headers);
+    let user = authorized(proxy, &parts.headers).await;
     let mut resp = match user {
         Err(e) => e.into_response(),
         Ok(()) => match dispatch(proxy, &parts, body).await {
@@ -171,15 +198,16 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>, remote: SocketAddr) -> Re
     resp
 }
 
-/// The client's credentials, when the proxy asks for them.
-fn authorized(proxy: &Proxy, headers: &HeaderMap) -> ApiResult<()> {
+/// The client's credentials, when the proxy asks for them (a bcrypt runs
+/// off the runtime's workers).
+async fn authorized(proxy: &Proxy, headers: &HeaderMap) -> ApiResult<()> {
     let Some(users) = &proxy.config.htpasswd else {
         return Ok(());
     };
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if users.check(value) {
+    if users.check_async(value).await {
         Ok(())
     } else {
         Err(ApiError::unauthorized("authentication required"))

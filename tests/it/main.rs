@@ -22,6 +22,7 @@ mod info_check;
 mod layer_cache;
 mod proxy_pull;
 mod proxy_push;
+mod proxy_server;
 mod proxy_uploads;
 mod registry_client;
 mod registry_index;

@@ -29,10 +29,15 @@ impl OccyProxy {
     /// after the subcommand) and waits until it listens. Panics with its
     /// stderr if it exits or stays silent for 20 s.
     pub fn start(args: &[&str]) -> OccyProxy {
+        OccyProxy::start_with_env(args, &[])
+    }
+
+    /// [`OccyProxy::start`] with `vars` set in the proxy's environment.
+    pub fn start_with_env(args: &[&str], vars: &[(&str, &str)]) -> OccyProxy {
         let mut last = String::new();
         // A port probed free can be taken before the proxy binds it: retry.
         for _ in 0..3 {
-            match OccyProxy::launch(args) {
+            match OccyProxy::launch(args, vars) {
                 Ok(p) => return p,
                 Err(e) => last = e,
             }
@@ -40,7 +45,7 @@ impl OccyProxy {
         panic!("occystrap proxy did not start: {last}");
     }
 
-    fn launch(args: &[&str]) -> Result<OccyProxy, String> {
+    fn launch(args: &[&str], vars: &[(&str, &str)]) -> Result<OccyProxy, String> {
         let state = tempfile::Builder::new()
             .prefix("occy-proxy-")
             .tempdir()
@@ -67,6 +72,9 @@ impl OccyProxy {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
         // SAFETY: prctl is async-signal-safe; the proxy dies with the test.
         unsafe {
             cmd.pre_exec(|| {
@@ -83,14 +91,17 @@ impl OccyProxy {
             let mut ready = Some(ready_tx);
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
+                {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                // Once the line is kept: the caller may look for it.
                 if line.contains("proxy: listening on")
                     && let Some(tx) = ready.take()
                 {
                     let _ = tx.send(());
                 }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;
@@ -133,6 +144,11 @@ impl OccyProxy {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The `--state-dir` it runs with.
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self._state.path().join("state")
     }
 
     /// What it printed on stderr so far (the access log among it).
