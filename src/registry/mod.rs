@@ -24,6 +24,7 @@ pub mod auth;
 mod client;
 mod context;
 mod errors;
+mod list;
 mod options;
 mod pull;
 mod push;
@@ -42,6 +43,8 @@ pub use options::{
     DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, MAX_CONFIG_BYTES,
     MAX_MANIFEST_BYTES, parse_byte_rate,
 };
+pub(crate) use list::is_repository_name;
+pub use list::{LIST_PAGE_SIZE, MAX_LIST_ENTRIES, MAX_LIST_PAGE_BYTES, refuses_listing};
 pub use push::BlobOpener;
 pub use repository::Repository;
 pub use tokens::Actions;
