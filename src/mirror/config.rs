@@ -247,7 +247,10 @@ impl<'de> Deserialize<'de> for RawPlatforms {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("`all` or a list of platforms such as [linux/amd64, linux/arm64]")
             }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Self::Value, E> {
+            fn visit_str<E: serde::de::Error>(
+                self,
+                s: &str,
+            ) -> std::result::Result<Self::Value, E> {
                 if s == "all" {
                     Ok(RawPlatforms::All)
                 } else {
@@ -584,8 +587,7 @@ fn options<'a>(
 fn entry(src: &Source, i: usize, raw: &RawEntry, defaults: &ImageOptions) -> Result<Entry> {
     let at = [Seg::Key("mirrors"), Seg::Index(i)];
     let key = |k: &'static str| [Seg::Key("mirrors"), Seg::Index(i), Seg::Key(k)];
-    let (source, from_path) =
-        registry_uri(&raw.from).map_err(|m| src.error(&key("from"), m))?;
+    let (source, from_path) = registry_uri(&raw.from).map_err(|m| src.error(&key("from"), m))?;
     let (destination, to_path) = registry_uri(&raw.to).map_err(|m| src.error(&key("to"), m))?;
     if from_path.contains("{repo}") {
         return Err(src.error(
@@ -620,8 +622,7 @@ fn entry(src: &Source, i: usize, raw: &RawEntry, defaults: &ImageOptions) -> Res
             glob: glob.compile_matcher(),
         }
     } else if let Some(names) = &raw.repositories {
-        if !from_path.is_empty() && !crate::registry::is_repository_name(&from_path)
-        {
+        if !from_path.is_empty() && !crate::registry::is_repository_name(&from_path) {
             return Err(src.error(&key("from"), "is not a registry namespace"));
         }
         if names.is_empty() {
@@ -654,7 +655,10 @@ fn entry(src: &Source, i: usize, raw: &RawEntry, defaults: &ImageOptions) -> Res
             }
         }
         let globs = if any_glob {
-            Some(set.build().map_err(|e| src.error(&key("repositories"), e))?)
+            Some(
+                set.build()
+                    .map_err(|e| src.error(&key("repositories"), e))?,
+            )
         } else {
             None
         };
@@ -839,7 +843,8 @@ fn registry_uri(s: &str) -> std::result::Result<(RegistryRef, String), String> {
             shown()
         ));
     }
-    uri.check_options(&["insecure"]).map_err(|e| e.to_string())?;
+    uri.check_options(&["insecure"])
+        .map_err(|e| e.to_string())?;
     let insecure = uri.flag("insecure").map_err(|e| e.to_string())?;
     let (host, path) = uri.path.split_once('/').unwrap_or((&uri.path, ""));
     if host.contains('@') {
@@ -854,7 +859,12 @@ fn registry_uri(s: &str) -> std::result::Result<(RegistryRef, String), String> {
         return Err(format!("{:?} has no valid registry host", shown()));
     }
     let path = path.trim_end_matches('/');
-    if path.rsplit('/').next().is_some_and(|last| last.contains(':')) || path.contains('@') {
+    if path
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'))
+        || path.contains('@')
+    {
         return Err(
             "names a tag or digest: `from` and `to` name repositories; choose tags with `tags`"
                 .into(),
@@ -944,3 +954,7 @@ pub(crate) fn join(a: &str, b: &str) -> String {
         format!("{a}/{b}")
     }
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+pub(crate) mod tests;

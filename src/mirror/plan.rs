@@ -61,12 +61,7 @@ pub fn relative_name<'a>(entry: &Entry, source_repository: &'a str) -> Option<&'
 /// `hub/debian`); else, for a single repository, `to`'s path (or the
 /// same name when `to` has none).
 pub fn map_destination(entry: &Entry, source_repository: &str) -> Result<String> {
-    let bad = |what: String| {
-        Error::Usage(format!(
-            "{}: {what}",
-            entry.describe()
-        ))
-    };
+    let bad = |what: String| Error::Usage(format!("{}: {what}", entry.describe()));
     let rel = relative_name(entry, source_repository).ok_or_else(|| {
         bad(format!(
             "repository {source_repository:?} is not below the entry's namespace"
@@ -189,10 +184,7 @@ impl std::str::FromStr for Shard {
     type Err = Error;
     /// `I/N`: shard I (1-based) of N.
     fn from_str(s: &str) -> Result<Shard> {
-        let what = format!(
-            "--shard {:?}",
-            crate::digest::truncate_for_error(s)
-        );
+        let what = format!("--shard {:?}", crate::digest::truncate_for_error(s));
         let (i, n) = s
             .split_once('/')
             .and_then(|(i, n)| Some((number(i)?, number(n)?)))
@@ -260,4 +252,234 @@ pub fn shard(jobs: Vec<Job>, shard: Shard) -> Vec<Job> {
     jobs.into_iter()
         .filter(|j| shard.takes(&j.destination))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "t.yaml").unwrap()
+    }
+
+    fn found(entry: usize, repos: &[(&str, &[&str])]) -> Discovered {
+        Discovered {
+            entry,
+            repositories: repos
+                .iter()
+                .map(|(r, t)| (r.to_string(), t.iter().map(|t| t.to_string()).collect()))
+                .collect(),
+            failed: Vec::new(),
+        }
+    }
+
+    fn again_found(d: &Discovered) -> Discovered {
+        Discovered {
+            entry: d.entry,
+            repositories: d.repositories.iter().rev().cloned().collect(),
+            failed: Vec::new(),
+        }
+    }
+
+    fn pairs(jobs: &[Job]) -> Vec<String> {
+        jobs.iter()
+            .map(|j| format!("{} -> {}", j.source, j.destination))
+            .collect()
+    }
+
+    #[test]
+    fn names_map_by_namespace_and_template() {
+        let c = config(crate::mirror::config::tests::EXAMPLE);
+        let (a, b) = (&c.entries[0], &c.entries[1]);
+        assert_eq!(map_destination(a, "library/debian").unwrap(), "hub/debian");
+        assert_eq!(map_destination(b, "team/app").unwrap(), "mirror/team/app");
+        assert!(map_destination(a, "other/debian").is_err());
+        let c = config(
+            "mirrors:\n\
+             - from: registry://s/tools/jq\n  to: registry://d/x/jq\n\
+             - from: registry://s/tools/yq\n  to: registry://d/y/{repo}-mirror\n\
+             - from: registry://s/tools/zq\n  to: registry://d\n\
+             - from: registry://s\n  to: registry://d/root\n  repositories: [a/b]\n\
+             - from: registry://s/deep/**\n  to: registry://d/{repo}\n",
+        );
+        let m = |i: usize, r: &str| map_destination(&c.entries[i], r).unwrap();
+        assert_eq!(m(0, "tools/jq"), "x/jq");
+        assert_eq!(m(1, "tools/yq"), "y/yq-mirror");
+        assert_eq!(m(2, "tools/zq"), "tools/zq");
+        assert_eq!(m(3, "a/b"), "root/a/b");
+        assert_eq!(m(4, "deep/a/b"), "a/b");
+    }
+
+    #[test]
+    fn the_plan_is_sorted_mapped_and_flags_immutable_tags() {
+        let c = config(crate::mirror::config::tests::EXAMPLE);
+        let discovered = [
+            found(1, &[("team/app", &["v2", "v1"])]),
+            found(
+                0,
+                &[
+                    ("library/python", &["3.12.1", "3.13-slim"]),
+                    ("library/debian", &[]),
+                ],
+            ),
+        ];
+        let jobs = plan(&c, &discovered).unwrap();
+        assert_eq!(
+            pairs(&jobs),
+            [
+                "SRC/library/python:3.12.1 -> DST/hub/python:3.12.1",
+                "SRC/library/python:3.13-slim -> DST/hub/python:3.13-slim",
+                "SRC/team/app:v1 -> DST/mirror/team/app:v1",
+                "SRC/team/app:v2 -> DST/mirror/team/app:v2",
+            ]
+        );
+        assert!(jobs[0].immutable && !jobs[1].immutable && !jobs[2].immutable);
+        assert_eq!(jobs[0].entry, 0);
+        assert_eq!(*jobs[0].options, c.entries[0].options);
+        // The same input in another order: the same plan.
+        let again = plan(
+            &c,
+            &[again_found(&discovered[1]), again_found(&discovered[0])],
+        )
+        .unwrap();
+        assert_eq!(again, jobs);
+    }
+
+    #[test]
+    fn two_sources_on_one_destination_are_refused() {
+        // Statically fine (globs), but the catalog makes them collide.
+        let c = config(
+            "mirrors:\n\
+             - from: registry://s/a/*\n  to: registry://d/m/{repo}\n\
+             - from: registry://s/b\n  to: registry://d/m\n  repositories: ['*']\n",
+        );
+        let e = plan(
+            &c,
+            &[found(0, &[("a/x", &["v1"])]), found(1, &[("b/x", &["v2"])])],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("d/m/x")
+                && e.contains("mirrors[0] (line 2")
+                && e.contains("mirrors[1] (line 4"),
+            "{e}"
+        );
+        assert!(
+            plan(
+                &c,
+                &[found(0, &[("a/x", &["v1"])]), found(1, &[("b/y", &["v1"])])]
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn shard_flags_and_environment() {
+        assert_eq!(
+            "2/8".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 8 }
+        );
+        assert_eq!(
+            "1/1".parse::<Shard>().unwrap(),
+            Shard { index: 1, count: 1 }
+        );
+        for bad in [
+            "0/3",
+            "4/3",
+            "1/0",
+            "x/3",
+            "3",
+            "1/2/3",
+            "-1/3",
+            "",
+            "1/999999999",
+        ] {
+            let e = bad.parse::<Shard>().unwrap_err();
+            assert!(
+                e.is_usage() && e.to_string().contains("--shard"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(shard_from_env(None, Some("3")).unwrap(), None);
+        assert_eq!(shard_from_env(Some("0"), None).unwrap(), None);
+        assert_eq!(
+            shard_from_env(Some("0"), Some("3")).unwrap(),
+            Some(Shard { index: 1, count: 3 })
+        );
+        assert_eq!(
+            shard_from_env(Some("2"), Some("3")).unwrap(),
+            Some(Shard { index: 3, count: 3 })
+        );
+        assert!(shard_from_env(Some("3"), Some("3")).is_err());
+        assert!(
+            shard_from_env(Some("a"), Some("3"))
+                .unwrap_err()
+                .to_string()
+                .contains("JOB_COMPLETION_INDEX")
+        );
+        // The flag wins over the environment.
+        assert_eq!(
+            choose_shard(Some("1/2"), Some("4"), Some("5")).unwrap(),
+            Some(Shard { index: 1, count: 2 })
+        );
+        assert_eq!(
+            choose_shard(None, Some("4"), Some("5")).unwrap(),
+            Some(Shard { index: 5, count: 5 })
+        );
+        assert_eq!(choose_shard(None, None, None).unwrap(), None);
+    }
+
+    #[test]
+    fn shards_are_disjoint_cover_everything_and_keep_repositories_whole() {
+        let c = config("mirrors:\n- from: registry://s/ns/*\n  to: registry://d/m/{repo}\n");
+        let repos: Vec<(String, Vec<String>)> = (0..60)
+            .map(|i| {
+                (
+                    format!("ns/r{i}"),
+                    (0..4).map(|t| format!("t{t}")).collect(),
+                )
+            })
+            .collect();
+        let jobs = plan(
+            &c,
+            &[Discovered {
+                entry: 0,
+                repositories: repos,
+                failed: Vec::new(),
+            }],
+        )
+        .unwrap();
+        assert_eq!(jobs.len(), 240);
+        for n in [1u32, 2, 3, 8] {
+            let mut union = Vec::new();
+            for i in 1..=n {
+                let part = shard(jobs.clone(), Shard { index: i, count: n });
+                if n <= 3 {
+                    assert!(!part.is_empty(), "shard {i}/{n} is empty");
+                }
+                // Every tag of a repository in this shard is in it.
+                for j in &part {
+                    let all_tags = jobs
+                        .iter()
+                        .filter(|k| k.destination.repository == j.destination.repository);
+                    for k in all_tags {
+                        assert!(
+                            part.contains(k),
+                            "{} split from its repository",
+                            k.destination
+                        );
+                    }
+                }
+                union.extend(part);
+            }
+            union.sort_by(|a, b| a.destination.cmp(&b.destination));
+            // Disjoint and complete: the union is the whole plan, once each.
+            assert_eq!(union, jobs, "shards of {n}");
+        }
+        // Stable: the hash does not depend on the run.
+        let r = &jobs[0].destination;
+        assert_eq!(shard_of(r, 8), shard_of(&r.clone(), 8));
+        assert_eq!(shard_of(r, 1), 1);
+    }
 }

@@ -101,7 +101,11 @@ pub fn filter_tags(rules: &TagRules, tags: &[String]) -> Vec<String> {
 /// which the caller fetches as it likes (tags it gives none for count as
 /// oldest). Ties go to the greater tag name, so the choice is the same on
 /// every run.
-pub async fn select_tags<F, Fut>(rules: &TagRules, tags: &[String], created: F) -> Result<Vec<String>>
+pub async fn select_tags<F, Fut>(
+    rules: &TagRules,
+    tags: &[String],
+    created: F,
+) -> Result<Vec<String>>
 where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Result<Option<Created>>>,
@@ -219,12 +223,7 @@ impl Created {
             }
         };
         let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
-        if !(sep(4, b"-")
-            && sep(7, b"-")
-            && sep(10, b"Tt ")
-            && sep(13, b":")
-            && sep(16, b":"))
-        {
+        if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
             return None;
         }
         let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
@@ -349,3 +348,245 @@ where
     Ok(found)
 }
 
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::mirror::config::Config;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "t.yaml").unwrap()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn entry_with_tags(tags: &str) -> Entry {
+        let c = config(&format!(
+            "mirrors:\n- from: registry://s/a\n  to: registry://d/a\n  tags: {tags}\n"
+        ));
+        c.entries[0].clone()
+    }
+
+    /// `select_tags` with a fake `created` that must not be called.
+    async fn chosen(tags: &str, from: &[&str]) -> Vec<String> {
+        let e = entry_with_tags(tags);
+        select_tags(&e.tags, &strings(from), |t| async move {
+            panic!("asked for the config of {t}")
+        })
+        .await
+        .unwrap()
+    }
+
+    const CATALOG: &[&str] = &[
+        "library/debian",
+        "library/python",
+        "library/pypy",
+        "library/ubuntu",
+        "library/py/deep",
+        "team/app",
+        "team/api",
+        "team/sub/tool",
+        "teamx/app",
+        "other",
+    ];
+
+    #[test]
+    fn repositories_by_name_and_glob() {
+        let c = config(crate::mirror::config::tests::EXAMPLE);
+        let catalog = strings(CATALOG);
+        // Names, and `py*` below `library` (not across a `/`).
+        let got = select_repositories(&c.entries[0], Some(&catalog)).unwrap();
+        assert_eq!(got, ["library/debian", "library/pypy", "library/python"]);
+        // `team/*`: one level, and not `teamx`.
+        let got = select_repositories(&c.entries[1], Some(&catalog)).unwrap();
+        assert_eq!(got, ["team/api", "team/app"]);
+        // `**` crosses levels.
+        let deep = config("mirrors:\n- from: registry://s/team/**\n  to: registry://d/m/{repo}\n");
+        let got = select_repositories(&deep.entries[0], Some(&catalog)).unwrap();
+        assert_eq!(got, ["team/api", "team/app", "team/sub/tool"]);
+        // Without a catalog, globs are an error naming the entry; plain names are not.
+        let e = select_repositories(&c.entries[1], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mirrors[1] (line 16") && e.contains("explicit repositories"),
+            "{e}"
+        );
+        let plain = config(
+            "mirrors:\n- from: registry://s/library\n  to: registry://d/hub\n  repositories: [debian, debian, ubuntu]\n",
+        );
+        assert!(!plain.entries[0].needs_catalog());
+        let got = select_repositories(&plain.entries[0], None).unwrap();
+        assert_eq!(got, ["library/debian", "library/ubuntu"]);
+        // A root namespace.
+        let root =
+            config("mirrors:\n- from: registry://s\n  to: registry://d/m\n  repositories: ['*']\n");
+        let got = select_repositories(&root.entries[0], Some(&catalog)).unwrap();
+        assert_eq!(got, ["other"]);
+    }
+
+    #[tokio::test]
+    async fn include_and_exclude_regexes() {
+        let all = [
+            "bookworm",
+            "bookworm-slim",
+            "bullseye",
+            "latest",
+            "latest-rc",
+            "12-rc1",
+        ];
+        assert_eq!(chosen("{}", &all).await.len(), all.len());
+        assert_eq!(
+            chosen("{include: ['^bookworm', latest], exclude: ['-rc']}", &all).await,
+            ["bookworm", "bookworm-slim", "latest"]
+        );
+        assert_eq!(
+            chosen("{include: ['^bookworm$']}", &all).await,
+            ["bookworm"]
+        );
+        assert_eq!(chosen("{exclude: ['^b', '-rc']}", &all).await, ["latest"]);
+    }
+
+    #[tokio::test]
+    async fn semver_ranges_are_lenient() {
+        let all = [
+            "3.11",
+            "3.12",
+            "v3.12.1",
+            "3.13-slim",
+            "3.13.0-rc1",
+            "4",
+            "latest",
+            "3.12.1.2",
+            "bookworm",
+            "V3.14",
+        ];
+        assert_eq!(
+            chosen("{semver: '>=3.12, <4'}", &all).await,
+            ["3.12", "3.13-slim", "3.13.0-rc1", "V3.14", "v3.12.1"]
+        );
+        assert_eq!(
+            chosen("{semver: '>=3.12', exclude: ['-rc']}", &all).await,
+            ["3.12", "3.13-slim", "4", "V3.14", "v3.12.1"]
+        );
+        assert_eq!(chosen("{semver: '~3.12'}", &all).await, ["3.12", "v3.12.1"]);
+        assert_eq!(
+            chosen("{semver: '3'}", &all).await,
+            [
+                "3.11",
+                "3.12",
+                "3.13-slim",
+                "3.13.0-rc1",
+                "V3.14",
+                "v3.12.1"
+            ]
+        );
+    }
+
+    #[test]
+    fn tag_versions() {
+        let v = |s: &str| TagVersion::parse(s);
+        assert_eq!(v("3.12").unwrap().core, semver::Version::new(3, 12, 0));
+        assert_eq!(v("v1.2.3").unwrap().core, semver::Version::new(1, 2, 3));
+        assert_eq!(v("7").unwrap().core, semver::Version::new(7, 0, 0));
+        assert_eq!(v("3.12-slim").unwrap().suffix, "slim");
+        for bad in [
+            "latest",
+            "1.2.3.4",
+            "1..2",
+            "1.",
+            "-1",
+            "1-",
+            "v",
+            "1.x",
+            "99999999999999999999",
+        ] {
+            assert!(v(bad).is_none(), "{bad}");
+        }
+        assert!(v("1.2.10").unwrap() > v("1.2.9").unwrap());
+        assert!(v("1.2").unwrap() > v("1.2-rc1").unwrap());
+        assert!(v("1.3-rc1").unwrap() > v("1.2").unwrap());
+    }
+
+    #[tokio::test]
+    async fn newest_by_version() {
+        let all = ["1.9", "1.10", "v1.10.1", "1.2", "2.0-rc1", "0.9"];
+        assert_eq!(
+            chosen("{newest: 3}", &all).await,
+            ["1.10", "2.0-rc1", "v1.10.1"]
+        );
+        assert_eq!(
+            chosen("{newest: 2, exclude: ['-rc']}", &all).await,
+            ["1.10", "v1.10.1"]
+        );
+        // Fewer candidates than N: all of them, no ordering needed.
+        assert_eq!(
+            chosen("{newest: 10, include: [latest]}", &["latest"]).await,
+            ["latest"]
+        );
+    }
+
+    #[tokio::test]
+    async fn newest_by_created_when_tags_are_not_versions() {
+        let e = entry_with_tags("{newest: 2, exclude: [old]}");
+        let times: HashMap<&str, Option<&str>> = [
+            ("bookworm", Some("2023-06-10T00:00:00Z")),
+            ("bullseye", Some("2021-08-14T00:00:00.5+02:00")),
+            ("latest", Some("2024-01-01T00:00:00.000000001Z")),
+            ("nightly", None),
+            ("sid", Some("2024-01-01T00:00:00Z")),
+            ("old", Some("2030-01-01T00:00:00Z")),
+        ]
+        .into_iter()
+        .collect();
+        let asked = Mutex::new(Vec::new());
+        let tags: Vec<String> = times.keys().map(|s| s.to_string()).collect();
+        let got = select_tags(&e.tags, &tags, |t| {
+            asked.lock().unwrap().push(t.clone());
+            let c = times[t.as_str()].map(|s| Created::parse(s).unwrap());
+            async move { Ok(c) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, ["latest", "sid"]);
+        let mut asked = asked.into_inner().unwrap();
+        asked.sort();
+        // Excluded tags are never looked at.
+        assert_eq!(asked, ["bookworm", "bullseye", "latest", "nightly", "sid"]);
+        // An error from the callback is the selection's error.
+        let e = select_tags(&e.tags, &tags, |_| async {
+            Err(Error::InvalidImage("no config".into()))
+        })
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("no config"));
+    }
+
+    #[test]
+    fn created_times() {
+        let c = |s: &str| Created::parse(s).map(|c| c.0);
+        assert_eq!(c("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(c("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(c("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
+        assert_eq!(c("2000-03-01T00:00:00Z"), Some(951_868_800 * 1_000_000_000));
+        assert_eq!(c("1969-12-31T23:59:59-00:00"), Some(-1_000_000_000));
+        assert!(c("2024-01-01T00:00:00.1234567891Z").is_some());
+        for bad in [
+            "",
+            "2024-01-01",
+            "2024-13-01T00:00:00Z",
+            "2024-01-01T00:00:00",
+            "2024-01-01T25:00:00Z",
+            "2024-01-01T00:00:00.Z",
+            "2024-01-01T00:00:00+0100",
+            "2024-01-01T00:00:00Zjunk",
+            "２024-01-01T00:00:00Z",
+        ] {
+            assert!(c(bad).is_none(), "{bad}");
+        }
+    }
+}

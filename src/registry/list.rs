@@ -10,8 +10,8 @@
 //! are not valid repository names or tags are dropped (they would go into
 //! URLs and paths later).
 
-use reqwest::header::LINK;
 use reqwest::Method;
+use reqwest::header::LINK;
 
 use super::client::Client;
 use super::request::{Request, backoff};
@@ -78,7 +78,8 @@ impl Client {
         page_size: u32,
     ) -> Result<Vec<String>> {
         let page_size = page_size.max(1);
-        let base = url::Url::parse(&self.base).map_err(|_| self.list_error(op, "bad registry URL"))?;
+        let base =
+            url::Url::parse(&self.base).map_err(|_| self.list_error(op, "bad registry URL"))?;
         let first = format!("{}/v2/{path}", self.base);
         let mut url = url::Url::parse(&first).map_err(|_| self.list_error(op, "bad URL"))?;
         url.query_pairs_mut()
@@ -163,7 +164,10 @@ impl Client {
                 .filter_map(|v| v.to_str().ok())
                 .find_map(next_link)
                 .map(str::to_string);
-            match self.read_capped(op, resp, MAX_LIST_PAGE_BYTES, deadline).await {
+            match self
+                .read_capped(op, resp, MAX_LIST_PAGE_BYTES, deadline)
+                .await
+            {
                 Ok(body) => return Ok((body, link)),
                 Err(e @ Error::Network { .. }) if attempt < self.options.retries => {
                     attempt += 1;
