@@ -118,7 +118,8 @@ impl Client {
             }
             let next = match link {
                 Some(link) => Some(self.next_url(op, &base, &url, &link)?),
-                None if got >= page_size as usize => {
+                // A registry that sent more than asked ignores `n`: that was all.
+                None if got == page_size as usize => {
                     let mut next = url::Url::parse(&first).expect("parsed above");
                     next.query_pairs_mut()
                         .append_pair("n", &page_size.to_string())
@@ -393,5 +394,211 @@ mod tests {
         )));
         assert!(!refuses_listing(&e(Some(500), vec![])));
         assert!(!refuses_listing(&Error::InvalidImage("x".into())));
+    }
+
+    /// A loopback server that answers each request with `answer(request
+    /// line, host)`'s full HTTP response and records the request lines.
+    /// Returns `127.0.0.1:PORT` and the record.
+    fn fake(
+        answer: impl Fn(&str, &str) -> String + Send + Sync + 'static,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, record) = (host.clone(), seen.clone());
+        let answer = std::sync::Arc::new(answer);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(64) {
+                let Ok(conn) = conn else { return };
+                let (h, record, answer) = (h.clone(), record.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut conn = conn;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut auth = String::new();
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header.to_ascii_lowercase().starts_with("authorization:") {
+                                auth = header.trim().to_string();
+                            }
+                            if header == "\r\n" {
+                                break;
+                            }
+                        }
+                        let line = format!("{} {auth}", line.trim());
+                        record.lock().unwrap().push(line.trim().to_string());
+                        let resp = answer(&line, &h);
+                        if conn.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (host, seen)
+    }
+
+    fn json(body: &str, link: Option<&str>) -> String {
+        let link = link.map(|l| format!("Link: {l}\r\n")).unwrap_or_default();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{link}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn client(host: &str) -> std::sync::Arc<Client> {
+        let options = crate::registry::ClientOptions {
+            insecure: true,
+            retries: 0,
+            ..Default::default()
+        };
+        Client::standalone(host, options).unwrap()
+    }
+
+    #[tokio::test]
+    async fn follows_relative_and_absolute_links() {
+        let (host, seen) = fake(|line, host| {
+            if line.contains("last=b") {
+                json(
+                    r#"{"repositories":["c","d"]}"#,
+                    Some(&format!(
+                        "<http://{host}/v2/_catalog?last=d&n=2>; rel=\"next\""
+                    )),
+                )
+            } else if line.contains("last=d") {
+                json(r#"{"repositories":["e", "../evil", "F"]}"#, None)
+            } else {
+                json(
+                    r#"{"repositories":["b","a"]}"#,
+                    Some(r#"</v2/_catalog?last=b&n=2>; rel="next""#),
+                )
+            }
+        });
+        let got = client(&host).catalog_paged(2).await.unwrap();
+        assert_eq!(got, ["a", "b", "c", "d", "e"]);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen[0].starts_with("GET /v2/_catalog?n=2 "), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn n_and_last_without_links() {
+        let (host, seen) = fake(|line, _| {
+            if line.contains("last=v2") {
+                json(r#"{"name":"a","tags":["v3","v4"]}"#, None)
+            } else if line.contains("last=v4") {
+                json(r#"{"name":"a","tags":["v5"]}"#, None)
+            } else {
+                json(r#"{"name":"a","tags":["v1","v2"]}"#, None)
+            }
+        });
+        let got = client(&host).tags_paged("a", 2).await.unwrap();
+        assert_eq!(got, ["v1", "v2", "v3", "v4", "v5"]);
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        // A registry that ignores `n` and sends everything: one request.
+        let (host, seen) = fake(|_, _| json(r#"{"tags":["a","b","c"]}"#, None));
+        assert_eq!(client(&host).tags_paged("x", 2).await.unwrap().len(), 3);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // One that ignores `last`: stops once nothing moves.
+        let (host, seen) = fake(|_, _| json(r#"{"tags":["a","b"]}"#, None));
+        assert_eq!(client(&host).tags_paged("x", 2).await.unwrap(), ["a", "b"]);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_link_to_another_host_is_refused() {
+        let (host, seen) = fake(|_, _| {
+            json(
+                r#"{"repositories":["a"]}"#,
+                Some(r#"<http://198.51.100.7/v2/_catalog?last=a>; rel="next""#),
+            )
+        });
+        let e = client(&host)
+            .catalog_paged(1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("another host") && e.contains("198.51.100.7"),
+            "{e}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn listings_are_bounded() {
+        // A page linking to itself forever with new names: stops at the cap.
+        let (host, _) = fake(|line, _| {
+            let n: usize = line
+                .split("last=")
+                .nth(1)
+                .and_then(|r| r.split(['&', ' ']).next())
+                .and_then(|v| v.trim_start_matches('r').parse().ok())
+                .map_or(0, |v: usize| v + 1);
+            let names: Vec<String> = (n..n + 5000).map(|i| format!("\"r{i:07}\"")).collect();
+            json(
+                &format!(r#"{{"repositories":[{}]}}"#, names.join(",")),
+                Some(&format!(
+                    "</v2/_catalog?last=r{:07}&n=5000>; rel=\"next\"",
+                    n + 4999
+                )),
+            )
+        });
+        let e = client(&host)
+            .catalog_paged(5000)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 100000 entries"), "{e}");
+        // A page over the byte cap.
+        let (host, _) = fake(|_, _| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                MAX_LIST_PAGE_BYTES + 1
+            )
+        });
+        let e = client(&host).catalog().await.unwrap_err().to_string();
+        assert!(e.contains("more than"), "{e}");
+        let (host, _) = fake(|_, _| json("<html>", None));
+        let e = client(&host).catalog().await.unwrap_err().to_string();
+        assert!(e.contains("not JSON"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn catalog_tokens_ask_for_the_catalog_scope() {
+        let (host, seen) = fake(|line, host| {
+            if line.starts_with("GET /token") {
+                json(r#"{"token":"tok"}"#, None)
+            } else if line.contains("Bearer tok") {
+                json(r#"{"repositories":["a"]}"#, None)
+            } else {
+                format!(
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{host}/token\",service=\"reg\",scope=\"registry:catalog:*\"\r\nContent-Length: 0\r\n\r\n"
+                )
+            }
+        });
+        assert_eq!(client(&host).catalog().await.unwrap(), ["a"]);
+        let seen = seen.lock().unwrap().clone();
+        let token = seen.iter().find(|l| l.starts_with("GET /token")).unwrap();
+        assert!(token.contains("scope=registry%3Acatalog%3A*"), "{token}");
+        assert!(!token.contains("repository"), "{token}");
+        // Refused: a typed error the mirror can name.
+        let (host, _) = fake(|_, _| {
+            let body = r#"{"errors":[{"code":"UNSUPPORTED","message":"catalog disabled"}]}"#;
+            format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        });
+        let e = client(&host).catalog().await.unwrap_err();
+        assert!(refuses_listing(&e), "{e}");
     }
 }
