@@ -47,6 +47,7 @@ pub mod image;
 pub mod inspect;
 pub mod layer;
 pub mod layer_cache;
+pub mod mirror;
 pub mod pipeline;
 pub mod progress;
 pub mod proxy;

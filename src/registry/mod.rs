@@ -24,6 +24,7 @@ pub mod auth;
 mod client;
 mod context;
 mod errors;
+mod list;
 mod options;
 mod pull;
 mod push;
@@ -37,6 +38,8 @@ pub use auth::Credentials;
 pub use client::Client;
 pub use context::{Context, ContextOptions, RateLimiter};
 pub use errors::{RegistryErrorBody, parse_error_body};
+pub(crate) use list::is_repository_name;
+pub use list::{LIST_PAGE_SIZE, MAX_LIST_ENTRIES, MAX_LIST_PAGE_BYTES, refuses_listing};
 pub use options::{
     ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MIN_SPEED, DEFAULT_MIN_SPEED_WINDOW,
     DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, MAX_CONFIG_BYTES,

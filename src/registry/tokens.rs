@@ -28,6 +28,9 @@ impl Actions {
     }
 }
 
+/// The token scope of a catalog listing.
+const CATALOG_SCOPE: &str = "registry:catalog:*";
+
 /// A repository and what a request does to it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Scope {
@@ -55,6 +58,12 @@ impl Scope {
         }
     }
 
+    /// `registry:catalog:*`, for listing the catalog. A repository name
+    /// never holds a `:`, so this one cannot be mistaken for a repository.
+    pub(crate) fn catalog() -> Self {
+        Scope::new(CATALOG_SCOPE, Actions::Pull)
+    }
+
     /// The second scope a mount's token request carries, if any.
     pub(crate) fn extra_scope_string(&self) -> Option<String> {
         self.mount_from
@@ -64,6 +73,9 @@ impl Scope {
 
     /// `repository:NAME:ACTIONS`, as a token request asks for it.
     pub(crate) fn to_scope_string(&self) -> String {
+        if self.repository == CATALOG_SCOPE {
+            return CATALOG_SCOPE.to_string();
+        }
         format!("repository:{}:{}", self.repository, self.actions.as_str())
     }
 }
