@@ -146,11 +146,6 @@ impl OccyProxy {
         self.port
     }
 
-    /// The `--state-dir` it runs with.
-    pub fn state_dir(&self) -> std::path::PathBuf {
-        self._state.path().join("state")
-    }
-
     /// What it printed on stderr so far (the access log among it).
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
