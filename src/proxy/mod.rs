@@ -61,6 +61,29 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// The next data of a request body (trailers skipped); `None` at its end.
+/// A body that sends nothing for `idle` is cut off.
+pub(crate) async fn next_data(
+    body: &mut ReqBody,
+    idle: std::time::Duration,
+) -> ApiResult<Option<Bytes>> {
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ApiError::timeout("the request body stalled")),
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::blob_upload_invalid(format!(
+                    "reading the request body: {e}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
+        }
+    }
+}
+
 /// A registry and a namespace in it (`registry://HOST/ns`): a client's
 /// repository `team/app` is `ns/team/app` there.
 #[derive(Clone, Debug)]

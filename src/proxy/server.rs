@@ -395,23 +395,11 @@ pub async fn read_bounded(
         return Err(too_large());
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(max as u64) as usize);
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(ApiError::timeout("the request body stalled")),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(ApiError::blob_upload_invalid(format!(
-                    "reading the request body: {e}"
-                )));
-            }
-            Ok(Some(Ok(f))) => f,
-        };
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > max {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(&data);
+    while let Some(data) = super::next_data(&mut body, idle).await? {
+        if buf.len() + data.len() > max {
+            return Err(too_large());
         }
+        buf.extend_from_slice(&data);
     }
     Ok(buf.freeze())
 }

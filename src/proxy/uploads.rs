@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
-use http_body_util::BodyExt;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::cancel::CleanupGuard;
@@ -405,20 +404,7 @@ impl Staging {
         let mut n = 0u64;
         let idle = self.limits.body_idle;
         let written: ApiResult<()> = async {
-            loop {
-                let frame = match tokio::time::timeout(idle, body.frame()).await {
-                    Err(_) => return Err(ApiError::timeout("the request body stalled")),
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
-                        return Err(ApiError::blob_upload_invalid(format!(
-                            "reading the request body: {e}"
-                        )));
-                    }
-                    Ok(Some(Ok(frame))) => frame,
-                };
-                let Ok(data) = frame.into_data() else {
-                    continue; // trailers
-                };
+            while let Some(data) = super::next_data(&mut body, idle).await? {
                 if data.is_empty() {
                     continue;
                 }

@@ -440,23 +440,9 @@ fn proxy_pull_podman() {
     push_busybox(&s.env, &s.upstream, PushFormat::Docker);
     let proxy = s.proxy(&[]);
     let state = unique_dir(&s.env.work("podman"), "state");
-    let (root, runroot, tmp) = (state.join("root"), state.join("runroot"), state.join("tmp"));
-    for d in [&root, &runroot, &tmp] {
-        std::fs::create_dir_all(d).unwrap();
-    }
     let image = format!("{}/team/app:v1", proxy.host());
     let podman = |args: &[&str]| {
-        let mut c = Command::new("podman");
-        c.env("TMPDIR", &tmp)
-            .arg("--root")
-            .arg(&root)
-            .arg("--runroot")
-            .arg(&runroot)
-            .arg("--tmpdir")
-            .arg(&tmp)
-            .args(["--storage-driver", "vfs", "--events-backend", "none"])
-            .args(["--cgroup-manager", "cgroupfs"])
-            .args(args);
+        let mut c = crate::support::tools::podman_in(&state, args);
         run(&mut c, Duration::from_secs(180)).expect_ok()
     };
     podman(&["pull", "-q", "--tls-verify=false", &image]);

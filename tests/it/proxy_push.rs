@@ -251,28 +251,7 @@ fn a_three_platform_index_arrives_filtered_with_new_children() {
 
 /// A podman command on private vfs storage under `state`.
 fn podman(state: &Path, args: &[&str]) -> Command {
-    let tmp = state.join("tmp");
-    for d in ["root", "runroot", "tmp"] {
-        std::fs::create_dir_all(state.join(d)).unwrap();
-    }
-    let mut c = Command::new("podman");
-    c.env("TMPDIR", &tmp)
-        .arg("--root")
-        .arg(state.join("root"))
-        .arg("--runroot")
-        .arg(state.join("runroot"))
-        .arg("--tmpdir")
-        .arg(&tmp)
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--events-backend",
-            "none",
-            "--cgroup-manager",
-            "cgroupfs",
-        ])
-        .args(args);
-    c
+    crate::support::tools::podman_in(state, args)
 }
 
 #[test]

@@ -148,35 +148,36 @@ pub fn skopeo_copy_archive_to_oci(tmp: &Path, path: &Path, layout: &Path) {
     );
 }
 
+/// A podman command on private vfs storage under `state` (created).
+pub fn podman_in(state: &Path, args: &[&str]) -> Command {
+    let tmp = state.join("tmp");
+    for d in ["root", "runroot", "tmp"] {
+        std::fs::create_dir_all(state.join(d)).unwrap();
+    }
+    let mut c = Command::new("podman");
+    c.env("TMPDIR", &tmp)
+        .arg("--root")
+        .arg(state.join("root"))
+        .arg("--runroot")
+        .arg(state.join("runroot"))
+        .arg("--tmpdir")
+        .arg(&tmp)
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--events-backend",
+            "none",
+            "--cgroup-manager",
+            "cgroupfs",
+        ])
+        .args(args);
+    c
+}
+
 /// `podman load` into private storage under `state`; returns podman's output.
 /// Asserts that `expect_tag` (if any) then exists in that storage.
 pub fn podman_load(state: &Path, path: &Path, expect_tag: Option<&str>) -> Output {
-    let root = state.join("root");
-    let runroot = state.join("runroot");
-    let tmp = state.join("tmp");
-    for d in [&root, &runroot, &tmp] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    let podman = |args: &[&str]| {
-        let mut c = Command::new("podman");
-        c.env("TMPDIR", &tmp)
-            .arg("--root")
-            .arg(&root)
-            .arg("--runroot")
-            .arg(&runroot)
-            .arg("--tmpdir")
-            .arg(&tmp)
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--events-backend",
-                "none",
-                "--cgroup-manager",
-                "cgroupfs",
-            ])
-            .args(args);
-        c
-    };
+    let podman = |args: &[&str]| podman_in(state, args);
     let p = path.display().to_string();
     let out = run(&mut podman(&["load", "-i", &p]), TOOL_TIMEOUT).expect_ok();
     if let Some(tag) = expect_tag {
