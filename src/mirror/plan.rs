@@ -269,6 +269,7 @@ mod tests {
                 .iter()
                 .map(|(r, t)| (r.to_string(), t.iter().map(|t| t.to_string()).collect()))
                 .collect(),
+            listed: Default::default(),
             failed: Vec::new(),
         }
     }
@@ -277,6 +278,7 @@ mod tests {
         Discovered {
             entry: d.entry,
             repositories: d.repositories.iter().rev().cloned().collect(),
+            listed: Default::default(),
             failed: Vec::new(),
         }
     }
@@ -446,6 +448,7 @@ mod tests {
             &[Discovered {
                 entry: 0,
                 repositories: repos,
+                listed: Default::default(),
                 failed: Vec::new(),
             }],
         )
