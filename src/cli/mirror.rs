@@ -37,6 +37,13 @@ pub struct MirrorArgs {
     progress: ProgressMode,
 }
 
+impl MirrorArgs {
+    /// Whether progress goes to stderr as JSON lines.
+    pub fn json_progress(&self) -> bool {
+        self.progress == ProgressMode::Json
+    }
+}
+
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {
@@ -63,6 +70,16 @@ pub async fn run(global: &Global, settings: &Settings, args: &MirrorArgs) -> Res
     };
     let started = Instant::now();
     let show = Arc::new(Show::new(mode));
+    // The run's own context: the flags' limits, and our ear on its retries.
+    let mut settings = settings.clone();
+    settings.registry = occystrap::registry::Context::new(occystrap::registry::ContextOptions {
+        rate_limit: global
+            .rate_limit
+            .or_else(|| super::env::number(super::env::ENV_RATE_LIMIT)),
+        listener: occystrap::registry::Listening(Some(show.clone())),
+        ..Default::default()
+    });
+    let settings = &settings;
     let options = MirrorOptions {
         images: usize::from(global.image_parallel.unwrap_or(4)),
         blobs: settings.parallel.max(1),
@@ -94,20 +111,29 @@ pub async fn run(global: &Global, settings: &Settings, args: &MirrorArgs) -> Res
         match select::discover_some(entry, &client, wanted, created).await {
             Ok(found) => {
                 for (repo, e) in &found.failed {
-                    outcomes.push(failed(
+                    let to = plan::map_destination(entry, repo)
+                        .map(|d| format!("{}/{d}", entry.destination.host))
+                        .unwrap_or_else(|_| entry.to.clone());
+                    let o = failed(
                         format!("{}/{repo}", entry.source.host),
-                        entry.describe(),
-                        format!("listing its tags: {e}"),
-                    ));
+                        to,
+                        format!("{}: listing its tags: {e}", entry.describe()),
+                    );
+                    show.finished(&o);
+                    outcomes.push(o);
                 }
                 discovered.push(found);
             }
             Err(e) if e.is_usage() => return Err(e.into()),
-            Err(e) => outcomes.push(failed(
-                entry.from.clone(),
-                entry.describe(),
-                format!("discovery: {e}"),
-            )),
+            Err(e) => {
+                let o = failed(
+                    entry.from.clone(),
+                    entry.to.clone(),
+                    format!("{}: discovery: {e}", entry.describe()),
+                );
+                show.finished(&o);
+                outcomes.push(o);
+            }
         }
     }
     let mut jobs = plan::plan(&config, &discovered)?;
@@ -438,6 +464,34 @@ impl Show {
                 }
             }
         }))
+    }
+}
+
+impl occystrap::registry::Listener for Show {
+    fn retry(&self, host: &str, op: &str, why: &str, wait: Duration) {
+        self.event(
+            serde_json::json!({"event": "retry", "registry": host, "operation": op,
+                               "reason": why, "wait_seconds": wait.as_secs_f64()}),
+            || {
+                format!(
+                    "mirror: {host}: {op}: {why}; retrying in {:.1} s",
+                    wait.as_secs_f64()
+                )
+            },
+        );
+    }
+
+    fn rate_limited(&self, host: &str, wait: Duration) {
+        self.event(
+            serde_json::json!({"event": "rate-limited", "registry": host,
+                               "wait_seconds": wait.as_secs_f64()}),
+            || {
+                format!(
+                    "mirror: {host} asked us to slow down; holding back {:.1} s",
+                    wait.as_secs_f64()
+                )
+            },
+        );
     }
 }
 

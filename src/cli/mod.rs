@@ -3,7 +3,7 @@
 
 mod copy;
 mod env;
-mod mirror;
+pub mod mirror;
 mod output;
 mod progress;
 pub mod proxy;

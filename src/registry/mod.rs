@@ -36,7 +36,7 @@ pub mod transport;
 pub use crate::error::RegistryErrorCode as ErrorCode;
 pub use auth::Credentials;
 pub use client::Client;
-pub use context::{Context, ContextOptions, RateLimiter};
+pub use context::{Context, ContextOptions, Listener, Listening, MAX_HOLD, RateLimiter};
 pub use errors::{RegistryErrorBody, parse_error_body};
 pub(crate) use list::is_repository_name;
 pub use list::{LIST_PAGE_SIZE, MAX_LIST_ENTRIES, MAX_LIST_PAGE_BYTES, refuses_listing};
