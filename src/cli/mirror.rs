@@ -94,6 +94,7 @@ pub async fn run(global: &Global, settings: &Settings, args: &MirrorArgs) -> Res
     // own images only.
     let mut discovered = Vec::new();
     let mut outcomes = Vec::new();
+    let mut catalogs: HashMap<RegistryRef, Vec<String>> = HashMap::new();
     for entry in &config.entries {
         let client = mirror.client(&entry.source, Side::Source)?;
         let wanted = |repo: &str| match (shard, plan::map_destination(entry, repo)) {
@@ -108,8 +109,12 @@ pub async fn run(global: &Global, settings: &Settings, args: &MirrorArgs) -> Res
             let client = client.clone();
             async move { select::created_of(&client.repo(&repo), &tag).await }
         };
-        match select::discover_some(entry, &client, wanted, created).await {
+        let catalog = catalogs.get(&entry.source).map(Vec::as_slice);
+        match select::discover_some(entry, &client, catalog, wanted, created).await {
             Ok(found) => {
+                if let Some(c) = &found.catalog {
+                    catalogs.insert(entry.source.clone(), c.clone());
+                }
                 for (repo, e) in &found.failed {
                     let to = plan::map_destination(entry, repo)
                         .map(|d| format!("{}/{d}", entry.destination.host))

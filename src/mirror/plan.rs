@@ -270,6 +270,7 @@ mod tests {
                 .map(|(r, t)| (r.to_string(), t.iter().map(|t| t.to_string()).collect()))
                 .collect(),
             listed: Default::default(),
+            catalog: None,
             failed: Vec::new(),
         }
     }
@@ -279,6 +280,7 @@ mod tests {
             entry: d.entry,
             repositories: d.repositories.iter().rev().cloned().collect(),
             listed: Default::default(),
+            catalog: None,
             failed: Vec::new(),
         }
     }
@@ -449,6 +451,7 @@ mod tests {
                 entry: 0,
                 repositories: repos,
                 listed: Default::default(),
+                catalog: None,
                 failed: Vec::new(),
             }],
         )

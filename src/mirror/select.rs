@@ -354,6 +354,8 @@ pub struct Discovered {
     /// Every tag each of those repositories has, referrer tags included
     /// (for referrers and prune).
     pub listed: BTreeMap<String, Vec<String>>,
+    /// The source's catalog, when the entry needed it.
+    pub catalog: Option<Vec<String>>,
     /// Repositories whose tags could not be listed (or chosen), with why;
     /// the others go on.
     pub failed: Vec<(String, Error)>,
@@ -370,14 +372,16 @@ where
     F: Fn(String, String) -> Fut,
     Fut: Future<Output = Result<Option<Created>>>,
 {
-    discover_some(entry, client, |_| true, created).await
+    discover_some(entry, client, None, |_| true, created).await
 }
 
 /// As [`discover`], listing the tags only of the repositories `wanted`
-/// takes (a shard's): the others are left out of the result.
+/// takes (a shard's): the others are left out of the result. `catalog`:
+/// the source's catalog when an earlier entry listed it already.
 pub async fn discover_some<W, F, Fut>(
     entry: &Entry,
     client: &Client,
+    catalog: Option<&[String]>,
     wanted: W,
     created: F,
 ) -> Result<Discovered>
@@ -386,7 +390,11 @@ where
     F: Fn(String, String) -> Fut,
     Fut: Future<Output = Result<Option<Created>>>,
 {
-    let catalog = if entry.needs_catalog() {
+    let catalog = if !entry.needs_catalog() {
+        None
+    } else if let Some(c) = catalog {
+        Some(c.to_vec())
+    } else {
         match client.catalog().await {
             Ok(c) => Some(c),
             Err(e) if crate::registry::refuses_listing(&e) => {
@@ -399,10 +407,9 @@ where
             }
             Err(e) => return Err(e),
         }
-    } else {
-        None
     };
     let mut repositories = select_repositories(entry, catalog.as_deref())?;
+    let listed_catalog = catalog;
     repositories.retain(|r| wanted(r));
     let created = &created;
     type Listed = (String, Result<(Vec<String>, Vec<String>)>);
@@ -431,6 +438,7 @@ where
         entry: entry.index,
         repositories: Vec::new(),
         listed: BTreeMap::new(),
+        catalog: listed_catalog,
         failed: Vec::new(),
     };
     for (repo, r) in results {
