@@ -593,6 +593,14 @@ fn mirror_run_prune_against_a_registry_without_deletes_says_so() {
     let path = format!("/v2/lib/a/manifests/{v2}");
     let r = crate::support::http::request(&src, "DELETE", &path, &[]).unwrap();
     assert_eq!(r.status, 202, "{r:?}");
+    // The destination really refuses (distribution: 405 UNSUPPORTED).
+    let dst_path = format!("/v2/p/a/manifests/{v2}");
+    let r = crate::support::http::request(&rig.dst.host(), "DELETE", &dst_path, &[]).unwrap();
+    assert_eq!(r.status, 405, "{r:?}");
+    // A dry run lists it all the same.
+    let dry = rig.mirror_ok(&config, &["--dry-run"]);
+    dry.assert_counts(&[("skipped", 1), ("would-prune", 1)]);
+    assert!(dry.with("would-prune").contains("p/a:v2"));
     let out = rig.mirror(&config, &[]);
     assert_eq!(out.code, Some(1), "{}", show(&out));
     let report = Report::parse(&out, &rig.dp.host());
