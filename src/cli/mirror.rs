@@ -239,7 +239,9 @@ async fn prune(
             let keep: BTreeSet<String> = tags.iter().cloned().collect();
             let kept: BTreeSet<String> = mine
                 .iter()
-                .filter_map(|(_, o)| o.destination_digest.as_ref().map(|d| d.to_string()))
+                // What a dry run would copy keeps its source digest.
+                .flat_map(|(_, o)| [&o.destination_digest, &o.source_digest])
+                .filter_map(|d| d.as_ref().map(|d| d.to_string()))
                 .collect();
             out.extend(mirror.prune(&entry.destination, &dest, &keep, &kept).await);
         }

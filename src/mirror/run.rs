@@ -420,8 +420,8 @@ impl Mirror {
                     Some("the source no longer has it".into()),
                     Some(d),
                 ),
-                Ok(Some(d)) => match delete_manifest(&repo, &d).await {
-                    Ok(()) => outcome(
+                Ok(Some(d)) => match repo.delete_manifest(&d).await {
+                    Ok(_) => outcome(
                         tag,
                         Action::Pruned,
                         Some("the source no longer has it".into()),
@@ -436,14 +436,6 @@ impl Mirror {
         }
         out
     }
-}
-
-/// Deletes the manifest `digest` (and so every tag on it) from `repo`.
-async fn delete_manifest(repo: &Repository, digest: &Digest) -> Result<()> {
-    let _ = (repo, digest);
-    Err(Error::Unsupported(
-        "deleting manifests is not built yet".into(),
-    ))
 }
 
 /// Marks `out` skipped.

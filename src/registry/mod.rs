@@ -28,6 +28,7 @@ mod list;
 mod options;
 mod pull;
 mod push;
+mod referrers;
 mod repository;
 mod request;
 mod tokens;
@@ -46,6 +47,9 @@ pub use options::{
     MAX_MANIFEST_BYTES, parse_byte_rate,
 };
 pub use push::BlobOpener;
+pub use referrers::{
+    MAX_REFERRERS, Referrer, deletes_disabled, parse_referrers_index, referrers_index,
+};
 pub use repository::Repository;
 pub use tokens::Actions;
 
