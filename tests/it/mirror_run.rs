@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::support::mirror_seed::{self as seed, Kind, Seeded};
 use crate::support::proxy::{Fault, Proxy, Record};
 use crate::support::registry::ClosedPort;
-use crate::support::{Output, Registry, TestEnv, assert_no_panic};
+use crate::support::{Compression, Output, Registry, TestEnv, assert_no_panic};
 
 /// A source and a destination registry, each behind its own counting proxy
 /// (the config names the proxies).
@@ -255,6 +255,26 @@ fn mirror_run_copies_every_digest_then_warm_costs_two_heads_per_tag_then_copies_
         );
     }
     assert_destination(&rig.dst.host(), &want);
+    // Blobs shared across images and repositories went up once, then
+    // were mounted or found.
+    let mut uploads: BTreeMap<String, usize> = BTreeMap::new();
+    for r in rig.dp.requests() {
+        if r.method == "PUT" && r.path.contains("/blobs/uploads/") {
+            let query = r.query.as_deref().unwrap_or("").replace("%3A", ":");
+            let digest = query.split('&').find_map(|kv| kv.strip_prefix("digest="));
+            *uploads
+                .entry(digest.unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = uploads.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "blobs uploaded more than once: {twice:?}");
+    let base = Compression::Gzip.compress(&seed::base_layer());
+    assert_eq!(
+        uploads.get(&crate::support::sha256_digest(&base)),
+        Some(&1),
+        "the shared base layer: {uploads:?}"
+    );
 
     // Warm: per tag one HEAD of the source manifest and one of the
     // destination's; one tag listing per source repository and one catalog.
