@@ -965,3 +965,82 @@ fn mirror_run_referrers_come_with_their_image() {
         "the signature did not come along"
     );
 }
+
+#[test]
+fn mirror_run_takes_source_and_destination_credentials_apart() {
+    let env = TestEnv::new();
+    let src = Registry::start_with_htpasswd("reader", "src-secret");
+    let dst = Registry::start_with_htpasswd("writer", "dst-secret");
+    let img = seed::seed_image("lib/auth", "v1", "linux/amd64", 0);
+    let built = crate::support::push::push_image(
+        &env,
+        &src,
+        "lib/auth:v1",
+        &img,
+        crate::support::push::PushFormat::Preserve,
+    );
+    let config = env.work("auth.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mirrors:\n  - from: registry://{}/lib/auth\n    to: registry://{}/m/auth\n",
+            src.host(),
+            dst.host()
+        ),
+    )
+    .unwrap();
+    let run = |flags: &[&str]| {
+        let out = env
+            .occy()
+            .args(["--insecure", "-O", "json"])
+            .args(flags)
+            .arg("mirror")
+            .arg(&config)
+            .run();
+        assert_no_panic(&out);
+        for secret in ["src-secret", "dst-secret"] {
+            assert!(
+                !out.stderr.contains(secret) && !out.stdout.contains(secret),
+                "a password in the output: {}",
+                show(&out)
+            );
+        }
+        out
+    };
+    // One set of credentials for both sides cannot write.
+    let out = run(&["--username", "reader", "--password", "src-secret"]);
+    assert_eq!(out.code, Some(1), "{}", show(&out));
+    let out = run(&[
+        "--username",
+        "reader",
+        "--password",
+        "src-secret",
+        "--dest-username",
+        "writer",
+        "--dest-password",
+        "dst-secret",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", show(&out));
+    let report = Report::parse(&out, &dst.host());
+    report.assert_counts(&[("copied", 1)]);
+    assert_eq!(
+        report.images["m/auth:v1"]["destination_digest"].as_str(),
+        Some(built.manifest_digest.as_str())
+    );
+    // Docker's config.json, per registry, does as well.
+    use base64::Engine as _;
+    let b64 =
+        |u: &str, p: &str| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+    let auths = serde_json::json!({"auths": {
+        src.host(): {"auth": b64("reader", "src-secret")},
+        dst.host(): {"auth": b64("writer", "dst-secret")},
+    }});
+    std::fs::write(
+        env.docker_config_dir().join("config.json"),
+        serde_json::to_vec(&auths).unwrap(),
+    )
+    .unwrap();
+    let out = run(&[]);
+    assert_eq!(out.code, Some(0), "{}", show(&out));
+    Report::parse(&out, &dst.host()).assert_counts(&[("skipped", 1)]);
+}
