@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::support::mirror_seed::{self as seed, Kind, Seeded};
+use crate::support::mirror_seed::{
+    self as seed, Kind, Seeded, assert_destination, expected, manifest_path, requests_since, tally,
+};
 use crate::support::proxy::{Fault, Proxy, Record};
 use crate::support::registry::ClosedPort;
 use crate::support::{Compression, Output, Registry, TestEnv, assert_no_panic};
@@ -148,11 +150,6 @@ impl Report {
     }
 }
 
-/// `repo:tag` for a (repository, tag) pair.
-fn rt(repo: &str, tag: &str) -> String {
-    format!("{repo}:{tag}")
-}
-
 /// The standard seed's mapping: `lib/app-NN` -> `mirror/lib/app-NN`,
 /// `team/svc-X` -> `mirror/team/svc-X`.
 const STANDARD: &str = "\
@@ -166,56 +163,6 @@ mirrors:
 
 fn standard_dest(repo: &str) -> String {
     format!("mirror/{repo}")
-}
-
-/// Destination `repo:tag` -> source digest, for every image of the seed.
-fn expected(seeded: &Seeded, map: impl Fn(&str) -> String) -> BTreeMap<String, String> {
-    seeded
-        .images
-        .iter()
-        .map(|((r, t), d)| (rt(&map(r), t), d.clone()))
-        .collect()
-}
-
-/// Asserts the destination holds exactly `want` (`repo:tag` -> digest):
-/// these repositories, these tags and nothing else, each complete.
-fn assert_destination(host: &str, want: &BTreeMap<String, String>) {
-    let mut have = BTreeMap::new();
-    for repo in seed::repositories(host) {
-        for tag in seed::tags(host, &repo) {
-            have.insert(rt(&repo, &tag), ());
-        }
-    }
-    let have: BTreeSet<&String> = have.keys().collect();
-    let wanted: BTreeSet<&String> = want.keys().collect();
-    assert_eq!(have, wanted, "the destination's tags");
-    for (dest, digest) in want {
-        let (repo, tag) = dest.rsplit_once(':').unwrap();
-        seed::assert_complete(host, repo, tag, digest);
-    }
-}
-
-/// The requests since `from` that are not `/v2/` pings, as
-/// `METHOD /path`.
-fn requests_since(p: &Proxy, from: usize) -> Vec<Record> {
-    p.requests()
-        .into_iter()
-        .skip(from)
-        .filter(|r| r.path != "/v2/" && r.path != "/v2")
-        .collect()
-}
-
-/// Counts `METHOD path` of `reqs`.
-fn tally(reqs: &[Record]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for r in reqs {
-        *m.entry(format!("{} {}", r.method, r.path)).or_insert(0) += 1;
-    }
-    m
-}
-
-fn manifest_path(repo: &str, tag: &str) -> String {
-    format!("/v2/{repo}/manifests/{tag}")
 }
 
 #[test]

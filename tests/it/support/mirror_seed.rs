@@ -8,9 +8,10 @@
 //! than another client's conversions. The images are still built by
 //! `images.rs`; only the upload is done here, with the two-request
 //! monolithic blob upload (POST, then PUT with `digest`) every registry
-//! supports.
+//! supports. Also what the tests check the destination and the proxies'
+//! logs with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 use super::http;
 use super::images::{BuiltImage, Compression, Image, pseudo_random};
 use super::layer_tar::TarBuilder;
+use super::proxy::{Proxy, Record};
 use super::sha256_digest;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -503,4 +505,59 @@ fn send(host: &str, method: &str, target: &str, content_type: &str, body: &[u8])
         digest: header("docker-content-digest"),
         text,
     }
+}
+
+/// `repo:tag` for a (repository, tag) pair.
+pub fn rt(repo: &str, tag: &str) -> String {
+    format!("{repo}:{tag}")
+}
+
+/// Destination `repo:tag` -> source digest, for every image of the seed.
+pub fn expected(seeded: &Seeded, map: impl Fn(&str) -> String) -> BTreeMap<String, String> {
+    seeded
+        .images
+        .iter()
+        .map(|((r, t), d)| (rt(&map(r), t), d.clone()))
+        .collect()
+}
+
+/// Asserts the destination holds exactly `want` (`repo:tag` -> digest):
+/// these repositories, these tags and nothing else, each complete.
+pub fn assert_destination(host: &str, want: &BTreeMap<String, String>) {
+    let mut have = BTreeMap::new();
+    for repo in repositories(host) {
+        for tag in tags(host, &repo) {
+            have.insert(rt(&repo, &tag), ());
+        }
+    }
+    let have: BTreeSet<&String> = have.keys().collect();
+    let wanted: BTreeSet<&String> = want.keys().collect();
+    assert_eq!(have, wanted, "the destination's tags");
+    for (dest, digest) in want {
+        let (repo, tag) = dest.rsplit_once(':').unwrap();
+        assert_complete(host, repo, tag, digest);
+    }
+}
+
+/// The requests since `from` that are not `/v2/` pings, as
+/// `METHOD /path`.
+pub fn requests_since(p: &Proxy, from: usize) -> Vec<Record> {
+    p.requests()
+        .into_iter()
+        .skip(from)
+        .filter(|r| r.path != "/v2/" && r.path != "/v2")
+        .collect()
+}
+
+/// Counts `METHOD path` of `reqs`.
+pub fn tally(reqs: &[Record]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in reqs {
+        *m.entry(format!("{} {}", r.method, r.path)).or_insert(0) += 1;
+    }
+    m
+}
+
+pub fn manifest_path(repo: &str, tag: &str) -> String {
+    format!("/v2/{repo}/manifests/{tag}")
 }
