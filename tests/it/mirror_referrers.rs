@@ -150,7 +150,7 @@ fn signatures_and_fallback_referrers_copy_exactly() {
         assert_eq!(digest_of(&dst, "v1").await, Some(subject.clone()));
 
         let tags = src.client().tags("app").await.unwrap();
-        let got = copy_referrers(&src, &dst, &[subject.clone()], &tags, &tmp)
+        let got = copy_referrers(&src, &dst, std::slice::from_ref(&subject), &tags, &tmp)
             .await
             .unwrap();
         assert_eq!(got.found, 2, "{got:?}");
@@ -169,7 +169,7 @@ fn signatures_and_fallback_referrers_copy_exactly() {
         assert_eq!(digest_of(&dst, &r1.to_string()).await, Some(r1.clone()));
 
         // Warm: nothing is written.
-        let again = copy_referrers(&src, &dst, &[subject.clone()], &tags, &tmp)
+        let again = copy_referrers(&src, &dst, std::slice::from_ref(&subject), &tags, &tmp)
             .await
             .unwrap();
         assert_eq!((again.manifests, again.blobs, again.tags.len()), (0, 0, 0));
@@ -196,10 +196,10 @@ fn signatures_and_fallback_referrers_copy_exactly() {
         )
         .await;
         manifest(&src, Some(&fallback), &index_of(&[&r1_desc, &r3_desc])).await;
-        let merged = copy_referrers(&src, &dst, &[subject.clone()], &tags, &tmp)
+        let merged = copy_referrers(&src, &dst, std::slice::from_ref(&subject), &tags, &tmp)
             .await
             .unwrap();
-        assert_eq!(merged.tags, [fallback.clone()], "{merged:?}");
+        assert_eq!(merged.tags, std::slice::from_ref(&fallback), "{merged:?}");
         let (bytes, _) = dst.get_manifest(&fallback).await.unwrap();
         let listed: Vec<String> = serde_json::from_slice::<Value>(&bytes).unwrap()["manifests"]
             .as_array()
@@ -244,9 +244,15 @@ fn referrers_api_listing_becomes_a_fallback_tag() {
             },
         );
         copy_raw(&src, &dst, "v1", Some("v1"), &tmp).await.unwrap();
-        let got = copy_referrers(&src, &dst, &[subject.clone()], &["v1".into()], &tmp)
-            .await
-            .unwrap();
+        let got = copy_referrers(
+            &src,
+            &dst,
+            std::slice::from_ref(&subject),
+            &["v1".into()],
+            &tmp,
+        )
+        .await
+        .unwrap();
         assert_eq!(got.found, 1, "{got:?}");
         assert_eq!(proxy.requests_to("/referrers/").len(), 1);
         assert_eq!(digest_of(&dst, &r1.to_string()).await, Some(r1.clone()));
