@@ -143,6 +143,18 @@ fn signatures_and_fallback_referrers_copy_exactly() {
         )
         .await;
         manifest(&src, Some(&fallback), &index_of(&[&r1_desc])).await;
+        // A signature on the SBOM: a referrer of a referrer, found through
+        // the tag list.
+        let sbom_sig_tag = format!("{}.sig", fallback_tag(&r1).unwrap());
+        let (sbom_sig, _) = artifact(
+            &src,
+            Some(&sbom_sig_tag),
+            None,
+            "application/vnd.dev.cosign.artifact.sig.v1+json",
+            "application/vnd.dev.cosign.simplesigning.v1+json",
+            b"signed the sbom",
+        )
+        .await;
 
         let copied = copy_raw(&src, &dst, "v1", Some("v1"), &tmp).await.unwrap();
         assert_eq!(copied.digest, subject);
@@ -153,12 +165,16 @@ fn signatures_and_fallback_referrers_copy_exactly() {
         let got = copy_referrers(&src, &dst, std::slice::from_ref(&subject), &tags, &tmp)
             .await
             .unwrap();
-        assert_eq!(got.found, 2, "{got:?}");
-        assert_eq!(got.tags, [sig_tag.clone(), fallback.clone()], "{got:?}");
+        assert_eq!(got.found, 3, "{got:?}");
+        assert_eq!(
+            got.tags,
+            [sig_tag.clone(), fallback.clone(), sbom_sig_tag.clone()],
+            "{got:?}"
+        );
         // The empty config the two share goes once.
-        let want = (sbom.len() + payload.len() + 2) as u64;
+        let want = (sbom.len() + payload.len() + b"signed the sbom".len() + 2) as u64;
         assert_eq!(got.bytes, want, "{got:?}");
-        for t in [&sig_tag, &fallback] {
+        for t in [&sig_tag, &fallback, &sbom_sig_tag] {
             assert_eq!(
                 digest_of(&dst, t).await,
                 digest_of(&src, t).await,
@@ -166,6 +182,7 @@ fn signatures_and_fallback_referrers_copy_exactly() {
             );
         }
         assert_eq!(digest_of(&dst, &sig_tag).await, Some(sig));
+        assert_eq!(digest_of(&dst, &sbom_sig_tag).await, Some(sbom_sig));
         assert_eq!(digest_of(&dst, &r1.to_string()).await, Some(r1.clone()));
 
         // Warm: nothing is written.
