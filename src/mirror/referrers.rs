@@ -187,7 +187,7 @@ impl Run<'_> {
     /// Copies a tag unless the destination's points where the source's
     /// does; the digest it names, `None` when the source lost it.
     async fn copy_tag(&mut self, tag: &str) -> Result<Option<Digest>> {
-        let Some(digest) = self.src.manifest_digest(tag).await? else {
+        let Some(digest) = self.src.source_manifest_digest(tag).await? else {
             return Ok(None);
         };
         let c = copy_raw(
@@ -220,7 +220,7 @@ impl Run<'_> {
     /// Copies the source's fallback tag `tag`, its referrers first; their
     /// digests.
     async fn copy_fallback(&mut self, tag: &str) -> Result<Vec<Digest>> {
-        let Some(theirs) = self.src.manifest_digest(tag).await? else {
+        let Some(theirs) = self.src.source_manifest_digest(tag).await? else {
             return Ok(Vec::new());
         };
         let (bytes, _) = self.src.get_manifest(&theirs.to_string()).await?;

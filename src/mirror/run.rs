@@ -262,7 +262,7 @@ impl Mirror {
             out.destination_digest = Some(d);
             return skip(out, "immutable tag already in the destination");
         }
-        let Some(source_digest) = src.manifest_digest(&job.source.tag).await? else {
+        let Some(source_digest) = src.source_manifest_digest(&job.source.tag).await? else {
             return Err(Error::InvalidImage(format!(
                 "{} is no longer in the source",
                 job.source
