@@ -115,6 +115,9 @@ pub async fn run(global: &Global, settings: &Settings, args: &MirrorArgs) -> Res
                 if let Some(c) = &found.catalog {
                     catalogs.insert(entry.source.clone(), c.clone());
                 }
+                for (repo, tags) in &found.listed {
+                    mirror.know_tags(&entry.source, repo, tags.clone());
+                }
                 for (repo, e) in &found.failed {
                     let to = plan::map_destination(entry, repo)
                         .map(|d| format!("{}/{d}", entry.destination.host))

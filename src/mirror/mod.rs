@@ -15,6 +15,8 @@
 
 pub mod config;
 pub mod plan;
+pub mod raw;
+pub mod referrers;
 pub mod run;
 pub mod select;
 

@@ -135,12 +135,17 @@ pub struct MirrorOptions {
     pub cancel: CancelToken,
 }
 
+/// A source registry and one of its repositories.
+type SourceRepo = (RegistryRef, String);
+
 /// A mirror run: its clients, its blob ledgers, its observer.
 pub struct Mirror {
     options: MirrorOptions,
     factory: Box<ClientFactory>,
     clients: Mutex<HashMap<(RegistryRef, Side), Arc<Client>>>,
     ledgers: Mutex<HashMap<RegistryRef, Arc<BlobLedger>>>,
+    /// Every tag of each source repository, as discovery listed them.
+    listed: Mutex<HashMap<SourceRepo, Arc<Vec<String>>>>,
     observer: Arc<dyn Observer>,
 }
 
@@ -157,6 +162,7 @@ impl Mirror {
             factory,
             clients: Mutex::new(HashMap::new()),
             ledgers: Mutex::new(HashMap::new()),
+            listed: Mutex::new(HashMap::new()),
             observer,
         }
     }
@@ -179,6 +185,21 @@ impl Mirror {
     fn ledger(&self, registry: &RegistryRef) -> Arc<BlobLedger> {
         let mut l = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
         l.entry(registry.clone()).or_default().clone()
+    }
+
+    /// Tells the run every tag `repository` of the source `registry` has
+    /// (referrer tags included), as discovery listed them.
+    pub fn know_tags(&self, registry: &RegistryRef, repository: &str, tags: Vec<String>) {
+        let mut l = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        l.insert((registry.clone(), repository.to_string()), Arc::new(tags));
+    }
+
+    /// The tags [`Mirror::know_tags`] was told of.
+    fn tags_of(&self, image: &super::plan::ImageRef) -> Arc<Vec<String>> {
+        let l = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        l.get(&(image.registry.clone(), image.repository.clone()))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The observer.
@@ -241,7 +262,7 @@ impl Mirror {
             out.destination_digest = Some(d);
             return skip(out, "immutable tag already in the destination");
         }
-        let Some(source_digest) = src.manifest_digest(&job.source.tag).await? else {
+        let Some(source_digest) = src.source_manifest_digest(&job.source.tag).await? else {
             return Err(Error::InvalidImage(format!(
                 "{} is no longer in the source",
                 job.source
@@ -258,7 +279,20 @@ impl Mirror {
             Some(r) => made_from(&dst, tag, &source_digest, r).await?,
         };
         out.destination_digest = current;
+        let referrers = job.options.referrers && recipe.is_none();
         if up_to_date {
+            // Only referrers the listing shows (tags) are looked for: asking
+            // a referrers API for every tag would double a warm run's cost.
+            let tags = self.tags_of(&job.source);
+            let listed = tags
+                .iter()
+                .filter_map(|t| super::referrers::referrer_tag(t))
+                .any(|(d, _)| d == source_digest);
+            if referrers && listed && !self.options.dry_run {
+                out.bytes = self
+                    .referrers(job, &src, &dst, std::slice::from_ref(&source_digest))
+                    .await?;
+            }
             return skip(out, "up to date");
         }
         if self.options.dry_run {
@@ -270,11 +304,40 @@ impl Mirror {
             return Ok(());
         }
         self.observer.copying(job);
-        let (pushed, bytes) = self.copy(job, src, dst, &source_digest, recipe).await?;
+        let (pushed, bytes, children) = self
+            .copy(job, src.clone(), dst.clone(), &source_digest, recipe)
+            .await?;
         out.action = Action::Copied;
         out.destination_digest = Some(pushed.digest);
         out.bytes = bytes;
+        if referrers {
+            let mut subjects = vec![source_digest];
+            subjects.extend(children);
+            out.bytes += self
+                .referrers(job, &src, &dst, &subjects)
+                .await
+                .map_err(|e| Error::InvalidImage(format!("copied, but not its referrers: {e}")))?;
+        }
         Ok(())
+    }
+
+    /// Copies what refers to `subjects` (cosign tags, OCI referrers) from
+    /// `src` to `dst`; returns the bytes uploaded.
+    async fn referrers(
+        &self,
+        job: &Job,
+        src: &Repository,
+        dst: &Repository,
+        subjects: &[Digest],
+    ) -> Result<u64> {
+        let tags = self.tags_of(&job.source);
+        let temp = tempfile::Builder::new()
+            .prefix("occystrap-referrers-")
+            .tempdir_in(&self.options.temp_dir)
+            .map_err(|e| Error::io("creating a temp dir in", &self.options.temp_dir, e))?;
+        let copied =
+            super::referrers::copy_referrers(src, dst, subjects, &tags, temp.path()).await?;
+        Ok(copied.bytes)
     }
 
     /// Copies the source image or index, pinned to `digest`, into `dst` at
@@ -286,7 +349,7 @@ impl Mirror {
         dst: Repository,
         digest: &Digest,
         recipe: Option<String>,
-    ) -> Result<(Descriptor, u64)> {
+    ) -> Result<(Descriptor, u64, Vec<Digest>)> {
         let reference = Reference {
             host: job.source.registry.host.clone(),
             path: job.source.repository.clone(),
@@ -322,7 +385,7 @@ impl Mirror {
             let d = copier
                 .image(source, Some(&job.destination.tag), &annotations)
                 .await?;
-            return Ok((d, copier.sent()));
+            return Ok((d, copier.sent(), Vec::new()));
         }
         let none = BTreeMap::new();
         let outcome = copy_index_parallel(
@@ -357,6 +420,10 @@ impl Mirror {
                 urls: None,
             },
             copier.sent() + len,
+            copy.children
+                .into_iter()
+                .map(|(from, _)| from.digest)
+                .collect(),
         ))
     }
 }

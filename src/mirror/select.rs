@@ -335,13 +335,7 @@ pub async fn created_of(repo: &crate::registry::Repository, tag: &str) -> Result
 /// `.att` and `.sbom`. They are copied with the image they name, never as
 /// images of their own.
 pub fn is_referrer_tag(tag: &str) -> bool {
-    let Some(rest) = tag.strip_prefix("sha256-") else {
-        return false;
-    };
-    let (hex, suffix) = rest.split_at(rest.len().min(64));
-    hex.len() == 64
-        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+    super::referrers::referrer_tag(tag).is_some()
 }
 
 /// What [`discover`] found for one entry.

@@ -20,6 +20,7 @@ mod hostile_stores;
 mod index_copy;
 mod info_check;
 mod layer_cache;
+mod mirror_referrers;
 mod mirror_run;
 mod proxy_pull;
 mod proxy_push;

@@ -127,9 +127,30 @@ impl Client {
         repository: &str,
         reference: &str,
     ) -> Result<Option<Digest>> {
+        self.manifest_digest_as(repository, reference, Actions::PushPull)
+            .await
+    }
+
+    /// As [`Client::manifest_digest`], with a pull-only token: for a
+    /// registry we only read from, which may refuse to grant `push`.
+    pub async fn source_manifest_digest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Digest>> {
+        self.manifest_digest_as(repository, reference, Actions::Pull)
+            .await
+    }
+
+    async fn manifest_digest_as(
+        &self,
+        repository: &str,
+        reference: &str,
+        actions: Actions,
+    ) -> Result<Option<Digest>> {
         let op = format!("HEAD manifest {repository}{}{reference}", sep(reference));
         let url = self.v2_url(repository, &format!("manifests/{reference}"));
-        let scope = Scope::new(repository, Actions::PushPull);
+        let scope = Scope::new(repository, actions);
         let req = Request {
             accept: Some(MANIFEST_ACCEPT),
             pass: &[StatusCode::NOT_FOUND],
@@ -245,6 +266,13 @@ impl Repository {
     /// [`Client::manifest_digest`] in this repository.
     pub async fn manifest_digest(&self, reference: &str) -> Result<Option<Digest>> {
         self.client().manifest_digest(self.name(), reference).await
+    }
+
+    /// [`Client::source_manifest_digest`] in this repository.
+    pub async fn source_manifest_digest(&self, reference: &str) -> Result<Option<Digest>> {
+        self.client()
+            .source_manifest_digest(self.name(), reference)
+            .await
     }
 
     /// [`Client::put_manifest`] in this repository.
