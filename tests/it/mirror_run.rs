@@ -891,7 +891,6 @@ fn mirror_run_config_error_names_key_and_line_before_any_request() {
 }
 
 #[test]
-#[ignore = "referrers are not copied yet: the runner on main copies images only"]
 fn mirror_run_referrers_come_with_their_image() {
     let rig = Rig::new();
     let src = rig.src.host();
