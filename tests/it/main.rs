@@ -21,6 +21,7 @@ mod index_copy;
 mod info_check;
 mod layer_cache;
 mod mirror_referrers;
+mod mirror_run;
 mod proxy_pull;
 mod proxy_push;
 mod proxy_server;

@@ -10,6 +10,7 @@ pub mod http;
 pub mod images;
 pub mod layer_tar;
 pub mod limits;
+pub mod mirror_seed;
 pub mod occy_proxy;
 pub mod proxy;
 pub mod push;

@@ -249,3 +249,25 @@ impl Default for ClosedPort {
         ClosedPort::new()
     }
 }
+
+impl Registry {
+    /// Starts an anonymous registry whose storage refuses deletes (as
+    /// distribution's default config does): started as usual, then
+    /// restarted on its port with `delete: enabled: false`.
+    pub fn start_without_deletes() -> Registry {
+        let mut reg = Registry::start();
+        let _ = reg.child.kill();
+        let _ = reg.child.wait();
+        let config = reg.dir.path().join("config.yml");
+        let text = fs::read_to_string(&config).unwrap();
+        let off = text.replace("delete:\n    enabled: true", "delete:\n    enabled: false");
+        assert_ne!(text, off, "the registry config has no delete switch");
+        fs::write(&config, off).unwrap();
+        let log_path = reg.dir.path().join("registry.log");
+        reg.child = spawn(&config, &log_path);
+        if let Err(log) = wait_ready(&mut reg.child, reg.port, &log_path) {
+            panic!("docker-registry did not restart without deletes:\n{log}");
+        }
+        reg
+    }
+}
