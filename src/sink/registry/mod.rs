@@ -716,24 +716,32 @@ impl AsyncSink for RegistrySink {
             if self.must_compress(layer) {
                 return Ok(!self.cached_blob(layer).await?);
             }
-            if self.present(&layer.digest).await? {
-                self.record(
-                    layer.index,
-                    Pushed {
-                        digest: layer.digest.clone(),
-                        size: layer.size,
-                        media_type: layer.media_type.clone(),
-                    },
-                );
-                return Ok(false);
-            }
-            if let Some(claim) = self
-                .options
-                .ledger
-                .as_ref()
-                .and_then(|l| l.claim(&layer.digest))
-            {
-                self.claims.insert(layer.digest.clone(), claim);
+            // Another image may claim the blob between our look and our
+            // claim: look again (waiting for its upload) a few times.
+            for _ in 0..3 {
+                if self.present(&layer.digest).await? {
+                    self.record(
+                        layer.index,
+                        Pushed {
+                            digest: layer.digest.clone(),
+                            size: layer.size,
+                            media_type: layer.media_type.clone(),
+                        },
+                    );
+                    return Ok(false);
+                }
+                let Some(ledger) = self.options.ledger.as_ref() else {
+                    return Ok(true);
+                };
+                match ledger.claim(&layer.digest) {
+                    Some(claim) => {
+                        self.claims.insert(layer.digest.clone(), claim);
+                        return Ok(true);
+                    }
+                    // Holding claims of our own, we must not wait.
+                    None if !self.claims.is_empty() => return Ok(true),
+                    None => {}
+                }
             }
             Ok(true)
         })
