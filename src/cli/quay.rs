@@ -113,7 +113,8 @@ pub(super) async fn process(
         );
     }
     let mut err = occystrap::escape::TextOut::new(std::io::stderr().lock());
-    let _ = writeln!(err, "{}: {total} images copied", q.describe());
+    let images = if total == 1 { "image" } else { "images" };
+    let _ = writeln!(err, "{}: {total} {images} copied", q.describe());
     Ok(0)
 }
 
