@@ -24,7 +24,7 @@ pub(super) async fn process(
     dst: &Uri,
     filters: &[String],
 ) -> Result<i32> {
-    let q = QuayUri::parse(src)?;
+    let q = QuayUri::parse(&src.path, &src.query)?;
     // Checked before any request: a destination that would keep only the
     // last image is a mistake to report now, not after the listing.
     let target = Target::new(dst)?;

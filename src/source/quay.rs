@@ -23,7 +23,6 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 
 use crate::error::{Error, Result};
-use crate::uri::Uri;
 
 /// Bytes one API response may have.
 pub const MAX_API_BODY_BYTES: usize = 8 << 20;
@@ -77,10 +76,32 @@ impl QuayUri {
     /// component with a `.` or `:`, or `localhost`, is a host as in image
     /// references (so a dotted organisation needs the host spelt out). The
     /// glob defaults to `*` and the tag to `latest`, as in the Python tool.
-    pub fn parse(uri: &Uri) -> Result<QuayUri> {
-        uri.check_options(&["token", "since", "insecure"])?;
+    /// `path` is what follows `quay://`, `options` its query's pairs
+    /// (`token`, `since`, `insecure`), decoded.
+    pub fn parse(path: &str, options: &[(String, String)]) -> Result<QuayUri> {
         let usage = |m: String| Error::Usage(format!("quay:// {m}"));
-        let path = uri.path.trim_matches('/');
+        let get = |key: &str| {
+            options
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if let Some((k, _)) = options
+            .iter()
+            .find(|(k, _)| !["token", "since", "insecure"].contains(&k.as_str()))
+        {
+            return Err(usage(format!(
+                "has no option {:?} (known: token, since, insecure)",
+                crate::digest::truncate_for_error(k)
+            )));
+        }
+        let insecure = match get("insecure").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("true" | "1" | "yes" | "on") => get("insecure").is_some(),
+            Some("false" | "0" | "no" | "off") => false,
+            Some(_) => return Err(usage("option insecure must be true or false".into())),
+        };
+        let path = path.trim_matches('/');
         let (host, rest) = match path.split_once('/') {
             Some((first, rest)) if is_host(first) => (first.to_string(), rest),
             None if is_host(path) => {
@@ -116,7 +137,7 @@ impl QuayUri {
                 crate::digest::truncate_for_error(tag)
             )));
         }
-        let since = match uri.get("since") {
+        let since = match get("since") {
             None | Some("") => None,
             Some(s) => Some(parse_day(s).ok_or_else(|| {
                 usage(format!(
@@ -131,11 +152,8 @@ impl QuayUri {
             glob: glob.to_string(),
             tag: tag.to_string(),
             since,
-            token: uri
-                .get("token")
-                .filter(|t| !t.is_empty())
-                .map(str::to_string),
-            insecure: uri.flag("insecure")?,
+            token: get("token").filter(|t| !t.is_empty()).map(str::to_string),
+            insecure,
         })
     }
 
@@ -627,7 +645,8 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<QuayUri> {
-        QuayUri::parse(&Uri::parse(s).unwrap())
+        let u = crate::uri::Uri::parse(s).unwrap();
+        QuayUri::parse(&u.path, &u.query)
     }
 
     #[test]
@@ -663,6 +682,7 @@ mod tests {
             "quay://kolla/*:v1?since=2025-13-01",
             "quay://kolla/*:v1?since=yesterday",
             "quay://kolla/*:v1?page=2",
+            "quay://kolla/*:v1?insecure=maybe",
         ] {
             assert!(matches!(parse(bad), Err(Error::Usage(_))), "{bad}");
         }
