@@ -24,7 +24,9 @@ fn main() -> ExitCode {
         cli::Command::Proxy(args) => Some(args.log_format),
         _ => None,
     };
-    init_logging(cli.global.verbose, cli.global.debug, server);
+    // Under `mirror --progress json`, stderr is JSON lines, logs included.
+    let json = matches!(&cli.command, cli::Command::Mirror(a) if a.json_progress());
+    init_logging(cli.global.verbose, cli.global.debug, server, json);
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -233,7 +235,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn init_logging(verbose: bool, debug: bool, server: Option<cli::proxy::LogFormat>) {
+fn init_logging(verbose: bool, debug: bool, server: Option<cli::proxy::LogFormat>, json: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if debug {
         "debug"
@@ -260,6 +262,16 @@ fn init_logging(verbose: bool, debug: bool, server: Option<cli::proxy::LogFormat
             cli::proxy::LogFormat::Json => builder.json().flatten_event(true).init(),
             cli::proxy::LogFormat::Text => builder.with_target(false).init(),
         }
+        return;
+    }
+    if json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(|| occystrap::escape::TextOut::new(std::io::stderr()))
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .init();
         return;
     }
     tracing_subscriber::fmt()

@@ -504,6 +504,8 @@ pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Res
         temp_dir: push.temp_dir.clone(),
         verify: push.verify,
         layer_cache: push.layer_cache.clone(),
+        ledger: None,
+        annotations: Default::default(),
     };
     Ok(AnySink::Async(Box::new(
         crate::sink::registry::RegistrySink::new(repo, reference, options),

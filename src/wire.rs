@@ -236,6 +236,29 @@ pub(crate) fn media_type_of(d: &Descriptor, body: &[u8]) -> String {
     }
 }
 
+/// `raw` (a manifest or index this run built) with `annotations` merged
+/// into its top-level `annotations`, re-serialized.
+pub fn annotate(
+    raw: &[u8],
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut doc: serde_json::Value = serde_json::from_slice(raw)
+        .map_err(|e| Error::InvalidImage(format!("annotating a manifest: {e}")))?;
+    let object = doc
+        .as_object_mut()
+        .ok_or_else(|| Error::InvalidImage("annotating a manifest that is not an object".into()))?;
+    let entry = object
+        .entry("annotations")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    let map = entry
+        .as_object_mut()
+        .ok_or_else(|| Error::InvalidImage("a manifest's annotations are not an object".into()))?;
+    for (k, v) in annotations {
+        map.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    serde_json::to_vec(&doc).map_err(|e| Error::InvalidImage(format!("annotating a manifest: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,19 +5,17 @@
 //! therefore never sees an index whose children are missing.
 
 use std::io::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 
-use futures_util::future::BoxFuture;
 use occystrap::digest::Digest;
 use occystrap::filter::Filter;
-use occystrap::image::{Image, IndexInfo, LayerInfo};
-use occystrap::pipeline::index::{IndexCopy, IndexOutcome, copy_index_parallel};
+use occystrap::pipeline::index::{IndexCopy, IndexOnce, IndexOutcome, copy_index_parallel};
 use occystrap::pipeline::{self, RunOptions};
 use occystrap::reference::Reference;
 use occystrap::registry::Repository;
-use occystrap::source::{FetchContext, LayerBlob, Source};
+use occystrap::source::{FetchContext, Source};
 use occystrap::uri::{self, AnySink, PushSettings, Settings, Uri};
 use occystrap::wire::Descriptor;
 use occystrap::wire::index_plan::{Selection, plan_children, rebuild};
@@ -53,10 +51,7 @@ pub(super) async fn process_index(
     // Shared by every child: one file, saved after each child's manifest.
     push.layer_cache = super::layer_cache(global, settings, dst, &specs, &filters)?;
     drop(filters);
-    let source: Arc<dyn Source> = Arc::new(IndexOnce {
-        inner: source,
-        index: Mutex::new(None),
-    });
+    let source: Arc<dyn Source> = Arc::new(IndexOnce::new(source));
     let (reference, repo) = dest_repository(dst, settings, &push)?;
     let child_push = PushSettings {
         by_digest: true,
@@ -111,7 +106,7 @@ pub(super) async fn process_index(
         repo: &repo,
         output,
     };
-    let images = usize::from(global.image_parallel);
+    let images = usize::from(global.image_parallel.unwrap_or(1));
     let outcome = copy_index_parallel(source.clone(), &ctx, selection, images, |s, d| {
         let job = &job;
         async move { job.run(s, d).await }
@@ -136,50 +131,6 @@ pub(super) async fn process_index(
         );
     }
     Ok(Some(0))
-}
-
-/// The source, with its index read once: [`predict`] and `copy_index`
-/// both ask for it.
-struct IndexOnce {
-    inner: Arc<dyn Source>,
-    index: Mutex<Option<Option<IndexInfo>>>,
-}
-
-impl Source for IndexOnce {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn resolve<'a>(&'a self, ctx: &'a FetchContext) -> BoxFuture<'a, occystrap::Result<Image>> {
-        self.inner.resolve(ctx)
-    }
-
-    fn fetch<'a>(
-        &'a self,
-        layer: &'a LayerInfo,
-        ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, occystrap::Result<LayerBlob>> {
-        self.inner.fetch(layer, ctx)
-    }
-
-    fn index<'a>(
-        &'a self,
-        ctx: &'a FetchContext,
-    ) -> BoxFuture<'a, occystrap::Result<Option<IndexInfo>>> {
-        Box::pin(async move {
-            let cached = self.index.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some(index) = cached {
-                return Ok(index);
-            }
-            let index = self.inner.index(ctx).await?;
-            *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
-            Ok(index)
-        })
-    }
-
-    fn child(&self, descriptor: &Descriptor) -> occystrap::Result<Arc<dyn Source>> {
-        self.inner.child(descriptor)
-    }
 }
 
 /// `e`, prefixed with the source unless its message names it already.

@@ -3,6 +3,7 @@
 
 mod copy;
 mod env;
+pub mod mirror;
 mod output;
 mod progress;
 pub mod proxy;
@@ -114,10 +115,11 @@ pub struct Global {
           value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub parallel: u16,
     /// Images copied at once: the platforms of an index with
-    /// --all-platforms or --platforms (each still fetches -j layers at once).
+    /// --all-platforms or --platforms (default 1), the images of `mirror`
+    /// (default 4); each still fetches -j layers at once.
     #[arg(short = 'J', long = "image-parallel", global = true, env = "OCCYSTRAP_IMAGE_PARALLEL",
-          default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32), value_name = "N")]
-    pub image_parallel: u16,
+          value_parser = clap::value_parser!(u16).range(1..=32), value_name = "N")]
+    pub image_parallel: Option<u16>,
     /// Directory for temporary files (default: the system temp dir).
     #[arg(long, global = true, env = "OCCYSTRAP_TEMP_DIR", value_name = "PATH")]
     pub temp_dir: Option<PathBuf>,
@@ -347,6 +349,10 @@ pub enum Command {
     /// pushes the result downstream; with --upstream, also a pull-through
     /// cache that keeps its copies downstream.
     Proxy(Box<proxy::ProxyArgs>),
+    /// Keep many repositories of one registry in step with another, as a
+    /// YAML config says: copies what is missing or changed, skips the rest
+    /// with one HEAD on each side per tag.
+    Mirror(mirror::MirrorArgs),
     /// Write an image from a layer store directory as a docker-loadable
     /// tarball (same as `process "dir://DIR?image=IMAGE&tag=TAG" tar://FILE`).
     RecreateImage {
@@ -377,6 +383,7 @@ enum Job<'a> {
     Info(Uri),
     Check(Uri, bool),
     Proxy(&'a proxy::ProxyArgs),
+    Mirror(&'a mirror::MirrorArgs),
 }
 
 impl Command {
@@ -437,6 +444,7 @@ impl Command {
             Command::Info { source } => Job::Info(Uri::parse(source)?),
             Command::Check { fast, source } => Job::Check(Uri::parse(source)?, *fast),
             Command::Proxy(args) => Job::Proxy(args),
+            Command::Mirror(args) => Job::Mirror(args),
         })
     }
 }
@@ -586,7 +594,7 @@ pub async fn run(cli: Cli, cancel: CancelToken) -> Result<i32> {
         Job::Process { dst, .. } => Some(dst),
         _ => None,
     };
-    if !matches!(job, Job::Proxy(_)) {
+    if !matches!(job, Job::Proxy(_) | Job::Mirror(_)) {
         check_selection(&settings, dst)?;
     }
     match job {
@@ -610,6 +618,7 @@ pub async fn run(cli: Cli, cancel: CancelToken) -> Result<i32> {
         Job::Info(src) => output::info(global, &settings, &src).await,
         Job::Check(src, fast) => output::check(global, &settings, &src, fast).await,
         Job::Proxy(args) => proxy::run(global, &settings, args).await,
+        Job::Mirror(args) => mirror::run(global, &settings, args).await,
     }
 }
 

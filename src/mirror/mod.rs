@@ -15,8 +15,10 @@
 
 pub mod config;
 pub mod plan;
+pub mod run;
 pub mod select;
 
 pub use config::{Config, Entry, ImageOptions, RegistryRef};
 pub use plan::{ImageRef, Job, Shard};
+pub use run::{Action, Mirror, MirrorOptions, Observer, Outcome, Side};
 pub use select::{Created, Discovered};

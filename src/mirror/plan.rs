@@ -269,6 +269,8 @@ mod tests {
                 .iter()
                 .map(|(r, t)| (r.to_string(), t.iter().map(|t| t.to_string()).collect()))
                 .collect(),
+            listed: Default::default(),
+            catalog: None,
             failed: Vec::new(),
         }
     }
@@ -277,6 +279,8 @@ mod tests {
         Discovered {
             entry: d.entry,
             repositories: d.repositories.iter().rev().cloned().collect(),
+            listed: Default::default(),
+            catalog: None,
             failed: Vec::new(),
         }
     }
@@ -446,6 +450,8 @@ mod tests {
             &[Discovered {
                 entry: 0,
                 repositories: repos,
+                listed: Default::default(),
+                catalog: None,
                 failed: Vec::new(),
             }],
         )

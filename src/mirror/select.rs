@@ -4,6 +4,7 @@
 //! registry.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use futures_util::StreamExt;
@@ -279,6 +280,70 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// When the image `tag` of `repo` was created, from its config (an
+/// index's first linux image's): for `newest` over tags that are not
+/// versions. `None` when the config has no readable `created`.
+pub async fn created_of(repo: &crate::registry::Repository, tag: &str) -> Result<Option<Created>> {
+    let parse = |body: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .map_err(|e| Error::InvalidImage(format!("manifest of {tag}: {e}")))
+    };
+    let digest_of = |v: &serde_json::Value| {
+        v.get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse::<crate::digest::Digest>().ok())
+    };
+    let (body, _) = repo.get_manifest(tag).await?;
+    let mut manifest = parse(&body)?;
+    if let Some(children) = manifest.get("manifests").and_then(|m| m.as_array()) {
+        let linux = |d: &&serde_json::Value| {
+            d.pointer("/platform/os").and_then(|o| o.as_str()) == Some("linux")
+        };
+        let Some(child) = children.iter().find(linux).and_then(digest_of) else {
+            return Ok(None);
+        };
+        let (body, _) = repo.get_manifest(&child.to_string()).await?;
+        if crate::digest::Digest::sha256_of(&body) != child {
+            return Err(Error::InvalidImage(format!(
+                "{tag}: the manifest {child} hashed to another digest"
+            )));
+        }
+        manifest = parse(&body)?;
+    }
+    let Some(config) = manifest.get("config") else {
+        return Ok(None);
+    };
+    let (Some(digest), Some(size)) = (
+        digest_of(config),
+        config.get("size").and_then(|s| s.as_u64()),
+    ) else {
+        return Ok(None);
+    };
+    let max = crate::registry::MAX_CONFIG_BYTES;
+    let raw = repo.get_small_blob(&digest, size, max).await?;
+    Ok(serde_json::from_slice::<serde_json::Value>(&raw)
+        .ok()
+        .and_then(|c| {
+            c.get("created")
+                .and_then(|c| c.as_str())
+                .and_then(Created::parse)
+        }))
+}
+
+/// Whether `tag` is a referrer's rather than an image's: `sha256-<hex>`
+/// (the OCI referrers fallback tag) or cosign's `sha256-<hex>.sig`,
+/// `.att` and `.sbom`. They are copied with the image they name, never as
+/// images of their own.
+pub fn is_referrer_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix("sha256-") else {
+        return false;
+    };
+    let (hex, suffix) = rest.split_at(rest.len().min(64));
+    hex.len() == 64
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+}
+
 /// What [`discover`] found for one entry.
 #[derive(Debug)]
 pub struct Discovered {
@@ -286,6 +351,11 @@ pub struct Discovered {
     pub entry: usize,
     /// Each source repository with the tags chosen in it, sorted by name.
     pub repositories: Vec<(String, Vec<String>)>,
+    /// Every tag each of those repositories has, referrer tags included
+    /// (for referrers and prune).
+    pub listed: BTreeMap<String, Vec<String>>,
+    /// The source's catalog, when the entry needed it.
+    pub catalog: Option<Vec<String>>,
     /// Repositories whose tags could not be listed (or chosen), with why;
     /// the others go on.
     pub failed: Vec<(String, Error)>,
@@ -302,7 +372,29 @@ where
     F: Fn(String, String) -> Fut,
     Fut: Future<Output = Result<Option<Created>>>,
 {
-    let catalog = if entry.needs_catalog() {
+    discover_some(entry, client, None, |_| true, created).await
+}
+
+/// As [`discover`], listing the tags only of the repositories `wanted`
+/// takes (a shard's): the others are left out of the result. `catalog`:
+/// the source's catalog when an earlier entry listed it already.
+pub async fn discover_some<W, F, Fut>(
+    entry: &Entry,
+    client: &Client,
+    catalog: Option<&[String]>,
+    wanted: W,
+    created: F,
+) -> Result<Discovered>
+where
+    W: Fn(&str) -> bool,
+    F: Fn(String, String) -> Fut,
+    Fut: Future<Output = Result<Option<Created>>>,
+{
+    let catalog = if !entry.needs_catalog() {
+        None
+    } else if let Some(c) = catalog {
+        Some(c.to_vec())
+    } else {
         match client.catalog().await {
             Ok(c) => Some(c),
             Err(e) if crate::registry::refuses_listing(&e) => {
@@ -315,17 +407,25 @@ where
             }
             Err(e) => return Err(e),
         }
-    } else {
-        None
     };
-    let repositories = select_repositories(entry, catalog.as_deref())?;
+    let mut repositories = select_repositories(entry, catalog.as_deref())?;
+    let listed_catalog = catalog;
+    repositories.retain(|r| wanted(r));
     let created = &created;
-    let results: Vec<(String, Result<Vec<String>>)> = futures_util::stream::iter(repositories)
+    type Listed = (String, Result<(Vec<String>, Vec<String>)>);
+    let results: Vec<Listed> = futures_util::stream::iter(repositories)
         .map(|repo| async move {
             let chosen = match client.tags(&repo).await {
                 Ok(tags) => {
                     let r = repo.clone();
-                    select_tags(&entry.tags, &tags, move |tag| created(r.clone(), tag)).await
+                    let ordinary: Vec<String> = tags
+                        .iter()
+                        .filter(|t| !is_referrer_tag(t))
+                        .cloned()
+                        .collect();
+                    select_tags(&entry.tags, &ordinary, move |tag| created(r.clone(), tag))
+                        .await
+                        .map(|chosen| (chosen, tags))
                 }
                 Err(e) => Err(e),
             };
@@ -337,11 +437,16 @@ where
     let mut found = Discovered {
         entry: entry.index,
         repositories: Vec::new(),
+        listed: BTreeMap::new(),
+        catalog: listed_catalog,
         failed: Vec::new(),
     };
     for (repo, r) in results {
         match r {
-            Ok(tags) => found.repositories.push((repo, tags)),
+            Ok((tags, all)) => {
+                found.listed.insert(repo.clone(), all);
+                found.repositories.push((repo, tags));
+            }
             Err(e) => found.failed.push((repo, e)),
         }
     }
@@ -393,6 +498,24 @@ mod tests {
         "teamx/app",
         "other",
     ];
+
+    #[test]
+    fn referrer_tags_are_told_from_image_tags() {
+        let hex = "a".repeat(64);
+        for t in ["", ".sig", ".att", ".sbom"] {
+            assert!(is_referrer_tag(&format!("sha256-{hex}{t}")), "{t}");
+        }
+        for t in [
+            format!("sha256-{}", "a".repeat(63)),
+            format!("sha256-{hex}.txt"),
+            format!("sha256-{}", "A".repeat(64)),
+            "sha256-".into(),
+            "latest".into(),
+            format!("v1-{hex}"),
+        ] {
+            assert!(!is_referrer_tag(&t), "{t}");
+        }
+    }
 
     #[test]
     fn repositories_by_name_and_glob() {

@@ -16,7 +16,10 @@ use futures_util::StreamExt;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::source::{FetchContext, Source};
+use futures_util::future::BoxFuture;
+
+use crate::image::{Image, IndexInfo, LayerInfo};
+use crate::source::{FetchContext, LayerBlob, Source};
 use crate::wire::Descriptor;
 use crate::wire::index_plan::{ChildKind, Selection, plan_children, rebuild};
 
@@ -141,4 +144,55 @@ where
         },
     };
     Ok(IndexOutcome::Copied(copy))
+}
+
+/// A source whose index is read once: a caller that looks at the index
+/// before [`copy_index`] does not make it fetched twice.
+pub struct IndexOnce {
+    inner: Arc<dyn Source>,
+    index: std::sync::Mutex<Option<Option<IndexInfo>>>,
+}
+
+impl Source for IndexOnce {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn resolve<'a>(&'a self, ctx: &'a FetchContext) -> BoxFuture<'a, Result<Image>> {
+        self.inner.resolve(ctx)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        layer: &'a LayerInfo,
+        ctx: &'a FetchContext,
+    ) -> BoxFuture<'a, Result<LayerBlob>> {
+        self.inner.fetch(layer, ctx)
+    }
+
+    fn index<'a>(&'a self, ctx: &'a FetchContext) -> BoxFuture<'a, Result<Option<IndexInfo>>> {
+        Box::pin(async move {
+            let cached = self.index.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(index) = cached {
+                return Ok(index);
+            }
+            let index = self.inner.index(ctx).await?;
+            *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
+            Ok(index)
+        })
+    }
+
+    fn child(&self, descriptor: &Descriptor) -> Result<Arc<dyn Source>> {
+        self.inner.child(descriptor)
+    }
+}
+
+impl IndexOnce {
+    /// `inner`, its index not read yet.
+    pub fn new(inner: Arc<dyn Source>) -> Self {
+        IndexOnce {
+            inner,
+            index: std::sync::Mutex::new(None),
+        }
+    }
 }

@@ -13,6 +13,33 @@ use super::tokens::{Identity, TokenCache};
 use super::transport;
 use crate::error::{Error, Result};
 
+/// Told of the retries and rate limiting of a context's requests (the
+/// mirror's progress events).
+pub trait Listener: Send + Sync {
+    /// A request to `host` failed with `why` and is sent again after `wait`.
+    fn retry(&self, _host: &str, _op: &str, _why: &str, _wait: Duration) {}
+    /// `host` asked us to slow down (429, or no requests left in its rate
+    /// limit window): nothing more goes to it for `wait`.
+    fn rate_limited(&self, _host: &str, _wait: Duration) {}
+}
+
+/// The [`Listener`] of a context, if any.
+#[derive(Clone, Default)]
+pub struct Listening(pub Option<Arc<dyn Listener>>);
+
+impl std::fmt::Debug for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Listening(yes)"
+        } else {
+            "Listening(no)"
+        })
+    }
+}
+
+/// Longest a registry's rate limit holds its requests back at once.
+pub const MAX_HOLD: Duration = Duration::from_secs(300);
+
 /// What a [`Context`] limits.
 #[derive(Clone, Debug, Default)]
 pub struct ContextOptions {
@@ -23,6 +50,8 @@ pub struct ContextOptions {
     /// flight at once across every client of the context; `None`: no limit
     /// beyond the callers' own.
     pub max_requests: Option<usize>,
+    /// Told of retries and of registries slowing us down.
+    pub listener: Listening,
 }
 
 /// Shared state of the registry clients built from it: one connection pool
@@ -38,6 +67,10 @@ pub struct Context {
     /// cache, so that the digest says nothing about a password.
     salt: [u8; 16],
     pools: std::sync::Mutex<HashMap<PoolKey, reqwest::Client>>,
+    /// Per host: no request before this (a 429, an exhausted rate limit),
+    /// for every client of the context at once.
+    holds: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
+    listener: Listening,
 }
 
 /// Clients whose transport settings are equal share a connection pool.
@@ -61,7 +94,46 @@ impl Context {
             tokens: TokenCache::default(),
             salt: rand::random(),
             pools: std::sync::Mutex::new(HashMap::new()),
+            holds: std::sync::Mutex::new(HashMap::new()),
+            listener: options.listener,
         })
+    }
+
+    /// Holds every request to `host` back for `wait` (at most
+    /// [`MAX_HOLD`]), as the registry asked.
+    pub(crate) fn hold(&self, host: &str, wait: Duration) {
+        let wait = wait.min(MAX_HOLD);
+        let until = tokio::time::Instant::now() + wait;
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let h = holds.entry(host.to_string()).or_insert(until);
+        if *h < until {
+            *h = until;
+        }
+        drop(holds);
+        if let Some(l) = &self.listener.0 {
+            l.rate_limited(host, wait);
+        }
+    }
+
+    /// Tells the listener of a retry.
+    pub(crate) fn retrying(&self, host: &str, op: &str, why: &str, wait: Duration) {
+        if let Some(l) = &self.listener.0 {
+            l.retry(host, op, why, wait);
+        }
+    }
+
+    /// Waits out a hold on `host`, then the rate limiter.
+    pub(crate) async fn pace_host(&self, host: &str) {
+        let until = {
+            let holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+            holds.get(host).copied()
+        };
+        if let Some(t) = until
+            && t > tokio::time::Instant::now()
+        {
+            tokio::time::sleep_until(t).await;
+        }
+        self.pace().await;
     }
 
     /// Who `credentials` make a client, for the token cache.
@@ -206,6 +278,26 @@ mod tests {
             }
             assert_eq!(start.elapsed(), Duration::ZERO, "{r}");
         }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_hold_on_a_host_delays_its_requests_only() {
+        let ctx = Context::new(ContextOptions::default());
+        ctx.hold("a", Duration::from_secs(10));
+        ctx.hold("a", Duration::from_secs(2));
+        let start = tokio::time::Instant::now();
+        ctx.pace_host("b").await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        ctx.pace_host("a").await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        ctx.hold("a", Duration::from_secs(86_400));
+        let start = tokio::time::Instant::now();
+        ctx.pace_host("a").await;
+        assert!(start.elapsed() <= MAX_HOLD + Duration::from_secs(1));
     }
 
     #[tokio::test]

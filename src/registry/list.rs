@@ -182,7 +182,7 @@ impl Client {
 
     /// The next page's URL from a `Link` target, made absolute against the
     /// page we read; only the registry's own origin.
-    fn next_url(
+    pub(super) fn next_url(
         &self,
         op: &str,
         base: &url::Url,
@@ -238,7 +238,7 @@ pub fn refuses_listing(err: &Error) -> bool {
 
 /// The target of a `rel="next"` link in one `Link` header value, which may
 /// hold several comma-separated links.
-fn next_link(value: &str) -> Option<&str> {
+pub(super) fn next_link(value: &str) -> Option<&str> {
     let mut rest = value;
     while let Some(open) = rest.find('<') {
         let close = open + rest[open..].find('>')?;

@@ -28,6 +28,7 @@ mod list;
 mod options;
 mod pull;
 mod push;
+mod referrers;
 mod repository;
 mod request;
 mod tokens;
@@ -36,7 +37,7 @@ pub mod transport;
 pub use crate::error::RegistryErrorCode as ErrorCode;
 pub use auth::Credentials;
 pub use client::Client;
-pub use context::{Context, ContextOptions, RateLimiter};
+pub use context::{Context, ContextOptions, Listener, Listening, MAX_HOLD, RateLimiter};
 pub use errors::{RegistryErrorBody, parse_error_body};
 pub(crate) use list::is_repository_name;
 pub use list::{LIST_PAGE_SIZE, MAX_LIST_ENTRIES, MAX_LIST_PAGE_BYTES, refuses_listing};
@@ -46,6 +47,9 @@ pub use options::{
     MAX_MANIFEST_BYTES, parse_byte_rate,
 };
 pub use push::BlobOpener;
+pub use referrers::{
+    MAX_REFERRERS, Referrer, deletes_disabled, parse_referrers_index, referrers_index,
+};
 pub use repository::Repository;
 pub use tokens::Actions;
 

@@ -166,7 +166,7 @@ impl Client {
     /// one that is (a network failure, the deadline).
     async fn attempt(&self, req: &Request<'_>) -> Result<Result<(Response, tokio::time::Instant)>> {
         let auth_header = self.current_auth(req.scope).await?;
-        self.ctx.pace().await;
+        self.ctx.pace_host(&self.host).await;
         let mut r = self.http.request(req.method.clone(), req.url);
         if let Some(a) = req.accept {
             r = r.header(ACCEPT, a);
@@ -226,12 +226,21 @@ impl Client {
                         return Err(e);
                     }
                     tracing::warn!("{e}; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    let wait = backoff(attempt);
+                    self.ctx.retrying(&self.host, op, &e.to_string(), wait);
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             };
             let status = resp.status();
             if status.is_success() || req.pass.contains(&status) {
+                if let Some(wait) = exhausted(resp.headers()) {
+                    tracing::info!(
+                        "{}: rate limit used up; holding back for {wait:?}",
+                        self.host
+                    );
+                    self.ctx.hold(&self.host, wait);
+                }
                 return Ok((resp, deadline));
             }
             if status == StatusCode::UNAUTHORIZED && !answered_challenge {
@@ -256,6 +265,13 @@ impl Client {
                 attempt += 1;
                 let wait = retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt));
                 tracing::warn!("{}: {op}: HTTP {status}; retrying in {wait:?}", self.host);
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    // Every request to this registry waits, not only this one.
+                    self.ctx.hold(&self.host, wait);
+                } else {
+                    self.ctx
+                        .retrying(&self.host, op, &format!("HTTP {status}"), wait);
+                }
                 tokio::time::sleep(wait).await;
                 continue;
             }
@@ -568,6 +584,36 @@ pub(super) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
+/// How long to hold back when a response says no requests are left in the
+/// registry's rate-limit window: `RateLimit-Remaining: 0` (with `;w=...`
+/// as Docker Hub sends it) and `RateLimit-Reset` seconds, or the combined
+/// `RateLimit: remaining=0, reset=N`; `None` while requests are left or no
+/// reset time is given.
+fn exhausted(headers: &HeaderMap) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let number = |v: &str| v.split(';').next()?.trim().parse::<u64>().ok();
+    let (remaining, reset) = match get("ratelimit") {
+        Some(combined) => {
+            let field = |key: &str| {
+                combined.split([',', ';']).find_map(|part| {
+                    let (k, v) = part.split_once('=')?;
+                    (k.trim() == key).then(|| number(v)).flatten()
+                })
+            };
+            (field("remaining"), field("reset"))
+        }
+        None => (
+            get("ratelimit-remaining").and_then(number),
+            get("ratelimit-reset").and_then(number),
+        ),
+    };
+    (remaining? == 0).then_some(())?;
+    let wait = reset
+        .map(Duration::from_secs)
+        .or_else(|| retry_after(headers))?;
+    Some(wait.min(super::context::MAX_HOLD))
+}
+
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let wait = if let Ok(secs) = v.parse::<u64>() {
@@ -583,6 +629,55 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exhausted_rate_limit_is_read_from_either_header_form() {
+        let h = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            exhausted(&h)
+        };
+        let secs = |n| Some(Duration::from_secs(n));
+        assert_eq!(
+            h(&[
+                ("ratelimit-remaining", "0;w=21600"),
+                ("ratelimit-reset", "30")
+            ]),
+            secs(30)
+        );
+        assert_eq!(
+            h(&[
+                ("ratelimit-remaining", "5;w=21600"),
+                ("ratelimit-reset", "30")
+            ]),
+            None
+        );
+        assert_eq!(
+            h(&[("ratelimit", "limit=100, remaining=0, reset=7")]),
+            secs(7)
+        );
+        assert_eq!(h(&[("ratelimit", "limit=100, remaining=3, reset=7")]), None);
+        // No reset time: nothing to wait for.
+        assert_eq!(h(&[("ratelimit-remaining", "0")]), None);
+        assert_eq!(
+            h(&[("ratelimit-remaining", "0"), ("retry-after", "4")]),
+            secs(4)
+        );
+        // A lying reset is capped.
+        assert_eq!(
+            h(&[
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", "99999999")
+            ]),
+            Some(super::super::context::MAX_HOLD)
+        );
+        assert_eq!(
+            h(&[("ratelimit-remaining", "x"), ("ratelimit-reset", "3")]),
+            None
+        );
+    }
 
     #[test]
     fn retry_after_forms() {

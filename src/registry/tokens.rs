@@ -16,6 +16,9 @@ pub enum Actions {
     Pull,
     /// Read and write (`push,pull`).
     PushPull,
+    /// Delete manifests (`delete`): what distribution's token server grants
+    /// a `DELETE`, which `push` does not cover.
+    Delete,
 }
 
 impl Actions {
@@ -24,6 +27,7 @@ impl Actions {
         match self {
             Actions::Pull => "pull",
             Actions::PushPull => "push,pull",
+            Actions::Delete => "delete",
         }
     }
 }

@@ -29,11 +29,13 @@ use crate::sink::{AsyncSink, SinkReport};
 
 mod cache;
 mod compress;
+mod ledger;
 mod manifest;
 
 pub use crate::compress::Encoding;
 pub use cache::LayerCacheUse;
 pub use compress::compress_tar;
+pub use ledger::{BlobLedger, Lookup};
 pub use manifest::{ManifestFormat, Pushed};
 
 /// How a [`RegistrySink`] pushes.
@@ -64,6 +66,13 @@ pub struct RegistrySinkOptions {
     /// The layer cache to reuse earlier rewrites from and record this
     /// run's in (`--layer-cache`).
     pub layer_cache: Option<LayerCacheUse>,
+    /// What the other pushes of this run into the same registry did with
+    /// their blobs (`mirror`): skip, mount or wait instead of uploading
+    /// again.
+    pub ledger: Option<Arc<BlobLedger>>,
+    /// Annotations for a manifest this push builds (not for the source's
+    /// own bytes, whose digest must stay).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RegistrySinkOptions {
@@ -78,6 +87,8 @@ impl Default for RegistrySinkOptions {
             temp_dir: None,
             verify: false,
             layer_cache: None,
+            ledger: None,
+            annotations: Default::default(),
         }
     }
 }
@@ -101,6 +112,8 @@ pub struct RegistrySink {
     counts: Arc<Counts>,
     /// What the layer cache told this run.
     cache: cache::SinkCache,
+    /// Blobs this sink is to upload that others of the run wait for.
+    claims: std::collections::HashMap<Digest, ledger::Claim>,
 }
 
 /// What happened to the blobs, for the report.
@@ -143,6 +156,7 @@ impl RegistrySink {
             failed: Arc::new(Mutex::new(None)),
             counts: Arc::default(),
             cache: cache::SinkCache::default(),
+            claims: std::collections::HashMap::new(),
         }
     }
 
@@ -188,17 +202,42 @@ impl RegistrySink {
             .unwrap_or_else(std::env::temp_dir)
     }
 
-    /// HEAD, then mounts: whether the destination has (or now has) `digest`.
+    /// The ledger, then HEAD, then mounts: whether the destination has (or
+    /// now has) `digest`.
     async fn present(&self, digest: &Digest) -> Result<bool> {
+        let name = self.repo.name();
+        let ledger = self.options.ledger.as_deref();
+        let mut from_ledger = None;
+        if let Some(l) = ledger {
+            match l.lookup(digest, name, self.claims.is_empty()).await {
+                Lookup::Here => {
+                    Counts::add(&self.counts.present);
+                    return Ok(true);
+                }
+                Lookup::In(other) => from_ledger = Some(other),
+                Lookup::Unknown => {}
+            }
+        }
+        let found = |how: &AtomicUsize| {
+            Counts::add(how);
+            if let Some(l) = ledger {
+                l.add(digest, name);
+            }
+            Ok(true)
+        };
+        if let Some(other) = &from_ledger
+            && self.repo.mount_blob(digest, other).await?
+        {
+            tracing::debug!("mounted {digest} from {other}");
+            return found(&self.counts.mounted);
+        }
         if self.repo.blob_exists(digest).await?.is_some() {
-            Counts::add(&self.counts.present);
-            return Ok(true);
+            return found(&self.counts.present);
         }
         for from in &self.options.mount_from {
-            if from != self.repo.name() && self.repo.mount_blob(digest, from).await? {
+            if from != name && self.repo.mount_blob(digest, from).await? {
                 tracing::debug!("mounted {digest} from {from}");
-                Counts::add(&self.counts.mounted);
-                return Ok(true);
+                return found(&self.counts.mounted);
             }
         }
         Ok(false)
@@ -230,6 +269,8 @@ impl RegistrySink {
             compression: compress.then_some(self.options.compression),
             temp_dir: self.temp_dir(),
             check_first: late || compress,
+            ledger: self.options.ledger.clone(),
+            claim: self.claims.remove(&info.digest),
         };
         self.uploads
             .push(AbortOnDrop(tokio::spawn(job.run(info, blob))));
@@ -258,6 +299,15 @@ impl RegistrySink {
         if self.present(digest).await? {
             return Ok(0);
         }
+        let ledger = self.options.ledger.as_ref();
+        let mut claim = ledger.and_then(|l| l.claim(digest));
+        // Another image of the run is pushing the same config: wait for it.
+        if ledger.is_some() && claim.is_none() {
+            if self.present(digest).await? {
+                return Ok(0);
+            }
+            claim = ledger.and_then(|l| l.claim(digest));
+        }
         let bytes = Arc::new(image.config_raw.clone());
         let len = bytes.len() as u64;
         let open: BlobOpener = Arc::new(move || {
@@ -265,6 +315,10 @@ impl RegistrySink {
                 as Box<dyn std::io::Read + Send>)
         });
         self.repo.upload_blob(digest, len, open).await?;
+        if let Some(l) = ledger {
+            l.add(digest, self.repo.name());
+        }
+        drop(claim);
         Ok(len)
     }
 
@@ -306,7 +360,10 @@ impl RegistrySink {
             Some(f) => f,
             None => ManifestFormat::Docker,
         });
-        let bytes = manifest::build(image, layers, format)?;
+        let mut bytes = manifest::build(image, layers, format)?;
+        if !self.options.annotations.is_empty() {
+            bytes = crate::wire::annotate(&bytes, &self.options.annotations)?;
+        }
         Ok((bytes, format.media_type().to_string()))
     }
 
@@ -489,6 +546,9 @@ struct Upload {
     temp_dir: PathBuf,
     /// HEAD the blob first (its digest was not known before).
     check_first: bool,
+    ledger: Option<Arc<BlobLedger>>,
+    /// Others of the run wait for this upload.
+    claim: Option<ledger::Claim>,
 }
 
 impl Upload {
@@ -513,11 +573,14 @@ impl Upload {
     }
 
     async fn push(self, info: LayerInfo, blob: BlobIn) -> Result<u64> {
-        let _permit = self
-            .workers
-            .acquire()
-            .await
-            .map_err(|_| Error::InvalidImage("upload workers closed".into()))?;
+        let workers = self.workers.clone();
+        let acquire = || async {
+            workers
+                .acquire()
+                .await
+                .map_err(|_| Error::InvalidImage("upload workers closed".into()))
+        };
+        let mut permit = acquire().await?;
         let (blob, digest, size, media_type) = match self.compression {
             Some(how) => {
                 let file = blob.file().await?;
@@ -546,7 +609,43 @@ impl Upload {
             media_type,
         };
         let mut sent = 0;
-        if self.check_first && self.repo.blob_exists(&digest).await?.is_some() {
+        let name = self.repo.name().to_string();
+        let mut claim = self.claim;
+        let mut known = false;
+        if self.check_first
+            && let Some(l) = &self.ledger
+        {
+            // The digest is new to us (a compressed rewrite): another image
+            // of the run may be uploading the same bytes. Wait for it
+            // without holding a worker, so that a wait never holds up the
+            // upload it waits for.
+            drop(permit);
+            loop {
+                match l.lookup(&digest, &name, claim.is_none()).await {
+                    Lookup::Here => {
+                        known = true;
+                        Counts::add(&self.counts.present);
+                    }
+                    Lookup::In(other) => {
+                        known = self.repo.mount_blob(&digest, &other).await?;
+                        if known {
+                            Counts::add(&self.counts.mounted);
+                        }
+                    }
+                    Lookup::Unknown if claim.is_none() => match l.claim(&digest) {
+                        Some(c) => claim = Some(c),
+                        None => continue,
+                    },
+                    Lookup::Unknown => {}
+                }
+                break;
+            }
+            permit = acquire().await?;
+        }
+        let _permit = permit;
+        if known {
+            // Present already, or mounted just now.
+        } else if self.check_first && self.repo.blob_exists(&digest).await?.is_some() {
             Counts::add(&self.counts.present);
         } else {
             match blob {
@@ -562,6 +661,10 @@ impl Upload {
             Counts::add(&self.counts.uploaded);
             sent = size;
         }
+        if let Some(l) = &self.ledger {
+            l.add(&digest, &name);
+        }
+        drop(claim);
         record(&self.pushed, info.index, pushed);
         Ok(sent)
     }
@@ -623,6 +726,14 @@ impl AsyncSink for RegistrySink {
                     },
                 );
                 return Ok(false);
+            }
+            if let Some(claim) = self
+                .options
+                .ledger
+                .as_ref()
+                .and_then(|l| l.claim(&layer.digest))
+            {
+                self.claims.insert(layer.digest.clone(), claim);
             }
             Ok(true)
         })
