@@ -83,8 +83,8 @@ pub(super) async fn process(
     });
     let mut failed = Vec::new();
     let mut done = 0usize;
-    let mut results =
-        futures_util::stream::iter(jobs).buffer_unordered(usize::from(global.image_parallel));
+    let mut results = futures_util::stream::iter(jobs)
+        .buffer_unordered(usize::from(global.image_parallel.unwrap_or(4)));
     while let Some((image, result)) = results.next().await {
         done += 1;
         let mut err = occystrap::escape::TextOut::new(std::io::stderr().lock());
