@@ -250,7 +250,7 @@ if uses mirrorcold || uses mirrorwarm; then
   "$shared/registry.sh" start "$dregdir" "$port2" >/dev/null
   "$shared/registry.sh" start "$wregdir" "$wport" >/dev/null
   python3 "$shared/mirror-seed.py" "$W/mseed" 30 3 > "$W/mseed.list"
-  xargs -P4 -L1 sh -c 'skopeo copy -q --dest-tls-verify=false "oci:$0/mseed:$1-$2" "docker://$3/src/$1:$2"' \
+  xargs -L1 sh -c 'skopeo copy -q --dest-tls-verify=false "oci:$0/mseed:$1-$2" "docker://$3/src/$1:$2"' \
     "$W" < <(awk -v r="$reg" '{print $1, $2, r}' "$W/mseed.list")
   : > "$W/mseed.digests"
   while read -r r t; do
@@ -263,7 +263,7 @@ if uses mirrorcold || uses mirrorwarm; then
   done
   { echo "$reg:"; echo "  tls-verify: false"; echo "  images-by-tag-regex:"
     awk '{print $1}' "$W/mseed.list" | sort -u | sed 's|.*|    src/&: ".*"|'; } > "$W/sync.yaml"
-  skopeo sync -q --src yaml --dest docker --dest-tls-verify=false "$W/sync.yaml" "$wdst/dst" > "$W/warm-seed.log" 2>&1
+  skopeo sync --src yaml --dest docker --dest-tls-verify=false "$W/sync.yaml" "$wdst/dst" > "$W/warm-seed.log" 2>&1
 fi
 # requests_in LOG: access-log lines of registry API requests so far.
 requests_in() { grep -c '"[A-Z]* /v2/' "$1" 2>/dev/null || true; }
@@ -319,9 +319,9 @@ tasks=(
   "proxyhit.via-proxy|$ours --insecure process registry://$pxpull/$img tar://image.tar"
   "proxyhit.direct|$ours --insecure process registry://$dst/cache/$img tar://image.tar"
   "mirrorcold.ours|$ours --insecure -O json mirror $W/mirror-cold.yaml -J $mimages -j $mlayers > report.json"
-  "mirrorcold.skopeo|skopeo sync -q --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $dst/dst"
+  "mirrorcold.skopeo|skopeo sync --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $dst/dst"
   "mirrorwarm.ours|$ours --insecure -O json mirror $W/mirror-warm.yaml -J $mimages -j $mlayers > report.json"
-  "mirrorwarm.skopeo|skopeo sync -q --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $wdst/dst"
+  "mirrorwarm.skopeo|skopeo sync --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $wdst/dst"
 )
 if [[ -n $sel ]]; then
   kept=()
