@@ -46,6 +46,16 @@
 #             (-u first registry, -d second registry's cache/ namespace) holds;
 #   proxyhit.direct             the same pull straight from the second registry.
 # The proxies' own peak RSS is read from /proc at the end.
+#
+# The mirror rows (bench/mirror-seed.py: 30 repositories x 3 tags of small
+# images sharing base layers, pushed to src/ of the first registry with skopeo):
+#   mirrorcold  `occystrap mirror` against `skopeo sync --src yaml --dest docker`
+#               with the same selection, each into the emptied second registry;
+#   mirrorwarm  the same into a third registry (PORT+4) that already holds it
+#               all (seeded once by skopeo sync, untimed): a no-op run. The
+#               requests each tool sent to the source and destination
+#               registries are counted from their access logs.
+# MIRROR_IMAGES (default 8) and MIRROR_LAYERS (default 4) are our -J and -j.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 shared=$repo/bench
@@ -55,7 +65,7 @@ sel=${TASKS:-}
 W=${BENCH_DIR:-/dev/shm/occy-bench}
 if [[ -n $sel ]]; then md=${BENCH_MD:-/tmp/occy-bench-results.md}; else md=${BENCH_MD:-$repo/bench/results.md}; fi
 IFS=, read -ra picked <<<"$sel"
-groups=" tar expand oci search floor single10m single1g store1st store2nd copy1st copy2nd tar2reg proxypush proxyhit "
+groups=" tar expand oci search floor single10m single1g store1st store2nd copy1st copy2nd tar2reg proxypush proxyhit mirrorcold mirrorwarm "
 for t in "${picked[@]}"; do
   [[ $groups == *" ${t%%.*} "* ]] || { echo "TASKS: no group '${t%%.*}'; groups:$groups" >&2; exit 2; }
 done
@@ -69,17 +79,24 @@ selected() {
   [[ -z $sel ]] && return 0
   local t; for t in "${picked[@]}"; do [[ $t == "$1" || $t == "${1%%.*}" ]] && return 0; done; return 1
 }
+# main: does a selected row read the main benchmark image (or a Python or
+# umoci row need installing)? The mirror rows bring their own images.
+main() {
+  [[ -z $sel ]] && return 0
+  local t; for t in "${picked[@]}"; do [[ ${t%%.*} == mirror* ]] || return 0; done; return 1
+}
 img=bench/debian:layered; src="registry://$reg/$img"
 venv=${PY_VENV:-/tmp/bench-venv}
 
 need=()
-for p in docker-registry skopeo umoci pigz jq debootstrap curl; do
+tools="docker-registry skopeo jq curl"; main && tools+=" umoci pigz debootstrap"
+for p in $tools; do
   command -v "$p" >/dev/null || need+=("$p")
 done
 if ((${#need[@]})); then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]/docker-registry/docker-registry}" </dev/null
 fi
-[[ -x $venv/bin/occystrap ]] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q occystrap==0.4.17; }
+main && [[ ! -x $venv/bin/occystrap ]] && { python3 -m venv "$venv" && "$venv/bin/pip" install -q occystrap==0.4.17; }
 py=$venv/bin/occystrap
 # OURS=<binary> times that build as ours instead of this checkout's release build.
 if [[ -n ${OURS:-} ]]; then ours=$(readlink -f "$OURS")
@@ -103,8 +120,9 @@ regdir=$W/registry; dregdir=$W/registry2
 "$shared/registry.sh" start "$regdir" "$port" >/dev/null
 trap 'for p in "${pxpids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null
       "$shared/registry.sh" stop "$regdir" "$port" >/dev/null 2>&1 || true
-      "$shared/registry.sh" stop "$dregdir" "$port2" >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
-"$shared/make-images.sh" "$port" >/dev/null
+      "$shared/registry.sh" stop "$dregdir" "$port2" >/dev/null 2>&1 || true
+      "$shared/registry.sh" stop "$W/registry3" "$((port + 4))" >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
+if main; then "$shared/make-images.sh" "$port" >/dev/null; fi
 urls=; big=
 
 if uses single10m || uses single1g; then
@@ -225,6 +243,31 @@ SH
   chmod +x "$pushfloor"
 fi
 
+# The mirror rows' images, configs and warm destination.
+wport=$((port + 4)); wdst=127.0.0.1:$wport; wregdir=$W/registry3
+mimages=${MIRROR_IMAGES:-8}; mlayers=${MIRROR_LAYERS:-4}
+if uses mirrorcold || uses mirrorwarm; then
+  "$shared/registry.sh" start "$dregdir" "$port2" >/dev/null
+  "$shared/registry.sh" start "$wregdir" "$wport" >/dev/null
+  python3 "$shared/mirror-seed.py" "$W/mseed" 30 3 > "$W/mseed.list"
+  xargs -L1 sh -c 'skopeo copy -q --dest-tls-verify=false "oci:$0/mseed:$1-$2" "docker://$3/src/$1:$2"' \
+    "$W" < <(awk -v r="$reg" '{print $1, $2, r}' "$W/mseed.list")
+  : > "$W/mseed.digests"
+  while read -r r t; do
+    echo "$r $t $(curl -fsI -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$reg/v2/src/$r/manifests/$t" \
+      | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}')" >> "$W/mseed.digests"
+  done < "$W/mseed.list"
+  for x in cold:$dst warm:$wdst; do
+    printf 'mirrors:\n  - from: registry://%s/src?insecure=true\n    to: registry://%s/dst?insecure=true\n    repositories: ["*"]\n' \
+      "$reg" "${x#*:}" > "$W/mirror-${x%%:*}.yaml"
+  done
+  { echo "$reg:"; echo "  tls-verify: false"; echo "  images-by-tag-regex:"
+    awk '{print $1}' "$W/mseed.list" | sort -u | sed 's|.*|    src/&: ".*"|'; } > "$W/sync.yaml"
+  skopeo sync --src yaml --dest docker --dest-tls-verify=false "$W/sync.yaml" "$wdst/dst" > "$W/warm-seed.log" 2>&1
+fi
+# requests_in LOG: access-log lines of registry API requests so far.
+requests_in() { grep -c '"[A-Z]* /v2/' "$1" 2>/dev/null || true; }
+
 # The proxies of the proxy rows (this build), their state on tmpfs.
 pxpush=127.0.0.1:$((port + 2)); pxpull=127.0.0.1:$((port + 3)); pushpid=; pullpid=
 if uses proxypush; then
@@ -275,6 +318,10 @@ tasks=(
   "proxypush.process|$ours --insecure process $src registry://$dst/bench/proxypush:layered -f normalize-timestamps"
   "proxyhit.via-proxy|$ours --insecure process registry://$pxpull/$img tar://image.tar"
   "proxyhit.direct|$ours --insecure process registry://$dst/cache/$img tar://image.tar"
+  "mirrorcold.ours|$ours --insecure -O json mirror $W/mirror-cold.yaml -J $mimages -j $mlayers > report.json"
+  "mirrorcold.skopeo|skopeo sync --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $dst/dst"
+  "mirrorwarm.ours|$ours --insecure -O json mirror $W/mirror-warm.yaml -J $mimages -j $mlayers > report.json"
+  "mirrorwarm.skopeo|skopeo sync --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $wdst/dst"
 )
 if [[ -n $sel ]]; then
   kept=()
@@ -309,11 +356,11 @@ digest_of() {
   curl -fsI -H "Accept: $v2accept" "http://$1/v2/$2/manifests/$3" 2>/dev/null \
     | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}'
 }
-srcdigest=$(digest_of "$reg" bench/debian layered)
+srcdigest=$(digest_of "$reg" bench/debian layered || true)
 # prepare NAME: untimed set-up before a run of the task.
 prepare() {
   case ${1%%.*} in
-    copy1st|tar2reg|proxypush) wipe_dst ;;
+    copy1st|tar2reg|proxypush|mirrorcold) wipe_dst ;;
     # A hit: the proxy holds the tag (a pull through it, untimed, if a wipe
     # emptied the cache).
     proxyhit)
@@ -328,7 +375,15 @@ prepare() {
 # landed NAME: after a copy row, does the destination hold its tag's manifest
 # and every blob that manifest names? (No check for the other rows.)
 landed() {
-  local g=${1%%.*} m d
+  local g=${1%%.*} m d h r t want
+  if [[ $g == mirrorcold || $g == mirrorwarm ]]; then
+    h=$dst; [[ $g == mirrorwarm ]] && h=$wdst
+    while read -r r t want; do
+      [[ $(curl -fsI -H "Accept: $accept" "http://$h/v2/dst/$r/manifests/$t" | tr -d '\r' \
+           | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}') == "$want" ]] || return 1
+    done < "$W/mseed.digests"
+    return 0
+  fi
   [[ $1 =~ ^(copy1st|copy2nd|tar2reg|proxypush)\.(ours|base|skopeo|python|floor-curl|skopeo-via-proxy|process)$ ]] || return 0
   m=$(curl -fs -H "Accept: $accept" "http://$dst/v2/bench/$g/manifests/layered") || return 1
   for d in $(jq -r '(.config.digest // empty), (.layers // [] | .[].digest)' <<<"$m"); do
@@ -357,7 +412,7 @@ if uses copy1st || uses copy2nd || uses tar2reg; then
   [[ -n $basebin ]] && probe_push "$basebin" base
 fi
 
-: > "$W/res"
+: > "$W/res"; : > "$W/reqs"
 for r in $(seq "$runs"); do
   for t in "${tasks[@]}"; do
     name=${t%%|*}; cmd=${t#*|}
@@ -365,9 +420,13 @@ for r in $(seq "$runs"); do
     [[ $name =~ ^(copy1st|copy2nd|tar2reg)\.python$ ]] && ((r > pyruns)) && continue
     rm -rf "$W/out" "$W/t2"; mkdir -p "$W/out"; prepare "$name"; sync
     [[ $name == *.base ]] && cmd=${cmd//$ours/$basebin}
+    if [[ $name == mirrorwarm.* ]]; then s0=$(requests_in "$regdir/registry.log"); d0=$(requests_in "$wregdir/registry.log"); fi
     rc=0; (cd "$W/out" && /usr/bin/time -f '%e %M' -o "$W/t" bash -c "$cmd" > "$W/last.log" 2>&1) || rc=$?
     # A copy that exits 0 without the image in the destination is a failure.
     ((rc == 0)) && ! landed "$name" && rc=97
+    if [[ $name == mirrorwarm.* ]]; then
+      echo "$name $(( $(requests_in "$regdir/registry.log") - s0 )) $(( $(requests_in "$wregdir/registry.log") - d0 ))" >> "$W/reqs"
+    fi
     # For the second-tag row only the second pull counts.
     [[ -f $W/t2 ]] && cp "$W/t2" "$W/t"
     echo "$name $(tail -n1 "$W/t") $rc" >> "$W/res"
@@ -433,6 +492,24 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   done
   rl "skopeo push through the filtering proxy / occystrap process with the same filter (target <= 1.5)" proxypush.skopeo-via-proxy proxypush.process
   rl "pull-through hit / the same pull from downstream directly (target <= 1.2)" proxyhit.via-proxy proxyhit.direct
+  rl "mirror, cold (30 repositories x 3 tags into an empty registry): skopeo sync / ours (target >= 3)" mirrorcold.skopeo mirrorcold.ours
+  rl "mirror, warm no-op: skopeo sync / ours (target >= 10)" mirrorwarm.skopeo mirrorwarm.ours
+  for n in mirrorcold mirrorwarm; do
+    if has $n.ours; then echo "| peak RSS of ours, $n (target < 128 MB) | $(rss $n.ours) MB |"; fi
+  done
+  if uses mirrorwarm; then
+    ntags=$(wc -l < "$W/mseed.list")
+    # reqs TOOL FIELD: the median request count of TOOL's warm runs (2: source, 3: destination).
+    reqs() { awk -v n="mirrorwarm.$1" -v f="$2" '$1==n {print $f}' "$W/reqs" | sort -n | awk '{a[NR]=$1} END{if (NR) print a[int((NR+1)/2)]; else print "-"}'; }
+    for tool in ours skopeo; do
+      has mirrorwarm.$tool || continue
+      s=$(reqs $tool 2); d=$(reqs $tool 3)
+      echo "| warm requests, $tool: source + destination ($ntags tags; target for ours <= 2 a tag) | $s + $d = $((s + d)) ($(awk -v a=$((s + d)) -v b="$ntags" 'BEGIN{printf "%.2f", a/b}') a tag) |"
+    done
+    if has mirrorwarm.ours && has mirrorwarm.skopeo; then
+      echo "| warm requests: skopeo sync / ours | $(awk -v a=$(( $(reqs skopeo 2) + $(reqs skopeo 3) )) -v b=$(( $(reqs ours 2) + $(reqs ours 3) )) 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "-" }') |"
+    fi
+  fi
   if uses proxypush; then echo "| peak RSS of the push proxy | $(proxy_rss "$pushpid") MB |"; fi
   if uses proxyhit; then echo "| peak RSS of the pull-through proxy | $(proxy_rss "$pullpid") MB |"; fi
   if [[ -n $basebin ]]; then

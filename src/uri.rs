@@ -319,6 +319,9 @@ pub fn open_source(uri: &Uri, settings: &Settings) -> Result<(Arc<dyn Source>, u
                 crate::source::oci_layout::OciLayoutSource::open(&path, tag.as_deref(), &platform)?;
             Ok((Arc::new(source), settings.parallel))
         }
+        "quay" => Err(Error::Usage(
+            "quay:// names many images: it is a source for `process` only".into(),
+        )),
         other => Err(Error::Usage(format!(
             "unknown source scheme {other}:// (supported: registry://, tar://, dir://, oci-layout://)"
         ))),

@@ -7,6 +7,7 @@ pub mod mirror;
 mod output;
 mod progress;
 pub mod proxy;
+mod quay;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -598,6 +599,9 @@ pub async fn run(cli: Cli, cancel: CancelToken) -> Result<i32> {
     }
     match job {
         Job::Process { src, dst, filters } => {
+            if src.scheme == "quay" {
+                return quay::process(global, &settings, &src, &dst, filters).await;
+            }
             if let Some(selection) = &settings.selection
                 && dst.scheme == "registry"
                 && let Some(code) =

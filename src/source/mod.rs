@@ -15,6 +15,7 @@ use crate::wire::Descriptor;
 pub mod dir;
 pub mod docker_archive;
 pub mod oci_layout;
+pub mod quay;
 pub mod registry;
 
 /// What a source needs from the run it is part of.

@@ -26,6 +26,7 @@ mod proxy_pull;
 mod proxy_push;
 mod proxy_server;
 mod proxy_uploads;
+mod quay;
 mod registry_client;
 mod registry_index;
 mod registry_pull;

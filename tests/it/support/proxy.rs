@@ -177,8 +177,14 @@ struct BearerState {
     issued: usize,
 }
 
+/// A test's own answer to a request, instead of the registry's: status,
+/// content type and body; `None` forwards it (see [`Proxy::answer_with`]).
+pub type Answerer =
+    Arc<dyn Fn(&Method, &hyper::Uri, &HeaderMap) -> Option<(u16, String, Vec<u8>)> + Send + Sync>;
+
 struct State {
     upstream: String,
+    answerer: Mutex<Option<Answerer>>,
     me: String,
     rules: Mutex<Vec<Rule>>,
     log: Mutex<Vec<Record>>,
@@ -203,6 +209,7 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             upstream: upstream.to_string(),
+            answerer: Mutex::new(None),
             me: addr.to_string(),
             rules: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
@@ -260,6 +267,13 @@ impl Proxy {
             remaining,
             fault,
         });
+    }
+
+    /// Answers requests with `f` where it gives an answer (an API the
+    /// registry does not have, served next to it); they are logged as
+    /// others are.
+    pub fn answer_with(&self, f: Answerer) {
+        *lock(&self.state.answerer) = Some(f);
     }
 
     /// Limits every response body to `bytes_per_sec` (0: no limit).
@@ -592,6 +606,12 @@ fn handle(st: Arc<State>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> RespFu
             return a
                 .dripped(fault.as_ref(), &conn)
                 .send(&st, &conn, slot, head_only);
+        }
+        let own = lock(&st.answerer).clone();
+        if let Some((status, ctype, body)) =
+            own.and_then(|f| f(req.method(), req.uri(), req.headers()))
+        {
+            return Answer::new(status, &ctype, body).send(&st, &conn, slot, head_only);
         }
         let answer = match canned(fault.as_ref()) {
             Some(a) => a.dripped(fault.as_ref(), &conn),
