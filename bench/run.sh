@@ -422,11 +422,12 @@ for r in $(seq "$runs"); do
     [[ $name == *.base ]] && cmd=${cmd//$ours/$basebin}
     if [[ $name == mirrorwarm.* ]]; then s0=$(requests_in "$regdir/registry.log"); d0=$(requests_in "$wregdir/registry.log"); fi
     rc=0; (cd "$W/out" && /usr/bin/time -f '%e %M' -o "$W/t" bash -c "$cmd" > "$W/last.log" 2>&1) || rc=$?
-    # A copy that exits 0 without the image in the destination is a failure.
-    ((rc == 0)) && ! landed "$name" && rc=97
+    # Counted before the check below, whose own HEADs are not the tool's.
     if [[ $name == mirrorwarm.* ]]; then
       echo "$name $(( $(requests_in "$regdir/registry.log") - s0 )) $(( $(requests_in "$wregdir/registry.log") - d0 ))" >> "$W/reqs"
     fi
+    # A copy that exits 0 without the image in the destination is a failure.
+    ((rc == 0)) && ! landed "$name" && rc=97
     # For the second-tag row only the second pull counts.
     [[ -f $W/t2 ]] && cp "$W/t2" "$W/t"
     echo "$name $(tail -n1 "$W/t") $rc" >> "$W/res"

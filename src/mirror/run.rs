@@ -48,6 +48,9 @@ pub const SOURCE_ANNOTATION: &str = "dev.occystrap.mirror.source";
 /// (filters, platforms, compression), so that a changed config copies again.
 pub const RECIPE_ANNOTATION: &str = "dev.occystrap.mirror.recipe";
 
+/// How many jobs are checked at once for each image copied at once.
+pub const CHECKS_PER_IMAGE: usize = 8;
+
 /// Largest destination manifest read to compare annotations.
 const MAX_CHECK_MANIFEST: u64 = 4 << 20;
 
@@ -144,6 +147,8 @@ pub struct Mirror {
     factory: Box<ClientFactory>,
     clients: Mutex<HashMap<(RegistryRef, Side), Arc<Client>>>,
     ledgers: Mutex<HashMap<RegistryRef, Arc<BlobLedger>>>,
+    /// Copies at once (`images`); checks are not held by it.
+    copies: tokio::sync::Semaphore,
     /// Every tag of each source repository, as discovery listed them.
     listed: Mutex<HashMap<SourceRepo, Arc<Vec<String>>>>,
     observer: Arc<dyn Observer>,
@@ -158,6 +163,7 @@ impl Mirror {
         observer: Arc<dyn Observer>,
     ) -> Mirror {
         Mirror {
+            copies: tokio::sync::Semaphore::new(options.images.max(1)),
             options,
             factory,
             clients: Mutex::new(HashMap::new()),
@@ -213,10 +219,14 @@ impl Mirror {
     }
 
     /// Runs every job, `images` at once; one outcome per job, in job order.
+    ///
+    /// Checks (a `HEAD` or two) run [`CHECKS_PER_IMAGE`] times wider than
+    /// copies: a warm run is all checks, each mostly waiting on the network.
     pub async fn run(&self, jobs: &[Job]) -> Vec<Outcome> {
+        let images = self.options.images.max(1);
         let runs = jobs.iter().map(|job| self.run_job(job));
         futures_util::stream::iter(runs)
-            .buffered(self.options.images.max(1))
+            .buffered(images * CHECKS_PER_IMAGE)
             .collect()
             .await
     }
@@ -262,22 +272,25 @@ impl Mirror {
             out.destination_digest = Some(d);
             return skip(out, "immutable tag already in the destination");
         }
-        let Some(source_digest) = src.source_manifest_digest(&job.source.tag).await? else {
-            return Err(Error::InvalidImage(format!(
-                "{} is no longer in the source",
-                job.source
-            )));
+        let recipe = recipe(&job.options);
+        // Both sides at once: a warm run waits one round trip per tag.
+        let theirs = src.source_manifest_digest(&job.source.tag);
+        let (source_digest, current, up_to_date) = match &recipe {
+            None => {
+                let (s, d) = futures_util::future::join(theirs, dst.manifest_digest(tag)).await;
+                let (s, d) = (present_in_source(s?, job)?, d?);
+                let same = d.as_ref() == Some(&s);
+                (s, d, same)
+            }
+            Some(r) => {
+                let (s, body) =
+                    futures_util::future::join(theirs, destination_manifest(&dst, tag)).await;
+                let s = present_in_source(s?, job)?;
+                let (d, same) = made_from(body?, &s, r);
+                (s, d, same)
+            }
         };
         out.source_digest = Some(source_digest.clone());
-        let recipe = recipe(&job.options);
-        let (current, up_to_date) = match &recipe {
-            None => {
-                let d = dst.manifest_digest(tag).await?;
-                let same = d.as_ref() == Some(&source_digest);
-                (d, same)
-            }
-            Some(r) => made_from(&dst, tag, &source_digest, r).await?,
-        };
         out.destination_digest = current;
         let referrers = job.options.referrers && recipe.is_none();
         if up_to_date {
@@ -303,6 +316,11 @@ impl Mirror {
             });
             return Ok(());
         }
+        let _copying = self
+            .copies
+            .acquire()
+            .await
+            .map_err(|_| Error::InvalidImage("the run's copy slots are closed".into()))?;
         self.observer.copying(job);
         let (pushed, bytes, children) = self
             .copy(job, src.clone(), dst.clone(), &source_digest, recipe)
@@ -529,28 +547,35 @@ pub fn recipe(options: &ImageOptions) -> Option<String> {
     Some(format!("sha256:{:x}", h.finalize()))
 }
 
-/// Whether the destination's `tag` was made from `source` by `recipe`
-/// (its annotations say so, or it is the source itself), with the digest
-/// the tag names now: one GET.
-async fn made_from(
-    dst: &Repository,
-    tag: &str,
-    source: &Digest,
-    recipe: &str,
-) -> Result<(Option<Digest>, bool)> {
-    let (body, _) = match dst.get_manifest(tag).await {
-        Ok(m) => m,
+/// The source digest a `HEAD` found, or the error that the tag is gone.
+fn present_in_source(digest: Option<Digest>, job: &Job) -> Result<Digest> {
+    digest.ok_or_else(|| Error::InvalidImage(format!("{} is no longer in the source", job.source)))
+}
+
+/// The destination's manifest at `tag`, if any (one GET).
+async fn destination_manifest(dst: &Repository, tag: &str) -> Result<Option<Vec<u8>>> {
+    match dst.get_manifest(tag).await {
+        Ok((body, _)) => Ok(Some(body)),
         Err(Error::Registry {
             status: Some(404), ..
-        }) => return Ok((None, false)),
-        Err(e) => return Err(e),
-    };
-    if body.len() as u64 > MAX_CHECK_MANIFEST {
-        return Ok((Some(Digest::sha256_of(&body)), false));
+        }) => Ok(None),
+        Err(e) => Err(e),
     }
+}
+
+/// Whether the destination's manifest `body` was made from `source` by
+/// `recipe` (its annotations say so, or it is the source itself), with its
+/// digest.
+fn made_from(body: Option<Vec<u8>>, source: &Digest, recipe: &str) -> (Option<Digest>, bool) {
+    let Some(body) = body else {
+        return (None, false);
+    };
     let digest = Digest::sha256_of(&body);
     if &digest == source {
-        return Ok((Some(digest), true));
+        return (Some(digest), true);
+    }
+    if body.len() as u64 > MAX_CHECK_MANIFEST {
+        return (Some(digest), false);
     }
     let annotations = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
@@ -564,7 +589,7 @@ async fn made_from(
     };
     let same = says(SOURCE_ANNOTATION).as_deref() == Some(&source.to_string())
         && says(RECIPE_ANNOTATION).as_deref() == Some(recipe);
-    Ok((Some(digest), same))
+    (Some(digest), same)
 }
 
 /// Copies the images of one job into its destination repository.
