@@ -10,8 +10,8 @@
 //! are not valid repository names or tags are dropped (they would go into
 //! URLs and paths later).
 
-use reqwest::Method;
 use reqwest::header::LINK;
+use reqwest::{Method, StatusCode};
 
 use super::client::Client;
 use super::request::{Request, backoff};
@@ -31,6 +31,16 @@ pub const MAX_LIST_PAGE_BYTES: u64 = 8 << 20;
 enum Kind {
     Catalog,
     Tags,
+}
+
+/// How [`Client::get_page_as`] reads a page of a listing.
+pub(super) struct Page {
+    /// The `Accept` header.
+    pub accept: &'static str,
+    /// Largest body read.
+    pub max: u64,
+    /// A 404 means the listing is not there: `None`.
+    pub missing_is_none: bool,
 }
 
 impl Client {
@@ -148,16 +158,46 @@ impl Client {
         scope: &Scope,
         url: &str,
     ) -> Result<(Vec<u8>, Option<String>)> {
+        let page = Page {
+            accept: "application/json",
+            max: MAX_LIST_PAGE_BYTES,
+            missing_is_none: false,
+        };
+        match self.get_page_as(op, scope, url, &page).await? {
+            Some(p) => Ok(p),
+            None => Err(Error::InvalidImage(format!("{op}: no page"))),
+        }
+    }
+
+    /// [`Client::get_page`] as `page` says: its `Accept`, its cap, and
+    /// whether a 404 is `None` (a listing the registry does not have)
+    /// rather than an error.
+    pub(super) async fn get_page_as(
+        &self,
+        op: &str,
+        scope: &Scope,
+        url: &str,
+        page: &Page,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>> {
+        let pass: &[StatusCode] = if page.missing_is_none {
+            &[StatusCode::NOT_FOUND]
+        } else {
+            &[]
+        };
         let mut attempt = 0u32;
         loop {
             let req = Request {
-                accept: Some("application/json"),
+                accept: Some(page.accept),
+                pass,
                 ..Request::new(op, scope, Method::GET, url)
             };
             let (resp, deadline) = {
                 let _slot = self.ctx.slot().await;
                 self.send(&req).await?
             };
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
             let link = resp
                 .headers()
                 .get_all(LINK)
@@ -165,11 +205,8 @@ impl Client {
                 .filter_map(|v| v.to_str().ok())
                 .find_map(next_link)
                 .map(str::to_string);
-            match self
-                .read_capped(op, resp, MAX_LIST_PAGE_BYTES, deadline)
-                .await
-            {
-                Ok(body) => return Ok((body, link)),
+            match self.read_capped(op, resp, page.max, deadline).await {
+                Ok(body) => return Ok(Some((body, link))),
                 Err(e @ Error::Network { .. }) if attempt < self.options.retries => {
                     attempt += 1;
                     tracing::warn!("{}: {e}; retrying", self.host);

@@ -10,15 +10,14 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::header::LINK;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::client::Client;
-use super::list::next_link;
+
 use super::options::MAX_MANIFEST_BYTES;
 use super::repository::Repository;
-use super::request::{Request, backoff};
+use super::request::Request;
 use super::tokens::{Actions, Scope};
 use crate::digest::Digest;
 use crate::error::{Error, RegistryErrorCode, Result};
@@ -143,49 +142,20 @@ impl Client {
     }
 
     /// One page of a referrers listing: its body and its next link, or
-    /// `None` on a 404.
+    /// `None` on a 404. A 200 that is not an index (a web page for unknown
+    /// paths) fails the caller's parse, which names it.
     async fn referrers_page(
         &self,
         op: &str,
         scope: &Scope,
         url: &str,
     ) -> Result<Option<(Vec<u8>, Option<String>)>> {
-        let mut attempt = 0u32;
-        loop {
-            let req = Request {
-                accept: Some(mt::OCI_INDEX),
-                pass: &[StatusCode::NOT_FOUND],
-                ..Request::new(op, scope, Method::GET, url)
-            };
-            let (resp, deadline) = {
-                let _slot = self.ctx.slot().await;
-                self.send(&req).await?
-            };
-            if resp.status() == StatusCode::NOT_FOUND {
-                return Ok(None);
-            }
-            let link = resp
-                .headers()
-                .get_all(LINK)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(next_link)
-                .map(str::to_string);
-            match self
-                .read_capped(op, resp, MAX_MANIFEST_BYTES, deadline)
-                .await
-            {
-                // A 200 that is not an index (a web page for unknown
-                // paths) fails the caller's parse, which names it.
-                Ok(body) => return Ok(Some((body, link))),
-                Err(e @ Error::Network { .. }) if attempt < self.options.retries => {
-                    attempt += 1;
-                    tracing::warn!("{}: {e}; retrying", self.host);
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let page = super::list::Page {
+            accept: mt::OCI_INDEX,
+            max: MAX_MANIFEST_BYTES,
+            missing_is_none: true,
+        };
+        self.get_page_as(op, scope, url, &page).await
     }
 
     fn referrers_error(&self, op: &str, message: &str) -> Error {
