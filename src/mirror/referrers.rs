@@ -158,18 +158,8 @@ impl Run<'_> {
         match listed {
             Some(referrers) => {
                 self.out.found += referrers.len();
-                for r in &referrers {
-                    let c = copy_raw(
-                        self.src,
-                        self.dst,
-                        &r.digest.to_string(),
-                        None,
-                        self.temp_dir,
-                    )
-                    .await?;
-                    self.out.add(&c);
-                    found.push(r.digest.clone());
-                }
+                self.copy_each(&referrers).await?;
+                found.extend(referrers.iter().map(|r| r.digest.clone()));
                 if !referrers.is_empty() && !self.dst_has_api(subject).await? {
                     self.merge_fallback(&fallback, &referrers, None).await?;
                 }
@@ -236,19 +226,19 @@ impl Run<'_> {
         if self.dst.manifest_digest(tag).await?.as_ref() == Some(&theirs) {
             return Ok(digests);
         }
-        for r in &referrers {
-            let c = copy_raw(
-                self.src,
-                self.dst,
-                &r.digest.to_string(),
-                None,
-                self.temp_dir,
-            )
-            .await?;
-            self.out.add(&c);
-        }
+        self.copy_each(&referrers).await?;
         self.merge_fallback(tag, &referrers, Some(bytes)).await?;
         Ok(digests)
+    }
+
+    /// Copies each of `referrers` by digest.
+    async fn copy_each(&mut self, referrers: &[Referrer]) -> Result<()> {
+        for r in referrers {
+            let digest = r.digest.to_string();
+            let c = copy_raw(self.src, self.dst, &digest, None, self.temp_dir).await?;
+            self.out.add(&c);
+        }
+        Ok(())
     }
 
     /// Makes the destination's fallback tag `tag` list `referrers` as well

@@ -31,7 +31,7 @@ use crate::cancel::CancelToken;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
-use crate::image::{LayerInfo, Platform};
+use crate::image::Platform;
 use crate::pipeline::index::{IndexOnce, IndexOutcome, copy_index_parallel};
 use crate::pipeline::{self, RunOptions};
 use crate::reference::Reference;
@@ -673,7 +673,6 @@ impl crate::progress::Reporter for Bytes {
     fn layer_bytes(&self, _index: usize, n: u64) {
         self.observer.bytes(&self.job, n);
     }
-    fn layer_skipped(&self, _layer: &LayerInfo) {}
 }
 
 #[cfg(test)]
