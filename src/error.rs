@@ -223,6 +223,17 @@ pub enum Error {
     /// The run was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,
+
+    /// A container engine (Docker, Podman) refused or failed a request.
+    #[error("engine {socket}: {operation}: {message}")]
+    Engine {
+        /// The engine's socket.
+        socket: String,
+        /// What was asked (`load`, `image inspect`).
+        operation: String,
+        /// The engine's own message, or what went wrong on the way.
+        message: String,
+    },
 }
 
 impl Error {

@@ -37,6 +37,7 @@
 pub mod cancel;
 pub mod compress;
 pub mod digest;
+pub mod engine;
 pub mod error;
 pub mod escape;
 pub mod filter;

@@ -164,6 +164,10 @@ pub struct Settings {
     /// Which platforms of an index to copy (`--all-platforms`,
     /// `--platforms LIST`); `None`: the one `platform` names.
     pub selection: Option<crate::wire::index_plan::Selection>,
+    /// `$DOCKER_HOST`, where `docker://` finds its engine when the URI
+    /// names no `socket=` (the CLI reads it; the library reads no
+    /// variable).
+    pub docker_host: Option<String>,
 }
 
 /// The reference and client options a `registry://` URI stands for:
@@ -319,13 +323,25 @@ pub fn open_source(uri: &Uri, settings: &Settings) -> Result<(Arc<dyn Source>, u
                 crate::source::oci_layout::OciLayoutSource::open(&path, tag.as_deref(), &platform)?;
             Ok((Arc::new(source), settings.parallel))
         }
+        "docker" => {
+            uri.check_options(&["socket"])?;
+            let source =
+                crate::source::engine::EngineSource::new(engine_socket(uri, settings)?, &uri.path)?;
+            Ok((Arc::new(source), settings.parallel))
+        }
         "quay" => Err(Error::Usage(
             "quay:// names many images: it is a source for `process` only".into(),
         )),
         other => Err(Error::Usage(format!(
-            "unknown source scheme {other}:// (supported: registry://, tar://, dir://, oci-layout://)"
+            "unknown source scheme {other}:// (supported: registry://, tar://, dir://, oci-layout://, docker://, dockerpush://)"
         ))),
     }
+}
+
+/// The engine socket a `docker://` or `dockerpush://` URI talks to:
+/// `?socket=`, else `$DOCKER_HOST`, else Docker's default.
+pub fn engine_socket(uri: &Uri, settings: &Settings) -> Result<PathBuf> {
+    crate::engine::socket_path(uri.get("socket"), settings.docker_host.as_deref())
 }
 
 /// Splits `PATH[:TAG]` as skopeo's `oci:` transport does: a colon after the
@@ -558,6 +574,7 @@ mod tests {
             min_speed_window: None,
             cancel: Default::default(),
             selection: None,
+            docker_host: None,
         }
     }
 

@@ -536,6 +536,7 @@ impl Global {
                 Some(list) => Some(list.clone()),
                 None => self.all_platforms.then_some(Selection::All),
             },
+            docker_host: std::env::var("DOCKER_HOST").ok(),
         }
     }
 }

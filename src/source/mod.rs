@@ -14,6 +14,7 @@ use crate::wire::Descriptor;
 
 pub mod dir;
 pub mod docker_archive;
+pub mod engine;
 pub mod oci_layout;
 pub mod quay;
 pub mod registry;

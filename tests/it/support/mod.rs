@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod archive;
+pub mod engine;
 pub mod fstree;
 pub mod http;
 pub mod images;

@@ -1,0 +1,186 @@
+//! `docker://IMAGE[:TAG]`: an image in a container engine (Docker, Podman),
+//! read through the Engine API.
+//!
+//! The engine's save stream (`GET /images/{name}/get`) is written once into
+//! the run's temp directory as it arrives and then read as a docker-save
+//! tarball, so every format an engine writes (Docker's `<id>/layer.tar`,
+//! Docker 25's OCI layout inside, Podman's `<hex>.tar` with `layer.tar`
+//! links) is read by the same reader with the same checks. It has to land
+//! somewhere first: every engine writes the config and `manifest.json`
+//! after the layers, and the pipeline needs the config before any layer.
+//! Uncompressed layers are then served where they lie in that file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::image::{Image, LayerInfo};
+use crate::source::docker_archive::DockerArchiveSource;
+use crate::source::{FetchContext, LayerBlob, Source};
+
+/// How long the save stream may go without a byte. Podman writes the whole
+/// save to a file of its own before it sends the first one.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// An image in an engine, as a source.
+pub struct EngineSource {
+    socket: PathBuf,
+    name: String,
+    idle: std::time::Duration,
+    /// The save, once spooled and indexed.
+    opened: tokio::sync::OnceCell<Arc<DockerArchiveSource>>,
+}
+
+impl EngineSource {
+    /// A source of the image `name` (`app:v1`, `quay.io/team/app@sha256:…`)
+    /// in the engine at `socket`. Nothing is asked before `resolve`.
+    pub fn new(socket: PathBuf, name: &str) -> Result<Self> {
+        Ok(EngineSource {
+            socket,
+            name: image_name(name)?,
+            idle: IDLE,
+            opened: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The name asked of the engine (a tag added when none was given).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn open(&self, ctx: &FetchContext) -> Result<Arc<DockerArchiveSource>> {
+        self.opened
+            .get_or_try_init(|| async {
+                let engine = Engine::connect(&self.socket).await?;
+                if engine.inspect(&self.name).await?.is_none() {
+                    return Err(engine.error("image inspect", "no such image in the engine".into()));
+                }
+                let path = ctx.temp_dir.join("engine-save.tar");
+                spool(&engine, &self.name, &path, self.idle).await?;
+                let opened =
+                    tokio::task::spawn_blocking(move || DockerArchiveSource::open(&path, None))
+                        .await
+                        .map_err(|e| {
+                            Error::Unsupported(format!("reading the save stream: {e}"))
+                        })??;
+                Ok(Arc::new(opened))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Writes the save stream of `name` to `path`.
+async fn spool(
+    engine: &Engine,
+    name: &str,
+    path: &std::path::Path,
+    idle: std::time::Duration,
+) -> Result<()> {
+    let mut body = engine.save(name).await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .await
+        .map_err(|e| Error::io("creating", path, e))?;
+    loop {
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| {
+                engine.error(
+                    "save",
+                    format!("the save stream of {name} stalled for {}s", idle.as_secs()),
+                )
+            })?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| {
+            engine.error("save", format!("the save stream of {name} broke off: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data)
+                .await
+                .map_err(|e| Error::io("writing", path, e))?;
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| Error::io("writing", path, e))?;
+    Ok(())
+}
+
+/// `IMAGE[:TAG]` or `IMAGE@DIGEST` as the engine is asked for it: a name
+/// without a tag means `:latest`, as `docker save` reads it.
+fn image_name(name: &str) -> Result<String> {
+    let name = name.trim_start_matches('/');
+    if name.is_empty() {
+        return Err(Error::Usage(
+            "docker:// needs an image name (docker://IMAGE:TAG)".into(),
+        ));
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::Usage(format!(
+            "docker://{}: an image name has no spaces or control characters",
+            name.escape_debug()
+        )));
+    }
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if name.contains('@') || last.contains(':') {
+        Ok(name.to_string())
+    } else {
+        Ok(format!("{name}:latest"))
+    }
+}
+
+impl Source for EngineSource {
+    fn describe(&self) -> String {
+        format!("docker://{}", self.name)
+    }
+
+    fn resolve<'a>(&'a self, ctx: &'a FetchContext) -> BoxFuture<'a, Result<Image>> {
+        Box::pin(async move {
+            let inner = self.open(ctx).await?;
+            let mut image = inner.resolve(ctx).await?;
+            if image.name.is_empty() {
+                image.name = self.name.clone();
+            }
+            Ok(image)
+        })
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        layer: &'a LayerInfo,
+        ctx: &'a FetchContext,
+    ) -> BoxFuture<'a, Result<LayerBlob>> {
+        Box::pin(async move {
+            let inner = self.open(ctx).await?;
+            let mut blob = inner.fetch(layer, ctx).await?;
+            blob.label = format!("layer {} ({}) of {}", layer.index, layer.diff_id, self.name);
+            Ok(blob)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_get_a_tag() {
+        assert_eq!(image_name("app").unwrap(), "app:latest");
+        assert_eq!(image_name("app:v1").unwrap(), "app:v1");
+        assert_eq!(
+            image_name("127.0.0.1:5000/app").unwrap(),
+            "127.0.0.1:5000/app:latest"
+        );
+        assert_eq!(image_name("app@sha256:abc").unwrap(), "app@sha256:abc");
+        assert!(image_name("").is_err());
+        assert!(image_name("a\u{1b}b").is_err());
+    }
+}
