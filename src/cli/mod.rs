@@ -194,6 +194,20 @@ pub struct RegistryImage {
     tag: String,
 }
 
+/// An image in a container engine, as the original `docker-*` commands
+/// name it: IMAGE TAG and the engine's socket.
+#[derive(Args, Debug)]
+pub struct EngineImage {
+    /// Image name as the engine has it (myimage, quay.io/team/app).
+    image: String,
+    /// Tag.
+    tag: String,
+    /// The engine's socket (default: $DOCKER_HOST, else
+    /// /var/run/docker.sock; Podman: /run/podman/podman.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<String>,
+}
+
 /// The original commands' layer-store flags (`dir://` options).
 #[derive(Args, Debug)]
 pub struct StoreFlags {
@@ -353,6 +367,43 @@ pub enum Command {
     /// YAML config says: copies what is missing or changed, skips the rest
     /// with one HEAD on each side per tag.
     Mirror(mirror::MirrorArgs),
+    /// Save an image from a Docker or Podman engine as a docker-loadable
+    /// tarball (same as `process docker://IMAGE:TAG tar://FILE`).
+    DockerToTarfile {
+        #[command(flatten)]
+        from: EngineImage,
+        /// Output tarball.
+        file: PathBuf,
+    },
+    /// Save an image from a Docker or Podman engine into a layer store
+    /// directory (same as `process docker://IMAGE:TAG dir://DIR`).
+    DockerToExtracted {
+        #[command(flatten)]
+        store: StoreFlags,
+        #[command(flatten)]
+        from: EngineImage,
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Save an image from a Docker or Podman engine into an OCI runtime
+    /// bundle (same as `process docker://IMAGE:TAG oci://DIR`).
+    DockerToOci {
+        #[command(flatten)]
+        from: EngineImage,
+        /// Output bundle directory.
+        dir: PathBuf,
+    },
+    /// Search an engine image's layers for paths matching PATTERN
+    /// (same as `search docker://IMAGE:TAG PATTERN`).
+    SearchLayersDocker {
+        #[command(flatten)]
+        how: SearchFlags,
+        #[command(flatten)]
+        from: EngineImage,
+        /// Glob, or regular expression with --regex.
+        #[arg(allow_hyphen_values = true)]
+        pattern: String,
+    },
     /// Write an image from a layer store directory as a docker-loadable
     /// tarball (same as `process "dir://DIR?image=IMAGE&tag=TAG" tar://FILE`).
     RecreateImage {
@@ -412,6 +463,14 @@ impl Command {
             }
             Command::FetchToOci { from, dir } => copy(from.uri()?, path_uri("oci", dir)),
             Command::FetchToMounts { from, dir } => copy(from.uri()?, path_uri("mounts", dir)),
+            Command::DockerToTarfile { from, file } => copy(from.uri(), path_uri("tar", file)),
+            Command::DockerToExtracted { store, from, dir } => copy(from.uri(), store.uri(dir)),
+            Command::DockerToOci { from, dir } => copy(from.uri(), path_uri("oci", dir)),
+            Command::SearchLayersDocker { how, from, pattern } => Job::Search {
+                src: from.uri(),
+                how,
+                pattern,
+            },
             Command::RecreateImage {
                 dir,
                 image,
@@ -632,6 +691,21 @@ impl RegistryImage {
             path: reference.to_string(),
             query: vec![],
         })
+    }
+}
+
+impl EngineImage {
+    /// The `docker://` URI that IMAGE TAG and --socket stand for.
+    fn uri(&self) -> Uri {
+        let mut uri = Uri {
+            scheme: "docker".into(),
+            path: format!("{}:{}", self.image, self.tag),
+            query: vec![],
+        };
+        if let Some(s) = &self.socket {
+            uri.query.push(("socket".into(), s.clone()));
+        }
+        uri
     }
 }
 
