@@ -170,6 +170,30 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Serves `handler` on a unix socket at `path` (a lying container
+    /// engine's API).
+    pub fn listen_unix(&self, path: &std::path::Path, handler: Handler) {
+        let _guard = self.rt().enter();
+        let listener = tokio::net::UnixListener::bind(path).expect("bind unix socket");
+        let name = format!("unix://{}", path.display());
+        self.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let info = Arc::new(ConnInfo {
+                    listener: name.clone(),
+                    drip: Arc::new(Mutex::new(None)),
+                    written: Arc::new(AtomicU64::new(0)),
+                });
+                tokio::spawn(serve_conn(stream, info, handler.clone()));
+            }
+        });
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
