@@ -56,6 +56,14 @@
 #               requests each tool sent to the source and destination
 #               registries are counted from their access logs.
 # MIRROR_IMAGES (default 8) and MIRROR_LAYERS (default 4) are our -J and -j.
+#
+# The engine rows start `podman system service` (vfs storage on $W, its temp
+# files there too) with the main image pulled into it:
+#   engine.ours               docker://IMAGE -> tar:// over the Engine API;
+#   engine.dockerpush         dockerpush://IMAGE -> tar:// (the engine pushes
+#                             into our embedded registry);
+#   engine.podman-save+ours   `podman save -o` a file, then `process tar://`;
+#   engine.python             the Python tool's docker:// -> tar://.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 shared=$repo/bench
@@ -65,7 +73,7 @@ sel=${TASKS:-}
 W=${BENCH_DIR:-/dev/shm/occy-bench}
 if [[ -n $sel ]]; then md=${BENCH_MD:-/tmp/occy-bench-results.md}; else md=${BENCH_MD:-$repo/bench/results.md}; fi
 IFS=, read -ra picked <<<"$sel"
-groups=" tar expand oci search floor single10m single1g store1st store2nd copy1st copy2nd tar2reg proxypush proxyhit mirrorcold mirrorwarm "
+groups=" tar expand oci search floor single10m single1g store1st store2nd copy1st copy2nd tar2reg proxypush proxyhit mirrorcold mirrorwarm engine "
 for t in "${picked[@]}"; do
   [[ $groups == *" ${t%%.*} "* ]] || { echo "TASKS: no group '${t%%.*}'; groups:$groups" >&2; exit 2; }
 done
@@ -89,7 +97,7 @@ img=bench/debian:layered; src="registry://$reg/$img"
 venv=${PY_VENV:-/tmp/bench-venv}
 
 need=()
-tools="docker-registry skopeo jq curl"; main && tools+=" umoci pigz debootstrap"
+tools="docker-registry skopeo jq curl"; main && tools+=" umoci pigz debootstrap"; uses engine && tools+=" podman"
 for p in $tools; do
   command -v "$p" >/dev/null || need+=("$p")
 done
@@ -265,6 +273,20 @@ if uses mirrorcold || uses mirrorwarm; then
     awk '{print $1}' "$W/mseed.list" | sort -u | sed 's|.*|    src/&: ".*"|'; } > "$W/sync.yaml"
   skopeo sync --src yaml --dest docker --dest-tls-verify=false "$W/sync.yaml" "$wdst/dst" > "$W/warm-seed.log" 2>&1
 fi
+# The engine rows' podman service, the image pulled into it (untimed).
+sock=$W/podman/engine.sock; eimg=$reg/$img; podmansh=$W/podman.sh
+if uses engine; then
+  mkdir -p "$W/podman/tmp"
+  cat > "$podmansh" <<SH
+#!/bin/sh
+exec env TMPDIR=$W/podman/tmp podman --root $W/podman/root --runroot $W/podman/runroot --tmpdir $W/podman/tmp \
+  --storage-driver vfs --events-backend none --cgroup-manager cgroupfs "\$@"
+SH
+  chmod +x "$podmansh"
+  "$podmansh" system service --time=0 "unix://$sock" > "$W/podman.log" 2>&1 & pxpids+=($!)
+  for _ in $(seq 100); do curl -fs --unix-socket "$sock" http://d/version >/dev/null 2>&1 && break; sleep 0.1; done
+  "$podmansh" pull -q --tls-verify=false "$eimg" >/dev/null
+fi
 # requests_in LOG: access-log lines of registry API requests so far.
 requests_in() { grep -c '"[A-Z]* /v2/' "$1" 2>/dev/null || true; }
 
@@ -322,6 +344,10 @@ tasks=(
   "mirrorcold.skopeo|skopeo sync --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $dst/dst"
   "mirrorwarm.ours|$ours --insecure -O json mirror $W/mirror-warm.yaml -J $mimages -j $mlayers > report.json"
   "mirrorwarm.skopeo|skopeo sync --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $wdst/dst"
+  "engine.ours|$ours process 'docker://$eimg?socket=$sock' tar://image.tar"
+  "engine.dockerpush|$ours process 'dockerpush://$eimg?socket=$sock' tar://image.tar"
+  "engine.podman-save+ours|sh -c '$podmansh save -q -o s.tar $eimg && $ours process tar://s.tar tar://image.tar'"
+  "engine.python|$py process 'docker://$eimg?socket=$sock' tar://image.tar"
 )
 if [[ -n $sel ]]; then
   kept=()
@@ -511,6 +537,9 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
       echo "| warm requests: skopeo sync / ours | $(awk -v a=$(( $(reqs skopeo 2) + $(reqs skopeo 3) )) -v b=$(( $(reqs ours 2) + $(reqs ours 3) )) 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "-" }') |"
     fi
   fi
+  rl "engine -> tar: podman save to a file + process tar:// / ours docker:// (target >= 2)" engine.podman-save+ours engine.ours
+  rl "engine -> tar: podman save to a file + process tar:// / ours dockerpush://" engine.podman-save+ours engine.dockerpush
+  rl "engine -> tar: Python docker:// / ours docker://" engine.python engine.ours
   if uses proxypush; then echo "| peak RSS of the push proxy | $(proxy_rss "$pushpid") MB |"; fi
   if uses proxyhit; then echo "| peak RSS of the pull-through proxy | $(proxy_rss "$pullpid") MB |"; fi
   if [[ -n $basebin ]]; then
