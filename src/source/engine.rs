@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -75,7 +74,9 @@ impl EngineSource {
     }
 }
 
-/// Writes the save stream of `name` to `path`.
+/// Writes the save stream of `name` to `path`. The file is written on a
+/// blocking thread in large writes, so the socket is read while the disk
+/// takes the last chunks.
 async fn spool(
     engine: &Engine,
     name: &str,
@@ -83,12 +84,42 @@ async fn spool(
     idle: std::time::Duration,
 ) -> Result<()> {
     let mut body = engine.save(name).await?;
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .await
         .map_err(|e| Error::io("creating", path, e))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        while let Some(chunk) = rx.blocking_recv() {
+            out.write_all(&chunk)?;
+        }
+        out.flush()
+    });
+    let read = read_into(engine, name, &mut body, idle, &tx).await;
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| Error::Unsupported(format!("writing the save stream: {e}")))?;
+    // A failed read explains a failed write (the writer stops when the
+    // reader does), so it is reported first.
+    read?;
+    written.map_err(|e| Error::io("writing", path, e))
+}
+
+/// Bytes the spool gathers before one write.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Reads the save stream to its end, handing each chunk to the writer.
+async fn read_into(
+    engine: &Engine,
+    name: &str,
+    body: &mut hyper::body::Incoming,
+    idle: std::time::Duration,
+    tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<()> {
     loop {
         let frame = tokio::time::timeout(idle, body.frame())
             .await
@@ -102,15 +133,13 @@ async fn spool(
         let frame = frame.map_err(|e| {
             engine.error("save", format!("the save stream of {name} broke off: {e}"))
         })?;
-        if let Ok(data) = frame.into_data() {
-            file.write_all(&data)
-                .await
-                .map_err(|e| Error::io("writing", path, e))?;
+        if let Ok(data) = frame.into_data()
+            && tx.send(data).await.is_err()
+        {
+            // The writer stopped: its error says why.
+            return Ok(());
         }
     }
-    file.flush()
-        .await
-        .map_err(|e| Error::io("writing", path, e))?;
     Ok(())
 }
 
