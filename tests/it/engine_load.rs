@@ -157,6 +157,19 @@ fn loads_a_filtered_tarball_as_tar_writes_it() {
         )
     );
     assert_tmp_empty(&env);
+
+    // Without ?socket=, $DOCKER_HOST names the engine.
+    env.occy()
+        .args(["process", &tar_uri(&input), "docker://localhost/plain:v1"])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", engine.socket().display()),
+        )
+        .ok();
+    assert_eq!(
+        engine_layers(&engine, "localhost/plain:v1"),
+        original.diff_ids(0)
+    );
 }
 
 #[test]
@@ -174,9 +187,13 @@ fn loads_live_layers_through_an_observing_filter() {
         PushFormat::Docker,
     );
     let jsonl = env.work("inspect.jsonl");
+    let spool = env.work("spool");
+    std::fs::create_dir(&spool).unwrap();
     env.occy()
         .args([
             "--insecure",
+            "--temp-dir",
+            &spool.display().to_string(),
             "process",
             &reg.uri("team/live", "v1"),
             &engine.uri("live:v1"),
@@ -187,6 +204,7 @@ fn loads_live_layers_through_an_observing_filter() {
     assert_eq!(engine_layers(&engine, "live:v1"), built.true_diff_ids());
     assert_eq!(engine_id(&engine, "live:v1"), built.config_digest);
     assert_tmp_empty(&env);
+    assert_eq!(dir_entries(&spool), Vec::<String>::new());
 }
 
 #[test]
