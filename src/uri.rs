@@ -421,13 +421,35 @@ pub fn open_sink(uri: &Uri, settings: &Settings) -> Result<Box<dyn Sink>> {
                 settings.cancel.clone(),
             )?))
         }
+        "docker" => open_engine_sink(uri, settings, None),
         "registry" => Err(Error::Usage(
             "registry:// is written asynchronously: open it with uri::open_any_sink".into(),
         )),
         other => Err(Error::Usage(format!(
-            "unknown destination scheme {other}:// (supported: registry://, tar://, dir://, oci://, mounts://, oci-layout://)"
+            "unknown destination scheme {other}:// (supported: registry://, docker://, tar://, dir://, oci://, mounts://, oci-layout://)"
         ))),
     }
+}
+
+/// `docker://NAME[:TAG]` as a destination: a load into the engine at
+/// `?socket=` (else `$DOCKER_HOST`, else Docker's default). Live layers are
+/// spooled in `temp_dir` (default: the system's). Must be called inside
+/// the tokio runtime the run goes on: the load request runs there.
+fn open_engine_sink(
+    uri: &Uri,
+    settings: &Settings,
+    temp_dir: Option<PathBuf>,
+) -> Result<Box<dyn Sink>> {
+    uri.check_options(&["socket"])?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        Error::Usage("docker:// as a destination must be opened inside a tokio runtime".into())
+    })?;
+    Ok(Box::new(crate::sink::engine::EngineSink::new(
+        engine_socket(uri, settings)?,
+        &uri.path,
+        runtime,
+        temp_dir.unwrap_or_else(std::env::temp_dir),
+    )?))
 }
 
 /// What a `registry://` destination needs beyond [`Settings`].
@@ -467,6 +489,9 @@ pub enum AnySink {
 
 /// Builds the sink a URI names, `registry://` included.
 pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Result<AnySink> {
+    if uri.scheme == "docker" {
+        return open_engine_sink(uri, settings, push.temp_dir.clone()).map(AnySink::Blocking);
+    }
     if uri.scheme != "registry" {
         return open_sink(uri, settings).map(AnySink::Blocking);
     }

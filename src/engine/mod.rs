@@ -320,6 +320,20 @@ impl Engine {
         Ok(self.expect_success("save", response).await?.into_body())
     }
 
+    /// `POST /images/load`: loads the docker-save stream `body` sends.
+    /// Returns the engine's `stream` lines (`Loaded image: app:v1`); a
+    /// refusal, in the status or in the message stream, is an error with
+    /// the engine's words. A body that ends in an error aborts the request,
+    /// so the engine sees a cut-off stream and loads nothing.
+    pub async fn load(&self, body: Body) -> Result<Vec<String>> {
+        let headers = [("content-type", "application/x-tar".to_string())];
+        let response = self
+            .send(Method::POST, "/images/load?quiet=1", &headers, body)
+            .await?;
+        let response = self.expect_success("load", response).await?;
+        progress::read_messages(self, "load", response.into_body()).await
+    }
+
     /// `POST /images/{name}/tag`: gives the image a second name.
     pub async fn tag(&self, name: &str, repo: &str, tag: &str) -> Result<()> {
         let path = format!(

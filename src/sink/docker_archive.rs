@@ -7,6 +7,10 @@
 //! config and manifest wait for `finish`, since filters may rewrite the
 //! config after the last layer.
 //!
+//! The format is written by [`SaveWriter`] into any [`SaveOut`]: the
+//! tarball's temp file here, an engine's load request in
+//! [`super::engine`].
+//!
 //! The output is reproducible: every header has mtime 0 and owner 0:0, so
 //! the same image always gives the same bytes.
 
@@ -15,30 +19,256 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use tempfile::NamedTempFile;
+use tempfile::TempPath;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::format::docker_save::{self, MANIFEST, ManifestEntry, REPOSITORIES};
-use crate::image::{Image, Layer, LayerInfo, LayerNeeds, LiveTar};
+use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds, LiveTar};
 use crate::sink::{Sink, SinkReport};
 use crate::tarfmt::write::{Member, padding_zeros, ustar_header};
 
 const BLOCK: u64 = crate::tarfmt::BLOCK as u64;
+
+/// Where a docker-save stream's bytes go: a `Write` that can also take a
+/// verified file's bytes its own way.
+pub(crate) trait SaveOut: Write + Send {
+    /// Appends everything `from` holds; returns how many bytes that was.
+    fn copy_file(&mut self, from: &mut io::Take<File>) -> io::Result<u64>;
+}
+
+impl SaveOut for File {
+    fn copy_file(&mut self, from: &mut io::Take<File>) -> io::Result<u64> {
+        // Straight from File to File (no BufWriter) so std can use
+        // copy_file_range and the bytes never pass through user space.
+        io::copy(from, self)
+    }
+}
+
+/// The docker-save format written front to back into a [`SaveOut`]: a
+/// layer's members when it arrives (once per diff_id), the config,
+/// `manifest.json`, `repositories` and the end-of-archive blocks in
+/// [`SaveWriter::finish`].
+pub(crate) struct SaveWriter<W> {
+    out: W,
+    /// What the bytes go to (a path, a socket), for messages.
+    target: PathBuf,
+    /// What the output is called in messages (`docker-archive output`).
+    label: &'static str,
+    /// diff_ids whose `layer.tar` is already written.
+    written: HashSet<Digest>,
+    /// diff_ids `wants_layer` has already asked for.
+    wanted: HashSet<Digest>,
+    bytes_written: u64,
+}
+
+impl<W: SaveOut> SaveWriter<W> {
+    /// A writer into `out`; `target` and `label` name it in messages.
+    pub(crate) fn new(out: W, target: &Path, label: &'static str) -> Self {
+        SaveWriter {
+            out,
+            target: target.to_path_buf(),
+            label,
+            written: HashSet::new(),
+            wanted: HashSet::new(),
+            bytes_written: 0,
+        }
+    }
+
+    /// The output.
+    pub(crate) fn out(&self) -> &W {
+        &self.out
+    }
+
+    /// The output, to write past the format (a flush).
+    pub(crate) fn out_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Whether a layer's bytes are still needed: an image that lists the
+    /// same layer twice (empty layers in older images do) needs them once.
+    pub(crate) fn wants_layer(&mut self, layer: &LayerInfo) -> bool {
+        self.wanted.insert(layer.diff_id.clone())
+    }
+
+    /// Whether the layer with this diff_id is already in the output: docker
+    /// save stores a layer once even when the image lists it twice.
+    pub(crate) fn has(&self, diff_id: &Digest) -> bool {
+        self.written.contains(diff_id)
+    }
+
+    fn write_error(&self, e: io::Error) -> Error {
+        Error::io("writing", &self.target, e)
+    }
+
+    /// One tar header (`kind` is `Directory` or `Regular`), written by
+    /// `tarfmt`. Names are at most 64 hex digits plus a short suffix, well
+    /// within ustar's limits.
+    fn make_header(
+        &self,
+        name: &str,
+        size: u64,
+        kind: tar::EntryType,
+    ) -> Result<[u8; BLOCK as usize]> {
+        let kind = if kind == tar::EntryType::Directory {
+            Member::Dir
+        } else {
+            Member::File
+        };
+        ustar_header(name, size, kind)
+            .map_err(|e| self.write_error(io::Error::new(io::ErrorKind::InvalidInput, e)))
+    }
+
+    /// Writes one tar header at the end of the output.
+    fn header(&mut self, name: &str, size: u64, kind: tar::EntryType) -> Result<()> {
+        let h = self.make_header(name, size, kind)?;
+        self.out.write_all(&h).map_err(|e| self.write_error(e))?;
+        self.bytes_written += BLOCK;
+        Ok(())
+    }
+
+    /// Pads the member just written to a whole block.
+    fn pad(&mut self, size: u64) -> Result<()> {
+        let zeros = padding_zeros(size);
+        self.out.write_all(zeros).map_err(|e| self.write_error(e))?;
+        self.bytes_written += zeros.len() as u64;
+        Ok(())
+    }
+
+    /// Writes a small member held in memory.
+    fn member(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        self.header(name, data.len() as u64, tar::EntryType::Regular)?;
+        self.out.write_all(data).map_err(|e| self.write_error(e))?;
+        self.bytes_written += data.len() as u64;
+        self.pad(data.len() as u64)
+    }
+
+    /// Writes a layer that arrived as a verified file (not live).
+    pub(crate) fn file_layer(&mut self, layer: &Layer) -> Result<()> {
+        let Some(tar) = &layer.tar else {
+            return Err(Error::InvalidImage(format!(
+                "{}: layer {} arrived without its uncompressed tar",
+                self.label, layer.info.index
+            )));
+        };
+        self.slice_layer(&layer.info, tar)
+    }
+
+    /// Writes the layer `info` whose uncompressed tar is `tar`.
+    pub(crate) fn slice_layer(&mut self, info: &LayerInfo, tar: &FileSlice) -> Result<()> {
+        let dir = info.diff_id.hex().to_string();
+        self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
+        self.header(
+            &format!("{dir}/layer.tar"),
+            tar.len(),
+            tar::EntryType::Regular,
+        )?;
+        let mut reader = tar
+            .open()
+            .map_err(|e| Error::io("reading", tar.path(), e))?;
+        let copied = self.out.copy_file(&mut reader).map_err(|e| {
+            Error::stream(
+                format!(
+                    "copying layer {} from {} to {}",
+                    info.index,
+                    tar.path().display(),
+                    self.target.display()
+                ),
+                e,
+            )
+        })?;
+        if copied != tar.len() {
+            // The header already promised tar.len() bytes; a short copy would
+            // leave a corrupt tarball.
+            return Err(Error::SizeMismatch {
+                kind: crate::error::Mismatch::Copy,
+                what: format!("layer {} ({})", info.index, tar.path().display()),
+                expected: tar.len(),
+                found: copied,
+            });
+        }
+        self.bytes_written += copied;
+        self.pad(copied)?;
+        self.written.insert(info.diff_id.clone());
+        Ok(())
+    }
+
+    /// Writes what follows the layers: the config (named by the hash of the
+    /// bytes written, which a filter may have changed since the source
+    /// computed `config_digest`), `manifest.json` naming `image`'s
+    /// `repo_tag`, `repositories` and the end-of-archive blocks. Fails if
+    /// a layer of `image` was never written.
+    pub(crate) fn finish(&mut self, image: &Image) -> Result<()> {
+        if let Some(missing) = image
+            .layers
+            .iter()
+            .find(|l| !self.written.contains(&l.diff_id))
+        {
+            return Err(Error::InvalidImage(format!(
+                "{}: layer {} ({}) was never written",
+                self.label, missing.index, missing.diff_id
+            )));
+        }
+        let entry = ManifestEntry::for_image(image);
+        self.member(&entry.config, &image.config_raw)?;
+        let manifest = serde_json::to_vec(&[entry])
+            .map_err(|e| Error::InvalidImage(format!("encoding {MANIFEST}: {e}")))?;
+        self.member(MANIFEST, &manifest)?;
+
+        // Legacy readers map repository -> tag -> top layer directory.
+        let repositories = serde_json::to_vec(&docker_save::repositories(image))
+            .map_err(|e| Error::InvalidImage(format!("encoding {REPOSITORIES}: {e}")))?;
+        self.member(REPOSITORIES, &repositories)?;
+
+        let end = [0u8; 2 * BLOCK as usize];
+        self.out.write_all(&end).map_err(|e| self.write_error(e))?;
+        self.bytes_written += 2 * BLOCK;
+        Ok(())
+    }
+}
+
+impl SaveWriter<File> {
+    /// Writes a layer whose size is known only at its end: the header goes
+    /// in with size 0 and is rewritten in place once the stream is verified.
+    fn live_layer_in_place(&mut self, info: &LayerInfo, stream: &mut dyn LiveTar) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let dir = info.diff_id.hex().to_string();
+        self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
+        let name = format!("{dir}/layer.tar");
+        let at = self.bytes_written;
+        self.header(&name, 0, tar::EntryType::Regular)?;
+        let copied = stream.copy_to_file(&mut self.out).map_err(|e| {
+            Error::stream(
+                format!("writing layer {} to {}", info.index, self.target.display()),
+                e,
+            )
+        })?;
+        self.bytes_written += copied;
+        let h = self.make_header(&name, copied, tar::EntryType::Regular)?;
+        self.out
+            .write_all_at(&h, at)
+            .map_err(|e| self.write_error(e))?;
+        self.pad(copied)?;
+        self.written.insert(info.diff_id.clone());
+        Ok(())
+    }
+}
 
 /// Writes an image as a docker-save tarball at a path, atomically: the
 /// tarball is built in a hidden temp file beside the target and renamed into
 /// place by `finish`, so an interrupted run leaves nothing behind.
 pub struct DockerArchiveSink {
     path: PathBuf,
-    temp: NamedTempFile,
+    /// The temp file's name, removed when dropped.
+    temp: TempPath,
     /// Removes the temp file if the process is ended while the run is stuck.
     _cleanup: crate::cancel::CleanupGuard,
-    /// diff_ids whose `layer.tar` is already in the tarball.
-    written: HashSet<Digest>,
-    /// diff_ids `wants_layer` has already asked for.
-    wanted: HashSet<Digest>,
-    bytes_written: u64,
+    writer: SaveWriter<File>,
 }
 
 impl DockerArchiveSink {
@@ -80,96 +310,14 @@ impl DockerArchiveSink {
             .suffix(".tar.partial")
             .tempfile_in(parent)
             .map_err(|e| Error::io("creating a temp file in", parent, e))?;
+        let cleanup = crate::cancel::remove_on_forced_exit(temp.path().to_path_buf(), false);
+        let (file, temp) = temp.into_parts();
         Ok(DockerArchiveSink {
+            writer: SaveWriter::new(file, path, "docker-archive output"),
             path: path.to_path_buf(),
-            _cleanup: crate::cancel::remove_on_forced_exit(temp.path().to_path_buf(), false),
+            _cleanup: cleanup,
             temp,
-            written: HashSet::new(),
-            wanted: HashSet::new(),
-            bytes_written: 0,
         })
-    }
-
-    fn write_error(&self, e: io::Error) -> Error {
-        Error::io("writing", &self.path, e)
-    }
-
-    /// One tar header (`kind` is `Directory` or `Regular`), written by
-    /// `tarfmt`. Names are at most 64 hex digits plus a short suffix, well
-    /// within ustar's limits.
-    fn make_header(
-        &self,
-        name: &str,
-        size: u64,
-        kind: tar::EntryType,
-    ) -> Result<[u8; BLOCK as usize]> {
-        let kind = if kind == tar::EntryType::Directory {
-            Member::Dir
-        } else {
-            Member::File
-        };
-        ustar_header(name, size, kind)
-            .map_err(|e| self.write_error(io::Error::new(io::ErrorKind::InvalidInput, e)))
-    }
-
-    /// Writes one tar header at the end of the tarball.
-    fn header(&mut self, name: &str, size: u64, kind: tar::EntryType) -> Result<()> {
-        let h = self.make_header(name, size, kind)?;
-        self.temp
-            .as_file_mut()
-            .write_all(&h)
-            .map_err(|e| self.write_error(e))?;
-        self.bytes_written += BLOCK;
-        Ok(())
-    }
-
-    /// Pads the member just written to a whole block.
-    fn pad(&mut self, size: u64) -> Result<()> {
-        let zeros = padding_zeros(size);
-        self.temp
-            .as_file_mut()
-            .write_all(zeros)
-            .map_err(|e| self.write_error(e))?;
-        self.bytes_written += zeros.len() as u64;
-        Ok(())
-    }
-
-    /// Writes a layer whose size is known only at its end: the header goes
-    /// in with size 0 and is rewritten in place once the stream is verified.
-    fn stream_layer(&mut self, info: &LayerInfo, stream: &mut dyn LiveTar) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        let dir = info.diff_id.hex().to_string();
-        self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
-        let name = format!("{dir}/layer.tar");
-        let at = self.bytes_written;
-        self.header(&name, 0, tar::EntryType::Regular)?;
-        let file: &mut File = self.temp.as_file_mut();
-        let copied = stream.copy_to_file(file).map_err(|e| {
-            Error::stream(
-                format!("writing layer {} to {}", info.index, self.path.display()),
-                e,
-            )
-        })?;
-        self.bytes_written += copied;
-        let h = self.make_header(&name, copied, tar::EntryType::Regular)?;
-        self.temp
-            .as_file()
-            .write_all_at(&h, at)
-            .map_err(|e| self.write_error(e))?;
-        self.pad(copied)?;
-        self.written.insert(info.diff_id.clone());
-        Ok(())
-    }
-
-    /// Writes a small member held in memory.
-    fn member(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        self.header(name, data.len() as u64, tar::EntryType::Regular)?;
-        self.temp
-            .as_file_mut()
-            .write_all(data)
-            .map_err(|e| self.write_error(e))?;
-        self.bytes_written += data.len() as u64;
-        self.pad(data.len() as u64)
     }
 }
 
@@ -187,114 +335,37 @@ impl Sink for DockerArchiveSink {
     }
 
     fn wants_layer(&mut self, layer: &LayerInfo) -> bool {
-        // An image that lists the same layer twice (empty layers in older
-        // images do) needs its bytes only once.
-        self.wanted.insert(layer.diff_id.clone())
+        self.writer.wants_layer(layer)
     }
 
     fn layer(&mut self, layer: Layer) -> Result<()> {
-        let diff_id = layer.info.diff_id.clone();
-        // docker save stores a layer once even when the image lists it twice.
-        if self.written.contains(&diff_id) {
+        if self.writer.has(&layer.info.diff_id) {
             return Ok(());
         }
         if let Some(mut stream) = layer.take_live() {
-            return self.stream_layer(&layer.info, &mut *stream);
+            return self.writer.live_layer_in_place(&layer.info, &mut *stream);
         }
-        let Some(tar) = layer.tar else {
-            return Err(Error::InvalidImage(format!(
-                "docker-archive output: layer {} arrived without its uncompressed tar",
-                layer.info.index
-            )));
-        };
-        let dir = diff_id.hex().to_string();
-        self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
-        self.header(
-            &format!("{dir}/layer.tar"),
-            tar.len(),
-            tar::EntryType::Regular,
-        )?;
-        let mut reader = tar
-            .open()
-            .map_err(|e| Error::io("reading", tar.path(), e))?;
-        // Straight from File to File (no BufWriter) so std can use
-        // copy_file_range and the bytes never pass through user space.
-        let file: &mut File = self.temp.as_file_mut();
-        let copied = io::copy(&mut reader, file).map_err(|e| {
-            Error::stream(
-                format!(
-                    "copying layer {} from {} to {}",
-                    layer.info.index,
-                    tar.path().display(),
-                    self.path.display()
-                ),
-                e,
-            )
-        })?;
-        if copied != tar.len() {
-            // The header already promised tar.len() bytes; a short copy would
-            // leave a corrupt tarball.
-            return Err(Error::SizeMismatch {
-                kind: crate::error::Mismatch::Copy,
-                what: format!("layer {} ({})", layer.info.index, tar.path().display()),
-                expected: tar.len(),
-                found: copied,
-            });
-        }
-        self.bytes_written += copied;
-        self.pad(copied)?;
-        self.written.insert(diff_id);
-        Ok(())
+        self.writer.file_layer(&layer)
     }
 
     fn finish(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
-        if let Some(missing) = image
-            .layers
-            .iter()
-            .find(|l| !self.written.contains(&l.diff_id))
-        {
-            return Err(Error::InvalidImage(format!(
-                "docker-archive output: layer {} ({}) was never written",
-                missing.index, missing.diff_id
-            )));
-        }
-
-        // Named by the hash of the bytes actually written, which a filter may
-        // have changed since the source computed config_digest.
-        let entry = ManifestEntry::for_image(image);
-        self.member(&entry.config, &image.config_raw)?;
-        let manifest = serde_json::to_vec(&[entry])
-            .map_err(|e| Error::InvalidImage(format!("encoding {MANIFEST}: {e}")))?;
-        self.member(MANIFEST, &manifest)?;
-
-        // Legacy readers map repository -> tag -> top layer directory.
-        let repositories = serde_json::to_vec(&docker_save::repositories(image))
-            .map_err(|e| Error::InvalidImage(format!("encoding {REPOSITORIES}: {e}")))?;
-        self.member(REPOSITORIES, &repositories)?;
-
-        let end = [0u8; 2 * BLOCK as usize];
-        self.temp
-            .as_file_mut()
-            .write_all(&end)
-            .map_err(|e| self.write_error(e))?;
-        self.bytes_written += 2 * BLOCK;
+        self.writer.finish(image)?;
 
         // tempfile creates 0600; a saved image is an ordinary shareable file.
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            self.temp
-                .as_file()
+            self.writer
+                .out()
                 .set_permissions(std::fs::Permissions::from_mode(0o644))
-                .map_err(|e| self.write_error(e))?;
+                .map_err(|e| Error::io("writing", &self.path, e))?;
         }
 
         let DockerArchiveSink {
-            path,
-            temp,
-            bytes_written,
-            ..
+            path, temp, writer, ..
         } = *self;
+        let bytes_written = writer.bytes_written();
+        drop(writer);
         temp.persist(&path)
             .map_err(|e| Error::io("renaming into place", &path, e.error))?;
         Ok(SinkReport {

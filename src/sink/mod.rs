@@ -54,6 +54,7 @@ use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 pub mod bundle;
 pub mod dir;
 pub mod docker_archive;
+pub mod engine;
 pub mod mounts;
 pub mod oci_layout;
 pub mod registry;

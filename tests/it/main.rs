@@ -12,6 +12,7 @@ mod depth;
 mod dir_store;
 mod docker_save;
 mod engine_hostile;
+mod engine_load;
 mod engine_source;
 mod errors;
 mod expand;
