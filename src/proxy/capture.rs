@@ -1,0 +1,385 @@
+//! Capture mode: the push path with no downstream, for a container engine
+//! to push one image into (`dockerpush://`, see [`super::engine_push`]).
+//!
+//! Blobs are staged and verified by [`super::uploads`] as for any client.
+//! A manifest PUT is checked as the push path checks it ([`check_body`],
+//! every blob it names staged at the size it names) and then kept, by tag
+//! and by digest, instead of being copied anywhere; manifest and blob
+//! `GET`/`HEAD` are answered from what was kept and staged, and nothing
+//! else is ever asked of a registry. The run then reads the image through
+//! a [`StagedSource`] over the kept manifest.
+//!
+//! The listener is on 127.0.0.1 with an ephemeral port, in plain HTTP
+//! (engines treat loopback registries as insecure), and takes only the
+//! run's random Basic credentials, which are kept in memory and handed to
+//! the engine alone.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::Response;
+
+use crate::cancel::CleanupGuard;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::registry::{Client, ClientOptions};
+use crate::sink::registry::RegistrySinkOptions;
+use crate::wire::index_plan::Selection;
+
+use super::error::{ApiError, ApiResult};
+use super::push::{Checked, Stored, check_body};
+use super::route::ManifestRef;
+use super::staged::{Doc, StagedSource};
+use super::{Body, Endpoint, Limits, Proxy, ProxyConfig};
+
+/// Manifests kept at most: an engine pushes one image (an index and its
+/// children at most).
+const MAX_KEPT: usize = 64;
+
+/// How long a stop waits for the listener to drain.
+const STOP: Duration = Duration::from_secs(2);
+
+/// A host name that never resolves: the required downstream of a capture
+/// proxy, which no capture path ever asks.
+const NO_DOWNSTREAM: &str = "capture.invalid";
+
+/// A manifest kept.
+#[derive(Clone)]
+struct Kept {
+    name: String,
+    tag: Option<String>,
+    doc: Doc,
+}
+
+/// The capture state of a proxy: the credentials it takes and the
+/// manifests pushed to it.
+pub struct Capture {
+    /// `Basic <base64(user:password)>`, as a client sends it.
+    expected: String,
+    kept: Mutex<Vec<Kept>>,
+}
+
+impl Capture {
+    /// A capture that takes `username` and `password` only.
+    pub fn new(username: &str, password: &str) -> Capture {
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        Capture {
+            expected: format!("Basic {token}"),
+            kept: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether an `Authorization` header carries the run's credentials
+    /// (compared in time independent of where they differ).
+    pub fn authorized(&self, header: Option<&str>) -> bool {
+        let Some(got) = header else {
+            return false;
+        };
+        let (a, b) = (got.trim().as_bytes(), self.expected.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The manifest pushed to `name` by `tag`.
+    pub fn by_tag(&self, name: &str, tag: &str) -> Option<Doc> {
+        self.lock()
+            .iter()
+            .rev()
+            .find(|k| k.name == name && k.tag.as_deref() == Some(tag))
+            .map(|k| k.doc.clone())
+    }
+
+    /// The manifest pushed to `name` with `digest`.
+    pub fn by_digest(&self, name: &str, digest: &Digest) -> Option<Doc> {
+        self.lock()
+            .iter()
+            .rev()
+            .find(|k| k.name == name && &k.doc.digest == digest)
+            .map(|k| k.doc.clone())
+    }
+
+    fn keep(&self, kept: Kept) -> ApiResult<()> {
+        let mut all = self.lock();
+        if kept.tag.is_some() {
+            for k in all.iter_mut() {
+                if k.name == kept.name && k.tag == kept.tag {
+                    k.tag = None;
+                }
+            }
+        }
+        if all.len() >= MAX_KEPT {
+            return Err(ApiError::too_many_requests(format!(
+                "at most {MAX_KEPT} manifests are taken"
+            )));
+        }
+        all.push(kept);
+        Ok(())
+    }
+
+    /// A manifest PUT: checked (its digest, media type, and every blob it
+    /// names staged at its size; an index's children pushed before it),
+    /// then kept.
+    pub async fn put_manifest(
+        &self,
+        proxy: &Proxy,
+        name: &str,
+        reference: &ManifestRef,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> ApiResult<Stored> {
+        let doc = match check_body(reference, content_type, &body)? {
+            Checked::Image(doc, manifest) => {
+                for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
+                    match proxy.staging.blob_size(&d.digest) {
+                        None => {
+                            return Err(ApiError::manifest_blob_unknown(format!(
+                                "blob {} was not pushed",
+                                d.digest
+                            )));
+                        }
+                        Some(n) if n != d.size => {
+                            return Err(ApiError::manifest_invalid(format!(
+                                "blob {} is {n} bytes, not the {} the manifest says",
+                                d.digest, d.size
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                doc
+            }
+            Checked::Index(doc, index) => {
+                if let Some(d) = index
+                    .manifests
+                    .iter()
+                    .find(|d| self.by_digest(name, &d.digest).is_none())
+                {
+                    return Err(ApiError::manifest_blob_unknown(format!(
+                        "manifest {} of the index was not pushed",
+                        d.digest
+                    )));
+                }
+                doc
+            }
+        };
+        let stored = Stored {
+            digest: doc.digest.clone(),
+            media_type: doc.media_type.clone(),
+            size: doc.raw.len() as u64,
+        };
+        let tag = match reference {
+            ManifestRef::Tag(t) => Some(t.clone()),
+            ManifestRef::Digest(_) => None,
+        };
+        self.keep(Kept {
+            name: name.to_string(),
+            tag,
+            doc,
+        })?;
+        Ok(stored)
+    }
+
+    /// A manifest `GET`/`HEAD` from what was kept.
+    pub fn manifest(
+        &self,
+        name: &str,
+        reference: &ManifestRef,
+        head: bool,
+    ) -> ApiResult<Response<Body>> {
+        let doc = match reference {
+            ManifestRef::Tag(t) => self.by_tag(name, t),
+            ManifestRef::Digest(d) => self.by_digest(name, d),
+        }
+        .ok_or_else(|| {
+            ApiError::manifest_unknown(format!(
+                "{name} has no manifest {}",
+                super::server::describe(name, reference)
+            ))
+        })?;
+        Ok(super::serve::manifest_response(
+            doc.raw.as_ref().clone(),
+            &doc.media_type,
+            &doc.digest,
+            head,
+        ))
+    }
+}
+
+/// A capture proxy listening on 127.0.0.1, its files under a directory of
+/// its own. Dropping it stops the listener and removes the directory
+/// (blobs a [`StagedSource`] opened stay readable through their open
+/// files).
+pub struct CaptureServer {
+    proxy: Option<Arc<Proxy>>,
+    addr: SocketAddr,
+    username: String,
+    password: String,
+    dir: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    _forced_exit: Vec<CleanupGuard>,
+}
+
+impl CaptureServer {
+    /// Starts a capture proxy whose files go in a new directory inside
+    /// `parent`, with fresh random credentials.
+    pub async fn start(parent: &Path, cancel: crate::cancel::CancelToken) -> Result<CaptureServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("capture-")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io("creating a temp dir in", parent, e))?
+            .keep();
+        let mut server = CaptureServer {
+            proxy: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            username: format!("occystrap-{:016x}", rand::random::<u64>()),
+            password: format!("{:032x}", rand::random::<u128>()),
+            dir,
+            shutdown: None,
+            task: None,
+            _forced_exit: Vec::new(),
+        };
+        let staging_dir = server.dir.join("staging");
+        let config = ProxyConfig {
+            downstream: Endpoint {
+                client: Client::standalone(NO_DOWNSTREAM, ClientOptions::default())?,
+                prefix: String::new(),
+            },
+            upstream: None,
+            filters: Vec::new(),
+            sink: RegistrySinkOptions::default(),
+            parallel: 1,
+            platforms: Selection::All,
+            cache_ttl: Duration::ZERO,
+            state_dir: server.dir.clone(),
+            limits: Limits::default(),
+            htpasswd: None,
+            cancel,
+        };
+        let staging = super::uploads::Staging::new(&staging_dir, &config.limits)?;
+        // Deepest first: a forced exit empties each one level deep, then
+        // removes it.
+        for (sub, is_dir) in [
+            ("staging/blobs/sha256", true),
+            ("staging/blobs/sha512", true),
+            ("staging/blobs", true),
+            ("staging/tmp", true),
+            ("staging/uploads", true),
+            ("staging", true),
+            ("", true),
+        ] {
+            let path = server.dir.join(sub);
+            server
+                ._forced_exit
+                .push(crate::cancel::remove_on_forced_exit(path, is_dir));
+        }
+        let proxy = Arc::new(Proxy {
+            pushes: super::push::PushState::new(&config)?,
+            config,
+            staging,
+            pull: None,
+            capture: Some(Capture::new(&server.username, &server.password)),
+        });
+        let listener = tokio::net::TcpListener::bind(server.addr)
+            .await
+            .map_err(|e| Error::io("listening on", Path::new("127.0.0.1:0"), e))?;
+        server.addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("listening on", Path::new("127.0.0.1:0"), e))?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = proxy.clone();
+        server.task = Some(tokio::spawn(async move {
+            super::server::serve(serving, listener, Default::default(), async move {
+                let _ = rx.await;
+            })
+            .await
+        }));
+        server.shutdown = Some(tx);
+        server.proxy = Some(proxy);
+        Ok(server)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The credentials the listener takes: user name and password.
+    pub fn credentials(&self) -> (&str, &str) {
+        (&self.username, &self.password)
+    }
+
+    /// A source of the image pushed to `name` by `tag`, its blobs opened
+    /// now; `None` when nothing was pushed there.
+    pub fn source(&self, name: &str, tag: &str) -> Option<StagedSource> {
+        let proxy = self.proxy.as_ref()?;
+        let doc = proxy.capture.as_ref()?.by_tag(name, tag)?;
+        Some(StagedSource::new(proxy, name, Some(tag), doc))
+    }
+
+    /// The manifest pushed to `name` with `digest` (an index's child).
+    pub fn child(&self, name: &str, digest: &Digest) -> Option<StagedSource> {
+        let proxy = self.proxy.as_ref()?;
+        let doc = proxy.capture.as_ref()?.by_digest(name, digest)?;
+        Some(StagedSource::new(proxy, name, None, doc))
+    }
+
+    /// Stops the listener (requests in progress get a moment to finish)
+    /// and removes its files.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(STOP, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        // Drop does the rest.
+    }
+}
+
+impl Drop for CaptureServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.proxy = None;
+        if let Err(e) = crate::rmtree::remove(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_runs_credentials_pass() {
+        let c = Capture::new("u", "p");
+        let good = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("u:p")
+        );
+        assert!(c.authorized(Some(&good)));
+        assert!(!c.authorized(None));
+        assert!(!c.authorized(Some("Basic dTpx")));
+        assert!(!c.authorized(Some("Bearer x")));
+        assert!(!c.authorized(Some("")));
+    }
+}
