@@ -11,6 +11,7 @@ mod bearer;
 mod depth;
 mod dir_store;
 mod docker_save;
+mod engine_push;
 mod engine_source;
 mod errors;
 mod expand;
