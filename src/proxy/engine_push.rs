@@ -182,7 +182,10 @@ impl Drop for Tagged {
                 else {
                     return;
                 };
-                let _ = rt.block_on(tokio::time::timeout(UNTAG_ON_DROP, engine.untag(&name)));
+                // The timer is made inside: it needs the runtime.
+                rt.block_on(async {
+                    let _ = tokio::time::timeout(UNTAG_ON_DROP, engine.untag(&name)).await;
+                });
             });
         if let Ok(t) = untag {
             let _ = t.join();

@@ -187,3 +187,76 @@ fn an_image_the_engine_lacks_fails_cleanly() {
         .run();
     assert_eq!(usage.code, Some(2), "{}", usage.stderr);
 }
+
+/// Whether an upload into the capture is under way: a session file in
+/// `TMPDIR/occystrap-*/capture-*/staging/uploads/`.
+fn uploading(tmp: &std::path::Path) -> bool {
+    let entries = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    };
+    entries(tmp).iter().any(|run| {
+        entries(run).iter().any(|capture| {
+            let uploads = capture.join("staging").join("uploads");
+            !entries(&uploads).is_empty()
+        })
+    })
+}
+
+#[test]
+fn an_interrupted_capture_untags_and_removes_its_files() {
+    let env = TestEnv::new();
+    let engine = Engine::start();
+    // One incompressible layer large enough that the engine is still
+    // uploading it when the signal comes.
+    let big = crate::support::layer_tar::TarBuilder::new()
+        .file(
+            "big.bin",
+            0o644,
+            &crate::support::images::pseudo_random(96 << 20, 0xb16),
+        )
+        .finish();
+    let built = crate::support::Image::new("linux/amd64")
+        .layer(big, Compression::None)
+        .build();
+    let path = env.work("big-save.tar");
+    write_docker_save(
+        &path,
+        &[(&built, vec!["occy/big:v1".to_string()])],
+        SaveStyle::Legacy,
+        ManifestPos::Sorted,
+    );
+    let name = engine.load(&path);
+    std::fs::remove_file(&path).unwrap();
+    let out = env.out("img.tar");
+    let mut child = crate::signals::spawn(
+        &env,
+        &[
+            "process".to_string(),
+            push_uri(&engine, &name),
+            format!("tar://{}", out.display()),
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !uploading(&env.tmp_dir()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "occystrap ended before the engine uploaded"
+        );
+        assert!(std::time::Instant::now() < deadline, "no upload began");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (code, took, stderr) = crate::signals::interrupt(&mut child, libc::SIGINT);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "took {took:?}: {stderr}"
+    );
+    assert!(!out.exists());
+    assert_no_leftovers(&env, &engine);
+    assert!(engine.has(&name), "the engine lost the image");
+}
