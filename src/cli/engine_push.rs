@@ -23,6 +23,7 @@ pub(super) fn open_source(
         uri::engine_socket(src, settings)?,
         &src.path,
         settings.cancel.clone(),
-    )?;
+    )?
+    .with_platform(settings.platform.clone());
     Ok((Arc::new(source), settings.parallel))
 }

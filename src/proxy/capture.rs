@@ -61,6 +61,9 @@ pub struct Capture {
     /// `Basic <base64(user:password)>`, as a client sends it.
     expected: String,
     kept: Mutex<Vec<Kept>>,
+    /// Whether any request came (an engine that cannot reach loopback
+    /// sends none).
+    reached: std::sync::atomic::AtomicBool,
 }
 
 impl Capture {
@@ -71,12 +74,15 @@ impl Capture {
         Capture {
             expected: format!("Basic {token}"),
             kept: Mutex::new(Vec::new()),
+            reached: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Whether an `Authorization` header carries the run's credentials
     /// (compared in time independent of where they differ).
     pub fn authorized(&self, header: Option<&str>) -> bool {
+        self.reached
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let Some(got) = header else {
             return false;
         };
@@ -305,6 +311,14 @@ impl CaptureServer {
         server.shutdown = Some(tx);
         server.proxy = Some(proxy);
         Ok(server)
+    }
+
+    /// Whether any request reached the listener.
+    pub fn reached(&self) -> bool {
+        self.proxy
+            .as_ref()
+            .and_then(|p| p.capture.as_ref())
+            .is_some_and(|c| c.reached.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// `127.0.0.1:PORT`.

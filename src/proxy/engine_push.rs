@@ -23,8 +23,9 @@ use http::Method;
 
 use crate::engine::{Engine, encode_name, encode_query};
 use crate::error::{Error, Result};
-use crate::image::{Image, LayerInfo};
+use crate::image::{Image, LayerInfo, Platform};
 use crate::source::{FetchContext, LayerBlob, Source};
+use crate::wire::{Index, choose_platform};
 
 use super::capture::CaptureServer;
 use super::staged::StagedSource;
@@ -41,6 +42,8 @@ pub struct EnginePushSource {
     /// The engine's name for it (a tag added when none was given).
     name: String,
     cancel: crate::cancel::CancelToken,
+    /// The platform taken from an index, if the engine pushes one.
+    platform: Platform,
     captured: tokio::sync::OnceCell<Arc<StagedSource>>,
 }
 
@@ -57,8 +60,16 @@ impl EnginePushSource {
             socket,
             name: crate::source::engine::image_name("dockerpush", name)?,
             cancel,
+            platform: Platform::host(),
             captured: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The platform to take when the engine pushes an index (Docker's
+    /// containerd image store does); the host's unless set.
+    pub fn with_platform(mut self, platform: Platform) -> EnginePushSource {
+        self.platform = platform;
+        self
     }
 
     /// The name asked of the engine.
@@ -88,7 +99,18 @@ impl EnginePushSource {
         };
         let pushed = push(&engine, &server, &repo, &tag).await;
         let untagged = tagged.untag().await;
-        pushed?;
+        pushed.map_err(|e| match e {
+            Error::Engine { message, .. } if !server.reached() => engine.error(
+                "push",
+                format!(
+                    "{message} (the engine never reached occystrap's registry on {}: an \
+                     engine in a VM or a network namespace of its own, such as Docker Desktop \
+                     or rootless Docker, cannot; use docker:// there)",
+                    server.host()
+                ),
+            ),
+            e => e,
+        })?;
         if let Err(e) = untagged {
             // The image is captured; only a name is left behind, which
             // says what it is.
@@ -100,13 +122,24 @@ impl EnginePushSource {
                 "the engine reported success but pushed no manifest".into(),
             )
         })?;
-        if source.doc().is_index() {
-            server.stop().await;
-            return Err(Error::Unsupported(format!(
-                "the engine pushed {} as an index; dockerpush:// takes one image",
-                self.name
-            )));
-        }
+        // Docker's containerd image store pushes an index and its
+        // children; the run takes the child for its platform.
+        let source = match source.doc().is_index() {
+            false => source,
+            true => {
+                let index: Index = serde_json::from_slice(&source.doc().raw).map_err(|e| {
+                    Error::InvalidImage(format!("the index the engine pushed: {e}"))
+                })?;
+                let child = choose_platform(&index, &self.platform)?;
+                crate::source::refuse_nested(child)?;
+                server.child(REPOSITORY, &child.digest).ok_or_else(|| {
+                    engine.error(
+                        "push",
+                        format!("the engine pushed no manifest {}", child.digest),
+                    )
+                })?
+            }
+        };
         server.stop().await;
         Ok(source)
     }
