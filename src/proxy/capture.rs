@@ -382,6 +382,7 @@ impl Drop for CaptureServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::FetchContext;
 
     #[test]
     fn only_the_runs_credentials_pass() {
@@ -395,5 +396,116 @@ mod tests {
         assert!(!c.authorized(Some("Basic dTpx")));
         assert!(!c.authorized(Some("Bearer x")));
         assert!(!c.authorized(Some("")));
+    }
+
+    /// The capture over HTTP: credentials, a manifest PUT checked against
+    /// the staged blobs and kept by tag and digest, served back, nothing
+    /// asked of a downstream, and its directory gone when dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_capture_keeps_what_is_pushed_and_serves_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let server = CaptureServer::start(parent.path(), Default::default())
+            .await
+            .unwrap();
+        let base = format!("http://{}/v2", server.host());
+        let (user, pass) = server.credentials();
+        let (user, pass) = (user.to_string(), pass.to_string());
+        let http = reqwest::Client::new();
+        let anonymous = http.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401);
+        assert!(anonymous.headers().contains_key("www-authenticate"));
+        let wrong = http
+            .get(format!("{base}/"))
+            .basic_auth(&user, Some("nope"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+        let authed = |r: reqwest::RequestBuilder| r.basic_auth(&user, Some(&pass));
+
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let config_digest = Digest::sha256_of(config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::image::media_type::OCI_MANIFEST,
+            "config": {
+                "mediaType": crate::image::media_type::OCI_CONFIG,
+                "digest": config_digest.to_string(),
+                "size": config.len(),
+            },
+            "layers": [],
+        }))
+        .unwrap();
+        let put_manifest = || {
+            authed(http.put(format!("{base}/occystrap/capture/manifests/t1")))
+                .header("content-type", crate::image::media_type::OCI_MANIFEST)
+                .body(manifest.clone())
+        };
+        // The config is not staged yet: refused, nothing kept.
+        let early = put_manifest().send().await.unwrap();
+        assert_eq!(early.status(), 400);
+        assert!(
+            early
+                .text()
+                .await
+                .unwrap()
+                .contains("MANIFEST_BLOB_UNKNOWN")
+        );
+        assert!(server.source("occystrap/capture", "t1").is_none());
+        let blob = authed(http.post(format!(
+            "{base}/occystrap/capture/blobs/uploads/?digest={config_digest}"
+        )))
+        .body(config.to_vec())
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(blob.status(), 201);
+        let put = put_manifest().send().await.unwrap();
+        assert_eq!(put.status(), 201);
+        let digest = Digest::sha256_of(&manifest);
+        assert_eq!(
+            put.headers()["docker-content-digest"].to_str().unwrap(),
+            digest.to_string()
+        );
+        for reference in ["t1".to_string(), digest.to_string()] {
+            let got = authed(http.get(format!("{base}/occystrap/capture/manifests/{reference}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(got.status(), 200);
+            assert_eq!(got.bytes().await.unwrap().as_ref(), manifest.as_slice());
+        }
+        let head = authed(http.head(format!("{base}/occystrap/capture/blobs/{config_digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200);
+        // A blob that is not staged is unknown: no downstream is asked.
+        let other = Digest::sha256_of(b"other");
+        let missing = authed(http.head(format!("{base}/occystrap/capture/blobs/{other}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404);
+        let tags = authed(http.get(format!("{base}/occystrap/capture/tags/list")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(tags.status(), 405);
+
+        let source = server.source("occystrap/capture", "t1").unwrap();
+        assert_eq!(source.doc().digest, digest);
+        let dir = server.dir.clone();
+        assert!(dir.exists());
+        server.stop().await;
+        assert!(!dir.exists(), "the capture's files are left");
+        // The source still reads what it opened.
+        let ctx = FetchContext::new(
+            parent.path().to_path_buf(),
+            Arc::new(crate::progress::Silent),
+        );
+        let image = crate::source::Source::resolve(&source, &ctx).await.unwrap();
+        assert_eq!(image.config_raw, config);
     }
 }
