@@ -46,7 +46,7 @@ pub(super) async fn process_index(
         .map(|f| occystrap::filter::FilterSpec::parse(f))
         .collect::<occystrap::Result<Vec<_>>>()?;
     let filters = build_filters(filter_args)?;
-    let (source, parallel) = uri::open_source(src, settings)?;
+    let (source, parallel) = super::engine_push::open_source(src, settings)?;
     let mut push = global.push_settings(src, settings, &filters)?;
     // Shared by every child: one file, saved after each child's manifest.
     push.layer_cache = super::layer_cache(global, settings, dst, &specs, &filters)?;

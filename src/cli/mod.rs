@@ -2,6 +2,7 @@
 //! and the progress display.
 
 mod copy;
+mod engine_push;
 mod env;
 pub mod mirror;
 mod output;
@@ -747,7 +748,7 @@ async fn process_filtered(
         .iter()
         .map(occystrap::filter::build)
         .collect::<occystrap::Result<Vec<_>>>()?;
-    let (source, parallel) = uri::open_source(src, settings)?;
+    let (source, parallel) = engine_push::open_source(src, settings)?;
     let mut push = global.push_settings(src, settings, &filters)?;
     push.layer_cache = layer_cache(global, settings, dst, &specs, &filters)?;
     let sink = uri::open_any_sink(dst, settings, &push)?;

@@ -20,7 +20,7 @@ use occystrap::inspect::search::{LayerMatches, Pattern, script_line};
 use occystrap::inspect::{EntryKind, plural};
 use occystrap::pipeline::RunOptions;
 use occystrap::progress::Silent;
-use occystrap::uri::{self, Settings, Uri};
+use occystrap::uri::{Settings, Uri};
 
 use super::progress::{self, human_bytes};
 use super::{Global, OutputFormat};
@@ -61,7 +61,7 @@ pub async fn search(
     style: SearchStyle,
 ) -> Result<i32> {
     let pattern = Arc::new(Pattern::new(pattern, regex)?);
-    let (source, parallel) = uri::open_source(src, settings)?;
+    let (source, parallel) = super::engine_push::open_source(src, settings)?;
     let options = RunOptions {
         parallel,
         temp_dir: global.temp_dir.clone(),
@@ -191,7 +191,7 @@ fn write_layer_matches(
 
 /// `occystrap info SOURCE`.
 pub async fn info(global: &Global, settings: &Settings, src: &Uri) -> Result<i32> {
-    let (source, _) = uri::open_source(src, settings)?;
+    let (source, _) = super::engine_push::open_source(src, settings)?;
     let options = RunOptions {
         parallel: 1,
         temp_dir: global.temp_dir.clone(),
@@ -410,7 +410,7 @@ fn join_or_dash(v: &[String]) -> String {
 /// `occystrap check SOURCE [--fast]`. Exit 1 (through an error line) when
 /// anything of severity error was found.
 pub async fn check(global: &Global, settings: &Settings, src: &Uri, fast: bool) -> Result<i32> {
-    let report = match uri::open_source(src, settings) {
+    let report = match super::engine_push::open_source(src, settings) {
         Ok((source, parallel)) => {
             let bars = Arc::new(progress::Bars::new());
             let options = RunOptions {

@@ -30,7 +30,9 @@ use crate::sink::registry::RegistrySinkOptions;
 use crate::wire::index_plan::Selection;
 
 pub mod auth;
+pub mod capture;
 pub mod copy;
+pub mod engine_push;
 pub mod error;
 pub mod pull;
 pub mod push;
@@ -211,6 +213,9 @@ pub struct Proxy {
     pub pushes: push::PushState,
     /// The pull-through cache, when there is an upstream.
     pub pull: Option<pull::PullState>,
+    /// Capture mode (`dockerpush://`): manifests are kept, not copied
+    /// downstream, and downstream is never asked.
+    pub capture: Option<capture::Capture>,
 }
 
 impl Proxy {
@@ -229,6 +234,7 @@ impl Proxy {
             staging,
             pushes,
             pull,
+            capture: None,
         }))
     }
 }

@@ -47,6 +47,11 @@ pub async fn blob(
         };
         return Ok(blob_response(digest, size, body));
     }
+    if proxy.capture.is_some() {
+        return Err(ApiError::blob_unknown(format!(
+            "{name} has no blob {digest}"
+        )));
+    }
     let repo = proxy.config.downstream.repo(name);
     let Some(size) = repo.blob_exists(digest).await? else {
         return Err(ApiError::blob_unknown(format!(
@@ -283,7 +288,7 @@ pub(super) async fn downstream_manifest(
 }
 
 /// A manifest answer: its bytes (none for HEAD), type, digest and length.
-fn manifest_response(
+pub(super) fn manifest_response(
     bytes: Vec<u8>,
     media_type: &str,
     digest: &Digest,

@@ -201,12 +201,18 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>, remote: SocketAddr) -> Re
 /// The client's credentials, when the proxy asks for them (a bcrypt runs
 /// off the runtime's workers).
 async fn authorized(proxy: &Proxy, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(users) = &proxy.config.htpasswd else {
-        return Ok(());
-    };
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    if let Some(capture) = &proxy.capture {
+        return match capture.authorized(value) {
+            true => Ok(()),
+            false => Err(ApiError::unauthorized("authentication required")),
+        };
+    }
+    let Some(users) = &proxy.config.htpasswd else {
+        return Ok(());
+    };
     if users.check_async(value).await {
         Ok(())
     } else {
@@ -241,6 +247,9 @@ async fn dispatch(
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
                 .collect();
+            if let Some(capture) = &proxy.capture {
+                return capture.manifest(&name, &reference, method == Method::HEAD);
+            }
             super::serve::manifest(proxy, &name, &reference, method == Method::HEAD, &accept).await
         }
         (Route::Manifest { name, reference }, &Method::PUT) => {
@@ -264,8 +273,15 @@ async fn dispatch(
                 _ => e,
             })?;
             let content_type = header(header::CONTENT_TYPE);
-            let stored =
-                super::push::put_manifest(proxy, &name, &reference, content_type, bytes).await?;
+            let stored = match &proxy.capture {
+                Some(c) => {
+                    c.put_manifest(proxy, &name, &reference, content_type, bytes)
+                        .await?
+                }
+                None => {
+                    super::push::put_manifest(proxy, &name, &reference, content_type, bytes).await?
+                }
+            };
             let mut resp = created(&format!("/v2/{name}/manifests/{}", stored.digest));
             set(
                 resp.headers_mut(),
@@ -311,6 +327,9 @@ async fn dispatch(
         (Route::Upload { name, id }, &Method::DELETE) => {
             proxy.staging.cancel(&name, &id)?;
             Ok(status(StatusCode::NO_CONTENT))
+        }
+        (Route::Tags { .. }, &Method::GET) if proxy.capture.is_some() => {
+            Err(ApiError::unsupported("a capture lists no tags"))
         }
         (Route::Tags { name }, &Method::GET) => super::serve::tags(proxy, &name, query).await,
         (Route::Catalog, &Method::GET) => Err(ApiError::unsupported(
@@ -366,6 +385,9 @@ async fn start_upload(
 async fn mounted(proxy: &Proxy, name: &str, digest: &Digest, from: &str) -> bool {
     if proxy.staging.blob_size(digest).is_some() {
         return true;
+    }
+    if proxy.capture.is_some() {
+        return false;
     }
     let downstream = &proxy.config.downstream;
     let repo = downstream.repo(name);

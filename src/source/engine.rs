@@ -41,7 +41,7 @@ impl EngineSource {
     pub fn new(socket: PathBuf, name: &str) -> Result<Self> {
         Ok(EngineSource {
             socket,
-            name: image_name(name)?,
+            name: image_name("docker", name)?,
             idle: IDLE,
             opened: tokio::sync::OnceCell::new(),
         })
@@ -144,17 +144,18 @@ async fn read_into(
 }
 
 /// `IMAGE[:TAG]` or `IMAGE@DIGEST` as the engine is asked for it: a name
-/// without a tag means `:latest`, as `docker save` reads it.
-fn image_name(name: &str) -> Result<String> {
+/// without a tag means `:latest`, as `docker save` reads it. `scheme`
+/// names the URI's scheme in errors.
+pub(crate) fn image_name(scheme: &str, name: &str) -> Result<String> {
     let name = name.trim_start_matches('/');
     if name.is_empty() {
-        return Err(Error::Usage(
-            "docker:// needs an image name (docker://IMAGE:TAG)".into(),
-        ));
+        return Err(Error::Usage(format!(
+            "{scheme}:// needs an image name ({scheme}://IMAGE:TAG)"
+        )));
     }
     if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(Error::Usage(format!(
-            "docker://{}: an image name has no spaces or control characters",
+            "{scheme}://{}: an image name has no spaces or control characters",
             name.escape_debug()
         )));
     }
@@ -202,14 +203,17 @@ mod tests {
 
     #[test]
     fn names_get_a_tag() {
-        assert_eq!(image_name("app").unwrap(), "app:latest");
-        assert_eq!(image_name("app:v1").unwrap(), "app:v1");
+        assert_eq!(image_name("docker", "app").unwrap(), "app:latest");
+        assert_eq!(image_name("docker", "app:v1").unwrap(), "app:v1");
         assert_eq!(
-            image_name("127.0.0.1:5000/app").unwrap(),
+            image_name("docker", "127.0.0.1:5000/app").unwrap(),
             "127.0.0.1:5000/app:latest"
         );
-        assert_eq!(image_name("app@sha256:abc").unwrap(), "app@sha256:abc");
-        assert!(image_name("").is_err());
-        assert!(image_name("a\u{1b}b").is_err());
+        assert_eq!(
+            image_name("docker", "app@sha256:abc").unwrap(),
+            "app@sha256:abc"
+        );
+        assert!(image_name("docker", "").is_err());
+        assert!(image_name("docker", "a\u{1b}b").is_err());
     }
 }

@@ -13,6 +13,7 @@ mod dir_store;
 mod docker_save;
 mod engine_hostile;
 mod engine_load;
+mod engine_push;
 mod engine_source;
 mod errors;
 mod expand;
