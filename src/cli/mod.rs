@@ -239,12 +239,18 @@ pub enum Command {
     ///
     /// Sources: registry://[USER:PASS@]HOST/IMAGE[:TAG][@DIGEST] (options: insecure, os, arch,
     /// variant, max_workers), tar://FILE (option: image=NAME:TAG), dir://PATH (a layer store;
-    /// options: image=NAME, tag=TAG), oci-layout://PATH[:TAG] (an OCI image layout).
+    /// options: image=NAME, tag=TAG), oci-layout://PATH[:TAG] (an OCI image layout),
+    /// docker://IMAGE[:TAG] (a Docker or Podman engine; option: socket=PATH, default
+    /// $DOCKER_HOST, else /var/run/docker.sock), dockerpush://IMAGE[:TAG] (the engine pushes
+    /// the image into a registry occystrap runs on loopback; option: socket=PATH),
+    /// quay://[HOST/]ORG[/GLOB[:TAG]] (many images, through quay's API).
     /// Destinations: tar://FILE (a docker-loadable tarball), dir://PATH (a layer store shared
     /// between images; options: unique_names=true for one manifest per image, expand=true to
     /// also write the merged root filesystem to PATH/manifest[-NAME-TAG]/), oci://PATH (an OCI
     /// runtime bundle for runc; option: readonly=false), mounts://PATH (one overlayfs layer
-    /// directory per layer; option: mount=true), oci-layout://PATH[:TAG] (an OCI image layout).
+    /// directory per layer; option: mount=true), oci-layout://PATH[:TAG] (an OCI image layout),
+    /// registry://HOST/IMAGE[:TAG] (a push), docker://IMAGE[:TAG] (a load into an engine;
+    /// option: socket=PATH).
     Process {
         /// Where the image comes from.
         source: String,
