@@ -162,3 +162,26 @@ fn info_from_the_engine() {
     let layers = v["layers"].as_array().expect("layers");
     assert_eq!(layers.len(), engine_diff_ids(&engine, &name).len());
 }
+
+/// A name the engine lacks: one line naming it, exit 1, no output, and
+/// nothing in the temp dir.
+#[test]
+fn an_image_the_engine_lacks_leaves_nothing() {
+    let env = TestEnv::new();
+    let engine = Engine::start();
+    let out = env.out("img.tar");
+    let run = env
+        .occy()
+        .args([
+            "process",
+            &engine.uri("no/such:v9"),
+            &format!("tar://{}", out.display()),
+        ])
+        .run();
+    let line = crate::support::assert_clean_failure(&env, &run, &["no such image"]);
+    assert!(line.contains("no/such:v9"), "{line}");
+    assert_eq!(
+        crate::support::dir_entries(&env.tmp_dir()),
+        Vec::<String>::new()
+    );
+}
