@@ -64,6 +64,15 @@
 #                             into our embedded registry);
 #   engine.podman-save+ours   `podman save -o` a file, then `process tar://`;
 #   engine.python             the Python tool's docker:// -> tar://.
+#
+# The many-layers rows (group layers40): an image of 40 layers of 1 MiB
+# (incompressible, gzip) against one of a single 40 MiB layer of the same
+# bytes, each pulled into tar://; the difference over 39 is the cost of a
+# layer beyond its bytes (requests, temp files, thread hand-offs).
+#
+# REG_DIR=PATH keeps the source registry's storage there (say, on disk:
+# REG_DIR=/var/tmp/occy-reg) instead of in BENCH_DIR (tmpfs by default);
+# it is removed at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 shared=$repo/bench
@@ -73,7 +82,7 @@ sel=${TASKS:-}
 W=${BENCH_DIR:-/dev/shm/occy-bench}
 if [[ -n $sel ]]; then md=${BENCH_MD:-/tmp/occy-bench-results.md}; else md=${BENCH_MD:-$repo/bench/results.md}; fi
 IFS=, read -ra picked <<<"$sel"
-groups=" tar expand oci search floor single10m single1g store1st store2nd copy1st copy2nd tar2reg proxypush proxyhit mirrorcold mirrorwarm engine "
+groups=" tar expand oci search floor single10m single1g layers40 store1st store2nd copy1st copy2nd tar2reg proxypush proxyhit mirrorcold mirrorwarm engine "
 for t in "${picked[@]}"; do
   [[ $groups == *" ${t%%.*} "* ]] || { echo "TASKS: no group '${t%%.*}'; groups:$groups" >&2; exit 2; }
 done
@@ -124,12 +133,14 @@ elif [[ -n $base ]]; then
 fi
 
 rm -rf "$W"; mkdir -p "$W"; pxpids=()
-regdir=$W/registry; dregdir=$W/registry2
+regdir=${REG_DIR:-$W/registry}; dregdir=$W/registry2
+[[ -n ${REG_DIR:-} ]] && rm -rf "$regdir"
 "$shared/registry.sh" start "$regdir" "$port" >/dev/null
 trap 'for p in "${pxpids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null
       "$shared/registry.sh" stop "$regdir" "$port" >/dev/null 2>&1 || true
       "$shared/registry.sh" stop "$dregdir" "$port2" >/dev/null 2>&1 || true
-      "$shared/registry.sh" stop "$W/registry3" "$((port + 4))" >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
+      "$shared/registry.sh" stop "$W/registry3" "$((port + 4))" >/dev/null 2>&1 || true; rm -rf "$W"
+      [[ -n ${REG_DIR:-} ]] && rm -rf "$regdir"' EXIT
 if main; then "$shared/make-images.sh" "$port" >/dev/null; fi
 urls=; big=
 
@@ -180,6 +191,41 @@ for s in 10m 1g; do
 done
 rm -rf "$W/img"
 big=$(curl -fs -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$reg/v2/bench/single/manifests/1g" | jq -r '.layers[0].digest')
+fi
+
+if uses layers40; then
+# 40 layers of 1 MiB, and the same 40 MiB as one layer.
+python3 - "$W/many" <<'PY'
+import gzip, hashlib, io, json, os, sys, tarfile
+out = sys.argv[1]
+def blob(d, b):
+    h = hashlib.sha256(b).hexdigest(); open(f"{d}/blobs/sha256/{h}", "wb").write(b); return h
+def image(name, sizes):
+    d = f"{out}/{name}"; os.makedirs(f"{d}/blobs/sha256", exist_ok=True)
+    layers, diffs, n = [], [], 0
+    for i, size in enumerate(sizes):
+        data = b"".join(hashlib.sha256(f"{n + k}".encode()).digest() for k in range(size // 32)); n += size // 32
+        buf = io.BytesIO(); t = tarfile.open(fileobj=buf, mode="w")
+        ti = tarfile.TarInfo(f"l{i:02d}.bin"); ti.size = len(data); t.addfile(ti, io.BytesIO(data)); t.close()
+        raw = buf.getvalue(); gz = gzip.compress(raw, 1, mtime=0)
+        diffs.append("sha256:" + hashlib.sha256(raw).hexdigest())
+        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + blob(d, gz), "size": len(gz)})
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                      "rootfs": {"type": "layers", "diff_ids": diffs}}).encode()
+    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + blob(d, cfg), "size": len(cfg)},
+        "layers": layers}).encode()
+    json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": "sha256:" + blob(d, man), "size": len(man), "annotations": {"org.opencontainers.image.ref.name": name}}]},
+        open(f"{d}/index.json", "w"))
+    open(f"{d}/oci-layout", "w").write('{"imageLayoutVersion":"1.0.0"}')
+image("40x1m", [1 << 20] * 40)
+image("1x40m", [40 << 20])
+PY
+for s in 40x1m 1x40m; do
+  skopeo copy -q --dest-tls-verify=false "oci:$W/many/$s:$s" "docker://$reg/bench/many:$s"
+done
+rm -rf "$W/many"
 fi
 
 if uses store2nd; then
@@ -323,6 +369,8 @@ tasks=(
   "floor.curl-pigz-sha256|sh -c 'for u in $urls; do curl -fs \$u | pigz -dc | sha256sum >/dev/null; done'"
   "single10m.ours|$ours --insecure process registry://$reg/bench/single:10m tar://s.tar"
   "single1g.ours|$ours --insecure process registry://$reg/bench/single:1g tar://s.tar"
+  "layers40.ours|$ours --insecure process registry://$reg/bench/many:40x1m tar://m.tar"
+  "layers40.one-layer|$ours --insecure process registry://$reg/bench/many:1x40m tar://m.tar"
   "single1g.floor|sh -c 'curl -fs http://$reg/v2/bench/single/blobs/$big | pigz -dc | sha256sum >/dev/null'"
   "store1st.ours|$ours --insecure process $src 'dir://store?unique_names=true'"
   "store2nd.ours|sh -c '$ours --insecure process $src dir://store?unique_names=true >/dev/null 2>&1; /usr/bin/time -f \"%e %M\" -o $W/t2 $ours --insecure process registry://$reg/bench/debian:v2 dir://store?unique_names=true'"
@@ -481,7 +529,7 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   echo "Host: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo). Image \`$img\` on a loopback registry."
   echo "Tools: occystrap ${OURS:+binary $OURS, not }$(cd "$repo" && git rev-parse --short HEAD), Python occystrap 0.4.17, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')."
   [[ -n $basebin ]] && echo "Earlier build (the .base rows): $base_desc."
-  echo "Outputs on $W. $runs interleaved runs, medians."
+  echo "Outputs on $W; the source registry's storage in $regdir. $runs interleaved runs, medians."
   if uses copy1st || uses copy2nd || uses tar2reg; then
     echo "Copy rows: to a second loopback registry, emptied (stopped, storage deleted, restarted) before every copy1st and tar2reg run; copy2nd into a repository already holding the image. Python copy rows: $((pyruns < runs ? pyruns : runs)) run(s) (PY_COPY_RUNS). Exit code 97: the tool exited 0 but the destination lacks the manifest or a blob."
   fi
@@ -503,6 +551,9 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   rl "1 GiB layer: ours / curl + pigz -dc + sha256sum (target <= 1.5)" single1g.ours single1g.floor
   if has single1g.ours && has single10m.ours; then
     echo "| peak RSS 1 GiB layer / 10 MiB layer | $(awk -v a="$(med single1g.ours 3)" -v b="$(med single10m.ours 3)" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-" }') |"
+  fi
+  if has layers40.ours && has layers40.one-layer; then
+    echo "| 40 layers of 1 MiB against one of 40 MiB: cost of a layer beyond its bytes (target < 5 ms) | $(awk -v a="$(med layers40.ours 2)" -v b="$(med layers40.one-layer 2)" 'BEGIN{ if (a+0>0 && b+0>0) printf "%.1f ms", (a-b)*1000/39; else print "-" }') |"
   fi
   if has store2nd.ours && has store1st.ours; then
     echo "| second tag into a store sharing 3 of 4 layers / first pull into an empty store | $(awk -v a="$(med store2nd.ours 2)" -v b="$(med store1st.ours 2)" 'BEGIN{ if (b+0>0) printf "%.2f", a/b; else print "-" }') |"
