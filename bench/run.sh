@@ -64,6 +64,7 @@
 #                             into our embedded registry);
 #   engine.podman-save+ours   `podman save -o` a file, then `process tar://`;
 #   engine.python             the Python tool's docker:// -> tar://.
+# Our temp dir is the output's (tmpfs), where `podman save` writes its file.
 #
 # The many-layers rows (group layers40): an image of 40 layers of 1 MiB
 # (incompressible, gzip) against one of a single 40 MiB layer of the same
@@ -397,8 +398,8 @@ tasks=(
   "mirrorcold.skopeo|skopeo sync --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $dst/dst"
   "mirrorwarm.ours|$ours --insecure -O json mirror $W/mirror-warm.yaml -J $mimages -j $mlayers > report.json"
   "mirrorwarm.skopeo|skopeo sync --src yaml --dest docker --dest-tls-verify=false $W/sync.yaml $wdst/dst"
-  "engine.ours|$ours process 'docker://$eimg?socket=$sock' tar://image.tar"
-  "engine.dockerpush|$ours process 'dockerpush://$eimg?socket=$sock' tar://image.tar"
+  "engine.ours|$ours --temp-dir . process 'docker://$eimg?socket=$sock' tar://image.tar"
+  "engine.dockerpush|$ours --temp-dir . process 'dockerpush://$eimg?socket=$sock' tar://image.tar"
   "engine.podman-save+ours|sh -c '$podmansh save -q -o s.tar $eimg && $ours process tar://s.tar tar://image.tar'"
   "engine.python|$py process 'docker://$eimg?socket=$sock' tar://image.tar"
 )

@@ -34,6 +34,9 @@ const OLDEST: ApiVersion = ApiVersion(1, 24);
 /// Largest JSON answer read into memory (`/version`, an inspect, an error).
 const SMALL_LIMIT: usize = 4 << 20;
 
+/// hyper's largest read buffer on an engine connection.
+const READ_BUFFER: usize = 1 << 20;
+
 /// Deadline for connecting and for small answers.
 const SMALL_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -221,7 +224,10 @@ impl Engine {
         .await
         .map_err(|_| self.error(&what, "connecting timed out".into()))?
         .map_err(|e| self.connect_error(e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        // Large reads: a save or load stream is hundreds of MiB.
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(READ_BUFFER)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.error(&what, format!("HTTP handshake: {e}")))?;
         tokio::spawn(async move {

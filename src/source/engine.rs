@@ -89,7 +89,7 @@ async fn spool(
         .create_new(true)
         .open(path)
         .map_err(|e| Error::io("creating", path, e))?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         use std::io::Write;
         let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
@@ -120,6 +120,9 @@ async fn read_into(
     idle: std::time::Duration,
     tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> Result<()> {
+    // hyper's frames are a read buffer each (a few KiB): they are gathered
+    // into pieces of WRITE_BUFFER, one hand-over and one write each.
+    let mut piece = bytes::BytesMut::with_capacity(WRITE_BUFFER);
     loop {
         let frame = tokio::time::timeout(idle, body.frame())
             .await
@@ -133,12 +136,20 @@ async fn read_into(
         let frame = frame.map_err(|e| {
             engine.error("save", format!("the save stream of {name} broke off: {e}"))
         })?;
-        if let Ok(data) = frame.into_data()
-            && tx.send(data).await.is_err()
-        {
-            // The writer stopped: its error says why.
-            return Ok(());
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        piece.extend_from_slice(&data);
+        if piece.len() >= WRITE_BUFFER {
+            let full = std::mem::replace(&mut piece, bytes::BytesMut::with_capacity(WRITE_BUFFER));
+            if tx.send(full.freeze()).await.is_err() {
+                // The writer stopped: its error says why.
+                return Ok(());
+            }
         }
+    }
+    if !piece.is_empty() {
+        let _ = tx.send(piece.freeze()).await;
     }
     Ok(())
 }
