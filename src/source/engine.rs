@@ -30,7 +30,6 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 pub struct EngineSource {
     socket: PathBuf,
     name: String,
-    idle: std::time::Duration,
     /// The save, once spooled and indexed.
     opened: tokio::sync::OnceCell<Arc<DockerArchiveSource>>,
 }
@@ -42,7 +41,6 @@ impl EngineSource {
         Ok(EngineSource {
             socket,
             name: image_name("docker", name)?,
-            idle: IDLE,
             opened: tokio::sync::OnceCell::new(),
         })
     }
@@ -60,7 +58,7 @@ impl EngineSource {
                     return Err(engine.error("image inspect", "no such image in the engine".into()));
                 }
                 let path = ctx.temp_dir.join("engine-save.tar");
-                spool(&engine, &self.name, &path, self.idle).await?;
+                spool(&engine, &self.name, &path, IDLE).await?;
                 let opened =
                     tokio::task::spawn_blocking(move || DockerArchiveSource::open(&path, None))
                         .await
@@ -184,14 +182,7 @@ impl Source for EngineSource {
     }
 
     fn resolve<'a>(&'a self, ctx: &'a FetchContext) -> BoxFuture<'a, Result<Image>> {
-        Box::pin(async move {
-            let inner = self.open(ctx).await?;
-            let mut image = inner.resolve(ctx).await?;
-            if image.name.is_empty() {
-                image.name = self.name.clone();
-            }
-            Ok(image)
-        })
+        Box::pin(async move { self.open(ctx).await?.resolve(ctx).await })
     }
 
     fn fetch<'a>(
