@@ -368,13 +368,29 @@ fn parse_workers(n: &str) -> Result<usize> {
     }
 }
 
+/// How a `tar://` destination stores layers: `layers=uncompressed` (the
+/// default) or `layers=compressed`.
+fn tar_layers(uri: &Uri) -> Result<crate::sink::docker_archive::LayerForm> {
+    use crate::sink::docker_archive::LayerForm;
+    match uri.get("layers") {
+        None | Some("uncompressed") => Ok(LayerForm::Uncompressed),
+        Some("compressed") => Ok(LayerForm::Compressed),
+        Some(other) => Err(Error::Usage(format!(
+            "option layers={other:?} for tar:// must be compressed or uncompressed"
+        ))),
+    }
+}
+
 /// Builds the sink a URI names.
 pub fn open_sink(uri: &Uri, settings: &Settings) -> Result<Box<dyn Sink>> {
     match uri.scheme.as_str() {
         "tar" => {
-            uri.check_options(&[])?;
+            uri.check_options(&["layers"])?;
             Ok(Box::new(
-                crate::sink::docker_archive::DockerArchiveSink::new(&uri.file_path()?)?,
+                crate::sink::docker_archive::DockerArchiveSink::with_layers(
+                    &uri.file_path()?,
+                    tar_layers(uri)?,
+                )?,
             ))
         }
         "dir" => {
@@ -491,6 +507,19 @@ pub enum AnySink {
 pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Result<AnySink> {
     if uri.scheme == "docker" {
         return open_engine_sink(uri, settings, push.temp_dir.clone()).map(AnySink::Blocking);
+    }
+    if uri.scheme == "tar"
+        && !push.exact
+        && tar_layers(uri)? == crate::sink::docker_archive::LayerForm::Compressed
+    {
+        // A rewritten layer exists only as a new tar: there is no blob as
+        // stored to pass on, and compressing it would undo the point.
+        return Err(Error::Usage(
+            "tar://...?layers=compressed stores the source's blobs as they are; \
+             a filter that rewrites layers (exclude, normalize-timestamps) makes new \
+             tars, so drop layers=compressed to filter"
+                .into(),
+        ));
     }
     if uri.scheme != "registry" {
         return open_sink(uri, settings).map(AnySink::Blocking);

@@ -244,7 +244,8 @@ pub enum Command {
     /// $DOCKER_HOST, else /var/run/docker.sock), dockerpush://IMAGE[:TAG] (the engine pushes
     /// the image into a registry occystrap runs on loopback; option: socket=PATH),
     /// quay://[HOST/]ORG[/GLOB[:TAG]] (many images, through quay's API).
-    /// Destinations: tar://FILE (a docker-loadable tarball), dir://PATH (a layer store shared
+    /// Destinations: tar://FILE (a docker-loadable tarball; option: layers=compressed to store
+    /// each layer's blob as the source serves it, not inflated), dir://PATH (a layer store shared
     /// between images; options: unique_names=true for one manifest per image, expand=true to
     /// also write the merged root filesystem to PATH/manifest[-NAME-TAG]/), oci://PATH (an OCI
     /// runtime bundle for runc; option: readonly=false), mounts://PATH (one overlayfs layer

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::image::Image;
+use crate::image::{Compression, Image};
 
 /// The member listing the images.
 pub(crate) const MANIFEST: &str = "manifest.json";
@@ -42,16 +42,19 @@ impl ManifestEntry {
     /// bytes (a filter may have changed them since the source computed
     /// `config_digest`), each layer under its diff_id.
     pub(crate) fn for_image(image: &Image) -> ManifestEntry {
+        ManifestEntry::naming(image, |l| layer_member(&l.diff_id))
+    }
+
+    /// As [`ManifestEntry::for_image`], each layer under the member `name`
+    /// gives it.
+    pub(crate) fn naming(
+        image: &Image,
+        name: impl FnMut(&crate::image::LayerInfo) -> String,
+    ) -> ManifestEntry {
         ManifestEntry {
             config: config_member(&image.config_raw),
             repo_tags: Some(image.repo_tag().into_iter().collect()),
-            layers: Some(
-                image
-                    .layers
-                    .iter()
-                    .map(|l| layer_member(&l.diff_id))
-                    .collect(),
-            ),
+            layers: Some(image.layers.iter().map(name).collect()),
             image_name: None,
         }
     }
@@ -65,6 +68,19 @@ pub(crate) fn config_member(config_raw: &[u8]) -> String {
 /// The member (or store file) holding a layer: `<diff_id hex>/layer.tar`.
 pub(crate) fn layer_member(diff_id: &Digest) -> String {
     format!("{}/layer.tar", diff_id.hex())
+}
+
+/// The member holding a layer stored as its blob (`tar://` with
+/// `layers=compressed`): `<blob hex>` with the extension of its
+/// compression, `.tar.gz`, `.tar.zst` or `.tar`. Readers go by
+/// `manifest.json` and sniff the bytes; the extension is for people.
+pub(crate) fn blob_member(digest: &Digest, compression: Compression) -> String {
+    let ext = match compression {
+        Compression::Gzip => "tar.gz",
+        Compression::Zstd => "tar.zst",
+        _ => "tar",
+    };
+    format!("{}.{ext}", digest.hex())
 }
 
 /// The `repositories` member for `image`: repository -> tag -> top layer

@@ -7,6 +7,16 @@
 //! config and manifest wait for `finish`, since filters may rewrite the
 //! config after the last layer.
 //!
+//! With [`LayerForm::Compressed`] (`tar://FILE?layers=compressed`) each
+//! layer goes as its blob as the source stores it, gzip or zstd (or a plain
+//! tar, where the source holds one), under `<blob hex>.tar.gz` (`.tar.zst`,
+//! `.tar`); `docker load`, `podman load` and skopeo sniff the compression
+//! of what `manifest.json` names. Nothing is decompressed: the pipeline
+//! checks each blob's size and digest only ([`Sink::blob_only`]), and the
+//! diff_ids are the config's, stored byte for byte, for the loader to
+//! check. `repositories` names a layer directory, which this form has
+//! none of, so it is left out.
+//!
 //! The format is written by [`SaveWriter`] into any [`SaveOut`]: the
 //! tarball's temp file here, an engine's load request in
 //! [`super::engine`].
@@ -14,9 +24,9 @@
 //! The output is reproducible: every header has mtime 0 and owner 0:0, so
 //! the same image always gives the same bytes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use tempfile::TempPath;
@@ -24,7 +34,7 @@ use tempfile::TempPath;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::format::docker_save::{self, MANIFEST, ManifestEntry, REPOSITORIES};
-use crate::image::{FileSlice, Image, Layer, LayerInfo, LayerNeeds, LiveTar};
+use crate::image::{Compression, FileSlice, Image, Layer, LayerInfo, LayerNeeds, LiveTar};
 use crate::sink::{Sink, SinkReport};
 use crate::tarfmt::write::{Member, padding_zeros, ustar_header};
 
@@ -55,8 +65,10 @@ pub(crate) struct SaveWriter<W> {
     target: PathBuf,
     /// What the output is called in messages (`docker-archive output`).
     label: &'static str,
-    /// diff_ids whose `layer.tar` is already written.
-    written: HashSet<Digest>,
+    /// The member each diff_id's layer is already written as.
+    written: HashMap<Digest, String>,
+    /// Members written, so that no name goes in twice.
+    names: HashSet<String>,
     /// diff_ids `wants_layer` has already asked for.
     wanted: HashSet<Digest>,
     bytes_written: u64,
@@ -69,7 +81,8 @@ impl<W: SaveOut> SaveWriter<W> {
             out,
             target: target.to_path_buf(),
             label,
-            written: HashSet::new(),
+            written: HashMap::new(),
+            names: HashSet::new(),
             wanted: HashSet::new(),
             bytes_written: 0,
         }
@@ -99,7 +112,7 @@ impl<W: SaveOut> SaveWriter<W> {
     /// Whether the layer with this diff_id is already in the output: docker
     /// save stores a layer once even when the image lists it twice.
     pub(crate) fn has(&self, diff_id: &Digest) -> bool {
-        self.written.contains(diff_id)
+        self.written.contains_key(diff_id)
     }
 
     fn write_error(&self, e: io::Error) -> Error {
@@ -163,67 +176,108 @@ impl<W: SaveOut> SaveWriter<W> {
     pub(crate) fn slice_layer(&mut self, info: &LayerInfo, tar: &FileSlice) -> Result<()> {
         let dir = info.diff_id.hex().to_string();
         self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
-        self.header(
-            &format!("{dir}/layer.tar"),
-            tar.len(),
-            tar::EntryType::Regular,
-        )?;
-        let mut reader = tar
+        let name = docker_save::layer_member(&info.diff_id);
+        self.file_member(&name, info, tar)?;
+        self.record(info, name);
+        Ok(())
+    }
+
+    /// Writes a layer as its blob as stored, under
+    /// [`docker_save::blob_member`]; a layer that arrived only as a tar (a
+    /// filter rewrote it) goes as that tar, which is then its blob.
+    pub(crate) fn blob_layer(&mut self, layer: &Layer) -> Result<()> {
+        let Some(blob) = layer.blob.as_ref().or(layer.tar.as_ref()) else {
+            return Err(Error::InvalidImage(format!(
+                "{}: layer {} arrived without its blob",
+                self.label, layer.info.index
+            )));
+        };
+        let info = &layer.info;
+        // The bytes, not the manifest's media type, say what the member is.
+        let compression = sniff(blob)?;
+        let digest = match layer.blob {
+            Some(_) => &info.digest,
+            None => &info.diff_id,
+        };
+        let name = docker_save::blob_member(digest, compression);
+        // Two diff_ids over one blob (a lying config): one member, which
+        // the loader's diff_id check then refuses.
+        if !self.names.contains(&name) {
+            self.file_member(&name, info, blob)?;
+        }
+        self.record(info, name);
+        Ok(())
+    }
+
+    fn record(&mut self, info: &LayerInfo, name: String) {
+        self.names.insert(name.clone());
+        self.written.insert(info.diff_id.clone(), name);
+    }
+
+    /// Writes the member `name` holding `slice`, the bytes of layer `info`.
+    fn file_member(&mut self, name: &str, info: &LayerInfo, slice: &FileSlice) -> Result<()> {
+        self.header(name, slice.len(), tar::EntryType::Regular)?;
+        let mut reader = slice
             .open()
-            .map_err(|e| Error::io("reading", tar.path(), e))?;
+            .map_err(|e| Error::io("reading", slice.path(), e))?;
         let copied = self.out.copy_file(&mut reader).map_err(|e| {
             Error::stream(
                 format!(
                     "copying layer {} from {} to {}",
                     info.index,
-                    tar.path().display(),
+                    slice.path().display(),
                     self.target.display()
                 ),
                 e,
             )
         })?;
-        if copied != tar.len() {
-            // The header already promised tar.len() bytes; a short copy would
+        if copied != slice.len() {
+            // The header already promised slice.len() bytes; a short copy would
             // leave a corrupt tarball.
             return Err(Error::SizeMismatch {
                 kind: crate::error::Mismatch::Copy,
-                what: format!("layer {} ({})", info.index, tar.path().display()),
-                expected: tar.len(),
+                what: format!("layer {} ({})", info.index, slice.path().display()),
+                expected: slice.len(),
                 found: copied,
             });
         }
         self.bytes_written += copied;
-        self.pad(copied)?;
-        self.written.insert(info.diff_id.clone());
-        Ok(())
+        self.pad(copied)
     }
 
     /// Writes what follows the layers: the config (named by the hash of the
     /// bytes written, which a filter may have changed since the source
     /// computed `config_digest`), `manifest.json` naming `image`'s
-    /// `repo_tag`, `repositories` and the end-of-archive blocks. Fails if
-    /// a layer of `image` was never written.
+    /// `repo_tag`, `repositories` (when the top layer has the directory it
+    /// names) and the end-of-archive blocks. Fails if a layer of `image`
+    /// was never written.
     pub(crate) fn finish(&mut self, image: &Image) -> Result<()> {
         if let Some(missing) = image
             .layers
             .iter()
-            .find(|l| !self.written.contains(&l.diff_id))
+            .find(|l| !self.written.contains_key(&l.diff_id))
         {
             return Err(Error::InvalidImage(format!(
                 "{}: layer {} ({}) was never written",
                 self.label, missing.index, missing.diff_id
             )));
         }
-        let entry = ManifestEntry::for_image(image);
+        let entry = ManifestEntry::naming(image, |l| self.written[&l.diff_id].clone());
         self.member(&entry.config, &image.config_raw)?;
         let manifest = serde_json::to_vec(&[entry])
             .map_err(|e| Error::InvalidImage(format!("encoding {MANIFEST}: {e}")))?;
         self.member(MANIFEST, &manifest)?;
 
         // Legacy readers map repository -> tag -> top layer directory.
-        let repositories = serde_json::to_vec(&docker_save::repositories(image))
-            .map_err(|e| Error::InvalidImage(format!("encoding {REPOSITORIES}: {e}")))?;
-        self.member(REPOSITORIES, &repositories)?;
+        let top_in_dir = image
+            .layers
+            .last()
+            .is_none_or(|l| self.written[&l.diff_id] == docker_save::layer_member(&l.diff_id));
+        if top_in_dir {
+            let repositories = serde_json::to_vec(&docker_save::repositories(image))
+                .map_err(|e| Error::InvalidImage(format!("encoding {REPOSITORIES}: {e}")))?;
+            self.member(REPOSITORIES, &repositories)?;
+        }
 
         let end = [0u8; 2 * BLOCK as usize];
         self.out.write_all(&end).map_err(|e| self.write_error(e))?;
@@ -239,7 +293,7 @@ impl SaveWriter<File> {
         use std::os::unix::fs::FileExt;
         let dir = info.diff_id.hex().to_string();
         self.header(&format!("{dir}/"), 0, tar::EntryType::Directory)?;
-        let name = format!("{dir}/layer.tar");
+        let name = docker_save::layer_member(&info.diff_id);
         let at = self.bytes_written;
         self.header(&name, 0, tar::EntryType::Regular)?;
         let copied = stream.copy_to_file(&mut self.out).map_err(|e| {
@@ -254,9 +308,32 @@ impl SaveWriter<File> {
             .write_all_at(&h, at)
             .map_err(|e| self.write_error(e))?;
         self.pad(copied)?;
-        self.written.insert(info.diff_id.clone());
+        self.record(info, name);
         Ok(())
     }
+}
+
+/// The compression of the bytes in `slice`, from their first bytes.
+fn sniff(slice: &FileSlice) -> Result<Compression> {
+    let mut head = Vec::with_capacity(4);
+    slice
+        .open()
+        .and_then(|f| f.take(4).read_to_end(&mut head))
+        .map_err(|e| Error::io("reading", slice.path(), e))?;
+    Ok(Compression::sniff(&head))
+}
+
+/// How `tar://` stores each layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LayerForm {
+    /// The uncompressed tar, `<diff_id hex>/layer.tar`, as `docker save`
+    /// writes it: every layer decompressed and checked against its diff_id.
+    #[default]
+    Uncompressed,
+    /// The blob as the source stores it (`layers=compressed`; see the
+    /// module documentation): checked by its size and digest, never
+    /// decompressed.
+    Compressed,
 }
 
 /// Writes an image as a docker-save tarball at a path, atomically: the
@@ -269,11 +346,17 @@ pub struct DockerArchiveSink {
     /// Removes the temp file if the process is ended while the run is stuck.
     _cleanup: crate::cancel::CleanupGuard,
     writer: SaveWriter<File>,
+    form: LayerForm,
 }
 
 impl DockerArchiveSink {
     /// Starts a tarball that will appear at `path` when the sink finishes.
     pub fn new(path: &Path) -> Result<Self> {
+        DockerArchiveSink::with_layers(path, LayerForm::Uncompressed)
+    }
+
+    /// As [`DockerArchiveSink::new`], storing layers in `form`.
+    pub fn with_layers(path: &Path, form: LayerForm) -> Result<Self> {
         // The tarball replaces what is at `path` by a rename; a FIFO, socket,
         // device or directory there is not ours to replace.
         if let Ok(meta) = std::fs::metadata(path)
@@ -317,16 +400,25 @@ impl DockerArchiveSink {
             path: path.to_path_buf(),
             _cleanup: cleanup,
             temp,
+            form,
         })
     }
 }
 
 impl Sink for DockerArchiveSink {
     fn needs(&self) -> LayerNeeds {
-        LayerNeeds::TAR
+        match self.form {
+            LayerForm::Uncompressed => LayerNeeds::TAR,
+            LayerForm::Compressed => LayerNeeds::BLOB,
+        }
+    }
+
+    fn blob_only(&self) -> bool {
+        self.form == LayerForm::Compressed
     }
 
     fn ordered(&self) -> bool {
+        // Members in manifest order: the same image gives the same bytes.
         true
     }
 
@@ -345,7 +437,10 @@ impl Sink for DockerArchiveSink {
         if let Some(mut stream) = layer.take_live() {
             return self.writer.live_layer_in_place(&layer.info, &mut *stream);
         }
-        self.writer.file_layer(&layer)
+        match self.form {
+            LayerForm::Uncompressed => self.writer.file_layer(&layer),
+            LayerForm::Compressed => self.writer.blob_layer(&layer),
+        }
     }
 
     fn finish(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {

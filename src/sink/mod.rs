@@ -121,6 +121,16 @@ pub trait Sink: Send {
     fn takes_rewritten_live(&self) -> bool {
         false
     }
+    /// Whether the sink, reading only the blob (`needs` is
+    /// [`LayerNeeds::BLOB`]), passes it on as stored and uses nothing of its
+    /// tar: then, with no filter, each blob is verified by its size and
+    /// digest only, nothing decompressed and the diff_id not checked (the
+    /// output carries the config's diff_ids for its reader to check). A blob
+    /// known only by its diff_id (a docker-save member) is still verified in
+    /// full. Default false: blobs are verified in full.
+    fn blob_only(&self) -> bool {
+        false
+    }
     /// One verified layer.
     fn layer(&mut self, layer: Layer) -> Result<()>;
     /// A wanted layer that failed to fetch or verify before it reached the
@@ -190,6 +200,10 @@ pub trait AsyncSink: Send {
     fn takes_live_blob(&self) -> bool {
         false
     }
+    /// As [`Sink::blob_only`], for a sink that takes blobs as files.
+    fn blob_only(&self) -> bool {
+        false
+    }
     /// One layer; its bytes are verified as they are read.
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>>;
     /// As [`Sink::layer_failed`].
@@ -257,6 +271,9 @@ impl AsyncSink for Blocking {
     }
     fn takes_rewritten_live(&self) -> bool {
         self.sink.lock().is_ok_and(|s| s.takes_rewritten_live())
+    }
+    fn blob_only(&self) -> bool {
+        self.sink.lock().is_ok_and(|s| s.blob_only())
     }
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.call(move |s| s.layer(layer)))

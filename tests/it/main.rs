@@ -40,5 +40,6 @@ mod runtime;
 mod search;
 mod signals;
 mod slow;
+mod tar_compressed;
 mod tar_hostile;
 mod terminal;
