@@ -361,6 +361,7 @@ proxy_rss() { [[ -n ${1:-} && -r /proc/$1/status ]] && awk '/VmHWM/{printf "%.0f
 # name|command run in an emptied $W/out (the command may use $OUT)
 tasks=(
   "tar.ours|$ours --insecure process $src tar://image.tar"
+  "tar.ours-compressed|$ours --insecure process $src 'tar://image.tar?layers=compressed'"
   "tar.python|$py --insecure process $src tar://image.tar"
   "tar.skopeo|skopeo copy -q --src-tls-verify=false docker://$reg/$img docker-archive:image.tar:$img"
   "expand.ours|$ours --insecure process $src 'dir://d?expand=true'"
@@ -548,6 +549,7 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   echo "|---|---|"
   rl "registry -> tar: skopeo / ours" tar.skopeo tar.ours
   rl "registry -> tar: Python occystrap / ours" tar.python tar.ours
+  rl "registry -> tar, layers=compressed: Python occystrap / ours (target >= 8)" tar.python tar.ours-compressed
   rl "registry -> rootfs: skopeo + umoci / ours dir://?expand=true" expand.skopeo+umoci expand.ours
   rl "registry -> rootfs: skopeo + umoci / ours oci://" expand.skopeo+umoci oci.ours
   rl "registry -> rootfs: Python dir://?expand=true / ours" expand.python expand.ours
