@@ -196,6 +196,7 @@ rm -rf "$W/img"
 big=$(curl -fs -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$reg/v2/bench/single/manifests/1g" | jq -r '.layers[0].digest')
 fi
 
+many=
 if uses layers40; then
 # 40 layers of 1 MiB, and the same 40 MiB as one layer.
 python3 - "$W/many" <<'PY'
