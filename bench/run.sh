@@ -120,7 +120,7 @@ main && [[ ! -x $venv/bin/occystrap ]] && { python3 -m venv "$venv" && "$venv/bi
 py=$venv/bin/occystrap
 # OURS=<binary> times that build as ours instead of this checkout's release build.
 if [[ -n ${OURS:-} ]]; then ours=$(readlink -f "$OURS")
-else (cd "$repo" && cargo build --release -q); ours=$repo/target/release/occystrap; fi
+else (cd "$repo" && cargo build --release -q); ours=${CARGO_TARGET_DIR:-$repo/target}/release/occystrap; fi
 base=${BASE:-}; basebin=
 if [[ -n $base && -x $base ]]; then
   basebin=$(readlink -f "$base"); base_desc="binary $base"
