@@ -130,7 +130,7 @@ elif [[ -n $base ]]; then
   if [[ ! -x $bdir/target/release/occystrap ]]; then
     rm -rf "$bdir"; mkdir -p "$bdir"
     git -C "$repo" archive "$rev" | tar -x -C "$bdir"
-    (cd "$bdir" && cargo build --release -q)
+    (cd "$bdir" && env -u CARGO_TARGET_DIR cargo build --release -q)
   fi
   basebin=$bdir/target/release/occystrap; base_desc="$(git -C "$repo" rev-parse --short "$rev")"
 fi
