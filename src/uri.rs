@@ -158,6 +158,10 @@ pub struct Settings {
     pub min_speed: Option<u64>,
     /// Window over which the floor is judged (default: the client's).
     pub min_speed_window: Option<std::time::Duration>,
+    /// Connections a blob download may use (default: the client's).
+    pub connections_per_blob: Option<usize>,
+    /// Where split blob downloads spool (default: the system temp dir).
+    pub temp_dir: Option<PathBuf>,
     /// The run's cancellation, handed to the sinks that extract layers or
     /// wait for a store's lock.
     pub cancel: crate::cancel::CancelToken,
@@ -227,6 +231,10 @@ pub fn registry_options(uri: &Uri, settings: &Settings) -> Result<(Reference, Cl
     if let Some(t) = settings.min_speed_window {
         options.min_speed_window = t;
     }
+    if let Some(n) = settings.connections_per_blob {
+        options.connections_per_blob = n;
+    }
+    options.spool_dir = settings.temp_dir.clone();
     Ok((reference, options))
 }
 
@@ -626,6 +634,8 @@ mod tests {
             request_timeout: None,
             min_speed: None,
             min_speed_window: None,
+            connections_per_blob: None,
+            temp_dir: None,
             cancel: Default::default(),
             selection: None,
             docker_host: None,

@@ -18,6 +18,8 @@ pub const ENV_REQUEST_TIMEOUT: &str = "OCCYSTRAP_REQUEST_TIMEOUT";
 pub const ENV_MIN_SPEED: &str = "OCCYSTRAP_MIN_SPEED";
 /// Fallback for `--min-speed-window` (seconds).
 pub const ENV_MIN_SPEED_WINDOW: &str = "OCCYSTRAP_MIN_SPEED_WINDOW";
+/// Fallback for `--connections-per-blob`.
+pub const ENV_CONNECTIONS_PER_BLOB: &str = "OCCYSTRAP_CONNECTIONS_PER_BLOB";
 /// Fallback for `--insecure-host` (a comma-separated list).
 pub const ENV_INSECURE_HOSTS: &str = "OCCYSTRAP_INSECURE_HOSTS";
 

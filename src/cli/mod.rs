@@ -154,6 +154,12 @@ pub struct Global {
     /// OCCYSTRAP_MIN_SPEED_WINDOW).
     #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
     pub min_speed_window: Option<f64>,
+    /// Connections one blob download may use, 1 to 16: a large blob that
+    /// the network holds back is fetched in parts at once, the later parts
+    /// spooled in --temp-dir; 1 turns it off (default 4; env
+    /// OCCYSTRAP_CONNECTIONS_PER_BLOB).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub connections_per_blob: Option<u8>,
     /// Skip layer entries that cannot be extracted safely (paths escaping the
     /// target, links out of it) instead of failing; they are listed after
     /// the summary.
@@ -598,6 +604,12 @@ impl Global {
                 .min_speed
                 .or_else(|| env::byte_rate(env::ENV_MIN_SPEED)),
             min_speed_window: secs(self.min_speed_window, env::ENV_MIN_SPEED_WINDOW),
+            connections_per_blob: self.connections_per_blob.map(usize::from).or_else(|| {
+                env::number(env::ENV_CONNECTIONS_PER_BLOB)
+                    .filter(|n| n.fract() == 0.0 && *n <= 16.0)
+                    .map(|n| n as usize)
+            }),
+            temp_dir: self.temp_dir.clone(),
             cancel,
             selection: match &self.platforms {
                 Some(list) => Some(list.clone()),

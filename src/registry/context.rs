@@ -157,6 +157,15 @@ impl Context {
         }
     }
 
+    /// A slot under the request limit if one is free now: `None` when none
+    /// is, `Some(None)` when there is no limit.
+    pub(crate) fn try_slot(&self) -> Option<Option<SemaphorePermit<'_>>> {
+        match &self.requests {
+            Some(s) => s.try_acquire().ok().map(Some),
+            None => Some(None),
+        }
+    }
+
     /// The pooled HTTP client for these settings, built on first use.
     pub(crate) fn http(
         &self,

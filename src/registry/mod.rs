@@ -24,6 +24,7 @@ pub mod auth;
 mod client;
 mod context;
 mod errors;
+mod lanes;
 mod list;
 mod options;
 mod pull;
@@ -42,9 +43,9 @@ pub use errors::{RegistryErrorBody, parse_error_body};
 pub(crate) use list::is_repository_name;
 pub use list::{LIST_PAGE_SIZE, MAX_LIST_ENTRIES, MAX_LIST_PAGE_BYTES, refuses_listing};
 pub use options::{
-    ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MIN_SPEED, DEFAULT_MIN_SPEED_WINDOW,
-    DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, MAX_CONFIG_BYTES,
-    MAX_MANIFEST_BYTES, parse_byte_rate,
+    ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS_PER_BLOB, DEFAULT_MIN_SPEED,
+    DEFAULT_MIN_SPEED_WINDOW, DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES,
+    MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, parse_byte_rate,
 };
 pub use push::BlobOpener;
 pub use referrers::{

@@ -23,6 +23,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MIN_SPEED: u64 = 1024;
 /// Default for [`ClientOptions::min_speed_window`].
 pub const DEFAULT_MIN_SPEED_WINDOW: Duration = Duration::from_secs(30);
+/// Default for [`ClientOptions::connections_per_blob`].
+pub const DEFAULT_CONNECTIONS_PER_BLOB: usize = 4;
 
 /// How to reach a registry.
 #[derive(Clone, Debug)]
@@ -49,13 +51,21 @@ pub struct ClientOptions {
     pub min_speed: u64,
     /// See `min_speed`.
     pub min_speed_window: Duration,
+    /// Connections one blob download may use at most: a download that the
+    /// network, not the reader, holds back is split into `Range` parts
+    /// fetched at once, the later parts spooled to an unlinked file in
+    /// `spool_dir` until their turn comes. 1: one connection a blob.
+    pub connections_per_blob: usize,
+    /// Where split downloads spool their later parts (`None`: the
+    /// system's temp dir).
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
     /// HTTPS, no credentials, the `DEFAULT_*` constants of this module (three
     /// retries, a 30 s connect timeout, a 60 s read timeout, a 60 s request
-    /// deadline, a 1 KiB/s floor over 30 s for blobs) and no extra
-    /// plain-HTTP hosts.
+    /// deadline, a 1 KiB/s floor over 30 s for blobs, up to 4 connections
+    /// a blob) and no extra plain-HTTP hosts.
     fn default() -> Self {
         ClientOptions {
             insecure: false,
@@ -67,6 +77,8 @@ impl Default for ClientOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             min_speed: DEFAULT_MIN_SPEED,
             min_speed_window: DEFAULT_MIN_SPEED_WINDOW,
+            connections_per_blob: DEFAULT_CONNECTIONS_PER_BLOB,
+            spool_dir: None,
         }
     }
 }

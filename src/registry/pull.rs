@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 
 use super::client::Client;
+use super::lanes;
 use super::options::MAX_MANIFEST_BYTES;
 use super::request::{Request, backoff, describe_reqwest};
 use super::tokens::{Actions, Scope};
@@ -109,10 +110,12 @@ impl Client {
     }
 
     /// Streams a blob of `repository` into `tx`, in order, resuming with a
-    /// `Range` request when the connection breaks off. `progress` sees each
-    /// chunk's length. Stops with an error if the server sends more than
-    /// `size` bytes. Verification of the digest is the receiver's job: it
-    /// sees every byte.
+    /// `Range` request when the connection breaks off. A download the
+    /// network holds back is split over several connections (see
+    /// [`super::ClientOptions::connections_per_blob`]); `tx` still gets the
+    /// bytes in order. `progress` sees each chunk's length. Stops with an
+    /// error if the server sends more than `size` bytes. Verification of the
+    /// digest is the receiver's job: it sees every byte.
     pub async fn stream_blob(
         &self,
         repository: &str,
@@ -122,21 +125,56 @@ impl Client {
         mut progress: impl Fn(u64) + Send,
     ) -> Result<()> {
         let _slot = self.ctx.slot().await;
-        let op = format!("GET blob {digest}");
-        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
-        let scope = Scope::new(repository, Actions::Pull);
-        let mut received: u64 = 0;
+        let blob = BlobGet {
+            op: format!("GET blob {digest}"),
+            url: format!("{}/v2/{repository}/blobs/{digest}", self.base),
+            scope: Scope::new(repository, Actions::Pull),
+            digest,
+            size,
+        };
+        if lanes::worth_trying(&self.options, size) {
+            return lanes::stream_split(self, &blob, &tx, &mut progress).await;
+        }
+        // One that was complete but short is the registry's whole blob:
+        // the receiver reports the size mismatch.
+        self.fetch_span(&blob, 0, size, &tx, &mut progress, &mut |_, _| None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Streams `[start, end)` of a blob into `tx`, resuming on a new
+    /// connection when one breaks off. `split` is asked after every chunk
+    /// (with the position and the time spent waiting on the network) and
+    /// may bring the end forward, to no less than the position: the rest is
+    /// fetched elsewhere. Returns the position reached and the end: less
+    /// than the end only when a complete response was short, or `tx` closed.
+    pub(super) async fn fetch_span(
+        &self,
+        blob: &BlobGet<'_>,
+        start: u64,
+        end: u64,
+        tx: &tokio::sync::mpsc::Sender<Bytes>,
+        progress: &mut (impl Fn(u64) + Send),
+        split: &mut (dyn FnMut(u64, std::time::Duration) -> Option<u64> + Send),
+    ) -> Result<(u64, u64)> {
+        let (op, size) = (&blob.op, blob.size);
+        let mut pos = start;
+        let mut end = end.min(size);
         let mut attempt = 0u32;
         loop {
-            let range = (received > 0).then(|| format!("bytes={received}-"));
+            let range = match (pos, end) {
+                (0, e) if e == size => None,
+                (p, e) if e == size => Some(format!("bytes={p}-")),
+                (p, e) => Some(format!("bytes={p}-{}", e - 1)),
+            };
             let req = Request {
                 range: range.as_deref(),
-                ..Request::new(&op, &scope, Method::GET, &url)
+                ..Request::new(op, &blob.scope, Method::GET, &blob.url)
             };
             let (resp, _) = self.send(&req).await?;
             // A server that ignores Range replays from byte 0: skip what we have.
-            let mut skip = if received > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
-                received
+            let mut skip = if pos > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+                pos
             } else {
                 0
             };
@@ -150,44 +188,46 @@ impl Client {
             let pumped = pump_body(
                 &mut stream,
                 floor,
-                &mut skip,
-                &mut received,
-                size,
-                &tx,
-                &mut progress,
+                Span {
+                    skip: &mut skip,
+                    received: &mut pos,
+                    end: &mut end,
+                    size,
+                },
+                tx,
+                progress,
                 describe_reqwest,
                 &|slow| self.too_slow(slow),
+                split,
             )
             .await;
             let broke = match pumped {
-                Ok(Pumped::Ended) if received < size && delimited_by_close => {
+                Ok(Pumped::Ended) if pos < end && delimited_by_close => {
                     "the response ended early".to_string()
                 }
-                // One that was complete but short is the registry's whole
-                // blob: the receiver reports the size mismatch.
-                Ok(Pumped::Ended) => return Ok(()),
+                Ok(Pumped::Ended | Pumped::Reached | Pumped::ReceiverGone) => {
+                    return Ok((pos, end));
+                }
                 Ok(Pumped::Broke(msg)) => msg,
-                // The receiver stopped (it failed); its error is the one to report.
-                Ok(Pumped::ReceiverGone) => return Ok(()),
                 Err(found) => {
                     return Err(Error::SizeMismatch {
                         kind: Mismatch::BlobSize,
-                        what: format!("blob {digest}"),
+                        what: format!("blob {}", blob.digest),
                         expected: size,
                         found,
                     });
                 }
             };
             attempt += 1;
-            if attempt > self.options.retries || received >= size {
+            if attempt > self.options.retries || pos >= end {
                 return Err(Error::Network {
                     registry: self.host.clone(),
-                    operation: op,
-                    message: format!("connection broke off after {received} bytes: {broke}"),
+                    operation: op.clone(),
+                    message: format!("connection broke off after {pos} bytes: {broke}"),
                 });
             }
             tracing::warn!(
-                "{}: {op}: broke off after {received} of {size} bytes ({broke}); resuming",
+                "{}: {op}: broke off after {pos} of {size} bytes ({broke}); resuming",
                 self.host
             );
             tokio::time::sleep(backoff(attempt)).await;
@@ -195,7 +235,7 @@ impl Client {
     }
 
     /// Why a connection below the throughput floor was given up.
-    fn too_slow(&self, slow: transport::TooSlow) -> String {
+    pub(super) fn too_slow(&self, slow: transport::TooSlow) -> String {
         format!(
             "slower than {} bytes/s for {} s ({} bytes/s; --min-speed)",
             self.options.min_speed,
@@ -205,37 +245,70 @@ impl Client {
     }
 }
 
+/// The request of one blob download, shared by its connections.
+pub(super) struct BlobGet<'a> {
+    /// `GET blob DIGEST`, for messages.
+    pub(super) op: String,
+    pub(super) url: String,
+    pub(super) scope: Scope,
+    pub(super) digest: &'a Digest,
+    pub(super) size: u64,
+}
+
+/// Where a body goes in its blob: `received` counts from the blob's byte 0
+/// (so it starts at the first byte asked for), the first `skip` bytes of
+/// the body are dropped (a server that ignored `Range`), and nothing at or
+/// past `end` is delivered; past `size` is an error.
+pub(super) struct Span<'a> {
+    pub(super) skip: &'a mut u64,
+    pub(super) received: &'a mut u64,
+    pub(super) end: &'a mut u64,
+    pub(super) size: u64,
+}
+
 /// How one blob response body ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Pumped {
     /// The body ended.
     Ended,
+    /// The span's end, short of the blob's, was reached.
+    Reached,
     /// The connection broke, or fell below the throughput floor: why.
     Broke(String),
     /// The receiver hung up.
     ReceiverGone,
 }
 
-/// Moves one blob response body into `tx`: skips the first `skip` bytes (a
-/// server that ignored `Range`), counts into `received`, and gives up when
-/// `floor` judges the connection too slow. `Err(found)` when the body runs
-/// past `size`.
+/// Moves one blob response body into `tx` as `span` places it, and gives
+/// up when `floor` judges the connection too slow. `split` is asked after
+/// each chunk, with the position and the time spent waiting on the
+/// network so far, and may bring the span's end forward. `Err(found)` when
+/// the body runs past the blob's size.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn pump_body<S, E>(
     stream: &mut S,
     mut floor: transport::SpeedFloor,
-    skip: &mut u64,
-    received: &mut u64,
-    size: u64,
+    span: Span<'_>,
     tx: &tokio::sync::mpsc::Sender<Bytes>,
     progress: &mut (impl Fn(u64) + Send),
     describe: impl Fn(&E) -> String,
     too_slow: &(dyn Fn(transport::TooSlow) -> String + Sync),
+    split: &mut (dyn FnMut(u64, std::time::Duration) -> Option<u64> + Send),
 ) -> std::result::Result<Pumped, u64>
 where
     S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
 {
+    let Span {
+        skip,
+        received,
+        end,
+        size,
+    } = span;
+    let mut network = std::time::Duration::ZERO;
     loop {
+        if *end < size && *received >= *end {
+            return Ok(Pumped::Reached);
+        }
         let waiting = tokio::time::Instant::now();
         let item = match floor.budget() {
             None => stream.next().await,
@@ -256,19 +329,28 @@ where
             Err(e) => return Ok(Pumped::Broke(describe(&e))),
         };
         // Time the receiver takes below is not the server's.
-        let judged = floor.record(chunk.len() as u64, waiting.elapsed());
+        let waited = waiting.elapsed();
+        network += waited;
+        let judged = floor.record(chunk.len() as u64, waited);
         if *skip > 0 {
             let n = (*skip).min(chunk.len() as u64);
             chunk = chunk.slice(n as usize..);
             *skip -= n;
         }
         if !chunk.is_empty() {
+            if let Some(e) = split(*received, network) {
+                *end = e.max(*received).min(*end);
+            }
+            if *end < size {
+                let room = (*end - *received).min(chunk.len() as u64);
+                chunk = chunk.slice(..room as usize);
+            }
             *received += chunk.len() as u64;
             if *received > size {
                 return Err(*received);
             }
             progress(chunk.len() as u64);
-            if tx.send(chunk).await.is_err() {
+            if !chunk.is_empty() && tx.send(chunk).await.is_err() {
                 return Ok(Pumped::ReceiverGone);
             }
         }
@@ -319,17 +401,22 @@ mod tests {
             }
             got
         });
-        let (mut skip, mut received) = (0, 0);
+        let (mut skip, mut received, mut end) = (0, 0, size);
+        let span = Span {
+            skip: &mut skip,
+            received: &mut received,
+            end: &mut end,
+            size,
+        };
         let r = pump_body(
             &mut stream,
             floor,
-            &mut skip,
-            &mut received,
-            size,
+            span,
             &tx,
             &mut |_| {},
             |e: &std::convert::Infallible| match *e {},
             &|slow| format!("slow {}", slow.rate),
+            &mut |_, _| None,
         )
         .await;
         drop(tx);

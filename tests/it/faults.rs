@@ -98,7 +98,7 @@ fn pull_via(env: &TestEnv, proxy: &Proxy, extra: &[&str], envs: &[(&str, &str)])
     cmd.run()
 }
 
-fn verify_tarball(out: &Path, reg: &Registry, built: &BuiltImage) {
+pub(crate) fn verify_tarball(out: &Path, reg: &Registry, built: &BuiltImage) {
     let ds = DockerSave::read(out);
     assert_eq!(ds.manifest.len(), 1);
     let config = ds.config_bytes(0).to_vec();

@@ -40,6 +40,7 @@ mod runtime;
 mod search;
 mod signals;
 mod slow;
+mod split_download;
 mod tar_compressed;
 mod tar_hostile;
 mod terminal;

@@ -144,6 +144,9 @@ impl Fault {
 #[derive(Clone, Debug)]
 struct Rule {
     method: Option<String>,
+    /// Only requests for a closed range (`Range: bytes=A-B`): the parts of
+    /// a split download, not its head or a resume (`bytes=A-`).
+    parts_only: bool,
     path_contains: String,
     remaining: Option<usize>,
     fault: Fault,
@@ -260,8 +263,22 @@ impl Proxy {
         self.rule(Some(method), path_contains, times, fault);
     }
 
+    /// Applies `fault` to the next `times` requests (`None`: every one)
+    /// for a closed range (`Range: bytes=A-B`) whose path contains
+    /// `path_contains`: the parts of a split download.
+    pub fn parts(&self, times: Option<usize>, path_contains: &str, fault: Fault) {
+        lock(&self.state.rules).push(Rule {
+            method: None,
+            parts_only: true,
+            path_contains: path_contains.to_string(),
+            remaining: times,
+            fault,
+        });
+    }
+
     fn rule(&self, method: Option<&str>, path: &str, remaining: Option<usize>, fault: Fault) {
         lock(&self.state.rules).push(Rule {
+            parts_only: false,
             method: method.map(str::to_string),
             path_contains: path.to_string(),
             remaining,
@@ -409,12 +426,22 @@ fn pick_fault(st: &State, req: &Request<Incoming>) -> Option<Fault> {
                 .as_deref()
                 .is_none_or(|m| m == req.method().as_str())
             && path.contains(&r.path_contains)
+            && (!r.parts_only || closed_range(req))
     })?;
     let rule = &mut rules[i];
     if let Some(n) = &mut rule.remaining {
         *n -= 1;
     }
     Some(rule.fault.clone())
+}
+
+/// Whether `req` asks for a closed range, `bytes=A-B`.
+fn closed_range(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .is_some_and(|r| r.split_once('-').is_some_and(|(_, b)| !b.is_empty()))
 }
 
 /// The repository named by a `/v2/REPO/{manifests,blobs}/...` path.
