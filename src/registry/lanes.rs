@@ -39,6 +39,10 @@ const WORTH: Duration = Duration::from_millis(1500);
 /// Share of the head's time spent waiting on the network, at least, for
 /// the network (not the reader) to be what holds it back.
 const NETWORK_BOUND: f64 = 0.5;
+/// No split above this network rate (bytes a second): what reads a layer
+/// (inflate, hash) keeps up with little more, and a registry on the same
+/// machine, starved of CPU, must not look like a capped link.
+const MAX_SPLIT_RATE: f64 = (96 << 20) as f64;
 /// Bytes read from the spool at once.
 const SPOOL_READ: u64 = 1 << 20;
 
@@ -111,7 +115,10 @@ impl<'c> Splitter<'c> {
         }
         let rate = got as f64 / waited.as_secs_f64().max(1e-6);
         let left = self.size - pos;
-        if (left as f64) < rate * WORTH.as_secs_f64() || left < 2 * MIN_PART {
+        if rate > MAX_SPLIT_RATE
+            || (left as f64) < rate * WORTH.as_secs_f64()
+            || left < 2 * MIN_PART
+        {
             return None;
         }
         let want =
