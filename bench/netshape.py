@@ -37,10 +37,11 @@ connection unless -v. SIGTERM and SIGINT close the listener and every
 connection, and the process exits 0.
 
 Cost, measured on the 2-core benchmark machine (Python 3.11, 2026-12-03,
-a cargo build running alongside): a 268 MB blob from the loopback registry
-with curl took 0.29-0.46 s direct and 0.51-0.60 s through the proxy with
---delay-ms 0 --rate-mbit 100000 (~500 MB/s; the proxy used ~0.38 s of CPU).
-At 100 Mbit/s it uses ~0.3 s of CPU per 95 MB, ~4% of a core a connection.
+5 runs each): a 268 MB blob from the loopback registry with curl took
+0.27-0.42 s (median 0.33) direct and 0.42-0.59 s (median 0.47) through the
+proxy with --delay-ms 0 --rate-mbit 100000, the proxy using 0.24-0.35 s of
+CPU (~0.9 s of CPU a GB). At 100 Mbit/s a 95 MB blob costs it ~0.4 s of CPU
+over 7.7 s, ~5% of a core a busy connection.
 
 Python 3.11 standard library only.
 """
