@@ -73,6 +73,21 @@
 # layers40.floor-curl, is one curl fetching the 40 blobs 4 at a time (what
 # the registry itself costs a blob, ~10 ms here).
 #
+# The slow rows (group slow) pull the main image into tar:// through
+# bench/netshape.py on PORT+5, a TCP proxy in front of the source registry
+# that adds SLOW_DELAY_MS (default 50) of round-trip time (half each way, and
+# one round trip for each new connection's handshake) and limits every
+# connection, each direction, to SLOW_MBIT (default 100) Mbit/s:
+#   slow.ours        occystrap process registry:// -> tar://;
+#   slow.skopeo      skopeo copy docker:// -> docker-archive:;
+#   slow.floor-curl  curl fetching the config and every layer at once, one
+#                    connection each, to /dev/null: what a tool fetching
+#                    each blob over one connection must at least take (the
+#                    biggest layer over one connection; 268 MB at 100 Mbit/s
+#                    is ~21 s).
+# The proxy starts only when a slow row is selected; its CPU time is in the
+# table's notes.
+#
 # REG_DIR=PATH keeps the source registry's storage there (say, on disk:
 # REG_DIR=/var/tmp/occy-reg) instead of in BENCH_DIR (tmpfs by default);
 # it is removed at the end.
@@ -85,7 +100,7 @@ sel=${TASKS:-}
 W=${BENCH_DIR:-/dev/shm/occy-bench}
 if [[ -n $sel ]]; then md=${BENCH_MD:-/tmp/occy-bench-results.md}; else md=${BENCH_MD:-$repo/bench/results.md}; fi
 IFS=, read -ra picked <<<"$sel"
-groups=" tar expand oci search floor single10m single1g layers40 store1st store2nd copy1st copy2nd tar2reg proxypush proxyhit mirrorcold mirrorwarm engine "
+groups=" tar expand oci search floor single10m single1g layers40 store1st store2nd copy1st copy2nd tar2reg proxypush proxyhit mirrorcold mirrorwarm engine slow "
 for t in "${picked[@]}"; do
   [[ $groups == *" ${t%%.*} "* ]] || { echo "TASKS: no group '${t%%.*}'; groups:$groups" >&2; exit 2; }
 done
@@ -356,6 +371,21 @@ for _ in $(seq 100); do
   ok=1; for h in ${pushpid:+$pxpush} ${pullpid:+$pxpull}; do curl -fs "http://$h/v2/" >/dev/null || ok=; done
   [[ -n $ok ]] && break; sleep 0.1
 done
+# The slow rows' shaping proxy in front of the source registry, and the
+# URLs of the image's blobs through it (config and layers) for its floor.
+slowdelay=${SLOW_DELAY_MS:-50}; slowmbit=${SLOW_MBIT:-100}
+slow=127.0.0.1:$((port + 5)); slowpid=; slowurls=; slown=1
+if uses slow; then
+  python3 "$shared/netshape.py" --listen "$slow" --upstream "$reg" \
+    --delay-ms "$slowdelay" --rate-mbit "$slowmbit" 2> "$W/netshape.log" & pxpids+=($!); slowpid=$!
+  for _ in $(seq 100); do curl -fs "http://$slow/v2/" >/dev/null && break; sleep 0.1; done
+  curl -fs "http://$slow/v2/" >/dev/null || { echo "netshape.py did not start on $slow; see $W/netshape.log" >&2; exit 1; }
+  slowurls=$(curl -fs -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' "http://$reg/v2/bench/debian/manifests/layered" \
+    | jq -r --arg r "http://$slow/v2/bench/debian/blobs/" '.config.digest, .layers[].digest | "-o /dev/null " + $r + .' | paste -sd' ')
+  slown=$(wc -w <<<"$slowurls"); slown=$((slown / 3))
+fi
+# cpu_s PID: the CPU seconds (user + system) the process has used so far.
+cpu_s() { [[ -n ${1:-} && -r /proc/$1/stat ]] && awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.1f", ($12 + $13) / t}' "/proc/$1/stat" || echo -; }
 # The proxies' peak RSS (VmHWM), MB, before they are stopped.
 proxy_rss() { [[ -n ${1:-} && -r /proc/$1/status ]] && awk '/VmHWM/{printf "%.0f", $2/1024}' "/proc/$1/status" || echo -; }
 
@@ -404,6 +434,9 @@ tasks=(
   "engine.dockerpush|$ours --temp-dir . process 'dockerpush://$eimg?socket=$sock' tar://image.tar"
   "engine.podman-save+ours|sh -c '$podmansh save -q -o s.tar $eimg && $ours process tar://s.tar tar://image.tar'"
   "engine.python|$py process 'docker://$eimg?socket=$sock' tar://image.tar"
+  "slow.ours|$ours --insecure process registry://$slow/$img tar://image.tar"
+  "slow.skopeo|skopeo copy -q --src-tls-verify=false docker://$slow/$img docker-archive:image.tar:$img"
+  "slow.floor-curl|curl -fsS -Z --parallel-immediate --parallel-max $slown $slowurls"
 )
 if [[ -n $sel ]]; then
   kept=()
@@ -541,6 +574,9 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   if uses copy1st || uses copy2nd || uses tar2reg; then
     echo "Copy rows: to a second loopback registry, emptied (stopped, storage deleted, restarted) before every copy1st and tar2reg run; copy2nd into a repository already holding the image. Python copy rows: $((pyruns < runs ? pyruns : runs)) run(s) (PY_COPY_RUNS). Exit code 97: the tool exited 0 but the destination lacks the manifest or a blob."
   fi
+  if uses slow; then
+    echo "Slow rows: the source registry behind bench/netshape.py, +$slowdelay ms a round trip ($(awk -v d="$slowdelay" 'BEGIN{print d/2}') ms each way; a new connection's first bytes wait one round trip more, its handshake) and $slowmbit Mbit/s a connection each direction; the proxy used $(cpu_s "$slowpid") s of CPU in all."
+  fi
   echo
   echo "| task | median wall s | median peak RSS MB | exit codes |"
   echo "|---|---|---|---|"
@@ -603,6 +639,8 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   rl "engine -> tar: podman save to a file + process tar:// / ours docker:// (target >= 2)" engine.podman-save+ours engine.ours
   rl "engine -> tar: podman save to a file + process tar:// / ours dockerpush://" engine.podman-save+ours engine.dockerpush
   rl "engine -> tar: Python docker:// / ours docker://" engine.python engine.ours
+  rl "slow registry ($slowdelay ms, $slowmbit Mbit/s a connection) -> tar: skopeo / ours (target >= 2)" slow.skopeo slow.ours
+  rl "slow registry: curl of every blob at once, one connection each / ours" slow.floor-curl slow.ours
   if uses proxypush; then echo "| peak RSS of the push proxy | $(proxy_rss "$pushpid") MB |"; fi
   if uses proxyhit; then echo "| peak RSS of the pull-through proxy | $(proxy_rss "$pullpid") MB |"; fi
   if [[ -n $basebin ]]; then
