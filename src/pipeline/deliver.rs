@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::{Error, Result};
 use crate::image::{Compression, FileSlice, Layer, LayerNeeds};
 use crate::progress::Reporter;
+use crate::sink::BlobRegion;
 use crate::source::LayerBlob;
 use crate::verify::{Expect, VerifiedTar};
 
@@ -89,15 +90,18 @@ pub(crate) fn verify_layer(
         handoff,
         passing,
         blob_only: false,
+        region: None,
     };
     verify(blob, how, temp_dir, reporter, stop)
 }
 
 /// A blob for a sink that reads only the blob, with no filter: verified by
-/// its size and digest, as a file (the source's own, or a temp file).
+/// its size and digest, as a file (the source's own, the sink's `region` of
+/// its output, or a temp file).
 pub(super) fn verify_blob_only(
     blob: LayerBlob,
     temp_dir: &Path,
+    region: Option<BlobRegion>,
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
 ) -> Result<Layer> {
@@ -111,6 +115,7 @@ pub(super) fn verify_blob_only(
         handoff: None,
         passing: &passing,
         blob_only: true,
+        region,
     };
     verify(blob, how, temp_dir, reporter, stop)
 }
@@ -121,6 +126,14 @@ struct How<'a> {
     handoff: Option<&'a Handoff>,
     passing: &'a super::Passing,
     blob_only: bool,
+    /// Where the blob goes in the sink's output, if the sink gave a place.
+    region: Option<BlobRegion>,
+}
+
+/// Where the blob as stored is kept while it is verified.
+enum BlobCopy {
+    Temp(tempfile::NamedTempFile),
+    Region(BlobRegion),
 }
 
 fn verify(
@@ -135,21 +148,31 @@ fn verify(
         handoff,
         passing,
         blob_only,
+        region,
     } = how;
     // The blob as stored, when asked for and not already in a file.
-    let blob_file = (needs.blob && blob.in_place.is_none())
-        .then(|| temp_file(temp_dir, "blob-"))
-        .transpose()?;
-    let blob = match &blob_file {
-        Some(f) => blob.map_reader(|reader| -> Result<Box<dyn Read + Send>> {
-            Ok(Box::new(Tee {
-                inner: reader,
-                copy: BufWriter::with_capacity(
-                    BUF,
+    let blob_copy = match region {
+        _ if !needs.blob || blob.in_place.is_some() => None,
+        Some(r) => Some(BlobCopy::Region(r)),
+        None => Some(BlobCopy::Temp(temp_file(temp_dir, "blob-")?)),
+    };
+    let blob = match &blob_copy {
+        Some(copy) => blob.map_reader(|reader| -> Result<Box<dyn Read + Send>> {
+            let to: Box<dyn Write + Send> = match copy {
+                BlobCopy::Temp(f) => Box::new(
                     f.as_file()
                         .try_clone()
                         .map_err(|e| Error::io("writing", f.path(), e))?,
                 ),
+                BlobCopy::Region(r) => Box::new(RegionWriter {
+                    file: r.file.clone(),
+                    at: r.offset,
+                    end: r.offset + r.len,
+                }),
+            };
+            Ok(Box::new(Tee {
+                inner: reader,
+                copy: BufWriter::with_capacity(BUF, to),
             }))
         })?,
         None => blob,
@@ -190,8 +213,9 @@ fn verify(
         }
     };
     result?;
-    let blob = match blob_file {
-        Some(f) => Some(FileSlice::temp(f.into_temp_path(), verified.info().size)),
+    let blob = match blob_copy {
+        Some(BlobCopy::Temp(f)) => Some(FileSlice::temp(f.into_temp_path(), verified.info().size)),
+        Some(BlobCopy::Region(r)) => Some(FileSlice::range(r.path, r.offset, verified.info().size)),
         None if needs.blob => in_place,
         None => None,
     };
@@ -272,7 +296,32 @@ fn pump<'a>(r: &mut VerifiedTar, mut out: LayerOut<'a>) -> (Result<(), PumpError
 /// is verified.
 struct Tee<R> {
     inner: R,
-    copy: BufWriter<File>,
+    copy: BufWriter<Box<dyn Write + Send>>,
+}
+
+/// Writes at a place in a file shared with other writers, never past `end`.
+struct RegionWriter {
+    file: Arc<File>,
+    at: u64,
+    end: u64,
+}
+
+impl Write for RegionWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if buf.len() as u64 > self.end.saturating_sub(self.at) {
+            return Err(io::Error::other(
+                "the blob runs past the size the manifest gives",
+            ));
+        }
+        self.file.write_all_at(buf, self.at)?;
+        self.at += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<R: Read> Read for Tee<R> {

@@ -58,7 +58,7 @@ pub(super) async fn fetch(
         let _stop = StopOnDrop(stop.clone());
         let layer = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            deliver::verify_blob_only(blob, &temp, reporter, stop)
+            deliver::verify_blob_only(blob, &temp, None, reporter, stop)
         })
         .await
         .map_err(super::join_error)??;

@@ -131,8 +131,9 @@ enum Delivery {
     /// A sink's per-layer work, run over the tar as it arrives.
     Work(crate::sink::LayerWork),
     /// The blob as a verified file, checked by its size and digest only
-    /// (`AsyncSink::blob_only`).
-    BlobOnly,
+    /// (`AsyncSink::blob_only`); written into the sink's output where it
+    /// gives a region for the layer (`AsyncSink::blob_regions`).
+    BlobOnly(Arc<std::collections::HashMap<usize, crate::sink::BlobRegion>>),
     /// The blob, live, to a sink that takes it so (see [`live_blob`]); each
     /// layer holds one of `slots` while it downloads.
     LiveBlob(Arc<tokio::sync::Semaphore>),
@@ -177,7 +178,10 @@ async fn fetch_into(
             deliver::verify_layer(blob, needs, &temp, handoff, &passing, reporter, stop)
         }
         Delivery::Work(work) => deliver::work_layer(blob, &image_info, &work, reporter, stop),
-        Delivery::BlobOnly => deliver::verify_blob_only(blob, &temp, reporter, stop),
+        Delivery::BlobOnly(regions) => {
+            let region = regions.get(&image_info.index).cloned();
+            deliver::verify_blob_only(blob, &temp, region, reporter, stop)
+        }
         // Fetched above, never here.
         Delivery::LiveBlob(_) => Err(Error::InvalidImage("live blob fetched as a file".into())),
     })
@@ -430,6 +434,10 @@ pub async fn run_async(
     let live_blob = !plan.filtering && sink_needs == LayerNeeds::BLOB && sink.takes_live_blob();
     // A sink that passes blobs on as stored has them checked by digest only.
     let blob_only = !plan.filtering && sink_needs == LayerNeeds::BLOB && sink.blob_only();
+    let regions = match blob_only {
+        true => sink.blob_regions(),
+        false => Default::default(),
+    };
     let mut layers = Layers {
         source: &source,
         ctx: &ctx,
@@ -451,7 +459,7 @@ pub async fn run_async(
             None if live_blob => {
                 Delivery::LiveBlob(Arc::new(tokio::sync::Semaphore::new(parallel)))
             }
-            None if blob_only => Delivery::BlobOnly,
+            None if blob_only => Delivery::BlobOnly(Arc::new(regions)),
             None => Delivery::Files {
                 needs: plan.needs,
                 handoff: None,

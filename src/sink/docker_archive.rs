@@ -28,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tempfile::TempPath;
 
@@ -287,6 +288,35 @@ impl<W: SaveOut> SaveWriter<W> {
 }
 
 impl SaveWriter<File> {
+    /// Writes the header of a layer whose blob the pipeline already wrote
+    /// right after it (its [`crate::sink::BlobRegion`]) and moves past the
+    /// blob. `Ok(false)`: the blob is not where the next member goes, or
+    /// its member is already in (then it is written the usual way).
+    fn placed_blob_layer(&mut self, info: &LayerInfo, blob: &FileSlice) -> Result<bool> {
+        use std::io::Seek;
+        if blob.offset() != self.bytes_written + BLOCK {
+            return Ok(false);
+        }
+        let name = docker_save::blob_member(&info.digest, sniff(blob)?);
+        if self.names.contains(&name) {
+            return Ok(false);
+        }
+        self.header(&name, blob.len(), tar::EntryType::Regular)?;
+        let len = i64::try_from(blob.len()).map_err(|_| {
+            self.write_error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "blob too large",
+            ))
+        })?;
+        self.out
+            .seek(io::SeekFrom::Current(len))
+            .map_err(|e| self.write_error(e))?;
+        self.bytes_written += blob.len();
+        self.pad(blob.len())?;
+        self.record(info, name);
+        Ok(true)
+    }
+
     /// Writes a layer whose size is known only at its end: the header goes
     /// in with size 0 and is rewritten in place once the stream is verified.
     fn live_layer_in_place(&mut self, info: &LayerInfo, stream: &mut dyn LiveTar) -> Result<()> {
@@ -347,6 +377,9 @@ pub struct DockerArchiveSink {
     _cleanup: crate::cancel::CleanupGuard,
     writer: SaveWriter<File>,
     form: LayerForm,
+    /// Where each layer's blob goes (offset, size) when layers are stored
+    /// compressed: planned in `begin` as `layer` will lay the members out.
+    regions: HashMap<usize, (u64, u64)>,
 }
 
 impl DockerArchiveSink {
@@ -401,8 +434,36 @@ impl DockerArchiveSink {
             _cleanup: cleanup,
             temp,
             form,
+            regions: HashMap::new(),
         })
     }
+}
+
+/// Where each layer's blob member will start (after its header) and its
+/// size, as `SaveWriter::blob_layer` writes them from an empty output: in
+/// manifest order, a diff_id or a blob once. Only sha256 blobs, whose member
+/// names fit one ustar header.
+fn plan_regions(image: &Image) -> HashMap<usize, (u64, u64)> {
+    let (mut at, mut regions) = (0u64, HashMap::new());
+    let (mut diff_ids, mut blobs) = (HashSet::new(), HashSet::new());
+    for l in &image.layers {
+        if l.digest.algorithm() != crate::digest::Algorithm::Sha256 {
+            return HashMap::new();
+        }
+        if !diff_ids.insert(&l.diff_id) || !blobs.insert(&l.digest) {
+            continue;
+        }
+        regions.insert(l.index, (at + BLOCK, l.size));
+        let Some(next) = l
+            .size
+            .checked_next_multiple_of(BLOCK)
+            .and_then(|n| n.checked_add(at + BLOCK))
+        else {
+            return HashMap::new();
+        };
+        at = next;
+    }
+    regions
 }
 
 impl Sink for DockerArchiveSink {
@@ -422,8 +483,30 @@ impl Sink for DockerArchiveSink {
         true
     }
 
-    fn begin(&mut self, _image: &Image) -> Result<()> {
+    fn begin(&mut self, image: &Image) -> Result<()> {
+        if self.form == LayerForm::Compressed && self.writer.bytes_written() == 0 {
+            self.regions = plan_regions(image);
+        }
         Ok(())
+    }
+
+    fn blob_regions(&self) -> HashMap<usize, crate::sink::BlobRegion> {
+        let Ok(file) = self.writer.out().try_clone() else {
+            return HashMap::new();
+        };
+        let (file, path) = (Arc::new(file), Arc::new(self.temp.to_path_buf()));
+        self.regions
+            .iter()
+            .map(|(&i, &(offset, len))| {
+                let region = crate::sink::BlobRegion {
+                    file: file.clone(),
+                    path: path.clone(),
+                    offset,
+                    len,
+                };
+                (i, region)
+            })
+            .collect()
     }
 
     fn wants_layer(&mut self, layer: &LayerInfo) -> bool {
@@ -439,12 +522,27 @@ impl Sink for DockerArchiveSink {
         }
         match self.form {
             LayerForm::Uncompressed => self.writer.file_layer(&layer),
-            LayerForm::Compressed => self.writer.blob_layer(&layer),
+            LayerForm::Compressed => {
+                if let Some(blob) = &layer.blob
+                    && blob.path() == AsRef::<Path>::as_ref(&self.temp)
+                    && self.writer.placed_blob_layer(&layer.info, blob)?
+                {
+                    return Ok(());
+                }
+                self.writer.blob_layer(&layer)
+            }
         }
     }
 
     fn finish(mut self: Box<Self>, image: &Image) -> Result<SinkReport> {
         self.writer.finish(image)?;
+        // A region planned past what was written (a member `layer` did not
+        // write in place) must not leave bytes after the archive's end.
+        let end = self.writer.bytes_written();
+        self.writer
+            .out()
+            .set_len(end)
+            .map_err(|e| Error::io("writing", &self.path, e))?;
 
         // tempfile creates 0600; a saved image is an ordinary shareable file.
         #[cfg(unix)]

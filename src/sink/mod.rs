@@ -66,6 +66,22 @@ pub mod staging;
 pub type LayerWork =
     std::sync::Arc<dyn Fn(&mut dyn std::io::Read, &LayerInfo) -> Result<()> + Send + Sync>;
 
+/// Where a layer's blob goes in a sink's output, as stored: the pipeline
+/// writes it there as it downloads (with positioned writes, beside the
+/// sink's own), and the layer's blob is then that slice of the output. See
+/// [`Sink::blob_regions`].
+#[derive(Clone, Debug)]
+pub struct BlobRegion {
+    /// The output, open for writing.
+    pub file: std::sync::Arc<std::fs::File>,
+    /// Its path, for the layer's [`crate::image::FileSlice`].
+    pub path: std::sync::Arc<std::path::PathBuf>,
+    /// Where the blob starts.
+    pub offset: u64,
+    /// Its size, as the manifest gives it: no byte goes past it.
+    pub len: u64,
+}
+
 /// What a sink reports when it has written everything.
 #[derive(Clone, Debug, Default)]
 pub struct SinkReport {
@@ -130,6 +146,13 @@ pub trait Sink: Send {
     /// full. Default false: blobs are verified in full.
     fn blob_only(&self) -> bool {
         false
+    }
+    /// For a [`Sink::blob_only`] sink, asked once after `begin`: where in
+    /// its output each layer's blob may be written as it downloads, by layer
+    /// index, so that `layer` need not copy it. A layer without a region
+    /// comes as a file as usual. Default: none.
+    fn blob_regions(&self) -> std::collections::HashMap<usize, BlobRegion> {
+        std::collections::HashMap::new()
     }
     /// One verified layer.
     fn layer(&mut self, layer: Layer) -> Result<()>;
@@ -204,6 +227,10 @@ pub trait AsyncSink: Send {
     fn blob_only(&self) -> bool {
         false
     }
+    /// As [`Sink::blob_regions`].
+    fn blob_regions(&self) -> std::collections::HashMap<usize, BlobRegion> {
+        std::collections::HashMap::new()
+    }
     /// One layer; its bytes are verified as they are read.
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>>;
     /// As [`Sink::layer_failed`].
@@ -274,6 +301,12 @@ impl AsyncSink for Blocking {
     }
     fn blob_only(&self) -> bool {
         self.sink.lock().is_ok_and(|s| s.blob_only())
+    }
+    fn blob_regions(&self) -> std::collections::HashMap<usize, BlobRegion> {
+        self.sink
+            .lock()
+            .map(|s| s.blob_regions())
+            .unwrap_or_default()
     }
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.call(move |s| s.layer(layer)))

@@ -264,3 +264,88 @@ fn bad_layers_value_and_rewriting_filter_are_usage_errors() {
     }
     assert!(env.out_dir_entries().is_empty());
 }
+
+/// The blobs of a registry pull are written straight into their places in
+/// the tarball as they download; the result is the same bytes as when
+/// every blob is copied in from local files (an OCI layout), with a layer
+/// the image lists twice stored once, and no temp file left.
+#[test]
+fn blobs_written_in_place_give_the_same_tarball_as_copied_ones() {
+    use crate::support::layer_tar::TarBuilder;
+    let env = TestEnv::new();
+    let reg = Registry::start();
+    let base = TarBuilder::new()
+        .file("base.txt", 0o644, b"base layer\n")
+        .finish();
+    let big = TarBuilder::new()
+        .file(
+            "big.bin",
+            0o644,
+            &crate::support::images::pseudo_random(3 << 20, 11),
+        )
+        .finish();
+    let img = crate::support::Image::new("linux/amd64")
+        .layer(base.clone(), Compression::Gzip)
+        .layer(big, Compression::Zstd)
+        .layer(base, Compression::Gzip)
+        .layer(
+            TarBuilder::new().file("top.txt", 0o644, b"top\n").finish(),
+            Compression::None,
+        );
+    let built = img.build();
+    assert_eq!(built.layers[0].digest, built.layers[2].digest);
+    push_image(&env, &reg, "team/app:v1", &img, PushFormat::Preserve);
+    let dir = unique_dir(&env.out_dir(), "layout");
+    crate::support::OciLayout::create(&dir).add_image("t", &built);
+
+    let from_registry = env.out("registry.tar");
+    pull(&env, &reg, &compressed_uri(&from_registry));
+    let from_layout = env.out("layout.tar");
+    env.occy()
+        .args([
+            "process",
+            &format!("oci-layout://{}:t", dir.display()),
+            &compressed_uri(&from_layout),
+        ])
+        .ok();
+    // Byte for byte up to the config (manifest.json names the image
+    // differently).
+    let config_at = {
+        let mut archive = tar::Archive::new(fs::File::open(&from_registry).unwrap());
+        let mut entries = archive.entries().unwrap();
+        let config = entries
+            .find(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .ends_with(".json")
+            })
+            .unwrap()
+            .unwrap();
+        config.raw_header_position() as usize
+    };
+    let (a, b) = (
+        fs::read(&from_registry).unwrap(),
+        fs::read(&from_layout).unwrap(),
+    );
+    assert!(config_at > 3 << 20);
+    assert!(
+        a[..config_at] == b[..config_at],
+        "the two tarballs' layers differ"
+    );
+    let ds = DockerSave::read(&from_registry);
+    assert_eq!(ds.manifest[0].layers.len(), 4);
+    assert_eq!(ds.manifest[0].layers[0], ds.manifest[0].layers[2]);
+    assert_eq!(
+        ds.members.len(),
+        3 + 2,
+        "three blobs, the config and manifest.json"
+    );
+    let tmp: Vec<_> = fs::read_dir(env.tmp_dir()).unwrap().collect();
+    assert!(tmp.is_empty(), "left in TMPDIR: {tmp:?}");
+    // podman takes it.
+    let layers = podman_load_layers(&env, &from_registry, &tag(&reg));
+    assert_eq!(layers.len(), 4);
+}
