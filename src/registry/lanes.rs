@@ -136,12 +136,7 @@ impl<'c> Splitter<'c> {
         if lanes == 0 {
             return None;
         }
-        let dir = self
-            .client
-            .options
-            .spool_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
+        let dir = spool_dir(self.client);
         let spool = match tempfile::tempfile_in(&dir) {
             Ok(f) => f,
             Err(e) => {
@@ -311,6 +306,7 @@ async fn deliver(
     Ok(())
 }
 
+/// Where the client's split downloads spool.
 fn spool_dir(client: &Client) -> std::path::PathBuf {
     client
         .options
@@ -473,6 +469,96 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn client(connections: usize) -> Arc<Client> {
+        let options = ClientOptions {
+            insecure: true,
+            connections_per_blob: connections,
+            ..ClientOptions::default()
+        };
+        Client::standalone("127.0.0.1:1", options).unwrap()
+    }
+
+    /// The splitter's answer after `elapsed` of streaming, with `pos` bytes
+    /// in and `network` of that time spent waiting on the network; and the
+    /// parts it planned.
+    async fn decide(
+        connections: usize,
+        size: u64,
+        elapsed: Duration,
+        pos: u64,
+        network: Duration,
+    ) -> (Option<u64>, Vec<(u64, u64)>) {
+        let c = client(connections);
+        let (tx, _rx) = oneshot::channel();
+        let mut s = Splitter {
+            client: &c,
+            size,
+            first: None,
+            next_look: None,
+            to_lanes: Some(tx),
+            plan: None,
+        };
+        assert_eq!(s.look(0, Duration::ZERO), None, "never at the first chunk");
+        tokio::time::advance(elapsed).await;
+        let end = s.look(pos, network);
+        let parts = s
+            .plan
+            .map(|p| p.parts.iter().map(|p| (p.start, p.end)).collect())
+            .unwrap_or_default();
+        (end, parts)
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_download_the_network_holds_back_is_split_into_equal_parts() {
+        // 10 MiB/s on the network for 0.6 s: 94 MiB left, 9 s more.
+        let ms = Duration::from_millis;
+        let (end, parts) = decide(4, 100 * MIB, ms(600), 6 * MIB, ms(590)).await;
+        let share = 94 * MIB / 4;
+        assert_eq!(end, Some(6 * MIB + share));
+        let want = [1, 2, 3].map(|i| (6 * MIB + i * share, 6 * MIB + (i + 1) * share));
+        assert_eq!(parts[..2], want[..2]);
+        assert_eq!(
+            parts[2],
+            (want[2].0, 100 * MIB),
+            "the last part runs to the end"
+        );
+        // Two connections: the head keeps half of the rest.
+        let (end, parts) = decide(2, 100 * MIB, ms(600), 6 * MIB, ms(590)).await;
+        assert_eq!(end, Some(6 * MIB + 47 * MIB));
+        assert_eq!(parts, [(53 * MIB, 100 * MIB)]);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn no_split_when_it_would_not_pay() {
+        let ms = Duration::from_millis;
+        // The reader holds it back: 50 ms of 600 waiting on the network.
+        assert_eq!(decide(4, 100 * MIB, ms(600), 6 * MIB, ms(50)).await.0, None);
+        // Too early to judge.
+        assert_eq!(
+            decide(4, 100 * MIB, ms(300), 3 * MIB, ms(300)).await.0,
+            None
+        );
+        // Fast enough that what is left takes under 1.5 s (60 MiB/s).
+        assert_eq!(
+            decide(4, 100 * MIB, ms(600), 36 * MIB, ms(600)).await.0,
+            None
+        );
+        // Over the rate at which a split no longer pays (200 MiB/s).
+        assert_eq!(
+            decide(4, 4000 * MIB, ms(500), 100 * MIB, ms(500)).await.0,
+            None
+        );
+        // Less than two parts' worth left.
+        assert_eq!(decide(4, 12 * MIB, ms(600), 5 * MIB, ms(600)).await.0, None);
+        // Turned off.
+        assert_eq!(
+            decide(1, 100 * MIB, ms(600), 6 * MIB, ms(590)).await.0,
+            None
+        );
+    }
 
     #[test]
     fn content_ranges() {
