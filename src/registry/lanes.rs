@@ -121,8 +121,8 @@ impl<'c> Splitter<'c> {
         {
             return None;
         }
-        let want =
-            (self.client.options.connections_per_blob - 1).min((left / MIN_PART - 1) as usize);
+        let want = (self.client.options.connections_per_blob.saturating_sub(1))
+            .min((left / MIN_PART - 1) as usize);
         // Under a request limit, as many lanes as there are free slots.
         let (mut slots, mut lanes) = (Vec::new(), 0usize);
         for _ in 0..want {
