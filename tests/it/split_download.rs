@@ -222,3 +222,24 @@ fn a_corrupt_part_fails_the_pull_with_nothing_written() {
         s.proxy.describe()
     );
 }
+
+#[test]
+fn parts_behind_bearer_tokens_that_expire_get_new_ones() {
+    let s = setup();
+    // Each token serves 4 requests: the manifest, the config and the two
+    // layers take the first, and the parts find it expired.
+    s.proxy.require_bearer(4);
+    assert_success(&s.pull(&[]));
+    s.verify();
+    let log = s.proxy.requests();
+    let tokens = log.iter().filter(|r| r.path == "/token").count();
+    assert!(tokens >= 2, "{}", s.proxy.describe());
+    let parts = s.parts();
+    assert!(!parts.is_empty(), "{}", s.proxy.describe());
+    let refused_parts = s
+        .gets()
+        .iter()
+        .filter(|r| r.status == 401 && r.range.as_deref().and_then(closed).is_some())
+        .count();
+    assert!(refused_parts >= 1, "{}", s.proxy.describe());
+}
