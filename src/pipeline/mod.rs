@@ -362,6 +362,60 @@ struct Plan {
     sink_needs: LayerNeeds,
 }
 
+impl Plan {
+    /// The plan for `filters` into `sink` (begun: its needs may depend on
+    /// the image).
+    fn new(filters: &[Box<dyn Filter>], sink: &dyn AsyncSink) -> Plan {
+        let sink_needs = sink.needs();
+        let filtering = !filters.is_empty();
+        // Filters that only observe see the tar as it passes: no files for them.
+        let observers = observers(filters);
+        let stream_rewrite = stream_rewrite(filters, sink, sink_needs);
+        let passes = observers.is_some() || stream_rewrite.is_some();
+        let ordered = sink.ordered() || filtering;
+        Plan {
+            needs: if passes {
+                sink_needs
+            } else {
+                sink_needs.union(LayerNeeds::TAR)
+            },
+            streaming: ordered && passes && sink_needs == LayerNeeds::TAR,
+            observers,
+            stream_rewrite,
+            ordered,
+            filtering,
+            // A rewriting filter changes diff_ids, so the sink can only say
+            // what it has once a layer has been through the chain.
+            rewriting: filters.iter().any(|f| f.rewrites()),
+            sink_needs,
+        }
+    }
+}
+
+/// How layers reach a sink that does not take them streamed: through its
+/// per-layer work (run as each layer downloads, nothing spooled; the sink
+/// then gets the layers without their bytes), live as blobs, as blobs
+/// checked by digest only (into the regions it gives), or as verified
+/// files.
+fn file_delivery(sink: &dyn AsyncSink, plan: &Plan, parallel: usize) -> Delivery {
+    if let Some(work) = sink.layer_work().filter(|_| !plan.filtering) {
+        return Delivery::Work(work);
+    }
+    let blob_as_is = !plan.filtering && plan.sink_needs == LayerNeeds::BLOB;
+    if blob_as_is && sink.takes_live_blob() {
+        return Delivery::LiveBlob(Arc::new(tokio::sync::Semaphore::new(parallel)));
+    }
+    if blob_as_is && sink.blob_only() {
+        return Delivery::BlobOnly(Arc::new(sink.blob_regions()));
+    }
+    Delivery::Files {
+        needs: plan.needs,
+        handoff: None,
+        observers: plan.observers.clone().unwrap_or_else(|| Arc::new([])),
+        rewrite: None,
+    }
+}
+
 /// Moves one image from `source` through `filters` to a sink that does its
 /// work asynchronously.
 pub async fn run_async(
@@ -380,30 +434,7 @@ pub async fn run_async(
     let mut image = source.resolve(&ctx).await?;
     // Begun first, so that what a sink needs may depend on the image.
     sink.begin(&image).await?;
-    let sink_needs = sink.needs();
-    let filtering = !filters.is_empty();
-    // A rewriting filter changes diff_ids, so the sink can only say what it
-    // has once a layer has been through the chain.
-    let rewriting = filters.iter().any(|f| f.rewrites());
-    let ordered = sink.ordered() || filtering;
-    // Filters that only observe see the tar as it passes: no files for them.
-    let observers = observers(&filters);
-    let stream_rewrite = stream_rewrite(&filters, sink.as_ref(), sink_needs);
-    let passes = observers.is_some() || stream_rewrite.is_some();
-    let plan = Plan {
-        needs: if passes {
-            sink_needs
-        } else {
-            sink_needs.union(LayerNeeds::TAR)
-        },
-        streaming: ordered && passes && sink_needs == LayerNeeds::TAR,
-        observers,
-        stream_rewrite,
-        ordered,
-        filtering,
-        rewriting,
-        sink_needs,
-    };
+    let plan = Plan::new(&filters, sink.as_ref());
     let mut chain = FilterChain {
         filters,
         ctx: FilterContext {
@@ -414,7 +445,7 @@ pub async fn run_async(
 
     // Only when every filter rewrites: an observing filter (`inspect`,
     // `search`) must still see every layer.
-    let reuse_rewrites = rewriting && chain.filters.iter().all(|f| f.rewrites());
+    let reuse_rewrites = plan.rewriting && chain.filters.iter().all(|f| f.rewrites());
     let (wanted, known) = plan_layers(sink.as_mut(), &mut image, &plan, reuse_rewrites).await?;
     for l in image
         .layers
@@ -429,15 +460,7 @@ pub async fn run_async(
     let parallel = options.parallel.max(1);
     ctx.layers_at_once = parallel.min(wanted.len()).max(1);
     let mut reaper = Vec::new();
-    let work = sink.layer_work().filter(|_| !plan.filtering);
-    // A sink that reads only the blob may take it as it downloads.
-    let live_blob = !plan.filtering && sink_needs == LayerNeeds::BLOB && sink.takes_live_blob();
-    // A sink that passes blobs on as stored has them checked by digest only.
-    let blob_only = !plan.filtering && sink_needs == LayerNeeds::BLOB && sink.blob_only();
-    let regions = match blob_only {
-        true => sink.blob_regions(),
-        false => Default::default(),
-    };
+    let delivery = file_delivery(sink.as_ref(), &plan, parallel);
     let mut layers = Layers {
         source: &source,
         ctx: &ctx,
@@ -447,26 +470,12 @@ pub async fn run_async(
         started,
         cancel: &options.cancel,
     };
-    let (rewritten, skipped_after_filters) = if plan.streaming && work.is_none() {
+    let work = matches!(delivery, Delivery::Work(_));
+    let (rewritten, skipped_after_filters) = if plan.streaming && !work {
         let (c, r) = layers.streamed(wanted, &plan, chain, &mut image).await?;
         chain = c;
         (r, 0)
     } else {
-        // A sink's per-layer work runs as each layer downloads, nothing
-        // spooled; the sink then gets the layers without their bytes.
-        let delivery = match work {
-            Some(work) => Delivery::Work(work),
-            None if live_blob => {
-                Delivery::LiveBlob(Arc::new(tokio::sync::Semaphore::new(parallel)))
-            }
-            None if blob_only => Delivery::BlobOnly(Arc::new(regions)),
-            None => Delivery::Files {
-                needs: plan.needs,
-                handoff: None,
-                observers: plan.observers.clone().unwrap_or_else(|| Arc::new([])),
-                rewrite: None,
-            },
-        };
         let (c, r, s) = layers
             .as_files(wanted, &plan, delivery, chain, &mut image)
             .await?;
