@@ -197,21 +197,7 @@ fn endpoint(
 pub(super) async fn run(global: &Global, settings: &Settings, args: &ProxyArgs) -> Result<i32> {
     let state = state_dir(args)?;
     if !args.purge.is_empty() {
-        for r in &args.purge {
-            let forgot = proxy::pull::purge(&state, r)?;
-            let mut err = occystrap::escape::TextOut::new(std::io::stderr().lock());
-            use std::io::Write as _;
-            let _ = writeln!(
-                err,
-                "{r}: {}",
-                if forgot {
-                    "forgotten"
-                } else {
-                    "was not cached"
-                }
-            );
-        }
-        return Ok(0);
+        return purge(&state, &args.purge);
     }
     let Some(down) = &args.downstream else {
         bail!("--downstream is required");
@@ -236,32 +222,7 @@ pub(super) async fn run(global: &Global, settings: &Settings, args: &ProxyArgs) 
             Some(endpoint(u, settings, creds, &["insecure"])?.0)
         }
     };
-    let mut sink = occystrap::sink::registry::RegistrySinkOptions {
-        compression: match down_uri
-            .get("compression")
-            .or(global.compression.as_deref())
-        {
-            None => occystrap::compress::Encoding::Gzip,
-            Some(c) => c.parse()?,
-        },
-        max_workers: settings.parallel,
-        verify: global.verify,
-        temp_dir: None,
-        ..Default::default()
-    };
-    if let Some(f) = down_uri.get("format") {
-        sink.format = Some(
-            occystrap::sink::registry::ManifestFormat::parse(f)
-                .ok_or_else(|| anyhow::anyhow!("format={f} must be oci or docker"))?,
-        );
-    }
-    if let Some(n) = down_uri.get("max_workers") {
-        sink.max_workers = n
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=64).contains(n))
-            .ok_or_else(|| anyhow::anyhow!("max_workers={n} must be 1 to 64"))?;
-    }
+    let sink = downstream_sink(global, settings, &down_uri)?;
     let htpasswd = match &args.htpasswd {
         Some(p) => Some(Arc::new(proxy::auth::Htpasswd::load(p)?)),
         None => None,
@@ -324,6 +285,59 @@ pub(super) async fn run(global: &Global, settings: &Settings, args: &ProxyArgs) 
     )
     .await?;
     Ok(0)
+}
+
+/// `--purge REF...`: forgets each cached tag, saying which were cached.
+fn purge(state: &std::path::Path, refs: &[String]) -> Result<i32> {
+    use std::io::Write as _;
+    for r in refs {
+        let forgot = proxy::pull::purge(state, r)?;
+        let mut err = occystrap::escape::TextOut::new(std::io::stderr().lock());
+        let said = if forgot {
+            "forgotten"
+        } else {
+            "was not cached"
+        };
+        let _ = writeln!(err, "{r}: {said}");
+    }
+    Ok(0)
+}
+
+/// How pushes go downstream: the global `--compression` and `--verify`,
+/// `-j`, and the downstream URI's `compression=`, `format=` and
+/// `max_workers=`.
+fn downstream_sink(
+    global: &Global,
+    settings: &Settings,
+    down_uri: &occystrap::uri::Uri,
+) -> Result<occystrap::sink::registry::RegistrySinkOptions> {
+    let mut sink = occystrap::sink::registry::RegistrySinkOptions {
+        compression: match down_uri
+            .get("compression")
+            .or(global.compression.as_deref())
+        {
+            None => occystrap::compress::Encoding::Gzip,
+            Some(c) => c.parse()?,
+        },
+        max_workers: settings.parallel,
+        verify: global.verify,
+        temp_dir: None,
+        ..Default::default()
+    };
+    if let Some(f) = down_uri.get("format") {
+        sink.format = Some(
+            occystrap::sink::registry::ManifestFormat::parse(f)
+                .ok_or_else(|| anyhow::anyhow!("format={f} must be oci or docker"))?,
+        );
+    }
+    if let Some(n) = down_uri.get("max_workers") {
+        sink.max_workers = n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| anyhow::anyhow!("max_workers={n} must be 1 to 64"))?;
+    }
+    Ok(sink)
 }
 
 /// `OCCYSTRAP_PROXY_HEADER_TIMEOUT` (seconds): a hidden override of the

@@ -622,51 +622,7 @@ fn entry(src: &Source, i: usize, raw: &RawEntry, defaults: &ImageOptions) -> Res
             glob: glob.compile_matcher(),
         }
     } else if let Some(names) = &raw.repositories {
-        if !from_path.is_empty() && !crate::registry::is_repository_name(&from_path) {
-            return Err(src.error(&key("from"), "is not a registry namespace"));
-        }
-        if names.is_empty() {
-            return Err(src.error(
-                &key("repositories"),
-                "is empty: list names or globs, or leave it out",
-            ));
-        }
-        let mut set = globset::GlobSetBuilder::new();
-        let mut any_glob = false;
-        for (j, name) in names.iter().enumerate() {
-            let p = [
-                Seg::Key("mirrors"),
-                Seg::Index(i),
-                Seg::Key("repositories"),
-                Seg::Index(j),
-            ];
-            if is_glob(name) {
-                set.add(compile_glob(name).map_err(|m| src.error(&p, m))?);
-                any_glob = true;
-            } else if !crate::registry::is_repository_name(name) {
-                return Err(src.error(
-                    &p,
-                    format!(
-                        "{:?} is not a repository name (lowercase letters, digits, . _ - and /) \
-                         nor a glob",
-                        crate::digest::truncate_for_error(name)
-                    ),
-                ));
-            }
-        }
-        let globs = if any_glob {
-            Some(
-                set.build()
-                    .map_err(|e| src.error(&key("repositories"), e))?,
-            )
-        } else {
-            None
-        };
-        Repositories::Listed {
-            namespace: from_path.clone(),
-            names: names.clone(),
-            globs,
-        }
+        listed(src, i, &from_path, names)?
     } else {
         if from_path.is_empty() {
             return Err(src.error(
@@ -713,6 +669,56 @@ fn entry(src: &Source, i: usize, raw: &RawEntry, defaults: &ImageOptions) -> Res
         immutable,
         prune: raw.prune,
         options,
+    })
+}
+
+/// A `from` namespace with a `repositories` list of names and globs.
+fn listed(src: &Source, i: usize, from_path: &str, names: &[String]) -> Result<Repositories> {
+    let key = |k: &'static str| [Seg::Key("mirrors"), Seg::Index(i), Seg::Key(k)];
+    if !from_path.is_empty() && !crate::registry::is_repository_name(from_path) {
+        return Err(src.error(&key("from"), "is not a registry namespace"));
+    }
+    if names.is_empty() {
+        return Err(src.error(
+            &key("repositories"),
+            "is empty: list names or globs, or leave it out",
+        ));
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    let mut any_glob = false;
+    for (j, name) in names.iter().enumerate() {
+        let p = [
+            Seg::Key("mirrors"),
+            Seg::Index(i),
+            Seg::Key("repositories"),
+            Seg::Index(j),
+        ];
+        if is_glob(name) {
+            set.add(compile_glob(name).map_err(|m| src.error(&p, m))?);
+            any_glob = true;
+        } else if !crate::registry::is_repository_name(name) {
+            return Err(src.error(
+                &p,
+                format!(
+                    "{:?} is not a repository name (lowercase letters, digits, . _ - and /) \
+                     nor a glob",
+                    crate::digest::truncate_for_error(name)
+                ),
+            ));
+        }
+    }
+    let globs = if any_glob {
+        Some(
+            set.build()
+                .map_err(|e| src.error(&key("repositories"), e))?,
+        )
+    } else {
+        None
+    };
+    Ok(Repositories::Listed {
+        namespace: from_path.to_string(),
+        names: names.to_vec(),
+        globs,
     })
 }
 

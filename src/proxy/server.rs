@@ -238,57 +238,14 @@ async fn dispatch(
     match (route, method) {
         (Route::Base, &Method::GET | &Method::HEAD) => Ok(json(Bytes::from_static(b"{}"))),
         (Route::Manifest { name, reference }, &Method::GET | &Method::HEAD) => {
-            let accept: Vec<String> = parts
-                .headers
-                .get_all(header::ACCEPT)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-                .collect();
+            let accept = accepted(&parts.headers);
             if let Some(capture) = &proxy.capture {
                 return capture.manifest(&name, &reference, method == Method::HEAD);
             }
             super::serve::manifest(proxy, &name, &reference, method == Method::HEAD, &accept).await
         }
         (Route::Manifest { name, reference }, &Method::PUT) => {
-            let limits = &proxy.config.limits;
-            let bytes = read_bounded(
-                body,
-                &parts.headers,
-                limits.max_manifest_bytes,
-                limits.body_idle,
-            )
-            .await
-            .map_err(|e| match e.status {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "MANIFEST_INVALID",
-                    format!(
-                        "a manifest may be at most {} bytes",
-                        limits.max_manifest_bytes
-                    ),
-                ),
-                _ => e,
-            })?;
-            let content_type = header(header::CONTENT_TYPE);
-            let stored = match &proxy.capture {
-                Some(c) => {
-                    c.put_manifest(proxy, &name, &reference, content_type, bytes)
-                        .await?
-                }
-                None => {
-                    super::push::put_manifest(proxy, &name, &reference, content_type, bytes).await?
-                }
-            };
-            let mut resp = created(&format!("/v2/{name}/manifests/{}", stored.digest));
-            set(
-                resp.headers_mut(),
-                "docker-content-digest",
-                &stored.digest.to_string(),
-            );
-            Ok(resp)
+            put_manifest(proxy, parts, &name, &reference, body).await
         }
         (Route::Blob { name, digest }, &Method::GET | &Method::HEAD) => {
             super::serve::blob(
@@ -342,6 +299,66 @@ async fn dispatch(
             "{method} is not supported here"
         ))),
     }
+}
+
+/// The media types an `Accept` header lists, in order.
+fn accepted(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// `PUT /v2/<name>/manifests/<reference>`: the manifest, read under the
+/// size limit, goes to the capture or through the push path downstream.
+async fn put_manifest(
+    proxy: &Proxy,
+    parts: &http::request::Parts,
+    name: &str,
+    reference: &ManifestRef,
+    body: ReqBody,
+) -> ApiResult<Response<Body>> {
+    let limits = &proxy.config.limits;
+    let bytes = read_bounded(
+        body,
+        &parts.headers,
+        limits.max_manifest_bytes,
+        limits.body_idle,
+    )
+    .await
+    .map_err(|e| match e.status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MANIFEST_INVALID",
+            format!(
+                "a manifest may be at most {} bytes",
+                limits.max_manifest_bytes
+            ),
+        ),
+        _ => e,
+    })?;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let stored = match &proxy.capture {
+        Some(c) => {
+            c.put_manifest(proxy, name, reference, content_type, bytes)
+                .await?
+        }
+        None => super::push::put_manifest(proxy, name, reference, content_type, bytes).await?,
+    };
+    let mut resp = created(&format!("/v2/{name}/manifests/{}", stored.digest));
+    set(
+        resp.headers_mut(),
+        "docker-content-digest",
+        &stored.digest.to_string(),
+    );
+    Ok(resp)
 }
 
 /// `POST /v2/<name>/blobs/uploads/`: a mount, a monolithic upload
