@@ -22,9 +22,8 @@ use tokio::sync::{SemaphorePermit, mpsc, oneshot, watch};
 
 use super::client::Client;
 use super::options::ClientOptions;
-use super::pull::{BlobGet, Pumped, Span, pump_body};
-use super::request::{Request, backoff, describe_reqwest};
-use super::transport;
+use super::pull::{BlobGet, Pumped, Span};
+use super::request::{Request, backoff};
 use crate::error::{Error, Result};
 
 /// No part is smaller than this: below it, a request's round trip costs
@@ -409,9 +408,6 @@ async fn fetch_part(
         )));
     }
     let (ltx, mut lrx) = mpsc::channel::<Bytes>(8);
-    let mut stream = resp.bytes_stream();
-    let floor =
-        transport::SpeedFloor::new(client.options.min_speed, client.options.min_speed_window);
     let pump = async move {
         let (mut skip, mut got, mut end) = (0, 0, len);
         let span = Span {
@@ -420,17 +416,9 @@ async fn fetch_part(
             end: &mut end,
             size: len,
         };
-        let r = pump_body(
-            &mut stream,
-            floor,
-            span,
-            &ltx,
-            &mut |_| {},
-            describe_reqwest,
-            &|slow| client.too_slow(slow),
-            &mut |_, _| None,
-        )
-        .await;
+        let r = client
+            .pump_response(resp, span, &ltx, &mut |_| {}, &mut |_, _| None)
+            .await;
         (r, got)
     };
     let write = async {

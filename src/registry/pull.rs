@@ -181,26 +181,13 @@ impl Client {
             // Without a Content-Length, an early end of the body is all a
             // broken connection looks like.
             let delimited_by_close = resp.content_length().is_none();
-            let mut stream = resp.bytes_stream();
-            // Each connection must keep up the floor on its own.
-            let floor =
-                transport::SpeedFloor::new(self.options.min_speed, self.options.min_speed_window);
-            let pumped = pump_body(
-                &mut stream,
-                floor,
-                Span {
-                    skip: &mut skip,
-                    received: &mut pos,
-                    end: &mut end,
-                    size,
-                },
-                tx,
-                progress,
-                describe_reqwest,
-                &|slow| self.too_slow(slow),
-                split,
-            )
-            .await;
+            let span = Span {
+                skip: &mut skip,
+                received: &mut pos,
+                end: &mut end,
+                size,
+            };
+            let pumped = self.pump_response(resp, span, tx, progress, split).await;
             let broke = match pumped {
                 Ok(Pumped::Ended) if pos < end && delimited_by_close => {
                     "the response ended early".to_string()
@@ -232,6 +219,33 @@ impl Client {
             );
             tokio::time::sleep(backoff(attempt)).await;
         }
+    }
+
+    /// [`pump_body`] over one response's body, under the speed floor
+    /// (which each connection must keep up on its own).
+    pub(super) async fn pump_response(
+        &self,
+        resp: reqwest::Response,
+        span: Span<'_>,
+        tx: &tokio::sync::mpsc::Sender<Bytes>,
+        progress: &mut (impl Fn(u64) + Send),
+        split: &mut (dyn FnMut(u64, std::time::Duration) -> Option<u64> + Send),
+    ) -> std::result::Result<Pumped, u64> {
+        let floor =
+            transport::SpeedFloor::new(self.options.min_speed, self.options.min_speed_window);
+        let too_slow = |slow| self.too_slow(slow);
+        let mut stream = resp.bytes_stream();
+        pump_body(
+            &mut stream,
+            floor,
+            span,
+            tx,
+            progress,
+            describe_reqwest,
+            &too_slow,
+            split,
+        )
+        .await
     }
 
     /// Why a connection below the throughput floor was given up.
