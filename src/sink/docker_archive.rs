@@ -183,33 +183,6 @@ impl<W: SaveOut> SaveWriter<W> {
         Ok(())
     }
 
-    /// Writes a layer as its blob as stored, under
-    /// [`docker_save::blob_member`]; a layer that arrived only as a tar (a
-    /// filter rewrote it) goes as that tar, which is then its blob.
-    pub(crate) fn blob_layer(&mut self, layer: &Layer) -> Result<()> {
-        let Some(blob) = layer.blob.as_ref().or(layer.tar.as_ref()) else {
-            return Err(Error::InvalidImage(format!(
-                "{}: layer {} arrived without its blob",
-                self.label, layer.info.index
-            )));
-        };
-        let info = &layer.info;
-        // The bytes, not the manifest's media type, say what the member is.
-        let compression = sniff(blob)?;
-        let digest = match layer.blob {
-            Some(_) => &info.digest,
-            None => &info.diff_id,
-        };
-        let name = docker_save::blob_member(digest, compression);
-        // Two diff_ids over one blob (a lying config): one member, which
-        // the loader's diff_id check then refuses.
-        if !self.names.contains(&name) {
-            self.file_member(&name, info, blob)?;
-        }
-        self.record(info, name);
-        Ok(())
-    }
-
     fn record(&mut self, info: &LayerInfo, name: String) {
         self.names.insert(name.clone());
         self.written.insert(info.diff_id.clone(), name);
@@ -288,33 +261,56 @@ impl<W: SaveOut> SaveWriter<W> {
 }
 
 impl SaveWriter<File> {
-    /// Writes the header of a layer whose blob the pipeline already wrote
-    /// right after it (its [`crate::sink::BlobRegion`]) and moves past the
-    /// blob. `Ok(false)`: the blob is not where the next member goes, or
-    /// its member is already in (then it is written the usual way).
-    fn placed_blob_layer(&mut self, info: &LayerInfo, blob: &FileSlice) -> Result<bool> {
+    /// Writes a layer as its blob as stored, under
+    /// [`docker_save::blob_member`]; a layer that arrived only as a tar (a
+    /// filter rewrote it) goes as that tar, which is then its blob. A blob
+    /// the pipeline already wrote into this output (`own`, its path) right
+    /// where the member goes (its [`crate::sink::BlobRegion`]) gets only its
+    /// header, and the output moves past it.
+    pub(crate) fn blob_layer(&mut self, layer: &Layer, own: &Path) -> Result<()> {
+        let Some(blob) = layer.blob.as_ref().or(layer.tar.as_ref()) else {
+            return Err(Error::InvalidImage(format!(
+                "{}: layer {} arrived without its blob",
+                self.label, layer.info.index
+            )));
+        };
+        let info = &layer.info;
+        // The bytes, not the manifest's media type, say what the member is.
+        let compression = sniff(blob)?;
+        let digest = match layer.blob {
+            Some(_) => &info.digest,
+            None => &info.diff_id,
+        };
+        let name = docker_save::blob_member(digest, compression);
+        // Two diff_ids over one blob (a lying config): one member, which
+        // the loader's diff_id check then refuses.
+        if !self.names.contains(&name) {
+            if blob.path() == own && blob.offset() == self.bytes_written + BLOCK {
+                self.placed_member(&name, blob.len())?;
+            } else {
+                self.file_member(&name, info, blob)?;
+            }
+        }
+        self.record(info, name);
+        Ok(())
+    }
+
+    /// The member `name` whose `len` bytes are already in the output right
+    /// after its header: writes the header and moves past them.
+    fn placed_member(&mut self, name: &str, len: u64) -> Result<()> {
         use std::io::Seek;
-        if blob.offset() != self.bytes_written + BLOCK {
-            return Ok(false);
-        }
-        let name = docker_save::blob_member(&info.digest, sniff(blob)?);
-        if self.names.contains(&name) {
-            return Ok(false);
-        }
-        self.header(&name, blob.len(), tar::EntryType::Regular)?;
-        let len = i64::try_from(blob.len()).map_err(|_| {
+        self.header(name, len, tar::EntryType::Regular)?;
+        let skip = i64::try_from(len).map_err(|_| {
             self.write_error(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "blob too large",
             ))
         })?;
         self.out
-            .seek(io::SeekFrom::Current(len))
+            .seek(io::SeekFrom::Current(skip))
             .map_err(|e| self.write_error(e))?;
-        self.bytes_written += blob.len();
-        self.pad(blob.len())?;
-        self.record(info, name);
-        Ok(true)
+        self.bytes_written += len;
+        self.pad(len)
     }
 
     /// Writes a layer whose size is known only at its end: the header goes
@@ -522,15 +518,7 @@ impl Sink for DockerArchiveSink {
         }
         match self.form {
             LayerForm::Uncompressed => self.writer.file_layer(&layer),
-            LayerForm::Compressed => {
-                if let Some(blob) = &layer.blob
-                    && blob.path() == AsRef::<Path>::as_ref(&self.temp)
-                    && self.writer.placed_blob_layer(&layer.info, blob)?
-                {
-                    return Ok(());
-                }
-                self.writer.blob_layer(&layer)
-            }
+            LayerForm::Compressed => self.writer.blob_layer(&layer, &self.temp),
         }
     }
 
