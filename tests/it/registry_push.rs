@@ -350,21 +350,7 @@ fn basic(u: &str, p: &str) -> String {
 
 /// An image with one 3 MiB layer (streamed with PATCH) and a small one.
 fn big_image() -> crate::support::Image {
-    use crate::support::images::pseudo_random;
-    use crate::support::layer_tar::TarBuilder;
-    crate::support::Image::new("linux/amd64")
-        .layer(
-            TarBuilder::new()
-                .file("big.bin", 0o644, &pseudo_random(3 << 20, 7))
-                .finish(),
-            Compression::Gzip,
-        )
-        .layer(
-            TarBuilder::new()
-                .file("small.txt", 0o644, b"small\n")
-                .finish(),
-            Compression::Gzip,
-        )
+    crate::support::images::big_and_small_image(3 << 20, 7)
 }
 
 #[test]

@@ -10,13 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::faults::verify_tarball;
-use crate::support::images::{BuiltImage, pseudo_random};
-use crate::support::layer_tar::TarBuilder;
+use crate::support::images::{BuiltImage, big_and_small_image};
 use crate::support::proxy::{Fault, Proxy, Record};
 use crate::support::push::{PushFormat, push_image};
-use crate::support::{
-    Compression, Image, Output, Registry, TestEnv, assert_clean_failure, assert_success, tar_uri,
-};
+use crate::support::{Output, Registry, TestEnv, assert_clean_failure, assert_success, tar_uri};
 
 const REPO: &str = "team/app";
 const TAG: &str = "v1";
@@ -35,19 +32,7 @@ struct Setup {
 fn setup() -> Setup {
     let env = TestEnv::new();
     let reg = Registry::start();
-    let img = Image::new("linux/amd64")
-        .layer(
-            TarBuilder::new()
-                .file("big.bin", 0o644, &pseudo_random(24 << 20, 0x5b1))
-                .finish(),
-            Compression::Gzip,
-        )
-        .layer(
-            TarBuilder::new()
-                .file("small.txt", 0o644, b"small\n")
-                .finish(),
-            Compression::Gzip,
-        );
+    let img = big_and_small_image(24 << 20, 0x5b1);
     let built = push_image(&env, &reg, &format!("{REPO}:{TAG}"), &img, PushFormat::Oci);
     let proxy = Proxy::start(&reg.host());
     proxy.throttle(RATE);

@@ -473,6 +473,25 @@ pub fn platform_image(platform: &str, compression: Compression) -> Image {
         .layer(top, compression)
 }
 
+/// A two-layer gzip image: `big.bin` of `len` incompressible bytes (from
+/// `seed`), then a small `small.txt`.
+pub fn big_and_small_image(len: usize, seed: u64) -> Image {
+    use crate::support::layer_tar::TarBuilder;
+    Image::new("linux/amd64")
+        .layer(
+            TarBuilder::new()
+                .file("big.bin", 0o644, &pseudo_random(len, seed))
+                .finish(),
+            Compression::Gzip,
+        )
+        .layer(
+            TarBuilder::new()
+                .file("small.txt", 0o644, b"small\n")
+                .finish(),
+            Compression::Gzip,
+        )
+}
+
 /// A one-layer image with a file `name` holding `content`.
 pub fn tiny_image(name: &str, content: &str) -> Image {
     Image::new("linux/amd64").layer(

@@ -244,7 +244,7 @@ impl Proxy {
     /// Applies `fault` to the next `times` requests whose path contains
     /// `path_contains` (any method).
     pub fn times(&self, times: usize, path_contains: &str, fault: Fault) {
-        self.rule(None, path_contains, Some(times), fault);
+        self.rule(None, false, path_contains, Some(times), fault);
     }
 
     /// Applies `fault` to the next request whose path contains `path_contains`.
@@ -254,31 +254,32 @@ impl Proxy {
 
     /// Applies `fault` to every request whose path contains `path_contains`.
     pub fn always(&self, path_contains: &str, fault: Fault) {
-        self.rule(None, path_contains, None, fault);
+        self.rule(None, false, path_contains, None, fault);
     }
 
     /// Applies `fault` to the next `times` `method` requests whose path
     /// contains `path_contains` (`None`: every one).
     pub fn method(&self, method: &str, times: Option<usize>, path_contains: &str, fault: Fault) {
-        self.rule(Some(method), path_contains, times, fault);
+        self.rule(Some(method), false, path_contains, times, fault);
     }
 
     /// Applies `fault` to the next `times` requests (`None`: every one)
     /// for a closed range (`Range: bytes=A-B`) whose path contains
     /// `path_contains`: the parts of a split download.
     pub fn parts(&self, times: Option<usize>, path_contains: &str, fault: Fault) {
-        lock(&self.state.rules).push(Rule {
-            method: None,
-            parts_only: true,
-            path_contains: path_contains.to_string(),
-            remaining: times,
-            fault,
-        });
+        self.rule(None, true, path_contains, times, fault);
     }
 
-    fn rule(&self, method: Option<&str>, path: &str, remaining: Option<usize>, fault: Fault) {
+    fn rule(
+        &self,
+        method: Option<&str>,
+        parts_only: bool,
+        path: &str,
+        remaining: Option<usize>,
+        fault: Fault,
+    ) {
         lock(&self.state.rules).push(Rule {
-            parts_only: false,
+            parts_only,
             method: method.map(str::to_string),
             path_contains: path.to_string(),
             remaining,
