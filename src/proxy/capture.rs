@@ -293,6 +293,7 @@ impl CaptureServer {
             staging,
             pull: None,
             capture: Some(Capture::new(&server.username, &server.password)),
+            verified: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(server.addr)
             .await

@@ -216,6 +216,8 @@ pub struct Proxy {
     /// Capture mode (`dockerpush://`): manifests are kept, not copied
     /// downstream, and downstream is never asked.
     pub capture: Option<capture::Capture>,
+    /// Downstream blobs already hashed once while served.
+    pub verified: serve::VerifiedBlobs,
 }
 
 impl Proxy {
@@ -235,6 +237,7 @@ impl Proxy {
             pushes,
             pull,
             capture: None,
+            verified: Default::default(),
         }))
     }
 }

@@ -482,7 +482,7 @@ fn proxy_serves_downstream_without_an_upstream() {
     let env = TestEnv::new();
     let downstream = Registry::start();
     let built = push_busybox(&env, &downstream, PushFormat::Preserve);
-    push_image(
+    let v2 = push_image(
         &env,
         &downstream,
         "team/app:v2",
@@ -543,18 +543,33 @@ fn proxy_serves_downstream_without_an_upstream() {
     assert_eq!(bad.status, 400);
     let unknown = http::request(&proxy.host(), "GET", "/v2/team/none/tags/list", &[]).unwrap();
     assert_eq!(unknown.status, 404);
-    // A blob rotted in downstream's storage (same size, other bytes): the
-    // body breaks off instead of ending as if it were whole.
-    let rotted = &built.layers[2];
-    let data = downstream.blob_data_path(&rotted.digest);
-    let mut bytes = std::fs::read(&data).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&data, &bytes).unwrap();
-    let path = format!("/v2/team/app/blobs/{}", rotted.digest);
+    // A blob rotted in downstream's storage (same size, other bytes) before
+    // the proxy ever served it: the body breaks off instead of ending as if
+    // it were whole.
+    let rot = |digest: &str| {
+        let data = downstream.blob_data_path(digest);
+        let mut bytes = std::fs::read(&data).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&data, &bytes).unwrap();
+        bytes
+    };
+    let unseen = &v2.layers[0];
+    rot(&unseen.digest);
+    let path = format!("/v2/team/app/blobs/{}", unseen.digest);
     let broken = http::request(&proxy.host(), "GET", &path, &[]);
     assert!(broken.is_err(), "a corrupt blob was served whole");
     assert!(logs(&proxy, "hashes to"), "{}", proxy.stderr());
+    // One it served whole before is checked by size only from then on
+    // (the client's digest check catches the rot), so hits cost no hash.
+    let seen = &built.layers[2];
+    let rotted = rot(&seen.digest);
+    let path = format!("/v2/team/app/blobs/{}", seen.digest);
+    let passed = http::request(&proxy.host(), "GET", &path, &[]).unwrap();
+    assert_eq!(
+        passed.body, rotted,
+        "a verified blob is re-hashed on every hit"
+    );
     let none = http::get_manifest(&proxy.host(), "team/app", "v3").unwrap();
     assert_eq!(none.status, 404);
     assert!(String::from_utf8_lossy(&none.body).contains("MANIFEST_UNKNOWN"));
