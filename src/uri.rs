@@ -584,6 +584,7 @@ pub fn open_any_sink(uri: &Uri, settings: &Settings, push: &PushSettings) -> Res
         layer_cache: push.layer_cache.clone(),
         ledger: None,
         annotations: Default::default(),
+        destination_digest: None,
     };
     Ok(AnySink::Async(Box::new(
         crate::sink::registry::RegistrySink::new(repo, reference, options),

@@ -322,8 +322,15 @@ impl Mirror {
             .await
             .map_err(|_| Error::InvalidImage("the run's copy slots are closed".into()))?;
         self.observer.copying(job);
+        let current = out.destination_digest.clone();
         let (pushed, bytes, children) = self
-            .copy(job, src.clone(), dst.clone(), &source_digest, recipe)
+            .copy(
+                job,
+                (src.clone(), dst.clone()),
+                &source_digest,
+                current,
+                recipe,
+            )
             .await?;
         out.action = Action::Copied;
         out.destination_digest = Some(pushed.digest);
@@ -358,14 +365,15 @@ impl Mirror {
         Ok(copied.bytes)
     }
 
-    /// Copies the source image or index, pinned to `digest`, into `dst` at
-    /// the job's tag; returns what the tag names now, and the bytes sent.
+    /// Copies the source image or index, pinned to `digest`, from `src`
+    /// into `dst` at the job's tag, which names `current` now; returns what
+    /// the tag names afterwards, and the bytes sent.
     async fn copy(
         &self,
         job: &Job,
-        src: Repository,
-        dst: Repository,
+        (src, dst): (Repository, Repository),
         digest: &Digest,
+        current: Option<Digest>,
         recipe: Option<String>,
     ) -> Result<(Descriptor, u64, Vec<Digest>)> {
         let reference = Reference {
@@ -394,6 +402,7 @@ impl Mirror {
             mirror: self,
             job,
             dst: &dst,
+            current,
             temp: temp.path().to_path_buf(),
             sent: Default::default(),
         };
@@ -597,6 +606,8 @@ struct Copier<'a> {
     mirror: &'a Mirror,
     job: &'a Job,
     dst: &'a Repository,
+    /// What the job's destination tag named when the job asked.
+    current: Option<Digest>,
     temp: PathBuf,
     sent: Mutex<u64>,
 }
@@ -631,6 +642,8 @@ impl Copier<'_> {
             temp_dir: Some(self.temp.clone()),
             ledger: Some(self.mirror.ledger(&self.job.destination.registry)),
             annotations: annotations.clone(),
+            // The job asked the destination already.
+            destination_digest: tag.map(|_| self.current.clone()),
             ..RegistrySinkOptions::default()
         };
         let sink = Box::new(RegistrySink::new(self.dst.clone(), reference, sink_options));

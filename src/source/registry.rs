@@ -49,7 +49,14 @@ pub struct RegistrySource {
     reference: Reference,
     platform: Platform,
     client: Repository,
+    /// The document the reference named when first asked: `index` and
+    /// `resolve` read one GET, and a tag that moves between them cannot
+    /// give them two different images.
+    top: std::sync::Mutex<Option<Top>>,
 }
+
+/// A fetched top document: its bytes, digest, kind and media type.
+type Top = (Vec<u8>, Digest, Kind, String);
 
 impl RegistrySource {
     /// A source for `reference` read through `client` (a handle on the
@@ -59,12 +66,23 @@ impl RegistrySource {
             reference,
             platform,
             client,
+            top: std::sync::Mutex::new(None),
         }
     }
 
     /// The document the reference names: its bytes, digest, kind and media
-    /// type, checked against a pinned digest.
-    async fn top(&self) -> Result<(Vec<u8>, Digest, Kind, String)> {
+    /// type, checked against a pinned digest; fetched once.
+    async fn top(&self) -> Result<Top> {
+        let cached = self.top.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(top) = cached {
+            return Ok(top);
+        }
+        let top = self.fetch_top().await?;
+        *self.top.lock().unwrap_or_else(|p| p.into_inner()) = Some(top.clone());
+        Ok(top)
+    }
+
+    async fn fetch_top(&self) -> Result<Top> {
         let wanted = self.reference.manifest_ref();
         let (body, ct) = self.client.get_manifest(&wanted).await?;
         let digest = Digest::sha256_of(&body);

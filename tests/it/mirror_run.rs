@@ -223,6 +223,19 @@ fn mirror_run_copies_every_digest_then_warm_costs_two_heads_per_tag_then_copies_
         "the shared base layer: {uploads:?}"
     );
 
+    // Each document was fetched once, and each destination tag asked once
+    // (the job's HEAD; the push trusts it).
+    let repeated = |tally: BTreeMap<String, usize>, what: &str| -> Vec<(String, usize)> {
+        tally
+            .into_iter()
+            .filter(|(k, n)| *n > 1 && k.starts_with(what) && k.contains("/manifests/"))
+            .collect()
+    };
+    let twice = repeated(tally(&rig.sp.requests()), "GET ");
+    assert!(twice.is_empty(), "source manifests fetched twice: {twice:?}");
+    let twice = repeated(tally(&rig.dp.requests()), "HEAD ");
+    assert!(twice.is_empty(), "destination tags asked twice: {twice:?}");
+
     // Warm: per tag one HEAD of the source manifest and one of the
     // destination's; one tag listing per source repository and one catalog.
     let (s0, d0) = (rig.sp.requests().len(), rig.dp.requests().len());

@@ -73,6 +73,10 @@ pub struct RegistrySinkOptions {
     /// Annotations for a manifest this push builds (not for the source's
     /// own bytes, whose digest must stay).
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// What the destination's tag names, when the caller has just asked
+    /// (`Some(None)`: nothing): an exact copy then trusts it instead of
+    /// asking again (`mirror`, which HEADs both sides before it copies).
+    pub destination_digest: Option<Option<Digest>>,
 }
 
 impl Default for RegistrySinkOptions {
@@ -89,6 +93,7 @@ impl Default for RegistrySinkOptions {
             layer_cache: None,
             ledger: None,
             annotations: Default::default(),
+            destination_digest: None,
         }
     }
 }
@@ -701,7 +706,10 @@ impl AsyncSink for RegistrySink {
                 } else {
                     self.target()
                 };
-                let theirs = self.repo.manifest_digest(&reference).await?;
+                let theirs = match &self.options.destination_digest {
+                    Some(known) if !self.options.by_digest => known.clone(),
+                    _ => self.repo.manifest_digest(&reference).await?,
+                };
                 self.up_to_date = theirs.as_ref() == Some(&m.digest);
             }
             Ok(())
