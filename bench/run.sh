@@ -88,6 +88,13 @@
 # The proxy starts only when a slow row is selected; its CPU time is in the
 # table's notes.
 #
+# The floor rows (group floor): floor.tar-x untars the decompressed layers;
+# floor.curl-pigz-sha256 fetches, inflates and hashes each layer with the
+# standard tools; floor.curl-blobs fetches every blob at once into files,
+# with no hashing (what tar://?layers=compressed can at best take). The
+# mirrorwarm rows also record the CPU the two registries spend answering
+# our warm run: over the cores, a floor for its time.
+#
 # REG_DIR=PATH keeps the source registry's storage there (say, on disk:
 # REG_DIR=/var/tmp/occy-reg) instead of in BENCH_DIR (tmpfs by default);
 # it is removed at the end.
@@ -160,7 +167,7 @@ trap 'for p in "${pxpids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null
       "$shared/registry.sh" stop "$W/registry3" "$((port + 4))" >/dev/null 2>&1 || true; rm -rf "$W"
       [[ -n ${REG_DIR:-} ]] && rm -rf "$regdir"' EXIT
 if main; then "$shared/make-images.sh" "$port" >/dev/null; fi
-urls=; big=
+urls=; big=; fetchall=; nblobs=1
 
 if uses single10m || uses single1g; then
 
@@ -283,6 +290,11 @@ blobs=$(jq -r '.layers[].digest' <<<"$man")
 mkdir -p "$W/raw"; i=0
 for d in $blobs; do i=$((i+1)); curl -fs "http://$reg/v2/bench/debian/blobs/$d" | pigz -dc > "$W/raw/$i.tar"; done
 urls=$(for d in $blobs; do printf 'http://%s/v2/bench/debian/blobs/%s ' "$reg" "$d"; done)
+# Every blob (config and layers) at once into files: what the registry and
+# the kernel cost to hand the bytes over, with no hashing (the floor of
+# tar://?layers=compressed).
+fetchall=$(jq -r '.config.digest, .layers[].digest' <<<"$man" | awk -v r="http://$reg/v2/bench/debian/blobs/" '{printf "-o b%d %s%s ", NR, r, $1}')
+nblobs=$(jq -r '.layers | length + 1' <<<"$man")
 fi
 
 # Copy rows: the destination registry, and the docker-save tarball tar2reg pushes.
@@ -354,6 +366,9 @@ SH
   for _ in $(seq 100); do curl -fs --unix-socket "$sock" http://d/version >/dev/null 2>&1 && break; sleep 0.1; done
   "$podmansh" pull -q --tls-verify=false "$eimg" >/dev/null
 fi
+# registries_cpu: CPU seconds the mirror rows' source and destination
+# registries have used so far (what answering a warm run costs them).
+registries_cpu() { awk -v a="$(cpu_s "$(cat "$regdir/registry.pid")")" -v b="$(cpu_s "$(cat "$wregdir/registry.pid")")" 'BEGIN{printf "%.2f", a+b}'; }
 # requests_in LOG: access-log lines of registry API requests so far.
 requests_in() { grep -c '"[A-Z]* /v2/' "$1" 2>/dev/null || true; }
 
@@ -385,7 +400,7 @@ if uses slow; then
   slown=$(wc -w <<<"$slowurls"); slown=$((slown / 3))
 fi
 # cpu_s PID: the CPU seconds (user + system) the process has used so far.
-cpu_s() { [[ -n ${1:-} && -r /proc/$1/stat ]] && awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.1f", ($12 + $13) / t}' "/proc/$1/stat" || echo -; }
+cpu_s() { [[ -n ${1:-} && -r /proc/$1/stat ]] && awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / t}' "/proc/$1/stat" || echo -; }
 # The proxies' peak RSS (VmHWM), MB, before they are stopped.
 proxy_rss() { [[ -n ${1:-} && -r /proc/$1/status ]] && awk '/VmHWM/{printf "%.0f", $2/1024}' "/proc/$1/status" || echo -; }
 
@@ -403,6 +418,7 @@ tasks=(
   "search.ours|$ours --insecure search $src '*/f01[0-1].txt'"
   "search.python|$py --insecure search $src '*/f01[0-1].txt'"
   "floor.tar-x|sh -c 'for t in $W/raw/*.tar; do tar -xf \$t; done'"
+  "floor.curl-blobs|curl -fsS -Z --parallel-immediate --parallel-max $nblobs $fetchall"
   "floor.curl-pigz-sha256|sh -c 'for u in $urls; do curl -fs \$u | pigz -dc | sha256sum >/dev/null; done'"
   "single10m.ours|$ours --insecure process registry://$reg/bench/single:10m tar://s.tar"
   "single1g.ours|$ours --insecure process registry://$reg/bench/single:1g tar://s.tar"
@@ -548,11 +564,13 @@ for r in $(seq "$runs"); do
     [[ $name =~ ^(copy1st|copy2nd|tar2reg)\.python$ ]] && ((r > pyruns)) && continue
     rm -rf "$W/out" "$W/t2"; mkdir -p "$W/out"; prepare "$name"; sync
     [[ $name == *.base ]] && cmd=${cmd//$ours/$basebin}
-    if [[ $name == mirrorwarm.* ]]; then s0=$(requests_in "$regdir/registry.log"); d0=$(requests_in "$wregdir/registry.log"); fi
+    if [[ $name == mirrorwarm.* ]]; then
+      s0=$(requests_in "$regdir/registry.log"); d0=$(requests_in "$wregdir/registry.log"); c0=$(registries_cpu)
+    fi
     rc=0; (cd "$W/out" && /usr/bin/time -f '%e %M' -o "$W/t" bash -c "$cmd" > "$W/last.log" 2>&1) || rc=$?
     # Counted before the check below, whose own HEADs are not the tool's.
     if [[ $name == mirrorwarm.* ]]; then
-      echo "$name $(( $(requests_in "$regdir/registry.log") - s0 )) $(( $(requests_in "$wregdir/registry.log") - d0 ))" >> "$W/reqs"
+      echo "$name $(( $(requests_in "$regdir/registry.log") - s0 )) $(( $(requests_in "$wregdir/registry.log") - d0 )) $(awk -v a="$(registries_cpu)" -v b="$c0" 'BEGIN{printf "%.2f", a-b}')" >> "$W/reqs"
     fi
     # A copy that exits 0 without the image in the destination is a failure.
     ((rc == 0)) && ! landed "$name" && rc=97
@@ -603,8 +621,10 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
   rl "registry -> rootfs: skopeo + umoci / ours dir://?expand=true" expand.skopeo+umoci expand.ours
   rl "registry -> rootfs: skopeo + umoci / ours oci://" expand.skopeo+umoci oci.ours
   rl "registry -> rootfs: Python dir://?expand=true / ours" expand.python expand.ours
-  rl "ours dir://?expand=true / tar -x of decompressed layers (target <= 2.5)" expand.ours floor.tar-x
-  rl "ours oci:// / tar -x of decompressed layers (target <= 2.5)" oci.ours floor.tar-x
+  rl "ours dir://?expand=true / tar -x of decompressed layers (target <= 1.5)" expand.ours floor.tar-x
+  rl "ours oci:// / tar -x of decompressed layers (target <= 1.5)" oci.ours floor.tar-x
+  rl "ours layers=compressed / curl of every blob at once into files (no hashing)" tar.ours-compressed floor.curl-blobs
+  rl "Python occystrap tarball / curl of every blob at once: the most layers=compressed can be (target >= 8)" tar.python floor.curl-blobs
   rl "search: Python / ours" search.python search.ours
   rl "1 GiB layer: ours / curl + pigz -dc + sha256sum (target <= 1.5)" single1g.ours single1g.floor
   if has single1g.ours && has single10m.ours; then
@@ -645,6 +665,10 @@ rl() { has "$2" && has "$3" && echo "| $1 | $(ratio "$2" "$3") |"; return 0; }
       s=$(reqs $tool 2); d=$(reqs $tool 3)
       echo "| warm requests, $tool: source + destination ($ntags tags; target for ours <= 2 a tag) | $s + $d = $((s + d)) ($(awk -v a=$((s + d)) -v b="$ntags" 'BEGIN{printf "%.2f", a/b}') a tag) |"
     done
+    if has mirrorwarm.ours; then
+      c=$(reqs ours 4)
+      echo "| warm run of ours: CPU of the two registries answering it, and that over $(nproc) cores (a floor for its time) | $c s, $(awk -v c="$c" -v n="$(nproc)" 'BEGIN{printf "%.3f", c/n}') s |"
+    fi
     if has mirrorwarm.ours && has mirrorwarm.skopeo; then
       echo "| warm requests: skopeo sync / ours | $(awk -v a=$(( $(reqs skopeo 2) + $(reqs skopeo 3) )) -v b=$(( $(reqs ours 2) + $(reqs ours 3) )) 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "-" }') |"
     fi
