@@ -232,7 +232,10 @@ fn mirror_run_copies_every_digest_then_warm_costs_two_heads_per_tag_then_copies_
             .collect()
     };
     let twice = repeated(tally(&rig.sp.requests()), "GET ");
-    assert!(twice.is_empty(), "source manifests fetched twice: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "source manifests fetched twice: {twice:?}"
+    );
     let twice = repeated(tally(&rig.dp.requests()), "HEAD ");
     assert!(twice.is_empty(), "destination tags asked twice: {twice:?}");
 
