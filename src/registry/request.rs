@@ -19,6 +19,10 @@ use super::tokens::{Cached, Scope, TokenKey, parse_token_reply, requested_scope}
 use super::transport;
 use crate::error::{Error, RegistryErrorCode, Result};
 
+/// A response, the deadline its body shares, and the `Authorization` value
+/// its request carried.
+type Attempted = (Response, tokio::time::Instant, Option<String>);
+
 /// One request as [`Client::send`] makes it.
 pub(super) struct Request<'a> {
     pub(super) op: &'a str,
@@ -163,8 +167,9 @@ impl Client {
     /// One attempt: the request with its auth, paced by the rate limiter,
     /// its headers within the request deadline. `Err`: a failure not worth
     /// retrying (the auth step failed, a redirect was refused); `Ok(Err)`:
-    /// one that is (a network failure, the deadline).
-    async fn attempt(&self, req: &Request<'_>) -> Result<Result<(Response, tokio::time::Instant)>> {
+    /// one that is (a network failure, the deadline). With the response
+    /// comes the `Authorization` value it was sent with.
+    async fn attempt(&self, req: &Request<'_>) -> Result<Result<Attempted>> {
         let auth_header = self.current_auth(req.scope).await?;
         self.ctx.pace_host(&self.host).await;
         let mut r = self.http.request(req.method.clone(), req.url);
@@ -187,7 +192,7 @@ impl Client {
         let deadline =
             tokio::time::Instant::now() + self.options.request_timeout + self.send_time(req);
         match tokio::time::timeout_at(deadline, r.send()).await {
-            Ok(Ok(resp)) => Ok(Ok((resp, deadline))),
+            Ok(Ok(resp)) => Ok(Ok((resp, deadline, auth_header))),
             // A refused redirect is a decision, not a glitch.
             Ok(Err(e)) if e.is_redirect() => Err(self.network_error(req.op, &e)),
             Ok(Err(e)) => Ok(Err(self.network_error(req.op, &e))),
@@ -218,7 +223,7 @@ impl Client {
         let mut attempt = 0u32;
         let mut answered_challenge = false;
         loop {
-            let (resp, deadline) = match self.attempt(req).await? {
+            let (resp, deadline, sent_auth) = match self.attempt(req).await? {
                 Ok(r) => r,
                 Err(e) => {
                     attempt += 1;
@@ -252,7 +257,8 @@ impl Client {
                     .filter_map(|v| v.to_str().ok())
                     .find_map(auth::parse_challenge);
                 if let Some(ch) = challenge {
-                    self.answer_challenge(op, req.scope, ch).await?;
+                    let refused = sent_auth.as_deref().and_then(|a| a.strip_prefix("Bearer "));
+                    self.answer_challenge(op, req.scope, ch, refused).await?;
                     continue;
                 }
             }
@@ -356,7 +362,7 @@ impl Client {
             Cached::Valid(token) => return Ok(Some(format!("Bearer {token}"))),
             Cached::Expired(challenge) => {
                 // Refresh before it is refused rather than after.
-                self.answer_challenge("refreshing token", scope, challenge)
+                self.answer_challenge("refreshing token", scope, challenge, None)
                     .await?;
                 if let Cached::Valid(token) = self.ctx.tokens.get(&key) {
                     return Ok(Some(format!("Bearer {token}")));
@@ -370,12 +376,16 @@ impl Client {
         Ok(None)
     }
 
-    /// Answers a `WWW-Authenticate` challenge for a request in `scope`.
+    /// Answers a `WWW-Authenticate` challenge for a request in `scope`
+    /// that carried the bearer token `refused`, if any. A bearer renewal
+    /// waits for any other of the same key, and is not needed when that one
+    /// left a token other than the one refused.
     pub(super) async fn answer_challenge(
         &self,
         op: &str,
         scope: &Scope,
         challenge: Challenge,
+        refused: Option<&str>,
     ) -> Result<()> {
         match &challenge {
             Challenge::Basic => {
@@ -396,14 +406,20 @@ impl Client {
                 service,
                 scope: theirs,
             } => {
+                let key = self.token_key(scope);
+                let gate = self.ctx.tokens.gate(&key);
+                let _turn = gate.lock().await;
+                if let Cached::Valid(token) = self.ctx.tokens.get(&key)
+                    && Some(token.as_str()) != refused
+                {
+                    return Ok(());
+                }
                 let wanted = requested_scope(&scope.to_scope_string(), theirs.as_deref());
                 let extra = scope.extra_scope_string();
                 let (token, ttl) = self
                     .fetch_token(op, realm, service.as_deref(), &wanted, extra.as_deref())
                     .await?;
-                self.ctx
-                    .tokens
-                    .insert(self.token_key(scope), token, ttl, challenge);
+                self.ctx.tokens.insert(key, token, ttl, challenge);
                 Ok(())
             }
         }

@@ -347,7 +347,7 @@ async fn basic_is_sent_once_asked_for_and_a_token_wins_over_it() {
     .unwrap();
     assert_eq!(auth_for(&c, "team/a", Actions::Pull).await, None);
     let scope = Scope::new("team/a", Actions::Pull);
-    c.answer_challenge("GET", &scope, Challenge::Basic)
+    c.answer_challenge("GET", &scope, Challenge::Basic, None)
         .await
         .unwrap();
     let basic = creds("u", "pw").unwrap().basic_header();
@@ -365,7 +365,7 @@ async fn basic_is_sent_once_asked_for_and_a_token_wins_over_it() {
     // Basic without credentials is a clean refusal.
     let anon = Client::new(&ctx, "reg.example", ClientOptions::default()).unwrap();
     let e = anon
-        .answer_challenge("GET manifest team/a:v1", &scope, Challenge::Basic)
+        .answer_challenge("GET manifest team/a:v1", &scope, Challenge::Basic, None)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("--username"), "{e}");
@@ -448,4 +448,38 @@ async fn an_upload_location_on_another_host_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("another host"), "{e}");
+}
+
+#[tokio::test]
+async fn a_renewal_is_skipped_when_another_left_a_new_token() {
+    let ctx = Context::new(ContextOptions::default());
+    let c = Client::new(&ctx, "reg.example", ClientOptions::default()).unwrap();
+    let scope = Scope::new("team/a", Actions::Pull);
+    // A realm nothing answers: asking it is an error.
+    let dead = Challenge::Bearer {
+        realm: "https://127.0.0.1:9/token".into(),
+        service: None,
+        scope: None,
+    };
+    ctx.tokens.insert(
+        c.token_key(&scope),
+        "new".into(),
+        Duration::from_secs(300),
+        dead.clone(),
+    );
+    // Refused with the old token while another request renewed it: no
+    // request to the realm, and the new token is what goes next.
+    c.answer_challenge("GET", &scope, dead.clone(), Some("old"))
+        .await
+        .unwrap();
+    assert_eq!(
+        auth_for(&c, "team/a", Actions::Pull).await.as_deref(),
+        Some("Bearer new")
+    );
+    // Refused with the token the cache holds: the realm must be asked.
+    let e = c
+        .answer_challenge("GET", &scope, dead, Some("new"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("token"), "{e}");
 }

@@ -130,6 +130,10 @@ const MAX_TOKENS: usize = 4096;
 #[derive(Default)]
 pub(crate) struct TokenCache {
     map: std::sync::Mutex<HashMap<TokenKey, TokenEntry>>,
+    /// One renewal at a time per key: requests refused together (parts of
+    /// one blob whose token expired) wait for the first one's token
+    /// instead of each asking the realm.
+    gates: std::sync::Mutex<HashMap<TokenKey, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Says how many tokens there are, never what they are: a context may be
@@ -152,6 +156,15 @@ pub(crate) enum Cached {
 impl TokenCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, TokenEntry>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The gate renewals of `key` pass one at a time.
+    pub(crate) fn gate(&self, key: &TokenKey) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        if gates.len() >= MAX_TOKENS && !gates.contains_key(key) {
+            gates.retain(|_, g| std::sync::Arc::strong_count(g) > 1);
+        }
+        gates.entry(key.clone()).or_default().clone()
     }
 
     pub(crate) fn get(&self, key: &TokenKey) -> Cached {
