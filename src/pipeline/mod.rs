@@ -246,6 +246,30 @@ fn spawn_fetch(
     }))
 }
 
+/// How many times `parallel` layers an ordered, streaming run keeps in
+/// flight: those beyond `parallel` wait for a download slot.
+const AHEAD: usize = 2;
+
+/// [`spawn_fetch`], once one of `slots` is free; the slot is held until the
+/// layer is verified (or handed over live and read to its end).
+fn spawn_gated_fetch(
+    source: &Arc<dyn Source>,
+    info: LayerInfo,
+    ctx: &FetchContext,
+    delivery: Delivery,
+    slots: Arc<tokio::sync::Semaphore>,
+) -> AbortOnDrop<Result<Layer>> {
+    let source = source.clone();
+    let ctx = ctx.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        let _slot = slots
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::InvalidImage("the run's download slots are closed".into()))?;
+        fetch_into(&*source, &info, &ctx, delivery).await
+    }))
+}
+
 /// Hands a layer to the sink. Its temp files are deleted on another thread
 /// afterwards (`reaper` collects those tasks), since unlinking a large file
 /// takes tens of milliseconds that the sink's next layer is waiting for.
@@ -566,8 +590,12 @@ impl Layers<'_> {
         let mut rewritten = false;
         let mut queue = VecDeque::new();
         let mut pending = wanted.into_iter();
+        // A layer that finished while an earlier one is still being written
+        // gives its download slot to the next layer: `parallel` download at
+        // once, and up to twice that many are fetched ahead of the sink.
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.parallel));
         loop {
-            while queue.len() < self.parallel {
+            while queue.len() < self.parallel * AHEAD {
                 let Some(l) = pending.next() else { break };
                 let (h, rx) = Handoff::new();
                 let h = Arc::new(h);
@@ -578,7 +606,7 @@ impl Layers<'_> {
                     observers: observers.clone(),
                     rewrite: plan.stream_rewrite.clone(),
                 };
-                let task = spawn_fetch(self.source, l, self.ctx, delivery);
+                let task = spawn_gated_fetch(self.source, l, self.ctx, delivery, slots.clone());
                 queue.push_back((index, task, h, rx));
             }
             let Some((index, task, handoff, rx)) = queue.pop_front() else {
