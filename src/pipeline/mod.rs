@@ -239,33 +239,32 @@ fn spawn_fetch(
     ctx: &FetchContext,
     delivery: Delivery,
 ) -> AbortOnDrop<Result<Layer>> {
-    let source = source.clone();
-    let ctx = ctx.clone();
-    AbortOnDrop(tokio::spawn(async move {
-        fetch_into(&*source, &info, &ctx, delivery).await
-    }))
+    spawn_gated_fetch(source, info, ctx, delivery, None)
 }
 
 /// How many times `parallel` layers an ordered, streaming run keeps in
 /// flight: those beyond `parallel` wait for a download slot.
 const AHEAD: usize = 2;
 
-/// [`spawn_fetch`], once one of `slots` is free; the slot is held until the
-/// layer is verified (or handed over live and read to its end).
+/// [`spawn_fetch`], once one of `slots` (if any) is free; the slot is held
+/// until the layer is verified (or handed over live and read to its end).
 fn spawn_gated_fetch(
     source: &Arc<dyn Source>,
     info: LayerInfo,
     ctx: &FetchContext,
     delivery: Delivery,
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 ) -> AbortOnDrop<Result<Layer>> {
     let source = source.clone();
     let ctx = ctx.clone();
     AbortOnDrop(tokio::spawn(async move {
-        let _slot = slots
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::InvalidImage("the run's download slots are closed".into()))?;
+        let _slot =
+            match slots {
+                Some(s) => Some(s.acquire_owned().await.map_err(|_| {
+                    Error::InvalidImage("the run's download slots are closed".into())
+                })?),
+                None => None,
+            };
         fetch_into(&*source, &info, &ctx, delivery).await
     }))
 }
@@ -606,7 +605,8 @@ impl Layers<'_> {
                     observers: observers.clone(),
                     rewrite: plan.stream_rewrite.clone(),
                 };
-                let task = spawn_gated_fetch(self.source, l, self.ctx, delivery, slots.clone());
+                let task =
+                    spawn_gated_fetch(self.source, l, self.ctx, delivery, Some(slots.clone()));
                 queue.push_back((index, task, h, rx));
             }
             let Some((index, task, handoff, rx)) = queue.pop_front() else {
