@@ -4,7 +4,9 @@
 #   2. cargo fmt --check
 #   3. cargo clippy --all-targets -D warnings, and scripts/shape.py (no module
 #      cycle, no file over 1,000 lines)
-#   4. cargo test --no-fail-fast (unit, integration and doc tests)
+#   4. cargo test --no-fail-fast (unit, integration and doc tests), then the
+#      extraction and tar unit tests again with every extraction staged
+#      ahead (OCCYSTRAP_TEST_STAGED=1, src/layer/extract/stage.rs)
 # Stops at the first failing step with a non-zero exit (within step 4 every
 # test binary still runs, so one report shows all failing tests).
 #
@@ -83,6 +85,20 @@ failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ f
 if [[ $rc -ne 0 ]]; then
   grep -E '^test .* FAILED$' "$log" | sed 's/^/  /' >&2 || true
   fail "cargo test ($passed passed, $failed failed)"
+fi
+# Without TEST_ARGS only: a run narrowed to one module stays narrowed.
+if [[ -z ${TEST_ARGS:-} ]]; then
+  step "extraction tests, staged ahead (OCCYSTRAP_TEST_STAGED=1)"
+  set +e
+  OCCYSTRAP_TEST_STAGED=1 cargo test --lib -- layer:: tarfmt:: 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  staged=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END{print s+0}')
+  if [[ $rc -ne 0 ]]; then
+    grep -E '^test .* FAILED$' "$log" | sed 's/^/  /' >&2 || true
+    fail "staged extraction tests"
+  fi
+  passed=$((passed + staged))
 fi
 
 printf '\ntest.sh: OK (fmt, clippy, %s tests passed) in %s\n' "$passed" "$(elapsed)" >&2

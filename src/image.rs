@@ -262,14 +262,30 @@ pub struct Layer {
     /// The blob as the source stored it (its digest is `info.digest`), when
     /// the reader asked for it.
     pub blob: Option<FileSlice>,
+    /// The tar extracted ahead, for a sink that takes layers so
+    /// ([`crate::sink::Sink::stage_area`]); then `tar` is `None`.
+    pub staged: Option<Arc<StagedTar>>,
     live: std::sync::Mutex<Option<Box<dyn LiveTar>>>,
     live_blob: std::sync::Mutex<Option<LiveBlob>>,
+}
+
+/// A verified layer tar staged for extraction (see
+/// [`crate::layer::stage_layer`]): its skeleton, and its regular files
+/// written ahead into the sink's stage area.
+#[derive(Debug)]
+pub struct StagedTar {
+    /// The tar without the staged files' data.
+    pub skeleton: FileSlice,
+    /// The staged files.
+    pub files: crate::layer::StagedFiles,
 }
 
 /// A clone has the file forms only: a live tar has one reader.
 impl Clone for Layer {
     fn clone(&self) -> Layer {
-        Layer::files(self.info.clone(), self.tar.clone(), self.blob.clone())
+        let mut layer = Layer::files(self.info.clone(), self.tar.clone(), self.blob.clone());
+        layer.staged = self.staged.clone();
+        layer
     }
 }
 
@@ -279,6 +295,7 @@ impl std::fmt::Debug for Layer {
             .field("info", &self.info)
             .field("tar", &self.tar)
             .field("blob", &self.blob)
+            .field("staged", &self.staged)
             .finish_non_exhaustive()
     }
 }
@@ -290,6 +307,7 @@ impl Layer {
             info,
             tar,
             blob,
+            staged: None,
             live: std::sync::Mutex::new(None),
             live_blob: std::sync::Mutex::new(None),
         }
@@ -301,6 +319,7 @@ impl Layer {
             info,
             tar: None,
             blob: None,
+            staged: None,
             live: std::sync::Mutex::new(None),
             live_blob: std::sync::Mutex::new(Some(blob)),
         }
@@ -318,6 +337,7 @@ impl Layer {
             info,
             tar: None,
             blob: None,
+            staged: None,
             live: std::sync::Mutex::new(Some(tar)),
             live_blob: std::sync::Mutex::new(None),
         }

@@ -26,7 +26,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use super::{ExtractOptions, WhiteoutMode, extract_layer};
+use super::{ExtractOptions, WhiteoutMode, apply_staged, extract_layer, stage_layer};
 
 /// Linux's limit on symlinks followed in one resolution.
 const MAX_LINKS: u32 = 40;
@@ -406,6 +406,54 @@ fn extract_stack(layers: &[Vec<Op>]) -> (BTreeMap<String, Kind>, usize) {
     (scan(dir.path()), skipped)
 }
 
+/// Stages every layer at once, each on its own thread, started in `order`;
+/// then applies them bottom to top. Returns the tree and the entries skipped.
+fn extract_stack_staged(layers: &[Vec<Op>], order: &[usize]) -> (BTreeMap<String, Kind>, usize) {
+    let top = tempfile::tempdir().unwrap();
+    let root = top.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let opts = |i: usize| ExtractOptions {
+        whiteouts: WhiteoutMode::Apply,
+        skip_unsafe: true,
+        layer_name: format!("layer {i}"),
+        cancel: Default::default(),
+    };
+    let mut staged: Vec<_> = std::thread::scope(|s| {
+        let mut running: Vec<_> = order
+            .iter()
+            .map(|&i| {
+                let (area, opts) = (top.path(), opts(i));
+                let tar = layer_tar(&layers[i]);
+                let job = s.spawn(move || {
+                    let mut skeleton = Vec::new();
+                    let files = stage_layer(&tar[..], area, &mut skeleton, &opts)
+                        .unwrap_or_else(|e| panic!("staging layer {i} failed: {e}"));
+                    (skeleton, files)
+                });
+                (i, job)
+            })
+            .collect();
+        running.sort_by_key(|(i, _)| *i);
+        running
+            .into_iter()
+            .map(|(_, job)| job.join().unwrap())
+            .collect()
+    });
+    let mut skipped = 0;
+    for (i, (skeleton, files)) in staged.drain(..).enumerate() {
+        let stats = apply_staged(&root, &skeleton[..], &files, &opts(i))
+            .unwrap_or_else(|e| panic!("applying layer {i} failed: {e}"));
+        // Only a file whose entry was refused stays behind.
+        let left = fs::read_dir(files.path()).unwrap().count();
+        assert!(
+            left <= stats.skipped_unsafe.len(),
+            "layer {i} left {left} staged files unapplied"
+        );
+        skipped += stats.skipped_unsafe.len();
+    }
+    (scan(&root), skipped)
+}
+
 fn model_stack(layers: &[Vec<Op>]) -> (BTreeMap<String, Kind>, usize) {
     let mut m = Model::new();
     for ops in layers {
@@ -456,6 +504,14 @@ fn stack() -> impl Strategy<Value = Vec<Vec<Op>>> {
     prop::collection::vec(prop::collection::vec(op(), 0..=7), 1..=4)
 }
 
+/// A stack and an order to stage its layers in.
+fn shuffled_stack() -> impl Strategy<Value = (Vec<Vec<Op>>, Vec<usize>)> {
+    stack().prop_flat_map(|layers| {
+        let order: Vec<usize> = (0..layers.len()).collect();
+        (Just(layers), Just(order).prop_shuffle())
+    })
+}
+
 proptest! {
     // PROPTEST_CASES=N for a longer run.
     #![proptest_config(ProptestConfig {
@@ -467,6 +523,19 @@ proptest! {
     #[test]
     fn whiteouts_match_the_model(layers in stack()) {
         check(&layers);
+    }
+
+    /// Layers staged at once, in any order, and applied in order give the
+    /// tree the model predicts.
+    #[test]
+    fn staged_in_any_order_match_the_model((layers, order) in shuffled_stack()) {
+        let staged = extract_stack_staged(&layers, &order);
+        let model = model_stack(&layers);
+        prop_assert_eq!(
+            staged, model,
+            "staged in the order {:?} (left) and modelled (right) trees differ for {:#?}",
+            order, layers
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::{Error, Result};
 use crate::image::{Compression, FileSlice, Layer, LayerNeeds};
 use crate::progress::Reporter;
-use crate::sink::BlobRegion;
+use crate::sink::{BlobRegion, StageArea};
 use crate::source::LayerBlob;
 use crate::verify::{Expect, VerifiedTar};
 
@@ -79,20 +79,29 @@ pub(crate) fn work_layer(
 pub(crate) fn verify_layer(
     blob: LayerBlob,
     needs: LayerNeeds,
-    temp_dir: &Path,
-    handoff: Option<&Handoff>,
+    to: To<'_>,
     passing: &super::Passing,
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
 ) -> Result<Layer> {
     let how = How {
         needs,
-        handoff,
+        handoff: to.handoff,
         passing,
         blob_only: false,
         region: None,
+        stage: to.stage,
     };
-    verify(blob, how, temp_dir, reporter, stop)
+    verify(blob, how, to.temp_dir, reporter, stop)
+}
+
+/// Where [`verify_layer`] may put a layer: temp files, the sink live, or
+/// the sink's stage area (a layer not yet the sink's next one is then
+/// extracted ahead, see [`crate::layer::stage_layer`]).
+pub(crate) struct To<'a> {
+    pub(crate) temp_dir: &'a Path,
+    pub(crate) handoff: Option<&'a Handoff>,
+    pub(crate) stage: Option<&'a StageArea>,
 }
 
 /// A blob for a sink that reads only the blob, with no filter: verified by
@@ -116,6 +125,7 @@ pub(super) fn verify_blob_only(
         passing: &passing,
         blob_only: true,
         region,
+        stage: None,
     };
     verify(blob, how, temp_dir, reporter, stop)
 }
@@ -128,6 +138,7 @@ struct How<'a> {
     blob_only: bool,
     /// Where the blob goes in the sink's output, if the sink gave a place.
     region: Option<BlobRegion>,
+    stage: Option<&'a StageArea>,
 }
 
 /// Where the blob as stored is kept while it is verified.
@@ -149,6 +160,7 @@ fn verify(
         passing,
         blob_only,
         region,
+        stage,
     } = how;
     // The blob as stored, when asked for and not already in a file.
     let blob_copy = match region {
@@ -178,6 +190,17 @@ fn verify(
         None => blob,
     };
     let (mut verified, in_place, label) = open(blob, reporter, stop, blob_only)?;
+    // Decided once: a layer that becomes the next one while it is staged is
+    // applied from its staged files when done.
+    if let (Some(area), Some(h)) = (stage, handoff)
+        && !h.is_next()
+        && needs == LayerNeeds::TAR
+        && passing.observers.is_empty()
+        && passing.rewrite.is_none()
+    {
+        h.close();
+        return stage_tar(verified, area, temp_dir, &label);
+    }
     // A plain tar in a local file is served where it lies once verified.
     let tar_in_place = in_place
         .as_ref()
@@ -228,6 +251,48 @@ fn verify(
         info.media_type = crate::image::media_type::OCI_LAYER_TAR.to_string();
     }
     Ok(Layer::files(info, tar, blob))
+}
+
+/// Extracts the verified tar ahead into the sink's stage area, its skeleton
+/// into a temp file; the verdict is the stager's last read.
+fn stage_tar(
+    mut verified: VerifiedTar,
+    area: &StageArea,
+    temp_dir: &Path,
+    label: &str,
+) -> Result<Layer> {
+    let skeleton = temp_file(temp_dir, "skeleton-")?;
+    let out = skeleton
+        .as_file()
+        .try_clone()
+        .map_err(|e| Error::io("writing", skeleton.path(), e))?;
+    let opts = crate::layer::ExtractOptions {
+        whiteouts: area.whiteouts,
+        skip_unsafe: false,
+        layer_name: crate::sink::staging::layer_name(verified.info()),
+        cancel: crate::cancel::CancelToken::new(),
+    };
+    let staged = crate::layer::stage_layer(&mut verified, &area.dir, out, &opts);
+    let files = match staged {
+        Ok(files) => files,
+        Err(e) => {
+            // A damaged download shows as a bad tar: its verdict says why.
+            io::copy(&mut verified, &mut io::sink())
+                .map_err(|v| Error::stream(format!("reading {label}"), v))?;
+            return Err(e);
+        }
+    };
+    let len = skeleton
+        .as_file()
+        .metadata()
+        .map_err(|e| Error::io("reading", skeleton.path(), e))?
+        .len();
+    let mut layer = Layer::files(verified.info().clone(), None, None);
+    layer.staged = Some(Arc::new(crate::image::StagedTar {
+        skeleton: FileSlice::temp(skeleton.into_temp_path(), len),
+        files,
+    }));
+    Ok(layer)
 }
 
 /// Takes the verified tar through what the filters do on its way into

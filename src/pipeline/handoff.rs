@@ -56,12 +56,12 @@ impl Handoff {
         self.next.store(true, Ordering::Release);
     }
 
-    fn is_next(&self) -> bool {
+    pub(crate) fn is_next(&self) -> bool {
         self.next.load(Ordering::Acquire)
     }
 
     /// Gives up streaming: the pipeline will wait for the finished file.
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         if let Ok(mut d) = self.deliver.lock() {
             d.take();
         }

@@ -112,6 +112,7 @@ pub async fn fetch_layer(
         handoff: None,
         observers: Arc::new([]),
         rewrite: None,
+        stage: None,
     };
     fetch_into(source, info, ctx, delivery).await
 }
@@ -127,6 +128,8 @@ enum Delivery {
         handoff: Option<Arc<Handoff>>,
         observers: Arc<[LayerObserver]>,
         rewrite: Option<RewriteFactory>,
+        /// Where a layer that is not the sink's next one is extracted ahead.
+        stage: Option<Arc<crate::sink::StageArea>>,
     },
     /// A sink's per-layer work, run over the tar as it arrives.
     Work(crate::sink::LayerWork),
@@ -168,6 +171,7 @@ async fn fetch_into(
             handoff,
             observers,
             rewrite,
+            stage,
         } => {
             let passing = Passing {
                 observers,
@@ -175,7 +179,12 @@ async fn fetch_into(
                 info: image_info,
             };
             let handoff = handoff.as_deref();
-            deliver::verify_layer(blob, needs, &temp, handoff, &passing, reporter, stop)
+            let to = deliver::To {
+                temp_dir: &temp,
+                handoff,
+                stage: stage.as_deref(),
+            };
+            deliver::verify_layer(blob, needs, to, &passing, reporter, stop)
         }
         Delivery::Work(work) => deliver::work_layer(blob, &image_info, &work, reporter, stop),
         Delivery::BlobOnly(regions) => {
@@ -436,6 +445,7 @@ fn file_delivery(sink: &dyn AsyncSink, plan: &Plan, parallel: usize) -> Delivery
         handoff: None,
         observers: plan.observers.clone().unwrap_or_else(|| Arc::new([])),
         rewrite: None,
+        stage: None,
     }
 }
 
@@ -593,6 +603,13 @@ impl Layers<'_> {
         // gives its download slot to the next layer: `parallel` download at
         // once, and up to twice that many are fetched ahead of the sink.
         let slots = Arc::new(tokio::sync::Semaphore::new(self.parallel));
+        // Extracting ahead replaces the spooled tar only where nothing else
+        // reads it on the way.
+        let plain = !plan.filtering && plan.stream_rewrite.is_none() && needs == LayerNeeds::TAR;
+        let stage = plain
+            .then(|| self.sink.stage_area())
+            .flatten()
+            .map(Arc::new);
         loop {
             while queue.len() < self.parallel * AHEAD {
                 let Some(l) = pending.next() else { break };
@@ -604,6 +621,7 @@ impl Layers<'_> {
                     handoff: Some(h.clone()),
                     observers: observers.clone(),
                     rewrite: plan.stream_rewrite.clone(),
+                    stage: stage.clone(),
                 };
                 let task =
                     spawn_gated_fetch(self.source, l, self.ctx, delivery, Some(slots.clone()));

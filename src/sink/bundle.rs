@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::image::{Image, Layer};
 use crate::layer::WhiteoutMode;
 use crate::sink::staging::{StagedDir, apply_layer, set_mode};
-use crate::sink::{Sink, SinkReport};
+use crate::sink::{Sink, SinkReport, StageArea};
 
 /// PATH when the image sets none (the same default Docker uses).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -78,6 +78,14 @@ impl Sink for BundleSink {
     /// Layers are applied to the one rootfs, named by nothing.
     fn takes_rewritten_live(&self) -> bool {
         true
+    }
+
+    /// Beside the rootfs, in the bundle's staging directory.
+    fn stage_area(&self) -> Option<StageArea> {
+        Some(StageArea {
+            dir: self.staged.path().to_path_buf(),
+            whiteouts: WhiteoutMode::Apply,
+        })
     }
 
     fn layer(&mut self, layer: Layer) -> Result<()> {

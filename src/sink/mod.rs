@@ -96,6 +96,16 @@ pub struct SinkReport {
     pub pushed: Option<crate::wire::Descriptor>,
 }
 
+/// Where a sink that extracts takes layers extracted ahead (see
+/// [`Sink::stage_area`]).
+#[derive(Clone, Debug)]
+pub struct StageArea {
+    /// A directory on the filesystem of the sink's tree, outside the tree.
+    pub dir: std::path::PathBuf,
+    /// How the sink applies whiteouts.
+    pub whiteouts: crate::layer::WhiteoutMode,
+}
+
 /// An image writer that works on blocking threads (files, trees). The
 /// pipeline calls, in order: `needs`, `begin`, `wants_layer` for each layer,
 /// `layer` for each wanted layer (in manifest order when `ordered` is true),
@@ -153,6 +163,14 @@ pub trait Sink: Send {
     /// comes as a file as usual. Default: none.
     fn blob_regions(&self) -> std::collections::HashMap<usize, BlobRegion> {
         std::collections::HashMap::new()
+    }
+    /// For a sink that extracts each layer's tar (with [`staging::apply_layer`]):
+    /// where layers that are not yet its turn may be extracted ahead, on
+    /// the filesystem of its tree, and with which whiteout handling. Such a
+    /// layer then comes with [`Layer::staged`] instead of a tar. Asked after
+    /// `begin`. Default: none.
+    fn stage_area(&self) -> Option<StageArea> {
+        None
     }
     /// One verified layer.
     fn layer(&mut self, layer: Layer) -> Result<()>;
@@ -231,6 +249,10 @@ pub trait AsyncSink: Send {
     fn blob_regions(&self) -> std::collections::HashMap<usize, BlobRegion> {
         std::collections::HashMap::new()
     }
+    /// As [`Sink::stage_area`].
+    fn stage_area(&self) -> Option<StageArea> {
+        None
+    }
     /// One layer; its bytes are verified as they are read.
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>>;
     /// As [`Sink::layer_failed`].
@@ -307,6 +329,9 @@ impl AsyncSink for Blocking {
             .lock()
             .map(|s| s.blob_regions())
             .unwrap_or_default()
+    }
+    fn stage_area(&self) -> Option<StageArea> {
+        self.sink.lock().ok().and_then(|s| s.stage_area())
     }
     fn layer(&mut self, layer: Layer) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.call(move |s| s.layer(layer)))

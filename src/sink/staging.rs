@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::image::Layer;
-use crate::layer::{ExtractOptions, WhiteoutMode, extract_layer};
+use crate::layer::{ExtractOptions, WhiteoutMode, apply_staged, extract_layer};
 
 /// A directory built under a hidden temp name next to `target`; `commit`
 /// renames it into place, and dropping it uncommitted removes it (at any
@@ -305,8 +305,14 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("setting permissions of", path, e))
 }
 
-/// Applies a verified layer's tar onto `root`, collecting warnings and
-/// skipped entries into `notes`.
+/// How extraction messages name a layer.
+pub fn layer_name(info: &crate::image::LayerInfo) -> String {
+    format!("layer {} ({})", info.index, info.digest)
+}
+
+/// Applies a verified layer's tar onto `root` (or its staged files, see
+/// [`crate::sink::Sink::stage_area`]), collecting warnings and skipped
+/// entries into `notes`.
 pub fn apply_layer(
     root: &Path,
     layer: &Layer,
@@ -315,30 +321,36 @@ pub fn apply_layer(
     cancel: &crate::cancel::CancelToken,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    let name = format!("layer {} ({})", layer.info.index, layer.info.digest);
-    let mut reader = layer
-        .tar_reader()
-        .map_err(|e| Error::stream(format!("reading {name}"), e))?
-        .ok_or_else(|| {
-            Error::InvalidImage(format!(
-                "layer {} arrived without its tar",
-                layer.info.index
-            ))
-        })?;
-    let stats = extract_layer(
-        root,
-        &mut reader,
-        &ExtractOptions {
-            whiteouts,
-            skip_unsafe,
-            layer_name: name.clone(),
-            cancel: cancel.clone(),
-        },
-    )?;
-    // A streamed layer is verified only at its end, past the tar's own
-    // end-of-archive blocks.
-    io::copy(&mut reader, &mut io::sink())
-        .map_err(|e| Error::stream(format!("reading {name}"), e))?;
+    let name = layer_name(&layer.info);
+    let opts = ExtractOptions {
+        whiteouts,
+        skip_unsafe,
+        layer_name: name.clone(),
+        cancel: cancel.clone(),
+    };
+    let stats = if let Some(staged) = &layer.staged {
+        let skeleton = staged
+            .skeleton
+            .open()
+            .map_err(|e| Error::io("reading", staged.skeleton.path(), e))?;
+        apply_staged(root, skeleton, &staged.files, &opts)?
+    } else {
+        let mut reader = layer
+            .tar_reader()
+            .map_err(|e| Error::stream(format!("reading {name}"), e))?
+            .ok_or_else(|| {
+                Error::InvalidImage(format!(
+                    "layer {} arrived without its tar",
+                    layer.info.index
+                ))
+            })?;
+        let stats = extract_layer(root, &mut reader, &opts)?;
+        // A streamed layer is verified only at its end, past the tar's own
+        // end-of-archive blocks.
+        io::copy(&mut reader, &mut io::sink())
+            .map_err(|e| Error::stream(format!("reading {name}"), e))?;
+        stats
+    };
     for w in stats.warnings {
         tracing::warn!("{name}: {w}");
         notes.push(format!("{name}: {w}"));

@@ -173,6 +173,33 @@ impl<S: Input> Archive<S> {
         self.src
     }
 
+    /// The input, while the archive reads it.
+    pub fn input_mut(&mut self) -> &mut S {
+        &mut self.src
+    }
+
+    /// Passes over the padding after the current entry's data, which must
+    /// have been read to its end; the next read is the next header.
+    pub fn skip_padding(&mut self) -> Result<(), TarError> {
+        if self.left > 0 {
+            return Err(TarError::bad(
+                self.pos,
+                None,
+                "the entry's data was not read to its end",
+            ));
+        }
+        let pad = std::mem::take(&mut self.pad);
+        self.skip(pad)
+    }
+
+    /// Says that the current entry's data and padding are not in the input
+    /// (a skeleton tar whose file data lies elsewhere): the next header
+    /// follows this one's.
+    pub fn elide_data(&mut self) {
+        self.left = 0;
+        self.pad = 0;
+    }
+
     fn skip(&mut self, n: u64) -> Result<(), TarError> {
         if n > 0 {
             self.src.skip(n).map_err(|e| self.io(e))?;

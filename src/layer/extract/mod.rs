@@ -21,6 +21,9 @@ use crate::{Error, Result};
 
 mod copy;
 mod meta;
+mod stage;
+
+pub use stage::{StagedFiles, apply_staged, stage_layer};
 
 use copy::{CopyError, copy, copy_sparse};
 use meta::{Meta, XattrFailure, XattrTarget};
@@ -38,24 +41,59 @@ const MAX_XATTR_WARNINGS: usize = 32;
 /// [`ExtractStats::skipped_unsafe`] when `opts.skip_unsafe` is set. Needs
 /// Linux 5.6 or later (`openat2(2)`).
 pub fn extract_layer(root: &Path, tar: impl Read, opts: &ExtractOptions) -> Result<ExtractStats> {
-    let handle = Root::open(root).map_err(|e| match e {
+    #[cfg(test)]
+    if test_hooks::staged() {
+        return test_hooks::through_stage(root, tar, opts);
+    }
+    run(root, tar, opts, None)
+}
+
+/// The staged files of a layer being applied (see [`stage`]).
+struct Staging<'s> {
+    fd: BorrowedFd<'s>,
+    files: &'s StagedFiles,
+}
+
+/// Opens `root` for extraction.
+fn open_root(root: &Path, opts: &ExtractOptions) -> Result<Root> {
+    Root::open(root).map_err(|e| match e {
         OpenRootError::NoOpenat2 => Error::Unsupported(format!(
             "{}: extracting needs openat2(2) (Linux 5.6 or later), which this kernel \
              lacks; refusing to extract without it",
             opts.layer_name
         )),
         OpenRootError::Io(e) => Error::io("opening", root, e),
-    })?;
+    })
+}
+
+/// Applies `tar` onto `root`; with `staged`, the entries it staged are
+/// renamed into place and their data is not in `tar`.
+fn run(
+    root: &Path,
+    tar: impl Read,
+    opts: &ExtractOptions,
+    staged: Option<Staging<'_>>,
+) -> Result<ExtractStats> {
+    let handle = open_root(root, opts)?;
     let mut ex = Extractor::new(root, handle, opts).map_err(|e| Error::io("opening", root, e))?;
     // The shared reader: one answer to every entry's name (the one the
     // filters used), metadata and sparse maps capped before allocation.
     let mut archive = Archive::new(Stream(BufReader::with_capacity(COPY_BUF, tar)));
+    let mut k: u64 = 0;
     loop {
         opts.cancel.check()?;
         let Some(entry) = archive.next_entry().map_err(|e| ex.tar_error(e))? else {
             break;
         };
-        match ex.entry(&entry, &mut archive) {
+        let applied = match &staged {
+            Some(s) if s.files.is_staged(k) => {
+                archive.elide_data();
+                ex.place_staged(&entry, k, s.fd)
+            }
+            _ => ex.entry(&entry, &mut archive),
+        };
+        k += 1;
+        match applied {
             Ok(()) => ex.stats.entries += 1,
             Err(Fail::Refused(reason)) => {
                 let message = format!("entry {} {reason}", shown(entry.path()));
@@ -518,7 +556,20 @@ impl<'a> Extractor<'a> {
         let fd = resolve::create_file(p.fd.as_fd(), last)
             .map_err(|e| self.io_fail("creating", rel, e))?;
         self.created(&p, last);
-        let mut file = File::from(fd);
+        self.write_file(File::from(fd), entry, archive, rel, meta, sparse)
+    }
+
+    /// Writes an entry's data into `file`, new and empty, and then its
+    /// metadata; `rel` names it in messages.
+    fn write_file<S: tarfmt::Input>(
+        &mut self,
+        mut file: File,
+        entry: &tarfmt::Entry,
+        archive: &mut Archive<S>,
+        rel: &[u8],
+        meta: &Meta,
+        sparse: Option<&Sparse>,
+    ) -> Result<(), Fail> {
         let expected = entry.data_size;
         let mut data = archive.data();
         let copied = match sparse {
@@ -840,6 +891,25 @@ pub(super) mod test_hooks {
 
     pub(super) fn unprivileged() -> bool {
         UNPRIVILEGED.with(Cell::get)
+    }
+
+    /// `OCCYSTRAP_TEST_STAGED=1`: every extraction in the tests goes
+    /// through [`super::stage_layer`] and [`super::apply_staged`], so that
+    /// the extraction tests check both ways (`scripts/test.sh` runs them so).
+    pub(super) fn staged() -> bool {
+        std::env::var_os("OCCYSTRAP_TEST_STAGED").is_some_and(|v| v == "1")
+    }
+
+    /// Stages `tar` beside `root` (on its filesystem), then applies it.
+    pub(super) fn through_stage(
+        root: &std::path::Path,
+        tar: impl std::io::Read,
+        opts: &crate::layer::ExtractOptions,
+    ) -> crate::Result<crate::layer::ExtractStats> {
+        let area = root.parent().unwrap_or(root);
+        let mut skeleton = Vec::new();
+        let files = super::stage_layer(tar, area, &mut skeleton, opts)?;
+        super::apply_staged(root, &skeleton[..], &files, opts)
     }
 }
 

@@ -17,6 +17,7 @@ mod cancel;
 mod hostile;
 mod meta;
 mod overlay;
+mod staged;
 mod whiteouts;
 
 const MTIME: u64 = 1_600_000_000;
