@@ -263,7 +263,7 @@ pub struct Layer {
     /// the reader asked for it.
     pub blob: Option<FileSlice>,
     /// The tar extracted ahead, for a sink that takes layers so
-    /// ([`crate::sink::Sink::stage_area`]); then `tar` is `None`.
+    /// (a sink's `stage_area`); then `tar` is `None` unless the sink keeps it.
     pub staged: Option<Arc<StagedTar>>,
     live: std::sync::Mutex<Option<Box<dyn LiveTar>>>,
     live_blob: std::sync::Mutex<Option<LiveBlob>>,

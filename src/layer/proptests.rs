@@ -406,9 +406,14 @@ fn extract_stack(layers: &[Vec<Op>]) -> (BTreeMap<String, Kind>, usize) {
     (scan(dir.path()), skipped)
 }
 
-/// Stages every layer at once, each on its own thread, started in `order`;
-/// then applies them bottom to top. Returns the tree and the entries skipped.
-fn extract_stack_staged(layers: &[Vec<Op>], order: &[usize]) -> (BTreeMap<String, Kind>, usize) {
+/// Stages every layer at once, each on its own thread, started in `order`
+/// (with `whole`, keeping the whole tar as the skeleton); then applies them
+/// bottom to top. Returns the tree and the entries skipped.
+fn extract_stack_staged(
+    layers: &[Vec<Op>],
+    order: &[usize],
+    whole: bool,
+) -> (BTreeMap<String, Kind>, usize) {
     let top = tempfile::tempdir().unwrap();
     let root = top.path().join("root");
     fs::create_dir(&root).unwrap();
@@ -426,7 +431,7 @@ fn extract_stack_staged(layers: &[Vec<Op>], order: &[usize]) -> (BTreeMap<String
                 let tar = layer_tar(&layers[i]);
                 let job = s.spawn(move || {
                     let mut skeleton = Vec::new();
-                    let files = stage_layer(&tar[..], area, &mut skeleton, &opts)
+                    let files = stage_layer(&tar[..], area, &mut skeleton, whole, &opts)
                         .unwrap_or_else(|e| panic!("staging layer {i} failed: {e}"));
                     (skeleton, files)
                 });
@@ -441,7 +446,7 @@ fn extract_stack_staged(layers: &[Vec<Op>], order: &[usize]) -> (BTreeMap<String
     });
     let mut skipped = 0;
     for (i, (skeleton, files)) in staged.drain(..).enumerate() {
-        let stats = apply_staged(&root, &skeleton[..], &files, &opts(i))
+        let stats = apply_staged(&root, std::io::Cursor::new(&skeleton), &files, &opts(i))
             .unwrap_or_else(|e| panic!("applying layer {i} failed: {e}"));
         // Only a file whose entry was refused stays behind.
         let left = fs::read_dir(files.path()).unwrap().count();
@@ -528,8 +533,8 @@ proptest! {
     /// Layers staged at once, in any order, and applied in order give the
     /// tree the model predicts.
     #[test]
-    fn staged_in_any_order_match_the_model((layers, order) in shuffled_stack()) {
-        let staged = extract_stack_staged(&layers, &order);
+    fn staged_in_any_order_match_the_model((layers, order) in shuffled_stack(), whole: bool) {
+        let staged = extract_stack_staged(&layers, &order, whole);
         let model = model_stack(&layers);
         prop_assert_eq!(
             staged, model,

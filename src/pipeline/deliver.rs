@@ -199,7 +199,7 @@ fn verify(
         && passing.rewrite.is_none()
     {
         h.close();
-        return stage_tar(verified, area, temp_dir, &label);
+        return stage_tar(verified, area, &label);
     }
     // A plain tar in a local file is served where it lies once verified.
     let tar_in_place = in_place
@@ -254,14 +254,10 @@ fn verify(
 }
 
 /// Extracts the verified tar ahead into the sink's stage area, its skeleton
-/// into a temp file; the verdict is the stager's last read.
-fn stage_tar(
-    mut verified: VerifiedTar,
-    area: &StageArea,
-    temp_dir: &Path,
-    label: &str,
-) -> Result<Layer> {
-    let skeleton = temp_file(temp_dir, "skeleton-")?;
+/// into a temp file there; the verdict is the stager's last read.
+fn stage_tar(mut verified: VerifiedTar, area: &StageArea, label: &str) -> Result<Layer> {
+    // Beside the staged files: a sink that keeps the tar links it from there.
+    let skeleton = temp_file(&area.dir, ".skeleton-")?;
     let out = skeleton
         .as_file()
         .try_clone()
@@ -272,7 +268,7 @@ fn stage_tar(
         layer_name: crate::sink::staging::layer_name(verified.info()),
         cancel: crate::cancel::CancelToken::new(),
     };
-    let staged = crate::layer::stage_layer(&mut verified, &area.dir, out, &opts);
+    let staged = crate::layer::stage_layer(&mut verified, &area.dir, out, area.keep_tar, &opts);
     let files = match staged {
         Ok(files) => files,
         Err(e) => {
@@ -287,11 +283,10 @@ fn stage_tar(
         .metadata()
         .map_err(|e| Error::io("reading", skeleton.path(), e))?
         .len();
-    let mut layer = Layer::files(verified.info().clone(), None, None);
-    layer.staged = Some(Arc::new(crate::image::StagedTar {
-        skeleton: FileSlice::temp(skeleton.into_temp_path(), len),
-        files,
-    }));
+    let skeleton = FileSlice::temp(skeleton.into_temp_path(), len);
+    let tar = area.keep_tar.then(|| skeleton.clone());
+    let mut layer = Layer::files(verified.info().clone(), tar, None);
+    layer.staged = Some(Arc::new(crate::image::StagedTar { skeleton, files }));
     Ok(layer)
 }
 

@@ -85,6 +85,7 @@ impl Sink for BundleSink {
         Some(StageArea {
             dir: self.staged.path().to_path_buf(),
             whiteouts: WhiteoutMode::Apply,
+            keep_tar: false,
         })
     }
 

@@ -353,13 +353,28 @@ impl DirSink {
         let Some(x) = &self.expand else {
             return Ok(ExtractStats::default());
         };
-        let opts = ExtractOptions {
+        extract_layer(x.tree.path(), tar, &self.extract_options(info))
+    }
+
+    /// Applies a layer extracted ahead onto the tree.
+    fn apply_staged(
+        &self,
+        info: &LayerInfo,
+        staged: &crate::image::StagedTar,
+    ) -> Result<ExtractStats> {
+        let Some(x) = &self.expand else {
+            return Ok(ExtractStats::default());
+        };
+        crate::sink::staging::apply_staged_tar(x.tree.path(), staged, &self.extract_options(info))
+    }
+
+    fn extract_options(&self, info: &LayerInfo) -> ExtractOptions {
+        ExtractOptions {
             whiteouts: WhiteoutMode::Apply,
             skip_unsafe: self.options.skip_unsafe,
             layer_name: layer_name(info),
             cancel: self.options.cancel.clone(),
-        };
-        extract_layer(x.tree.path(), tar, &opts)
+        }
     }
 
     /// Keeps what an extraction has to say: the binary logs only errors by
@@ -458,6 +473,16 @@ impl Sink for DirSink {
         self.options.expand
     }
 
+    /// With `expand`: in this run's directory in the store, beside the tree.
+    fn stage_area(&self) -> Option<super::StageArea> {
+        let run = self.run.as_ref().filter(|_| self.expand.is_some())?;
+        Some(super::StageArea {
+            dir: self.root.join(run.name()),
+            whiteouts: WhiteoutMode::Apply,
+            keep_tar: true,
+        })
+    }
+
     fn begin(&mut self, image: &Image) -> Result<()> {
         let (store, created) = StoreRoot::create(&self.root)?;
         if created {
@@ -516,10 +541,13 @@ impl Sink for DirSink {
                 // file: side by side they take the time of the slower.
                 std::thread::scope(|scope| {
                     let store = scope.spawn(|| this.store_layer(&layer));
-                    let stats = tar
-                        .open()
-                        .map_err(|e| Error::io("reading", tar.path(), e))
-                        .and_then(|r| this.extract(&layer.info, r));
+                    let stats = match &layer.staged {
+                        Some(staged) => this.apply_staged(&layer.info, staged),
+                        None => tar
+                            .open()
+                            .map_err(|e| Error::io("reading", tar.path(), e))
+                            .and_then(|r| this.extract(&layer.info, r)),
+                    };
                     let stored = store
                         .join()
                         .map_err(|_| Error::InvalidImage("storing a layer failed".into()))?;

@@ -104,6 +104,9 @@ pub struct StageArea {
     pub dir: std::path::PathBuf,
     /// How the sink applies whiteouts.
     pub whiteouts: crate::layer::WhiteoutMode,
+    /// The sink keeps the layer's tar too: it comes as [`Layer::tar`]
+    /// beside the staged files.
+    pub keep_tar: bool,
 }
 
 /// An image writer that works on blocking threads (files, trees). The

@@ -305,6 +305,17 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("setting permissions of", path, e))
 }
 
+/// Applies a layer extracted ahead (see [`crate::sink::Sink::stage_area`]).
+pub fn apply_staged_tar(
+    root: &Path,
+    staged: &crate::image::StagedTar,
+    opts: &ExtractOptions,
+) -> Result<crate::layer::ExtractStats> {
+    let path = staged.skeleton.path();
+    let file = std::fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    apply_staged(root, file, &staged.files, opts)
+}
+
 /// How extraction messages name a layer.
 pub fn layer_name(info: &crate::image::LayerInfo) -> String {
     format!("layer {} ({})", info.index, info.digest)
@@ -329,11 +340,7 @@ pub fn apply_layer(
         cancel: cancel.clone(),
     };
     let stats = if let Some(staged) = &layer.staged {
-        let skeleton = staged
-            .skeleton
-            .open()
-            .map_err(|e| Error::io("reading", staged.skeleton.path(), e))?;
-        apply_staged(root, skeleton, &staged.files, &opts)?
+        apply_staged_tar(root, staged, &opts)?
     } else {
         let mut reader = layer
             .tar_reader()

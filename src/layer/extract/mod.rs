@@ -45,7 +45,8 @@ pub fn extract_layer(root: &Path, tar: impl Read, opts: &ExtractOptions) -> Resu
     if test_hooks::staged() {
         return test_hooks::through_stage(root, tar, opts);
     }
-    run(root, tar, opts, None)
+    let archive = Archive::new(Stream(BufReader::with_capacity(COPY_BUF, tar)));
+    run(root, archive, opts, None)
 }
 
 /// The staged files of a layer being applied (see [`stage`]).
@@ -66,19 +67,18 @@ fn open_root(root: &Path, opts: &ExtractOptions) -> Result<Root> {
     })
 }
 
-/// Applies `tar` onto `root`; with `staged`, the entries it staged are
-/// renamed into place and their data is not in `tar`.
-fn run(
+/// Applies the tar `archive` reads onto `root`; with `staged`, the entries
+/// it staged are renamed into place (and their data skipped, or absent).
+/// `archive` is the shared reader: one answer to every entry's name (the
+/// one the filters used), metadata and sparse maps capped before allocation.
+fn run<S: tarfmt::Input>(
     root: &Path,
-    tar: impl Read,
+    mut archive: Archive<S>,
     opts: &ExtractOptions,
     staged: Option<Staging<'_>>,
 ) -> Result<ExtractStats> {
     let handle = open_root(root, opts)?;
     let mut ex = Extractor::new(root, handle, opts).map_err(|e| Error::io("opening", root, e))?;
-    // The shared reader: one answer to every entry's name (the one the
-    // filters used), metadata and sparse maps capped before allocation.
-    let mut archive = Archive::new(Stream(BufReader::with_capacity(COPY_BUF, tar)));
     let mut k: u64 = 0;
     loop {
         opts.cancel.check()?;
@@ -87,7 +87,9 @@ fn run(
         };
         let applied = match &staged {
             Some(s) if s.files.is_staged(k) => {
-                archive.elide_data();
+                if !s.files.whole_tar() {
+                    archive.elide_data();
+                }
                 ex.place_staged(&entry, k, s.fd)
             }
             _ => ex.entry(&entry, &mut archive),
@@ -908,8 +910,8 @@ pub(super) mod test_hooks {
     ) -> crate::Result<crate::layer::ExtractStats> {
         let area = root.parent().unwrap_or(root);
         let mut skeleton = Vec::new();
-        let files = super::stage_layer(tar, area, &mut skeleton, opts)?;
-        super::apply_staged(root, &skeleton[..], &files, opts)
+        let files = super::stage_layer(tar, area, &mut skeleton, false, opts)?;
+        super::apply_staged(root, std::io::Cursor::new(skeleton), &files, opts)
     }
 }
 

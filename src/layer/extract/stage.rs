@@ -12,7 +12,7 @@
 //! written early. The staging directory must be on the target's filesystem.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,7 @@ use super::{COPY_BUF, Extractor, Fail, Meta, open_root, shown};
 use crate::layer::path::{self, RelPath, Whiteout};
 use crate::layer::resolve;
 use crate::layer::{ExtractOptions, ExtractStats};
-use crate::tarfmt::{Archive, Entry, Stream};
+use crate::tarfmt::{Archive, BufSeek, Entry, Stream};
 use crate::{Error, Result};
 
 /// A layer's regular files, written ahead into a staging directory (removed
@@ -33,6 +33,8 @@ pub struct StagedFiles {
     /// Bit `k` set: the `k`-th entry of the tar is staged as the file `k`,
     /// and the skeleton lacks its data.
     staged: Vec<u64>,
+    /// The skeleton is the whole tar, staged files' data included.
+    whole: bool,
     warnings: Vec<String>,
 }
 
@@ -50,6 +52,11 @@ impl StagedFiles {
             self.staged.resize(word + 1, 0);
         }
         self.staged[word] |= 1 << (k % 64);
+    }
+
+    /// Whether the skeleton is the whole tar.
+    pub fn whole_tar(&self) -> bool {
+        self.whole
     }
 
     /// The staging directory.
@@ -133,11 +140,14 @@ impl Extractor<'_> {
 
 /// Reads `tar` to its end, writing its regular files into a new staging
 /// directory in `area` and the rest of the tar to `skeleton` (see the
-/// module documentation). `opts` must be those the apply will use.
+/// module documentation); with `whole_tar`, the skeleton is the whole tar,
+/// for a sink that keeps it as well. `opts` must be those the apply will
+/// use.
 pub fn stage_layer(
     tar: impl Read,
     area: &Path,
     skeleton: impl Write,
+    whole_tar: bool,
     opts: &ExtractOptions,
 ) -> Result<StagedFiles> {
     let dir = tempfile::Builder::new()
@@ -148,6 +158,7 @@ pub fn stage_layer(
     let mut files = StagedFiles {
         dir,
         staged: Vec::new(),
+        whole: whole_tar,
         warnings: Vec::new(),
     };
     let root_path = files.dir.clone();
@@ -167,7 +178,7 @@ pub fn stage_layer(
             break;
         };
         if let Some(meta) = ex.stageable(&entry) {
-            archive.input_mut().0.skip = true;
+            archive.input_mut().0.skip = !whole_tar;
             let name = k.to_string();
             let fd = resolve::create_file(ex.root_dir.as_fd(), name.as_bytes())
                 .map_err(|e| Error::io("creating", root_path.join(&name), e))?;
@@ -213,7 +224,7 @@ pub fn stage_layer(
 /// [`super::extract_layer`] of the whole tar would.
 pub fn apply_staged(
     root: &Path,
-    skeleton: impl Read,
+    skeleton: impl Read + Seek,
     files: &StagedFiles,
     opts: &ExtractOptions,
 ) -> Result<ExtractStats> {
@@ -224,9 +235,10 @@ pub fn apply_staged(
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| Error::io("opening", dir, e.into()))?;
+    let archive = Archive::new(BufSeek(BufReader::with_capacity(COPY_BUF, skeleton)));
     let mut stats = super::run(
         root,
-        skeleton,
+        archive,
         opts,
         Some(super::Staging {
             fd: fd.as_fd(),

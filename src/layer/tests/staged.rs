@@ -4,12 +4,13 @@
 use super::*;
 
 /// Stages `tar` in `area`; returns the skeleton and the staged files.
-fn stage(area: &Path, tar: &[u8], skip_unsafe: bool) -> (Vec<u8>, StagedFiles) {
+fn stage(area: &Path, tar: &[u8], whole: bool, skip_unsafe: bool) -> (Vec<u8>, StagedFiles) {
     let mut skeleton = Vec::new();
     let files = stage_layer(
         tar,
         area,
         &mut skeleton,
+        whole,
         &opts(WhiteoutMode::Apply, skip_unsafe),
     )
     .expect("staging");
@@ -27,6 +28,17 @@ fn staged_names(files: &StagedFiles) -> Vec<String> {
 
 #[test]
 fn file_data_moves_out_of_the_skeleton_and_into_place() {
+    staged_files_go_into_place(false);
+}
+
+/// For a sink that keeps the tar as well, the skeleton is the whole tar and
+/// the apply skips the staged files' data in it.
+#[test]
+fn a_whole_skeleton_is_applied_the_same() {
+    staged_files_go_into_place(true);
+}
+
+fn staged_files_go_into_place(whole: bool) {
     let sb = sandbox();
     let big = "x".repeat(64 << 10);
     let long = format!("d/{}", "n".repeat(150));
@@ -43,23 +55,27 @@ fn file_data_moves_out_of_the_skeleton_and_into_place() {
         .owned(EntryType::Regular, "bad", 0o644, u64::from(u32::MAX), 0)
         .file("d/after", "after");
     let tar = t.bytes();
-    let (skeleton, files) = stage(&sb.parent, &tar, true);
+    let (skeleton, files) = stage(&sb.parent, &tar, whole, true);
     // Entries are counted from 0: d, d/big, (the PAX header is part of the
     // next entry) long, link, hard, empty, bad, after.
     assert_eq!(staged_names(&files), ["1", "2", "5", "7"]);
-    assert!(
-        skeleton.len() + big.len() <= tar.len(),
-        "skeleton {} of a tar of {}",
-        skeleton.len(),
-        tar.len()
-    );
+    if whole {
+        assert_eq!(skeleton, tar);
+    } else {
+        assert!(
+            skeleton.len() + big.len() <= tar.len(),
+            "skeleton {} of a tar of {}",
+            skeleton.len(),
+            tar.len()
+        );
+    }
     assert_eq!(fs::read(files.path().join("1")).unwrap(), big.as_bytes());
     // Nothing reaches the root before the apply.
     assert_eq!(fs::read_dir(&sb.root).unwrap().count(), 0);
 
     let stats = apply_staged(
         &sb.root,
-        &skeleton[..],
+        std::io::Cursor::new(&skeleton),
         &files,
         &opts(WhiteoutMode::Apply, true),
     )
@@ -103,7 +119,7 @@ fn staged_ahead_of_the_layers_below() {
         .file("d/x", "upper")
         .file(".wh.gone", "")
         .file("keep/new", "n");
-    let (skeleton, files) = stage(&sb.parent, &upper.bytes(), false);
+    let (skeleton, files) = stage(&sb.parent, &upper.bytes(), false, false);
     apply(
         &sb.root,
         Tar::new()
@@ -116,7 +132,7 @@ fn staged_ahead_of_the_layers_below() {
     );
     apply_staged(
         &sb.root,
-        &skeleton[..],
+        std::io::Cursor::new(&skeleton),
         &files,
         &opts(WhiteoutMode::Apply, false),
     )
@@ -138,6 +154,7 @@ fn a_truncated_layer_fails_while_staging_and_leaves_nothing() {
         &tar[..],
         &sb.parent,
         &mut skeleton,
+        false,
         &opts(WhiteoutMode::Apply, false),
     )
     .unwrap_err();
