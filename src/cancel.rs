@@ -84,11 +84,12 @@ impl Drop for CleanupGuard {
 /// Removes every registered temp path, for a process about to be ended
 /// while its run is stuck. Unlinking never blocks on what a path is, so
 /// this cannot hang on a FIFO; a directory is only emptied one level deep.
+/// Newest first: a directory registered inside another goes before it.
 pub fn forced_cleanup() {
     let Ok(list) = CLEANUP.try_lock() else {
         return;
     };
-    for (_, path, dir) in list.iter() {
+    for (_, path, dir) in list.iter().rev() {
         if *dir {
             for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
                 let _ = std::fs::remove_file(e.path());

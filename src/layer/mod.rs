@@ -24,7 +24,7 @@ mod tests;
 
 #[cfg(test)]
 pub(crate) use depth_tests::{sandbox as depth_sandbox, with_fd_limit as depth_with_fd_limit};
-pub use extract::{StagedFiles, apply_staged, extract_layer, stage_layer};
+pub use extract::{StageDir, StagedFiles, apply_staged, extract_layer, stage_layer};
 
 /// What to do with whiteout entries (`.wh.NAME`, `.wh..wh..opq`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use super::{ExtractOptions, WhiteoutMode, apply_staged, extract_layer, stage_layer};
+use super::{ExtractOptions, StageDir, WhiteoutMode, apply_staged, extract_layer, stage_layer};
 
 /// Linux's limit on symlinks followed in one resolution.
 const MAX_LINKS: u32 = 40;
@@ -423,11 +423,12 @@ fn extract_stack_staged(
         layer_name: format!("layer {i}"),
         cancel: Default::default(),
     };
+    let area = StageDir::create_in(top.path()).unwrap();
     let mut staged: Vec<_> = std::thread::scope(|s| {
         let mut running: Vec<_> = order
             .iter()
             .map(|&i| {
-                let (area, opts) = (top.path(), opts(i));
+                let (area, opts) = (&area, opts(i));
                 let tar = layer_tar(&layers[i]);
                 let job = s.spawn(move || {
                     let mut skeleton = Vec::new();

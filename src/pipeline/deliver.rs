@@ -257,7 +257,7 @@ fn verify(
 /// into a temp file there; the verdict is the stager's last read.
 fn stage_tar(mut verified: VerifiedTar, area: &StageArea, label: &str) -> Result<Layer> {
     // Beside the staged files: a sink that keeps the tar links it from there.
-    let skeleton = temp_file(&area.dir, ".skeleton-")?;
+    let skeleton = temp_file(area.dir.path(), ".skeleton-")?;
     let out = skeleton
         .as_file()
         .try_clone()

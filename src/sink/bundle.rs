@@ -10,13 +10,14 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, Spec, User};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::image::{Image, Layer};
-use crate::layer::WhiteoutMode;
+use crate::layer::{StageDir, WhiteoutMode};
 use crate::sink::staging::{StagedDir, apply_layer, set_mode};
 use crate::sink::{Sink, SinkReport, StageArea};
 
@@ -26,6 +27,9 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// Writes an image as an OCI runtime bundle.
 pub struct BundleSink {
     staged: StagedDir,
+    /// Where later layers are extracted ahead: beside the bundle, so that
+    /// it outlives any layer still being staged when the run fails.
+    stage: Arc<StageDir>,
     readonly: bool,
     skip_unsafe: bool,
     cancel: crate::cancel::CancelToken,
@@ -60,7 +64,9 @@ impl BundleSink {
         let rootfs = staged.path().join("rootfs");
         std::fs::create_dir(&rootfs).map_err(|e| Error::io("creating", &rootfs, e))?;
         set_mode(&rootfs, 0o755)?;
+        let beside = staged.path().parent().unwrap_or(Path::new("."));
         Ok(BundleSink {
+            stage: StageDir::create_in(beside)?,
             staged,
             readonly,
             skip_unsafe,
@@ -80,10 +86,9 @@ impl Sink for BundleSink {
         true
     }
 
-    /// Beside the rootfs, in the bundle's staging directory.
     fn stage_area(&self) -> Option<StageArea> {
         Some(StageArea {
-            dir: self.staged.path().to_path_buf(),
+            dir: self.stage.clone(),
             whiteouts: WhiteoutMode::Apply,
             keep_tar: false,
         })

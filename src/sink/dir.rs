@@ -92,6 +92,8 @@ impl Drop for CreatedRoot {
 /// A merged rootfs under construction.
 struct Expansion {
     tree: StagedDir,
+    /// Where later layers are extracted ahead (in the store's root).
+    stage: std::sync::Arc<crate::layer::StageDir>,
     /// The next layer index to apply: everything below it is in the tree.
     next_index: usize,
 }
@@ -473,11 +475,10 @@ impl Sink for DirSink {
         self.options.expand
     }
 
-    /// With `expand`: in this run's directory in the store, beside the tree.
+    /// With `expand`: in the store's root, beside the tree.
     fn stage_area(&self) -> Option<super::StageArea> {
-        let run = self.run.as_ref().filter(|_| self.expand.is_some())?;
         Some(super::StageArea {
-            dir: self.root.join(run.name()),
+            dir: self.expand.as_ref()?.stage.clone(),
             whiteouts: WhiteoutMode::Apply,
             keep_tar: true,
         })
@@ -500,6 +501,7 @@ impl Sink for DirSink {
             let tree = StagedDir::new(&self.root.join(self.stem(image)))?;
             self.expand = Some(Expansion {
                 tree,
+                stage: crate::layer::StageDir::create_in(&self.root)?,
                 next_index: 0,
             });
         }

@@ -100,8 +100,9 @@ pub struct SinkReport {
 /// [`Sink::stage_area`]).
 #[derive(Clone, Debug)]
 pub struct StageArea {
-    /// A directory on the filesystem of the sink's tree, outside the tree.
-    pub dir: std::path::PathBuf,
+    /// A directory on the filesystem of the sink's tree, outside the tree,
+    /// that outlives every layer staged in it.
+    pub dir: std::sync::Arc<crate::layer::StageDir>,
     /// How the sink applies whiteouts.
     pub whiteouts: crate::layer::WhiteoutMode,
     /// The sink keeps the layer's tar too: it comes as [`Layer::tar`]

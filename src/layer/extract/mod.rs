@@ -23,7 +23,7 @@ mod copy;
 mod meta;
 mod stage;
 
-pub use stage::{StagedFiles, apply_staged, stage_layer};
+pub use stage::{StageDir, StagedFiles, apply_staged, stage_layer};
 
 use copy::{CopyError, copy, copy_sparse};
 use meta::{Meta, XattrFailure, XattrTarget};
@@ -908,9 +908,9 @@ pub(super) mod test_hooks {
         tar: impl std::io::Read,
         opts: &crate::layer::ExtractOptions,
     ) -> crate::Result<crate::layer::ExtractStats> {
-        let area = root.parent().unwrap_or(root);
+        let area = super::StageDir::create_in(root.parent().unwrap_or(root))?;
         let mut skeleton = Vec::new();
-        let files = super::stage_layer(tar, area, &mut skeleton, false, opts)?;
+        let files = super::stage_layer(tar, &area, &mut skeleton, false, opts)?;
         super::apply_staged(root, std::io::Cursor::new(skeleton), &files, opts)
     }
 }

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{OFlags, RenameFlags};
 
@@ -25,11 +26,52 @@ use crate::layer::{ExtractOptions, ExtractStats};
 use crate::tarfmt::{Archive, BufSeek, Entry, Stream};
 use crate::{Error, Result};
 
+/// Where layers are extracted ahead: a directory on the target's
+/// filesystem, removed with everything in it once its last holder lets go.
+/// Every layer staged there holds it, so a layer still being staged when
+/// its run has failed finishes before the directory goes.
+#[derive(Debug)]
+pub struct StageDir {
+    path: PathBuf,
+    _forced: crate::cancel::CleanupGuard,
+}
+
+impl StageDir {
+    /// Creates a new stage directory in `parent`.
+    pub fn create_in(parent: &Path) -> Result<Arc<StageDir>> {
+        let path = tempfile::Builder::new()
+            .prefix(".occystrap-stage-")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io("creating a staging directory in", parent, e))?
+            .keep();
+        Ok(Arc::new(StageDir {
+            _forced: crate::cancel::remove_on_forced_exit(path.clone(), true),
+            path,
+        }))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StageDir {
+    fn drop(&mut self) {
+        if let Err(e) = crate::rmtree::remove(&self.path) {
+            tracing::warn!("removing {}: {e}", self.path.display());
+        }
+    }
+}
+
 /// A layer's regular files, written ahead into a staging directory (removed
 /// with everything left in it when this is dropped).
 #[derive(Debug)]
 pub struct StagedFiles {
     dir: PathBuf,
+    _forced: crate::cancel::CleanupGuard,
+    /// Dropped after `dir` is removed.
+    _area: Arc<StageDir>,
     /// Bit `k` set: the `k`-th entry of the tar is staged as the file `k`,
     /// and the skeleton lacks its data.
     staged: Vec<u64>,
@@ -138,24 +180,26 @@ impl Extractor<'_> {
     }
 }
 
-/// Reads `tar` to its end, writing its regular files into a new staging
-/// directory in `area` and the rest of the tar to `skeleton` (see the
+/// Reads `tar` to its end, writing its regular files into a new directory
+/// in `area` and the rest of the tar to `skeleton` (see the
 /// module documentation); with `whole_tar`, the skeleton is the whole tar,
 /// for a sink that keeps it as well. `opts` must be those the apply will
 /// use.
 pub fn stage_layer(
     tar: impl Read,
-    area: &Path,
+    area: &Arc<StageDir>,
     skeleton: impl Write,
     whole_tar: bool,
     opts: &ExtractOptions,
 ) -> Result<StagedFiles> {
     let dir = tempfile::Builder::new()
         .prefix(".layer-")
-        .tempdir_in(area)
-        .map_err(|e| Error::io("creating a staging directory in", area, e))?
+        .tempdir_in(area.path())
+        .map_err(|e| Error::io("creating a staging directory in", area.path(), e))?
         .keep();
     let mut files = StagedFiles {
+        _forced: crate::cancel::remove_on_forced_exit(dir.clone(), true),
+        _area: area.clone(),
         dir,
         staged: Vec::new(),
         whole: whole_tar,

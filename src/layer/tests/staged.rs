@@ -8,7 +8,7 @@ fn stage(area: &Path, tar: &[u8], whole: bool, skip_unsafe: bool) -> (Vec<u8>, S
     let mut skeleton = Vec::new();
     let files = stage_layer(
         tar,
-        area,
+        &StageDir::create_in(area).unwrap(),
         &mut skeleton,
         whole,
         &opts(WhiteoutMode::Apply, skip_unsafe),
@@ -105,8 +105,13 @@ fn staged_files_go_into_place(whole: bool) {
     // Only the refused entry's file would stay behind, and it was never staged.
     assert!(staged_names(&files).is_empty());
     let dir = files.path().to_path_buf();
+    let area = dir.parent().unwrap().to_path_buf();
     drop(files);
-    assert!(!dir.exists(), "the staging directory outlived its layer");
+    assert!(!dir.exists(), "the layer's directory outlived it");
+    assert!(
+        !area.exists(),
+        "the stage directory outlived its last layer"
+    );
 }
 
 /// A layer staged before the layers below it are applied still replaces
@@ -152,7 +157,7 @@ fn a_truncated_layer_fails_while_staging_and_leaves_nothing() {
     let mut skeleton = Vec::new();
     let e = stage_layer(
         &tar[..],
-        &sb.parent,
+        &StageDir::create_in(&sb.parent).unwrap(),
         &mut skeleton,
         false,
         &opts(WhiteoutMode::Apply, false),
