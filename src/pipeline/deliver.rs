@@ -283,6 +283,7 @@ fn stage_tar(mut verified: VerifiedTar, area: &StageArea, label: &str) -> Result
         .metadata()
         .map_err(|e| Error::io("reading", skeleton.path(), e))?
         .len();
+    tracing::debug!("{label}: extracted ahead into {}", files.path().display());
     let skeleton = FileSlice::temp(skeleton.into_temp_path(), len);
     let tar = area.keep_tar.then(|| skeleton.clone());
     let mut layer = Layer::files(verified.info().clone(), tar, None);

@@ -694,13 +694,16 @@ fn an_observer_failing_midstream_fails_the_run_before_the_sink_commits() {
     let e = w.result.unwrap_err();
     assert!(e.to_string().contains("this layer is bad"), "{e}");
     assert!(!w.finished, "the sink was not finished");
-    // Layer 1 reached the sink live and its stream ended in an error, not
-    // in end-of-file; nothing came after it.
-    assert_eq!(w.seen.len(), 2, "{:?}", w.seen);
+    // Layer 1 failed before it was whole: if it reached the sink (live, or
+    // spooled while layer 0 was being read, as timing decides), its stream
+    // ended in an error, not in end-of-file; nothing came after it.
+    assert!(matches!(w.seen.len(), 1 | 2), "{:?}", w.seen);
     assert!(w.seen[0].digest.is_some());
-    assert_eq!(w.seen[1].index, 1);
-    assert!(w.seen[1].live);
-    assert_eq!(w.seen[1].digest, None);
+    if let Some(one) = w.seen.get(1) {
+        assert_eq!(one.index, 1);
+        assert!(one.live);
+        assert_eq!(one.digest, None);
+    }
     assert_eq!(w.calls, [(0, false)]);
 }
 

@@ -285,6 +285,66 @@ fn expand_matches_umoci_unpack() {
     assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
 }
 
+/// With the bottom layer slow, the layers above it are extracted ahead into
+/// files beside the output, then applied in order when their turn comes:
+/// both rootfs outputs still equal umoci's, and nothing is left beside them.
+#[test]
+fn layers_extracted_ahead_give_umocis_tree() {
+    let env = TestEnv::new();
+    let reg = Registry::start();
+    let pushed = push(&env, &reg, "team/rich:v1", &rich_image());
+    let theirs = umoci_unpack(&env, &pushed.layout);
+    let proxy = crate::support::proxy::Proxy::start(&reg.host());
+    let bottom = format!("/blobs/{}", pushed.built.layers[0].digest);
+    proxy.always(
+        &bottom,
+        crate::support::proxy::Fault::Drip {
+            bytes: 256,
+            every: Duration::from_millis(2),
+        },
+    );
+    let store = env.out("store");
+    let bundle = env.out("bundle");
+    for (dest, rootfs) in [
+        (format!("oci://{}", bundle.display()), bundle.join("rootfs")),
+        (
+            format!("dir://{}?expand=true", store.display()),
+            store.join("manifest"),
+        ),
+    ] {
+        let out = env
+            .occy()
+            .args(["--verbose", "--insecure", "process"])
+            .arg(proxy.uri("team/rich", "v1"))
+            .arg(&dest)
+            .ok();
+        for i in [1, 2] {
+            let name = format!("layer {i} (");
+            assert!(
+                out.stderr
+                    .lines()
+                    .any(|l| l.contains(&name) && l.contains("extracted ahead")),
+                "{dest}: layer {i} was not extracted ahead: {}",
+                out.stderr
+            );
+        }
+        assert_rich_semantics(&rootfs);
+        assert_same_tree(&rootfs, &theirs);
+    }
+    for dir in [env.out(""), store.clone()] {
+        let stray: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(
+            stray.iter().all(|n| n == ".occystrap.lock"),
+            "left in {}: {stray:?}",
+            dir.display()
+        );
+    }
+}
+
 #[test]
 fn expand_interleaves_stored_and_fetched_layers() {
     let env = TestEnv::new();
