@@ -58,9 +58,14 @@ impl StageDir {
 
 impl Drop for StageDir {
     fn drop(&mut self) {
-        if let Err(e) = crate::rmtree::remove(&self.path) {
-            tracing::warn!("removing {}: {e}", self.path.display());
-        }
+        remove_logged(&self.path);
+    }
+}
+
+/// Removes a tree of ours; a failure is only worth a warning by now.
+fn remove_logged(path: &Path) {
+    if let Err(e) = crate::rmtree::remove(path) {
+        tracing::warn!("removing {}: {e}", path.display());
     }
 }
 
@@ -111,9 +116,7 @@ impl Drop for StagedFiles {
     fn drop(&mut self) {
         // What is left are the files of refused entries, or a whole layer
         // that never reached its turn.
-        if let Err(e) = crate::rmtree::remove(&self.dir) {
-            tracing::warn!("removing {}: {e}", self.dir.display());
-        }
+        remove_logged(&self.dir);
     }
 }
 
