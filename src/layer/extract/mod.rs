@@ -902,13 +902,23 @@ pub(super) mod test_hooks {
         std::env::var_os("OCCYSTRAP_TEST_STAGED").is_some_and(|v| v == "1")
     }
 
-    /// Stages `tar` beside `root` (on its filesystem), then applies it.
+    /// Stages `tar` in the temp dir, where most tests make their roots
+    /// (without touching a root's parent, which the sandbox tests compare),
+    /// or beside a root on another filesystem; then applies it.
     pub(super) fn through_stage(
         root: &std::path::Path,
         tar: impl std::io::Read,
         opts: &crate::layer::ExtractOptions,
     ) -> crate::Result<crate::layer::ExtractStats> {
-        let area = super::StageDir::create_in(root.parent().unwrap_or(root))?;
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        let tmp = std::env::temp_dir();
+        let place = if dev(&tmp) == dev(root) {
+            tmp.as_path()
+        } else {
+            root.parent().unwrap_or(root)
+        };
+        let area = super::StageDir::create_in(place)?;
         let mut skeleton = Vec::new();
         let files = super::stage_layer(tar, &area, &mut skeleton, false, opts)?;
         super::apply_staged(root, std::io::Cursor::new(skeleton), &files, opts)
