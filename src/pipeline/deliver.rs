@@ -190,13 +190,11 @@ fn verify(
         None => blob,
     };
     let (mut verified, in_place, label) = open(blob, reporter, stop, blob_only)?;
-    // Decided once: a layer that becomes the next one while it is staged is
-    // applied from its staged files when done.
+    // The pipeline offers a stage only to a run that reads the tar alone,
+    // with no filter. Decided once: a layer that becomes the next one while
+    // it is staged is applied from its staged files when done.
     if let (Some(area), Some(h)) = (stage, handoff)
         && !h.is_next()
-        && needs == LayerNeeds::TAR
-        && passing.observers.is_empty()
-        && passing.rewrite.is_none()
     {
         h.close();
         return stage_tar(verified, area, &label);
@@ -265,7 +263,7 @@ fn stage_tar(mut verified: VerifiedTar, area: &StageArea, label: &str) -> Result
     let opts = crate::layer::ExtractOptions {
         whiteouts: area.whiteouts,
         skip_unsafe: false,
-        layer_name: crate::sink::staging::layer_name(verified.info()),
+        layer_name: (area.layer_name)(verified.info()),
         cancel: crate::cancel::CancelToken::new(),
     };
     let staged = crate::layer::stage_layer(&mut verified, &area.dir, out, area.keep_tar, &opts);

@@ -91,6 +91,7 @@ impl Sink for BundleSink {
             dir: self.stage.clone(),
             whiteouts: WhiteoutMode::Apply,
             keep_tar: false,
+            layer_name: crate::sink::staging::layer_name,
         })
     }
 

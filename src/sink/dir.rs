@@ -481,6 +481,7 @@ impl Sink for DirSink {
             dir: self.expand.as_ref()?.stage.clone(),
             whiteouts: WhiteoutMode::Apply,
             keep_tar: true,
+            layer_name,
         })
     }
 

@@ -108,6 +108,8 @@ pub struct StageArea {
     /// The sink keeps the layer's tar too: it comes as [`Layer::tar`]
     /// beside the staged files.
     pub keep_tar: bool,
+    /// How the sink's messages name a layer, for what staging reports.
+    pub layer_name: fn(&LayerInfo) -> String,
 }
 
 /// An image writer that works on blocking threads (files, trees). The
