@@ -60,6 +60,9 @@ pub struct ExtractStats {
     pub entries: u64,
     /// Bytes of regular file content written.
     pub bytes: u64,
+    /// Directories extracted ahead that were moved into place whole, with
+    /// everything in them (the directories inside are not counted).
+    pub dirs_moved: u64,
     /// One line per entry skipped as unsafe (with `skip_unsafe`).
     pub skipped_unsafe: Vec<String>,
     /// Things that did not stop the extraction but were not done as the

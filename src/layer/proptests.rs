@@ -58,6 +58,24 @@ impl Op {
             Op::Opaque(d) => under(d, ".wh..wh..opq"),
         }
     }
+
+    /// The same entry inside the directory `dir`.
+    fn inside(self, dir: &str) -> Op {
+        let join = |p: String| {
+            if p.is_empty() {
+                dir.to_string()
+            } else {
+                format!("{dir}/{p}")
+            }
+        };
+        match self {
+            Op::Dir(p) => Op::Dir(join(p)),
+            Op::File(p, c) => Op::File(join(p), c),
+            Op::Symlink(p, t) => Op::Symlink(join(p), t),
+            Op::Whiteout(d, n) => Op::Whiteout(join(d), n),
+            Op::Opaque(d) => Op::Opaque(join(d)),
+        }
+    }
 }
 
 /// What the tree holds at a path, as compared.
@@ -449,8 +467,9 @@ fn extract_stack_staged(
     for (i, (skeleton, files)) in staged.drain(..).enumerate() {
         let stats = apply_staged(&root, std::io::Cursor::new(&skeleton), &files, &opts(i))
             .unwrap_or_else(|e| panic!("applying layer {i} failed: {e}"));
-        // Only a file whose entry was refused stays behind.
-        let left = fs::read_dir(files.path()).unwrap().count();
+        // Only a file whose entry was refused stays behind (and the staged
+        // directories not moved whole, emptied).
+        let left = files_in(files.path());
         assert!(
             left <= stats.skipped_unsafe.len(),
             "layer {i} left {left} staged files unapplied"
@@ -458,6 +477,21 @@ fn extract_stack_staged(
         skipped += stats.skipped_unsafe.len();
     }
     (scan(&root), skipped)
+}
+
+/// Everything but directories under `dir`, at any depth.
+fn files_in(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                files_in(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }
 
 fn model_stack(layers: &[Vec<Op>]) -> (BTreeMap<String, Kind>, usize) {
@@ -510,9 +544,29 @@ fn stack() -> impl Strategy<Value = Vec<Vec<Op>>> {
     prop::collection::vec(prop::collection::vec(op(), 0..=7), 1..=4)
 }
 
-/// A stack and an order to stage its layers in.
+/// Entries as tar writes a tree: a directory, then what is in it (in which
+/// names collide and links and whiteouts fall, as in [`op`]), or one entry.
+fn run() -> impl Strategy<Value = Vec<Op>> {
+    prop_oneof![
+        1 => op().prop_map(|o| vec![o]),
+        1 => (path(1), prop::collection::vec(op(), 1..=5)).prop_map(|(dir, inner)| {
+            let mut ops = vec![Op::Dir(dir.clone())];
+            ops.extend(inner.into_iter().map(|o| o.inside(&dir)));
+            ops
+        }),
+    ]
+}
+
+/// A stack whose layers are made of [`run`]s, so that directories staged
+/// whole are common.
+fn stack_of_runs() -> impl Strategy<Value = Vec<Vec<Op>>> {
+    let layer = prop::collection::vec(run(), 0..=4).prop_map(|runs| runs.concat());
+    prop::collection::vec(layer, 1..=4)
+}
+
+/// A stack (either kind) and an order to stage its layers in.
 fn shuffled_stack() -> impl Strategy<Value = (Vec<Vec<Op>>, Vec<usize>)> {
-    stack().prop_flat_map(|layers| {
+    prop_oneof![stack(), stack_of_runs()].prop_flat_map(|layers| {
         let order: Vec<usize> = (0..layers.len()).collect();
         (Just(layers), Just(order).prop_shuffle())
     })

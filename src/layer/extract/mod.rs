@@ -25,6 +25,8 @@ mod stage;
 
 pub use stage::{StageDir, StagedFiles, apply_staged, stage_layer};
 
+use stage::Staging;
+
 use copy::{CopyError, copy, copy_sparse};
 use meta::{Meta, XattrFailure, XattrTarget};
 
@@ -49,12 +51,6 @@ pub fn extract_layer(root: &Path, tar: impl Read, opts: &ExtractOptions) -> Resu
     run(root, archive, opts, None)
 }
 
-/// The staged files of a layer being applied (see [`stage`]).
-struct Staging<'s> {
-    fd: BorrowedFd<'s>,
-    files: &'s StagedFiles,
-}
-
 /// Opens `root` for extraction.
 fn open_root(root: &Path, opts: &ExtractOptions) -> Result<Root> {
     Root::open(root).map_err(|e| match e {
@@ -75,7 +71,7 @@ fn run<S: tarfmt::Input>(
     root: &Path,
     mut archive: Archive<S>,
     opts: &ExtractOptions,
-    staged: Option<Staging<'_>>,
+    mut staged: Option<Staging<'_>>,
 ) -> Result<ExtractStats> {
     let handle = open_root(root, opts)?;
     let mut ex = Extractor::new(root, handle, opts).map_err(|e| Error::io("opening", root, e))?;
@@ -85,14 +81,9 @@ fn run<S: tarfmt::Input>(
         let Some(entry) = archive.next_entry().map_err(|e| ex.tar_error(e))? else {
             break;
         };
-        let applied = match &staged {
-            Some(s) if s.files.is_staged(k) => {
-                if !s.files.whole_tar() {
-                    archive.elide_data();
-                }
-                ex.place_staged(&entry, k, s.fd)
-            }
-            _ => ex.entry(&entry, &mut archive),
+        let applied = match &mut staged {
+            Some(s) => s.apply(&mut ex, &entry, &mut archive, k),
+            None => ex.entry(&entry, &mut archive),
         };
         k += 1;
         match applied {

@@ -3,27 +3,38 @@
 //!
 //! [`stage_layer`] reads a layer's tar and writes each regular file's data,
 //! with its owner, mode, xattrs and times, into a staging directory of its
-//! own, under a name of ours (the entry's ordinal). What it passes on is a
-//! skeleton: the tar with those files' data and padding left out.
-//! [`apply_staged`] later applies the skeleton like any layer, except that a
-//! staged file is renamed into its place instead of written. So every name,
-//! whiteout, link and directory is still applied in layer order, by the
-//! same code, and only the bytes, which no later layer looks at, are
-//! written early. The staging directory must be on the target's filesystem.
+//! own. What it passes on is a skeleton: the tar with those files' data and
+//! padding left out. [`apply_staged`] later applies the skeleton like any
+//! layer, except that a staged file is renamed into its place instead of
+//! written. So every name, whiteout, link and directory is still applied in
+//! layer order, by the same code, and only the bytes, which no later layer
+//! looks at, are written early. The staging directory must be on the
+//! target's filesystem.
+//!
+//! A directory entry is staged too, as a directory holding the files and
+//! directories that follow it in the tar under its name. When the apply
+//! meets it and nothing is at its name yet, the whole staged directory is
+//! renamed into place at once, and the entries inside it are only recorded,
+//! as if applied. That is exact only when nothing else in the layer could
+//! have changed the directory between its entries, so a directory is moved
+//! whole only if every entry under its name is a file or directory staged
+//! in it, one entry a name, in one run of the tar (see [`Tree`]).
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::{OFlags, RenameFlags};
+use rustix::fs::{Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
 
-use super::{COPY_BUF, Extractor, Fail, Meta, open_root, shown};
+use super::meta::XattrTarget;
+use super::{COPY_BUF, DirFix, Extractor, Fail, Meta, open_root, shown};
 use crate::layer::path::{self, RelPath, Whiteout};
 use crate::layer::resolve;
 use crate::layer::{ExtractOptions, ExtractStats};
-use crate::tarfmt::{Archive, BufSeek, Entry, Stream};
+use crate::tarfmt::{Archive, BufSeek, Entry, Input, Stream};
 use crate::{Error, Result};
 
 /// Where layers are extracted ahead: a directory on the target's
@@ -69,36 +80,71 @@ fn remove_logged(path: &Path) {
     }
 }
 
-/// A layer's regular files, written ahead into a staging directory (removed
-/// with everything left in it when this is dropped).
+/// Where the stage put an entry of the tar, by its ordinal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Place {
+    /// Not staged: the apply judges it from the skeleton.
+    None,
+    /// A file named by its ordinal, at the top of the layer's directory.
+    Flat,
+    /// A file under its own name in the staged directory `.0`.
+    File(u32),
+    /// The staged directory `.0`.
+    Dir(u32),
+}
+
+/// A staged directory.
+#[derive(Debug)]
+pub(super) struct Node {
+    /// Where it is, relative to the layer's staging directory.
+    pub(super) path: Vec<u8>,
+    /// The staged directory it is in.
+    pub(super) parent: Option<u32>,
+    /// Something under its name is not in it as the tar has it, so it may
+    /// not be moved into place whole.
+    pub(super) broken: bool,
+}
+
+/// A layer's regular files and directories, written ahead into a staging
+/// directory (removed with everything left in it when this is dropped).
 #[derive(Debug)]
 pub struct StagedFiles {
     dir: PathBuf,
     _forced: crate::cancel::CleanupGuard,
     /// Dropped after `dir` is removed.
     _area: Arc<StageDir>,
-    /// Bit `k` set: the `k`-th entry of the tar is staged as the file `k`,
-    /// and the skeleton lacks its data.
-    staged: Vec<u64>,
+    /// Where the `k`-th entry of the tar is; the skeleton lacks the data of
+    /// the files staged.
+    places: Vec<Place>,
+    nodes: Vec<Node>,
     /// The skeleton is the whole tar, staged files' data included.
     whole: bool,
     warnings: Vec<String>,
 }
 
 impl StagedFiles {
-    pub(super) fn is_staged(&self, k: u64) -> bool {
-        let word = usize::try_from(k / 64).unwrap_or(usize::MAX);
-        self.staged
-            .get(word)
-            .is_some_and(|w| w & (1 << (k % 64)) != 0)
+    pub(super) fn place(&self, k: u64) -> Place {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| self.places.get(k))
+            .copied()
+            .unwrap_or(Place::None)
     }
 
-    fn mark(&mut self, k: u64) {
-        let word = usize::try_from(k / 64).unwrap_or(usize::MAX);
-        if self.staged.len() <= word {
-            self.staged.resize(word + 1, 0);
+    pub(super) fn node(&self, n: u32) -> &Node {
+        &self.nodes[n as usize]
+    }
+
+    pub(super) fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn put(&mut self, k: u64, place: Place) {
+        let k = usize::try_from(k).unwrap_or(usize::MAX);
+        if self.places.len() <= k {
+            self.places.resize(k + 1, Place::None);
         }
-        self.staged[word] |= 1 << (k % 64);
+        self.places[k] = place;
     }
 
     /// Whether the skeleton is the whole tar.
@@ -114,8 +160,8 @@ impl StagedFiles {
 
 impl Drop for StagedFiles {
     fn drop(&mut self) {
-        // What is left are the files of refused entries, or a whole layer
-        // that never reached its turn.
+        // What is left are the files of refused entries, directories not
+        // moved whole, or a whole layer that never reached its turn.
         remove_logged(&self.dir);
     }
 }
@@ -139,16 +185,140 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
+/// The longest path of a staged directory, relative to the layer's staging
+/// directory, that may get another directory inside it.
+const MAX_STAGED_PATH: usize = 2048;
+
+/// The staged directories while a layer is staged.
+///
+/// A staged directory holds the files and directories staged from the run
+/// of entries that follows its own in the tar, all under its name, up to
+/// the first entry that is not. An entry after that run, even under its
+/// name, waits on its own and is applied in its turn. Moving the directory
+/// whole when the apply meets its entry is then exact if no entry in the
+/// run stays in the skeleton: one that did would be applied after the
+/// entries staged behind it. So such an entry (a link, a node, a whiteout,
+/// a second entry for a name, an entry in a directory with no entry of its
+/// own) breaks the directory, and every directory it is in.
+struct Tree {
+    nodes: Vec<Node>,
+    /// The nodes whose run the tar is in, outermost first, by name, with
+    /// their fds.
+    open: Vec<(Vec<u8>, u32, OwnedFd)>,
+}
+
+/// Where an entry's parent is among the staged directories.
+enum Parent {
+    /// The innermost open node.
+    Open(u32),
+    /// Not a node the entry can be staged in.
+    None,
+}
+
+fn under(name: &[u8], dir: &[u8]) -> bool {
+    name.len() > dir.len() && name.starts_with(dir) && name[dir.len()] == b'/'
+}
+
+impl Tree {
+    /// Marks `n` and the nodes it is in as not to be moved whole. A broken
+    /// node's ancestors are always broken too.
+    fn break_up(&mut self, mut n: u32) {
+        loop {
+            let node = &mut self.nodes[n as usize];
+            if node.broken {
+                return;
+            }
+            node.broken = true;
+            match node.parent {
+                Some(p) => n = p,
+                None => return,
+            }
+        }
+    }
+
+    /// Ends the runs `name` is not in, and says whether it is a direct
+    /// child of the innermost open node; an entry further down in that
+    /// node's run breaks it.
+    fn locate(&mut self, name: &[u8]) -> Parent {
+        while self
+            .open
+            .last()
+            .is_some_and(|(dir, _, _)| !under(name, dir))
+        {
+            self.open.pop();
+        }
+        let Some((dir, n, _)) = self.open.last() else {
+            return Parent::None;
+        };
+        let n = *n;
+        if name
+            .get(dir.len() + 1..)
+            .is_some_and(|rest| !rest.contains(&b'/'))
+        {
+            return Parent::Open(n);
+        }
+        self.break_up(n);
+        Parent::None
+    }
+
+    /// Breaks the innermost open node if `parent` is it: an entry in it
+    /// that is not staged there.
+    fn not_staged(&mut self, parent: &Parent) {
+        if let Parent::Open(n) = parent {
+            self.break_up(*n);
+        }
+    }
+
+    fn add(&mut self, name: &[u8], path: Vec<u8>, parent: Option<u32>, fd: OwnedFd) -> u32 {
+        let n = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        self.nodes.push(Node {
+            path,
+            parent,
+            broken: false,
+        });
+        self.open.push((name.to_vec(), n, fd));
+        n
+    }
+}
+
+/// Creates `name` in `dir` only if nothing is there.
+fn create_new(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )
+}
+
 impl Extractor<'_> {
     /// The metadata of an entry that [`apply_staged`] will place as a staged
     /// file: a regular, non-sparse file with a usable name and header.
     /// Anything else stays in the skeleton for the apply to judge, in order.
-    fn stageable(&mut self, entry: &Entry) -> Option<Meta> {
+    fn stageable(&mut self, entry: &Entry, name: &RelPath) -> Option<Meta> {
         let raw = entry.path();
         if !matches!(entry.kind(), b'0' | b'7') || entry.sparse.is_some() || raw.ends_with(b"/") {
             return None;
         }
-        let name = RelPath::parse(raw).ok()?;
+        self.plain_meta(entry, name)
+    }
+
+    /// The same for a directory entry staged as a directory.
+    fn stageable_dir(&mut self, entry: &Entry, name: &RelPath) -> Option<Meta> {
+        if entry.kind() != b'5' || entry.sparse.is_some() || entry.data_size != 0 {
+            return None;
+        }
+        // The apply reads a directory's header again, moved or not: count
+        // what it ignores there only.
+        let ignored = self.ignored_xattrs.clone();
+        let meta = self.plain_meta(entry, name);
+        self.ignored_xattrs = ignored;
+        meta
+    }
+
+    /// The metadata of an entry with a name of its own: not the root, not
+    /// AUFS bookkeeping, not a whiteout.
+    fn plain_meta(&mut self, entry: &Entry, name: &RelPath) -> Option<Meta> {
         if name.is_aufs_meta() {
             return None;
         }
@@ -158,33 +328,150 @@ impl Extractor<'_> {
         }
         // A refused or bad header has no side effects here: the apply meets
         // it again, in its place.
-        self.read_meta(entry, raw).ok()
+        self.read_meta(entry, entry.path()).ok()
     }
 
-    /// Renames the staged file `k` (in the directory `from`) to the entry's
-    /// name, replacing whatever is there.
+    /// Makes the staged directory for a directory entry, owned as the
+    /// entry says, mode 0755 until the apply's end, as
+    /// [`Extractor::directory`] leaves a new one. Its xattrs wait for the
+    /// apply, which sets them whether or not it moves the directory.
+    fn stage_dir(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        meta: &Meta,
+        rel: &[u8],
+    ) -> Result<Option<OwnedFd>, Fail> {
+        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) => {}
+            Err(Errno::EXIST | Errno::NAMETOOLONG) => return Ok(None),
+            Err(e) => return Err(self.io_fail("creating", rel, e)),
+        }
+        let fd =
+            resolve::open_child_dir(parent, name).map_err(|e| self.io_fail("opening", rel, e))?;
+        self.chown_fd(&fd, meta, rel)?;
+        Ok(Some(fd))
+    }
+
+    /// Renames the staged file `from` (a path in the staging directory
+    /// `stage`) to the entry's name, replacing whatever is there.
     pub(super) fn place_staged(
         &mut self,
         entry: &Entry,
-        k: u64,
-        from: BorrowedFd<'_>,
+        stage: BorrowedFd<'_>,
+        from: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Result<(), Fail> {
         let raw = entry.path();
         let name = RelPath::parse(raw).map_err(|b| Fail::Refused(b.reason().into()))?;
         let (p, last) = self.parent_of(&name)?;
-        let staged = k.to_string();
+        let from = from(last);
         resolve::make_replacing(p.fd.as_fd(), last, false, || {
-            rustix::fs::renameat_with(from, staged.as_str(), &*p.fd, last, RenameFlags::NOREPLACE)
+            rustix::fs::renameat_with(stage, &*from, &*p.fd, last, RenameFlags::NOREPLACE)
         })
         .map_err(|e| self.io_fail("moving into place", raw, e))?;
         self.created(&p, last);
         self.stats.bytes += entry.data_size;
         Ok(())
     }
+
+    /// Records a staged file that arrived inside a directory moved whole,
+    /// as [`Extractor::place_staged`] would have placed it.
+    pub(super) fn moved_file(&mut self, entry: &Entry) -> Result<(), Fail> {
+        let name = RelPath::parse(entry.path()).map_err(|b| Fail::Refused(b.reason().into()))?;
+        let (p, last) = self.parent_of(&name)?;
+        self.created(&p, last);
+        self.stats.bytes += entry.data_size;
+        Ok(())
+    }
+
+    /// Renames the staged directory `from` to the entry's name if nothing
+    /// is there; `false` if something is, for the entry to be applied as
+    /// usual. `from` is `None` for a directory inside one moved already.
+    pub(super) fn move_staged_dir(
+        &mut self,
+        entry: &Entry,
+        stage: BorrowedFd<'_>,
+        from: Option<&[u8]>,
+    ) -> Result<bool, Fail> {
+        let raw = entry.path();
+        let name = RelPath::parse(raw).map_err(|b| Fail::Refused(b.reason().into()))?;
+        let meta = self.read_meta(entry, raw)?;
+        let (p, last) = self.parent_of(&name)?;
+        if let Some(from) = from {
+            match rustix::fs::renameat_with(stage, from, &*p.fd, last, RenameFlags::NOREPLACE) {
+                Ok(()) => self.stats.dirs_moved += 1,
+                Err(Errno::EXIST) => return Ok(false),
+                Err(e) => return Err(self.io_fail("moving into place", raw, e)),
+            }
+        }
+        self.created(&p, last);
+        let fd = resolve::open_child_dir(p.fd.as_fd(), last)
+            .map_err(|e| self.io_fail("opening", raw, e))?;
+        if self.apply_mode() {
+            let st = rustix::fs::fstat(&fd).map_err(|e| self.io_fail("opening", raw, e))?;
+            let id = resolve::file_id(&st);
+            self.forget(id);
+            self.upper_dirs.insert(id);
+        }
+        self.xattrs(XattrTarget::Fd(fd.as_fd()), &meta, raw);
+        self.dirs.insert(
+            name.as_bytes().to_vec(),
+            DirFix {
+                mode: meta.mode,
+                times: meta.times(),
+            },
+        );
+        Ok(true)
+    }
 }
 
-/// Reads `tar` to its end, writing its regular files into a new directory
-/// in `area` and the rest of the tar to `skeleton` (see the
+/// The staged files of a layer being applied.
+pub(super) struct Staging<'s> {
+    fd: BorrowedFd<'s>,
+    files: &'s StagedFiles,
+    /// Whether each staged directory was moved whole, or with one.
+    moved: Vec<bool>,
+}
+
+impl Staging<'_> {
+    /// Applies the `k`-th entry.
+    pub(super) fn apply<S: Input>(
+        &mut self,
+        ex: &mut Extractor<'_>,
+        entry: &Entry,
+        archive: &mut Archive<S>,
+        k: u64,
+    ) -> Result<(), Fail> {
+        let files = self.files;
+        if matches!(files.place(k), Place::Flat | Place::File(_)) && !files.whole_tar() {
+            archive.elide_data();
+        }
+        match files.place(k) {
+            Place::None => ex.entry(entry, archive),
+            Place::Flat => ex.place_staged(entry, self.fd, |_| k.to_string().into_bytes()),
+            Place::File(n) if self.moved[n as usize] => ex.moved_file(entry),
+            Place::File(n) => {
+                let dir = &files.node(n).path;
+                ex.place_staged(entry, self.fd, |last| [dir, &b"/"[..], last].concat())
+            }
+            Place::Dir(n) => {
+                let node = files.node(n);
+                if node.parent.is_some_and(|p| self.moved[p as usize]) {
+                    self.moved[n as usize] = ex.move_staged_dir(entry, self.fd, None)?;
+                    return Ok(());
+                }
+                if !node.broken && ex.move_staged_dir(entry, self.fd, Some(&node.path))? {
+                    self.moved[n as usize] = true;
+                    return Ok(());
+                }
+                ex.entry(entry, archive)
+            }
+        }
+    }
+}
+
+/// Reads `tar` to its end, writing its regular files and directories into
+/// a new directory in `area` and the rest of the tar to `skeleton` (see the
 /// module documentation); with `whole_tar`, the skeleton is the whole tar,
 /// for a sink that keeps it as well. `opts` must be those the apply will
 /// use.
@@ -204,7 +491,8 @@ pub fn stage_layer(
         _forced: crate::cancel::remove_on_forced_exit(dir.clone(), true),
         _area: area.clone(),
         dir,
-        staged: Vec::new(),
+        places: Vec::new(),
+        nodes: Vec::new(),
         whole: whole_tar,
         warnings: Vec::new(),
     };
@@ -212,43 +500,111 @@ pub fn stage_layer(
     let handle = open_root(&root_path, opts)?;
     let mut ex = Extractor::new(&root_path, handle, opts)
         .map_err(|e| Error::io("opening", &root_path, e))?;
+    let root_fd = ex.root_dir.clone();
     let tee = Tee {
         inner: BufReader::with_capacity(COPY_BUF, tar),
         out: io::BufWriter::with_capacity(COPY_BUF, skeleton),
         skip: false,
     };
     let mut archive = Archive::new(Stream(tee));
+    let mut tree = Tree {
+        nodes: Vec::new(),
+        open: Vec::new(),
+    };
+    let fatal = |e: Fail, entry: &Entry| match e {
+        Fail::Fatal(e) => e,
+        Fail::Refused(reason) => Error::InvalidArchive {
+            path: PathBuf::from(&opts.layer_name),
+            message: format!("entry {} {reason}", shown(entry.path())),
+        },
+    };
     let mut k: u64 = 0;
     loop {
         opts.cancel.check()?;
         let Some(entry) = archive.next_entry().map_err(|e| ex.tar_error(e))? else {
             break;
         };
-        if let Some(meta) = ex.stageable(&entry) {
+        // A name the apply refuses changes nothing there: no need to track it.
+        let Ok(name) = RelPath::parse(entry.path()) else {
+            k += 1;
+            continue;
+        };
+        let parent = tree.locate(name.as_bytes());
+        let last = name.split_last().map(|(_, l)| l.to_vec());
+        if let (Some(meta), Some(last)) = (ex.stageable_dir(&entry, &name), &last) {
+            let made = match &parent {
+                // A nested path stays well inside PATH_MAX, for the renames.
+                Parent::Open(n)
+                    if tree.nodes[*n as usize].path.len() + last.len() < MAX_STAGED_PATH =>
+                {
+                    let n = *n;
+                    let (_, _, fd) = tree.open.last().expect("the open node");
+                    match ex.stage_dir(fd.as_fd(), last, &meta, name.as_bytes()) {
+                        Ok(Some(made)) => {
+                            let mut path = tree.nodes[n as usize].path.clone();
+                            path.push(b'/');
+                            path.extend_from_slice(last);
+                            Some((made, path, Some(n)))
+                        }
+                        Ok(None) => None,
+                        Err(e) => return Err(fatal(e, &entry)),
+                    }
+                }
+                Parent::Open(_) => None,
+                Parent::None => {
+                    let path = k.to_string().into_bytes();
+                    match ex.stage_dir(root_fd.as_fd(), &path, &meta, name.as_bytes()) {
+                        Ok(Some(made)) => Some((made, path, None)),
+                        Ok(None) => None,
+                        Err(e) => return Err(fatal(e, &entry)),
+                    }
+                }
+            };
+            match made {
+                Some((fd, path, up)) => {
+                    let n = tree.add(name.as_bytes(), path, up, fd);
+                    files.put(k, Place::Dir(n));
+                }
+                None => tree.not_staged(&parent),
+            }
+        } else if let (Some(meta), Some(last)) = (ex.stageable(&entry, &name), &last) {
+            let in_node = match &parent {
+                Parent::Open(n) => {
+                    let (_, _, fd) = tree.open.last().expect("the open node");
+                    match create_new(fd.as_fd(), last) {
+                        Ok(fd) => Some((fd, *n)),
+                        Err(_) => {
+                            tree.not_staged(&parent);
+                            None
+                        }
+                    }
+                }
+                Parent::None => None,
+            };
+            let (fd, place) = match in_node {
+                Some((fd, n)) => (fd, Place::File(n)),
+                None => {
+                    let flat = k.to_string();
+                    let fd = resolve::create_file(root_fd.as_fd(), flat.as_bytes())
+                        .map_err(|e| Error::io("creating", root_path.join(&flat), e))?;
+                    (fd, Place::Flat)
+                }
+            };
             archive.input_mut().0.skip = !whole_tar;
-            let name = k.to_string();
-            let fd = resolve::create_file(ex.root_dir.as_fd(), name.as_bytes())
-                .map_err(|e| Error::io("creating", root_path.join(&name), e))?;
-            match ex.write_file(
+            ex.write_file(
                 File::from(fd),
                 &entry,
                 &mut archive,
                 entry.path(),
                 &meta,
                 None,
-            ) {
-                Ok(()) => {}
-                Err(Fail::Fatal(e)) => return Err(e),
-                Err(Fail::Refused(reason)) => {
-                    return Err(Error::InvalidArchive {
-                        path: PathBuf::from(&opts.layer_name),
-                        message: format!("entry {} {reason}", shown(entry.path())),
-                    });
-                }
-            }
+            )
+            .map_err(|e| fatal(e, &entry))?;
             archive.skip_padding().map_err(|e| ex.tar_error(e))?;
             archive.input_mut().0.skip = false;
-            files.mark(k);
+            files.put(k, place);
+        } else {
+            tree.not_staged(&parent);
         }
         k += 1;
     }
@@ -262,6 +618,8 @@ pub fn stage_layer(
             format!("writing the skeleton tar: {e}"),
         ))
     })?;
+    tree.open.clear();
+    files.nodes = tree.nodes;
     files.warnings = ex.finish()?.warnings;
     Ok(files)
 }
@@ -287,11 +645,18 @@ pub fn apply_staged(
         root,
         archive,
         opts,
-        Some(super::Staging {
+        Some(Staging {
             fd: fd.as_fd(),
             files,
+            moved: vec![false; files.node_count()],
         }),
     )?;
+    tracing::debug!(
+        "{}: {} staged director{} moved into place whole",
+        opts.layer_name,
+        stats.dirs_moved,
+        if stats.dirs_moved == 1 { "y" } else { "ies" }
+    );
     let mut warnings = files.warnings.clone();
     warnings.append(&mut stats.warnings);
     stats.warnings = warnings;

@@ -57,8 +57,16 @@ fn staged_files_go_into_place(whole: bool) {
     let tar = t.bytes();
     let (skeleton, files) = stage(&sb.parent, &tar, whole, true);
     // Entries are counted from 0: d, d/big, (the PAX header is part of the
-    // next entry) long, link, hard, empty, bad, after.
-    assert_eq!(staged_names(&files), ["1", "2", "5", "7"]);
+    // next entry) long, link, hard, empty, bad, after. The directory `d` is
+    // staged as `0`, with the files that follow it; `bad` leaves it, so
+    // `d/after` waits on its own.
+    assert_eq!(staged_names(&files), ["0", "7"]);
+    let mut inside: Vec<String> = fs::read_dir(files.path().join("0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    inside.sort();
+    assert_eq!(inside, ["big", "empty", &long[2..]]);
     if whole {
         assert_eq!(skeleton, tar);
     } else {
@@ -69,7 +77,10 @@ fn staged_files_go_into_place(whole: bool) {
             tar.len()
         );
     }
-    assert_eq!(fs::read(files.path().join("1")).unwrap(), big.as_bytes());
+    assert_eq!(
+        fs::read(files.path().join("0/big")).unwrap(),
+        big.as_bytes()
+    );
     // Nothing reaches the root before the apply.
     assert_eq!(fs::read_dir(&sb.root).unwrap().count(), 0);
 
@@ -102,8 +113,13 @@ fn staged_files_go_into_place(whole: bool) {
         Some(&b"kept"[..])
     );
     assert!(!r.join("bad").exists());
-    // Only the refused entry's file would stay behind, and it was never staged.
-    assert!(staged_names(&files).is_empty());
+    // `d` holds a symlink and a hard link, which are not staged: it was
+    // filled entry by entry, not moved.
+    assert_eq!(stats.dirs_moved, 0);
+    // Only the refused entry's file would stay behind, and it was never
+    // staged; `d`'s staged directory is left empty.
+    assert_eq!(staged_names(&files), ["0"]);
+    assert_eq!(fs::read_dir(files.path().join("0")).unwrap().count(), 0);
     let dir = files.path().to_path_buf();
     let area = dir.parent().unwrap().to_path_buf();
     drop(files);
@@ -175,4 +191,118 @@ fn a_truncated_layer_fails_while_staging_and_leaves_nothing() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left.len(), 3, "a staging directory was left: {left:?}");
+}
+
+/// Stages `upper` and applies it onto `root`.
+fn stage_and_apply(area: &Path, root: &Path, upper: &mut Tar) -> (ExtractStats, StagedFiles) {
+    let (skeleton, files) = stage(area, &upper.bytes(), false, false);
+    let stats = apply_staged(
+        root,
+        std::io::Cursor::new(&skeleton),
+        &files,
+        &opts(WhiteoutMode::Apply, false),
+    )
+    .unwrap();
+    (stats, files)
+}
+
+/// A directory that is new to the target arrives with one rename, and
+/// still gets its owner, mode, times and xattrs, and its files theirs.
+#[test]
+fn a_new_directory_is_moved_into_place_whole() {
+    let sb = sandbox();
+    let mut t = Tar::new();
+    t.raw(EntryType::Directory, "d", "", b"", 0o750)
+        .file("d/x", "x")
+        .pax(&[("SCHILY.xattr.user.note", b"on a dir")])
+        .dir("d/sub")
+        .owned(EntryType::Regular, "d/sub/owned", 0o4711, 1234, 5678)
+        .raw(EntryType::Directory, "d/sub/deep", "", b"", 0o700)
+        .file("d/sub/deep/y", "y")
+        .file("top", "t");
+    let (stats, files) = stage_and_apply(&sb.parent, &sb.root, &mut t);
+    assert_eq!(stats.dirs_moved, 1);
+    assert_eq!(stats.entries, 7);
+    assert_eq!(stats.bytes, 3);
+    let r = &sb.root;
+    assert_eq!(fs::read_to_string(r.join("d/x")).unwrap(), "x");
+    assert_eq!(fs::read_to_string(r.join("d/sub/deep/y")).unwrap(), "y");
+    assert_eq!(fs::read_to_string(r.join("top")).unwrap(), "t");
+    let md = |p: &str| fs::symlink_metadata(r.join(p)).unwrap();
+    assert_eq!(md("d").mode() & 0o7777, 0o750);
+    assert_eq!(md("d/sub/deep").mode() & 0o7777, 0o700);
+    // Set after everything was moved in.
+    for dir in ["d", "d/sub", "d/sub/deep"] {
+        assert_eq!(md(dir).mtime(), MTIME as i64, "{dir}");
+    }
+    assert_eq!(
+        getxattr(&r.join("d/sub"), "user.note").as_deref(),
+        Some(&b"on a dir"[..])
+    );
+    let owned = md("d/sub/owned");
+    assert_eq!((owned.uid(), owned.gid()), (1234, 5678));
+    assert_eq!(owned.mode() & 0o7777, 0o4711);
+    // Nothing is left behind: not a file, not the directory.
+    assert_eq!(staged_names(&files), Vec::<String>::new());
+}
+
+/// A directory a lower layer made is filled, not replaced; a directory new
+/// inside it is still moved whole.
+#[test]
+fn a_directory_below_is_filled_and_one_new_inside_it_moved() {
+    let sb = sandbox();
+    apply(&sb.root, Tar::new().dir("d").file("d/old", "o"));
+    let mut t = Tar::new();
+    t.dir("d")
+        .file("d/x", "x")
+        .dir("d/new")
+        .file("d/new/y", "y");
+    let (stats, _files) = stage_and_apply(&sb.parent, &sb.root, &mut t);
+    assert_eq!(stats.dirs_moved, 1);
+    let r = &sb.root;
+    assert_eq!(fs::read_to_string(r.join("d/old")).unwrap(), "o");
+    assert_eq!(fs::read_to_string(r.join("d/x")).unwrap(), "x");
+    assert_eq!(fs::read_to_string(r.join("d/new/y")).unwrap(), "y");
+}
+
+/// An entry that reaches into a new directory through a lower layer's
+/// symlink, between that directory's entries, is applied in its turn: the
+/// later entry still wins.
+#[test]
+fn an_entry_between_through_a_symlink_keeps_the_order() {
+    let sb = sandbox();
+    apply(&sb.root, Tar::new().symlink("s", "d"));
+    let mut t = Tar::new();
+    t.dir("d")
+        .file("d/a", "first")
+        .file("s/x", "through the link")
+        .file("d/x", "later")
+        .file("s/a", "replaces first");
+    let (_, _files) = stage_and_apply(&sb.parent, &sb.root, &mut t);
+    let r = &sb.root;
+    assert_eq!(fs::read_to_string(r.join("d/x")).unwrap(), "later");
+    assert_eq!(fs::read_to_string(r.join("d/a")).unwrap(), "replaces first");
+}
+
+/// Inside a new directory, a symlink and then a file of the same name: the
+/// file is staged, the symlink is not, so the directory is not moved whole
+/// and the file, later in the tar, wins.
+#[test]
+fn an_entry_left_in_the_skeleton_keeps_its_directory_from_moving() {
+    let sb = sandbox();
+    let mut t = Tar::new();
+    t.dir("d")
+        .file("d/x", "file")
+        .symlink("d/x", "elsewhere")
+        .file("d/y", "y")
+        .symlink("d/y", "target")
+        .file("d/y", "file wins");
+    let (stats, _files) = stage_and_apply(&sb.parent, &sb.root, &mut t);
+    assert_eq!(stats.dirs_moved, 0);
+    let r = &sb.root;
+    assert_eq!(
+        fs::read_link(r.join("d/x")).unwrap(),
+        Path::new("elsewhere")
+    );
+    assert_eq!(fs::read_to_string(r.join("d/y")).unwrap(), "file wins");
 }
