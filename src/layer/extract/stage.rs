@@ -20,6 +20,7 @@
 //! whole only if every entry under its name is a file or directory staged
 //! in it, one entry a name, in one run of the tar (see [`Tree`]).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -103,6 +104,9 @@ pub(super) struct Node {
     /// Something under its name is not in it as the tar has it, so it may
     /// not be moved into place whole.
     pub(super) broken: bool,
+    /// An entry outside its name came between its own, so it may not be
+    /// moved into place whole, though a directory around it may.
+    pub(super) interleaved: bool,
 }
 
 /// A layer's regular files and directories, written ahead into a staging
@@ -188,23 +192,33 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 /// The longest path of a staged directory, relative to the layer's staging
 /// directory, that may get another directory inside it.
 const MAX_STAGED_PATH: usize = 2048;
+/// The most staged directories open at once (one per level).
+const MAX_OPEN: usize = 64;
+/// Steps [`Tree::locate`] may take back into staged directories per entry,
+/// on average, before it stops trying for the rest of the layer.
+const STEPS_PER_ENTRY: u64 = 4;
 
 /// The staged directories while a layer is staged.
 ///
-/// A staged directory holds the files and directories staged from the run
-/// of entries that follows its own in the tar, all under its name, up to
-/// the first entry that is not. An entry after that run, even under its
-/// name, waits on its own and is applied in its turn. Moving the directory
-/// whole when the apply meets its entry is then exact if no entry in the
-/// run stays in the skeleton: one that did would be applied after the
-/// entries staged behind it. So such an entry (a link, a node, a whiteout,
-/// a second entry for a name, an entry in a directory with no entry of its
-/// own) breaks the directory, and every directory it is in.
+/// A staged directory holds the files and directories staged from the
+/// entries under its name, wherever they are in the tar. Moving it whole
+/// when the apply meets its entry gives what applying them one by one would
+/// if no entry under its name stays in the skeleton (it would be applied
+/// after entries staged behind it), and if no entry outside its name comes
+/// between its first and last (which could reach into it through a
+/// symlink). The first breaks the directory and every directory it is in;
+/// the second, an entry that returns into a directory the tar has left,
+/// marks only that one as interleaved: a directory around it may still
+/// move whole, since everything in that one is staged.
 struct Tree {
     nodes: Vec<Node>,
-    /// The nodes whose run the tar is in, outermost first, by name, with
-    /// their fds.
+    /// Every node by its name in the layer.
+    by_name: HashMap<Vec<u8>, u32>,
+    /// The nodes the tar's current entry is under, outermost first, by
+    /// name, with their fds.
     open: Vec<(Vec<u8>, u32, OwnedFd)>,
+    /// Steps back into staged directories left.
+    budget: u64,
 }
 
 /// Where an entry's parent is among the staged directories.
@@ -236,10 +250,10 @@ impl Tree {
         }
     }
 
-    /// Ends the runs `name` is not in, and says whether it is a direct
-    /// child of the innermost open node; an entry further down in that
-    /// node's run breaks it.
-    fn locate(&mut self, name: &[u8]) -> Parent {
+    /// Opens the nodes down to `name`'s parent, and says whether that is a
+    /// node; if it is not, the innermost node above it is broken.
+    fn locate(&mut self, name: &[u8], root: BorrowedFd<'_>) -> Parent {
+        self.budget += STEPS_PER_ENTRY;
         while self
             .open
             .last()
@@ -247,18 +261,45 @@ impl Tree {
         {
             self.open.pop();
         }
-        let Some((dir, n, _)) = self.open.last() else {
+        let Some(end) = name.iter().rposition(|&b| b == b'/') else {
             return Parent::None;
         };
-        let n = *n;
-        if name
-            .get(dir.len() + 1..)
-            .is_some_and(|rest| !rest.contains(&b'/'))
-        {
-            return Parent::Open(n);
+        let parent = &name[..end];
+        loop {
+            let top = self.open.last().map(|(dir, n, _)| (dir.len(), *n));
+            if let Some((len, n)) = top {
+                if len == parent.len() {
+                    return Parent::Open(n);
+                }
+            }
+            let from = top.map_or(0, |(len, _)| len + 1);
+            let next = match parent[from..].iter().position(|&b| b == b'/') {
+                Some(i) => &parent[..from + i],
+                None => parent,
+            };
+            let found = if self.budget > 0 && self.open.len() < MAX_OPEN {
+                self.budget -= 1;
+                self.by_name
+                    .get(next)
+                    .copied()
+                    .filter(|&m| self.nodes[m as usize].parent == top.map(|(_, n)| n))
+            } else {
+                None
+            };
+            let reopened = found.and_then(|m| {
+                let fd = resolve::open_child_dir(root, &self.nodes[m as usize].path).ok()?;
+                Some((m, fd))
+            });
+            let Some((m, fd)) = reopened else {
+                if let Some((_, n)) = top {
+                    self.break_up(n);
+                }
+                return Parent::None;
+            };
+            // The tar left it before: something else came between.
+            self.nodes[m as usize].interleaved = true;
+            self.open.push((next.to_vec(), m, fd));
         }
-        self.break_up(n);
-        Parent::None
     }
 
     /// Breaks the innermost open node if `parent` is it: an entry in it
@@ -275,7 +316,9 @@ impl Tree {
             path,
             parent,
             broken: false,
+            interleaved: false,
         });
+        self.by_name.insert(name.to_vec(), n);
         self.open.push((name.to_vec(), n, fd));
         n
     }
@@ -460,7 +503,10 @@ impl Staging<'_> {
                     self.moved[n as usize] = ex.move_staged_dir(entry, self.fd, None)?;
                     return Ok(());
                 }
-                if !node.broken && ex.move_staged_dir(entry, self.fd, Some(&node.path))? {
+                if !node.broken
+                    && !node.interleaved
+                    && ex.move_staged_dir(entry, self.fd, Some(&node.path))?
+                {
                     self.moved[n as usize] = true;
                     return Ok(());
                 }
@@ -509,7 +555,9 @@ pub fn stage_layer(
     let mut archive = Archive::new(Stream(tee));
     let mut tree = Tree {
         nodes: Vec::new(),
+        by_name: HashMap::new(),
         open: Vec::new(),
+        budget: 4096,
     };
     let fatal = |e: Fail, entry: &Entry| match e {
         Fail::Fatal(e) => e,
@@ -529,7 +577,7 @@ pub fn stage_layer(
             k += 1;
             continue;
         };
-        let parent = tree.locate(name.as_bytes());
+        let parent = tree.locate(name.as_bytes(), root_fd.as_fd());
         let last = name.split_last().map(|(_, l)| l.to_vec());
         if let (Some(meta), Some(last)) = (ex.stageable_dir(&entry, &name), &last) {
             let made = match &parent {
@@ -551,6 +599,7 @@ pub fn stage_layer(
                     }
                 }
                 Parent::Open(_) => None,
+                Parent::None if tree.open.len() >= MAX_OPEN => None,
                 Parent::None => {
                     let path = k.to_string().into_bytes();
                     match ex.stage_dir(root_fd.as_fd(), &path, &meta, name.as_bytes()) {

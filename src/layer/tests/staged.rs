@@ -58,15 +58,14 @@ fn staged_files_go_into_place(whole: bool) {
     let (skeleton, files) = stage(&sb.parent, &tar, whole, true);
     // Entries are counted from 0: d, d/big, (the PAX header is part of the
     // next entry) long, link, hard, empty, bad, after. The directory `d` is
-    // staged as `0`, with the files that follow it; `bad` leaves it, so
-    // `d/after` waits on its own.
-    assert_eq!(staged_names(&files), ["0", "7"]);
+    // staged as `0`, with the files under its name.
+    assert_eq!(staged_names(&files), ["0"]);
     let mut inside: Vec<String> = fs::read_dir(files.path().join("0"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     inside.sort();
-    assert_eq!(inside, ["big", "empty", &long[2..]]);
+    assert_eq!(inside, ["after", "big", "empty", &long[2..]]);
     if whole {
         assert_eq!(skeleton, tar);
     } else {
@@ -305,4 +304,26 @@ fn an_entry_left_in_the_skeleton_keeps_its_directory_from_moving() {
         Path::new("elsewhere")
     );
     assert_eq!(fs::read_to_string(r.join("d/y")).unwrap(), "file wins");
+}
+
+/// Entries sorted by whole path, as umoci writes them, put `a-b/` between
+/// `a/` and its files: the directory around both still moves whole.
+#[test]
+fn a_tree_sorted_by_path_still_moves_whole() {
+    let sb = sandbox();
+    let mut t = Tar::new();
+    t.dir("sp")
+        .dir("sp/a")
+        .dir("sp/a-b")
+        .file("sp/a-b/f", "f")
+        .file("sp/a/g", "g")
+        .dir("sp/a/h")
+        .file("sp/a/h/i", "i");
+    let (stats, files) = stage_and_apply(&sb.parent, &sb.root, &mut t);
+    assert_eq!(stats.dirs_moved, 1);
+    let r = &sb.root;
+    assert_eq!(fs::read_to_string(r.join("sp/a-b/f")).unwrap(), "f");
+    assert_eq!(fs::read_to_string(r.join("sp/a/g")).unwrap(), "g");
+    assert_eq!(fs::read_to_string(r.join("sp/a/h/i")).unwrap(), "i");
+    assert_eq!(staged_names(&files), Vec::<String>::new());
 }
