@@ -415,11 +415,13 @@ impl<'a> Extractor<'a> {
 
     /// Records that this layer created `name` in `p`.
     fn created(&mut self, p: &Parent, name: &[u8]) {
+        self.created_in(p.id, name);
+    }
+
+    /// Records that this layer created `name` in the directory `dir`.
+    fn created_in(&mut self, dir: FileId, name: &[u8]) {
         if self.apply_mode() {
-            self.upper_names
-                .entry(p.id)
-                .or_default()
-                .insert(name.into());
+            self.upper_names.entry(dir).or_default().insert(name.into());
         }
     }
 

@@ -107,6 +107,8 @@ pub(super) struct Node {
     /// An entry outside its name came between its own, so it may not be
     /// moved into place whole, though a directory around it may.
     pub(super) interleaved: bool,
+    /// Its identity, which a rename keeps.
+    pub(super) id: resolve::FileId,
 }
 
 /// A layer's regular files and directories, written ahead into a staging
@@ -310,13 +312,20 @@ impl Tree {
         }
     }
 
-    fn add(&mut self, name: &[u8], path: Vec<u8>, parent: Option<u32>, fd: OwnedFd) -> u32 {
+    fn add(
+        &mut self,
+        name: &[u8],
+        path: Vec<u8>,
+        parent: Option<u32>,
+        (fd, id): (OwnedFd, resolve::FileId),
+    ) -> u32 {
         let n = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
         self.nodes.push(Node {
             path,
             parent,
             broken: false,
             interleaved: false,
+            id,
         });
         self.by_name.insert(name.to_vec(), n);
         self.open.push((name.to_vec(), n, fd));
@@ -384,7 +393,7 @@ impl Extractor<'_> {
         name: &[u8],
         meta: &Meta,
         rel: &[u8],
-    ) -> Result<Option<OwnedFd>, Fail> {
+    ) -> Result<Option<(OwnedFd, resolve::FileId)>, Fail> {
         match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
             Ok(()) => {}
             Err(Errno::EXIST | Errno::NAMETOOLONG) => return Ok(None),
@@ -393,7 +402,8 @@ impl Extractor<'_> {
         let fd =
             resolve::open_child_dir(parent, name).map_err(|e| self.io_fail("opening", rel, e))?;
         self.chown_fd(&fd, meta, rel)?;
-        Ok(Some(fd))
+        let st = rustix::fs::fstat(&fd).map_err(|e| self.io_fail("opening", rel, e))?;
+        Ok(Some((fd, resolve::file_id(&st))))
     }
 
     /// Renames the staged file `from` (a path in the staging directory
@@ -417,13 +427,55 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    /// Records a staged file that arrived inside a directory moved whole,
-    /// as [`Extractor::place_staged`] would have placed it.
-    pub(super) fn moved_file(&mut self, entry: &Entry) -> Result<(), Fail> {
+    /// Records a staged file that arrived inside a directory moved whole
+    /// (`dir`, by its identity), as [`Extractor::place_staged`] would have
+    /// placed it. Opening the directory would only confirm what the stage
+    /// made it: it holds no symlink, nor any lower layer's content.
+    pub(super) fn moved_file(&mut self, entry: &Entry, dir: resolve::FileId) -> Result<(), Fail> {
         let name = RelPath::parse(entry.path()).map_err(|b| Fail::Refused(b.reason().into()))?;
-        let (p, last) = self.parent_of(&name)?;
-        self.created(&p, last);
+        let (_, last) = name
+            .split_last()
+            .ok_or_else(|| Fail::Refused("would replace the target directory itself".into()))?;
+        self.created_in(dir, last);
         self.stats.bytes += entry.data_size;
+        Ok(())
+    }
+
+    /// Records a staged directory that arrived inside one moved whole, as
+    /// [`Extractor::move_staged_dir`] would have: `dir` is the directory it
+    /// is in, `id` its own identity. Only one with xattrs is opened, to set
+    /// them.
+    pub(super) fn moved_inner_dir(
+        &mut self,
+        entry: &Entry,
+        dir: resolve::FileId,
+        id: resolve::FileId,
+    ) -> Result<(), Fail> {
+        let raw = entry.path();
+        let name = RelPath::parse(raw).map_err(|b| Fail::Refused(b.reason().into()))?;
+        let meta = self.read_meta(entry, raw)?;
+        if !meta.xattrs.is_empty() {
+            let fd = self
+                .root
+                .open_dir(name.as_bytes(), false)
+                .map_err(|e| self.resolve_fail(raw, e))?;
+            self.xattrs(XattrTarget::Fd(fd.as_fd()), &meta, raw);
+        }
+        let (_, last) = name
+            .split_last()
+            .ok_or_else(|| Fail::Refused("would replace the target directory itself".into()))?;
+        self.created_in(dir, last);
+        if self.apply_mode() {
+            self.forget(id);
+            self.upper_dirs.insert(id);
+        }
+        self.dirs.insert(
+            name.as_bytes().to_vec(),
+            DirFix {
+                mode: meta.mode,
+                times: meta.times(),
+            },
+        );
         Ok(())
     }
 
@@ -492,15 +544,16 @@ impl Staging<'_> {
         match files.place(k) {
             Place::None => ex.entry(entry, archive),
             Place::Flat => ex.place_staged(entry, self.fd, |_| k.to_string().into_bytes()),
-            Place::File(n) if self.moved[n as usize] => ex.moved_file(entry),
+            Place::File(n) if self.moved[n as usize] => ex.moved_file(entry, files.node(n).id),
             Place::File(n) => {
                 let dir = &files.node(n).path;
                 ex.place_staged(entry, self.fd, |last| [dir, &b"/"[..], last].concat())
             }
             Place::Dir(n) => {
                 let node = files.node(n);
-                if node.parent.is_some_and(|p| self.moved[p as usize]) {
-                    self.moved[n as usize] = ex.move_staged_dir(entry, self.fd, None)?;
+                if let Some(p) = node.parent.filter(|&p| self.moved[p as usize]) {
+                    ex.moved_inner_dir(entry, files.node(p).id, node.id)?;
+                    self.moved[n as usize] = true;
                     return Ok(());
                 }
                 if !node.broken
