@@ -12,13 +12,14 @@
 //! target's filesystem.
 //!
 //! A directory entry is staged too, as a directory holding the files and
-//! directories that follow it in the tar under its name. When the apply
-//! meets it and nothing is at its name yet, the whole staged directory is
-//! renamed into place at once, and the entries inside it are only recorded,
-//! as if applied. That is exact only when nothing else in the layer could
-//! have changed the directory between its entries, so a directory is moved
-//! whole only if every entry under its name is a file or directory staged
-//! in it, one entry a name, in one run of the tar (see [`Tree`]).
+//! directories that come after it in the tar under its name. When the
+//! apply meets it and nothing is at its name yet, the whole staged
+//! directory is renamed into place at once, and the entries inside it are
+//! only recorded, as if applied. That is exact only when nothing else in
+//! the layer could have changed the directory between its entries, so a
+//! directory is moved whole only if every entry under its name is a file or
+//! directory staged in it, one entry a name, with no other entry between
+//! them, or if it is inside one moved whole (see [`Tree`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -88,9 +89,9 @@ pub(super) enum Place {
     None,
     /// A file named by its ordinal, at the top of the layer's directory.
     Flat,
-    /// A file under its own name in the staged directory `.0`.
+    /// A file under its own name in the staged directory of this index.
     File(u32),
-    /// The staged directory `.0`.
+    /// The staged directory of this index.
     Dir(u32),
 }
 
@@ -194,8 +195,8 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 /// The longest path of a staged directory, relative to the layer's staging
 /// directory, that may get another directory inside it.
 const MAX_STAGED_PATH: usize = 2048;
-/// The most staged directories open at once (one per level).
-const MAX_OPEN: usize = 64;
+/// The deepest a staged directory may be among staged directories.
+const MAX_OPEN: usize = 256;
 /// Steps [`Tree::locate`] may take back into staged directories per entry,
 /// on average, before it stops trying for the rest of the layer.
 const STEPS_PER_ENTRY: u64 = 4;
@@ -217,8 +218,10 @@ struct Tree {
     /// Every node by its name in the layer.
     by_name: HashMap<Vec<u8>, u32>,
     /// The nodes the tar's current entry is under, outermost first, by
-    /// name, with their fds.
-    open: Vec<(Vec<u8>, u32, OwnedFd)>,
+    /// name.
+    open: Vec<(Vec<u8>, u32)>,
+    /// The innermost of them, open: one fd, whatever the depth.
+    top: Option<(u32, OwnedFd)>,
     /// Steps back into staged directories left.
     budget: u64,
 }
@@ -254,13 +257,9 @@ impl Tree {
 
     /// Opens the nodes down to `name`'s parent, and says whether that is a
     /// node; if it is not, the innermost node above it is broken.
-    fn locate(&mut self, name: &[u8], root: BorrowedFd<'_>) -> Parent {
+    fn locate(&mut self, name: &[u8]) -> Parent {
         self.budget += STEPS_PER_ENTRY;
-        while self
-            .open
-            .last()
-            .is_some_and(|(dir, _, _)| !under(name, dir))
-        {
+        while self.open.last().is_some_and(|(dir, _)| !under(name, dir)) {
             self.open.pop();
         }
         let Some(end) = name.iter().rposition(|&b| b == b'/') else {
@@ -268,7 +267,7 @@ impl Tree {
         };
         let parent = &name[..end];
         loop {
-            let top = self.open.last().map(|(dir, n, _)| (dir.len(), *n));
+            let top = self.open.last().map(|(dir, n)| (dir.len(), *n));
             if let Some((len, n)) = top {
                 if len == parent.len() {
                     return Parent::Open(n);
@@ -288,11 +287,7 @@ impl Tree {
             } else {
                 None
             };
-            let reopened = found.and_then(|m| {
-                let fd = resolve::open_child_dir(root, &self.nodes[m as usize].path).ok()?;
-                Some((m, fd))
-            });
-            let Some((m, fd)) = reopened else {
+            let Some(m) = found else {
                 if let Some((_, n)) = top {
                     self.break_up(n);
                 }
@@ -300,8 +295,18 @@ impl Tree {
             };
             // The tar left it before: something else came between.
             self.nodes[m as usize].interleaved = true;
-            self.open.push((next.to_vec(), m, fd));
+            self.open.push((next.to_vec(), m));
         }
+    }
+
+    /// The innermost open node's directory, opened if it is not yet.
+    fn top_dir(&mut self, root: BorrowedFd<'_>) -> io::Result<BorrowedFd<'_>> {
+        let (_, n) = *self.open.last().expect("an open node");
+        if self.top.as_ref().is_none_or(|(t, _)| *t != n) {
+            let fd = resolve::open_child_dir(root, &self.nodes[n as usize].path)?;
+            self.top = Some((n, fd));
+        }
+        Ok(self.top.as_ref().expect("just set").1.as_fd())
     }
 
     /// Breaks the innermost open node if `parent` is it: an entry in it
@@ -328,7 +333,8 @@ impl Tree {
             id,
         });
         self.by_name.insert(name.to_vec(), n);
-        self.open.push((name.to_vec(), n, fd));
+        self.open.push((name.to_vec(), n));
+        self.top = Some((n, fd));
         n
     }
 }
@@ -610,6 +616,7 @@ pub fn stage_layer(
         nodes: Vec::new(),
         by_name: HashMap::new(),
         open: Vec::new(),
+        top: None,
         budget: 4096,
     };
     let fatal = |e: Fail, entry: &Entry| match e {
@@ -630,17 +637,20 @@ pub fn stage_layer(
             k += 1;
             continue;
         };
-        let parent = tree.locate(name.as_bytes(), root_fd.as_fd());
+        let parent = tree.locate(name.as_bytes());
         let last = name.split_last().map(|(_, l)| l.to_vec());
         if let (Some(meta), Some(last)) = (ex.stageable_dir(&entry, &name), &last) {
             let made = match &parent {
                 // A nested path stays well inside PATH_MAX, for the renames.
                 Parent::Open(n)
-                    if tree.nodes[*n as usize].path.len() + last.len() < MAX_STAGED_PATH =>
+                    if tree.open.len() < MAX_OPEN
+                        && tree.nodes[*n as usize].path.len() + last.len() < MAX_STAGED_PATH =>
                 {
                     let n = *n;
-                    let (_, _, fd) = tree.open.last().expect("the open node");
-                    match ex.stage_dir(fd.as_fd(), last, &meta, name.as_bytes()) {
+                    let fd = tree
+                        .top_dir(root_fd.as_fd())
+                        .map_err(|e| Error::io("opening", &root_path, e))?;
+                    match ex.stage_dir(fd, last, &meta, name.as_bytes()) {
                         Ok(Some(made)) => {
                             let mut path = tree.nodes[n as usize].path.clone();
                             path.push(b'/');
@@ -672,8 +682,10 @@ pub fn stage_layer(
         } else if let (Some(meta), Some(last)) = (ex.stageable(&entry, &name), &last) {
             let in_node = match &parent {
                 Parent::Open(n) => {
-                    let (_, _, fd) = tree.open.last().expect("the open node");
-                    match create_new(fd.as_fd(), last) {
+                    let fd = tree
+                        .top_dir(root_fd.as_fd())
+                        .map_err(|e| Error::io("opening", &root_path, e))?;
+                    match create_new(fd, last) {
                         Ok(fd) => Some((fd, *n)),
                         Err(_) => {
                             tree.not_staged(&parent);
@@ -720,7 +732,7 @@ pub fn stage_layer(
             format!("writing the skeleton tar: {e}"),
         ))
     })?;
-    tree.open.clear();
+    tree.top = None;
     files.nodes = tree.nodes;
     files.warnings = ex.finish()?.warnings;
     Ok(files)

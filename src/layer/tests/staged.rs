@@ -327,3 +327,44 @@ fn a_tree_sorted_by_path_still_moves_whole() {
     assert_eq!(fs::read_to_string(r.join("sp/a/h/i")).unwrap(), "i");
     assert_eq!(staged_names(&files), Vec::<String>::new());
 }
+
+/// Directories nested deep, each with an entry of its own, are staged and
+/// applied with a few fds (under RLIMIT_NOFILE at 32): moved whole up to
+/// 256 levels of staged directories, filled one by one below that.
+#[test]
+fn deep_staged_directories_need_few_fds() {
+    for (depth, moved) in [(200, 1), (400, 0)] {
+        let sb = sandbox();
+        let mut t = Tar::new();
+        let mut path = String::from("top");
+        t.dir(&path);
+        for _ in 0..depth {
+            path.push_str("/d");
+            t.dir(&path);
+        }
+        let deep = format!("{path}/file");
+        t.file(&deep, "at the bottom");
+        let tar = t.bytes();
+        let (parent, root) = (sb.parent.clone(), sb.root.clone());
+        let ok = crate::layer::depth_tests::with_fd_limit(32, || {
+            let mut skeleton = Vec::new();
+            let opts = opts(WhiteoutMode::Apply, false);
+            let Ok(area) = StageDir::create_in(&parent) else {
+                return false;
+            };
+            let Ok(files) = stage_layer(&tar[..], &area, &mut skeleton, false, &opts) else {
+                return false;
+            };
+            apply_staged(&root, std::io::Cursor::new(&skeleton), &files, &opts)
+                .is_ok_and(|s| s.dirs_moved == moved)
+        });
+        assert!(
+            ok,
+            "depth {depth}: failed under RLIMIT_NOFILE=32, or moved other than {moved}"
+        );
+        assert_eq!(
+            fs::read_to_string(sb.root.join(&deep)).unwrap(),
+            "at the bottom"
+        );
+    }
+}
