@@ -112,6 +112,17 @@ enum Fail {
     Fatal(Error),
 }
 
+/// A member's name, cleaned, or why the entry is refused.
+fn entry_name(raw: &[u8]) -> Result<RelPath, Fail> {
+    RelPath::parse(raw).map_err(|b| Fail::Refused(b.reason().into()))
+}
+
+/// A non-root name's parent and final component.
+fn split_name(name: &RelPath) -> Result<(&[u8], &[u8]), Fail> {
+    name.split_last()
+        .ok_or_else(|| Fail::Refused("would replace the target directory itself".into()))
+}
+
 /// A member name quoted for a one-line message.
 fn shown(raw: &[u8]) -> String {
     tarfmt::shown(raw)
@@ -247,7 +258,7 @@ impl<'a> Extractor<'a> {
         // never reach here: the reader checks and consumes them.
         let kind = entry.kind();
         let raw = entry.path().to_vec();
-        let name = RelPath::parse(&raw).map_err(|b| Fail::Refused(b.reason().into()))?;
+        let name = entry_name(&raw)?;
         if name.is_aufs_meta() {
             return Ok(());
         }
@@ -487,11 +498,7 @@ impl<'a> Extractor<'a> {
 
     /// Splits a non-root name and opens (creating) its parent.
     fn parent_of<'n>(&mut self, name: &'n RelPath) -> Result<(Parent, &'n [u8]), Fail> {
-        let Some((dir, last)) = name.split_last() else {
-            return Err(Fail::Refused(
-                "would replace the target directory itself".into(),
-            ));
-        };
+        let (dir, last) = split_name(name)?;
         match self.parent(dir, true)? {
             Some(p) => Ok((p, last)),
             None => Err(Fail::Refused("has a missing directory in its path".into())),
@@ -528,6 +535,12 @@ impl<'a> Extractor<'a> {
             self.clear_xattrs(&fd, meta, rel);
         }
         self.xattrs(XattrTarget::Fd(fd.as_fd()), meta, rel);
+        self.fix_dir_later(rel, meta);
+        Ok(())
+    }
+
+    /// Records a directory entry's mode and times, applied at the end.
+    fn fix_dir_later(&mut self, rel: &[u8], meta: &Meta) {
         self.dirs.insert(
             rel.to_vec(),
             DirFix {
@@ -535,7 +548,6 @@ impl<'a> Extractor<'a> {
                 times: meta.times(),
             },
         );
-        Ok(())
     }
 
     fn file<S: tarfmt::Input>(

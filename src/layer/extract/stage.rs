@@ -32,7 +32,7 @@ use rustix::fs::{Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::meta::XattrTarget;
-use super::{COPY_BUF, DirFix, Extractor, Fail, Meta, open_root, shown};
+use super::{COPY_BUF, Extractor, Fail, Meta, entry_name, open_root, shown, split_name};
 use crate::layer::path::{self, RelPath, Whiteout};
 use crate::layer::resolve;
 use crate::layer::{ExtractOptions, ExtractStats};
@@ -421,7 +421,7 @@ impl Extractor<'_> {
         from: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Result<(), Fail> {
         let raw = entry.path();
-        let name = RelPath::parse(raw).map_err(|b| Fail::Refused(b.reason().into()))?;
+        let name = entry_name(raw)?;
         let (p, last) = self.parent_of(&name)?;
         let from = from(last);
         resolve::make_replacing(p.fd.as_fd(), last, false, || {
@@ -438,10 +438,8 @@ impl Extractor<'_> {
     /// placed it. Opening the directory would only confirm what the stage
     /// made it: it holds no symlink, nor any lower layer's content.
     pub(super) fn moved_file(&mut self, entry: &Entry, dir: resolve::FileId) -> Result<(), Fail> {
-        let name = RelPath::parse(entry.path()).map_err(|b| Fail::Refused(b.reason().into()))?;
-        let (_, last) = name
-            .split_last()
-            .ok_or_else(|| Fail::Refused("would replace the target directory itself".into()))?;
+        let name = entry_name(entry.path())?;
+        let (_, last) = split_name(&name)?;
         self.created_in(dir, last);
         self.stats.bytes += entry.data_size;
         Ok(())
@@ -458,7 +456,7 @@ impl Extractor<'_> {
         id: resolve::FileId,
     ) -> Result<(), Fail> {
         let raw = entry.path();
-        let name = RelPath::parse(raw).map_err(|b| Fail::Refused(b.reason().into()))?;
+        let name = entry_name(raw)?;
         let meta = self.read_meta(entry, raw)?;
         if !meta.xattrs.is_empty() {
             let fd = self
@@ -467,61 +465,48 @@ impl Extractor<'_> {
                 .map_err(|e| self.resolve_fail(raw, e))?;
             self.xattrs(XattrTarget::Fd(fd.as_fd()), &meta, raw);
         }
-        let (_, last) = name
-            .split_last()
-            .ok_or_else(|| Fail::Refused("would replace the target directory itself".into()))?;
+        let (_, last) = split_name(&name)?;
         self.created_in(dir, last);
+        self.made_dir(id, name.as_bytes(), &meta);
+        Ok(())
+    }
+
+    /// Records a directory this layer made, as [`Extractor::directory`]
+    /// does a new one.
+    fn made_dir(&mut self, id: resolve::FileId, rel: &[u8], meta: &Meta) {
         if self.apply_mode() {
             self.forget(id);
             self.upper_dirs.insert(id);
         }
-        self.dirs.insert(
-            name.as_bytes().to_vec(),
-            DirFix {
-                mode: meta.mode,
-                times: meta.times(),
-            },
-        );
-        Ok(())
+        self.fix_dir_later(rel, meta);
     }
 
     /// Renames the staged directory `from` to the entry's name if nothing
     /// is there; `false` if something is, for the entry to be applied as
-    /// usual. `from` is `None` for a directory inside one moved already.
+    /// usual.
     pub(super) fn move_staged_dir(
         &mut self,
         entry: &Entry,
         stage: BorrowedFd<'_>,
-        from: Option<&[u8]>,
+        from: &[u8],
+        id: resolve::FileId,
     ) -> Result<bool, Fail> {
         let raw = entry.path();
-        let name = RelPath::parse(raw).map_err(|b| Fail::Refused(b.reason().into()))?;
+        let name = entry_name(raw)?;
         let meta = self.read_meta(entry, raw)?;
         let (p, last) = self.parent_of(&name)?;
-        if let Some(from) = from {
-            match rustix::fs::renameat_with(stage, from, &*p.fd, last, RenameFlags::NOREPLACE) {
-                Ok(()) => self.stats.dirs_moved += 1,
-                Err(Errno::EXIST) => return Ok(false),
-                Err(e) => return Err(self.io_fail("moving into place", raw, e)),
-            }
+        match rustix::fs::renameat_with(stage, from, &*p.fd, last, RenameFlags::NOREPLACE) {
+            Ok(()) => self.stats.dirs_moved += 1,
+            Err(Errno::EXIST) => return Ok(false),
+            Err(e) => return Err(self.io_fail("moving into place", raw, e)),
         }
         self.created(&p, last);
-        let fd = resolve::open_child_dir(p.fd.as_fd(), last)
-            .map_err(|e| self.io_fail("opening", raw, e))?;
-        if self.apply_mode() {
-            let st = rustix::fs::fstat(&fd).map_err(|e| self.io_fail("opening", raw, e))?;
-            let id = resolve::file_id(&st);
-            self.forget(id);
-            self.upper_dirs.insert(id);
+        if !meta.xattrs.is_empty() {
+            let fd = resolve::open_child_dir(p.fd.as_fd(), last)
+                .map_err(|e| self.io_fail("opening", raw, e))?;
+            self.xattrs(XattrTarget::Fd(fd.as_fd()), &meta, raw);
         }
-        self.xattrs(XattrTarget::Fd(fd.as_fd()), &meta, raw);
-        self.dirs.insert(
-            name.as_bytes().to_vec(),
-            DirFix {
-                mode: meta.mode,
-                times: meta.times(),
-            },
-        );
+        self.made_dir(id, name.as_bytes(), &meta);
         Ok(true)
     }
 }
@@ -544,10 +529,11 @@ impl Staging<'_> {
         k: u64,
     ) -> Result<(), Fail> {
         let files = self.files;
-        if matches!(files.place(k), Place::Flat | Place::File(_)) && !files.whole_tar() {
+        let place = files.place(k);
+        if matches!(place, Place::Flat | Place::File(_)) && !files.whole_tar() {
             archive.elide_data();
         }
-        match files.place(k) {
+        match place {
             Place::None => ex.entry(entry, archive),
             Place::Flat => ex.place_staged(entry, self.fd, |_| k.to_string().into_bytes()),
             Place::File(n) if self.moved[n as usize] => ex.moved_file(entry, files.node(n).id),
@@ -564,7 +550,7 @@ impl Staging<'_> {
                 }
                 if !node.broken
                     && !node.interleaved
-                    && ex.move_staged_dir(entry, self.fd, Some(&node.path))?
+                    && ex.move_staged_dir(entry, self.fd, &node.path, node.id)?
                 {
                     self.moved[n as usize] = true;
                     return Ok(());
