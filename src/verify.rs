@@ -103,8 +103,30 @@ pub struct VerifiedTar {
     label: String,
     state: State,
     /// Only the blob's size and digest are checked; the reads give the blob
-    /// as stored, not decompressed (see [`VerifiedTar::blob_only`]).
+    /// as stored, not decompressed ([`Checks::BlobAsStored`]).
     blob_only: bool,
+    /// The tar is not hashed and the diff_id not checked
+    /// ([`Checks::BlobDigest`]).
+    skip_diff_id: bool,
+}
+
+/// What a [`VerifiedTar`] checks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Checks {
+    /// Blob size, blob digest and diff_id ([`VerifiedTar::new`]).
+    Full,
+    /// The blob's size and digest; the tar is decompressed but not hashed.
+    /// The blob digest is what ties the bytes to the manifest; this is for a
+    /// reader that names layers by it and writes neither the tar nor the
+    /// config out, so has no use for the config's diff_ids. A blob whose
+    /// digest is not known (a docker-save member) is verified in full, and
+    /// so is a plain tar, whose one hash is both.
+    BlobDigest,
+    /// The blob's size and digest, for a reader that wants the blob as
+    /// stored (a copy): nothing is decompressed, and the reads give the
+    /// blob's own bytes. A blob whose digest is not known has only its
+    /// diff_id to be checked by, so it is verified in full.
+    BlobAsStored,
 }
 
 impl VerifiedTar {
@@ -117,17 +139,18 @@ impl VerifiedTar {
         label: String,
         reporter: Arc<dyn Reporter>,
     ) -> Result<VerifiedTar> {
-        VerifiedTar::open(blob, expect, label, reporter, false)
+        VerifiedTar::open(blob, expect, label, reporter, Checks::Full)
     }
 
-    fn open(
+    /// As [`VerifiedTar::new`], checking what `checks` says.
+    pub(crate) fn open(
         blob: Box<dyn Read + Send>,
         mut expect: Expect,
         label: String,
         reporter: Arc<dyn Reporter>,
-        blob_only: bool,
+        checks: Checks,
     ) -> Result<VerifiedTar> {
-        let blob_only = blob_only && expect.digest_known;
+        let blob_only = checks == Checks::BlobAsStored && expect.digest_known;
         let hasher = expect
             .prehashed
             .is_none()
@@ -167,6 +190,8 @@ impl VerifiedTar {
             && same_algorithm
             && expect.prehashed.is_none()
             && !blob_only;
+        let skip_diff_id =
+            checks == Checks::BlobDigest && expect.digest_known && compression != Compression::None;
         if !expect.digest_known && compression != Compression::None {
             expect.info.media_type = match compression {
                 Compression::Zstd => media_type::OCI_LAYER_ZSTD,
@@ -177,28 +202,16 @@ impl VerifiedTar {
         Ok(VerifiedTar {
             raw,
             decoder,
-            tar_hash: (!reuse_blob_hash && !blob_only).then(|| Hasher::new(Algorithm::Sha256)),
+            tar_hash: (!reuse_blob_hash && !blob_only && !skip_diff_id)
+                .then(|| Hasher::new(Algorithm::Sha256)),
             reuse_blob_hash,
             compression,
             expect,
             label,
             state: State::Reading,
             blob_only,
+            skip_diff_id,
         })
-    }
-
-    /// Verifies only the blob's size and digest, for a reader that wants the
-    /// blob as stored (a copy): nothing is decompressed, so the diff_id is
-    /// not checked, and the reads give the blob's own bytes. A blob whose
-    /// digest is not known (a docker-save member) has only its diff_id to be
-    /// checked by, so it is verified in full.
-    pub(crate) fn blob_only(
-        blob: Box<dyn Read + Send>,
-        expect: Expect,
-        label: String,
-        reporter: Arc<dyn Reporter>,
-    ) -> Result<VerifiedTar> {
-        VerifiedTar::open(blob, expect, label, reporter, true)
     }
 
     /// How the blob is compressed.
@@ -269,7 +282,7 @@ impl VerifiedTar {
             digest,
             format!("{} blob", self.label),
         )?;
-        if self.blob_only {
+        if self.blob_only || self.skip_diff_id {
             return Ok(());
         }
         check_diff_id(&self.expect.info, diff_id)
@@ -441,20 +454,12 @@ mod tests {
     }
 
     fn read(blob: Vec<u8>, info: LayerInfo, digest_known: bool) -> Result<(Vec<u8>, LayerInfo)> {
-        read_through(VerifiedTar::new, blob, info, digest_known)
+        read_through(Checks::Full, blob, info, digest_known)
     }
 
-    /// `VerifiedTar::new` or `VerifiedTar::blob_only`.
-    type Open = fn(
-        Box<dyn Read + Send>,
-        Expect,
-        String,
-        Arc<dyn crate::progress::Reporter>,
-    ) -> Result<VerifiedTar>;
-
-    /// `blob` read to its end through the verifier `open` builds.
+    /// `blob` read to its end through a verifier checking what `checks` says.
     fn read_through(
-        open: Open,
+        checks: Checks,
         blob: Vec<u8>,
         info: LayerInfo,
         digest_known: bool,
@@ -464,11 +469,12 @@ mod tests {
             digest_known,
             prehashed: None,
         };
-        let mut v = open(
+        let mut v = VerifiedTar::open(
             Box::new(io::Cursor::new(blob)),
             expect,
             "layer 0".into(),
             Arc::new(crate::progress::Silent),
+            checks,
         )?;
         let mut out = Vec::new();
         v.read_to_end(&mut out)
@@ -602,7 +608,7 @@ mod tests {
     }
 
     fn read_blob_only(blob: Vec<u8>, info: LayerInfo, digest_known: bool) -> Result<Vec<u8>> {
-        read_through(VerifiedTar::blob_only, blob, info, digest_known).map(|(out, _)| out)
+        read_through(Checks::BlobAsStored, blob, info, digest_known).map(|(out, _)| out)
     }
 
     #[test]
@@ -624,5 +630,47 @@ mod tests {
         assert_eq!(kind(&e), Mismatch::BlobDigest);
         let e = read_blob_only(blob[..blob.len() - 1].to_vec(), info, true).unwrap_err();
         assert_eq!(kind(&e), Mismatch::BlobSize);
+    }
+
+    #[test]
+    fn by_blob_digest_gives_the_tar_and_checks_the_blob_not_the_diff_id() {
+        let by_blob = |blob: &[u8], info: &LayerInfo, digest_known| {
+            read_through(
+                Checks::BlobDigest,
+                blob.to_vec(),
+                info.clone(),
+                digest_known,
+            )
+            .map(|(out, _)| out)
+        };
+        let tar = tar_of(50_000);
+        let blob = gzip(&tar);
+        let info = info_for(&blob, &tar);
+        assert!(by_blob(&blob, &info, true).unwrap() == tar);
+        // The tar is not hashed, so a config's wrong diff_id goes unseen...
+        let mut other_tar = info.clone();
+        other_tar.diff_id = Digest::sha256_of(b"other");
+        assert!(by_blob(&blob, &other_tar, true).unwrap() == tar);
+        // ...but not when the digest is unknown, nor for a plain tar, whose
+        // one hash is both.
+        let e = by_blob(&blob, &other_tar, false).unwrap_err();
+        assert_eq!(kind(&e), Mismatch::DiffId);
+        let mut plain = info_for(&tar, &tar);
+        plain.media_type = media_type::OCI_LAYER_TAR.into();
+        assert!(by_blob(&tar, &plain, true).is_ok());
+        plain.diff_id = Digest::sha256_of(b"other");
+        assert_eq!(
+            kind(&by_blob(&tar, &plain, true).unwrap_err()),
+            Mismatch::DiffId
+        );
+        // The blob itself is checked as ever.
+        let mut corrupt = blob.clone();
+        corrupt[blob.len() / 2] ^= 1;
+        assert!(by_blob(&corrupt, &info, true).is_err());
+        let short = &blob[..blob.len() - 1];
+        assert_eq!(
+            kind(&by_blob(short, &info, true).unwrap_err()),
+            Mismatch::BlobSize
+        );
     }
 }

@@ -128,6 +128,14 @@ impl Sink for SearchSink {
         }))
     }
 
+    /// Matches name layers by blob digest, and nothing of the config is
+    /// written out: the blob digest is the check that matters here (see
+    /// [`Sink::work_checks_diff_ids`]); `check` is the command that also
+    /// checks the config's diff_ids.
+    fn work_checks_diff_ids(&self) -> bool {
+        false
+    }
+
     fn begin(&mut self, image: &Image) -> Result<()> {
         self.summary = Some(Summary {
             image: image.clone(),

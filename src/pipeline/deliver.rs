@@ -13,20 +13,19 @@ use crate::image::{Compression, FileSlice, Layer, LayerNeeds};
 use crate::progress::Reporter;
 use crate::sink::{BlobRegion, StageArea};
 use crate::source::LayerBlob;
-use crate::verify::{Expect, VerifiedTar};
+use crate::verify::{Checks, Expect, VerifiedTar};
 
 use super::handoff::{self, Handoff, LayerOut, Spooled};
 
 pub(super) const BUF: usize = 256 << 10;
 
 /// The verifier over `blob`'s bytes, stoppable through `stop`; with where
-/// the bytes lie locally and the layer's label. `blob_only`: the blob's
-/// size and digest only, nothing decompressed ([`VerifiedTar::blob_only`]).
+/// the bytes lie locally and the layer's label; `checks` says what it checks.
 pub(super) fn open(
     blob: LayerBlob,
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
-    blob_only: bool,
+    checks: Checks,
 ) -> Result<(VerifiedTar, Option<FileSlice>, String)> {
     let LayerBlob {
         info,
@@ -45,11 +44,7 @@ pub(super) fn open(
         digest_known,
         prehashed,
     };
-    let verified = if blob_only {
-        VerifiedTar::blob_only(reader, expect, label.clone(), reporter)?
-    } else {
-        VerifiedTar::new(reader, expect, label.clone(), reporter)?
-    };
+    let verified = VerifiedTar::open(reader, expect, label.clone(), reporter, checks)?;
     Ok((verified, in_place, label))
 }
 
@@ -60,10 +55,11 @@ pub(crate) fn work_layer(
     blob: LayerBlob,
     info: &crate::image::LayerInfo,
     work: &crate::sink::LayerWork,
+    checks: Checks,
     reporter: Arc<dyn Reporter>,
     stop: Arc<AtomicBool>,
 ) -> Result<Layer> {
-    let (mut verified, _, label) = open(blob, reporter, stop, false)?;
+    let (mut verified, _, label) = open(blob, reporter, stop, checks)?;
     work(&mut verified, info)?;
     io::copy(&mut verified, &mut io::sink())
         .map_err(|e| Error::stream(format!("reading {label}"), e))?;
@@ -189,7 +185,11 @@ fn verify(
         })?,
         None => blob,
     };
-    let (mut verified, in_place, label) = open(blob, reporter, stop, blob_only)?;
+    let checks = match blob_only {
+        true => Checks::BlobAsStored,
+        false => Checks::Full,
+    };
+    let (mut verified, in_place, label) = open(blob, reporter, stop, checks)?;
     // The pipeline offers a stage only to a run that reads the tar alone,
     // with no filter. Decided once: a layer that becomes the next one while
     // it is staged is applied from its staged files when done.

@@ -205,7 +205,8 @@ fn spool_and_verify(
             progress,
         }))
     })?;
-    let (mut verified, _, label) = deliver::open(blob, reporter, stop, true)?;
+    let (mut verified, _, label) =
+        deliver::open(blob, reporter, stop, crate::verify::Checks::BlobAsStored)?;
     io::copy(&mut verified, &mut io::sink())
         .map_err(|e| Error::stream(format!("reading {label}"), e))?;
     Ok(FileSlice::temp(

@@ -24,6 +24,7 @@ use crate::image::{Image, Layer, LayerInfo, LayerNeeds};
 use crate::progress::Reporter;
 use crate::sink::{AsyncSink, Blocking, Sink};
 use crate::source::{FetchContext, Source};
+use crate::verify::Checks;
 
 mod builder;
 mod deliver;
@@ -131,8 +132,9 @@ enum Delivery {
         /// Where a layer that is not the sink's next one is extracted ahead.
         stage: Option<Arc<crate::sink::StageArea>>,
     },
-    /// A sink's per-layer work, run over the tar as it arrives.
-    Work(crate::sink::LayerWork),
+    /// A sink's per-layer work, run over the tar as it arrives, which is
+    /// verified as `Checks` says (`AsyncSink::work_checks_diff_ids`).
+    Work(crate::sink::LayerWork, Checks),
     /// The blob as a verified file, checked by its size and digest only
     /// (`AsyncSink::blob_only`); written into the sink's output where it
     /// gives a region for the layer (`AsyncSink::blob_regions`).
@@ -186,7 +188,9 @@ async fn fetch_into(
             };
             deliver::verify_layer(blob, needs, to, &passing, reporter, stop)
         }
-        Delivery::Work(work) => deliver::work_layer(blob, &image_info, &work, reporter, stop),
+        Delivery::Work(work, checks) => {
+            deliver::work_layer(blob, &image_info, &work, checks, reporter, stop)
+        }
         Delivery::BlobOnly(regions) => {
             let region = regions.get(&image_info.index).cloned();
             deliver::verify_blob_only(blob, &temp, region, reporter, stop)
@@ -431,7 +435,11 @@ impl Plan {
 /// files.
 fn file_delivery(sink: &dyn AsyncSink, plan: &Plan, parallel: usize) -> Delivery {
     if let Some(work) = sink.layer_work().filter(|_| !plan.filtering) {
-        return Delivery::Work(work);
+        let checks = match sink.work_checks_diff_ids() {
+            true => Checks::Full,
+            false => Checks::BlobDigest,
+        };
+        return Delivery::Work(work, checks);
     }
     let blob_as_is = !plan.filtering && plan.sink_needs == LayerNeeds::BLOB;
     if blob_as_is && sink.takes_live_blob() {
@@ -503,7 +511,7 @@ pub async fn run_async(
         started,
         cancel: &options.cancel,
     };
-    let work = matches!(delivery, Delivery::Work(_));
+    let work = matches!(delivery, Delivery::Work(..));
     let (rewritten, skipped_after_filters) = if plan.streaming && !work {
         let (c, r) = layers.streamed(wanted, &plan, chain, &mut image).await?;
         chain = c;

@@ -145,6 +145,14 @@ pub trait Sink: Send {
     fn layer_work(&self) -> Option<LayerWork> {
         None
     }
+    /// Whether the layers [`Sink::layer_work`] reads have their diff_ids
+    /// checked (default: yes). A sink whose work only reports on the tars,
+    /// naming layers by blob digest, may say no: each blob is still checked
+    /// by its size and digest, which is what ties it to the manifest, and
+    /// one known only by its diff_id is checked in full.
+    fn work_checks_diff_ids(&self) -> bool {
+        true
+    }
     /// Whether a layer a filter rewrites on its way in may reach `layer`
     /// live, before its new diff_id is known: true for a sink that does not
     /// use the layer's diff_id, digest or size in `layer` (only, from the
@@ -215,6 +223,10 @@ pub trait AsyncSink: Send {
     /// As [`Sink::layer_work`].
     fn layer_work(&self) -> Option<LayerWork> {
         None
+    }
+    /// As [`Sink::work_checks_diff_ids`].
+    fn work_checks_diff_ids(&self) -> bool {
+        true
     }
     /// Asked before fetching each layer when every filter of the run
     /// rewrites: what this layer became in an earlier run under the same
@@ -323,6 +335,9 @@ impl AsyncSink for Blocking {
     }
     fn layer_work(&self) -> Option<LayerWork> {
         self.sink.lock().ok().and_then(|s| s.layer_work())
+    }
+    fn work_checks_diff_ids(&self) -> bool {
+        self.sink.lock().map_or(true, |s| s.work_checks_diff_ids())
     }
     fn takes_rewritten_live(&self) -> bool {
         self.sink.lock().is_ok_and(|s| s.takes_rewritten_live())

@@ -580,3 +580,45 @@ fn search_filter_failing_midstream_leaves_nothing() {
     assert_eq!(std::fs::read_dir(env.out_dir()).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(env.tmp_dir()).unwrap().count(), 0);
 }
+
+/// Search names layers by blob digest and checks every blob by its size
+/// and digest; a config's wrong diff_id does not change what a layer holds,
+/// so the search runs (`check` is what reports it, and a tarball refuses
+/// it). From a docker-save tarball, whose layers are known only by their
+/// diff_ids, the diff_id is still checked.
+#[test]
+fn a_wrong_diff_id_is_searched_by_blob_digest_but_not_from_a_tarball() {
+    let (env, reg) = (TestEnv::new(), Registry::start());
+    let img = known_image().with_wrong_diff_id(2);
+    push_image(&env, &reg, &format!("{REPO}:v1"), &img, PushFormat::Oci);
+    let src = reg.uri(REPO, "v1");
+    let out = ok(&env, &["--insecure", "search", &src, "new.conf"]);
+    let m = text_matches(&out.stdout);
+    assert_eq!(m.len(), 1, "{}", out.stdout);
+    assert_eq!(m[0].2, "etc/ssl/new.conf", "{}", out.stdout);
+    for args in [
+        vec!["--insecure", "check", &src],
+        vec!["--insecure", "process", &src, "tar://out.tar"],
+    ] {
+        let out = env.occy().args(&args).run();
+        assert_no_panic(&out);
+        assert_ne!(out.code, Some(0), "{args:?}: {}", out.stdout);
+    }
+
+    // A tarball with the layers as the registry served them: its
+    // manifest.json knows each layer by diff_id alone.
+    let lying = env.work("lying.tar");
+    let dest = format!("{}?layers=compressed", tar_uri(&lying));
+    let out = env
+        .occy()
+        .args(["--insecure", "process", &src, &dest])
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = env
+        .occy()
+        .args(["search", &tar_uri(&lying), "new.conf"])
+        .run();
+    assert_no_panic(&out);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("diff_id"), "{}", out.stderr);
+}
