@@ -2,11 +2,11 @@
 //! `search`, `check` and the `search` filter, so that they name entries
 //! alike. A leaf: it uses only the tar reader and the error type.
 
-use std::io::Read;
+use std::io::{BufReader, Read};
 
 use serde::Serialize;
 
-use super::{Archive, Input, Stream};
+use super::{Archive, BufStream, Input};
 use crate::error::{Error, Result};
 
 /// What a layer entry is, as `search` and `check` name it.
@@ -197,16 +197,20 @@ pub struct Match {
     pub whiteout: bool,
 }
 
+/// Read size of a walk over a stream.
+const WALK_BUF: usize = 256 << 10;
+
 /// Walks a layer tar to its end-of-archive marker and returns its entry
 /// count and the entries matching `pattern`, in tar order. Entries come from
 /// the shared reader, so names are the ones the extractor and the filters
 /// see, and hostile headers fail the same way. Member data is read (a
-/// stream cannot seek) and dropped.
+/// stream cannot seek) and dropped; what the buffer read past the
+/// end-of-archive marker is dropped too.
 pub(crate) fn find_matches(
     tar: impl Read,
     pattern: &Pattern,
 ) -> std::io::Result<(u64, Vec<Match>)> {
-    find_matches_in(Stream(tar), pattern)
+    find_matches_in(BufStream(BufReader::with_capacity(WALK_BUF, tar)), pattern)
 }
 
 /// [`find_matches`] over any input: a seekable one passes over member data

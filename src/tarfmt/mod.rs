@@ -28,7 +28,7 @@ mod tests;
 pub(crate) mod write;
 
 pub(crate) use names::{Whiteout, whiteout_target};
-pub use reader::{Archive, BufSeek, Data, Entry, Input, Seekable, Stream};
+pub use reader::{Archive, BufSeek, BufStream, Data, Entry, Input, Seekable, Stream};
 
 use std::fmt;
 use std::io;

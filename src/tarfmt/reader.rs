@@ -36,6 +36,32 @@ impl<R: Read> Input for Stream<R> {
     }
 }
 
+/// A buffered stream that cannot seek: skipping drops what the buffer holds,
+/// with no copy, and the source fills the buffer in large reads (a
+/// decompressor then runs a call per buffer, not per 8 KiB).
+pub struct BufStream<R>(pub BufReader<R>);
+
+impl<R: Read> Read for BufStream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> Input for BufStream<R> {
+    fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        while n > 0 {
+            let got = self.0.fill_buf()?.len();
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let k = got.min(usize::try_from(n).unwrap_or(usize::MAX));
+            self.0.consume(k);
+            n -= k as u64;
+        }
+        Ok(())
+    }
+}
+
 /// A seekable input (itself buffered, or cheap to seek).
 pub struct Seekable<R>(pub R);
 

@@ -457,3 +457,24 @@ fn names_and_links_longer_than_the_cap_are_refused() {
     t.long(b'L', &long, Magic::Gnu).file(b"x", b"");
     assert!(reader_names(&t.finish()).is_err());
 }
+
+/// A buffered stream's skip drops bytes inside its buffer and across
+/// refills, lands exactly, and says UnexpectedEof past the end.
+#[test]
+fn buffered_stream_skips_within_and_across_its_buffer() {
+    use std::io::{BufReader, Read};
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let mut s = BufStream(BufReader::with_capacity(64, Cursor::new(data.clone())));
+    let mut one = [0u8; 1];
+    let mut at = 0usize;
+    for step in [0u64, 1, 10, 63, 64, 65, 1000, 4096] {
+        s.skip(step).unwrap();
+        at += step as usize;
+        s.read_exact(&mut one).unwrap();
+        assert_eq!(one[0], data[at], "after skipping {step}");
+        at += 1;
+    }
+    let left = (data.len() - at) as u64;
+    let err = s.skip(left + 1).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+}
