@@ -339,6 +339,23 @@ pub(super) enum PumpError {
 fn pump<'a>(r: &mut VerifiedTar, mut out: LayerOut<'a>) -> (Result<(), PumpError>, LayerOut<'a>) {
     let mut buf = vec![0u8; BUF];
     loop {
+        // Live, the tar is read straight into the chunk the sink gets.
+        match out.live_room() {
+            Ok(Some(room)) => {
+                let n = match r.read(room) {
+                    Ok(0) => return (Ok(()), out),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return (Err(PumpError::Read(e)), out),
+                };
+                if let Err(e) = out.filled_live(n) {
+                    return (Err(PumpError::Write(e)), out);
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => return (Err(PumpError::Write(e)), out),
+        }
         let n = match r.read(&mut buf) {
             Ok(0) => return (Ok(()), out),
             Ok(n) => n,

@@ -232,7 +232,10 @@ pub(crate) struct LayerOut<'a> {
     live: Option<Sender<io::Result<Vec<u8>>>>,
     /// Chunks the reader is done with, to fill again.
     spare: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    /// The chunk being filled for the sink: `CHUNK` bytes long while live,
+    /// its first `filled` bytes written.
     chunk: Vec<u8>,
+    filled: usize,
     written: u64,
     /// The sink stopped reading: the rest is only hashed, so that a corrupt
     /// blob is still reported as such rather than as the sink's parse error.
@@ -267,6 +270,7 @@ impl<'a> LayerOut<'a> {
             live: None,
             spare: None,
             chunk: Vec::new(),
+            filled: 0,
             written: 0,
             abandoned: false,
         };
@@ -320,27 +324,55 @@ impl<'a> LayerOut<'a> {
         deliver
             .send(layer)
             .map_err(|_| io::Error::other("the run stopped waiting for this layer"))?;
-        self.chunk = Vec::with_capacity(CHUNK);
+        self.chunk = vec![0; CHUNK];
+        self.filled = 0;
         self.live = Some(tx);
         self.spare = Some(spare);
         self.handoff = None;
         Ok(true)
     }
 
+    /// Where the reader may put the next bytes for the sink, when the layer
+    /// streams to it live: the chunk itself, so they are not copied again.
+    /// Say how many it wrote with [`LayerOut::filled_live`].
+    pub(crate) fn live_room(&mut self) -> io::Result<Option<&mut [u8]>> {
+        if self.spool.is_some() {
+            self.try_go_live()?;
+        }
+        if self.spool.is_some() || self.live.is_none() || self.abandoned {
+            return Ok(None);
+        }
+        Ok(Some(&mut self.chunk[self.filled..]))
+    }
+
+    /// `n` bytes were put in the [`LayerOut::live_room`].
+    pub(crate) fn filled_live(&mut self, n: usize) -> io::Result<()> {
+        self.filled = (self.filled + n).min(CHUNK);
+        self.written += n as u64;
+        if self.filled == CHUNK {
+            self.send_chunk()?;
+        }
+        Ok(())
+    }
+
     fn send_chunk(&mut self) -> io::Result<()> {
-        if self.chunk.is_empty() {
+        if self.filled == 0 {
             return Ok(());
         }
+        // A chunk comes back as long as the reader got it, which is full
+        // but for a layer's last.
         let next = self
             .spare
             .as_ref()
             .and_then(|s| s.try_recv().ok())
             .map(|mut v| {
-                v.clear();
+                v.resize(CHUNK, 0);
                 v
             })
-            .unwrap_or_else(|| Vec::with_capacity(CHUNK));
-        let full = std::mem::replace(&mut self.chunk, next);
+            .unwrap_or_else(|| vec![0; CHUNK]);
+        let mut full = std::mem::replace(&mut self.chunk, next);
+        full.truncate(self.filled);
+        self.filled = 0;
         if let Some(tx) = &self.live
             && tx.blocking_send(Ok(full)).is_err()
         {
@@ -394,13 +426,9 @@ impl Write for LayerOut<'_> {
         if let Some(w) = &mut self.spool {
             w.write_all(buf)?;
         } else if self.live.is_some() && !self.abandoned {
-            let room = CHUNK - self.chunk.len();
-            let n = buf.len().min(room);
-            self.chunk.extend_from_slice(&buf[..n]);
-            if self.chunk.len() == CHUNK {
-                self.send_chunk()?;
-            }
-            self.written += n as u64;
+            let n = buf.len().min(CHUNK - self.filled);
+            self.chunk[self.filled..self.filled + n].copy_from_slice(&buf[..n]);
+            self.filled_live(n)?;
             return Ok(n);
         }
         self.written += buf.len() as u64;
