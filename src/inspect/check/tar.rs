@@ -4,12 +4,12 @@
 //! [`LayerInfo`], apart from how they were fetched.
 
 use std::collections::HashSet;
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 
 use super::report::{Finding, LayerFindings, Severity};
 use crate::image::{Compression, LayerInfo};
 use crate::inspect::{EntryKind, basename, classify, clean_name, plural};
-use crate::tarfmt::{Archive, Entry, Stream};
+use crate::tarfmt::{Archive, BufStream, Entry};
 
 /// Full-check findings for one layer the source verified. `blob_head` is
 /// the compression sniffed from the blob's first bytes, when the layer has
@@ -122,12 +122,16 @@ struct TarStats {
     dirs: NameSet,
 }
 
+/// Read size of the walk.
+const WALK_BUF: usize = 256 << 10;
+
 fn check_tar(tar: impl Read, f: &mut LayerFindings) {
     let index = f.index;
     let mut counted = Counted { inner: tar, n: 0 };
     // The shared reader: the names the extractor and filters see, and the
     // same refusals of hostile headers.
-    let mut archive = Archive::new(Stream(&mut counted));
+    // Buffered, so that the decompressor under it runs in large calls.
+    let mut archive = Archive::new(BufStream(BufReader::with_capacity(WALK_BUF, &mut counted)));
     let mut stats = TarStats::default();
     let failed = loop {
         match archive.next_entry() {
@@ -136,7 +140,9 @@ fn check_tar(tar: impl Read, f: &mut LayerFindings) {
             Err(e) => break Some(e),
         }
     };
-    // The rest (padding, or what follows a bad header) gives the length.
+    // The rest (padding, or what follows a bad header) gives the length;
+    // what the buffer holds was counted as it was read.
+    drop(archive);
     let drained = io::copy(&mut counted, &mut io::sink());
     let len = counted.n;
     if stats.end > len {
