@@ -340,29 +340,24 @@ fn pump<'a>(r: &mut VerifiedTar, mut out: LayerOut<'a>) -> (Result<(), PumpError
     let mut buf = vec![0u8; BUF];
     loop {
         // Live, the tar is read straight into the chunk the sink gets.
-        match out.live_room() {
-            Ok(Some(room)) => {
-                let n = match r.read(room) {
-                    Ok(0) => return (Ok(()), out),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return (Err(PumpError::Read(e)), out),
-                };
-                if let Err(e) = out.filled_live(n) {
-                    return (Err(PumpError::Write(e)), out);
-                }
-                continue;
+        let (n, live) = {
+            let (dst, live) = match out.live_room() {
+                Ok(Some(room)) => (room, true),
+                Ok(None) => (&mut buf[..], false),
+                Err(e) => return (Err(PumpError::Write(e)), out),
+            };
+            match r.read(dst) {
+                Ok(0) => return (Ok(()), out),
+                Ok(n) => (n, live),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return (Err(PumpError::Read(e)), out),
             }
-            Ok(None) => {}
-            Err(e) => return (Err(PumpError::Write(e)), out),
-        }
-        let n = match r.read(&mut buf) {
-            Ok(0) => return (Ok(()), out),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return (Err(PumpError::Read(e)), out),
         };
-        if let Err(e) = out.write_all(&buf[..n]) {
+        let wrote = match live {
+            true => out.filled_live(n),
+            false => out.write_all(&buf[..n]),
+        };
+        if let Err(e) = wrote {
             return (Err(PumpError::Write(e)), out);
         }
     }

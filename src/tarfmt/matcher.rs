@@ -2,7 +2,7 @@
 //! `search`, `check` and the `search` filter, so that they name entries
 //! alike. A leaf: it uses only the tar reader and the error type.
 
-use std::io::{BufReader, Read};
+use std::io::Read;
 
 use serde::Serialize;
 
@@ -197,9 +197,6 @@ pub struct Match {
     pub whiteout: bool,
 }
 
-/// Read size of a walk over a stream.
-const WALK_BUF: usize = 256 << 10;
-
 /// Walks a layer tar to its end-of-archive marker and returns its entry
 /// count and the entries matching `pattern`, in tar order. Entries come from
 /// the shared reader, so names are the ones the extractor and the filters
@@ -210,7 +207,7 @@ pub(crate) fn find_matches(
     tar: impl Read,
     pattern: &Pattern,
 ) -> std::io::Result<(u64, Vec<Match>)> {
-    find_matches_in(BufStream(BufReader::with_capacity(WALK_BUF, tar)), pattern)
+    find_matches_in(BufStream::new(tar), pattern)
 }
 
 /// [`find_matches`] over any input: a seekable one passes over member data

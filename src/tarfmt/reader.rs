@@ -41,6 +41,13 @@ impl<R: Read> Input for Stream<R> {
 /// decompressor then runs a call per buffer, not per 8 KiB).
 pub struct BufStream<R>(pub BufReader<R>);
 
+impl<R: Read> BufStream<R> {
+    /// Over `inner`, through a 256 KiB buffer.
+    pub fn new(inner: R) -> Self {
+        BufStream(BufReader::with_capacity(256 << 10, inner))
+    }
+}
+
 impl<R: Read> Read for BufStream<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf)

@@ -4,7 +4,7 @@
 //! [`LayerInfo`], apart from how they were fetched.
 
 use std::collections::HashSet;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 
 use super::report::{Finding, LayerFindings, Severity};
 use crate::image::{Compression, LayerInfo};
@@ -122,16 +122,13 @@ struct TarStats {
     dirs: NameSet,
 }
 
-/// Read size of the walk.
-const WALK_BUF: usize = 256 << 10;
-
 fn check_tar(tar: impl Read, f: &mut LayerFindings) {
     let index = f.index;
     let mut counted = Counted { inner: tar, n: 0 };
     // The shared reader: the names the extractor and filters see, and the
     // same refusals of hostile headers.
     // Buffered, so that the decompressor under it runs in large calls.
-    let mut archive = Archive::new(BufStream(BufReader::with_capacity(WALK_BUF, &mut counted)));
+    let mut archive = Archive::new(BufStream::new(&mut counted));
     let mut stats = TarStats::default();
     let failed = loop {
         match archive.next_entry() {
