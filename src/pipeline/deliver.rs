@@ -84,7 +84,7 @@ pub(crate) fn verify_layer(
         needs,
         handoff: to.handoff,
         passing,
-        blob_only: false,
+        checks: Checks::Full,
         region: None,
         stage: to.stage,
     };
@@ -119,7 +119,7 @@ pub(super) fn verify_blob_only(
         needs: LayerNeeds::BLOB,
         handoff: None,
         passing: &passing,
-        blob_only: true,
+        checks: Checks::BlobAsStored,
         region,
         stage: None,
     };
@@ -131,7 +131,7 @@ struct How<'a> {
     needs: LayerNeeds,
     handoff: Option<&'a Handoff>,
     passing: &'a super::Passing,
-    blob_only: bool,
+    checks: Checks,
     /// Where the blob goes in the sink's output, if the sink gave a place.
     region: Option<BlobRegion>,
     stage: Option<&'a StageArea>,
@@ -154,7 +154,7 @@ fn verify(
         needs,
         handoff,
         passing,
-        blob_only,
+        checks,
         region,
         stage,
     } = how;
@@ -184,10 +184,6 @@ fn verify(
             }))
         })?,
         None => blob,
-    };
-    let checks = match blob_only {
-        true => Checks::BlobAsStored,
-        false => Checks::Full,
     };
     let (mut verified, in_place, label) = open(blob, reporter, stop, checks)?;
     // The pipeline offers a stage only to a run that reads the tar alone,
