@@ -102,12 +102,9 @@ pub struct VerifiedTar {
     expect: Expect,
     label: String,
     state: State,
-    /// Only the blob's size and digest are checked; the reads give the blob
-    /// as stored, not decompressed ([`Checks::BlobAsStored`]).
-    blob_only: bool,
-    /// The tar is not hashed and the diff_id not checked
-    /// ([`Checks::BlobDigest`]).
-    skip_diff_id: bool,
+    /// Whether the tar's diff_id is checked: not when only the blob is
+    /// ([`Checks::BlobAsStored`], [`Checks::BlobDigest`]).
+    checks_diff_id: bool,
 }
 
 /// What a [`VerifiedTar`] checks.
@@ -192,6 +189,7 @@ impl VerifiedTar {
             && !blob_only;
         let skip_diff_id =
             checks == Checks::BlobDigest && expect.digest_known && compression != Compression::None;
+        let checks_diff_id = !blob_only && !skip_diff_id;
         if !expect.digest_known && compression != Compression::None {
             expect.info.media_type = match compression {
                 Compression::Zstd => media_type::OCI_LAYER_ZSTD,
@@ -202,15 +200,13 @@ impl VerifiedTar {
         Ok(VerifiedTar {
             raw,
             decoder,
-            tar_hash: (!reuse_blob_hash && !blob_only && !skip_diff_id)
-                .then(|| Hasher::new(Algorithm::Sha256)),
+            tar_hash: (!reuse_blob_hash && checks_diff_id).then(|| Hasher::new(Algorithm::Sha256)),
             reuse_blob_hash,
             compression,
             expect,
             label,
             state: State::Reading,
-            blob_only,
-            skip_diff_id,
+            checks_diff_id,
         })
     }
 
@@ -282,7 +278,7 @@ impl VerifiedTar {
             digest,
             format!("{} blob", self.label),
         )?;
-        if self.blob_only || self.skip_diff_id {
+        if !self.checks_diff_id {
             return Ok(());
         }
         check_diff_id(&self.expect.info, diff_id)
